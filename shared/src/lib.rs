@@ -1,0 +1,13 @@
+//! backfill-shared: the domain types, ids, the agent <-> coordinator wire protocol, PKI and TLS
+//! helpers, and the injected clock. Both daemons depend on this crate; it depends on neither.
+
+pub mod clock;
+pub mod domain;
+pub mod ids;
+pub mod pki;
+pub mod protocol;
+pub mod tls;
+
+pub use clock::{Clock, SystemClock};
+pub use domain::*;
+pub use ids::{HostId, IdError, ServerId};

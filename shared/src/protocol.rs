@@ -1,0 +1,267 @@
+//! The agent link: postcard-encoded messages in `LengthDelimitedCodec` frames over mutual TLS.
+//!
+//! Rules that keep mixed agent versions working during a rolling upgrade:
+//! - `AgentMessage::Hello` is variant 0 forever and its first field is `protocol_version`, so a
+//!   peer can always read the version even when the rest of the message changed.
+//! - Variants and fields are only ever appended; the golden-bytes tests below pin the encoding.
+//! - The coordinator sends a host's *whole* desired state with a generation number; any message
+//!   may be lost or repeated, and applying the same state twice changes nothing.
+
+use crate::domain::{HostInventory, PerfFactor, Resources, Workload};
+use crate::ids::{HostId, ServerId};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio_util::codec::LengthDelimitedCodec;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("could not encode a link message: {0}")]
+    Encode(postcard::Error),
+    #[error("could not decode a link message ({len} bytes): {source}")]
+    Decode { len: usize, source: postcard::Error },
+    #[error("peer speaks protocol version {peer}, this side speaks {ours}")]
+    Version { peer: u32, ours: u32 },
+    #[error("link IO failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the link")]
+    Closed,
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+/// The framing both sides use: 4-byte big-endian length, at most `MAX_FRAME_BYTES`.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, ProtocolError> {
+    postcard::to_stdvec(msg)
+        .map(Bytes::from)
+        .map_err(ProtocolError::Encode)
+}
+
+pub fn decode<T: DeserializeOwned>(frame: &BytesMut) -> Result<T, ProtocolError> {
+    postcard::from_bytes(frame).map_err(|source| ProtocolError::Decode {
+        len: frame.len(),
+        source,
+    })
+}
+
+/// Agent -> coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    Hello(Hello),
+    Report(Report),
+    Ack(Ack),
+}
+
+/// Coordinator -> agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Answer to `Hello`: the coordinator's protocol version. A `DesiredState` follows.
+    Welcome { protocol_version: u32 },
+    DesiredState(DesiredState),
+    /// The coordinator refuses this agent; the link closes after this message.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// First field, always: see the module docs.
+    pub protocol_version: u32,
+    pub host_id: HostId,
+    pub agent_version: String,
+    pub inventory: HostInventory,
+    /// Whether this agent enforces limits (false when it runs without cgroups, e.g. not root).
+    pub enforcing: bool,
+}
+
+/// What the agent sees on its host. Sent after `Hello`, after every change, and periodically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The last desired-state generation the agent applied.
+    pub applied_generation: u64,
+    pub servers: Vec<ObservedServer>,
+    pub usage: HostUsage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedServer {
+    pub server: ServerId,
+    pub state: WorkloadState,
+    pub pid: Option<u32>,
+    /// Unix seconds when the workload started.
+    pub started_at: Option<i64>,
+    pub perf_factor: PerfFactor,
+    pub limits: AppliedLimits,
+    pub usage: ServerUsage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadState {
+    Starting,
+    Running,
+    /// The workload ended by itself.
+    Exited { code: Option<i32> },
+    /// The agent could not start it.
+    Failed { reason: String },
+}
+
+/// Limits in force on a server's cgroup, as read back from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AppliedLimits {
+    /// `None` = unlimited.
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_period_us: u64,
+    /// `None` = unlimited.
+    pub mem_limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServerUsage {
+    pub cpu_usage_usec: u64,
+    pub mem_usage_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostUsage {
+    pub mem_used_bytes: u64,
+    pub load_avg_milli: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub generation: u64,
+}
+
+/// A host's whole desired state: exactly these servers should run, with these limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub generation: u64,
+    pub servers: Vec<DesiredServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredServer {
+    pub server: ServerId,
+    pub resources: Resources,
+    pub perf_factor: PerfFactor,
+    /// `None`: the host's configured default command.
+    pub workload: Option<Workload>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::GpuDevice;
+    use futures_like::*;
+
+    /// Minimal helpers so the test reads like the link code without pulling in tokio here.
+    mod futures_like {
+        pub use tokio_util::codec::{Decoder, Encoder};
+    }
+
+    fn hello() -> AgentMessage {
+        AgentMessage::Hello(Hello {
+            protocol_version: 1,
+            host_id: "h1".parse().unwrap(),
+            agent_version: "0.1.0".into(),
+            inventory: HostInventory {
+                hostname: "h1".into(),
+                cpus: 2,
+                cpu_mhz_per_cpu: 2000,
+                mem_bytes: 1 << 30,
+                gpus: vec![GpuDevice {
+                    index: 0,
+                    uuid: "GPU-1".into(),
+                    name: "T4".into(),
+                    memory_bytes: 16,
+                    pci_bus_id: "0:1".into(),
+                }],
+            },
+            enforcing: true,
+        })
+    }
+
+    #[test]
+    fn golden_hello() {
+        let bytes = encode(&hello()).unwrap();
+        let golden: &[u8] = &[
+            0x00, // AgentMessage::Hello
+            0x01, // protocol_version
+            0x02, b'h', b'1', // host_id
+            0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
+            0x02, b'h', b'1', // hostname
+            0x02, // cpus
+            0xd0, 0x0f, // 2000 MHz, varint
+            0x80, 0x80, 0x80, 0x80, 0x04, // 1 GiB, varint
+            0x01, // one GPU
+            0x00, 0x05, b'G', b'P', b'U', b'-', b'1', 0x02, b'T', b'4', 0x10, 0x03, b'0', b':',
+            b'1', 0x01, // enforcing
+        ];
+        assert_eq!(&bytes[..], golden);
+    }
+
+    #[test]
+    fn golden_desired_state_and_ack() {
+        let ds = CoordinatorMessage::DesiredState(DesiredState {
+            generation: 300,
+            servers: vec![DesiredServer {
+                server: ServerId::from_u128(1),
+                resources: Resources { cpu_mhz: 1000, vcpus: 1, mem_bytes: 512 },
+                perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
+                workload: None,
+            }],
+        });
+        let bytes = encode(&ds).unwrap();
+        let mut golden = vec![0x01, 0xac, 0x02, 0x01, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000001");
+        golden.extend_from_slice(&[0xe8, 0x07, 0x01, 0x80, 0x04]);
+        golden.extend_from_slice(&0.5f64.to_le_bytes());
+        golden.extend_from_slice(&1.0f64.to_le_bytes());
+        golden.push(0x00);
+        assert_eq!(&bytes[..], &golden[..]);
+
+        let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();
+        assert_eq!(&ack[..], &[0x02, 0x07]);
+    }
+
+    #[test]
+    fn version_is_readable_from_any_hello() {
+        // A future Hello with more fields still starts with variant 0 and the version.
+        let bytes = encode(&hello()).unwrap();
+        assert_eq!(bytes[0], 0);
+        let (v, _) = postcard::take_from_bytes::<u32>(&bytes[1..]).unwrap();
+        assert_eq!(v, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversize_is_refused() {
+        let mut c = codec();
+        let mut buf = BytesMut::new();
+        c.encode(encode(&hello()).unwrap(), &mut buf).unwrap();
+        let frame = c.decode(&mut buf).unwrap().unwrap();
+        let back: AgentMessage = decode(&frame).unwrap();
+        assert_eq!(back, hello());
+
+        let mut big = BytesMut::new();
+        big.extend_from_slice(&u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_be_bytes());
+        big.extend_from_slice(&[0u8; 16]);
+        assert!(codec().decode(&mut big).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let frame = BytesMut::from(&[0xff, 0xff, 0xff][..]);
+        assert!(decode::<AgentMessage>(&frame).is_err());
+        let bad_id = BytesMut::from(&[0x00, 0x01, 0x02, b'.', b'.'][..]);
+        assert!(decode::<AgentMessage>(&bad_id).is_err());
+    }
+}
