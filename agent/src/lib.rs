@@ -1,1 +1,11 @@
+//! backfill-agent: discovers this host, runs and limits its workloads in cgroups, and keeps them
+//! in line with the coordinator's desired state.
 
+pub mod cgroups;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod driver;
+pub mod link;
+pub mod state;
+pub mod supervisor;

@@ -1,1 +1,14 @@
+//! backfill-coordinator: the API over mutual TLS, placement, the store and agent sessions.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod coordinator;
+pub mod daemon;
+#[cfg(feature = "dev")]
+pub mod dev;
+pub mod hosts;
+pub mod model;
+pub mod placement;
+pub mod store;
+mod tls_accept;

@@ -44,11 +44,12 @@ impl Clock for ManualClock {
 
 /// RFC 3339 with a `+00:00` offset, as CloudSigma writes `active_since`.
 pub fn rfc3339(t: UnixSeconds) -> String {
-    let dt = time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]+00:00"
-    );
-    dt.format(&fmt).unwrap_or_else(|_| String::from("1970-01-01T00:00:00+00:00"))
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
+    dt.format(&fmt)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00+00:00"))
 }
 
 #[cfg(test)]

@@ -239,10 +239,29 @@ mod tests {
 
     #[test]
     fn resources_arithmetic_saturates() {
-        let a = Resources { cpu_mhz: 10, vcpus: 1, mem_bytes: 5 };
-        let b = Resources { cpu_mhz: 20, vcpus: 2, mem_bytes: 1 };
-        assert_eq!(a.saturating_sub(b), Resources { cpu_mhz: 0, vcpus: 0, mem_bytes: 4 });
-        let big = Resources { cpu_mhz: u64::MAX, vcpus: u32::MAX, mem_bytes: u64::MAX };
+        let a = Resources {
+            cpu_mhz: 10,
+            vcpus: 1,
+            mem_bytes: 5,
+        };
+        let b = Resources {
+            cpu_mhz: 20,
+            vcpus: 2,
+            mem_bytes: 1,
+        };
+        assert_eq!(
+            a.saturating_sub(b),
+            Resources {
+                cpu_mhz: 0,
+                vcpus: 0,
+                mem_bytes: 4
+            }
+        );
+        let big = Resources {
+            cpu_mhz: u64::MAX,
+            vcpus: u32::MAX,
+            mem_bytes: u64::MAX,
+        };
         assert_eq!(big.saturating_add(a), big);
         assert!(big.fits(&a));
         assert!(!a.fits(&b));
@@ -257,6 +276,13 @@ mod tests {
             mem_bytes: 8 << 30,
             gpus: vec![],
         };
-        assert_eq!(inv.capacity(), Resources { cpu_mhz: 10_000, vcpus: 4, mem_bytes: 8 << 30 });
+        assert_eq!(
+            inv.capacity(),
+            Resources {
+                cpu_mhz: 10_000,
+                vcpus: 4,
+                mem_bytes: 8 << 30
+            }
+        );
     }
 }

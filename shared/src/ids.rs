@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdError {
-    #[error("server id {0:?} is not a UUID (expected the form 0f0e0d0c-0b0a-4988-8776-655443322110)")]
+    #[error(
+        "server id {0:?} is not a UUID (expected the form 0f0e0d0c-0b0a-4988-8776-655443322110)"
+    )]
     BadServerId(String),
     #[error(
         "host id {0:?} is invalid: use 1 to 63 characters from a-z, A-Z, 0-9, '.', '-', '_', not starting with '.' or '-'"

@@ -154,7 +154,11 @@ impl Ca {
         }
         create_dir(dir)?;
         let ca = Ca::generate("backfill CA")?;
-        write_file(&dir.join(CA_KEY_FILE), ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
+        write_file(
+            &dir.join(CA_KEY_FILE),
+            ca.issuer.key().serialize_pem().as_bytes(),
+            0o600,
+        )?;
         write_file(&cert_path, ca.cert_pem.as_bytes(), 0o644)?;
         Ok(ca)
     }
@@ -192,7 +196,9 @@ impl Ca {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if req.role == Role::Coordinator {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
             for san in req.sans {
                 params.subject_alt_names.push(parse_san(san)?);
             }
@@ -258,8 +264,7 @@ fn parse_san(s: &str) -> Result<SanType, PkiError> {
     }
     let valid = !s.is_empty()
         && s.len() <= 253
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'*');
     if !valid {
         return Err(PkiError::BadSan(s.chars().take(80).collect()));
@@ -321,9 +326,17 @@ mod tests {
     fn role_and_cn_come_from_the_subject() {
         let ca = Ca::generate("test").unwrap();
         for role in [Role::Agent, Role::Admin, Role::Account] {
-            let issued = ca.issue(&IssueRequest::new(role, "node-7", &[], 1)).unwrap();
+            let issued = ca
+                .issue(&IssueRequest::new(role, "node-7", &[], 1))
+                .unwrap();
             let id = identity_from_der(&der(&issued.cert_pem)).unwrap();
-            assert_eq!(id, PeerIdentity { role, name: "node-7".into() });
+            assert_eq!(
+                id,
+                PeerIdentity {
+                    role,
+                    name: "node-7".into()
+                }
+            );
         }
     }
 
@@ -342,10 +355,16 @@ mod tests {
     #[test]
     fn bad_names_and_roles_are_refused() {
         let ca = Ca::generate("test").unwrap();
-        assert!(ca.issue(&IssueRequest::new(Role::Agent, "../x", &[], 1)).is_err());
+        assert!(
+            ca.issue(&IssueRequest::new(Role::Agent, "../x", &[], 1))
+                .is_err()
+        );
         assert!("root".parse::<Role>().is_err());
         let sans = vec!["bad host".to_string()];
-        assert!(ca.issue(&IssueRequest::new(Role::Coordinator, "c", &sans, 1)).is_err());
+        assert!(
+            ca.issue(&IssueRequest::new(Role::Coordinator, "c", &sans, 1))
+                .is_err()
+        );
     }
 
     #[test]
@@ -353,13 +372,20 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(Ca::init(dir.path()), Err(PkiError::Exists { .. })));
         let loaded = Ca::load(dir.path()).unwrap();
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
         let (_, key) = loaded
-            .issue_to_dir(dir.path(), "a1", &IssueRequest::new(Role::Agent, "a1", &[], 1))
+            .issue_to_dir(
+                dir.path(),
+                "a1",
+                &IssueRequest::new(Role::Agent, "a1", &[], 1),
+            )
             .unwrap();
         let mode = std::fs::metadata(key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -66,10 +66,14 @@ pub enum AgentMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CoordinatorMessage {
     /// Answer to `Hello`: the coordinator's protocol version. A `DesiredState` follows.
-    Welcome { protocol_version: u32 },
+    Welcome {
+        protocol_version: u32,
+    },
     DesiredState(DesiredState),
     /// The coordinator refuses this agent; the link closes after this message.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,9 +113,13 @@ pub enum WorkloadState {
     Starting,
     Running,
     /// The workload ended by itself.
-    Exited { code: Option<i32> },
+    Exited {
+        code: Option<i32>,
+    },
     /// The agent could not start it.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Limits in force on a server's cgroup, as read back from it.
@@ -215,7 +223,11 @@ mod tests {
             generation: 300,
             servers: vec![DesiredServer {
                 server: ServerId::from_u128(1),
-                resources: Resources { cpu_mhz: 1000, vcpus: 1, mem_bytes: 512 },
+                resources: Resources {
+                    cpu_mhz: 1000,
+                    vcpus: 1,
+                    mem_bytes: 512,
+                },
                 perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
                 workload: None,
             }],

@@ -101,9 +101,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// The verified peer of an accepted connection.
-pub fn peer_identity(
-    certs: Option<&[CertificateDer<'_>]>,
-) -> Result<PeerIdentity, PkiError> {
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<PeerIdentity, PkiError> {
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(PkiError::MissingField("client certificate"))?;

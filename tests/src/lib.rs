@@ -1,1 +1,354 @@
+//! End-to-end harness: a CA per test, the real `backfill-coordinator` and `backfill-agent`
+//! binaries on 127.0.0.1:0, an HTTPS client with client certificates, and polling with a
+//! deadline instead of sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use backfill_shared::pki::{Ca, IssueRequest, Role};
+use backfill_shared::tls::TlsFiles;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A compiled binary of the workspace, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("BACKFILL_{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Blocking variant of [`eventually`] for plain conditions.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fresh directory with a CA and the certificates a test needs.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(dir.path()).unwrap();
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path().join("ca.pem")
+    }
+
+    pub fn issue(&self, role: Role, name: &str) -> TlsFiles {
+        let sans = vec!["localhost".to_string(), "127.0.0.1".into()];
+        self.issue_with(
+            &format!("{}-{name}", role.as_str()),
+            &IssueRequest::new(role, name, &sans, 1),
+        )
+    }
+
+    pub fn issue_with(&self, stem: &str, req: &IssueRequest<'_>) -> TlsFiles {
+        let (cert, key) = self.ca.issue_to_dir(self.path(), stem, req).unwrap();
+        TlsFiles {
+            ca: self.ca(),
+            cert,
+            key,
+        }
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A daemon child process whose stderr goes to a file we can search.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(exe: &Path, args: &[&str], log: PathBuf) -> Daemon {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle`, returning the text after `key=` on it.
+    pub fn wait_log_value(&mut self, needle: &str, key: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.log_text();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
+                    return rest.split_whitespace().next().unwrap_or("").to_string();
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{text}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {}:\n{text}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + DEADLINE;
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub daemon: Daemon,
+    pub api: String,
+    pub link: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    pub fn start(pki: &Pki, backfill_accounts: &[&str]) -> Coordinator {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = pki.issue(Role::Coordinator, "coordinator");
+        let accounts: Vec<String> = backfill_accounts.iter().map(|a| format!("{a:?}")).collect();
+        let cfg = format!(
+            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            dir.path().join("db.sqlite"),
+            accounts.join(", "),
+            tls.ca,
+            tls.cert,
+            tls.key
+        );
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let mut daemon = Daemon::spawn(
+            &bin("backfill-coordinator"),
+            &["run", "--config", path.to_str().unwrap()],
+            dir.path().join("coordinator.log"),
+        );
+        let api = daemon.wait_log_value("API listening", "api_addr");
+        let link = daemon.wait_log_value("agent link listening", "link_addr");
+        Coordinator {
+            daemon,
+            api,
+            link,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}/api/2.0/{path}", self.api)
+    }
+}
+
+static CGROUP_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// An agent's configuration and state directory; start it (again) with [`AgentSetup::start`].
+pub struct AgentSetup {
+    pub host: String,
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+    pub enforcing: bool,
+    tls: TlsFiles,
+    link: String,
+}
+
+impl AgentSetup {
+    pub fn new(pki: &Pki, coordinator: &Coordinator, host: &str) -> AgentSetup {
+        let seq = CGROUP_SEQ.fetch_add(1, Ordering::Relaxed);
+        AgentSetup {
+            host: host.into(),
+            dir: tempfile::tempdir().unwrap(),
+            cgroup_parent: format!("backfill-test-{}-{seq}", std::process::id()),
+            enforcing: is_root(),
+            tls: pki.issue(Role::Agent, host),
+            link: coordinator.link.clone(),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts the agent; with `stop_on_exit` it stops its workloads when it exits.
+    pub fn start(&self, stop_on_exit: bool, tag: &str) -> Daemon {
+        let root = is_root();
+        let cfg = format!(
+            "coordinator = {:?}\ncoordinator_name = \"localhost\"\nstate_dir = {:?}\ncgroup_parent = {:?}\ncgroups = {:?}\nrun_as = {:?}\ndefault_command = [\"sleep\", \"120\"]\nstop_workloads_on_exit = {stop_on_exit}\nreport_interval_secs = 1\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.link,
+            self.state_dir(),
+            self.cgroup_parent,
+            if root { "auto" } else { "none" },
+            if root { "nobody" } else { "" },
+            self.tls.ca,
+            self.tls.cert,
+            self.tls.key
+        );
+        let path = self.dir.path().join(format!("agent-{tag}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        let mut d = Daemon::spawn(
+            &bin("backfill-agent"),
+            &["--config", path.to_str().unwrap()],
+            self.dir.path().join(format!("agent-{tag}.log")),
+        );
+        d.wait_log_value("connected to the coordinator", "protocol_version");
+        d
+    }
+
+    /// The pids the agent's state file records, by server uuid.
+    pub fn recorded_pid(&self, server: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.state_dir().join("state.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["server"] == server)
+            .and_then(|s| s["process"]["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+
+    /// `<v1 controller root>/<parent>/<server>` for a v1 controller (this machine's layout).
+    pub fn v1_cgroup(&self, controller: &str, server: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.cgroup_parent)
+            .join(server)
+    }
+}
+
+impl Drop for AgentSetup {
+    fn drop(&mut self) {
+        // Remove the (empty) per-test parent cgroups the agent made.
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
+            }
+        }
+    }
+}
+
+/// An HTTPS client presenting `files`' certificate (or none).
+pub fn client(ca: &Path, identity: Option<&TlsFiles>) -> reqwest::Client {
+    let provider = backfill_shared::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in backfill_shared::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let builder = builder.with_root_certificates(roots);
+    let cfg = match identity {
+        Some(f) => builder
+            .with_client_auth_cert(
+                backfill_shared::tls::load_certs(&f.cert).unwrap(),
+                backfill_shared::tls::load_key(&f.key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET returning (status, JSON body or Null).
+pub async fn get(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let r = c.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+pub async fn post(
+    c: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = c.post(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}

@@ -1,0 +1,239 @@
+//! Control-file I/O for [`super::FsCgroups`]: reads and parses that name the file in their
+//! errors, the kernel's behaviour on simulated trees, and signals.
+
+use super::hierarchy::Ctl;
+use super::{CgroupError, CgroupLimits};
+use backfill_shared::protocol::ServerUsage;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// v1 shows "unlimited" as the largest page multiple below i64::MAX (9223372036854771712 with
+/// 4 KiB pages): anything from 4 EiB up is taken as unlimited.
+const V1_UNLIMITED_FROM: i128 = 1 << 62;
+
+/// v2: `cpu.max` ("max 100000" or "50000 100000") and `memory.max` ("max" or bytes).
+pub(super) fn read_v2_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, CgroupError> {
+    let path = cpu.join("cpu.max");
+    let content = read_string(&path)?;
+    let (quota, period) = match content.split_whitespace().collect::<Vec<_>>()[..] {
+        [q, p] => (q.to_owned(), p.to_owned()),
+        _ => {
+            return Err(parse_err(
+                &path,
+                &content,
+                "expected \"<quota|max> <period>\"",
+            ));
+        }
+    };
+    let cpu_quota_us = match quota.as_str() {
+        "max" => None,
+        q => Some(parse_u64(&path, q)?),
+    };
+    let cpu_period_us = parse_u64(&path, &period)?;
+    let path = mem.join("memory.max");
+    let content = read_string(&path)?;
+    let mem_limit_bytes = match content.trim() {
+        "max" => None,
+        m => Some(parse_u64(&path, m)?),
+    };
+    Ok(CgroupLimits {
+        cpu_quota_us,
+        cpu_period_us,
+        mem_limit_bytes,
+    })
+}
+
+/// v1: `cpu.cfs_quota_us` (-1 = unlimited), `cpu.cfs_period_us`, `memory.limit_in_bytes` (-1 as
+/// written, or a huge value as the kernel shows it = unlimited).
+pub(super) fn read_v1_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, CgroupError> {
+    let read_int = |path: &Path| -> Result<i128, CgroupError> {
+        let content = read_string(path)?;
+        content
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| parse_err(path, &content, "expected an integer"))
+    };
+    let quota = read_int(&cpu.join("cpu.cfs_quota_us"))?;
+    let period_path = cpu.join("cpu.cfs_period_us");
+    let period = read_int(&period_path)?;
+    let mem_limit = read_int(&mem.join("memory.limit_in_bytes"))?;
+    Ok(CgroupLimits {
+        cpu_quota_us: u64::try_from(quota).ok(),
+        cpu_period_us: u64::try_from(period)
+            .map_err(|_| parse_err(&period_path, &period.to_string(), "negative period"))?,
+        mem_limit_bytes: if mem_limit >= V1_UNLIMITED_FROM {
+            None
+        } else {
+            u64::try_from(mem_limit).ok()
+        },
+    })
+}
+
+/// v2: `usage_usec` of `cpu.stat` and `memory.current`; 0 for a missing file.
+pub(super) fn read_v2_usage(dir: &Path) -> Result<ServerUsage, CgroupError> {
+    let mut usage = ServerUsage::default();
+    let path = dir.join("cpu.stat");
+    if let Some(stat) = read_optional(&path)? {
+        let line = stat.lines().find_map(|l| l.strip_prefix("usage_usec "));
+        if let Some(v) = line {
+            usage.cpu_usage_usec = parse_u64(&path, v)?;
+        }
+    }
+    let path = dir.join("memory.current");
+    if let Some(v) = read_optional(&path)? {
+        usage.mem_usage_bytes = parse_u64(&path, &v)?;
+    }
+    Ok(usage)
+}
+
+/// v1: `cpuacct.usage` (ns) and `memory.usage_in_bytes`; 0 for a missing file or hierarchy.
+pub(super) fn read_v1_usage(
+    cpuacct: Option<PathBuf>,
+    mem: Option<PathBuf>,
+) -> Result<ServerUsage, CgroupError> {
+    let mut usage = ServerUsage::default();
+    if let Some(dir) = cpuacct {
+        let path = dir.join("cpuacct.usage");
+        if let Some(v) = read_optional(&path)? {
+            usage.cpu_usage_usec = parse_u64(&path, &v)? / 1000;
+        }
+    }
+    if let Some(dir) = mem {
+        let path = dir.join("memory.usage_in_bytes");
+        if let Some(v) = read_optional(&path)? {
+            usage.mem_usage_bytes = parse_u64(&path, &v)?;
+        }
+    }
+    Ok(usage)
+}
+
+/// SIGKILL, ignoring a process that is already gone. Never signals 0 (our process group) or us.
+pub(super) fn sigkill(pid: u32, dir: &Path) -> Result<(), CgroupError> {
+    let Ok(raw) = i32::try_from(pid) else {
+        return Ok(());
+    };
+    if raw <= 0 || pid == std::process::id() {
+        return Ok(());
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(raw, libc::SIGKILL) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(());
+    }
+    Err(CgroupError::Signal {
+        pid,
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+/// The control files the kernel shows in a new cgroup (for simulated trees).
+pub(super) fn simulate_mkdir(dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), CgroupError> {
+    let mut files: Vec<(&str, &str)> = vec![("cgroup.procs", "")];
+    match ctls {
+        None => files.extend([
+            ("cgroup.controllers", "cpu memory\n"),
+            ("cgroup.subtree_control", "\n"),
+            ("cgroup.type", "domain\n"),
+            ("cpu.max", "max 100000\n"),
+            ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+            ("memory.max", "max\n"),
+            ("memory.current", "0\n"),
+        ]),
+        Some(ctls) => {
+            files.extend([("tasks", ""), ("notify_on_release", "0\n")]);
+            for ctl in ctls {
+                files.extend(match ctl {
+                    Ctl::Cpu => &[
+                        ("cpu.cfs_quota_us", "-1\n"),
+                        ("cpu.cfs_period_us", "100000\n"),
+                        ("cpu.shares", "1024\n"),
+                    ][..],
+                    Ctl::CpuAcct => &[("cpuacct.usage", "0\n")][..],
+                    Ctl::Memory => &[
+                        ("memory.limit_in_bytes", "9223372036854771712\n"),
+                        ("memory.usage_in_bytes", "0\n"),
+                    ][..],
+                    Ctl::Pids => &[("pids.max", "max\n"), ("pids.current", "0\n")][..],
+                });
+            }
+        }
+    }
+    for (name, content) in files {
+        write_file(&dir.join(name), content)?;
+    }
+    Ok(())
+}
+
+/// Deletes the regular files of a simulated cgroup directory (the kernel's rmdir does that).
+pub(super) fn remove_files(dir: &Path) -> Result<(), CgroupError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| read_err(dir, e))?.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(|source| CgroupError::Remove { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn read_procs(dir: &Path) -> Result<Vec<u32>, CgroupError> {
+    let path = dir.join("cgroup.procs");
+    let Some(content) = read_optional(&path)? else {
+        return Ok(Vec::new());
+    };
+    content
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.parse::<u32>()
+                .map_err(|_| parse_err(&path, l, "expected one PID per line"))
+        })
+        .collect()
+}
+
+pub(super) fn read_string(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|e| read_err(path, e))
+}
+
+/// The file's contents, or None if it does not exist.
+pub(super) fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(read_err(path, e)),
+    }
+}
+
+pub(super) fn write_file(path: &Path, data: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, data).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        data: data.to_owned(),
+        source,
+    })
+}
+
+pub(super) fn parse_u64(path: &Path, s: &str) -> Result<u64, CgroupError> {
+    s.trim()
+        .parse()
+        .map_err(|_| parse_err(path, s, "expected a non-negative integer"))
+}
+
+pub(super) fn read_err(path: &Path, source: io::Error) -> CgroupError {
+    CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(super) fn parse_err(path: &Path, content: &str, why: &'static str) -> CgroupError {
+    CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: content.chars().take(200).collect(),
+        why,
+    }
+}

@@ -1,0 +1,583 @@
+//! [`FsCgroups`]: the kernel's cgroup filesystem, v1 or v2, through cgroups-rs.
+//!
+//! cgroups-rs's own hierarchies find v1 mounts through `/proc/self/mountinfo` and hardcode
+//! `/sys/fs/cgroup` for v2, so this module implements its [`Hierarchy`] trait for a configurable
+//! root (`RootedHierarchy`, in hierarchy.rs) and uses its controllers (`CpuController`, `MemController`) for the
+//! limit writes, `Cgroup::kill` for `cgroup.kill` and `Controller::delete` (rmdir with retries)
+//! for removal. Reads (limits, usage, procs) parse the control files directly so that every error
+//! names its file. Directories are created directly too: cgroups-rs's v2 `Cgroup::create` reads
+//! `/sys/fs/cgroup/cgroup.controllers` whatever the root and enables every controller it lists.
+//!
+//! A tree that is not a cgroup filesystem (a unit test's tempdir) is *simulated*: after a mkdir
+//! the module writes the control files the kernel would show, before an rmdir it deletes them,
+//! and `kill_all` empties `cgroup.procs` instead of signalling the PIDs listed there.
+
+use super::files::{
+    parse_err, read_err, read_procs, read_string, read_v1_limits, read_v1_usage, read_v2_limits,
+    read_v2_usage, remove_files, sigkill, simulate_mkdir, write_file,
+};
+use super::hierarchy::{
+    CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
+    v1_mounts,
+};
+use super::{CgroupError, CgroupLimits, CgroupManager, validate_parent};
+use backfill_shared::ServerId;
+use backfill_shared::protocol::ServerUsage;
+use cgroups_rs::fs::hierarchies;
+use cgroups_rs::fs::{Cgroup, Controller, Hierarchy, Subsystem};
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const KILL_ROUNDS: u32 = 10;
+const KILL_WAIT: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(10);
+
+/// Real cgroups (v1 or v2) under `<hierarchy>/<parent>/<server id>`.
+///
+/// On a simulated tree (not a cgroup filesystem) [`CgroupManager::enforcing`] is false but
+/// [`CgroupManager::join_files`] still returns the paths, so tests can check them.
+#[derive(Debug)]
+pub struct FsCgroups {
+    hier: RootedHierarchy,
+    parent: String,
+    simulated: bool,
+}
+
+impl FsCgroups {
+    /// v2 if `/sys/fs/cgroup` is a cgroup2 mount with the cpu and memory controllers, else v1 if
+    /// the v1 cpu and memory hierarchies are mounted (`/proc/self/mountinfo`), else an error
+    /// saying why neither is usable.
+    pub fn detect(parent: &str) -> Result<FsCgroups, CgroupError> {
+        validate_parent(parent)?;
+        let unified = Path::new(hierarchies::UNIFIED_MOUNTPOINT);
+        let v2_why = if hierarchies::is_cgroup2_unified_mode() {
+            match Self::v2_at(unified, parent) {
+                Ok(c) => return Ok(c),
+                Err(e) => format!("cgroup v2: {}", reason(e)),
+            }
+        } else {
+            format!("cgroup v2: {} is not a cgroup2 mount", unified.display())
+        };
+        let mounts = v1_mounts(&hierarchies::mountinfo_self());
+        let root = mounts
+            .first()
+            .and_then(|m| m.dir.parent())
+            .unwrap_or(unified)
+            .to_path_buf();
+        Self::from_v1(root, mounts, parent)
+            .map_err(|e| CgroupError::Unavailable(format!("{v2_why}; cgroup v1: {}", reason(e))))
+    }
+
+    /// A v1 tree laid out like `/sys/fs/cgroup` on v1: one directory (or symlink to a co-mounted
+    /// one, like `cpu -> cpu,cpuacct`) per controller. `cpu` and `memory` are required, `cpuacct`
+    /// and `pids` used when present.
+    pub fn v1_at(root: &Path, parent: &str) -> Result<FsCgroups, CgroupError> {
+        validate_parent(parent)?;
+        let mut mounts: Vec<V1Mount> = Vec::new();
+        for ctl in Ctl::ALL {
+            let p = root.join(ctl.name());
+            if !p.is_dir() {
+                continue;
+            }
+            let dir = std::fs::canonicalize(&p).map_err(|e| read_err(&p, e))?;
+            match mounts.iter_mut().find(|m| m.dir == dir) {
+                Some(m) => m.ctls.push(ctl),
+                None => mounts.push(V1Mount {
+                    dir,
+                    ctls: vec![ctl],
+                }),
+            }
+        }
+        Self::from_v1(root.to_path_buf(), mounts, parent)
+    }
+
+    /// A unified (v2) tree at `root`, whose `cgroup.controllers` must list cpu and memory.
+    pub fn v2_at(root: &Path, parent: &str) -> Result<FsCgroups, CgroupError> {
+        validate_parent(parent)?;
+        let path = root.join("cgroup.controllers");
+        let content = read_string(&path)?;
+        let words: Vec<&str> = content.split_whitespace().collect();
+        if !(words.contains(&"cpu") && words.contains(&"memory")) {
+            return Err(CgroupError::Unavailable(format!(
+                "{} lists {:?}: the cpu and memory controllers are needed",
+                path.display(),
+                content.trim()
+            )));
+        }
+        let simulated = match fs_magic(root)? {
+            CGROUP2_SUPER_MAGIC => false,
+            CGROUP_SUPER_MAGIC => {
+                return Err(CgroupError::Unavailable(format!(
+                    "{} is a cgroup v1 hierarchy, not a unified one",
+                    root.display()
+                )));
+            }
+            _ => true,
+        };
+        Ok(FsCgroups {
+            hier: RootedHierarchy(Layout::V2 {
+                root: root.to_path_buf(),
+            }),
+            parent: parent.to_owned(),
+            simulated,
+        })
+    }
+
+    fn from_v1(
+        root: PathBuf,
+        mounts: Vec<V1Mount>,
+        parent: &str,
+    ) -> Result<FsCgroups, CgroupError> {
+        validate_parent(parent)?;
+        for (ctl, file) in [
+            (Ctl::Cpu, "cpu.cfs_quota_us"),
+            (Ctl::Memory, "memory.limit_in_bytes"),
+        ] {
+            let Some(m) = mounts.iter().find(|m| m.ctls.contains(&ctl)) else {
+                return Err(CgroupError::Unavailable(format!(
+                    "the v1 {} controller is not mounted",
+                    ctl.name()
+                )));
+            };
+            if !m.dir.join(file).is_file() {
+                return Err(CgroupError::Unavailable(format!(
+                    "{} has no {file}",
+                    m.dir.display()
+                )));
+            }
+        }
+        let mut real = 0;
+        for m in &mounts {
+            if fs_magic(&m.dir)? == CGROUP_SUPER_MAGIC {
+                real += 1;
+            }
+        }
+        if real != 0 && real != mounts.len() {
+            return Err(CgroupError::Unavailable(format!(
+                "only some of {:?} are cgroup v1 mounts",
+                mounts.iter().map(|m| &m.dir).collect::<Vec<_>>()
+            )));
+        }
+        Ok(FsCgroups {
+            hier: RootedHierarchy(Layout::V1 { root, mounts }),
+            parent: parent.to_owned(),
+            simulated: real == 0,
+        })
+    }
+
+    pub fn is_v2(&self) -> bool {
+        self.hier.v2()
+    }
+
+    /// Whether the tree is not a cgroup filesystem and the kernel's behaviour is emulated.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+
+    pub fn parent(&self) -> &str {
+        &self.parent
+    }
+
+    /// The hierarchy directories: one per v1 mount in use, or the v2 root.
+    fn bases(&self) -> Vec<&Path> {
+        match &self.hier.0 {
+            Layout::V1 { mounts, .. } => mounts.iter().map(|m| m.dir.as_path()).collect(),
+            Layout::V2 { root } => vec![root.as_path()],
+        }
+    }
+
+    /// The parent's directories, one per hierarchy.
+    pub fn parent_dirs(&self) -> Vec<PathBuf> {
+        self.bases()
+            .into_iter()
+            .map(|b| b.join(&self.parent))
+            .collect()
+    }
+
+    /// A server's cgroup directories, one per hierarchy (they may not exist).
+    pub fn cgroup_dirs(&self, id: &ServerId) -> Vec<PathBuf> {
+        let name = id.to_string();
+        self.parent_dirs()
+            .into_iter()
+            .map(|p| p.join(&name))
+            .collect()
+    }
+
+    /// The directory of the hierarchy carrying `ctl` (v2: the only one).
+    fn ctl_dir(&self, id: &ServerId, ctl: Ctl) -> Option<PathBuf> {
+        let base = match &self.hier.0 {
+            Layout::V1 { mounts, .. } => &mounts.iter().find(|m| m.ctls.contains(&ctl))?.dir,
+            Layout::V2 { root } => root,
+        };
+        Some(base.join(&self.parent).join(id.to_string()))
+    }
+
+    fn existing_dir(&self, id: &ServerId) -> Result<PathBuf, CgroupError> {
+        let dirs = self.cgroup_dirs(id);
+        match dirs.iter().find(|d| !d.is_dir()).or(dirs.first()) {
+            Some(d) if d.is_dir() => Ok(d.clone()),
+            Some(d) => Err(CgroupError::NotFound {
+                id: *id,
+                path: d.clone(),
+            }),
+            None => Err(CgroupError::Unavailable("no hierarchy".into())),
+        }
+    }
+
+    fn cgroup(&self, id: &ServerId) -> Cgroup {
+        Cgroup::load(
+            Box::new(self.hier.clone()),
+            format!("{}/{}", self.parent, id),
+        )
+    }
+
+    /// mkdir, keeping an existing directory; on a simulated tree, adds the control files.
+    fn mkdir(&self, dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), CgroupError> {
+        match std::fs::create_dir(dir) {
+            Ok(()) if self.simulated => simulate_mkdir(dir, ctls),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+            Err(e) => Err(CgroupError::CreateDir {
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+
+    /// v2: makes sure `dir`'s children get the cpu and memory controllers.
+    fn enable_controllers(&self, dir: &Path) -> Result<(), CgroupError> {
+        let path = dir.join("cgroup.subtree_control");
+        let enabled = |content: &str| -> Vec<String> {
+            content
+                .split_whitespace()
+                .map(|w| w.trim_start_matches('+').to_owned())
+                .collect()
+        };
+        let have = enabled(&read_string(&path)?);
+        let missing: Vec<&str> = ["cpu", "memory"]
+            .into_iter()
+            .filter(|c| !have.iter().any(|h| h == c))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let data = if self.simulated {
+            // What the kernel would show afterwards.
+            let mut all = have.clone();
+            all.extend(missing.iter().map(|m| (*m).to_owned()));
+            all.join(" ")
+        } else {
+            missing
+                .iter()
+                .map(|m| format!("+{m}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        write_file(&path, &data)?;
+        let after = read_string(&path)?;
+        let now = enabled(&after);
+        if ["cpu", "memory"].iter().all(|c| now.iter().any(|h| h == c)) {
+            Ok(())
+        } else {
+            Err(CgroupError::Parse {
+                path,
+                content: after,
+                why: "cpu and memory are still not enabled after writing them",
+            })
+        }
+    }
+
+    fn write_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        limits.validate()?;
+        let to_i64 = |v: Option<u64>| match v {
+            None => Ok(-1),
+            Some(v) => i64::try_from(v).map_err(|_| CgroupError::BadLimits {
+                limits: *limits,
+                why: "a value does not fit the kernel's 64-bit signed range",
+            }),
+        };
+        let quota = to_i64(limits.cpu_quota_us)?;
+        let mem = to_i64(limits.mem_limit_bytes)?;
+        let period = limits.cpu_period_us;
+        let v2 = self.is_v2();
+        let control = |dir: &Path, file: &str, data: String| {
+            let path = dir.join(file);
+            move |source| CgroupError::Control { path, data, source }
+        };
+        let cg = self.cgroup(id);
+        for sub in cg.subsystems() {
+            match sub {
+                Subsystem::Cpu(c) if v2 => {
+                    let q = limits.cpu_quota_us.map_or("max".into(), |q| q.to_string());
+                    c.set_cfs_quota_and_period(Some(quota), Some(period))
+                        .map_err(control(c.path(), "cpu.max", format!("{q} {period}")))?;
+                }
+                Subsystem::Cpu(c) => {
+                    c.set_cfs_period(period).map_err(control(
+                        c.path(),
+                        "cpu.cfs_period_us",
+                        period.to_string(),
+                    ))?;
+                    c.set_cfs_quota(quota).map_err(control(
+                        c.path(),
+                        "cpu.cfs_quota_us",
+                        quota.to_string(),
+                    ))?;
+                }
+                Subsystem::Mem(m) => {
+                    let (file, data) = match (v2, limits.mem_limit_bytes) {
+                        (true, None) => ("memory.max", "max".to_owned()),
+                        (true, Some(b)) => ("memory.max", b.to_string()),
+                        (false, _) => ("memory.limit_in_bytes", mem.to_string()),
+                    };
+                    m.set_limit(mem).map_err(control(m.path(), file, data))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the parent cgroup directories (every component of the parent's path, deepest
+    /// first). Fails if server cgroups are still inside; Ok if they do not exist.
+    pub fn remove_parent(&self) -> Result<(), CgroupError> {
+        let comps: Vec<&str> = self.parent.split('/').collect();
+        for base in self.bases() {
+            for n in (1..=comps.len()).rev() {
+                let dir = comps[..n].iter().fold(base.to_path_buf(), |d, c| d.join(c));
+                if !dir.is_dir() {
+                    continue;
+                }
+                if self.simulated {
+                    remove_files(&dir)?;
+                }
+                std::fs::remove_dir(&dir).map_err(|source| CgroupError::Remove {
+                    path: dir.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_empty(&self, id: &ServerId, timeout: Duration) -> Result<bool, CgroupError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.procs(id)?.is_empty() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl CgroupManager for FsCgroups {
+    fn describe(&self) -> String {
+        let v = if self.is_v2() {
+            "cgroup v2"
+        } else {
+            "cgroup v1"
+        };
+        if self.simulated {
+            format!("{v} (simulated at {})", self.hier.root().display())
+        } else {
+            v.to_owned()
+        }
+    }
+
+    fn enforcing(&self) -> bool {
+        !self.simulated
+    }
+
+    fn create(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        limits.validate()?;
+        let name = id.to_string();
+        match &self.hier.0 {
+            Layout::V1 { mounts, .. } => {
+                for m in mounts {
+                    let mut dir = m.dir.clone();
+                    for comp in self.parent.split('/').chain([name.as_str()]) {
+                        dir.push(comp);
+                        self.mkdir(&dir, Some(&m.ctls))?;
+                    }
+                }
+            }
+            Layout::V2 { root } => {
+                self.enable_controllers(root)?;
+                let mut dir = root.clone();
+                for comp in self.parent.split('/') {
+                    dir.push(comp);
+                    self.mkdir(&dir, None)?;
+                    self.enable_controllers(&dir)?;
+                }
+                dir.push(&name);
+                self.mkdir(&dir, None)?;
+            }
+        }
+        self.write_limits(id, limits)
+    }
+
+    fn set_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        limits.validate()?;
+        self.existing_dir(id)?;
+        self.write_limits(id, limits)
+    }
+
+    fn read_limits(&self, id: &ServerId) -> Result<CgroupLimits, CgroupError> {
+        self.existing_dir(id)?;
+        let dir = |ctl| {
+            self.ctl_dir(id, ctl)
+                .ok_or_else(|| CgroupError::Unavailable(format!("no {} hierarchy", ctl.name())))
+        };
+        let (cpu, mem) = (dir(Ctl::Cpu)?, dir(Ctl::Memory)?);
+        if self.is_v2() {
+            read_v2_limits(&cpu, &mem)
+        } else {
+            read_v1_limits(&cpu, &mem)
+        }
+    }
+
+    fn join_files(&self, id: &ServerId) -> Result<Vec<PathBuf>, CgroupError> {
+        self.existing_dir(id)?;
+        Ok(self
+            .cgroup_dirs(id)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect())
+    }
+
+    fn procs(&self, id: &ServerId) -> Result<Vec<u32>, CgroupError> {
+        let mut all = BTreeSet::new();
+        for dir in self.cgroup_dirs(id) {
+            all.extend(read_procs(&dir)?);
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn usage(&self, id: &ServerId) -> Result<ServerUsage, CgroupError> {
+        if self.is_v2() {
+            match self.ctl_dir(id, Ctl::Cpu) {
+                Some(dir) => read_v2_usage(&dir),
+                None => Ok(ServerUsage::default()),
+            }
+        } else {
+            read_v1_usage(
+                self.ctl_dir(id, Ctl::CpuAcct),
+                self.ctl_dir(id, Ctl::Memory),
+            )
+        }
+    }
+
+    fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError> {
+        let dirs = self.cgroup_dirs(id);
+        let Some(main) = dirs.first().cloned() else {
+            return Ok(());
+        };
+        if self.simulated {
+            // The kernel would kill them and they would leave: empty the lists.
+            for dir in dirs.iter().filter(|d| d.join("cgroup.procs").is_file()) {
+                write_file(&dir.join("cgroup.procs"), "")?;
+            }
+            return Ok(());
+        }
+        if self.procs(id)?.is_empty() {
+            return Ok(());
+        }
+        let kill_file = main.join("cgroup.kill");
+        if self.is_v2() && kill_file.is_file() {
+            self.cgroup(id)
+                .kill()
+                .map_err(|source| CgroupError::Control {
+                    path: kill_file,
+                    data: "1".into(),
+                    source,
+                })?;
+            if self.wait_empty(id, KILL_WAIT)? {
+                return Ok(());
+            }
+        }
+        for _ in 0..KILL_ROUNDS {
+            let pids = self.procs(id)?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            for pid in pids {
+                sigkill(pid, &main)?;
+            }
+            if self.wait_empty(id, KILL_WAIT)? {
+                return Ok(());
+            }
+        }
+        let pids = self.procs(id)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        Err(CgroupError::KillTimeout {
+            path: main,
+            pids,
+            rounds: KILL_ROUNDS,
+        })
+    }
+
+    fn remove(&self, id: &ServerId) -> Result<(), CgroupError> {
+        for dir in self.cgroup_dirs(id) {
+            let pids = read_procs(&dir)?;
+            if !pids.is_empty() {
+                return Err(CgroupError::Busy { path: dir, pids });
+            }
+        }
+        if self.simulated {
+            for dir in self.cgroup_dirs(id).iter().filter(|d| d.is_dir()) {
+                remove_files(dir)?;
+            }
+        }
+        let cg = self.cgroup(id);
+        for sub in cg.subsystems() {
+            let c = sub.to_controller();
+            c.delete().map_err(|source| CgroupError::RemoveCgroup {
+                path: c.path().to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<ServerId>, CgroupError> {
+        let mut ids = BTreeSet::new();
+        for dir in self.parent_dirs() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| read_err(&dir, e))?;
+                let is_dir = entry.file_type().map_err(|e| read_err(&entry.path(), e))?;
+                if !is_dir.is_dir() {
+                    continue;
+                }
+                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+/// `CgroupError::Unavailable`'s message without its prefix, others as they print.
+fn reason(e: CgroupError) -> String {
+    match e {
+        CgroupError::Unavailable(why) => why,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

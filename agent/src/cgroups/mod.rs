@@ -1,0 +1,384 @@
+//! One cgroup per server, under a configurable parent (default `backfill`), named by the server's
+//! id. The limits come from the server's resources and its perf_factor ([`limits_for`]); the
+//! [`CgroupManager`] trait has three implementations:
+//!
+//! - [`FsCgroups`]: the kernel's cgroup v1 or v2 filesystem, through cgroups-rs;
+//! - [`NoCgroups`]: running without root: nothing is enforced, the intended limits are kept in
+//!   memory so reports still show them;
+//! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
+
+mod fake;
+mod files;
+mod fs;
+mod hierarchy;
+
+pub use fake::{Call, NoCgroups, RecordingCgroups};
+pub use fs::FsCgroups;
+
+use backfill_shared::domain::scale;
+use backfill_shared::protocol::{AppliedLimits, ServerUsage};
+use backfill_shared::{PerfFactor, Resources, ServerId};
+use std::path::PathBuf;
+
+/// The CFS period the agent uses unless told otherwise (the kernel's default too).
+pub const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+/// The kernel refuses a CFS quota below 1 ms.
+pub const MIN_CPU_QUOTA_US: u64 = 1_000;
+/// The kernel accepts CFS periods from 1 ms to 1 s.
+pub const MIN_CPU_PERIOD_US: u64 = 1_000;
+pub const MAX_CPU_PERIOD_US: u64 = 1_000_000;
+/// The smallest memory limit [`limits_for`] gives (one page): a limit of 0 is never meant.
+pub const MIN_MEM_LIMIT_BYTES: u64 = 4_096;
+/// The parent cgroup used when the configuration names none.
+pub const DEFAULT_PARENT: &str = "backfill";
+
+/// Limits for one server's cgroup. `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_period_us: u64,
+    pub mem_limit_bytes: Option<u64>,
+}
+
+impl CgroupLimits {
+    pub const UNLIMITED: CgroupLimits = CgroupLimits {
+        cpu_quota_us: None,
+        cpu_period_us: DEFAULT_CPU_PERIOD_US,
+        mem_limit_bytes: None,
+    };
+
+    /// Checks the limits against what the kernel accepts, so a write never fails half-way.
+    pub fn validate(&self) -> Result<(), CgroupError> {
+        let bad = |why| Err(CgroupError::BadLimits { limits: *self, why });
+        if !(MIN_CPU_PERIOD_US..=MAX_CPU_PERIOD_US).contains(&self.cpu_period_us) {
+            return bad("the CPU period must be between 1000 and 1000000 us");
+        }
+        match self.cpu_quota_us {
+            Some(q) if q < MIN_CPU_QUOTA_US => {
+                return bad("the CPU quota must be at least 1000 us");
+            }
+            Some(q) if i64::try_from(q).is_err() => return bad("the CPU quota is too large"),
+            _ => {}
+        }
+        match self.mem_limit_bytes {
+            Some(0) => bad("a memory limit of 0 bytes"),
+            Some(m) if i64::try_from(m).is_err() => bad("the memory limit is too large"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl From<CgroupLimits> for AppliedLimits {
+    fn from(l: CgroupLimits) -> AppliedLimits {
+        AppliedLimits {
+            cpu_quota_us: l.cpu_quota_us,
+            cpu_period_us: l.cpu_period_us,
+            mem_limit_bytes: l.mem_limit_bytes,
+        }
+    }
+}
+
+/// CPU quota = vCPUs x perf_factor.cpu x period (at least 1000 us, the kernel's minimum);
+/// memory limit = mem_bytes x perf_factor.mem (rounded down by [`scale`], at least
+/// [`MIN_MEM_LIMIT_BYTES`]). `vcpus == 0` means no CPU limit; `mem_bytes == 0` means no memory
+/// limit. A period outside the kernel's 1 ms..1 s range is clamped into it.
+///
+/// The kernel keeps memory limits in pages: a limit that is not a multiple of the page size
+/// reads back rounded down to one.
+pub fn limits_for(resources: &Resources, perf: PerfFactor, period_us: u64) -> CgroupLimits {
+    let perf = perf.clamped();
+    let period = period_us.clamp(MIN_CPU_PERIOD_US, MAX_CPU_PERIOD_US);
+    let cpu_quota_us = (resources.vcpus > 0).then(|| {
+        let full = u64::from(resources.vcpus).saturating_mul(period);
+        scale(full, perf.cpu).max(MIN_CPU_QUOTA_US)
+    });
+    let mem_limit_bytes = (resources.mem_bytes > 0)
+        .then(|| scale(resources.mem_bytes, perf.mem).max(MIN_MEM_LIMIT_BYTES));
+    CgroupLimits {
+        cpu_quota_us,
+        cpu_period_us: period,
+        mem_limit_bytes,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "invalid cgroup parent {parent:?}: {why} (use '/'-separated components of A-Z a-z 0-9 . _ -)"
+    )]
+    BadParent { parent: String, why: &'static str },
+    #[error("invalid cgroup limits {limits:?}: {why}")]
+    BadLimits {
+        limits: CgroupLimits,
+        why: &'static str,
+    },
+    #[error("no usable cgroup hierarchy: {0}")]
+    Unavailable(String),
+    #[error("the cgroup of server {id} does not exist ({path})")]
+    NotFound { id: ServerId, path: PathBuf },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {data:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        data: String,
+        source: std::io::Error,
+    },
+    #[error("writing {data:?} to {path}: {source}")]
+    Control {
+        path: PathBuf,
+        data: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing cgroup {path}: {source}")]
+    RemoveCgroup {
+        path: PathBuf,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("{path}: unexpected contents {content:?}: {why}")]
+    Parse {
+        path: PathBuf,
+        content: String,
+        why: &'static str,
+    },
+    #[error("cgroup {path} still has processes {pids:?}")]
+    Busy { path: PathBuf, pids: Vec<u32> },
+    #[error("sending SIGKILL to pid {pid} of {path}: {source}")]
+    Signal {
+        pid: u32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("processes {pids:?} are still in {path} after {rounds} rounds of SIGKILL")]
+    KillTimeout {
+        path: PathBuf,
+        pids: Vec<u32>,
+        rounds: u32,
+    },
+    /// Only from [`RecordingCgroups`], when a test asked for a failure.
+    #[error("injected failure in {0}")]
+    Injected(&'static str),
+}
+
+/// One server's cgroup under a configurable parent (default "backfill"), named by its ServerId.
+///
+/// The [`FsCgroups`] methods do blocking file-system I/O (and [`CgroupManager::kill_all`] polls
+/// for up to a few seconds): call them from a blocking context.
+pub trait CgroupManager: Send + Sync + std::fmt::Debug {
+    /// "cgroup v1", "cgroup v2", "fake", "none (limits not enforced)"
+    fn describe(&self) -> String;
+    /// Whether limits are really enforced by the kernel.
+    fn enforcing(&self) -> bool;
+    /// Creates (or, if it already exists, keeps) the cgroup and applies limits. Idempotent.
+    fn create(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Rewrites the limits of an existing cgroup (a perf_factor change). Idempotent.
+    fn set_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Limits in force, read back from the control files.
+    fn read_limits(&self, id: &ServerId) -> Result<CgroupLimits, CgroupError>;
+    /// The `cgroup.procs` files a process must write "0" into to move itself into this server's
+    /// cgroup (one per v1 controller hierarchy, one for v2). The driver writes them in the child
+    /// between fork and exec, so the workload never runs unlimited. Empty when not enforcing.
+    fn join_files(&self, id: &ServerId) -> Result<Vec<PathBuf>, CgroupError>;
+    /// PIDs in the cgroup (empty if it does not exist).
+    fn procs(&self, id: &ServerId) -> Result<Vec<u32>, CgroupError>;
+    /// CPU time used (usec) and memory used (bytes), zero where unknown.
+    fn usage(&self, id: &ServerId) -> Result<ServerUsage, CgroupError>;
+    /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
+    /// short polls).
+    fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError>;
+    /// Removes the cgroup; Ok if it does not exist. Fails if processes remain.
+    fn remove(&self, id: &ServerId) -> Result<(), CgroupError>;
+    /// Server cgroups that exist under the parent (names that are not valid ServerIds are
+    /// ignored), sorted.
+    fn list(&self) -> Result<Vec<ServerId>, CgroupError>;
+}
+
+/// Checks a parent cgroup name: '/'-separated components of `[A-Za-z0-9._-]`, none empty, `.`
+/// or `..`.
+pub fn validate_parent(parent: &str) -> Result<(), CgroupError> {
+    let bad = |why| {
+        Err(CgroupError::BadParent {
+            parent: parent.chars().take(80).collect(),
+            why,
+        })
+    };
+    if parent.is_empty() {
+        return bad("it is empty");
+    }
+    if parent.len() > 200 {
+        return bad("it is longer than 200 characters");
+    }
+    for comp in parent.split('/') {
+        if comp.is_empty() {
+            return bad("it has an empty component (leading, trailing or double '/')");
+        }
+        if comp == "." || comp == ".." {
+            return bad("'.' and '..' are not allowed");
+        }
+        let ok = comp
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return bad("it has a character outside A-Z a-z 0-9 . _ -");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn res(vcpus: u32, mem_bytes: u64) -> Resources {
+        Resources {
+            cpu_mhz: u64::from(vcpus) * 2000,
+            vcpus,
+            mem_bytes,
+        }
+    }
+
+    fn pf(cpu: f64, mem: f64) -> PerfFactor {
+        PerfFactor { cpu, mem }
+    }
+
+    #[test]
+    fn full_perf_gives_whole_vcpus_and_all_memory() {
+        let l = limits_for(&res(2, 512 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+        assert_eq!(
+            l,
+            CgroupLimits {
+                cpu_quota_us: Some(200_000),
+                cpu_period_us: 100_000,
+                mem_limit_bytes: Some(512 * MIB),
+            }
+        );
+        l.validate().unwrap();
+    }
+
+    #[test]
+    fn half_and_quarter_perf() {
+        let l = limits_for(&res(2, 512 * MIB), pf(0.5, 0.25), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(100_000));
+        assert_eq!(l.mem_limit_bytes, Some(128 * MIB));
+        let l = limits_for(&res(3, 1000), pf(0.5, 0.5), 50_000);
+        assert_eq!(l.cpu_quota_us, Some(75_000));
+        assert_eq!(l.cpu_period_us, 50_000);
+        assert_eq!(l.mem_limit_bytes, Some(MIN_MEM_LIMIT_BYTES));
+    }
+
+    #[test]
+    fn a_tenth_rounds_down() {
+        // 3 vCPUs x 0.1 x 100000 = 30000.000000000004 in floating point: floor, no surprise.
+        let l = limits_for(&res(3, 1_000_000_007), pf(0.1, 0.1), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(30_000));
+        assert_eq!(l.mem_limit_bytes, Some(100_000_000));
+        let l = limits_for(&res(1, 4 * MIB), pf(0.33, 0.33), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(33_000));
+        assert_eq!(l.mem_limit_bytes, Some(1_384_120));
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let l = limits_for(&res(0, 0), pf(0.5, 0.5), 100_000);
+        assert_eq!(l, CgroupLimits::UNLIMITED);
+        let l = limits_for(&res(0, 64 * MIB), pf(0.5, 0.5), 100_000);
+        assert_eq!(l.cpu_quota_us, None);
+        assert_eq!(l.mem_limit_bytes, Some(32 * MIB));
+        let l = limits_for(&res(1, 0), pf(0.5, 0.5), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(50_000));
+        assert_eq!(l.mem_limit_bytes, None);
+    }
+
+    #[test]
+    fn the_kernel_minimums_hold() {
+        // 1 vCPU at 0.001 of a 100 ms period is 100 us: below the kernel's 1 ms minimum.
+        let l = limits_for(&res(1, MIB), pf(0.001, 0.0), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(MIN_CPU_QUOTA_US));
+        assert_eq!(l.mem_limit_bytes, Some(MIN_MEM_LIMIT_BYTES));
+        let l = limits_for(&res(1, MIB), pf(0.0, 0.0), 100_000);
+        assert_eq!(l.cpu_quota_us, Some(MIN_CPU_QUOTA_US));
+        l.validate().unwrap();
+        // Out-of-range periods are clamped, NaN and > 1 perf factors are clamped to 1.
+        assert_eq!(
+            limits_for(&res(1, 0), pf(1.0, 1.0), 0).cpu_period_us,
+            MIN_CPU_PERIOD_US
+        );
+        let l = limits_for(&res(2, 0), pf(f64::NAN, 7.0), 10_000_000);
+        assert_eq!(l.cpu_period_us, MAX_CPU_PERIOD_US);
+        assert_eq!(l.cpu_quota_us, Some(2 * MAX_CPU_PERIOD_US));
+    }
+
+    #[test]
+    fn validate_refuses_what_the_kernel_refuses() {
+        let ok = CgroupLimits::UNLIMITED;
+        ok.validate().unwrap();
+        for bad in [
+            CgroupLimits {
+                cpu_period_us: 0,
+                ..ok
+            },
+            CgroupLimits {
+                cpu_period_us: 2_000_000,
+                ..ok
+            },
+            CgroupLimits {
+                cpu_quota_us: Some(999),
+                ..ok
+            },
+            CgroupLimits {
+                cpu_quota_us: Some(u64::MAX),
+                ..ok
+            },
+            CgroupLimits {
+                mem_limit_bytes: Some(0),
+                ..ok
+            },
+            CgroupLimits {
+                mem_limit_bytes: Some(u64::MAX),
+                ..ok
+            },
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(matches!(e, CgroupError::BadLimits { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn parent_names() {
+        for good in ["backfill", "a/b", "backfill-test-12.x_y"] {
+            validate_parent(good).unwrap();
+        }
+        for bad in [
+            "", "..", ".", "a/../b", "/abs", "a/", "a//b", "a b", "é", "a\0b",
+        ] {
+            let e = validate_parent(bad).unwrap_err();
+            assert!(matches!(e, CgroupError::BadParent { .. }), "{bad:?}: {e}");
+        }
+        assert!(validate_parent(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn applied_limits_conversion() {
+        let l = limits_for(&res(2, MIB), PerfFactor::FULL, 100_000);
+        let a = AppliedLimits::from(l);
+        assert_eq!(a.cpu_quota_us, Some(200_000));
+        assert_eq!(a.cpu_period_us, 100_000);
+        assert_eq!(a.mem_limit_bytes, Some(MIB));
+    }
+}

@@ -1,0 +1,285 @@
+//! `backfill-agent`: parse, load and validate config, build, run, map errors to exit codes.
+
+use crate::cgroups::{CgroupManager, FsCgroups, NoCgroups};
+use crate::config::{AgentConfig, CgroupMode, ConfigError};
+use crate::discovery::{self, DiscoveryError};
+use crate::driver::{self, DriverError, RunAs};
+use crate::link::{self, LinkError, LinkParams};
+use crate::state::StateError;
+use crate::supervisor::Supervisor;
+use backfill_shared::pki::{PkiError, Role, identity_from_der};
+use backfill_shared::tls::{self, TlsError};
+use backfill_shared::{HostId, SystemClock};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "backfill-agent", version, about = "backfill per-host agent")]
+pub struct Cli {
+    #[arg(long, default_value = "/etc/backfill/agent.toml")]
+    pub config: PathBuf,
+    /// Validate the configuration and exit (64 when it is wrong).
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The built-in idle workload: sleeps until killed.
+    #[command(hide = true)]
+    Idle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("agent certificate: {0}")]
+    Identity(#[from] PkiError),
+    #[error("agent certificate has role {0}; an agent needs an agent certificate")]
+    WrongRole(Role),
+    #[error("cgroups: {0}")]
+    Cgroups(#[from] crate::cgroups::CgroupError),
+    #[error("cgroups = \"auto\" needs root; set cgroups = \"none\" to run without limits")]
+    NotRoot,
+    #[error("run_as = {0:?} needs root; leave it empty when the agent is not root")]
+    RunAsNeedsRoot(String),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Config(_)
+            | AgentError::Tls(_)
+            | AgentError::Identity(_)
+            | AgentError::WrongRole(_)
+            | AgentError::NotRoot
+            | AgentError::RunAsNeedsRoot(_)
+            | AgentError::Link(_) => 64,
+            AgentError::State(_) | AgentError::Io { .. } => 74,
+            AgentError::Cgroups(_) | AgentError::Driver(_) | AgentError::Discovery(_) => 71,
+        }
+    }
+}
+
+/// The whole agent, from arguments to exit code (also used by `backfill-coordinator dev`).
+pub fn main_with_args(args: Vec<OsString>) -> u8 {
+    backfill_shared::tls::install_default_provider();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 64 } else { 0 };
+        }
+    };
+    if let Some(Command::Idle) = cli.command {
+        idle();
+    }
+    init_tracing();
+    match main_exec(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("backfill-agent: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn idle() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn main_exec(cli: &Cli) -> Result<(), AgentError> {
+    let cfg = AgentConfig::load(&cli.config)?;
+    let host_id = host_id_from_cert(&cfg)?;
+    if cli.check_config {
+        println!("{}: ok (host {host_id})", cli.config.display());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io {
+            path: PathBuf::from("tokio runtime"),
+            source,
+        })?;
+    rt.block_on(run(cfg, host_id))
+}
+
+/// The host id is the CN of the agent certificate.
+fn host_id_from_cert(cfg: &AgentConfig) -> Result<HostId, AgentError> {
+    let certs = tls::load_certs(&cfg.tls.cert)?;
+    let leaf = certs.first().ok_or_else(|| TlsError::NoCertificate {
+        path: cfg.tls.cert.clone(),
+    })?;
+    let id = identity_from_der(leaf)?;
+    if id.role != Role::Agent {
+        return Err(AgentError::WrongRole(id.role));
+    }
+    id.name
+        .parse()
+        .map_err(|_| AgentError::Identity(PkiError::BadName(id.name.clone())))
+}
+
+fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
+    match cfg.cgroups {
+        CgroupMode::None => Ok(Box::new(NoCgroups::default())),
+        CgroupMode::Auto if !driver::running_as_root() => Err(AgentError::NotRoot),
+        CgroupMode::Auto => Ok(Box::new(FsCgroups::detect(&cfg.cgroup_parent)?)),
+    }
+}
+
+async fn run(cfg: AgentConfig, host_id: HostId) -> Result<(), AgentError> {
+    let root = driver::running_as_root();
+    let run_as = match cfg.run_as.as_str() {
+        "" => None,
+        user if !root => return Err(AgentError::RunAsNeedsRoot(user.to_owned())),
+        user => Some(RunAs::lookup(user)?),
+    };
+    let cgroups = cgroups(&cfg)?;
+    if cgroups.enforcing() {
+        tracing::info!(cgroups = %cgroups.describe(), parent = %cfg.cgroup_parent, "limits enforced");
+    } else {
+        tracing::warn!(cgroups = %cgroups.describe(), "limits are NOT enforced");
+    }
+    let gpus = discovery::gpu_backend(cfg.inventory_file.as_deref())?;
+    let inventory = discovery::discover(gpus.as_ref())?;
+    tracing::info!(
+        host = %host_id,
+        cpus = inventory.cpus,
+        mhz = inventory.cpu_mhz_per_cpu,
+        mem = inventory.mem_bytes,
+        gpus = inventory.gpus.len(),
+        "discovered"
+    );
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::Io {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let mut supervisor = Supervisor::new(
+        cgroups,
+        &cfg.state_dir,
+        run_as,
+        cfg.default_command.clone(),
+        Arc::new(SystemClock),
+    );
+    supervisor.adopt()?;
+    let supervisor = Arc::new(Mutex::new(supervisor));
+    let params = LinkParams {
+        addr: cfg.coordinator,
+        server_name: LinkParams::server_name(&cfg.coordinator_name)?,
+        connector: tokio_rustls::TlsConnector::from(tls::client_config(&cfg.tls)?),
+        host_id,
+        inventory,
+        report_interval: Duration::from_secs(cfg.report_interval_secs),
+    };
+    let shutdown = CancellationToken::new();
+    let changed = Arc::new(Notify::new());
+    let watcher = tokio::spawn(watch_exits(
+        supervisor.clone(),
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    let link = tokio::spawn(link::run(
+        params,
+        supervisor.clone(),
+        changed,
+        shutdown.clone(),
+    ));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = link.await;
+    let _ = watcher.await;
+    if cfg.stop_workloads_on_exit {
+        let s = supervisor.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stop_all();
+        })
+        .await;
+        tracing::info!("stopped every workload (stop_workloads_on_exit)");
+    } else {
+        tracing::info!("workloads keep running; a restarted agent re-adopts them");
+    }
+    Ok(())
+}
+
+/// Notices ended workloads every second, whether or not the coordinator is reachable.
+async fn watch_exits(
+    supervisor: Arc<Mutex<Supervisor>>,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = supervisor.clone();
+        let ended = tokio::task::spawn_blocking(move || {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .poll_exits()
+        })
+        .await
+        .unwrap_or(false);
+        if ended {
+            changed.notify_one();
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! The workloads of this host: started, limited, watched, stopped and re-adopted. Applying a
+//! desired state is idempotent: the same state twice changes nothing.
+
+use crate::cgroups::{CgroupManager, DEFAULT_CPU_PERIOD_US, limits_for};
+use crate::driver::{self, ExecSpec, ProcessIdentity, RunAs};
+use crate::state::{PersistedServer, StateError, StateFile};
+use backfill_shared::protocol::{
+    DesiredServer, DesiredState, HostUsage, ObservedServer, Report, WorkloadState,
+};
+use backfill_shared::{Clock, PerfFactor, Resources, ServerId};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a killed child gets to be reaped before we stop waiting for it.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+enum Run {
+    Running {
+        process: ProcessIdentity,
+        /// Present when this agent process started it (and so must reap it).
+        child: Option<Child>,
+        started_at: i64,
+    },
+    Exited {
+        code: Option<i32>,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    resources: Resources,
+    perf_factor: PerfFactor,
+    run: Run,
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    cgroups: Box<dyn CgroupManager>,
+    state: StateFile,
+    log_dir: PathBuf,
+    run_as: Option<RunAs>,
+    default_command: Vec<String>,
+    clock: Arc<dyn Clock>,
+    entries: BTreeMap<ServerId, Entry>,
+    applied_generation: u64,
+}
+
+impl Supervisor {
+    pub fn new(
+        cgroups: Box<dyn CgroupManager>,
+        state_dir: &std::path::Path,
+        run_as: Option<RunAs>,
+        default_command: Vec<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Supervisor {
+        Supervisor {
+            cgroups,
+            state: StateFile::new(state_dir),
+            log_dir: state_dir.join("logs"),
+            run_as,
+            default_command,
+            clock,
+            entries: BTreeMap::new(),
+            applied_generation: 0,
+        }
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.cgroups.enforcing()
+    }
+
+    /// Re-adopts the workloads a previous agent process started, and cleans up cgroups of
+    /// workloads that are gone. Call once, before the first desired state.
+    pub fn adopt(&mut self) -> Result<(), StateError> {
+        for p in self.state.load()? {
+            if driver::alive(&p.process) {
+                tracing::info!(server = %p.server, pid = p.process.pid, "re-adopted running workload");
+                self.entries.insert(
+                    p.server,
+                    Entry {
+                        resources: p.resources,
+                        perf_factor: p.perf_factor,
+                        run: Run::Running {
+                            process: p.process,
+                            child: None,
+                            started_at: p.started_at,
+                        },
+                    },
+                );
+            } else {
+                tracing::warn!(server = %p.server, pid = p.process.pid, "workload ended while the agent was away");
+                self.cleanup(&p.server);
+                self.entries.insert(
+                    p.server,
+                    Entry {
+                        resources: p.resources,
+                        perf_factor: p.perf_factor,
+                        run: Run::Exited { code: None },
+                    },
+                );
+            }
+        }
+        match self.cgroups.list() {
+            Ok(ids) => {
+                for id in ids.iter().filter(|id| !self.entries.contains_key(id)) {
+                    tracing::warn!(server = %id, "removing a server cgroup no workload owns");
+                    self.cleanup(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list server cgroups"),
+        }
+        self.persist();
+        Ok(())
+    }
+
+    /// Makes the host match `desired`: starts what is missing, re-limits what changed, stops
+    /// what is no longer wanted.
+    pub fn apply(&mut self, desired: &DesiredState) {
+        let wanted: BTreeMap<ServerId, &DesiredServer> =
+            desired.servers.iter().map(|d| (d.server, d)).collect();
+        let gone: Vec<ServerId> = self
+            .entries
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.stop(&id);
+        }
+        for (id, d) in wanted {
+            match self.entries.get_mut(&id) {
+                None => self.start(d),
+                Some(e) if matches!(e.run, Run::Running { .. }) => {
+                    if e.perf_factor != d.perf_factor || e.resources != d.resources {
+                        let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
+                        match self.cgroups.set_limits(&id, &limits) {
+                            Ok(()) => {
+                                tracing::info!(server = %id, cpu = d.perf_factor.cpu, mem = d.perf_factor.mem, "limits changed");
+                                e.perf_factor = d.perf_factor;
+                                e.resources = d.resources;
+                            }
+                            Err(err) => {
+                                tracing::warn!(server = %id, error = %err, "cannot change limits")
+                            }
+                        }
+                    }
+                }
+                // Exited or failed: reported; the coordinator takes it out of the desired state.
+                Some(_) => {}
+            }
+        }
+        self.applied_generation = self.applied_generation.max(desired.generation);
+        self.persist();
+    }
+
+    fn start(&mut self, d: &DesiredServer) {
+        let id = d.server;
+        let run = match self.try_start(d) {
+            Ok((process, child)) => {
+                tracing::info!(server = %id, pid = process.pid, "workload started");
+                Run::Running {
+                    process,
+                    child: Some(child),
+                    started_at: self.clock.now(),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(server = %id, %reason, "workload did not start");
+                self.cleanup(&id);
+                Run::Failed { reason }
+            }
+        };
+        self.entries.insert(
+            id,
+            Entry {
+                resources: d.resources,
+                perf_factor: d.perf_factor,
+                run,
+            },
+        );
+    }
+
+    fn try_start(&self, d: &DesiredServer) -> Result<(ProcessIdentity, Child), String> {
+        let id = d.server;
+        let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
+        self.cgroups
+            .create(&id, &limits)
+            .map_err(|e| e.to_string())?;
+        let join = self.cgroups.join_files(&id).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
+        let empty = BTreeMap::new();
+        let (command, env) = match &d.workload {
+            Some(w) => (&w.command, &w.env),
+            None => (&self.default_command, &empty),
+        };
+        let log_file = self.log_dir.join(format!("{id}.log"));
+        let mut child = driver::spawn(&ExecSpec {
+            server: id,
+            command,
+            env,
+            join_files: &join,
+            run_as: self.run_as,
+            log_file: &log_file,
+        })
+        .map_err(|e| e.to_string())?;
+        match ProcessIdentity::of(child.id()) {
+            Some(p) => Ok((p, child)),
+            None => {
+                // It exited at once; reap it and say how.
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(format!(
+                    "exited immediately ({status}); see {}",
+                    log_file.display()
+                ))
+            }
+        }
+    }
+
+    fn stop(&mut self, id: &ServerId) {
+        if let Some(mut e) = self.entries.remove(id) {
+            if let Run::Running { process, child, .. } = &mut e.run {
+                driver::kill_group(process.pid);
+                if let Some(child) = child {
+                    reap(child);
+                }
+                tracing::info!(server = %id, "workload stopped");
+            }
+        }
+        self.cleanup(id);
+    }
+
+    /// Kills whatever is left in the server's cgroup and removes it.
+    fn cleanup(&self, id: &ServerId) {
+        if let Err(e) = self.cgroups.kill_all(id) {
+            tracing::warn!(server = %id, error = %e, "cannot kill the cgroup's processes");
+        }
+        if let Err(e) = self.cgroups.remove(id) {
+            tracing::warn!(server = %id, error = %e, "cannot remove the cgroup");
+        }
+    }
+
+    /// Notices workloads that ended. Returns whether anything changed.
+    pub fn poll_exits(&mut self) -> bool {
+        let mut ended = Vec::new();
+        for (id, e) in &mut self.entries {
+            if let Run::Running { process, child, .. } = &mut e.run {
+                let code = match child {
+                    Some(c) => match c.try_wait() {
+                        Ok(Some(status)) => Some(status.code()),
+                        Ok(None) => None,
+                        Err(_) => (!driver::alive(process)).then_some(None),
+                    },
+                    None => (!driver::alive(process)).then_some(None),
+                };
+                if let Some(code) = code {
+                    tracing::info!(server = %id, ?code, "workload exited");
+                    e.run = Run::Exited { code };
+                    ended.push(*id);
+                }
+            }
+        }
+        for id in &ended {
+            self.cleanup(id);
+        }
+        if !ended.is_empty() {
+            self.persist();
+        }
+        !ended.is_empty()
+    }
+
+    pub fn report(&self) -> Report {
+        let servers = self
+            .entries
+            .iter()
+            .map(|(id, e)| {
+                let (state, pid, started_at) = match &e.run {
+                    Run::Running {
+                        process,
+                        started_at,
+                        ..
+                    } => (WorkloadState::Running, Some(process.pid), Some(*started_at)),
+                    Run::Exited { code } => (WorkloadState::Exited { code: *code }, None, None),
+                    Run::Failed { reason } => (
+                        WorkloadState::Failed {
+                            reason: reason.clone(),
+                        },
+                        None,
+                        None,
+                    ),
+                };
+                let running = matches!(e.run, Run::Running { .. });
+                let limits = if running {
+                    self.cgroups.read_limits(id).ok()
+                } else {
+                    None
+                }
+                .unwrap_or_else(|| limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US));
+                ObservedServer {
+                    server: *id,
+                    state,
+                    pid,
+                    started_at,
+                    perf_factor: e.perf_factor,
+                    limits: limits.into(),
+                    usage: if running {
+                        self.cgroups.usage(id).unwrap_or_default()
+                    } else {
+                        Default::default()
+                    },
+                }
+            })
+            .collect();
+        Report {
+            applied_generation: self.applied_generation,
+            servers,
+            usage: host_usage(),
+        }
+    }
+
+    /// Dev mode's exit: stop every workload and remove every cgroup.
+    pub fn stop_all(&mut self) {
+        let ids: Vec<ServerId> = self.entries.keys().copied().collect();
+        for id in ids {
+            self.stop(&id);
+        }
+        self.persist();
+    }
+
+    fn persist(&self) {
+        let running: Vec<PersistedServer> = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match &e.run {
+                Run::Running {
+                    process,
+                    started_at,
+                    ..
+                } => Some(PersistedServer {
+                    server: *id,
+                    process: *process,
+                    started_at: *started_at,
+                    resources: e.resources,
+                    perf_factor: e.perf_factor,
+                }),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.state.save(&running) {
+            tracing::error!(error = %e, "cannot write the agent state file; a restart would not re-adopt workloads");
+        }
+    }
+}
+
+fn reap(child: &mut Child) {
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    tracing::warn!(pid = child.id(), "a killed workload was not reaped in time");
+}
+
+/// Host memory in use and the 1-minute load average, from /proc.
+fn host_usage() -> HostUsage {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            .saturating_mul(1024)
+    };
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    HostUsage {
+        mem_used_bytes: field("MemTotal:").saturating_sub(field("MemAvailable:")),
+        load_avg_milli: (load * 1000.0) as u64,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::cgroups::{Call, RecordingCgroups};
+    use backfill_shared::Workload;
+    use backfill_shared::clock::ManualClock;
+
+    fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
+        DesiredState {
+            generation,
+            servers: servers
+                .iter()
+                .map(|(id, pf)| DesiredServer {
+                    server: *id,
+                    resources: Resources {
+                        cpu_mhz: 2000,
+                        vcpus: 2,
+                        mem_bytes: 256 << 20,
+                    },
+                    perf_factor: PerfFactor { cpu: *pf, mem: *pf },
+                    workload: Some(Workload {
+                        command: vec!["sleep".into(), "30".into()],
+                        env: Default::default(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    fn supervisor(dir: &std::path::Path, cg: RecordingCgroups) -> Supervisor {
+        Supervisor::new(
+            Box::new(cg),
+            dir,
+            None,
+            vec!["sleep".into(), "30".into()],
+            Arc::new(ManualClock::new(1_000)),
+        )
+    }
+
+    #[test]
+    fn applies_limits_once_and_relimits_on_perf_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = RecordingCgroups::default();
+        let mut s = supervisor(dir.path(), cg.clone());
+        let id = ServerId::from_u128(1);
+        s.apply(&desired(1, &[(id, 1.0)]));
+        s.apply(&desired(1, &[(id, 1.0)])); // repeated: nothing new
+        s.apply(&desired(2, &[(id, 0.5)]));
+        let calls = cg.calls();
+        let creates: Vec<_> = calls
+            .iter()
+            .filter(|c| matches!(c, Call::Create(..)))
+            .collect();
+        assert_eq!(creates.len(), 1, "{calls:?}");
+        let full = limits_for(
+            &desired(1, &[(id, 1.0)]).servers[0].resources,
+            PerfFactor::FULL,
+            DEFAULT_CPU_PERIOD_US,
+        );
+        assert_eq!(full.cpu_quota_us, Some(200_000));
+        assert!(calls.iter().any(|c| matches!(c, Call::SetLimits(i, l) if *i == id && l.cpu_quota_us == Some(100_000) && l.mem_limit_bytes == Some(128 << 20))));
+        let r = s.report();
+        assert_eq!(r.applied_generation, 2);
+        assert_eq!(r.servers[0].state, WorkloadState::Running);
+        assert_eq!(r.servers[0].limits.cpu_quota_us, Some(100_000));
+        s.apply(&desired(3, &[]));
+        assert!(
+            cg.calls()
+                .iter()
+                .any(|c| matches!(c, Call::Remove(i) if *i == id))
+        );
+        assert!(s.report().servers.is_empty());
+    }
+
+    #[test]
+    fn a_new_supervisor_adopts_instead_of_restarting() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ServerId::from_u128(2);
+        let cg = RecordingCgroups::default();
+        let mut first = supervisor(dir.path(), cg.clone());
+        first.apply(&desired(1, &[(id, 1.0)]));
+        let pid = first.report().servers[0].pid.unwrap();
+        drop(first); // the agent goes away; the workload does not
+
+        let cg2 = RecordingCgroups::default();
+        let mut second = supervisor(dir.path(), cg2.clone());
+        second.adopt().unwrap();
+        second.apply(&desired(2, &[(id, 1.0)]));
+        assert_eq!(second.report().servers[0].pid, Some(pid));
+        assert!(!cg2.calls().iter().any(|c| matches!(c, Call::Create(..))));
+        let process = ProcessIdentity::of(pid).unwrap();
+        second.stop_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while driver::alive(&process) {
+            assert!(Instant::now() < deadline, "workload survived stop_all");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn exits_and_failures_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = supervisor(dir.path(), RecordingCgroups::default());
+        let ok = ServerId::from_u128(3);
+        let bad = ServerId::from_u128(4);
+        let mut d = desired(1, &[(ok, 1.0), (bad, 1.0)]);
+        d.servers[0].workload = Some(Workload {
+            command: vec!["sh".into(), "-c".into(), "sleep 0.2; exit 3".into()],
+            env: Default::default(),
+        });
+        d.servers[1].workload = Some(Workload {
+            command: vec!["/no/such/program".into()],
+            env: Default::default(),
+        });
+        s.apply(&d);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.poll_exits() {
+            assert!(Instant::now() < deadline, "exit not noticed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = s.report();
+        assert_eq!(r.servers[0].state, WorkloadState::Exited { code: Some(3) });
+        assert!(matches!(r.servers[1].state, WorkloadState::Failed { .. }));
+    }
+}

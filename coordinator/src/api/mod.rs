@@ -1,0 +1,93 @@
+//! The public API: axum routers served by hyper-util over tokio-rustls. The caller's identity
+//! comes from its verified client certificate and travels in the request's extensions.
+
+mod bservers;
+mod capabilities;
+mod error;
+mod server_json;
+mod tenant;
+
+pub use error::ApiError;
+
+use crate::coordinator::Coordinator;
+use crate::tls_accept;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use backfill_shared::pki::Role;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub coordinator: Arc<Coordinator>,
+}
+
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    let state = AppState { coordinator };
+    Router::new()
+        .nest("/api/2.0", capabilities::routes().merge(bservers::routes()))
+        .fallback(|| async {
+            ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener`: TLS with a client certificate of role account or admin.
+pub async fn serve_api(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let allowed = [Role::Account, Role::Admin];
+            let Some((tls, identity)) =
+                tls_accept::accept(&acceptor, tcp, peer, "API", &allowed).await
+            else {
+                return;
+            };
+            let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(identity.clone());
+                router.clone().oneshot(req)
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "API connection ended");
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,331 @@
+//! Servers in CloudSigma's JSON shape, and validation of create requests.
+
+use super::ApiError;
+use crate::coordinator::NewServer;
+use crate::store::{Account, ServerRecord};
+use backfill_shared::{ServerStatus, Workload, clock::rfc3339};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+pub const MAX_OBJECTS: usize = 100;
+const MAX_NAME: usize = 200;
+const MIN_MEM: u64 = 64 << 20;
+const MAX_MEM: u64 = 16 << 40;
+const MAX_CPU: u64 = 10_000_000;
+const MAX_SMP: u64 = 1024;
+const MAX_META: usize = 100;
+const MAX_META_KEY: usize = 64;
+const MAX_META_VALUE: usize = 4096;
+const MAX_TAGS: usize = 100;
+const MAX_ARGS: usize = 256;
+const MAX_ARG: usize = 4096;
+
+/// The fields a create request may carry.
+const FIELDS: &[&str] = &[
+    "name",
+    "cpu",
+    "mem",
+    "smp",
+    "meta",
+    "tags",
+    "vnc_password",
+    "workload",
+];
+
+fn resource_uri(collection: &str, s: &ServerRecord) -> String {
+    format!("/api/2.0/{collection}/{}/", s.uuid)
+}
+
+pub fn location(collection: &str, s: &ServerRecord) -> String {
+    resource_uri(collection, s)
+}
+
+fn owner(account: &Account) -> Value {
+    json!({
+        "resource_uri": format!("/api/2.0/user/{}/", account.uuid),
+        "uuid": account.uuid,
+    })
+}
+
+fn runtime(s: &ServerRecord) -> Value {
+    match (s.status, s.active_since, &s.host) {
+        (ServerStatus::Running | ServerStatus::Stopping, Some(since), Some(host)) => json!({
+            "active_since": rfc3339(since),
+            "nics": [],
+            "perf_factor": {"cpu": s.perf_factor.cpu, "mem": s.perf_factor.mem},
+            "host": host.as_str(),
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// The list summary: `name, owner, resource_uri, runtime, status, uuid`.
+pub fn summary(collection: &str, account: &Account, s: &ServerRecord) -> Value {
+    json!({
+        "name": s.name,
+        "owner": owner(account),
+        "resource_uri": resource_uri(collection, s),
+        "runtime": runtime(s),
+        "status": s.status.as_str(),
+        "uuid": s.uuid.to_string(),
+    })
+}
+
+/// The full object, as `GET /{collection}/{uuid}/` shows it.
+pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Value {
+    json!({
+        "context": true,
+        "cpu": s.cpu,
+        "cpu_model": null,
+        "cpu_type": "amd",
+        "cpus_instead_of_cores": false,
+        "drives": [],
+        "enable_numa": false,
+        "grantees": [],
+        "hv_relaxed": false,
+        "hv_tsc": false,
+        "hypervisor": "kvm",
+        "jobs": [],
+        "mem": s.mem,
+        "meta": s.meta,
+        "name": s.name,
+        "nics": [],
+        "owner": owner(account),
+        "permissions": [],
+        "pubkeys": [],
+        "requirements": [],
+        "resource_uri": resource_uri(collection, s),
+        "runtime": runtime(s),
+        "smp": s.smp,
+        "status": s.status.as_str(),
+        "tags": s.tags,
+        "uuid": s.uuid.to_string(),
+        "vnc_password": s.vnc_password,
+        "workload": s.workload,
+    })
+}
+
+/// Parses `{"objects": [...]}` into validated create requests.
+pub fn parse_create(body: &[u8]) -> Result<Vec<NewServer>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
+    let Some(objects) = v.as_object().and_then(|o| o.get("objects")) else {
+        return Err(ApiError::validation(
+            "objects",
+            "expected {\"objects\": [ {...}, ... ]}",
+        ));
+    };
+    let Some(list) = objects.as_array() else {
+        return Err(ApiError::validation("objects", "objects must be a list"));
+    };
+    if list.is_empty() || list.len() > MAX_OBJECTS {
+        return Err(ApiError::validation(
+            "objects",
+            format!("objects must hold 1 to {MAX_OBJECTS} servers"),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, o)| parse_one(i, o))
+        .collect()
+}
+
+fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
+    let at = |f: &str| format!("objects[{i}].{f}");
+    let Some(o) = v.as_object() else {
+        return Err(ApiError::validation(
+            format!("objects[{i}]"),
+            "must be an object",
+        ));
+    };
+    if let Some(unknown) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::validation(
+            at(unknown),
+            format!(
+                "unknown field {unknown:?}; accepted fields: {}",
+                FIELDS.join(", ")
+            ),
+        ));
+    }
+    let name = match o.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_NAME => {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::validation(
+                at("name"),
+                format!("name must be a non-empty string of at most {MAX_NAME} characters"),
+            ));
+        }
+        None => return Err(ApiError::validation(at("name"), "This field is required")),
+    };
+    let cpu = int(o, "cpu", 1, MAX_CPU, None).map_err(|m| ApiError::validation(at("cpu"), m))?;
+    let mem =
+        int(o, "mem", MIN_MEM, MAX_MEM, None).map_err(|m| ApiError::validation(at("mem"), m))?;
+    let smp = int(o, "smp", 1, MAX_SMP, Some(1)).map_err(|m| ApiError::validation(at("smp"), m))?;
+    let meta = parse_meta(o.get("meta")).map_err(|m| ApiError::validation(at("meta"), m))?;
+    let tags = parse_tags(o.get("tags")).map_err(|m| ApiError::validation(at("tags"), m))?;
+    let vnc_password = match o.get("vnc_password") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= 64 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::validation(
+                at("vnc_password"),
+                "vnc_password must be a string of at most 64 characters",
+            ));
+        }
+    };
+    let workload =
+        parse_workload(o.get("workload")).map_err(|m| ApiError::validation(at("workload"), m))?;
+    Ok(NewServer {
+        name,
+        cpu,
+        smp: u32::try_from(smp).unwrap_or(1),
+        mem,
+        meta,
+        tags,
+        vnc_password,
+        workload,
+    })
+}
+
+fn int(
+    o: &Map<String, Value>,
+    field: &str,
+    min: u64,
+    max: u64,
+    default: Option<u64>,
+) -> Result<u64, String> {
+    match (o.get(field), default) {
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err("This field is required".into()),
+        (Some(v), _) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(format!("{field} must be an integer from {min} to {max}")),
+        },
+    }
+}
+
+fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
+    let Some(o) = v.as_object() else {
+        return Err("meta must be an object of strings".into());
+    };
+    if o.len() > MAX_META {
+        return Err(format!("meta holds at most {MAX_META} keys"));
+    }
+    o.iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) if !k.is_empty() && k.len() <= MAX_META_KEY && s.len() <= MAX_META_VALUE => {
+                Ok((k.clone(), s.to_owned()))
+            }
+            _ => Err(format!(
+                "meta {k:?}: keys are 1 to {MAX_META_KEY} bytes, values strings of at most {MAX_META_VALUE} bytes"
+            )),
+        })
+        .collect()
+}
+
+fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or("tags must be a list of strings")?;
+    if list.len() > MAX_TAGS {
+        return Err(format!("at most {MAX_TAGS} tags"));
+    }
+    list.iter()
+        .map(|t| match t.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= MAX_META_KEY => Ok(s.to_owned()),
+            _ => Err(format!("tags are strings of 1 to {MAX_META_KEY} bytes")),
+        })
+        .collect()
+}
+
+fn parse_workload(v: Option<&Value>) -> Result<Option<Workload>, String> {
+    let v = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let w: Workload = serde_json::from_value(v.clone()).map_err(|e| {
+        format!("workload must be {{\"command\": [\"prog\", \"arg\", ...], \"env\": {{...}}}}: {e}")
+    })?;
+    if w.command.is_empty() || w.command.len() > MAX_ARGS {
+        return Err(format!("workload.command needs 1 to {MAX_ARGS} strings"));
+    }
+    if w.command
+        .iter()
+        .any(|a| a.len() > MAX_ARG || a.contains('\0'))
+    {
+        return Err("workload.command strings are at most 4096 bytes, without NUL".into());
+    }
+    if w.command[0].is_empty() {
+        return Err("workload.command[0] must name a program".into());
+    }
+    if w.env.len() > MAX_ARGS
+        || w.env.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.contains('=')
+                || k.contains('\0')
+                || v.contains('\0')
+                || v.len() > MAX_ARG
+        })
+    {
+        return Err(format!(
+            "workload.env: at most {MAX_ARGS} variables, names without '=' or NUL, values without NUL"
+        ));
+    }
+    Ok(Some(w))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        parse_create(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_create_gets_defaults() {
+        let v = parse_create(
+            br#"{"objects":[{"cpu":1000,"mem":536870912,"name":"a","vnc_password":"x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].cpu, v[0].smp, v[0].mem), (1000, 1, 536_870_912));
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        assert_eq!(err("{").point.as_deref(), Some("body"));
+        assert_eq!(err(r#"{"objects":[]}"#).point.as_deref(), Some("objects"));
+        assert_eq!(
+            err(r#"{"objects":[{"mem":536870912,"name":"a"}]}"#)
+                .point
+                .as_deref(),
+            Some("objects[0].cpu")
+        );
+        assert_eq!(
+            err(r#"{"objects":[{"cpu":-1,"mem":536870912,"name":"a"}]}"#)
+                .point
+                .as_deref(),
+            Some("objects[0].cpu")
+        );
+        assert_eq!(
+            err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","drives":[]}]}"#)
+                .point
+                .as_deref(),
+            Some("objects[0].drives")
+        );
+        assert_eq!(
+            err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","workload":{"command":[]}}]}"#)
+                .point
+                .as_deref(),
+            Some("objects[0].workload")
+        );
+    }
+}

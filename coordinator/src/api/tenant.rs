@@ -1,0 +1,44 @@
+//! The calling tenant, from its certificate.
+
+use super::{ApiError, AppState};
+use crate::store::Account;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use backfill_shared::pki::{PeerIdentity, Role};
+
+/// An account certificate's account.
+pub struct Tenant(pub Account);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(id) = parts.extensions.get::<PeerIdentity>() else {
+            return Err(ApiError::permission("no client certificate"));
+        };
+        if id.role != Role::Account {
+            return Err(ApiError::permission(format!(
+                "this endpoint needs an account certificate; {:?} presented a {} certificate",
+                id.name, id.role
+            )));
+        }
+        Ok(Tenant(state.coordinator.account(&id.name).await?))
+    }
+}
+
+/// An account that may run backfill servers.
+pub struct BackfillTenant(pub Account);
+
+impl FromRequestParts<AppState> for BackfillTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Tenant(account) = Tenant::from_request_parts(parts, state).await?;
+        if !account.backfill {
+            return Err(ApiError::permission(
+                "Backfilling is not enabled for this account",
+            ));
+        }
+        Ok(BackfillTenant(account))
+    }
+}

@@ -1,0 +1,211 @@
+//! The command line: `run`, `dev`, `pki init|issue`. Each error maps to an exit code.
+
+use crate::config::{ConfigError, CoordinatorConfig};
+use crate::daemon::{Bound, DaemonError};
+use backfill_shared::pki::{Ca, IssueRequest, PkiError, Role};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "backfill-coordinator", version, about = "backfill coordinator")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the coordinator from a configuration file.
+    Run {
+        #[arg(long, default_value = "/etc/backfill/coordinator.toml")]
+        config: PathBuf,
+    },
+    /// Coordinator + a local agent + a throwaway CA, on loopback, in one command.
+    #[cfg(feature = "dev")]
+    Dev(crate::dev::DevArgs),
+    /// Certificates: the deployment's CA and the certificates it signs.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Runs the agent (used by `dev` to start its agent as a child process).
+    #[cfg(feature = "dev")]
+    #[command(hide = true, disable_help_flag = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Make a CA in DIR (ca.pem, ca.key).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by the CA in DIR: DIR/<out>.pem and DIR/<out>.key.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// agent, admin, account or coordinator.
+        #[arg(long)]
+        role: String,
+        /// The identity (CN): host id, account name, admin name.
+        #[arg(long)]
+        name: String,
+        /// Subject alternative names (coordinator only): DNS names or IP addresses.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// File stem (default: the name).
+        #[arg(long)]
+        out: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[cfg(feature = "dev")]
+    #[error(transparent)]
+    Dev(#[from] crate::dev::DevError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 64,
+            CliError::Pki(PkiError::Io { .. }) => 74,
+            CliError::Pki(_) => 64,
+            CliError::Daemon(DaemonError::Bind { .. }) => 69,
+            CliError::Daemon(DaemonError::Tls(_)) => 64,
+            CliError::Daemon(DaemonError::Store(_)) => 74,
+            #[cfg(feature = "dev")]
+            CliError::Dev(_) => 70,
+            CliError::Runtime(_) => 70,
+        }
+    }
+}
+
+pub fn main_exec(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = CoordinatorConfig::load(&config)?;
+            runtime()?.block_on(run(cfg))
+        }
+        #[cfg(feature = "dev")]
+        Command::Dev(args) => Ok(runtime()?.block_on(crate::dev::run(args))?),
+        Command::Pki(PkiCommand::Init { dir }) => {
+            Ca::init(&dir)?;
+            println!(
+                "CA written to {}",
+                dir.join(backfill_shared::pki::CA_CERT_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Pki(PkiCommand::Issue {
+            dir,
+            role,
+            name,
+            sans,
+            days,
+            out,
+        }) => {
+            let role: Role = role.parse()?;
+            let ca = Ca::load(&dir)?;
+            let stem = out.unwrap_or_else(|| name.clone());
+            let (cert, key) =
+                ca.issue_to_dir(&dir, &stem, &IssueRequest::new(role, &name, &sans, days))?;
+            println!("{} {}", cert.display(), key.display());
+            Ok(())
+        }
+        #[cfg(feature = "dev")]
+        Command::Agent { args } => {
+            let mut full = vec![std::ffi::OsString::from("backfill-agent")];
+            full.extend(args);
+            let code = backfill_agent::cli::main_with_args(full);
+            std::process::exit(i32::from(code));
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+async fn run(cfg: CoordinatorConfig) -> Result<(), CliError> {
+    let bound = Bound::new(&cfg).await?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    bound.run(shutdown).await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    backfill_shared::tls::install_default_provider();
+    let cli = Cli::parse();
+    init_tracing();
+    match main_exec(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backfill-coordinator: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Where a client should connect for a listener bound to `addr`.
+pub fn client_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}

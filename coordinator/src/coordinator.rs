@@ -1,0 +1,301 @@
+//! The coordinator's core: the live model behind one lock, the store behind it, and the
+//! operations the API and the agent link call. Every change is committed to the store before
+//! the model changes and before anyone is answered.
+
+use crate::model::{FreeResources, HostEntry, Model, Session};
+use crate::placement::{self, PlacementError};
+use crate::store::{Account, ServerRecord, SqliteStore, StoreError};
+use backfill_shared::protocol::DesiredState;
+use backfill_shared::{
+    Clock, HostId, PerfFactor, ServerClass, ServerId, ServerStatus, WorkerState, Workload,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{Mutex, MutexGuard, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("server {0} does not exist")]
+    NotFound(ServerId),
+    #[error("server {id} is {status}; {what}")]
+    InvalidState {
+        id: ServerId,
+        status: &'static str,
+        what: &'static str,
+    },
+    #[error("{0}")]
+    Placement(#[from] PlacementError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which servers an API family sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `/bservers/`: backfill servers only.
+    BServers,
+}
+
+impl Scope {
+    fn sees(self, class: ServerClass) -> bool {
+        match self {
+            Scope::BServers => class == ServerClass::Backfill,
+        }
+    }
+}
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct NewServer {
+    pub name: String,
+    pub cpu: u64,
+    pub smp: u32,
+    pub mem: u64,
+    pub meta: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub vnc_password: Option<String>,
+    pub workload: Option<Workload>,
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    pub(crate) store: SqliteStore,
+    pub(crate) model: Mutex<Model>,
+    pub(crate) clock: Arc<dyn Clock>,
+    next_conn: AtomicU64,
+}
+
+impl Coordinator {
+    /// Loads the model from the store. Hosts start `down` until their agent reconnects; servers
+    /// keep the state they had (a lost coordinator stops nothing).
+    pub async fn load(
+        store: SqliteStore,
+        clock: Arc<dyn Clock>,
+        backfill_accounts: &[String],
+    ) -> Result<Coordinator, StoreError> {
+        let now = clock.now();
+        for name in backfill_accounts {
+            store.set_backfill(name, true, now).await?;
+        }
+        let mut model = Model::default();
+        for record in store.hosts().await? {
+            model.hosts.insert(
+                record.id.clone(),
+                HostEntry {
+                    record,
+                    worker_state: WorkerState::Down,
+                    session: None,
+                    last_report: None,
+                },
+            );
+        }
+        for s in store.servers().await? {
+            model.servers.insert(s.uuid, s);
+        }
+        Ok(Coordinator {
+            store,
+            model: Mutex::new(model),
+            clock,
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn new_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The caller's account, created on first sight without the backfill permission.
+    pub async fn account(&self, name: &str) -> Result<Account, OpError> {
+        Ok(self
+            .store
+            .ensure_account(name, false, self.clock.now())
+            .await?)
+    }
+
+    pub async fn free_resources(&self) -> FreeResources {
+        self.model.lock().await.free_resources()
+    }
+
+    pub async fn host_connected(&self, host: &HostId) -> bool {
+        self.model
+            .lock()
+            .await
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.session.is_some())
+    }
+
+    pub async fn create_servers(
+        &self,
+        owner: &Account,
+        class: ServerClass,
+        new: Vec<NewServer>,
+    ) -> Result<Vec<ServerRecord>, OpError> {
+        let now = self.clock.now();
+        let records: Vec<ServerRecord> = new
+            .into_iter()
+            .map(|n| ServerRecord {
+                uuid: ServerId::new_random(),
+                owner: owner.name.clone(),
+                name: n.name,
+                class,
+                cpu: n.cpu,
+                smp: n.smp,
+                mem: n.mem,
+                meta: n.meta,
+                tags: n.tags,
+                vnc_password: n.vnc_password,
+                workload: n.workload,
+                status: ServerStatus::Stopped,
+                host: None,
+                perf_factor: PerfFactor::FULL,
+                active_since: None,
+                created_at: now,
+            })
+            .collect();
+        let mut model = self.model.lock().await;
+        self.store.insert_servers(&records).await?;
+        for r in &records {
+            model.servers.insert(r.uuid, r.clone());
+        }
+        Ok(records)
+    }
+
+    pub async fn list_servers(&self, owner: &Account, scope: Scope) -> Vec<ServerRecord> {
+        let model = self.model.lock().await;
+        let mut out: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| s.owner == owner.name && scope.sees(s.class))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, a.uuid).cmp(&(b.created_at, b.uuid)));
+        out
+    }
+
+    pub async fn get_server(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let model = self.model.lock().await;
+        visible(&model, owner, scope, id).cloned()
+    }
+
+    /// `start`: places the server and pushes its host's new desired state.
+    pub async fn start(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?;
+        if current.status != ServerStatus::Stopped {
+            return Err(OpError::InvalidState {
+                id,
+                status: current.status.as_str(),
+                what: "only a stopped server can be started",
+            });
+        }
+        let host = placement::best_fit(&model.live_hosts(), &current.resources())?;
+        let mut next = current.clone();
+        next.status = ServerStatus::Starting;
+        next.host = Some(host.clone());
+        next.perf_factor = PerfFactor::FULL;
+        next.active_since = None;
+        self.store.update_server(&next).await?;
+        tracing::info!(server = %id, host = %host, "placed");
+        model.servers.insert(id, next.clone());
+        self.push(&mut model, &host).await?;
+        Ok(next)
+    }
+
+    /// `stop`: hard stop. The server leaves its host's desired state; it is `stopped` once the
+    /// agent reports it gone.
+    pub async fn stop(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?;
+        let mut next = current.clone();
+        match (current.status, current.host.clone()) {
+            (ServerStatus::Stopped | ServerStatus::Stopping, _) => return Ok(next),
+            (_, None) => next.status = ServerStatus::Stopped,
+            (_, Some(_)) => next.status = ServerStatus::Stopping,
+        }
+        self.store.update_server(&next).await?;
+        model.servers.insert(id, next.clone());
+        if let Some(host) = &next.host {
+            self.push(&mut model, host).await?;
+        }
+        Ok(next)
+    }
+
+    pub async fn delete(&self, owner: &Account, scope: Scope, id: ServerId) -> Result<(), OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?;
+        if current.status != ServerStatus::Stopped {
+            return Err(OpError::InvalidState {
+                id,
+                status: current.status.as_str(),
+                what: "stop it before deleting it",
+            });
+        }
+        self.store.delete_server(&id).await?;
+        model.servers.remove(&id);
+        Ok(())
+    }
+
+    /// Bumps the host's generation (durably) and hands its whole desired state to its session.
+    pub(crate) async fn push(
+        &self,
+        model: &mut MutexGuard<'_, Model>,
+        host: &HostId,
+    ) -> Result<(), StoreError> {
+        let Some(entry) = model.hosts.get_mut(host) else {
+            return Ok(());
+        };
+        let generation = entry.record.generation.saturating_add(1);
+        self.store.set_host_generation(host, generation).await?;
+        entry.record.generation = generation;
+        let desired = Arc::new(model.desired_state(host));
+        if let Some(Session { desired: tx, .. }) =
+            model.hosts.get(host).and_then(|h| h.session.as_ref())
+        {
+            tx.send_replace(desired);
+        }
+        Ok(())
+    }
+
+    /// A fresh watch channel holding the host's current desired state.
+    pub(crate) fn desired_channel(
+        model: &Model,
+        host: &HostId,
+    ) -> (
+        watch::Sender<Arc<DesiredState>>,
+        watch::Receiver<Arc<DesiredState>>,
+    ) {
+        watch::channel(Arc::new(model.desired_state(host)))
+    }
+}
+
+/// The server if it exists, belongs to `owner` and is in `scope`; otherwise "not found", so a
+/// tenant cannot probe for other tenants' ids.
+fn visible<'m>(
+    model: &'m Model,
+    owner: &Account,
+    scope: Scope,
+    id: ServerId,
+) -> Result<&'m ServerRecord, OpError> {
+    model
+        .servers
+        .get(&id)
+        .filter(|s| s.owner == owner.name && scope.sees(s.class))
+        .ok_or(OpError::NotFound(id))
+}

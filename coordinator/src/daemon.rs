@@ -1,0 +1,96 @@
+//! Building and running the coordinator: load the store, bind both listeners, serve until
+//! shutdown. Binding is separate from running so callers (dev mode, tests) learn the addresses.
+
+use crate::api;
+use crate::config::CoordinatorConfig;
+use crate::coordinator::Coordinator;
+use crate::hosts;
+use crate::store::{SqliteStore, StoreError};
+use backfill_shared::tls::{self, TlsError};
+use backfill_shared::{Clock, SystemClock};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Bound {
+    pub api_addr: SocketAddr,
+    pub link_addr: SocketAddr,
+    pub coordinator: Arc<Coordinator>,
+    api: TcpListener,
+    link: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+impl Bound {
+    pub async fn new(cfg: &CoordinatorConfig) -> Result<Bound, DaemonError> {
+        let acceptor = TlsAcceptor::from(tls::server_config(&cfg.tls)?);
+        if let Some(dir) = cfg.database.parent() {
+            // The store reports a clearer error than this would if it fails.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let store = SqliteStore::open(&cfg.database).await?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let coordinator = Arc::new(Coordinator::load(store, clock, &cfg.backfill_accounts).await?);
+        let api = bind(cfg.api_addr).await?;
+        let link = bind(cfg.link_addr).await?;
+        let api_addr = local(&api, cfg.api_addr);
+        let link_addr = local(&link, cfg.link_addr);
+        tracing::info!(%api_addr, "API listening (mutual TLS)");
+        tracing::info!(%link_addr, "agent link listening (mutual TLS)");
+        Ok(Bound {
+            api_addr,
+            link_addr,
+            coordinator,
+            api,
+            link,
+            acceptor,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let router = api::router(self.coordinator.clone());
+        let api = tokio::spawn(api::serve_api(
+            self.api,
+            self.acceptor.clone(),
+            router,
+            shutdown.clone(),
+        ));
+        let link = tokio::spawn(hosts::serve_link(
+            self.link,
+            self.acceptor,
+            self.coordinator.clone(),
+            shutdown.clone(),
+        ));
+        shutdown.cancelled().await;
+        let _ = api.await;
+        let _ = link.await;
+        self.coordinator.store.close().await;
+        tracing::info!("coordinator stopped");
+    }
+}

@@ -1,0 +1,271 @@
+//! `backfill-coordinator dev`: a coordinator, one local agent (a child process running the agent
+//! library's entry point) and a throwaway CA, on loopback, in one command.
+
+use crate::cli::{client_addr, wait_for_signal};
+use crate::config::CoordinatorConfig;
+use crate::daemon::{Bound, DaemonError};
+use backfill_agent::config::{AgentConfig, CgroupMode};
+use backfill_shared::HostId;
+use backfill_shared::pki::{Ca, IssueRequest, PkiError, Role};
+use backfill_shared::tls::TlsFiles;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const DEV_HOST: &str = "dev-host";
+const DEV_TENANT: &str = "tenant";
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the CA, the database, the agent's state and dev.env go.
+    #[arg(long, default_value = "./backfill-dev")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub api_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub link_addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("cannot start the agent ({exe}): {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent exited before it registered ({0})")]
+    AgentDied(String),
+    #[error("the agent did not register within {0:?}; see its log above")]
+    AgentTimeout(Duration),
+    #[error("cannot write the agent configuration: {0}")]
+    AgentConfig(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |source| DevError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Paths of everything dev mode makes.
+struct Layout {
+    dir: PathBuf,
+    pki: PathBuf,
+}
+
+impl Layout {
+    fn pem(&self, stem: &str) -> PathBuf {
+        self.pki.join(format!("{stem}.pem"))
+    }
+    fn key(&self, stem: &str) -> PathBuf {
+        self.pki.join(format!("{stem}.key"))
+    }
+    fn files(&self, stem: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.pki.join(backfill_shared::pki::CA_CERT_FILE),
+            cert: self.pem(stem),
+            key: self.key(stem),
+        }
+    }
+}
+
+/// Makes the CA and certificates on first use; later runs reuse them, so printed commands keep
+/// working.
+fn ensure_pki(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
+    let ca = if l.pki.join(backfill_shared::pki::CA_CERT_FILE).exists() {
+        Ca::load(&l.pki)?
+    } else {
+        Ca::init(&l.pki)?
+    };
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if !api.ip().is_unspecified() {
+        sans.push(api.ip().to_string());
+    }
+    let certs: [(&str, Role, &str); 4] = [
+        ("coordinator", Role::Coordinator, "coordinator"),
+        ("admin", Role::Admin, "admin"),
+        (DEV_TENANT, Role::Account, DEV_TENANT),
+        ("agent", Role::Agent, DEV_HOST),
+    ];
+    for (stem, role, name) in certs {
+        if !l.pem(stem).exists() {
+            ca.issue_to_dir(&l.pki, stem, &IssueRequest::new(role, name, &sans, 365))?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent's idle workload: this binary's hidden `agent idle`, when the workload user can
+/// execute it; otherwise `sleep infinity`.
+fn idle_command(run_as: &str) -> Vec<String> {
+    let fallback = vec!["sleep".to_string(), "infinity".into()];
+    let Ok(exe) = std::env::current_exe() else {
+        return fallback;
+    };
+    if backfill_agent::driver::others_can_execute(&exe) || run_as == "root" {
+        vec![exe.display().to_string(), "agent".into(), "idle".into()]
+    } else {
+        fallback
+    }
+}
+
+pub async fn run(args: DevArgs) -> Result<(), DevError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(io(&args.data_dir))?;
+    let dir = std::fs::canonicalize(&args.data_dir).map_err(io(&args.data_dir))?;
+    let l = Layout {
+        pki: dir.join("pki"),
+        dir,
+    };
+    ensure_pki(&l, args.api_addr)?;
+    let cfg = CoordinatorConfig {
+        api_addr: args.api_addr,
+        link_addr: args.link_addr,
+        database: l.dir.join("coordinator.sqlite"),
+        backfill_accounts: vec![DEV_TENANT.into()],
+        tls: l.files("coordinator"),
+    };
+    let bound = Bound::new(&cfg).await?;
+    let api = client_addr(bound.api_addr);
+    let link = client_addr(bound.link_addr);
+    let coordinator = bound.coordinator.clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(bound.run(shutdown.clone()));
+
+    let root = backfill_agent::driver::running_as_root();
+    let run_as = if root { "nobody" } else { "" }.to_string();
+    if !root {
+        tracing::warn!("not root: workloads run without cgroups, limits are NOT enforced");
+    }
+    let agent_cfg = AgentConfig {
+        coordinator: link,
+        coordinator_name: "localhost".into(),
+        state_dir: l.dir.join("agent"),
+        cgroup_parent: "backfill-dev".into(),
+        cgroups: if root {
+            CgroupMode::Auto
+        } else {
+            CgroupMode::None
+        },
+        run_as: run_as.clone(),
+        default_command: idle_command(&run_as),
+        stop_workloads_on_exit: true,
+        inventory_file: None,
+        report_interval_secs: 5,
+        tls: l.files("agent"),
+    };
+    let agent_toml = l.dir.join("agent.toml");
+    let text = toml::to_string(&agent_cfg).map_err(|e| DevError::AgentConfig(e.to_string()))?;
+    std::fs::write(&agent_toml, text).map_err(io(&agent_toml))?;
+    let mut agent = spawn_agent(&agent_toml)?;
+
+    let host: HostId = DEV_HOST
+        .parse()
+        .map_err(|e: backfill_shared::IdError| DevError::AgentConfig(e.to_string()))?;
+    let registered = wait_registered(&coordinator, &host, &mut agent).await;
+    if let Err(e) = registered {
+        shutdown.cancel();
+        let _ = server.await;
+        return Err(e);
+    }
+    announce(&l, api)?;
+
+    tokio::select! {
+        () = wait_for_signal() => {}
+        status = agent.wait() => {
+            tracing::error!(?status, "the agent exited");
+        }
+    }
+    tracing::info!("stopping the agent and its workloads");
+    stop_agent(&mut agent).await;
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
+fn spawn_agent(config: &Path) -> Result<Child, DevError> {
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("agent").arg("--config").arg(config);
+    // Its own process group: Ctrl-C reaches dev mode, which then stops the agent in order.
+    cmd.process_group(0);
+    cmd.kill_on_drop(false);
+    cmd.spawn()
+        .map_err(|source| DevError::Spawn { exe, source })
+}
+
+async fn wait_registered(
+    coordinator: &crate::coordinator::Coordinator,
+    host: &HostId,
+    agent: &mut Child,
+) -> Result<(), DevError> {
+    let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
+    loop {
+        if coordinator.host_connected(host).await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = agent.try_wait() {
+            return Err(DevError::AgentDied(status.to_string()));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DevError::AgentTimeout(REGISTER_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop_agent(agent: &mut Child) {
+    if let Some(pid) = agent.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a pid we spawned and SIGTERM has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    match tokio::time::timeout(AGENT_STOP_TIMEOUT, agent.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!("the agent did not stop in time; killing it");
+            let _ = agent.kill().await;
+        }
+    }
+}
+
+fn announce(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
+    let url = format!("https://{api}/api/2.0/");
+    let ca = l.pki.join(backfill_shared::pki::CA_CERT_FILE);
+    let (cert, key) = (l.pem(DEV_TENANT), l.key(DEV_TENANT));
+    let env = format!(
+        "BACKFILL_API={url}\nBACKFILL_CA={}\nBACKFILL_CERT={}\nBACKFILL_KEY={}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let env_path = l.dir.join("dev.env");
+    std::fs::write(&env_path, &env).map_err(io(&env_path))?;
+    println!("ready: API at {url} (tenant account {DEV_TENANT:?}, host {DEV_HOST:?})");
+    println!(
+        "try:   curl --cacert {} --cert {} --key {} {url}capabilities/",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    println!(
+        "env:   {} (source it: . {})",
+        env_path.display(),
+        env_path.display()
+    );
+    Ok(())
+}

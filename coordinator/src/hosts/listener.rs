@@ -1,0 +1,157 @@
+//! The agent link listener: TLS with an agent certificate whose CN is the host id, then
+//! postcard frames (see `backfill_shared::protocol`).
+
+use crate::coordinator::Coordinator;
+use crate::tls_accept;
+use backfill_shared::HostId;
+use backfill_shared::pki::Role;
+use backfill_shared::protocol::{
+    self, AgentMessage, CoordinatorMessage, PROTOCOL_VERSION, ProtocolError,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// An agent that says nothing for this long is considered gone (it reports every few seconds).
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("agent certificate is for {cert:?} but Hello says {hello:?}")]
+    WrongHost { cert: String, hello: String },
+    #[error("agent said nothing for {0:?}")]
+    Silent(Duration),
+    #[error(transparent)]
+    Op(#[from] crate::coordinator::OpError),
+}
+
+type Link = Framed<TlsStream<TcpStream>, tokio_util::codec::LengthDelimitedCodec>;
+
+pub async fn serve_link(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    coordinator: Arc<Coordinator>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent link accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let coordinator = coordinator.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Some((tls, id)) =
+                tls_accept::accept(&acceptor, tcp, peer, "agent link", &[Role::Agent]).await
+            else {
+                return;
+            };
+            let mut link = Framed::new(tls, protocol::codec());
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                r = session(&mut link, &id.name, &coordinator) => {
+                    if let Err(e) = r {
+                        tracing::warn!(%peer, host = %id.name, error = %e, "agent link closed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn send(link: &mut Link, msg: &CoordinatorMessage) -> Result<(), ProtocolError> {
+    link.send(protocol::encode(msg)?).await?;
+    Ok(())
+}
+
+async fn next(link: &mut Link) -> Result<AgentMessage, LinkError> {
+    match tokio::time::timeout(SILENCE_LIMIT, link.next()).await {
+        Err(_) => Err(LinkError::Silent(SILENCE_LIMIT)),
+        Ok(None) => Err(ProtocolError::Closed.into()),
+        Ok(Some(Err(e))) => Err(ProtocolError::Io(e).into()),
+        Ok(Some(Ok(frame))) => Ok(protocol::decode(&frame)?),
+    }
+}
+
+async fn session(link: &mut Link, cn: &str, coordinator: &Coordinator) -> Result<(), LinkError> {
+    let hello = match next(link).await? {
+        AgentMessage::Hello(h) => h,
+        _ => return Err(ProtocolError::Unexpected("first message must be Hello").into()),
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} is not supported; this coordinator speaks {PROTOCOL_VERSION}",
+            hello.protocol_version
+        );
+        send(link, &CoordinatorMessage::Refused { reason }).await?;
+        return Err(ProtocolError::Version {
+            peer: hello.protocol_version,
+            ours: PROTOCOL_VERSION,
+        }
+        .into());
+    }
+    if hello.host_id.as_str() != cn {
+        let err = LinkError::WrongHost {
+            cert: cn.to_owned(),
+            hello: hello.host_id.to_string(),
+        };
+        let reason = format!("refused: {err}");
+        send(link, &CoordinatorMessage::Refused { reason }).await?;
+        return Err(err);
+    }
+    let host: HostId = hello.host_id.clone();
+    let (conn, mut desired) = coordinator.register_agent(&hello).await?;
+    let result = run(link, &host, conn, &mut desired, coordinator).await;
+    coordinator.agent_gone(&host, conn).await;
+    result
+}
+
+async fn run(
+    link: &mut Link,
+    host: &HostId,
+    conn: u64,
+    desired: &mut tokio::sync::watch::Receiver<Arc<protocol::DesiredState>>,
+    coordinator: &Coordinator,
+) -> Result<(), LinkError> {
+    send(
+        link,
+        &CoordinatorMessage::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
+    let first = desired.borrow_and_update().clone();
+    send(link, &CoordinatorMessage::DesiredState((*first).clone())).await?;
+    loop {
+        tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // superseded by a newer session of the same host
+                }
+                let state = desired.borrow_and_update().clone();
+                send(link, &CoordinatorMessage::DesiredState((*state).clone())).await?;
+            }
+            msg = next(link) => match msg? {
+                AgentMessage::Report(r) => coordinator.apply_report(host, conn, r).await?,
+                AgentMessage::Ack(a) => tracing::debug!(host = %host, generation = a.generation, "ack"),
+                AgentMessage::Hello(_) => {
+                    return Err(ProtocolError::Unexpected("Hello after registration").into());
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! What the coordinator does with what agents say.
+
+use crate::coordinator::{Coordinator, OpError};
+use crate::model::{HostEntry, Session, holds_resources};
+use crate::store::HostRecord;
+use backfill_shared::protocol::{DesiredState, Hello, Report, WorkloadState};
+use backfill_shared::{HostId, PerfFactor, ServerStatus, WorkerState};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+impl Coordinator {
+    /// Registers (or re-registers) a host. Returns the session's id and the channel its desired
+    /// state arrives on; a previous session of the same host is superseded.
+    pub(crate) async fn register_agent(
+        &self,
+        hello: &Hello,
+    ) -> Result<(u64, watch::Receiver<Arc<DesiredState>>), OpError> {
+        let now = self.clock.now();
+        let conn = self.new_conn_id();
+        let mut model = self.model.lock().await;
+        let host = hello.host_id.clone();
+        let record = match model.hosts.get(&host) {
+            Some(h) => HostRecord {
+                inventory: hello.inventory.clone(),
+                enforcing: hello.enforcing,
+                last_seen: now,
+                ..h.record.clone()
+            },
+            None => HostRecord {
+                id: host.clone(),
+                inventory: hello.inventory.clone(),
+                enforcing: hello.enforcing,
+                generation: 0,
+                first_seen: now,
+                last_seen: now,
+            },
+        };
+        self.store.upsert_host(&record).await?;
+        let entry = model.hosts.entry(host.clone()).or_insert(HostEntry {
+            record: record.clone(),
+            worker_state: WorkerState::Booting,
+            session: None,
+            last_report: None,
+        });
+        entry.record = record;
+        entry.worker_state = WorkerState::Booting;
+        let (tx, rx) = Coordinator::desired_channel(&model, &host);
+        if let Some(h) = model.hosts.get_mut(&host) {
+            h.session = Some(Session { conn, desired: tx });
+        }
+        // A new generation, so the agent's acknowledgement is for this session's state.
+        self.push(&mut model, &host).await?;
+        tracing::info!(
+            host = %host,
+            cpus = hello.inventory.cpus,
+            mhz = hello.inventory.cpu_mhz_per_cpu,
+            mem = hello.inventory.mem_bytes,
+            gpus = hello.inventory.gpus.len(),
+            enforcing = hello.enforcing,
+            "agent registered"
+        );
+        Ok((conn, rx))
+    }
+
+    /// Reconciles the servers placed on `host` with what its agent sees.
+    pub(crate) async fn apply_report(
+        &self,
+        host: &HostId,
+        conn: u64,
+        report: Report,
+    ) -> Result<(), OpError> {
+        let now = self.clock.now();
+        let mut model = self.model.lock().await;
+        let Some(entry) = model.hosts.get(host) else {
+            return Ok(());
+        };
+        if entry.session.as_ref().map(|s| s.conn) != Some(conn) {
+            return Ok(()); // a superseded session
+        }
+        // Absence only means something once the agent has seen the current desired state.
+        let current = report.applied_generation >= entry.record.generation;
+        let mut changed = Vec::new();
+        let mut host_changed = false;
+        for s in model.servers_on(host).filter(|s| holds_resources(s.status)) {
+            let seen = report.servers.iter().find(|o| o.server == s.uuid);
+            let mut next = s.clone();
+            match (s.status, seen.map(|o| &o.state)) {
+                (ServerStatus::Starting, Some(WorkloadState::Running)) => {
+                    next.status = ServerStatus::Running;
+                    next.active_since = seen.and_then(|o| o.started_at).or(Some(now));
+                }
+                (_, Some(WorkloadState::Exited { code })) => {
+                    tracing::info!(server = %s.uuid, host = %host, ?code, "workload exited");
+                    next.status = ServerStatus::Stopped;
+                }
+                (_, Some(WorkloadState::Failed { reason })) => {
+                    tracing::warn!(server = %s.uuid, host = %host, %reason, "workload failed");
+                    next.status = ServerStatus::Stopped;
+                }
+                (ServerStatus::Stopping, None) if current => next.status = ServerStatus::Stopped,
+                (ServerStatus::Running | ServerStatus::Starting, None) if current => {
+                    tracing::warn!(server = %s.uuid, host = %host, "workload vanished from its host");
+                    next.status = ServerStatus::Stopped;
+                }
+                _ => {}
+            }
+            if next.status == ServerStatus::Stopped {
+                next.host = None;
+                next.active_since = None;
+                next.perf_factor = PerfFactor::FULL;
+                host_changed |= s.status != ServerStatus::Stopping;
+            }
+            if next != *s {
+                changed.push(next);
+            }
+        }
+        for next in &changed {
+            self.store.update_server(next).await?;
+        }
+        for next in changed {
+            model.servers.insert(next.uuid, next);
+        }
+        let busy = model.servers_on(host).any(|s| holds_resources(s.status));
+        if let Some(entry) = model.hosts.get_mut(host) {
+            entry.worker_state = if busy {
+                WorkerState::Running
+            } else {
+                WorkerState::Idle
+            };
+            entry.last_report = Some(report);
+        }
+        if host_changed {
+            self.push(&mut model, host).await?;
+        }
+        Ok(())
+    }
+
+    /// The session ended. The host is `down` until its agent comes back; its servers keep
+    /// running there (the agent keeps them under the last limits it was given).
+    pub(crate) async fn agent_gone(&self, host: &HostId, conn: u64) {
+        let mut model = self.model.lock().await;
+        if let Some(entry) = model.hosts.get_mut(host) {
+            if entry.session.as_ref().map(|s| s.conn) == Some(conn) {
+                entry.session = None;
+                entry.worker_state = WorkerState::Down;
+                tracing::warn!(host = %host, "agent link lost; host is down");
+            }
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Durable state. Every change the API answers for is committed here first.
+//!
+//! SQLite in WAL mode with `synchronous = FULL` is the embedded default; the schema lives in
+//! `migrations/` and is embedded in the binary.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use backfill_shared::{
+    HostId, HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus, Workload,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("corrupt row in {table} ({key}): {reason}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uuid: String,
+    pub backfill: bool,
+}
+
+/// A server as stored and as the in-memory model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerRecord {
+    pub uuid: ServerId,
+    pub owner: String,
+    pub name: String,
+    pub class: ServerClass,
+    pub cpu: u64,
+    pub smp: u32,
+    pub mem: u64,
+    pub meta: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub vnc_password: Option<String>,
+    pub workload: Option<Workload>,
+    pub status: ServerStatus,
+    pub host: Option<HostId>,
+    pub perf_factor: PerfFactor,
+    pub active_since: Option<i64>,
+    pub created_at: i64,
+}
+
+impl ServerRecord {
+    pub fn resources(&self) -> backfill_shared::Resources {
+        backfill_shared::Resources {
+            cpu_mhz: self.cpu,
+            vcpus: self.smp,
+            mem_bytes: self.mem,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    pub id: HostId,
+    pub inventory: HostInventory,
+    pub enforcing: bool,
+    pub generation: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}

@@ -1,0 +1,402 @@
+use super::{Account, HostRecord, ServerRecord, StoreError};
+use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId, ServerStatus};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, SqlSafeStr};
+use std::path::Path;
+use std::time::Duration;
+
+/// The schema, embedded in the binary (runtime migrations, no sqlx macros).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>,
+    > {
+        Box::pin(async move {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, desc, sql)| {
+                    Migration::new(
+                        *version,
+                        (*desc).into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+/// The embedded store: one SQLite file in WAL mode.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Migrator::new(Embedded).await?.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ----- accounts -----
+
+    /// Returns the account, creating it (with `backfill_default`) on first sight.
+    pub async fn ensure_account(
+        &self,
+        name: &str,
+        backfill_default: bool,
+        now: i64,
+    ) -> Result<Account, StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (name, uuid, backfill, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT(name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(backfill_default)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT name, uuid, backfill FROM accounts WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Account {
+            name: row.try_get("name")?,
+            uuid: row.try_get("uuid")?,
+            backfill: row.try_get("backfill")?,
+        })
+    }
+
+    /// Sets the backfill permission (configuration is declarative: it wins at startup).
+    pub async fn set_backfill(
+        &self,
+        name: &str,
+        allowed: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.ensure_account(name, allowed, now).await?;
+        sqlx::query("UPDATE accounts SET backfill = ? WHERE name = ?")
+            .bind(allowed)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ----- hosts -----
+
+    pub async fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError> {
+        let inventory = serde_json::to_string(&h.inventory).map_err(|e| StoreError::Corrupt {
+            table: "hosts",
+            key: h.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        sqlx::query(
+            "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET inventory = excluded.inventory,
+                 enforcing = excluded.enforcing, generation = excluded.generation,
+                 last_seen = excluded.last_seen",
+        )
+        .bind(h.id.as_str())
+        .bind(inventory)
+        .bind(h.enforcing)
+        .bind(i64::try_from(h.generation).unwrap_or(i64::MAX))
+        .bind(h.first_seen)
+        .bind(h.last_seen)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_host_generation(
+        &self,
+        id: &HostId,
+        generation: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET generation = ? WHERE id = ?")
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, inventory, enforcing, generation, first_seen, last_seen FROM hosts ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(host_from_row).collect()
+    }
+
+    // ----- servers -----
+
+    pub async fn insert_servers(&self, servers: &[ServerRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for s in servers {
+            let q = sqlx::query(
+                "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
+                     vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
+                     created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            );
+            bind_server(q, s)?.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the mutable fields of a server.
+    pub async fn update_server(&self, s: &ServerRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?, perf_cpu = ?,
+                 perf_mem = ?, active_since = ? WHERE uuid = ?",
+        )
+        .bind(&s.name)
+        .bind(to_json("servers", s, &s.meta)?)
+        .bind(to_json("servers", s, &s.tags)?)
+        .bind(s.status.as_str())
+        .bind(s.host.as_ref().map(HostId::as_str))
+        .bind(s.perf_factor.cpu)
+        .bind(s.perf_factor.mem)
+        .bind(s.active_since)
+        .bind(s.uuid.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_server(&self, id: &ServerId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM servers WHERE uuid = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
+                    status, host, perf_cpu, perf_mem, active_since, created_at
+             FROM servers ORDER BY created_at, uuid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(server_from_row).collect()
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn to_json<T: serde::Serialize>(
+    table: &'static str,
+    s: &ServerRecord,
+    v: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        table,
+        key: s.uuid.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, StoreError> {
+    let workload = match &s.workload {
+        Some(w) => Some(to_json("servers", s, w)?),
+        None => None,
+    };
+    Ok(q.bind(s.uuid.to_string())
+        .bind(&s.owner)
+        .bind(&s.name)
+        .bind(s.class.as_str())
+        .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
+        .bind(i64::from(s.smp))
+        .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
+        .bind(to_json("servers", s, &s.meta)?)
+        .bind(to_json("servers", s, &s.tags)?)
+        .bind(s.vnc_password.as_deref())
+        .bind(workload)
+        .bind(s.status.as_str())
+        .bind(s.host.as_ref().map(HostId::as_str))
+        .bind(s.perf_factor.cpu)
+        .bind(s.perf_factor.mem)
+        .bind(s.active_since)
+        .bind(s.created_at))
+}
+
+fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn host_from_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
+    let id: String = r.try_get("id")?;
+    let inventory: String = r.try_get("inventory")?;
+    let generation: i64 = r.try_get("generation")?;
+    Ok(HostRecord {
+        id: id.parse().map_err(|e| corrupt("hosts", &id, e))?,
+        inventory: serde_json::from_str(&inventory).map_err(|e| corrupt("hosts", &id, e))?,
+        enforcing: r.try_get("enforcing")?,
+        generation: u64::try_from(generation).unwrap_or(0),
+        first_seen: r.try_get("first_seen")?,
+        last_seen: r.try_get("last_seen")?,
+    })
+}
+
+fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
+    let key: String = r.try_get("uuid")?;
+    let c = |e: &dyn std::fmt::Display| corrupt("servers", &key, e.to_string());
+    let class: String = r.try_get("class")?;
+    let status: String = r.try_get("status")?;
+    let meta: String = r.try_get("meta")?;
+    let tags: String = r.try_get("tags")?;
+    let workload: Option<String> = r.try_get("workload")?;
+    let host: Option<String> = r.try_get("host")?;
+    let cpu: i64 = r.try_get("cpu")?;
+    let smp: i64 = r.try_get("smp")?;
+    let mem: i64 = r.try_get("mem")?;
+    Ok(ServerRecord {
+        uuid: key.parse().map_err(|e| c(&e))?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        class: ServerClass::parse(&class).ok_or_else(|| c(&format!("class {class:?}")))?,
+        cpu: u64::try_from(cpu).map_err(|e| c(&e))?,
+        smp: u32::try_from(smp).map_err(|e| c(&e))?,
+        mem: u64::try_from(mem).map_err(|e| c(&e))?,
+        meta: serde_json::from_str(&meta).map_err(|e| c(&e))?,
+        tags: serde_json::from_str(&tags).map_err(|e| c(&e))?,
+        vnc_password: r.try_get("vnc_password")?,
+        workload: match workload {
+            Some(w) => Some(serde_json::from_str(&w).map_err(|e| c(&e))?),
+            None => None,
+        },
+        status: ServerStatus::parse(&status).ok_or_else(|| c(&format!("status {status:?}")))?,
+        host: match host {
+            Some(h) => Some(h.parse().map_err(|e| c(&e))?),
+            None => None,
+        },
+        perf_factor: PerfFactor {
+            cpu: r.try_get("perf_cpu")?,
+            mem: r.try_get("perf_mem")?,
+        }
+        .clamped(),
+        active_since: r.try_get("active_since")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use backfill_shared::HostInventory;
+
+    fn server(owner: &str) -> ServerRecord {
+        ServerRecord {
+            uuid: ServerId::new_random(),
+            owner: owner.into(),
+            name: "s".into(),
+            class: ServerClass::Backfill,
+            cpu: 1000,
+            smp: 1,
+            mem: 1 << 29,
+            meta: [("k".to_string(), "v".to_string())].into(),
+            tags: vec!["t".into()],
+            vnc_password: None,
+            workload: None,
+            status: ServerStatus::Stopped,
+            host: None,
+            perf_factor: PerfFactor::FULL,
+            active_since: None,
+            created_at: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let acc = store.ensure_account("tenant", true, 1).await.unwrap();
+        assert!(acc.backfill);
+        // A second ensure keeps the first decision and the uuid.
+        let again = store.ensure_account("tenant", false, 2).await.unwrap();
+        assert_eq!(again, acc);
+        let host = HostRecord {
+            id: "h1".parse().unwrap(),
+            inventory: HostInventory {
+                hostname: "h1".into(),
+                cpus: 2,
+                cpu_mhz_per_cpu: 2000,
+                mem_bytes: 1 << 30,
+                gpus: vec![],
+            },
+            enforcing: true,
+            generation: 3,
+            first_seen: 1,
+            last_seen: 1,
+        };
+        store.upsert_host(&host).await.unwrap();
+        let mut s = server("tenant");
+        store.insert_servers(&[s.clone()]).await.unwrap();
+        s.status = ServerStatus::Running;
+        s.host = Some(host.id.clone());
+        s.perf_factor = PerfFactor { cpu: 0.5, mem: 1.0 };
+        store.update_server(&s).await.unwrap();
+        store.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.servers().await.unwrap(), vec![s.clone()]);
+        assert_eq!(store.hosts().await.unwrap(), vec![host]);
+        store.delete_server(&s.uuid).await.unwrap();
+        assert!(store.servers().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_owner_is_refused_by_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        assert!(store.insert_servers(&[server("nobody")]).await.is_err());
+    }
+}
