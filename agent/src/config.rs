@@ -120,10 +120,11 @@ impl AgentConfig {
         if !(1..=300).contains(&self.report_interval_secs) {
             return Err(invalid("report_interval_secs", "must be 1 to 300".into()));
         }
-        if let Some(f) = &self.inventory_file {
-            if !f.is_absolute() {
-                return Err(invalid("inventory_file", "must be an absolute path".into()));
-            }
+        if let Some(f) = self.inventory_file.as_ref().filter(|f| !f.is_absolute()) {
+            return Err(invalid(
+                "inventory_file",
+                format!("{} must be an absolute path", f.display()),
+            ));
         }
         let parent_ok = !self.cgroup_parent.is_empty()
             && self.cgroup_parent.split('/').all(|c| {

@@ -130,7 +130,7 @@ mod tests {
             },
             perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
         };
-        f.save(&[s.clone()]).unwrap();
+        f.save(std::slice::from_ref(&s)).unwrap();
         assert_eq!(f.load().unwrap(), vec![s]);
         assert!(!dir.path().join("state.json.tmp").exists());
     }

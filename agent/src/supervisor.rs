@@ -225,14 +225,16 @@ impl Supervisor {
     }
 
     fn stop(&mut self, id: &ServerId) {
-        if let Some(mut e) = self.entries.remove(id) {
-            if let Run::Running { process, child, .. } = &mut e.run {
-                driver::kill_group(process.pid);
-                if let Some(child) = child {
-                    reap(child);
-                }
-                tracing::info!(server = %id, "workload stopped");
+        if let Some(Entry {
+            run: Run::Running { process, child, .. },
+            ..
+        }) = self.entries.remove(id).as_mut()
+        {
+            driver::kill_group(process.pid);
+            if let Some(child) = child {
+                reap(child);
             }
+            tracing::info!(server = %id, "workload stopped");
         }
         self.cleanup(id);
     }
@@ -330,6 +332,9 @@ impl Supervisor {
         let ids: Vec<ServerId> = self.entries.keys().copied().collect();
         for id in ids {
             self.stop(&id);
+        }
+        if let Err(e) = self.cgroups.remove_parent() {
+            tracing::warn!(error = %e, "cannot remove the parent cgroup");
         }
         self.persist();
     }

@@ -170,7 +170,7 @@ impl Coordinator {
             .filter(|s| s.owner == owner.name && scope.sees(s.class))
             .cloned()
             .collect();
-        out.sort_by(|a, b| (a.created_at, a.uuid).cmp(&(b.created_at, b.uuid)));
+        out.sort_by_key(|s| (s.created_at, s.uuid));
         out
     }
 

@@ -135,10 +135,13 @@ impl Daemon {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let text = self.log_text();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
-                    return rest.split_whitespace().next().unwrap_or("").to_string();
-                }
+            let marker = format!("{key}=");
+            let found = text
+                .lines()
+                .filter(|l| l.contains(needle))
+                .find_map(|l| l.split(&marker).nth(1));
+            if let Some(rest) = found {
+                return rest.split_whitespace().next().unwrap_or("").to_string();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(

@@ -1,10 +1,10 @@
 //! [`FsCgroups`]: the kernel's cgroup filesystem, v1 or v2, through cgroups-rs.
 //!
 //! cgroups-rs's own hierarchies find v1 mounts through `/proc/self/mountinfo` and hardcode
-//! `/sys/fs/cgroup` for v2, so this module implements its [`Hierarchy`] trait for a configurable
-//! root (`RootedHierarchy`, in hierarchy.rs) and uses its controllers (`CpuController`, `MemController`) for the
-//! limit writes, `Cgroup::kill` for `cgroup.kill` and `Controller::delete` (rmdir with retries)
-//! for removal. Reads (limits, usage, procs) parse the control files directly so that every error
+//! `/sys/fs/cgroup` for v2, so hierarchy.rs implements its [`Hierarchy`] trait for a configurable
+//! root, and this module uses its controllers (`CpuController`, `MemController`) for the limit
+//! writes, `Cgroup::kill` for `cgroup.kill` and `Controller::delete` (rmdir with retries) for
+//! removal. Reads (limits, usage, procs) parse the control files directly so that every error
 //! names its file. Directories are created directly too: cgroups-rs's v2 `Cgroup::create` reads
 //! `/sys/fs/cgroup/cgroup.controllers` whatever the root and enables every controller it lists.
 //!
@@ -13,7 +13,7 @@
 //! and `kill_all` empties `cgroup.procs` instead of signalling the PIDs listed there.
 
 use super::files::{
-    parse_err, read_err, read_procs, read_string, read_v1_limits, read_v1_usage, read_v2_limits,
+    read_err, read_procs, read_string, read_v1_limits, read_v1_usage, read_v2_limits,
     read_v2_usage, remove_files, sigkill, simulate_mkdir, write_file,
 };
 use super::hierarchy::{
@@ -377,6 +377,10 @@ impl FsCgroups {
 }
 
 impl CgroupManager for FsCgroups {
+    fn remove_parent(&self) -> Result<(), CgroupError> {
+        FsCgroups::remove_parent(self)
+    }
+
     fn describe(&self) -> String {
         let v = if self.is_v2() {
             "cgroup v2"

@@ -3,6 +3,7 @@
 use super::*;
 use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
 use backfill_shared::{PerfFactor, Resources};
+use cgroups_rs::fs::hierarchies::Mountinfo;
 use std::fs;
 use std::os::unix::fs::symlink;
 
@@ -541,7 +542,15 @@ fn real_kernel_lifecycle() {
     shown(&full);
     assert_eq!(cg.read_limits(&id).unwrap(), full);
 
-    // A perf_factor change.
+    // perf_factor changes.
+    let half = limits_for(&r, pf(0.5, 0.5), DEFAULT_CPU_PERIOD_US);
+    assert_eq!(
+        (half.cpu_quota_us, half.mem_limit_bytes),
+        (Some(100_000), Some(128 * MIB))
+    );
+    cg.set_limits(&id, &half).unwrap();
+    shown(&half);
+    assert_eq!(cg.read_limits(&id).unwrap(), half);
     let tenth = limits_for(&r, pf(0.05, 0.5), DEFAULT_CPU_PERIOD_US);
     assert_eq!(tenth.cpu_quota_us, Some(10_000));
     cg.set_limits(&id, &tenth).unwrap();

@@ -204,6 +204,10 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// Server cgroups that exist under the parent (names that are not valid ServerIds are
     /// ignored), sorted.
     fn list(&self) -> Result<Vec<ServerId>, CgroupError>;
+    /// Removes the (empty) parent cgroup itself: for an agent that cleans up everything on exit.
+    fn remove_parent(&self) -> Result<(), CgroupError> {
+        Ok(())
+    }
 }
 
 /// Checks a parent cgroup name: '/'-separated components of `[A-Za-z0-9._-]`, none empty, `.`
@@ -371,6 +375,13 @@ mod tests {
             assert!(matches!(e, CgroupError::BadParent { .. }), "{bad:?}: {e}");
         }
         assert!(validate_parent(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn errors_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<CgroupError>();
+        send_sync::<crate::discovery::DiscoveryError>();
     }
 
     #[test]

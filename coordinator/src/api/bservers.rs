@@ -106,10 +106,11 @@ async fn create(
         .map(|s| detail(COLLECTION, &account, s))
         .collect();
     let mut resp = (StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response();
-    if let Some(first) = created.first() {
-        if let Ok(v) = HeaderValue::from_str(&server_json::location(COLLECTION, first)) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
+    let location = created
+        .first()
+        .and_then(|s| HeaderValue::from_str(&server_json::location(COLLECTION, s)).ok());
+    if let Some(v) = location {
+        resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
 }

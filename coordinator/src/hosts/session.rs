@@ -139,12 +139,14 @@ impl Coordinator {
     /// running there (the agent keeps them under the last limits it was given).
     pub(crate) async fn agent_gone(&self, host: &HostId, conn: u64) {
         let mut model = self.model.lock().await;
-        if let Some(entry) = model.hosts.get_mut(host) {
-            if entry.session.as_ref().map(|s| s.conn) == Some(conn) {
-                entry.session = None;
-                entry.worker_state = WorkerState::Down;
-                tracing::warn!(host = %host, "agent link lost; host is down");
-            }
+        let current = model
+            .hosts
+            .get_mut(host)
+            .filter(|e| e.session.as_ref().map(|s| s.conn) == Some(conn));
+        if let Some(entry) = current {
+            entry.session = None;
+            entry.worker_state = WorkerState::Down;
+            tracing::warn!(host = %host, "agent link lost; host is down");
         }
     }
 }

@@ -1,0 +1,60 @@
+//! `backfill-agent --check-config`: the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use backfill_shared::pki::{Ca, IssueRequest, Role};
+use std::process::Command;
+
+fn check(config: &str, dir: &std::path::Path) -> std::process::Output {
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_backfill-agent"))
+        .args(["--check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::init(dir.path()).unwrap();
+    let (cert, key) = ca
+        .issue_to_dir(
+            dir.path(),
+            "a",
+            &IssueRequest::new(Role::Agent, "node-1", &[], 1),
+        )
+        .unwrap();
+    let good = format!(
+        "coordinator = \"127.0.0.1:8444\"\ncoordinator_name = \"localhost\"\nstate_dir = \"/var/lib/backfill\"\ndefault_command = [\"sleep\", \"infinity\"]\n[tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
+        dir.path().join("ca.pem")
+    );
+    let out = check(&good, dir.path());
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("host node-1"));
+
+    let out = check(
+        &good.replace("state_dir = \"/var/lib/backfill\"", "state_dir = \"rel\""),
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state_dir"));
+
+    let out = check(&format!("typo = 1\n{good}"), dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
+
+    // An admin certificate is not an agent's.
+    let (admin, admin_key) = ca
+        .issue_to_dir(
+            dir.path(),
+            "adm",
+            &IssueRequest::new(Role::Admin, "ops", &[], 1),
+        )
+        .unwrap();
+    let wrong = good
+        .replace(&format!("{cert:?}"), &format!("{admin:?}"))
+        .replace(&format!("{key:?}"), &format!("{admin_key:?}"));
+    let out = check(&wrong, dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent certificate"));
+}
