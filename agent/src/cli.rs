@@ -97,7 +97,7 @@ pub fn main_with_args(args: Vec<OsString>) -> u8 {
     if let Some(Command::Idle) = cli.command {
         idle();
     }
-    init_tracing();
+    backfill_shared::daemon::init_tracing();
     match main_exec(&cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -111,16 +111,6 @@ fn idle() -> ! {
     loop {
         std::thread::park();
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 fn main_exec(cli: &Cli) -> Result<(), AgentError> {
@@ -220,7 +210,7 @@ async fn run(cfg: AgentConfig, host_id: HostId) -> Result<(), AgentError> {
         changed,
         shutdown.clone(),
     ));
-    wait_for_signal().await;
+    backfill_shared::daemon::wait_for_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = link.await;
@@ -262,24 +252,6 @@ async fn watch_exits(
         .unwrap_or(false);
         if ended {
             changed.notify_one();
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

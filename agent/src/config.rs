@@ -1,26 +1,11 @@
 //! The agent's configuration file (TOML), loaded and validated before anything starts.
 
+pub use backfill_shared::config::ConfigError;
+use backfill_shared::config::{load_toml, require_absolute, validate_tls_files};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: key {key}: {reason}")]
-    Invalid {
-        path: PathBuf,
-        key: &'static str,
-        reason: String,
-    },
-}
 
 /// Whether workloads get real cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,68 +63,26 @@ fn default_report_interval() -> u64 {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let cfg: AgentConfig = load_toml(path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key, reason: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            reason,
-        };
-        if !self.state_dir.is_absolute() {
-            return Err(invalid("state_dir", "must be an absolute path".into()));
-        }
-        for (key, p) in [
-            ("tls.ca", &self.tls.ca),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-        ] {
-            if !p.is_absolute() {
-                return Err(invalid(
-                    key,
-                    format!("{} must be an absolute path", p.display()),
-                ));
-            }
-            if !p.is_file() {
-                return Err(invalid(key, format!("{} does not exist", p.display())));
-            }
+        let invalid = |key, reason: &str| ConfigError::invalid(path, key, reason);
+        require_absolute(path, "state_dir", &self.state_dir)?;
+        validate_tls_files(path, &self.tls)?;
+        if let Some(f) = &self.inventory_file {
+            require_absolute(path, "inventory_file", f)?;
         }
         if self.default_command.first().is_none_or(|c| c.is_empty()) {
-            return Err(invalid("default_command", "must name a program".into()));
+            return Err(invalid("default_command", "must name a program"));
         }
         if !(1..=300).contains(&self.report_interval_secs) {
-            return Err(invalid("report_interval_secs", "must be 1 to 300".into()));
+            return Err(invalid("report_interval_secs", "must be 1 to 300"));
         }
-        if let Some(f) = self.inventory_file.as_ref().filter(|f| !f.is_absolute()) {
-            return Err(invalid(
-                "inventory_file",
-                format!("{} must be an absolute path", f.display()),
-            ));
-        }
-        let parent_ok = !self.cgroup_parent.is_empty()
-            && self.cgroup_parent.split('/').all(|c| {
-                !c.is_empty()
-                    && c != "."
-                    && c != ".."
-                    && c.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            });
-        if !parent_ok {
-            return Err(invalid(
-                "cgroup_parent",
-                "use path components of a-z, A-Z, 0-9, '.', '-', '_'".into(),
-            ));
-        }
+        crate::cgroups::validate_parent(&self.cgroup_parent)
+            .map_err(|e| invalid("cgroup_parent", &e.to_string()))?;
         Ok(())
     }
 }

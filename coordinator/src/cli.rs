@@ -151,7 +151,7 @@ async fn run(cfg: CoordinatorConfig) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        backfill_shared::daemon::wait_for_signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     });
@@ -159,39 +159,10 @@ async fn run(cfg: CoordinatorConfig) -> Result<(), CliError> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 pub fn main() -> ExitCode {
     backfill_shared::tls::install_default_provider();
     let cli = Cli::parse();
-    init_tracing();
+    backfill_shared::daemon::init_tracing();
     match main_exec(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

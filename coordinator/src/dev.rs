@@ -1,11 +1,12 @@
 //! `backfill-coordinator dev`: a coordinator, one local agent (a child process running the agent
 //! library's entry point) and a throwaway CA, on loopback, in one command.
 
-use crate::cli::{client_addr, wait_for_signal};
+use crate::cli::client_addr;
 use crate::config::CoordinatorConfig;
 use crate::daemon::{Bound, DaemonError};
 use backfill_agent::config::{AgentConfig, CgroupMode};
 use backfill_shared::HostId;
+use backfill_shared::daemon::wait_for_signal;
 use backfill_shared::pki::{Ca, IssueRequest, PkiError, Role};
 use backfill_shared::tls::TlsFiles;
 use std::net::SocketAddr;

@@ -3,11 +3,47 @@
 
 use backfill_shared::pki::{PeerIdentity, Role};
 use backfill_shared::tls::peer_identity;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// Accepts connections until `shutdown`; each one that completes the handshake with an allowed
+/// role is handed to `handle` on its own task.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    name: &'static str,
+    allowed: &'static [Role],
+    shutdown: CancellationToken,
+    handle: F,
+) where
+    F: Fn(TlsStream<TcpStream>, PeerIdentity, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Some((tls, id)) = accept(&acceptor, tcp, peer, name, allowed).await {
+                handle(tls, id, peer).await;
+            }
+        });
+    }
+}
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

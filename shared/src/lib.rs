@@ -2,6 +2,8 @@
 //! helpers, and the injected clock. Both daemons depend on this crate; it depends on neither.
 
 pub mod clock;
+pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod ids;
 pub mod pki;

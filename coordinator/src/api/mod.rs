@@ -13,7 +13,7 @@ use crate::coordinator::Coordinator;
 use crate::tls_accept;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use backfill_shared::pki::Role;
+use backfill_shared::pki::{PeerIdentity, Role};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -49,27 +49,11 @@ pub async fn serve_api(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "API accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
+    let conn_shutdown = shutdown.clone();
+    let handle = move |tls, identity: PeerIdentity, peer| {
         let router = router.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let allowed = [Role::Account, Role::Admin];
-            let Some((tls, identity)) =
-                tls_accept::accept(&acceptor, tcp, peer, "API", &allowed).await
-            else {
-                return;
-            };
+        let shutdown = conn_shutdown.clone();
+        async move {
             let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(identity.clone());
                 router.clone().oneshot(req)
@@ -88,6 +72,8 @@ pub async fn serve_api(
                     let _ = conn.await;
                 }
             }
-        });
-    }
+        }
+    };
+    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
+    tls_accept::serve(listener, acceptor, "API", allowed, shutdown, handle).await;
 }

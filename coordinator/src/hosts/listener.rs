@@ -4,11 +4,12 @@
 use crate::coordinator::Coordinator;
 use crate::tls_accept;
 use backfill_shared::HostId;
-use backfill_shared::pki::Role;
+use backfill_shared::pki::{PeerIdentity, Role};
 use backfill_shared::protocol::{
     self, AgentMessage, CoordinatorMessage, PROTOCOL_VERSION, ProtocolError,
 };
 use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,26 +41,11 @@ pub async fn serve_link(
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "agent link accept failed");
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
+    let conn_shutdown = shutdown.clone();
+    let handle = move |tls, id: PeerIdentity, peer: SocketAddr| {
         let coordinator = coordinator.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let Some((tls, id)) =
-                tls_accept::accept(&acceptor, tcp, peer, "agent link", &[Role::Agent]).await
-            else {
-                return;
-            };
+        let shutdown = conn_shutdown.clone();
+        async move {
             let mut link = Framed::new(tls, protocol::codec());
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -69,8 +55,17 @@ pub async fn serve_link(
                     }
                 }
             }
-        });
-    }
+        }
+    };
+    tls_accept::serve(
+        listener,
+        acceptor,
+        "agent link",
+        &[Role::Agent],
+        shutdown,
+        handle,
+    )
+    .await;
 }
 
 async fn send(link: &mut Link, msg: &CoordinatorMessage) -> Result<(), ProtocolError> {
