@@ -53,6 +53,10 @@ pub enum AgentError {
     NotRoot,
     #[error("run_as = {0:?} needs root; leave it empty when the agent is not root")]
     RunAsNeedsRoot(String),
+    #[error(
+        "run_as = {0:?} would run workloads as root; name an unprivileged user such as \"nobody\""
+    )]
+    RunAsRoot(String),
     #[error(transparent)]
     Driver(#[from] DriverError),
     #[error(transparent)]
@@ -77,6 +81,7 @@ impl AgentError {
             | AgentError::WrongRole(_)
             | AgentError::NotRoot
             | AgentError::RunAsNeedsRoot(_)
+            | AgentError::RunAsRoot(_)
             | AgentError::Link(_) => 64,
             AgentError::State(_) | AgentError::Io { .. } => 74,
             AgentError::Cgroups(_) | AgentError::Driver(_) | AgentError::Discovery(_) => 71,
@@ -116,6 +121,7 @@ fn idle() -> ! {
 fn main_exec(cli: &Cli) -> Result<(), AgentError> {
     let cfg = AgentConfig::load(&cli.config)?;
     let host_id = host_id_from_cert(&cfg)?;
+    let run_as = resolve_run_as(&cfg)?;
     if cli.check_config {
         println!("{}: ok (host {host_id})", cli.config.display());
         return Ok(());
@@ -127,7 +133,7 @@ fn main_exec(cli: &Cli) -> Result<(), AgentError> {
             path: PathBuf::from("tokio runtime"),
             source,
         })?;
-    rt.block_on(run(cfg, host_id))
+    rt.block_on(run(cfg, host_id, run_as))
 }
 
 /// The host id is the CN of the agent certificate.
@@ -145,6 +151,21 @@ fn host_id_from_cert(cfg: &AgentConfig) -> Result<HostId, AgentError> {
         .map_err(|_| AgentError::Identity(PkiError::BadName(id.name.clone())))
 }
 
+/// The workload user: never root; only settable when the agent is root.
+fn resolve_run_as(cfg: &AgentConfig) -> Result<Option<RunAs>, AgentError> {
+    let root = driver::running_as_root();
+    let run_as = match cfg.run_as.as_str() {
+        "" if root => return Err(AgentError::RunAsRoot(String::new())),
+        "" => None,
+        user if !root => return Err(AgentError::RunAsNeedsRoot(user.to_owned())),
+        user => Some(RunAs::lookup(user)?),
+    };
+    if run_as.is_some_and(|u| u.uid == 0) {
+        return Err(AgentError::RunAsRoot(cfg.run_as.clone()));
+    }
+    Ok(run_as)
+}
+
 fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     match cfg.cgroups {
         CgroupMode::None => Ok(Box::new(NoCgroups::default())),
@@ -153,13 +174,7 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     }
 }
 
-async fn run(cfg: AgentConfig, host_id: HostId) -> Result<(), AgentError> {
-    let root = driver::running_as_root();
-    let run_as = match cfg.run_as.as_str() {
-        "" => None,
-        user if !root => return Err(AgentError::RunAsNeedsRoot(user.to_owned())),
-        user => Some(RunAs::lookup(user)?),
-    };
+async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result<(), AgentError> {
     let cgroups = cgroups(&cfg)?;
     if cgroups.enforcing() {
         tracing::info!(cgroups = %cgroups.describe(), parent = %cfg.cgroup_parent, "limits enforced");

@@ -24,8 +24,11 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
             &IssueRequest::new(Role::Agent, "node-1", &[], 1),
         )
         .unwrap();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let run_as = if root { "nobody" } else { "" };
     let good = format!(
-        "coordinator = \"127.0.0.1:8444\"\ncoordinator_name = \"localhost\"\nstate_dir = \"/var/lib/backfill\"\ndefault_command = [\"sleep\", \"infinity\"]\n[tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
+        "coordinator = \"127.0.0.1:8444\"\ncoordinator_name = \"localhost\"\nstate_dir = \"/var/lib/backfill\"\nrun_as = {run_as:?}\ndefault_command = [\"sleep\", \"infinity\"]\n[tls]\nca = {:?}\ncert = {cert:?}\nkey = {key:?}\n",
         dir.path().join("ca.pem")
     );
     let out = check(&good, dir.path());
@@ -42,6 +45,16 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
     let out = check(&format!("typo = 1\n{good}"), dir.path());
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
+
+    // Workloads never run as root.
+    if root {
+        let out = check(
+            &good.replace("run_as = \"nobody\"", "run_as = \"root\""),
+            dir.path(),
+        );
+        assert_eq!(out.status.code(), Some(64));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("as root"));
+    }
 
     // An admin certificate is not an agent's.
     let (admin, admin_key) = ca

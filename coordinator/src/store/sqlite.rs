@@ -82,6 +82,10 @@ impl SqliteStore {
         backfill_default: bool,
         now: i64,
     ) -> Result<Account, StoreError> {
+        // Reads are the common case: only a first sight writes.
+        if let Some(a) = self.account(name).await? {
+            return Ok(a);
+        }
         sqlx::query(
             "INSERT INTO accounts (name, uuid, backfill, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT(name) DO NOTHING",
@@ -92,15 +96,28 @@ impl SqliteStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        self.account(name)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "accounts",
+                key: name.to_owned(),
+                reason: "missing right after insert".into(),
+            })
+    }
+
+    pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let row = sqlx::query("SELECT name, uuid, backfill FROM accounts WHERE name = ?")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(Account {
-            name: row.try_get("name")?,
-            uuid: row.try_get("uuid")?,
-            backfill: row.try_get("backfill")?,
+        row.map(|row| {
+            Ok(Account {
+                name: row.try_get("name")?,
+                uuid: row.try_get("uuid")?,
+                backfill: row.try_get("backfill")?,
+            })
         })
+        .transpose()
     }
 
     /// Sets the backfill permission (configuration is declarative: it wins at startup).
