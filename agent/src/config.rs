@@ -78,8 +78,9 @@ impl AgentConfig {
         if self.default_command.first().is_none_or(|c| c.is_empty()) {
             return Err(invalid("default_command", "must name a program"));
         }
-        if !(1..=300).contains(&self.report_interval_secs) {
-            return Err(invalid("report_interval_secs", "must be 1 to 300"));
+        // The coordinator takes an agent silent for 30 s for gone.
+        if !(1..=10).contains(&self.report_interval_secs) {
+            return Err(invalid("report_interval_secs", "must be 1 to 10"));
         }
         crate::cgroups::validate_parent(&self.cgroup_parent)
             .map_err(|e| invalid("cgroup_parent", &e.to_string()))?;

@@ -19,6 +19,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The coordinator re-sends the desired state every 10 s; silence this long means it is gone.
+const SILENCE_LIMIT: Duration = Duration::from_secs(35);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
@@ -37,6 +39,8 @@ pub enum LinkError {
     Refused(String),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error("the coordinator said nothing for {0:?}")]
+    Silent(Duration),
     #[error("the supervisor panicked or was cancelled")]
     Supervisor,
 }
@@ -129,10 +133,11 @@ async fn send(link: &mut Link, msg: &AgentMessage) -> Result<(), LinkError> {
 }
 
 async fn recv(link: &mut Link) -> Result<CoordinatorMessage, LinkError> {
-    match link.next().await {
-        None => Err(ProtocolError::Closed.into()),
-        Some(Err(e)) => Err(ProtocolError::Io(e).into()),
-        Some(Ok(frame)) => Ok(protocol::decode(&frame)?),
+    match tokio::time::timeout(SILENCE_LIMIT, link.next()).await {
+        Err(_) => Err(LinkError::Silent(SILENCE_LIMIT)),
+        Ok(None) => Err(ProtocolError::Closed.into()),
+        Ok(Some(Err(e))) => Err(ProtocolError::Io(e).into()),
+        Ok(Some(Ok(frame))) => Ok(protocol::decode(&frame)?),
     }
 }
 

@@ -28,6 +28,7 @@ pub struct PersistedServer {
     pub started_at: i64,
     pub resources: Resources,
     pub perf_factor: PerfFactor,
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,6 +130,7 @@ mod tests {
                 mem_bytes: 1 << 28,
             },
             perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
+            incarnation: 9,
         };
         f.save(std::slice::from_ref(&s)).unwrap();
         assert_eq!(f.load().unwrap(), vec![s]);

@@ -37,6 +37,7 @@ enum Run {
 struct Entry {
     resources: Resources,
     perf_factor: PerfFactor,
+    incarnation: u64,
     run: Run,
 }
 
@@ -87,6 +88,7 @@ impl Supervisor {
                     Entry {
                         resources: p.resources,
                         perf_factor: p.perf_factor,
+                        incarnation: p.incarnation,
                         run: Run::Running {
                             process: p.process,
                             child: None,
@@ -102,6 +104,7 @@ impl Supervisor {
                     Entry {
                         resources: p.resources,
                         perf_factor: p.perf_factor,
+                        incarnation: p.incarnation,
                         run: Run::Exited { code: None },
                     },
                 );
@@ -137,6 +140,11 @@ impl Supervisor {
         for (id, d) in wanted {
             match self.entries.get_mut(&id) {
                 None => self.start(d),
+                // A new run of the server: whatever the agent holds is an earlier one.
+                Some(e) if e.incarnation != d.incarnation => {
+                    self.stop(&id);
+                    self.start(d);
+                }
                 Some(e) if matches!(e.run, Run::Running { .. }) => {
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
                         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
@@ -162,29 +170,47 @@ impl Supervisor {
 
     fn start(&mut self, d: &DesiredServer) {
         let id = d.server;
-        let run = match self.try_start(d) {
+        let mut entry = Entry {
+            resources: d.resources,
+            perf_factor: d.perf_factor,
+            incarnation: d.incarnation,
+            run: Run::Failed {
+                reason: String::new(),
+            },
+        };
+        match self.try_start(d) {
             Ok((process, child)) => {
                 tracing::info!(server = %id, pid = process.pid, "workload started");
-                Run::Running {
+                entry.run = Run::Running {
                     process,
                     child: Some(child),
                     started_at: self.clock.now(),
+                };
+                self.entries.insert(id, entry);
+                // A workload the state file does not know would be lost to a restarted agent.
+                if let Err(e) = self.save() {
+                    tracing::error!(server = %id, error = %e, "cannot record the workload; stopping it");
+                    self.stop(&id);
+                    self.entries.insert(
+                        id,
+                        Entry {
+                            resources: d.resources,
+                            perf_factor: d.perf_factor,
+                            incarnation: d.incarnation,
+                            run: Run::Failed {
+                                reason: format!("cannot record the workload: {e}"),
+                            },
+                        },
+                    );
                 }
             }
             Err(reason) => {
                 tracing::warn!(server = %id, %reason, "workload did not start");
                 self.cleanup(&id);
-                Run::Failed { reason }
+                entry.run = Run::Failed { reason };
+                self.entries.insert(id, entry);
             }
-        };
-        self.entries.insert(
-            id,
-            Entry {
-                resources: d.resources,
-                perf_factor: d.perf_factor,
-                run,
-            },
-        );
+        }
     }
 
     fn try_start(&self, d: &DesiredServer) -> Result<(ProcessIdentity, Child), String> {
@@ -230,9 +256,15 @@ impl Supervisor {
             ..
         }) = self.entries.remove(id).as_mut()
         {
-            driver::kill_group(process.pid);
-            if let Some(child) = child {
-                reap(child);
+            match child {
+                // Our own child: its pid cannot be reused before we reap it.
+                Some(child) => {
+                    driver::kill_group(process.pid);
+                    reap(child);
+                }
+                // Adopted: make sure the pid is still that workload before signalling it.
+                None if driver::alive(process) => driver::kill_group(process.pid),
+                None => {}
             }
             tracing::info!(server = %id, "workload stopped");
         }
@@ -307,6 +339,7 @@ impl Supervisor {
                 .unwrap_or_else(|| limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US));
                 ObservedServer {
                     server: *id,
+                    incarnation: e.incarnation,
                     state,
                     pid,
                     started_at,
@@ -339,7 +372,7 @@ impl Supervisor {
         self.persist();
     }
 
-    fn persist(&self) {
+    fn save(&self) -> Result<(), StateError> {
         let running: Vec<PersistedServer> = self
             .entries
             .iter()
@@ -354,12 +387,17 @@ impl Supervisor {
                     started_at: *started_at,
                     resources: e.resources,
                     perf_factor: e.perf_factor,
+                    incarnation: e.incarnation,
                 }),
                 _ => None,
             })
             .collect();
-        if let Err(e) = self.state.save(&running) {
-            tracing::error!(error = %e, "cannot write the agent state file; a restart would not re-adopt workloads");
+        self.state.save(&running)
+    }
+
+    fn persist(&self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot write the agent state file");
         }
     }
 }
@@ -426,6 +464,7 @@ mod tests {
                         command: vec!["sleep".into(), "30".into()],
                         env: Default::default(),
                     }),
+                    incarnation: 1,
                 })
                 .collect(),
         }
@@ -525,5 +564,23 @@ mod tests {
         let r = s.report();
         assert_eq!(r.servers[0].state, WorkloadState::Exited { code: Some(3) });
         assert!(matches!(r.servers[1].state, WorkloadState::Failed { .. }));
+
+        // The same desired state again: nothing restarts.
+        s.apply(&d);
+        assert_eq!(
+            s.report().servers[0].state,
+            WorkloadState::Exited { code: Some(3) }
+        );
+        // A new run of the server (new incarnation) starts afresh.
+        let mut again = desired(2, &[(ok, 1.0)]);
+        again.servers[0].incarnation = 2;
+        s.apply(&again);
+        let r = s.report();
+        assert_eq!(r.servers.len(), 1);
+        assert_eq!(
+            (r.servers[0].state.clone(), r.servers[0].incarnation),
+            (WorkloadState::Running, 2)
+        );
+        s.stop_all();
     }
 }

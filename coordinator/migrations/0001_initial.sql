@@ -32,6 +32,7 @@ CREATE TABLE servers (
     perf_cpu        REAL NOT NULL DEFAULT 1.0,
     perf_mem        REAL NOT NULL DEFAULT 1.0,
     active_since    INTEGER,
+    incarnation     INTEGER NOT NULL DEFAULT 0,   -- host generation that placed it
     created_at      INTEGER NOT NULL
 );
 

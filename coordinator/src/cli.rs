@@ -58,7 +58,8 @@ pub enum PkiCommand {
         /// Subject alternative names (coordinator only): DNS names or IP addresses.
         #[arg(long = "san")]
         sans: Vec<String>,
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (1 to 36500).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
         /// File stem (default: the name).
         #[arg(long)]

@@ -16,7 +16,7 @@ pub struct CoordinatorConfig {
     pub link_addr: SocketAddr,
     /// The SQLite database file.
     pub database: PathBuf,
-    /// Accounts given the backfill permission at startup.
+    /// The accounts with the backfill permission: exactly these (applied at startup).
     #[serde(default)]
     pub backfill_accounts: Vec<String>,
     pub tls: TlsFiles,

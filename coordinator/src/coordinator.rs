@@ -75,9 +75,7 @@ impl Coordinator {
         backfill_accounts: &[String],
     ) -> Result<Coordinator, StoreError> {
         let now = clock.now();
-        for name in backfill_accounts {
-            store.set_backfill(name, true, now).await?;
-        }
+        store.set_backfill_accounts(backfill_accounts, now).await?;
         let mut model = Model::default();
         for record in store.hosts().await? {
             model.hosts.insert(
@@ -151,6 +149,7 @@ impl Coordinator {
                 host: None,
                 perf_factor: PerfFactor::FULL,
                 active_since: None,
+                incarnation: 0,
                 created_at: now,
             })
             .collect();
@@ -206,15 +205,17 @@ impl Coordinator {
         next.host = Some(host.clone());
         next.perf_factor = PerfFactor::FULL;
         next.active_since = None;
-        self.store.update_server(&next).await?;
+        // The generation this commit gives the host.
+        next.incarnation = model.generation(&host).saturating_add(1);
+        self.commit(&mut model, vec![next.clone()], std::slice::from_ref(&host))
+            .await?;
         tracing::info!(server = %id, host = %host, "placed");
-        model.servers.insert(id, next.clone());
-        self.push(&mut model, &host).await?;
         Ok(next)
     }
 
     /// `stop`: hard stop. The server leaves its host's desired state; it is `stopped` once the
-    /// agent reports it gone.
+    /// agent reports it gone, or at once when its host has no agent connected (a returning agent
+    /// stops whatever its desired state no longer holds).
     pub async fn stop(
         &self,
         owner: &Account,
@@ -223,17 +224,27 @@ impl Coordinator {
     ) -> Result<ServerRecord, OpError> {
         let mut model = self.model.lock().await;
         let current = visible(&model, owner, scope, id)?;
+        if matches!(
+            current.status,
+            ServerStatus::Stopped | ServerStatus::Stopping
+        ) {
+            return Ok(current.clone());
+        }
         let mut next = current.clone();
-        match (current.status, current.host.clone()) {
-            (ServerStatus::Stopped | ServerStatus::Stopping, _) => return Ok(next),
-            (_, None) => next.status = ServerStatus::Stopped,
-            (_, Some(_)) => next.status = ServerStatus::Stopping,
+        let host = current.host.clone();
+        let connected = host
+            .as_ref()
+            .and_then(|h| model.hosts.get(h))
+            .is_some_and(|h| h.session.is_some());
+        if connected {
+            next.status = ServerStatus::Stopping;
+        } else {
+            next.status = ServerStatus::Stopped;
+            next.host = None;
+            next.active_since = None;
         }
-        self.store.update_server(&next).await?;
-        model.servers.insert(id, next.clone());
-        if let Some(host) = &next.host {
-            self.push(&mut model, host).await?;
-        }
+        let hosts: Vec<HostId> = host.into_iter().collect();
+        self.commit(&mut model, vec![next.clone()], &hosts).await?;
         Ok(next)
     }
 
@@ -252,23 +263,34 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Bumps the host's generation (durably) and hands its whole desired state to its session.
-    pub(crate) async fn push(
+    /// Commits changed servers and a new generation for each host in `hosts` in one
+    /// transaction, then updates the model and hands each host's session its new desired state.
+    /// Nothing changes in memory if the store fails.
+    pub(crate) async fn commit(
         &self,
         model: &mut MutexGuard<'_, Model>,
-        host: &HostId,
+        servers: Vec<ServerRecord>,
+        hosts: &[HostId],
     ) -> Result<(), StoreError> {
-        let Some(entry) = model.hosts.get_mut(host) else {
-            return Ok(());
-        };
-        let generation = entry.record.generation.saturating_add(1);
-        self.store.set_host_generation(host, generation).await?;
-        entry.record.generation = generation;
-        let desired = Arc::new(model.desired_state(host));
-        if let Some(Session { desired: tx, .. }) =
-            model.hosts.get(host).and_then(|h| h.session.as_ref())
-        {
-            tx.send_replace(desired);
+        let generations: Vec<(HostId, u64)> = hosts
+            .iter()
+            .filter(|h| model.hosts.contains_key(*h))
+            .map(|h| (h.clone(), model.generation(h).saturating_add(1)))
+            .collect();
+        self.store.commit(&servers, &generations).await?;
+        for s in servers {
+            model.servers.insert(s.uuid, s);
+        }
+        for (host, generation) in &generations {
+            if let Some(entry) = model.hosts.get_mut(host) {
+                entry.record.generation = *generation;
+            }
+            let desired = Arc::new(model.desired_state(host));
+            if let Some(Session { desired: tx, .. }) =
+                model.hosts.get(host).and_then(|h| h.session.as_ref())
+            {
+                tx.send_replace(desired);
+            }
         }
         Ok(())
     }

@@ -115,14 +115,16 @@ impl Model {
         }
     }
 
-    pub fn desired_state(&self, host: &HostId) -> DesiredState {
-        let generation = self
-            .hosts
+    pub fn generation(&self, host: &HostId) -> u64 {
+        self.hosts
             .get(host)
             .map(|h| h.record.generation)
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    pub fn desired_state(&self, host: &HostId) -> DesiredState {
         DesiredState {
-            generation,
+            generation: self.generation(host),
             servers: self
                 .servers_on(host)
                 .filter(|s| desired_on_host(s.status))
@@ -131,6 +133,7 @@ impl Model {
                     resources: s.resources(),
                     perf_factor: s.perf_factor,
                     workload: s.workload.clone(),
+                    incarnation: s.incarnation,
                 })
                 .collect(),
         }

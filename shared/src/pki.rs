@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The longest validity `pki issue` gives: a hundred years.
+pub const MAX_DAYS: i64 = 36_500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -240,15 +242,16 @@ pub struct IssueRequest<'a> {
 }
 
 impl<'a> IssueRequest<'a> {
-    /// Valid from an hour ago (clock skew) for `days` days.
+    /// Valid from an hour ago (clock skew) for `days` days (clamped to 1 to 36500).
     pub fn new(role: Role, name: &'a str, sans: &'a [String], days: i64) -> Self {
         let now = time::OffsetDateTime::now_utc();
+        let days = time::Duration::days(days.clamp(1, MAX_DAYS));
         IssueRequest {
             role,
             name,
             sans,
             not_before: now - time::Duration::hours(1),
-            not_after: now + time::Duration::days(days),
+            not_after: now.checked_add(days).unwrap_or(now),
         }
     }
 }

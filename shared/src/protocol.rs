@@ -106,6 +106,8 @@ pub struct ObservedServer {
     pub perf_factor: PerfFactor,
     pub limits: AppliedLimits,
     pub usage: ServerUsage,
+    /// The run this observation is about (see `DesiredServer::incarnation`).
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +165,9 @@ pub struct DesiredServer {
     pub perf_factor: PerfFactor,
     /// `None`: the host's configured default command.
     pub workload: Option<Workload>,
+    /// Which run of the server this is: a new value means "start it afresh" even if the agent
+    /// still holds an ended run of the same server.
+    pub incarnation: u64,
 }
 
 #[cfg(test)]
@@ -230,6 +235,7 @@ mod tests {
                 },
                 perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
                 workload: None,
+                incarnation: 299,
             }],
         });
         let bytes = encode(&ds).unwrap();
@@ -238,7 +244,7 @@ mod tests {
         golden.extend_from_slice(&[0xe8, 0x07, 0x01, 0x80, 0x04]);
         golden.extend_from_slice(&0.5f64.to_le_bytes());
         golden.extend_from_slice(&1.0f64.to_le_bytes());
-        golden.push(0x00);
+        golden.extend_from_slice(&[0x00, 0xab, 0x02]); // no workload; incarnation 299
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

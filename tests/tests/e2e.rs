@@ -151,10 +151,9 @@ async fn a_tenant_runs_a_bserver_in_its_own_cgroup_and_stops_it() {
     assert_eq!(status, 202);
     let stopped = wait_status(&tenant, &coord, &uuid, "stopped").await;
     assert_eq!(stopped["runtime"], serde_json::Value::Null);
+    // The agent reaps its own child: the process is gone, not a zombie.
     wait_until("workload process gone", || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
     });
     if setup.enforcing {
         wait_until("cgroup removed", || !setup.v1_cgroup("cpu", &uuid).exists());
@@ -270,6 +269,24 @@ async fn strangers_are_refused() {
     let (status, body) = get(&tenant, &coord.url(&format!("bservers/{uuid}/"))).await;
     assert_eq!(status, 200, "{body}");
 
+    // Wrong methods, unknown actions and paths get CloudSigma error lists too.
+    let r = tenant.put(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body[0]["error_type"], "validation");
+    let (status, body) = post(
+        &tenant,
+        &coord.url(&format!("bservers/{uuid}/action/?do=explode")),
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, body[0]["error_point"].as_str()), (400, Some("do")));
+    let (status, body) = get(&tenant, &coord.url("nothing/here/")).await;
+    assert_eq!(
+        (status, body[0]["error_type"].as_str()),
+        (404, Some("notexist"))
+    );
+
     // Every refusal above left a clear log line.
     let log = coord.daemon.log_text();
     assert!(log.contains("TLS handshake refused"), "{log}");
@@ -302,10 +319,22 @@ async fn a_restarted_agent_keeps_the_workload() {
         "{}",
         second.log_text()
     );
-    // The coordinator still shows it running, with the same process.
+    // A second server started now reaches the agent in a desired state sent after it
+    // re-registered; once it runs, the agent has applied that state to the first server too.
+    let other = create_and_start(&tenant, &coord, 1).await;
+    wait_status(&tenant, &coord, &other, "running").await;
     let body = wait_status(&tenant, &coord, &uuid, "running").await;
     assert_eq!(body["runtime"]["host"], "host-r");
-    assert_eq!(setup.recorded_pid(&uuid), Some(pid));
+    assert_eq!(
+        setup.recorded_pid(&uuid),
+        Some(pid),
+        "the workload was restarted"
+    );
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert_eq!(
+        stat.split_whitespace().nth(21),
+        start_before.split_whitespace().nth(21)
+    );
     if setup.enforcing {
         let procs =
             std::fs::read_to_string(setup.v1_cgroup("cpu", &uuid).join("cgroup.procs")).unwrap();

@@ -6,7 +6,8 @@ use super::{ApiError, AppState};
 use crate::coordinator::Scope;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,7 +27,18 @@ pub fn routes() -> Router<AppState> {
         .route("/bservers/{uuid}/action/", post(action))
 }
 
-type Params = Query<BTreeMap<String, String>>;
+/// The query string as key/values; a malformed one is a CloudSigma-style 400.
+pub struct Params(pub BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<BTreeMap<String, String>>::try_from_uri(&parts.uri)
+            .map(|Query(q)| Params(q))
+            .map_err(|e| ApiError::validation("query", e.body_text()))
+    }
+}
 
 fn page(params: &BTreeMap<String, String>) -> Result<(usize, usize), ApiError> {
     let num = |k: &str, d: usize| match params.get(k) {
@@ -77,7 +89,7 @@ async fn listing(
 async fn list(
     State(state): State<AppState>,
     tenant: BackfillTenant,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     listing(&state, &tenant, &params, false).await
 }
@@ -85,7 +97,7 @@ async fn list(
 async fn list_detail(
     State(state): State<AppState>,
     tenant: BackfillTenant,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     listing(&state, &tenant, &params, true).await
 }
@@ -145,7 +157,7 @@ async fn action(
     State(state): State<AppState>,
     BackfillTenant(account): BackfillTenant,
     Path(uuid): Path<String>,
-    Query(params): Params,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&uuid)?;
     let what = params.get("do").map(String::as_str);

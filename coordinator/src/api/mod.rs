@@ -38,6 +38,14 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                error_type: "validation",
+                point: None,
+                message: "method not allowed on this path".into(),
+            }
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -18,8 +18,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-/// An agent that says nothing for this long is considered gone (it reports every few seconds).
+/// An agent that says nothing for this long is considered gone (it reports every 1 to 10 s).
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// The desired state is re-sent this often, so an agent notices a vanished coordinator.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -131,8 +133,15 @@ async fn run(
     .await?;
     let first = desired.borrow_and_update().clone();
     send(link, &CoordinatorMessage::DesiredState((*first).clone())).await?;
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         tokio::select! {
+            _ = heartbeat.tick() => {
+                // Idempotent by design: the same state again is the heartbeat.
+                let state = desired.borrow().clone();
+                send(link, &CoordinatorMessage::DesiredState((*state).clone())).await?;
+            }
             changed = desired.changed() => {
                 if changed.is_err() {
                     return Ok(()); // superseded by a newer session of the same host

@@ -2,5 +2,7 @@
 
 mod listener;
 mod session;
+#[cfg(test)]
+mod session_tests;
 
 pub use listener::{LinkError, serve_link};

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 impl Coordinator {
     /// Registers (or re-registers) a host. Returns the session's id and the channel its desired
-    /// state arrives on; a previous session of the same host is superseded.
+    /// state arrives on; a previous session of the same host is superseded. The host gets a new
+    /// generation, so the agent's acknowledgements are for this session's state.
     pub(crate) async fn register_agent(
         &self,
         hello: &Hello,
@@ -23,6 +24,7 @@ impl Coordinator {
             Some(h) => HostRecord {
                 inventory: hello.inventory.clone(),
                 enforcing: hello.enforcing,
+                generation: h.record.generation.saturating_add(1),
                 last_seen: now,
                 ..h.record.clone()
             },
@@ -30,7 +32,7 @@ impl Coordinator {
                 id: host.clone(),
                 inventory: hello.inventory.clone(),
                 enforcing: hello.enforcing,
-                generation: 0,
+                generation: 1,
                 first_seen: now,
                 last_seen: now,
             },
@@ -48,8 +50,6 @@ impl Coordinator {
         if let Some(h) = model.hosts.get_mut(&host) {
             h.session = Some(Session { conn, desired: tx });
         }
-        // A new generation, so the agent's acknowledgement is for this session's state.
-        self.push(&mut model, &host).await?;
         tracing::info!(
             host = %host,
             cpus = hello.inventory.cpus,
@@ -62,7 +62,9 @@ impl Coordinator {
         Ok((conn, rx))
     }
 
-    /// Reconciles the servers placed on `host` with what its agent sees.
+    /// Reconciles the servers placed on `host` with what its agent sees. An observation counts
+    /// only for the run (incarnation) the server is on now: a late report about an earlier run
+    /// cannot stop a server that was started again.
     pub(crate) async fn apply_report(
         &self,
         host: &HostId,
@@ -80,9 +82,12 @@ impl Coordinator {
         // Absence only means something once the agent has seen the current desired state.
         let current = report.applied_generation >= entry.record.generation;
         let mut changed = Vec::new();
-        let mut host_changed = false;
+        let mut leaves_desired = false;
         for s in model.servers_on(host).filter(|s| holds_resources(s.status)) {
-            let seen = report.servers.iter().find(|o| o.server == s.uuid);
+            let seen = report
+                .servers
+                .iter()
+                .find(|o| o.server == s.uuid && o.incarnation == s.incarnation);
             let mut next = s.clone();
             match (s.status, seen.map(|o| &o.state)) {
                 (ServerStatus::Starting, Some(WorkloadState::Running)) => {
@@ -108,17 +113,19 @@ impl Coordinator {
                 next.host = None;
                 next.active_since = None;
                 next.perf_factor = PerfFactor::FULL;
-                host_changed |= s.status != ServerStatus::Stopping;
+                leaves_desired |= s.status != ServerStatus::Stopping;
             }
             if next != *s {
                 changed.push(next);
             }
         }
-        for next in &changed {
-            self.store.update_server(next).await?;
-        }
-        for next in changed {
-            model.servers.insert(next.uuid, next);
+        let hosts = if leaves_desired {
+            vec![host.clone()]
+        } else {
+            Vec::new()
+        };
+        if !changed.is_empty() || !hosts.is_empty() {
+            self.commit(&mut model, changed, &hosts).await?;
         }
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
@@ -128,9 +135,6 @@ impl Coordinator {
                 WorkerState::Idle
             };
             entry.last_report = Some(report);
-        }
-        if host_changed {
-            self.push(&mut model, host).await?;
         }
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct ServerRecord {
     pub host: Option<HostId>,
     pub perf_factor: PerfFactor,
     pub active_since: Option<i64>,
+    /// The host generation that placed this run; tells its reports from an earlier run's.
+    pub incarnation: u64,
     pub created_at: i64,
 }
 

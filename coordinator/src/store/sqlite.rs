@@ -120,19 +120,29 @@ impl SqliteStore {
         .transpose()
     }
 
-    /// Sets the backfill permission (configuration is declarative: it wins at startup).
-    pub async fn set_backfill(
+    /// Gives exactly the listed accounts the backfill permission (configuration is
+    /// declarative: an account removed from the list loses it), in one transaction.
+    pub async fn set_backfill_accounts(
         &self,
-        name: &str,
-        allowed: bool,
+        names: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
-        self.ensure_account(name, allowed, now).await?;
-        sqlx::query("UPDATE accounts SET backfill = ? WHERE name = ?")
-            .bind(allowed)
-            .bind(name)
-            .execute(&self.pool)
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE accounts SET backfill = 0")
+            .execute(&mut *tx)
             .await?;
+        for name in names {
+            sqlx::query(
+                "INSERT INTO accounts (name, uuid, backfill, created_at) VALUES (?, ?, 1, ?)
+                 ON CONFLICT(name) DO UPDATE SET backfill = 1",
+            )
+            .bind(name)
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -162,19 +172,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn set_host_generation(
-        &self,
-        id: &HostId,
-        generation: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE hosts SET generation = ? WHERE id = ?")
-            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, inventory, enforcing, generation, first_seen, last_seen FROM hosts ORDER BY id",
@@ -192,8 +189,8 @@ impl SqliteStore {
             let q = sqlx::query(
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
-                     created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     incarnation, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -201,23 +198,40 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Writes the mutable fields of a server.
-    pub async fn update_server(&self, s: &ServerRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?, perf_cpu = ?,
-                 perf_mem = ?, active_since = ? WHERE uuid = ?",
-        )
-        .bind(&s.name)
-        .bind(to_json("servers", s, &s.meta)?)
-        .bind(to_json("servers", s, &s.tags)?)
-        .bind(s.status.as_str())
-        .bind(s.host.as_ref().map(HostId::as_str))
-        .bind(s.perf_factor.cpu)
-        .bind(s.perf_factor.mem)
-        .bind(s.active_since)
-        .bind(s.uuid.to_string())
-        .execute(&self.pool)
-        .await?;
+    /// Writes the mutable fields of `servers` and the new generations of `hosts` in one
+    /// transaction: a host's desired state and its generation never disagree on disk.
+    pub async fn commit(
+        &self,
+        servers: &[ServerRecord],
+        hosts: &[(HostId, u64)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for s in servers {
+            sqlx::query(
+                "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
+                     perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ? WHERE uuid = ?",
+            )
+            .bind(&s.name)
+            .bind(to_json("servers", s, &s.meta)?)
+            .bind(to_json("servers", s, &s.tags)?)
+            .bind(s.status.as_str())
+            .bind(s.host.as_ref().map(HostId::as_str))
+            .bind(s.perf_factor.cpu)
+            .bind(s.perf_factor.mem)
+            .bind(s.active_since)
+            .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
+            .bind(s.uuid.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, generation) in hosts {
+            sqlx::query("UPDATE hosts SET generation = ? WHERE id = ?")
+                .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -232,7 +246,7 @@ impl SqliteStore {
     pub async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
-                    status, host, perf_cpu, perf_mem, active_since, created_at
+                    status, host, perf_cpu, perf_mem, active_since, incarnation, created_at
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -276,6 +290,7 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
         .bind(s.perf_factor.cpu)
         .bind(s.perf_factor.mem)
         .bind(s.active_since)
+        .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
         .bind(s.created_at))
 }
 
@@ -313,6 +328,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
     let cpu: i64 = r.try_get("cpu")?;
     let smp: i64 = r.try_get("smp")?;
     let mem: i64 = r.try_get("mem")?;
+    let incarnation: i64 = r.try_get("incarnation")?;
     Ok(ServerRecord {
         uuid: key.parse().map_err(|e| c(&e))?,
         owner: r.try_get("owner")?,
@@ -339,6 +355,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         }
         .clamped(),
         active_since: r.try_get("active_since")?,
+        incarnation: u64::try_from(incarnation).map_err(|e| c(&e))?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -366,6 +383,7 @@ mod tests {
             host: None,
             perf_factor: PerfFactor::FULL,
             active_since: None,
+            incarnation: 0,
             created_at: 5,
         }
     }
@@ -400,14 +418,28 @@ mod tests {
         s.status = ServerStatus::Running;
         s.host = Some(host.id.clone());
         s.perf_factor = PerfFactor { cpu: 0.5, mem: 1.0 };
-        store.update_server(&s).await.unwrap();
+        s.incarnation = 4;
+        store
+            .commit(&[s.clone()], &[(host.id.clone(), 4)])
+            .await
+            .unwrap();
         store.close().await;
 
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.servers().await.unwrap(), vec![s.clone()]);
+        let mut host = host;
+        host.generation = 4;
         assert_eq!(store.hosts().await.unwrap(), vec![host]);
         store.delete_server(&s.uuid).await.unwrap();
         assert!(store.servers().await.unwrap().is_empty());
+
+        // The configured list is the whole truth about the permission.
+        store
+            .set_backfill_accounts(&["new".into()], 3)
+            .await
+            .unwrap();
+        assert!(!store.account("tenant").await.unwrap().unwrap().backfill);
+        assert!(store.account("new").await.unwrap().unwrap().backfill);
     }
 
     #[tokio::test]

@@ -1,0 +1,241 @@
+//! The coordinator's side of the link without sockets: registration, reports, generations.
+
+use crate::coordinator::{Coordinator, NewServer, Scope};
+use crate::store::{Account, SqliteStore};
+use backfill_shared::clock::ManualClock;
+use backfill_shared::protocol::{
+    AppliedLimits, Hello, HostUsage, ObservedServer, Report, ServerUsage, WorkloadState,
+};
+use backfill_shared::{HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus};
+use std::sync::Arc;
+
+struct Fixture {
+    c: Coordinator,
+    tenant: Account,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let c = Coordinator::load(store, Arc::new(ManualClock::new(1_000)), &["t".into()])
+        .await
+        .unwrap();
+    let tenant = c.account("t").await.unwrap();
+    Fixture {
+        c,
+        tenant,
+        _dir: dir,
+    }
+}
+
+fn hello(host: &str) -> Hello {
+    Hello {
+        protocol_version: 1,
+        host_id: host.parse().unwrap(),
+        agent_version: "t".into(),
+        inventory: HostInventory {
+            hostname: host.into(),
+            cpus: 4,
+            cpu_mhz_per_cpu: 1000,
+            mem_bytes: 8 << 30,
+            gpus: vec![],
+        },
+        enforcing: true,
+    }
+}
+
+fn new_server() -> NewServer {
+    NewServer {
+        name: "s".into(),
+        cpu: 1000,
+        smp: 1,
+        mem: 1 << 30,
+        meta: Default::default(),
+        tags: vec![],
+        vnc_password: None,
+        workload: None,
+    }
+}
+
+fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report {
+    Report {
+        applied_generation: generation,
+        servers: servers
+            .iter()
+            .map(|(id, incarnation, state)| ObservedServer {
+                server: *id,
+                incarnation: *incarnation,
+                state: state.clone(),
+                pid: Some(42),
+                started_at: Some(990),
+                perf_factor: PerfFactor::FULL,
+                limits: AppliedLimits::default(),
+                usage: ServerUsage::default(),
+            })
+            .collect(),
+        usage: HostUsage::default(),
+    }
+}
+
+async fn status(f: &Fixture, id: ServerId) -> ServerStatus {
+    f.c.get_server(&f.tenant, Scope::BServers, id)
+        .await
+        .unwrap()
+        .status
+}
+
+#[tokio::test]
+async fn a_server_runs_when_its_agent_says_so_and_stops_when_it_is_gone() {
+    let f = fixture().await;
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    assert!(rx.has_changed().unwrap());
+    let desired = rx.borrow_and_update().clone();
+    assert_eq!(desired.servers.len(), 1);
+    assert_eq!(status(&f, id).await, ServerStatus::Starting);
+
+    // A report from before the agent saw the server says nothing about it.
+    let host = "h1".parse().unwrap();
+    f.c.apply_report(&host, conn, report(desired.generation - 1, &[]))
+        .await
+        .unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Starting);
+
+    let run = incarnation(&f, id).await;
+    assert_eq!(run, desired.generation);
+    f.c.apply_report(
+        &host,
+        conn,
+        report(desired.generation, &[(id, run, WorkloadState::Running)]),
+    )
+    .await
+    .unwrap();
+    let s =
+        f.c.get_server(&f.tenant, Scope::BServers, id)
+            .await
+            .unwrap();
+    assert_eq!(
+        (s.status, s.active_since),
+        (ServerStatus::Running, Some(990))
+    );
+
+    f.c.stop(&f.tenant, Scope::BServers, id).await.unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Stopping);
+    let after_stop = rx.borrow_and_update().clone();
+    assert!(after_stop.servers.is_empty() && after_stop.generation > desired.generation);
+    // Still reported by an agent that has not caught up: still stopping.
+    f.c.apply_report(
+        &host,
+        conn,
+        report(desired.generation, &[(id, run, WorkloadState::Running)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Stopping);
+    f.c.apply_report(&host, conn, report(after_stop.generation, &[]))
+        .await
+        .unwrap();
+    let s =
+        f.c.get_server(&f.tenant, Scope::BServers, id)
+            .await
+            .unwrap();
+    assert_eq!((s.status, s.host), (ServerStatus::Stopped, None));
+}
+
+#[tokio::test]
+async fn an_exited_workload_stops_its_server_and_leaves_the_desired_state() {
+    let f = fixture().await;
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let generation = rx.borrow_and_update().generation;
+    let host = "h1".parse().unwrap();
+    let first_run = incarnation(&f, id).await;
+    let exited = WorkloadState::Exited { code: Some(0) };
+    let stale = report(generation, &[(id, first_run, exited.clone())]);
+    f.c.apply_report(&host, conn, stale.clone()).await.unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Stopped);
+    let desired = rx.borrow_and_update().clone();
+    assert!(desired.servers.is_empty() && desired.generation > generation);
+
+    // Started again at once: a late copy of that report cannot stop the new run.
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let second_run = incarnation(&f, id).await;
+    assert!(second_run > first_run);
+    f.c.apply_report(&host, conn, stale).await.unwrap();
+    assert_eq!(
+        status(&f, id).await,
+        ServerStatus::Starting,
+        "a stale exit undid a start"
+    );
+    let now = rx.borrow_and_update().generation;
+    let running = report(now, &[(id, second_run, WorkloadState::Running)]);
+    f.c.apply_report(&host, conn, running).await.unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Running);
+}
+
+#[tokio::test]
+async fn a_superseded_session_cannot_change_anything() {
+    let f = fixture().await;
+    let (old, _old_rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let (new, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    assert_ne!(old, new);
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let generation = rx.borrow_and_update().generation;
+    let host = "h1".parse().unwrap();
+    f.c.apply_report(&host, old, report(generation, &[]))
+        .await
+        .unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Starting);
+    f.c.agent_gone(&host, old).await;
+    assert!(f.c.host_connected(&host).await);
+    f.c.agent_gone(&host, new).await;
+    assert!(!f.c.host_connected(&host).await);
+}
+
+#[tokio::test]
+async fn generations_survive_a_coordinator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let clock = Arc::new(ManualClock::new(1_000));
+    let first = {
+        let c = Coordinator::load(SqliteStore::open(&path).await.unwrap(), clock.clone(), &[])
+            .await
+            .unwrap();
+        let (_, rx) = c.register_agent(&hello("h1")).await.unwrap();
+        let g = rx.borrow().generation;
+        c.store.close().await;
+        g
+    };
+    let c = Coordinator::load(SqliteStore::open(&path).await.unwrap(), clock, &[])
+        .await
+        .unwrap();
+    assert!(
+        !c.host_connected(&"h1".parse().unwrap()).await,
+        "down until its agent returns"
+    );
+    let (_, rx) = c.register_agent(&hello("h1")).await.unwrap();
+    assert!(rx.borrow().generation > first);
+}
+
+async fn incarnation(f: &Fixture, id: ServerId) -> u64 {
+    f.c.get_server(&f.tenant, Scope::BServers, id)
+        .await
+        .unwrap()
+        .incarnation
+}
