@@ -95,6 +95,7 @@ fn fraction(part: u64, whole: u64) -> f64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn host(id: &str, cpu: u64, mem: u64, used_cpu: u64, used_mem: u64) -> HostView {
         HostView {
@@ -156,6 +157,78 @@ mod tests {
             Err(PlacementError::NeverFits { .. })
         ));
         assert_eq!(best_fit(&[], &need(1, 1)), Err(PlacementError::NoHosts));
+    }
+
+    fn arb_host() -> impl Strategy<Value = HostView> {
+        (
+            0u8..40,
+            1u64..100_000,
+            1u64..1 << 40,
+            1u32..64,
+            0u64..=100,
+            0u64..=100,
+            0u32..=64,
+        )
+            .prop_map(
+                |(id, cpu, mem, vcpus, used_cpu, used_mem, used_vcpus)| HostView {
+                    id: format!("h{id:02}").parse().unwrap(),
+                    capacity: Resources {
+                        cpu_mhz: cpu,
+                        vcpus,
+                        mem_bytes: mem,
+                    },
+                    allocated: Resources {
+                        cpu_mhz: cpu * used_cpu / 100,
+                        vcpus: used_vcpus.min(vcpus),
+                        mem_bytes: mem * used_mem / 100,
+                    },
+                },
+            )
+    }
+
+    /// Host ids are unique in a snapshot.
+    fn unique(mut hosts: Vec<HostView>) -> Vec<HostView> {
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        hosts.dedup_by(|a, b| a.id == b.id);
+        hosts
+    }
+
+    fn arb_need() -> impl Strategy<Value = Resources> {
+        (1u64..100_000, 1u32..8, 1u64..1 << 40).prop_map(|(cpu_mhz, vcpus, mem_bytes)| Resources {
+            cpu_mhz,
+            vcpus,
+            mem_bytes,
+        })
+    }
+
+    proptest! {
+        /// The chosen host has room; if none is chosen, none had room.
+        #[test]
+        fn never_over_capacity(hosts in prop::collection::vec(arb_host(), 0..20), need in arb_need()) {
+            let hosts = unique(hosts);
+            match best_fit(&hosts, &need) {
+                Ok(id) => {
+                    let h = hosts.iter().find(|h| h.id == id).unwrap();
+                    prop_assert!(h.free().fits(&need));
+                }
+                Err(_) => prop_assert!(hosts.iter().all(|h| !h.free().fits(&need))),
+            }
+        }
+
+        /// Same hosts in any order, same answer.
+        #[test]
+        fn deterministic_whatever_the_order(
+            mut hosts in prop::collection::vec(arb_host(), 1..20),
+            need in arb_need(),
+            seed in any::<u64>(),
+        ) {
+            hosts = unique(hosts);
+            let first = best_fit(&hosts, &need);
+            let n = hosts.len();
+            hosts.rotate_left((seed as usize) % n);
+            hosts.reverse();
+            prop_assert_eq!(best_fit(&hosts, &need), first);
+        }
     }
 
     #[test]
