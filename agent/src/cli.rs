@@ -26,6 +26,9 @@ pub struct Cli {
     /// Validate the configuration and exit (64 when it is wrong).
     #[arg(long)]
     pub check_config: bool,
+    /// Declare GPUs from a JSON file instead of asking NVML (overrides `inventory_file`).
+    #[arg(long)]
+    pub inventory_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -61,6 +64,8 @@ pub enum AgentError {
     Driver(#[from] DriverError),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    #[error("inventory file: {0}")]
+    Inventory(DiscoveryError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
@@ -82,6 +87,7 @@ impl AgentError {
             | AgentError::NotRoot
             | AgentError::RunAsNeedsRoot(_)
             | AgentError::RunAsRoot(_)
+            | AgentError::Inventory(_)
             | AgentError::Link(_) => 64,
             AgentError::State(_) | AgentError::Io { .. } => 74,
             AgentError::Cgroups(_) | AgentError::Driver(_) | AgentError::Discovery(_) => 71,
@@ -119,7 +125,15 @@ fn idle() -> ! {
 }
 
 fn main_exec(cli: &Cli) -> Result<(), AgentError> {
-    let cfg = AgentConfig::load(&cli.config)?;
+    let mut cfg = AgentConfig::load(&cli.config)?;
+    if let Some(f) = &cli.inventory_file {
+        cfg.inventory_file = Some(f.clone());
+        cfg.validate(&cli.config)?;
+    }
+    // A broken inventory file is a configuration error, reported before anything starts.
+    if let Some(f) = &cfg.inventory_file {
+        crate::discovery::FakeGpus::from_file(f).map_err(AgentError::Inventory)?;
+    }
     let host_id = host_id_from_cert(&cfg)?;
     let run_as = resolve_run_as(&cfg)?;
     if cli.check_config {

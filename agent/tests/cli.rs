@@ -4,13 +4,18 @@
 use backfill_shared::pki::{Ca, IssueRequest, Role};
 use std::process::Command;
 
-fn check(config: &str, dir: &std::path::Path) -> std::process::Output {
+fn check_with(config: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let path = dir.join("agent.toml");
     std::fs::write(&path, config).unwrap();
     Command::new(env!("CARGO_BIN_EXE_backfill-agent"))
         .args(["--check-config", "--config", path.to_str().unwrap()])
+        .args(extra)
         .output()
         .unwrap()
+}
+
+fn check(config: &str, dir: &std::path::Path) -> std::process::Output {
+    check_with(config, dir, &[])
 }
 
 #[test]
@@ -45,6 +50,31 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
     let out = check(&format!("typo = 1\n{good}"), dir.path());
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
+
+    // --inventory-file declares GPUs; a broken file is a configuration error naming the file.
+    let inv = dir.path().join("gpus.json");
+    std::fs::write(
+        &inv,
+        r#"{"gpus": [{"index": 0, "uuid": "GPU-a", "name": "T4", "memory_bytes": 16}]}"#,
+    )
+    .unwrap();
+    let out = check_with(
+        &good,
+        dir.path(),
+        &["--inventory-file", inv.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&inv, r#"{"gpus": [{"index": 0}]}"#).unwrap();
+    let out = check_with(
+        &good,
+        dir.path(),
+        &["--inventory-file", inv.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gpus.json"),
+        "{out:?}"
+    );
 
     // Workloads never run as root.
     if root {
