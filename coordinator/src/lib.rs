@@ -10,5 +10,6 @@ pub mod dev;
 pub mod hosts;
 pub mod model;
 pub mod placement;
+pub mod scheduler;
 pub mod store;
 mod tls_accept;

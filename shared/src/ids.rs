@@ -73,6 +73,11 @@ impl HostId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Sorts before every valid id: a lower bound for range queries, never a real host.
+    pub fn min() -> HostId {
+        HostId(String::new())
+    }
 }
 
 impl FromStr for HostId {

@@ -1,0 +1,374 @@
+//! Incremental accounting of a fleet: per host, capacity, what normal servers are guaranteed,
+//! what backfill and spot servers use at their current perf_factor, which GPUs are taken; and
+//! the free-capacity index over the hosts that count. Every change is O(log n).
+
+use super::index::FreeIndex;
+use super::{ServerSpec, Termination};
+use backfill_shared::{HostId, PerfFactor, Resources, ServerClass, ServerId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the scheduler knows of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub id: HostId,
+    pub capacity: Resources,
+    /// GPU device ids (UUIDs): each may be given to one server at a time.
+    pub gpus: Vec<String>,
+    /// False when the host is held, draining, down or frozen: nothing new lands there and its
+    /// free capacity does not count.
+    pub schedulable: bool,
+}
+
+/// A placed server: where, how squeezed, since when, and whether it is leaving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub host: HostId,
+    pub perf_factor: PerfFactor,
+    pub started_at: i64,
+    /// When the perf_factor last changed (for the grow-back hysteresis).
+    pub perf_changed_at: i64,
+    pub gpus: Vec<String>,
+    pub termination: Option<Termination>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct HostAcc {
+    pub spec: HostSpec,
+    pub guaranteed: Resources,
+    /// Backfill and spot servers at their current perf_factor.
+    pub elastic: Resources,
+    pub free_gpus: BTreeSet<String>,
+    pub servers: BTreeSet<ServerId>,
+}
+
+impl HostAcc {
+    pub fn free(&self) -> Resources {
+        self.spec
+            .capacity
+            .saturating_sub(self.guaranteed)
+            .saturating_sub(self.elastic)
+    }
+    /// What a normal server may count on: everything not guaranteed to other normal servers.
+    pub fn unguaranteed(&self) -> Resources {
+        self.spec.capacity.saturating_sub(self.guaranteed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct ServerAcc {
+    pub spec: ServerSpec,
+    pub placed: Option<Placed>,
+}
+
+impl ServerAcc {
+    /// What this server holds on its host: all of it for normal servers, the perf_factor's
+    /// share for the others (vCPUs are held whole).
+    pub fn held(&self) -> Resources {
+        match (&self.placed, self.spec.class) {
+            (None, _) => Resources::ZERO,
+            (Some(_), ServerClass::Normal) => self.spec.need,
+            (Some(p), _) => self.spec.need.scaled(p.perf_factor),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClusterError {
+    #[error("host {0} is not known")]
+    NoHost(HostId),
+    #[error("server {0} is not known")]
+    NoServer(ServerId),
+    #[error("server {0} is already placed")]
+    AlreadyPlaced(ServerId),
+    #[error("GPU {gpu} on host {host} is not free")]
+    GpuTaken { host: HostId, gpu: String },
+    #[error("host {0} still has servers")]
+    HostBusy(HostId),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub(super) hosts: BTreeMap<HostId, HostAcc>,
+    pub(super) servers: BTreeMap<ServerId, ServerAcc>,
+    pub(super) index: FreeIndex,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster::default()
+    }
+
+    /// Takes `f`'s change to one host while keeping the index right.
+    fn with_host<T>(
+        &mut self,
+        id: &HostId,
+        f: impl FnOnce(&mut HostAcc) -> T,
+    ) -> Result<T, ClusterError> {
+        let h = self
+            .hosts
+            .get_mut(id)
+            .ok_or_else(|| ClusterError::NoHost(id.clone()))?;
+        if h.spec.schedulable {
+            self.index.remove(id, h.free());
+        }
+        let out = f(h);
+        if h.spec.schedulable {
+            self.index.insert(id, h.free());
+        }
+        Ok(out)
+    }
+
+    /// Adds a host or updates its capacity, GPUs and schedulability.
+    pub fn upsert_host(&mut self, spec: HostSpec) {
+        let id = spec.id.clone();
+        if !self.hosts.contains_key(&id) {
+            self.hosts.insert(
+                id.clone(),
+                HostAcc {
+                    free_gpus: BTreeSet::new(),
+                    spec: HostSpec {
+                        schedulable: false,
+                        gpus: Vec::new(),
+                        ..spec.clone()
+                    },
+                    guaranteed: Resources::ZERO,
+                    elastic: Resources::ZERO,
+                    servers: BTreeSet::new(),
+                },
+            );
+        }
+        let taken: BTreeSet<String> = self
+            .servers
+            .values()
+            .filter_map(|s| s.placed.as_ref())
+            .filter(|p| p.host == id)
+            .flat_map(|p| p.gpus.iter().cloned())
+            .collect();
+        // with_host takes the host out of the index under its old flag and puts it back under
+        // the new one, so a host that stops counting leaves the index.
+        let _ = self.with_host(&id, |h| {
+            h.free_gpus = spec
+                .gpus
+                .iter()
+                .filter(|g| !taken.contains(*g))
+                .cloned()
+                .collect();
+            h.spec = spec;
+        });
+    }
+
+    pub fn set_schedulable(&mut self, id: &HostId, schedulable: bool) -> Result<(), ClusterError> {
+        let mut spec = self
+            .hosts
+            .get(id)
+            .ok_or_else(|| ClusterError::NoHost(id.clone()))?
+            .spec
+            .clone();
+        spec.schedulable = schedulable;
+        self.upsert_host(spec);
+        Ok(())
+    }
+
+    /// Removes a host that holds no server.
+    pub fn remove_host(&mut self, id: &HostId) -> Result<(), ClusterError> {
+        let h = self
+            .hosts
+            .get(id)
+            .ok_or_else(|| ClusterError::NoHost(id.clone()))?;
+        if !h.servers.is_empty() {
+            return Err(ClusterError::HostBusy(id.clone()));
+        }
+        if h.spec.schedulable {
+            self.index.remove(id, h.free());
+        }
+        self.hosts.remove(id);
+        Ok(())
+    }
+
+    /// Adds a server that is not placed yet (or replaces the spec of an unplaced one).
+    pub fn add_server(&mut self, spec: ServerSpec) {
+        let id = spec.id;
+        match self.servers.get_mut(&id) {
+            Some(s) if s.placed.is_none() => s.spec = spec,
+            Some(_) => {}
+            None => {
+                self.servers.insert(id, ServerAcc { spec, placed: None });
+            }
+        }
+    }
+
+    /// Puts a server on a host with these GPUs.
+    pub fn place(&mut self, id: ServerId, placed: Placed) -> Result<(), ClusterError> {
+        let s = self.servers.get(&id).ok_or(ClusterError::NoServer(id))?;
+        if s.placed.is_some() {
+            return Err(ClusterError::AlreadyPlaced(id));
+        }
+        let h = self
+            .hosts
+            .get(&placed.host)
+            .ok_or_else(|| ClusterError::NoHost(placed.host.clone()))?;
+        if let Some(g) = placed.gpus.iter().find(|g| !h.free_gpus.contains(*g)) {
+            return Err(ClusterError::GpuTaken {
+                host: placed.host.clone(),
+                gpu: g.clone(),
+            });
+        }
+        let host = placed.host.clone();
+        let class = s.spec.class;
+        let mut acc = s.clone();
+        acc.placed = Some(placed);
+        let held = acc.held();
+        let gpus = acc
+            .placed
+            .as_ref()
+            .map(|p| p.gpus.clone())
+            .unwrap_or_default();
+        self.with_host(&host, |h| {
+            if class == ServerClass::Normal {
+                h.guaranteed = h.guaranteed.saturating_add(held);
+            } else {
+                h.elastic = h.elastic.saturating_add(held);
+            }
+            for g in &gpus {
+                h.free_gpus.remove(g);
+            }
+            h.servers.insert(id);
+        })?;
+        self.servers.insert(id, acc);
+        Ok(())
+    }
+
+    /// Takes a server off its host (it stopped); it stays known, unplaced.
+    pub fn unplace(&mut self, id: ServerId) -> Result<(), ClusterError> {
+        let s = self.servers.get(&id).ok_or(ClusterError::NoServer(id))?;
+        let Some(p) = s.placed.clone() else {
+            return Ok(());
+        };
+        let held = s.held();
+        let class = s.spec.class;
+        self.with_host(&p.host, |h| {
+            if class == ServerClass::Normal {
+                h.guaranteed = h.guaranteed.saturating_sub(held);
+            } else {
+                h.elastic = h.elastic.saturating_sub(held);
+            }
+            for g in &p.gpus {
+                if h.spec.gpus.contains(g) {
+                    h.free_gpus.insert(g.clone());
+                }
+            }
+            h.servers.remove(&id);
+        })?;
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.placed = None;
+        }
+        Ok(())
+    }
+
+    /// Forgets a server (deleted), taking it off its host first.
+    pub fn remove_server(&mut self, id: ServerId) -> Result<(), ClusterError> {
+        self.unplace(id)?;
+        self.servers.remove(&id);
+        Ok(())
+    }
+
+    /// Changes a placed backfill/spot server's perf_factor.
+    pub fn set_perf(
+        &mut self,
+        id: ServerId,
+        perf: PerfFactor,
+        now: i64,
+    ) -> Result<(), ClusterError> {
+        let s = self.servers.get(&id).ok_or(ClusterError::NoServer(id))?;
+        let Some(p) = s.placed.clone() else {
+            return Ok(());
+        };
+        if s.spec.class == ServerClass::Normal {
+            return Ok(()); // normal servers are never downsized
+        }
+        let before = s.held();
+        let after = s.spec.need.scaled(perf.clamped());
+        self.with_host(&p.host, |h| {
+            h.elastic = h.elastic.saturating_sub(before).saturating_add(after);
+        })?;
+        if let Some(Some(p)) = self.servers.get_mut(&id).map(|s| s.placed.as_mut()) {
+            p.perf_factor = perf.clamped();
+            p.perf_changed_at = now;
+        }
+        Ok(())
+    }
+
+    pub fn set_termination(
+        &mut self,
+        id: ServerId,
+        t: Option<Termination>,
+    ) -> Result<(), ClusterError> {
+        match self.servers.get_mut(&id).map(|s| s.placed.as_mut()) {
+            Some(Some(p)) => {
+                p.termination = t;
+                Ok(())
+            }
+            Some(None) => Ok(()),
+            None => Err(ClusterError::NoServer(id)),
+        }
+    }
+
+    pub fn placed(&self, id: ServerId) -> Option<&Placed> {
+        self.servers.get(&id).and_then(|s| s.placed.as_ref())
+    }
+
+    pub fn server(&self, id: ServerId) -> Option<&ServerSpec> {
+        self.servers.get(&id).map(|s| &s.spec)
+    }
+
+    /// Free capacity of one host (zero for an unknown host).
+    pub fn free(&self, host: &HostId) -> Resources {
+        self.hosts.get(host).map(HostAcc::free).unwrap_or_default()
+    }
+
+    pub fn free_gpus(&self, host: &HostId) -> usize {
+        self.hosts.get(host).map(|h| h.free_gpus.len()).unwrap_or(0)
+    }
+
+    /// CloudSigma's `free_resources`, from the index: O(log n), no scan.
+    pub fn free_resources(&self) -> FreeResources {
+        let (cpu, mem) = self.index.total();
+        let pick = |id: Option<&HostId>| {
+            id.map(|id| self.free(id))
+                .map(|f| CpuMem {
+                    cpu: f.cpu_mhz,
+                    mem: f.mem_bytes,
+                })
+                .unwrap_or_default()
+        };
+        FreeResources {
+            total: CpuMem { cpu, mem },
+            most_free_by_cpu: pick(self.index.most_free_cpu()),
+            most_free_by_memory: pick(self.index.most_free_mem()),
+        }
+    }
+
+    pub fn host_ids(&self) -> impl Iterator<Item = &HostId> {
+        self.hosts.keys()
+    }
+
+    pub fn servers_on<'a>(&'a self, host: &HostId) -> impl Iterator<Item = ServerId> + 'a {
+        self.hosts
+            .get(host)
+            .into_iter()
+            .flat_map(|h| h.servers.iter().copied())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CpuMem {
+    pub cpu: u64,
+    pub mem: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct FreeResources {
+    pub total: CpuMem,
+    pub most_free_by_cpu: CpuMem,
+    pub most_free_by_memory: CpuMem,
+}
