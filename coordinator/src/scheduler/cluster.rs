@@ -3,7 +3,8 @@
 //! the free-capacity index over the hosts that count. Every change is O(log n).
 
 use super::index::FreeIndex;
-use super::{ServerSpec, Termination};
+use super::{Classes, ServerSpec, Termination};
+use backfill_shared::domain::scale;
 use backfill_shared::{HostId, PerfFactor, Resources, ServerClass, ServerId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +40,9 @@ pub(super) struct HostAcc {
     pub elastic: Resources,
     pub free_gpus: BTreeSet<String>,
     pub servers: BTreeSet<ServerId>,
+    /// What downsizing every staying downsizable server to its floor would free (CPU, memory):
+    /// lets the preemption planner rule a host in or out in O(1).
+    pub squeezable: (u64, u64),
 }
 
 impl HostAcc {
@@ -61,6 +65,30 @@ pub(super) struct ServerAcc {
 }
 
 impl ServerAcc {
+    /// What downsizing this server to its class floor would free (CPU, memory): zero unless it
+    /// is placed, staying (no termination scheduled) and of a downsizable class.
+    pub fn to_floor(&self, classes: &Classes) -> (u64, u64) {
+        let Some(p) = &self.placed else {
+            return (0, 0);
+        };
+        let Some(policy) = classes.of(self.spec.class).filter(|c| c.downsizable) else {
+            return (0, 0);
+        };
+        if p.termination.is_some() {
+            return (0, 0);
+        }
+        let floor = policy.floor.clamp(0.0, 1.0);
+        let (cpu, mem, now) = (
+            self.spec.need.cpu_mhz,
+            self.spec.need.mem_bytes,
+            p.perf_factor,
+        );
+        (
+            scale(cpu, now.cpu).saturating_sub(scale(cpu, floor.min(now.cpu))),
+            scale(mem, now.mem).saturating_sub(scale(mem, floor.min(now.mem))),
+        )
+    }
+
     /// What this server holds on its host: all of it for normal servers, the perf_factor's
     /// share for the others (vCPUs are held whole).
     pub fn held(&self) -> Resources {
@@ -88,14 +116,65 @@ pub enum ClusterError {
 
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
+    pub(super) classes: Classes,
     pub(super) hosts: BTreeMap<HostId, HostAcc>,
     pub(super) servers: BTreeMap<ServerId, ServerAcc>,
     pub(super) index: FreeIndex,
 }
 
+fn add2(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
+}
+
+fn sub2(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))
+}
+
 impl Cluster {
+    /// An empty cluster with the default classes.
     pub fn new() -> Cluster {
         Cluster::default()
+    }
+
+    /// An empty cluster whose preemptible classes follow `classes`.
+    pub fn with_classes(classes: Classes) -> Cluster {
+        Cluster {
+            classes,
+            ..Cluster::default()
+        }
+    }
+
+    pub fn classes(&self) -> &Classes {
+        &self.classes
+    }
+
+    /// Applies `f` to a placed server, keeping its host's accounting (held resources and
+    /// squeezable share) and the index in step.
+    fn with_placed(
+        &mut self,
+        id: ServerId,
+        f: impl FnOnce(&mut ServerAcc),
+    ) -> Result<(), ClusterError> {
+        let classes = self.classes;
+        let s = self
+            .servers
+            .get_mut(&id)
+            .ok_or(ClusterError::NoServer(id))?;
+        let Some(host) = s.placed.as_ref().map(|p| p.host.clone()) else {
+            return Ok(());
+        };
+        let (held0, sq0) = (s.held(), s.to_floor(&classes));
+        f(s);
+        let (held1, sq1) = (s.held(), s.to_floor(&classes));
+        let normal = s.spec.class == ServerClass::Normal;
+        self.with_host(&host, |h| {
+            if normal {
+                h.guaranteed = h.guaranteed.saturating_sub(held0).saturating_add(held1);
+            } else {
+                h.elastic = h.elastic.saturating_sub(held0).saturating_add(held1);
+            }
+            h.squeezable = add2(sub2(h.squeezable, sq0), sq1);
+        })
     }
 
     /// Takes `f`'s change to one host while keeping the index right.
@@ -134,6 +213,7 @@ impl Cluster {
                     guaranteed: Resources::ZERO,
                     elastic: Resources::ZERO,
                     servers: BTreeSet::new(),
+                    squeezable: (0, 0),
                 },
             );
         }
@@ -218,12 +298,14 @@ impl Cluster {
         let mut acc = s.clone();
         acc.placed = Some(placed);
         let held = acc.held();
+        let squeeze = acc.to_floor(&self.classes);
         let gpus = acc
             .placed
             .as_ref()
             .map(|p| p.gpus.clone())
             .unwrap_or_default();
         self.with_host(&host, |h| {
+            h.squeezable = add2(h.squeezable, squeeze);
             if class == ServerClass::Normal {
                 h.guaranteed = h.guaranteed.saturating_add(held);
             } else {
@@ -245,8 +327,10 @@ impl Cluster {
             return Ok(());
         };
         let held = s.held();
+        let squeeze = s.to_floor(&self.classes);
         let class = s.spec.class;
         self.with_host(&p.host, |h| {
+            h.squeezable = sub2(h.squeezable, squeeze);
             if class == ServerClass::Normal {
                 h.guaranteed = h.guaranteed.saturating_sub(held);
             } else {
@@ -272,30 +356,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// Changes a placed backfill/spot server's perf_factor.
+    /// Changes a placed backfill/spot server's perf_factor (normal servers are never
+    /// downsized: a change to one is ignored).
     pub fn set_perf(
         &mut self,
         id: ServerId,
         perf: PerfFactor,
         now: i64,
     ) -> Result<(), ClusterError> {
-        let s = self.servers.get(&id).ok_or(ClusterError::NoServer(id))?;
-        let Some(p) = s.placed.clone() else {
-            return Ok(());
-        };
-        if s.spec.class == ServerClass::Normal {
-            return Ok(()); // normal servers are never downsized
-        }
-        let before = s.held();
-        let after = s.spec.need.scaled(perf.clamped());
-        self.with_host(&p.host, |h| {
-            h.elastic = h.elastic.saturating_sub(before).saturating_add(after);
-        })?;
-        if let Some(Some(p)) = self.servers.get_mut(&id).map(|s| s.placed.as_mut()) {
-            p.perf_factor = perf.clamped();
-            p.perf_changed_at = now;
-        }
-        Ok(())
+        self.with_placed(id, |s| {
+            if s.spec.class == ServerClass::Normal {
+                return;
+            }
+            if let Some(p) = s.placed.as_mut() {
+                p.perf_factor = perf.clamped();
+                p.perf_changed_at = now;
+            }
+        })
     }
 
     pub fn set_termination(
@@ -303,14 +380,11 @@ impl Cluster {
         id: ServerId,
         t: Option<Termination>,
     ) -> Result<(), ClusterError> {
-        match self.servers.get_mut(&id).map(|s| s.placed.as_mut()) {
-            Some(Some(p)) => {
+        self.with_placed(id, |s| {
+            if let Some(p) = s.placed.as_mut() {
                 p.termination = t;
-                Ok(())
             }
-            Some(None) => Ok(()),
-            None => Err(ClusterError::NoServer(id)),
-        }
+        })
     }
 
     pub fn placed(&self, id: ServerId) -> Option<&Placed> {

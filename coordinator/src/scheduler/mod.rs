@@ -89,20 +89,11 @@ impl Classes {
     }
 }
 
-/// The scheduler's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The scheduler's settings for a plan (the classes live in the [`Cluster`], whose accounting
+/// depends on them).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Policy {
-    pub classes: Classes,
     pub strategy: Strategy,
-}
-
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy {
-            classes: Classes::default(),
-            strategy: Strategy::BestFit,
-        }
-    }
 }
 
 /// What to do for one request. Applying it never puts a host over capacity and never gives a
@@ -161,7 +152,7 @@ pub fn plan(cluster: &Cluster, server: ServerId, policy: &Policy, now: i64) -> P
             reason: "waiting for free capacity".into(),
         };
     }
-    preempt::plan_room(cluster, spec, &policy.classes, now)
+    preempt::plan_room(cluster, spec, &cluster.classes, now)
 }
 
 /// Applies a plan's changes to the cluster (the coordinator's applier and the simulator both

@@ -6,18 +6,20 @@
 use super::cluster::{Cluster, HostAcc, ServerAcc};
 use super::{ClassPolicy, Classes, Plan, ServerSpec, Termination};
 use backfill_shared::domain::scale;
-use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId};
+use backfill_shared::{PerfFactor, ServerClass, ServerId};
 
-/// One way to make room on one host.
-struct Room {
-    host: HostId,
-    /// The server must wait for terminations (new or already scheduled) to happen.
-    wait: bool,
-    downsize: Vec<(ServerId, PerfFactor)>,
-    terminate: Vec<(ServerId, Termination)>,
-    ready_at: i64,
-    /// Lower is gentler: new terminations, of which spot, then waiting, then squeeze.
-    cost: (usize, usize, i64, u64),
+/// One way to make room on one host, sketched cheaply: the victims it needs and its cost.
+/// Only the chosen host's downsizing is computed in full.
+struct Sketch<'c> {
+    host: &'c HostAcc,
+    /// New victims, in the order chosen.
+    victims: Vec<&'c ServerAcc>,
+    /// Whether already-scheduled terminations on the host are counted on.
+    uses_pending: bool,
+    /// What is left to free after the victims, by downsizing the others.
+    deficit: Deficit,
+    /// Lower is gentler: new terminations, of which spot, then the squeeze.
+    cost: (usize, usize, u64),
 }
 
 /// When a victim of `policy` started at `started_at` may be stopped if told at `now`.
@@ -28,32 +30,73 @@ pub fn terminate_at(policy: &ClassPolicy, started_at: i64, now: i64) -> i64 {
 
 pub fn plan_room(cluster: &Cluster, spec: &ServerSpec, classes: &Classes, now: i64) -> Plan {
     let gpus = usize::try_from(spec.gpus).unwrap_or(usize::MAX);
-    let best = cluster
-        .hosts
-        .values()
-        .filter(|h| h.spec.schedulable && h.unguaranteed().fits(&spec.need))
-        .filter(|h| h.spec.gpus.len().saturating_sub(normal_gpus(cluster, h)) >= gpus)
-        .filter_map(|h| room_on(cluster, h, spec, classes, now))
-        .min_by(|a, b| (a.cost, &a.host).cmp(&(b.cost, &b.host)));
-    match best {
-        None => Plan::Queue {
+    let hosts = || {
+        cluster
+            .hosts
+            .values()
+            .filter(|h| h.spec.schedulable && h.unguaranteed().fits(&spec.need))
+    };
+    let by_cost =
+        |a: &Sketch<'_>, b: &Sketch<'_>| (a.cost, &a.host.spec.id).cmp(&(b.cost, &b.host.spec.id));
+    // First pass, O(1) per host: a host where downsizing alone is enough. Only if there is
+    // none are terminations weighed, host by host.
+    let best = hosts()
+        .filter(|h| h.free_gpus.len() >= gpus)
+        .filter_map(|h| sketch(cluster, h, spec, classes, true))
+        .min_by(by_cost)
+        .or_else(|| {
+            hosts()
+                .filter(|h| h.spec.gpus.len().saturating_sub(normal_gpus(cluster, h)) >= gpus)
+                .filter_map(|h| sketch(cluster, h, spec, classes, false))
+                .min_by(by_cost)
+        });
+    let Some(best) = best else {
+        return Plan::Queue {
             reason: "no host can make room: the capacity is guaranteed to normal servers".into(),
-        },
-        Some(r) if !r.wait => Plan::Place {
-            gpus: cluster
-                .hosts
-                .get(&r.host)
-                .map(|h| h.free_gpus.iter().take(gpus).cloned().collect())
-                .unwrap_or_default(),
-            host: r.host,
-            downsize: r.downsize,
-        },
-        Some(r) => Plan::Preempt {
-            host: r.host,
-            downsize: r.downsize,
-            terminate: r.terminate,
-            ready_at: r.ready_at,
-        },
+        };
+    };
+    let h = best.host;
+    let staying: Vec<(&ServerAcc, &ClassPolicy)> = elastic_on(cluster, h, classes)
+        .filter(|(s, _)| !terminating(s) && !best.victims.iter().any(|v| v.spec.id == s.spec.id))
+        .collect();
+    // The sketch checked that the floors cover the deficit, so this finds a ratio.
+    let downsize = downsize_to_cover(&staying, best.deficit).unwrap_or_default();
+    if best.victims.is_empty() && !best.uses_pending {
+        return Plan::Place {
+            host: h.spec.id.clone(),
+            gpus: h.free_gpus.iter().take(gpus).cloned().collect(),
+            downsize,
+        };
+    }
+    let mut ready_at = now;
+    if best.uses_pending {
+        for (s, _) in elastic_on(cluster, h, classes).filter(|(s, _)| terminating(s)) {
+            if let Some(t) = s.placed.as_ref().and_then(|p| p.termination) {
+                ready_at = ready_at.max(t.terminate_at);
+            }
+        }
+    }
+    let mut terminate = Vec::new();
+    for v in &best.victims {
+        let Some(policy) = classes.of(v.spec.class) else {
+            continue; // never a normal server
+        };
+        let started = v.placed.as_ref().map(|p| p.started_at).unwrap_or(now);
+        let at = terminate_at(policy, started, now);
+        ready_at = ready_at.max(at);
+        terminate.push((
+            v.spec.id,
+            Termination {
+                scheduled_at: now,
+                terminate_at: at,
+            },
+        ));
+    }
+    Plan::Preempt {
+        host: h.spec.id.clone(),
+        downsize,
+        terminate,
+        ready_at,
     }
 }
 
@@ -66,6 +109,19 @@ fn normal_gpus(cluster: &Cluster, h: &HostAcc) -> usize {
         .filter_map(|s| s.placed.as_ref())
         .map(|p| p.gpus.len())
         .sum()
+}
+
+/// The placed preemptible servers of a host with their class policies.
+fn elastic_on<'c>(
+    cluster: &'c Cluster,
+    h: &'c HostAcc,
+    classes: &'c Classes,
+) -> impl Iterator<Item = (&'c ServerAcc, &'c ClassPolicy)> {
+    h.servers
+        .iter()
+        .filter_map(|id| cluster.servers.get(id))
+        .filter(|s| s.placed.is_some())
+        .filter_map(|s| classes.of(s.spec.class).map(|p| (s, p)))
 }
 
 /// A deficit still to cover, per dimension.
@@ -89,15 +145,21 @@ impl Deficit {
                 .saturating_sub(s.placed.as_ref().map(|p| p.gpus.len()).unwrap_or(0)),
         }
     }
+
+    /// Whether downsizing that can free `squeezable` (CPU, memory) covers what is left.
+    fn covered_by(&self, squeezable: (u64, u64)) -> bool {
+        self.vcpus == 0 && self.gpus == 0 && squeezable.0 >= self.cpu && squeezable.1 >= self.mem
+    }
 }
 
-fn room_on(
-    cluster: &Cluster,
-    h: &HostAcc,
+/// The cheapest way to make room on `h`, in O(k log k) for its k servers.
+fn sketch<'c>(
+    cluster: &'c Cluster,
+    h: &'c HostAcc,
     spec: &ServerSpec,
-    classes: &Classes,
-    now: i64,
-) -> Option<Room> {
+    classes: &'c Classes,
+    downsize_only: bool,
+) -> Option<Sketch<'c>> {
     let free = h.free();
     let mut deficit = Deficit {
         cpu: spec.need.cpu_mhz.saturating_sub(free.cpu_mhz),
@@ -107,114 +169,61 @@ fn room_on(
             .unwrap_or(usize::MAX)
             .saturating_sub(h.free_gpus.len()),
     };
-    // Preemptible servers on the host, and their policies.
-    let elastic: Vec<(&ServerAcc, &ClassPolicy)> = h
-        .servers
-        .iter()
-        .filter_map(|id| cluster.servers.get(id))
-        .filter(|s| s.placed.is_some())
-        .filter_map(|s| classes.of(s.spec.class).map(|p| (s, p)))
-        .collect();
-    let staying: Vec<(&ServerAcc, &ClassPolicy)> = elastic
-        .iter()
-        .filter(|(s, _)| !terminating(s))
-        .copied()
-        .collect();
-    // Downsizing alone makes the room real at once: place now.
-    if let Some(downsize) = downsize_to_cover(&staying, deficit) {
-        let squeeze = squeeze(cluster, &downsize);
-        return Some(Room {
-            host: h.spec.id.clone(),
-            wait: false,
-            cost: (0, 0, 0, squeeze),
-            downsize,
-            terminate: Vec::new(),
-            ready_at: now,
+    let squeeze_cost = |d: &Deficit| d.cpu.saturating_add(d.mem >> 20);
+    // Downsizing alone makes the room real at once; the host keeps the sum, so this is O(1).
+    let mut squeezable = h.squeezable;
+    if deficit.covered_by(squeezable) {
+        return Some(Sketch {
+            host: h,
+            victims: Vec::new(),
+            uses_pending: false,
+            cost: (0, 0, squeeze_cost(&deficit)),
+            deficit,
         });
     }
+    if downsize_only {
+        return None;
+    }
+    let mut candidates: Vec<(&ServerAcc, &ClassPolicy)> = elastic_on(cluster, h, classes)
+        .filter(|(s, _)| !terminating(s))
+        .collect();
     // Servers already on their way out will give their share back, later.
-    let mut ready_at = now;
-    for (s, _) in elastic.iter().filter(|(s, _)| terminating(s)) {
+    let mut uses_pending = false;
+    for (s, _) in elastic_on(cluster, h, classes).filter(|(s, _)| terminating(s)) {
         deficit = deficit.after_freeing(s);
-        if let Some(t) = s.placed.as_ref().and_then(|p| p.termination) {
-            ready_at = ready_at.max(t.terminate_at);
-        }
+        uses_pending = true;
     }
-    // New victims, in order, until downsizing the rest covers what is left.
-    let mut candidates: Vec<&(&ServerAcc, &ClassPolicy)> =
-        elastic.iter().filter(|(s, _)| !terminating(s)).collect();
-    candidates.sort_by(|(a, _), (b, _)| {
-        let key = |s: &ServerAcc| {
-            (
-                s.spec.class == ServerClass::Spot,
-                s.spec.priority,
-                std::cmp::Reverse(s.placed.as_ref().map(|p| p.started_at).unwrap_or(0)),
-                s.spec.id,
-            )
-        };
-        key(a).cmp(&key(b))
+    // New victims: backfill before spot, lowest priority, youngest, then by id.
+    candidates.sort_by_key(|(s, _)| {
+        (
+            s.spec.class == ServerClass::Spot,
+            s.spec.priority,
+            std::cmp::Reverse(s.placed.as_ref().map(|p| p.started_at).unwrap_or(0)),
+            s.spec.id,
+        )
     });
-    let mut victims: Vec<ServerId> = Vec::new();
-    loop {
-        let rest: Vec<(&ServerAcc, &ClassPolicy)> = candidates
-            .iter()
-            .filter(|(s, _)| !victims.contains(&s.spec.id))
-            .map(|c| **c)
-            .collect();
-        if let Some(downsize) = downsize_to_cover(&rest, deficit) {
-            let mut terminate = Vec::new();
-            let mut new_spot = 0;
-            for id in &victims {
-                let Some((s, p)) = elastic.iter().find(|(s, _)| s.spec.id == *id) else {
-                    continue;
-                };
-                let started = s.placed.as_ref().map(|p| p.started_at).unwrap_or(now);
-                let at = terminate_at(p, started, now);
-                ready_at = ready_at.max(at);
-                new_spot += usize::from(s.spec.class == ServerClass::Spot);
-                terminate.push((
-                    *id,
-                    Termination {
-                        scheduled_at: now,
-                        terminate_at: at,
-                    },
-                ));
-            }
-            let squeeze = squeeze(cluster, &downsize);
-            return Some(Room {
-                host: h.spec.id.clone(),
-                wait: true,
-                cost: (
-                    terminate.len(),
-                    new_spot,
-                    ready_at.saturating_sub(now),
-                    squeeze,
-                ),
-                downsize,
-                terminate,
-                ready_at,
-            });
+    let mut victims = Vec::new();
+    let mut spot = 0;
+    for (s, _) in candidates {
+        if deficit.covered_by(squeezable) {
+            break;
         }
-        let next = candidates
-            .iter()
-            .find(|(s, _)| !victims.contains(&s.spec.id))?;
-        deficit = deficit.after_freeing(next.0);
-        victims.push(next.0.spec.id);
+        let f = s.to_floor(classes);
+        squeezable = (squeezable.0 - f.0, squeezable.1 - f.1);
+        deficit = deficit.after_freeing(s);
+        spot += usize::from(s.spec.class == ServerClass::Spot);
+        victims.push(s);
     }
-}
-
-/// How much capacity a set of downsizes takes away (MHz plus MiB), to prefer gentle plans.
-fn squeeze(cluster: &Cluster, downsize: &[(ServerId, PerfFactor)]) -> u64 {
-    downsize
-        .iter()
-        .filter_map(|(id, pf)| {
-            let s = cluster.servers.get(id)?;
-            let before = s.placed.as_ref()?.perf_factor;
-            let lost = (before.cpu - pf.cpu).max(0.0) * s.spec.need.cpu_mhz as f64
-                + (before.mem - pf.mem).max(0.0) * (s.spec.need.mem_bytes >> 20) as f64;
-            Some(lost as u64)
-        })
-        .sum()
+    if !deficit.covered_by(squeezable) {
+        return None;
+    }
+    Some(Sketch {
+        host: h,
+        cost: (victims.len(), spot, squeeze_cost(&deficit)),
+        victims,
+        uses_pending,
+        deficit,
+    })
 }
 
 fn terminating(s: &ServerAcc) -> bool {

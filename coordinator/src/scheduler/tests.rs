@@ -63,7 +63,6 @@ fn backfill_goes_best_fit_or_spread() {
     c.add_server(s.clone());
     let policy = Policy {
         strategy: Strategy::Spread,
-        ..Policy::default()
     };
     assert_eq!(host_of(&plan(&c, s.id, &policy, 0)), "a", "most free CPU");
 }
@@ -272,15 +271,19 @@ fn arb_op() -> impl Arb<Value = Op> {
     ]
 }
 
-fn check_invariants(c: &Cluster, classes: &Classes) -> Result<(), TestCaseError> {
+fn check_invariants(c: &Cluster) -> Result<(), TestCaseError> {
+    let classes = c.classes();
     let mut seen_gpus = std::collections::BTreeSet::new();
     for id in c.host_ids() {
         let h = &c.hosts[id];
         let mut used = Resources::ZERO;
+        let mut squeezable = (0u64, 0u64);
         for sid in &h.servers {
             let s = &c.servers[sid];
             let p = s.placed.as_ref().unwrap();
             used = used.saturating_add(s.held());
+            let f = s.to_floor(classes);
+            squeezable = (squeezable.0 + f.0, squeezable.1 + f.1);
             for g in &p.gpus {
                 prop_assert!(h.spec.gpus.contains(g), "GPU {g} not on {id}");
                 prop_assert!(seen_gpus.insert(g.clone()), "GPU {g} given twice");
@@ -305,6 +308,7 @@ fn check_invariants(c: &Cluster, classes: &Classes) -> Result<(), TestCaseError>
             }
         }
         prop_assert!(h.spec.capacity.fits(&used), "{id} over capacity: {used:?}");
+        prop_assert_eq!(h.squeezable, squeezable, "{} squeezable drifted", id);
     }
     // The index agrees with a scan.
     let (mut cpu, mut mem) = (0u64, 0u64);
@@ -376,7 +380,7 @@ proptest! {
                     }
                 }
             }
-            check_invariants(&c, &policy.classes)?;
+            check_invariants(&c)?;
         }
     }
 }
