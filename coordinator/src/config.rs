@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// Public API (HTTPS, client certificate required).
@@ -20,6 +20,9 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub backfill_accounts: Vec<String>,
     pub tls: TlsFiles,
+    /// Placement strategy, grow-back hysteresis and the preemptible classes.
+    #[serde(default)]
+    pub scheduler: crate::schedule::SchedulerSettings,
 }
 
 impl CoordinatorConfig {

@@ -2,8 +2,9 @@
 //! operations the API and the agent link call. Every change is committed to the store before
 //! the model changes and before anyone is answered.
 
-use crate::model::{FreeResources, HostEntry, Model, Session};
-use crate::placement::{self, PlacementError};
+use crate::model::{HostEntry, Model, Session};
+use crate::schedule::SchedulerSettings;
+use crate::scheduler::{Cluster, FreeResources};
 use crate::store::{Account, ServerRecord, SqliteStore, StoreError};
 use backfill_shared::protocol::DesiredState;
 use backfill_shared::{
@@ -24,8 +25,8 @@ pub enum OpError {
         status: &'static str,
         what: &'static str,
     },
-    #[error("{0}")]
-    Placement(#[from] PlacementError),
+    #[error("out of capacity: {0}")]
+    NeverFits(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,12 +36,15 @@ pub enum OpError {
 pub enum Scope {
     /// `/bservers/`: backfill servers only.
     BServers,
+    /// `/servers/`: every server of the account (backfill servers are a subset).
+    Servers,
 }
 
 impl Scope {
     fn sees(self, class: ServerClass) -> bool {
         match self {
             Scope::BServers => class == ServerClass::Backfill,
+            Scope::Servers => true,
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct Coordinator {
     pub(crate) store: SqliteStore,
     pub(crate) model: Mutex<Model>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: SchedulerSettings,
     next_conn: AtomicU64,
 }
 
@@ -73,13 +78,15 @@ impl Coordinator {
         store: SqliteStore,
         clock: Arc<dyn Clock>,
         backfill_accounts: &[String],
+        settings: SchedulerSettings,
     ) -> Result<Coordinator, StoreError> {
         let now = clock.now();
         store.set_backfill_accounts(backfill_accounts, now).await?;
-        let mut model = Model::default();
+        let mut model = Model::with_cluster(Cluster::with_classes(settings.classes));
         for record in store.hosts().await? {
+            let id = record.id.clone();
             model.hosts.insert(
-                record.id.clone(),
+                id.clone(),
                 HostEntry {
                     record,
                     worker_state: WorkerState::Down,
@@ -87,14 +94,16 @@ impl Coordinator {
                     last_report: None,
                 },
             );
+            model.sync_host(&id);
         }
         for s in store.servers().await? {
-            model.servers.insert(s.uuid, s);
+            model.put_server(s, now);
         }
         Ok(Coordinator {
             store,
             model: Mutex::new(model),
             clock,
+            settings,
             next_conn: AtomicU64::new(1),
         })
     }
@@ -150,13 +159,15 @@ impl Coordinator {
                 perf_factor: PerfFactor::FULL,
                 active_since: None,
                 incarnation: 0,
+                termination: None,
+                queued_reason: None,
                 created_at: now,
             })
             .collect();
         let mut model = self.model.lock().await;
         self.store.insert_servers(&records).await?;
         for r in &records {
-            model.servers.insert(r.uuid, r.clone());
+            model.put_server(r.clone(), now);
         }
         Ok(records)
     }
@@ -183,71 +194,6 @@ impl Coordinator {
         visible(&model, owner, scope, id).cloned()
     }
 
-    /// `start`: places the server and pushes its host's new desired state.
-    pub async fn start(
-        &self,
-        owner: &Account,
-        scope: Scope,
-        id: ServerId,
-    ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
-        let current = visible(&model, owner, scope, id)?;
-        if current.status != ServerStatus::Stopped {
-            return Err(OpError::InvalidState {
-                id,
-                status: current.status.as_str(),
-                what: "only a stopped server can be started",
-            });
-        }
-        let host = placement::best_fit(&model.live_hosts(), &current.resources())?;
-        let mut next = current.clone();
-        next.status = ServerStatus::Starting;
-        next.host = Some(host.clone());
-        next.perf_factor = PerfFactor::FULL;
-        next.active_since = None;
-        // The generation this commit gives the host.
-        next.incarnation = model.generation(&host).saturating_add(1);
-        self.commit(&mut model, vec![next.clone()], std::slice::from_ref(&host))
-            .await?;
-        tracing::info!(server = %id, host = %host, "placed");
-        Ok(next)
-    }
-
-    /// `stop`: hard stop. The server leaves its host's desired state; it is `stopped` once the
-    /// agent reports it gone, or at once when its host has no agent connected (a returning agent
-    /// stops whatever its desired state no longer holds).
-    pub async fn stop(
-        &self,
-        owner: &Account,
-        scope: Scope,
-        id: ServerId,
-    ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
-        let current = visible(&model, owner, scope, id)?;
-        if matches!(
-            current.status,
-            ServerStatus::Stopped | ServerStatus::Stopping
-        ) {
-            return Ok(current.clone());
-        }
-        let mut next = current.clone();
-        let host = current.host.clone();
-        let connected = host
-            .as_ref()
-            .and_then(|h| model.hosts.get(h))
-            .is_some_and(|h| h.session.is_some());
-        if connected {
-            next.status = ServerStatus::Stopping;
-        } else {
-            next.status = ServerStatus::Stopped;
-            next.host = None;
-            next.active_since = None;
-        }
-        let hosts: Vec<HostId> = host.into_iter().collect();
-        self.commit(&mut model, vec![next.clone()], &hosts).await?;
-        Ok(next)
-    }
-
     pub async fn delete(&self, owner: &Account, scope: Scope, id: ServerId) -> Result<(), OpError> {
         let mut model = self.model.lock().await;
         let current = visible(&model, owner, scope, id)?;
@@ -259,7 +205,7 @@ impl Coordinator {
             });
         }
         self.store.delete_server(&id).await?;
-        model.servers.remove(&id);
+        model.remove_server(id);
         Ok(())
     }
 
@@ -278,8 +224,9 @@ impl Coordinator {
             .map(|h| (h.clone(), model.generation(h).saturating_add(1)))
             .collect();
         self.store.commit(&servers, &generations).await?;
+        let now = self.clock.now();
         for s in servers {
-            model.servers.insert(s.uuid, s);
+            model.put_server(s, now);
         }
         for (host, generation) in &generations {
             if let Some(entry) = model.hosts.get_mut(host) {
@@ -309,7 +256,7 @@ impl Coordinator {
 
 /// The server if it exists, belongs to `owner` and is in `scope`; otherwise "not found", so a
 /// tenant cannot probe for other tenants' ids.
-fn visible<'m>(
+pub(crate) fn visible<'m>(
     model: &'m Model,
     owner: &Account,
     scope: Scope,

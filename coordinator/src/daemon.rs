@@ -55,7 +55,8 @@ impl Bound {
         }
         let store = SqliteStore::open(&cfg.database).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let coordinator = Arc::new(Coordinator::load(store, clock, &cfg.backfill_accounts).await?);
+        let coordinator =
+            Arc::new(Coordinator::load(store, clock, &cfg.backfill_accounts, cfg.scheduler).await?);
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
         let api_addr = local(&api, cfg.api_addr);
@@ -87,10 +88,28 @@ impl Bound {
             self.coordinator.clone(),
             shutdown.clone(),
         ));
+        let ticker = tokio::spawn(tick(self.coordinator.clone(), shutdown.clone()));
         shutdown.cancelled().await;
+        let _ = ticker.await;
         let _ = api.await;
         let _ = link.await;
         self.coordinator.store.close().await;
         tracing::info!("coordinator stopped");
+    }
+}
+
+/// The scheduler's clock: due terminations, queued servers, growing back, once a second.
+async fn tick(coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = coordinator.clock.now();
+        if let Err(e) = coordinator.tick(now).await {
+            tracing::error!(error = %e, "scheduler tick failed; retrying next second");
+        }
     }
 }

@@ -138,6 +138,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         database: l.dir.join("coordinator.sqlite"),
         backfill_accounts: vec![DEV_TENANT.into()],
         tls: l.files("coordinator"),
+        scheduler: Default::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

@@ -9,7 +9,7 @@ pub mod daemon;
 pub mod dev;
 pub mod hosts;
 pub mod model;
-pub mod placement;
+pub mod schedule;
 pub mod scheduler;
 pub mod store;
 mod tls_accept;

@@ -1,10 +1,11 @@
-//! The live model: hosts and servers in memory, mirrored from the store. Everything here is
-//! derived or mutated under the coordinator's lock; nothing here does IO.
+//! The live model: hosts and servers in memory, mirrored from the store, and the scheduler's
+//! accounting (`Cluster`) kept in step with them. Everything here is derived or mutated under
+//! the coordinator's lock; nothing here does IO.
 
-use crate::placement::HostView;
+use crate::scheduler::{Cluster, FreeResources, HostSpec, Placed, ServerSpec};
 use crate::store::{HostRecord, ServerRecord};
 use backfill_shared::protocol::{DesiredServer, DesiredState, Report};
-use backfill_shared::{HostId, Resources, ServerId, ServerStatus, WorkerState};
+use backfill_shared::{HostId, ServerId, ServerStatus, WorkerState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -28,6 +29,8 @@ pub struct Session {
 pub struct Model {
     pub hosts: BTreeMap<HostId, HostEntry>,
     pub servers: BTreeMap<ServerId, ServerRecord>,
+    /// The scheduler's view: placement, perf_factors, terminations, free-capacity index.
+    pub cluster: Cluster,
 }
 
 /// A server holds resources on its host in these states.
@@ -43,76 +46,105 @@ pub fn desired_on_host(s: ServerStatus) -> bool {
     matches!(s, ServerStatus::Starting | ServerStatus::Running)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct CpuMem {
-    pub cpu: u64,
-    pub mem: u64,
+/// A server asked to start that waits for capacity: `starting` with no host yet.
+pub fn is_queued(s: &ServerRecord) -> bool {
+    s.status == ServerStatus::Starting && s.host.is_none()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct FreeResources {
-    pub total: CpuMem,
-    pub most_free_by_cpu: CpuMem,
-    pub most_free_by_memory: CpuMem,
+pub fn spec_of(s: &ServerRecord) -> ServerSpec {
+    ServerSpec {
+        id: s.uuid,
+        class: s.class,
+        need: s.resources(),
+        gpus: 0,
+        priority: 0,
+        created_at: s.created_at,
+    }
+}
+
+fn placed_of(s: &ServerRecord, now: i64) -> Option<Placed> {
+    let host = s.host.clone().filter(|_| holds_resources(s.status))?;
+    Some(Placed {
+        host,
+        perf_factor: s.perf_factor,
+        started_at: s.active_since.unwrap_or(now),
+        perf_changed_at: now,
+        gpus: Vec::new(),
+        termination: s.termination,
+    })
 }
 
 impl Model {
+    pub fn with_cluster(cluster: Cluster) -> Model {
+        Model {
+            cluster,
+            ..Model::default()
+        }
+    }
+
     pub fn servers_on<'a>(&'a self, host: &'a HostId) -> impl Iterator<Item = &'a ServerRecord> {
-        self.servers
-            .values()
-            .filter(move |s| s.host.as_ref() == Some(host))
+        self.cluster
+            .servers_on(host)
+            .filter_map(|id| self.servers.get(&id))
     }
 
-    /// Resources promised on a host, backfill at its current perf_factor.
-    pub fn allocated(&self, host: &HostId) -> Resources {
-        self.servers_on(host)
-            .filter(|s| holds_resources(s.status))
-            .fold(Resources::ZERO, |acc, s| {
-                acc.saturating_add(s.resources().scaled(s.perf_factor))
-            })
-    }
-
-    /// Hosts that can take new work: an agent is connected.
-    pub fn live_hosts(&self) -> Vec<HostView> {
-        self.hosts
-            .values()
-            .filter(|h| h.session.is_some())
-            .map(|h| HostView {
-                id: h.record.id.clone(),
+    /// Puts a host's record and connection state into the scheduler's view.
+    pub fn sync_host(&mut self, id: &HostId) {
+        if let Some(h) = self.hosts.get(id) {
+            self.cluster.upsert_host(HostSpec {
+                id: id.clone(),
                 capacity: h.record.inventory.capacity(),
-                allocated: self.allocated(&h.record.id),
-            })
-            .collect()
+                gpus: h
+                    .record
+                    .inventory
+                    .gpus
+                    .iter()
+                    .map(|g| g.uuid.clone())
+                    .collect(),
+                schedulable: h.session.is_some(),
+            });
+        }
     }
 
-    /// CloudSigma's `free_resources`: over live hosts. Ties go to the smallest host id.
+    /// Stores a server record in the model and mirrors it into the scheduler's view.
+    pub fn put_server(&mut self, s: ServerRecord, now: i64) {
+        let id = s.uuid;
+        self.cluster.add_server(spec_of(&s));
+        let want = placed_of(&s, now);
+        let have = self.cluster.placed(id).cloned();
+        match (have, want) {
+            (None, None) => {}
+            (Some(_), None) => {
+                let _ = self.cluster.unplace(id);
+            }
+            (Some(h), Some(w)) if h.host == w.host => {
+                if h.perf_factor != w.perf_factor {
+                    let _ = self.cluster.set_perf(id, w.perf_factor, now);
+                }
+                if h.termination != w.termination {
+                    let _ = self.cluster.set_termination(id, w.termination);
+                }
+            }
+            (have, Some(w)) => {
+                if have.is_some() {
+                    let _ = self.cluster.unplace(id);
+                }
+                if let Err(e) = self.cluster.place(id, w) {
+                    tracing::error!(server = %id, error = %e, "scheduler view out of step");
+                }
+            }
+        }
+        self.servers.insert(id, s);
+    }
+
+    pub fn remove_server(&mut self, id: ServerId) {
+        let _ = self.cluster.remove_server(id);
+        self.servers.remove(&id);
+    }
+
+    /// CloudSigma's `free_resources`, from the scheduler's index.
     pub fn free_resources(&self) -> FreeResources {
-        let views = self.live_hosts();
-        let mut total = CpuMem { cpu: 0, mem: 0 };
-        let mut by_cpu = CpuMem { cpu: 0, mem: 0 };
-        let mut by_mem = CpuMem { cpu: 0, mem: 0 };
-        for v in &views {
-            let f = v.free();
-            total.cpu = total.cpu.saturating_add(f.cpu_mhz);
-            total.mem = total.mem.saturating_add(f.mem_bytes);
-            if f.cpu_mhz > by_cpu.cpu {
-                by_cpu = CpuMem {
-                    cpu: f.cpu_mhz,
-                    mem: f.mem_bytes,
-                };
-            }
-            if f.mem_bytes > by_mem.mem {
-                by_mem = CpuMem {
-                    cpu: f.cpu_mhz,
-                    mem: f.mem_bytes,
-                };
-            }
-        }
-        FreeResources {
-            total,
-            most_free_by_cpu: by_cpu,
-            most_free_by_memory: by_mem,
-        }
+        self.cluster.free_resources()
     }
 
     pub fn generation(&self, host: &HostId) -> u64 {

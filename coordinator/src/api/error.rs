@@ -1,7 +1,6 @@
 //! CloudSigma-style errors: a JSON list of `{error_type, error_point, error_message}`.
 
 use crate::coordinator::OpError;
-use crate::placement::PlacementError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -54,14 +53,11 @@ impl From<OpError> for ApiError {
         match e {
             OpError::NotFound(_) => ApiError::not_found(message),
             OpError::InvalidState { .. } => ApiError::permission(message),
-            OpError::Placement(p) => ApiError {
+            OpError::NeverFits(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 error_type: "backend",
                 point: None,
-                message: match p {
-                    PlacementError::NeverFits { .. } => format!("out of capacity: {message}"),
-                    _ => format!("out of capacity, try again later: {message}"),
-                },
+                message,
             },
             OpError::Store(err) => {
                 tracing::error!(error = %err, "store failed");

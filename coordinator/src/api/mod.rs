@@ -1,10 +1,10 @@
 //! The public API: axum routers served by hyper-util over tokio-rustls. The caller's identity
 //! comes from its verified client certificate and travels in the request's extensions.
 
-mod bservers;
 mod capabilities;
 mod error;
 mod server_json;
+mod servers;
 mod tenant;
 
 pub use error::ApiError;
@@ -34,7 +34,7 @@ pub struct AppState {
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     let state = AppState { coordinator };
     Router::new()
-        .nest("/api/2.0", capabilities::routes().merge(bservers::routes()))
+        .nest("/api/2.0", capabilities::routes().merge(servers::routes()))
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
         })

@@ -54,6 +54,10 @@ fn runtime(s: &ServerRecord) -> Value {
             "nics": [],
             "perf_factor": {"cpu": s.perf_factor.cpu, "mem": s.perf_factor.mem},
             "host": host.as_str(),
+            "termination": s.termination.map(|t| json!({
+                "scheduled_at": rfc3339(t.scheduled_at),
+                "terminate_at": rfc3339(t.terminate_at),
+            })),
         }),
         _ => Value::Null,
     }
@@ -98,6 +102,8 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Value {
         "runtime": runtime(s),
         "smp": s.smp,
         "status": s.status.as_str(),
+        "pending_reason": s.queued_reason,
+        "class": s.class.as_str(),
         "tags": s.tags,
         "uuid": s.uuid.to_string(),
         "vnc_password": s.vnc_password,

@@ -25,20 +25,3 @@ impl FromRequestParts<AppState> for Tenant {
         Ok(Tenant(state.coordinator.account(&id.name).await?))
     }
 }
-
-/// An account that may run backfill servers.
-pub struct BackfillTenant(pub Account);
-
-impl FromRequestParts<AppState> for BackfillTenant {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Tenant(account) = Tenant::from_request_parts(parts, state).await?;
-        if !account.backfill {
-            return Err(ApiError::permission(
-                "Backfilling is not enabled for this account",
-            ));
-        }
-        Ok(BackfillTenant(account))
-    }
-}

@@ -50,6 +50,7 @@ impl Coordinator {
         if let Some(h) = model.hosts.get_mut(&host) {
             h.session = Some(Session { conn, desired: tx });
         }
+        model.sync_host(&host);
         tracing::info!(
             host = %host,
             cpus = hello.inventory.cpus,
@@ -151,6 +152,7 @@ impl Coordinator {
             entry.session = None;
             entry.worker_state = WorkerState::Down;
             tracing::warn!(host = %host, "agent link lost; host is down");
+            model.sync_host(host);
         }
     }
 }

@@ -18,9 +18,14 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
-    let c = Coordinator::load(store, Arc::new(ManualClock::new(1_000)), &["t".into()])
-        .await
-        .unwrap();
+    let c = Coordinator::load(
+        store,
+        Arc::new(ManualClock::new(1_000)),
+        &["t".into()],
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let tenant = c.account("t").await.unwrap();
     Fixture {
         c,
@@ -214,17 +219,27 @@ async fn generations_survive_a_coordinator_restart() {
     let path = dir.path().join("db");
     let clock = Arc::new(ManualClock::new(1_000));
     let first = {
-        let c = Coordinator::load(SqliteStore::open(&path).await.unwrap(), clock.clone(), &[])
-            .await
-            .unwrap();
+        let c = Coordinator::load(
+            SqliteStore::open(&path).await.unwrap(),
+            clock.clone(),
+            &[],
+            Default::default(),
+        )
+        .await
+        .unwrap();
         let (_, rx) = c.register_agent(&hello("h1")).await.unwrap();
         let g = rx.borrow().generation;
         c.store.close().await;
         g
     };
-    let c = Coordinator::load(SqliteStore::open(&path).await.unwrap(), clock, &[])
-        .await
-        .unwrap();
+    let c = Coordinator::load(
+        SqliteStore::open(&path).await.unwrap(),
+        clock,
+        &[],
+        Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(
         !c.host_connected(&"h1".parse().unwrap()).await,
         "down until its agent returns"

@@ -56,6 +56,10 @@ pub struct ServerRecord {
     pub active_since: Option<i64>,
     /// The host generation that placed this run; tells its reports from an earlier run's.
     pub incarnation: u64,
+    /// A scheduled termination (preemption), if any.
+    pub termination: Option<crate::scheduler::Termination>,
+    /// Why a server asked to start is still waiting (status `starting`, no host).
+    pub queued_reason: Option<String>,
     pub created_at: i64,
 }
 

@@ -1,4 +1,5 @@
 use super::{Account, HostRecord, ServerRecord, StoreError};
+use crate::scheduler::Termination;
 use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId, ServerStatus};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{
@@ -10,11 +11,18 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema, embedded in the binary (runtime migrations, no sqlx macros).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "scheduler",
+        include_str!("../../migrations/0002_scheduler.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;
@@ -189,8 +197,8 @@ impl SqliteStore {
             let q = sqlx::query(
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
-                     incarnation, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     incarnation, created_at, term_scheduled_at, term_at, queued_reason)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -209,7 +217,8 @@ impl SqliteStore {
         for s in servers {
             sqlx::query(
                 "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
-                     perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ? WHERE uuid = ?",
+                     perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
+                     term_scheduled_at = ?, term_at = ?, queued_reason = ? WHERE uuid = ?",
             )
             .bind(&s.name)
             .bind(to_json("servers", s, &s.meta)?)
@@ -220,6 +229,9 @@ impl SqliteStore {
             .bind(s.perf_factor.mem)
             .bind(s.active_since)
             .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
+            .bind(s.termination.map(|t| t.scheduled_at))
+            .bind(s.termination.map(|t| t.terminate_at))
+            .bind(s.queued_reason.as_deref())
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -246,7 +258,8 @@ impl SqliteStore {
     pub async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
-                    status, host, perf_cpu, perf_mem, active_since, incarnation, created_at
+                    status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
+                    term_scheduled_at, term_at, queued_reason
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -291,7 +304,10 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
         .bind(s.perf_factor.mem)
         .bind(s.active_since)
         .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
-        .bind(s.created_at))
+        .bind(s.created_at)
+        .bind(s.termination.map(|t| t.scheduled_at))
+        .bind(s.termination.map(|t| t.terminate_at))
+        .bind(s.queued_reason.as_deref()))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -329,6 +345,8 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
     let smp: i64 = r.try_get("smp")?;
     let mem: i64 = r.try_get("mem")?;
     let incarnation: i64 = r.try_get("incarnation")?;
+    let term_scheduled_at: Option<i64> = r.try_get("term_scheduled_at")?;
+    let term_at: Option<i64> = r.try_get("term_at")?;
     Ok(ServerRecord {
         uuid: key.parse().map_err(|e| c(&e))?,
         owner: r.try_get("owner")?,
@@ -356,6 +374,14 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         .clamped(),
         active_since: r.try_get("active_since")?,
         incarnation: u64::try_from(incarnation).map_err(|e| c(&e))?,
+        termination: match (term_scheduled_at, term_at) {
+            (Some(scheduled_at), Some(terminate_at)) => Some(Termination {
+                scheduled_at,
+                terminate_at,
+            }),
+            _ => None,
+        },
+        queued_reason: r.try_get("queued_reason")?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -384,6 +410,8 @@ mod tests {
             perf_factor: PerfFactor::FULL,
             active_since: None,
             incarnation: 0,
+            termination: None,
+            queued_reason: None,
             created_at: 5,
         }
     }
@@ -419,6 +447,11 @@ mod tests {
         s.host = Some(host.id.clone());
         s.perf_factor = PerfFactor { cpu: 0.5, mem: 1.0 };
         s.incarnation = 4;
+        s.termination = Some(Termination {
+            scheduled_at: 10,
+            terminate_at: 20,
+        });
+        s.queued_reason = Some("why".into());
         store
             .commit(&[s.clone()], &[(host.id.clone(), 4)])
             .await

@@ -1,9 +1,12 @@
-//! `/bservers/`: CloudSigma's backfilling servers.
+//! `/servers/` and `/bservers/`: CloudSigma's servers and backfilling servers. One set of
+//! handlers serves both; a collection says what it shows, what it creates, and whether the
+//! account needs the backfill permission.
 
 use super::server_json::{self, detail, summary};
-use super::tenant::BackfillTenant;
+use super::tenant::Tenant;
 use super::{ApiError, AppState};
 use crate::coordinator::Scope;
+use crate::store::Account;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -16,15 +19,67 @@ use backfill_shared::{ServerClass, ServerId};
 use serde_json::json;
 use std::collections::BTreeMap;
 
-const COLLECTION: &str = "bservers";
 const DEFAULT_LIMIT: usize = 20;
 
+/// One API collection of servers.
+#[derive(Debug, Clone, Copy)]
+pub struct Collection {
+    pub name: &'static str,
+    pub scope: Scope,
+    /// The class a create in this collection makes.
+    pub creates: ServerClass,
+    /// Only accounts with the backfill permission get in (403 otherwise).
+    pub backfill_only: bool,
+}
+
+pub const BSERVERS: Collection = Collection {
+    name: "bservers",
+    scope: Scope::BServers,
+    creates: ServerClass::Backfill,
+    backfill_only: true,
+};
+
+pub const SERVERS: Collection = Collection {
+    name: "servers",
+    scope: Scope::Servers,
+    creates: ServerClass::Normal,
+    backfill_only: false,
+};
+
+impl Collection {
+    fn admit(self, account: Account) -> Result<Account, ApiError> {
+        if self.backfill_only && !account.backfill {
+            return Err(ApiError::permission(
+                "Backfilling is not enabled for this account",
+            ));
+        }
+        Ok(account)
+    }
+}
+
 pub fn routes() -> Router<AppState> {
+    collection(BSERVERS).merge(collection(SERVERS))
+}
+
+fn collection(c: Collection) -> Router<AppState> {
+    let n = c.name;
     Router::new()
-        .route("/bservers/", get(list).post(create))
-        .route("/bservers/detail/", get(list_detail))
-        .route("/bservers/{uuid}/", get(show).delete(remove))
-        .route("/bservers/{uuid}/action/", post(action))
+        .route(
+            &format!("/{n}/"),
+            get(move |s, t, p| listing(c, s, t, p, false)).post(move |s, t, b| create(c, s, t, b)),
+        )
+        .route(
+            &format!("/{n}/detail/"),
+            get(move |s, t, p| listing(c, s, t, p, true)),
+        )
+        .route(
+            &format!("/{n}/{{uuid}}/"),
+            get(move |s, t, id| show(c, s, t, id)).delete(move |s, t, id| remove(c, s, t, id)),
+        )
+        .route(
+            &format!("/{n}/{{uuid}}/action/"),
+            post(move |s, t, id, p| action(c, s, t, id, p)),
+        )
 }
 
 /// The query string as key/values; a malformed one is a CloudSigma-style 400.
@@ -56,16 +111,15 @@ fn parse_id(raw: &str) -> Result<ServerId, ApiError> {
 }
 
 async fn listing(
-    state: &AppState,
-    tenant: &BackfillTenant,
-    params: &BTreeMap<String, String>,
+    c: Collection,
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Params(params): Params,
     full: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (limit, offset) = page(params)?;
-    let all = state
-        .coordinator
-        .list_servers(&tenant.0, Scope::BServers)
-        .await;
+    let account = c.admit(account)?;
+    let (limit, offset) = page(&params)?;
+    let all = state.coordinator.list_servers(&account, c.scope).await;
     let total = all.len();
     let take = if limit == 0 { usize::MAX } else { limit };
     let objects: Vec<_> = all
@@ -74,9 +128,9 @@ async fn listing(
         .take(take)
         .map(|s| {
             if full {
-                detail(COLLECTION, &tenant.0, s)
+                detail(c.name, &account, s)
             } else {
-                summary(COLLECTION, &tenant.0, s)
+                summary(c.name, &account, s)
             }
         })
         .collect();
@@ -86,41 +140,27 @@ async fn listing(
     })))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    tenant: BackfillTenant,
-    Params(params): Params,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    listing(&state, &tenant, &params, false).await
-}
-
-async fn list_detail(
-    State(state): State<AppState>,
-    tenant: BackfillTenant,
-    Params(params): Params,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    listing(&state, &tenant, &params, true).await
-}
-
 async fn create(
+    c: Collection,
     State(state): State<AppState>,
-    BackfillTenant(account): BackfillTenant,
+    Tenant(account): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let account = c.admit(account)?;
     let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
     let new = server_json::parse_create(&body)?;
     let created = state
         .coordinator
-        .create_servers(&account, ServerClass::Backfill, new)
+        .create_servers(&account, c.creates, new)
         .await?;
     let objects: Vec<_> = created
         .iter()
-        .map(|s| detail(COLLECTION, &account, s))
+        .map(|s| detail(c.name, &account, s))
         .collect();
     let mut resp = (StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response();
     let location = created
         .first()
-        .and_then(|s| HeaderValue::from_str(&server_json::location(COLLECTION, s)).ok());
+        .and_then(|s| HeaderValue::from_str(&server_json::location(c.name, s)).ok());
     if let Some(v) = location {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -128,51 +168,45 @@ async fn create(
 }
 
 async fn show(
+    c: Collection,
     State(state): State<AppState>,
-    BackfillTenant(account): BackfillTenant,
+    Tenant(account): Tenant,
     Path(uuid): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
-    let s = state
-        .coordinator
-        .get_server(&account, Scope::BServers, id)
-        .await?;
-    Ok(Json(detail(COLLECTION, &account, &s)))
+    let s = state.coordinator.get_server(&account, c.scope, id).await?;
+    Ok(Json(detail(c.name, &account, &s)))
 }
 
 async fn remove(
+    c: Collection,
     State(state): State<AppState>,
-    BackfillTenant(account): BackfillTenant,
+    Tenant(account): Tenant,
     Path(uuid): Path<String>,
 ) -> Result<Response, ApiError> {
+    let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
-    state
-        .coordinator
-        .delete(&account, Scope::BServers, id)
-        .await?;
+    state.coordinator.delete(&account, c.scope, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn action(
+    c: Collection,
     State(state): State<AppState>,
-    BackfillTenant(account): BackfillTenant,
+    Tenant(account): Tenant,
     Path(uuid): Path<String>,
     Params(params): Params,
 ) -> Result<Response, ApiError> {
+    let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
     let what = params.get("do").map(String::as_str);
     match what {
         Some("start") => {
-            state
-                .coordinator
-                .start(&account, Scope::BServers, id)
-                .await?;
+            state.coordinator.start(&account, c.scope, id).await?;
         }
         Some("stop") => {
-            state
-                .coordinator
-                .stop(&account, Scope::BServers, id)
-                .await?;
+            state.coordinator.stop(&account, c.scope, id).await?;
         }
         _ => {
             return Err(ApiError::validation(

@@ -1,0 +1,4 @@
+-- The scheduler: scheduled terminations and why a started server is still waiting.
+ALTER TABLE servers ADD COLUMN term_scheduled_at INTEGER;
+ALTER TABLE servers ADD COLUMN term_at INTEGER;
+ALTER TABLE servers ADD COLUMN queued_reason TEXT;

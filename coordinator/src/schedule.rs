@@ -1,0 +1,246 @@
+//! Applying the scheduler's plans: `start`, `stop`, and the tick that carries out due
+//! terminations, retries queued servers and grows downsized ones back. Each plan is made and
+//! committed under the model's lock, so it is checked against the latest state by
+//! construction; the commit (servers and host generations in one transaction) comes before
+//! the model changes and before the agents hear of it.
+
+use crate::coordinator::{Coordinator, OpError, Scope, visible};
+use crate::model::{Model, is_queued};
+use crate::scheduler::{self, Classes, GrowPolicy, Plan, Policy, Strategy, plan_grow};
+use crate::store::{Account, ServerRecord};
+use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::MutexGuard;
+
+/// `[scheduler]` in the coordinator's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub grow: GrowPolicy,
+    #[serde(default)]
+    pub classes: Classes,
+}
+
+impl Coordinator {
+    fn policy(&self) -> Policy {
+        Policy {
+            strategy: self.settings.strategy,
+        }
+    }
+
+    /// `start`: the scheduler places the server (downsizing backfill for a normal server if
+    /// needed), or starts making room for it, or queues it. Only a server no host could ever
+    /// hold is refused.
+    pub async fn start(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?.clone();
+        if is_queued(&current) {
+            return Ok(current); // already waiting: starting again changes nothing
+        }
+        if current.status != ServerStatus::Stopped {
+            return Err(OpError::InvalidState {
+                id,
+                status: current.status.as_str(),
+                what: "only a stopped server can be started",
+            });
+        }
+        let now = self.clock.now();
+        let plan = scheduler::plan(&model.cluster, id, &self.policy(), now);
+        if let Plan::Never { reason } = &plan {
+            return Err(OpError::NeverFits(reason.clone()));
+        }
+        self.apply_plan(&mut model, current, plan).await
+    }
+
+    /// Commits a plan for `server` (stopped or queued). Returns the server as committed.
+    async fn apply_plan(
+        &self,
+        model: &mut MutexGuard<'_, Model>,
+        mut server: ServerRecord,
+        plan: Plan,
+    ) -> Result<ServerRecord, OpError> {
+        let mut changed: Vec<ServerRecord> = Vec::new();
+        let squeeze = |changed: &mut Vec<ServerRecord>, downsize: &[(ServerId, PerfFactor)]| {
+            for (victim, pf) in downsize {
+                if let Some(v) = model.servers.get(victim) {
+                    let mut v = v.clone();
+                    v.perf_factor = *pf;
+                    changed.push(v);
+                }
+            }
+        };
+        let hosts: Vec<HostId> = match &plan {
+            Plan::Place { host, downsize, .. } => {
+                squeeze(&mut changed, downsize);
+                server.status = ServerStatus::Starting;
+                server.host = Some(host.clone());
+                server.perf_factor = PerfFactor::FULL;
+                server.active_since = None;
+                server.termination = None;
+                server.queued_reason = None;
+                server.incarnation = model.generation(host).saturating_add(1);
+                tracing::info!(server = %server.uuid, host = %host, downsized = downsize.len(), "placed");
+                vec![host.clone()]
+            }
+            Plan::Preempt {
+                host,
+                downsize,
+                terminate,
+                ready_at,
+            } => {
+                squeeze(&mut changed, downsize);
+                for (victim, t) in terminate {
+                    let Some(v) = model.servers.get(victim) else {
+                        continue;
+                    };
+                    let mut v = changed
+                        .iter()
+                        .find(|c| c.uuid == *victim)
+                        .cloned()
+                        .unwrap_or_else(|| v.clone());
+                    v.termination = Some(*t);
+                    changed.retain(|c| c.uuid != *victim);
+                    tracing::info!(server = %victim, host = %host, terminate_at = t.terminate_at, "termination scheduled");
+                    changed.push(v);
+                }
+                server.status = ServerStatus::Starting;
+                server.host = None;
+                server.queued_reason = Some(format!(
+                    "making room on host {host}: {} server(s) downsized, {} terminating; ready at {}",
+                    downsize.len(),
+                    terminate.len(),
+                    backfill_shared::clock::rfc3339(*ready_at)
+                ));
+                vec![host.clone()]
+            }
+            Plan::Queue { reason } | Plan::Never { reason } => {
+                server.status = ServerStatus::Starting;
+                server.host = None;
+                server.queued_reason = Some(reason.clone());
+                Vec::new()
+            }
+        };
+        changed.push(server.clone());
+        self.commit(model, changed, &hosts).await?;
+        Ok(server)
+    }
+
+    /// `stop`: hard stop. The server leaves its host's desired state; it is `stopped` once the
+    /// agent reports it gone, or at once when it has no host or its host has no agent (a
+    /// returning agent stops whatever its desired state no longer holds).
+    pub async fn stop(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?.clone();
+        if matches!(
+            current.status,
+            ServerStatus::Stopped | ServerStatus::Stopping
+        ) {
+            return Ok(current);
+        }
+        let next = self.stopping(&model, current);
+        let hosts: Vec<HostId> = next.host.iter().cloned().collect();
+        self.commit(&mut model, vec![next.clone()], &hosts).await?;
+        Ok(next)
+    }
+
+    /// What stopping a server looks like: `stopping` while an agent has it, else `stopped`.
+    fn stopping(&self, model: &Model, mut s: ServerRecord) -> ServerRecord {
+        let connected = s
+            .host
+            .as_ref()
+            .and_then(|h| model.hosts.get(h))
+            .is_some_and(|h| h.session.is_some());
+        s.queued_reason = None;
+        if connected {
+            s.status = ServerStatus::Stopping;
+        } else {
+            s.status = ServerStatus::Stopped;
+            s.host = None;
+            s.active_since = None;
+            s.termination = None;
+            s.perf_factor = PerfFactor::FULL;
+        }
+        s
+    }
+
+    /// The scheduler's periodic work at `now`: terminations that are due, queued servers by
+    /// age, then growing downsized servers back.
+    pub async fn tick(&self, now: i64) -> Result<(), OpError> {
+        let mut model = self.model.lock().await;
+        // 1. Terminations that are due (the agent enforces them too).
+        let due: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| {
+                s.host.is_some()
+                    && matches!(s.status, ServerStatus::Running | ServerStatus::Starting)
+                    && s.termination.is_some_and(|t| t.terminate_at <= now)
+            })
+            .cloned()
+            .collect();
+        for s in due {
+            tracing::info!(server = %s.uuid, "terminating (preempted)");
+            let next = self.stopping(&model, s);
+            let hosts: Vec<HostId> = next.host.iter().cloned().collect();
+            self.commit(&mut model, vec![next], &hosts).await?;
+        }
+        // 2. Queued servers, oldest first; only plans that change something are committed.
+        let mut queued: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| is_queued(s))
+            .cloned()
+            .collect();
+        queued.sort_by_key(|s| (s.created_at, s.uuid));
+        for s in queued {
+            let plan = scheduler::plan(&model.cluster, s.uuid, &self.policy(), now);
+            let changes = match &plan {
+                Plan::Place { .. } => true,
+                Plan::Preempt {
+                    downsize,
+                    terminate,
+                    ..
+                } => !downsize.is_empty() || !terminate.is_empty(),
+                Plan::Queue { reason } | Plan::Never { reason } => {
+                    s.queued_reason.as_deref() != Some(reason.as_str())
+                }
+            };
+            if changes {
+                self.apply_plan(&mut model, s, plan).await?;
+            }
+        }
+        // 3. Growing back, host by host.
+        let hosts: Vec<HostId> = model.hosts.keys().cloned().collect();
+        for host in hosts {
+            let grow = plan_grow(&model.cluster, &host, &self.settings.grow, now);
+            if grow.is_empty() {
+                continue;
+            }
+            let changed: Vec<ServerRecord> = grow
+                .iter()
+                .filter_map(|(id, pf)| {
+                    let mut s = model.servers.get(id)?.clone();
+                    s.perf_factor = *pf;
+                    Some(s)
+                })
+                .collect();
+            tracing::info!(host = %host, servers = changed.len(), "growing back");
+            self.commit(&mut model, changed, std::slice::from_ref(&host))
+                .await?;
+        }
+        Ok(())
+    }
+}
