@@ -193,6 +193,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn start(pki: &Pki, backfill_accounts: &[&str]) -> Coordinator {
+        Coordinator::start_with(pki, backfill_accounts, "")
+    }
+
+    /// Starts a coordinator with `extra` appended to its configuration file.
+    pub fn start_with(pki: &Pki, backfill_accounts: &[&str], extra: &str) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let tls = pki.issue(Role::Coordinator, "coordinator");
         let accounts: Vec<String> = backfill_accounts.iter().map(|a| format!("{a:?}")).collect();
@@ -203,7 +208,7 @@ impl Coordinator {
             tls.ca,
             tls.cert,
             tls.key
-        );
+        ) + extra;
         let path = dir.path().join("coordinator.toml");
         std::fs::write(&path, cfg).unwrap();
         let mut daemon = Daemon::spawn(

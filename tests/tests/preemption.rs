@@ -1,0 +1,129 @@
+//! Preemption end to end: a normal server squeezes a running backfill server's real cgroup,
+//! and the backfill server grows back when the normal server goes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use backfill_shared::pki::Role;
+use backfill_tests::*;
+use serde_json::{Value, json};
+
+const GROW_FAST: &str = "\n[scheduler.grow]\nmargin = 0.05\nmin_interval_s = 1\nmin_step = 0.1\n";
+
+async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
+    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
+    assert_eq!(status, 201, "{created}");
+    created["objects"][0]["uuid"].as_str().unwrap().to_string()
+}
+
+async fn perf_cpu(c: &reqwest::Client, coord: &Coordinator, uuid: &str) -> Option<f64> {
+    let (_, b) = get(c, &coord.url(&format!("bservers/{uuid}/"))).await;
+    b["runtime"]["perf_factor"]["cpu"].as_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
+    let pki = Pki::new();
+    let coord = Coordinator::start_with(&pki, &["tenant"], GROW_FAST);
+    let setup = AgentSetup::new(&pki, &coord, "host-p");
+    let _agent = setup.start(true, "1");
+    let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
+
+    // The backfill server takes most of the host's free CPU (one vCPU of it).
+    let (_, caps) = get(&tenant, &coord.url("capabilities/")).await;
+    let host_cpu = caps["free_resources"]["total"]["cpu"].as_u64().unwrap();
+    assert!(
+        host_cpu >= 2_000,
+        "this test needs a host of at least 2,000 MHz: {caps}"
+    );
+    let bf_cpu = host_cpu - 500;
+    let bserver = create(
+        &tenant,
+        &coord.url("bservers/"),
+        json!({"name": "bf", "cpu": bf_cpu, "mem": 256u64 << 20,
+               "workload": {"command": ["sleep", "120"]}}),
+    )
+    .await;
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{bserver}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    eventually("backfill running at full size", || async {
+        (perf_cpu(&tenant, &coord, &bserver).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let quota = |uuid: &str| {
+        std::fs::read_to_string(setup.v1_cgroup("cpu", uuid).join("cpu.cfs_quota_us"))
+            .ok()
+            .and_then(|q| q.trim().parse::<i64>().ok())
+    };
+    if setup.enforcing {
+        assert_eq!(quota(&bserver), Some(100_000));
+    }
+
+    // A normal server that needs 1,500 MHz: only downsizing the backfill server makes room.
+    let normal = create(
+        &tenant,
+        &coord.url("servers/"),
+        json!({"name": "paying", "cpu": 1_500, "mem": 256u64 << 20,
+               "workload": {"command": ["sleep", "120"]}}),
+    )
+    .await;
+    let (status, _) = post(
+        &tenant,
+        &coord.url(&format!("servers/{normal}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let squeezed = eventually("backfill downsized", || async {
+        perf_cpu(&tenant, &coord, &bserver)
+            .await
+            .filter(|f| *f < 1.0)
+    })
+    .await;
+    // Enough for the normal server, never below the floor.
+    let expected = (host_cpu - 1_500) as f64 / bf_cpu as f64;
+    assert!(
+        squeezed <= expected + 1e-3 && squeezed >= 0.1,
+        "{squeezed} vs {expected}"
+    );
+    eventually("normal server running", || async {
+        let (_, b) = get(&tenant, &coord.url(&format!("servers/{normal}/"))).await;
+        (b["status"] == "running").then_some(())
+    })
+    .await;
+    // The backfill server shows up in /servers/ too, with its class.
+    let (_, all) = get(&tenant, &coord.url("servers/detail/?limit=0")).await;
+    assert_eq!(all["meta"]["total_count"], 2);
+    if setup.enforcing {
+        // The agent rewrote the real cgroup: one vCPU at the planned factor.
+        let want = (squeezed * 100_000.0) as i64;
+        wait_until("cgroup quota lowered", || {
+            quota(&bserver).is_some_and(|q| (q - want).abs() <= 1)
+        });
+    } else {
+        eprintln!("skipping cgroup checks: not root, limits are not enforced");
+    }
+
+    // The normal server leaves; the backfill server grows back (hysteresis: 1 s here).
+    post(
+        &tenant,
+        &coord.url(&format!("servers/{normal}/action/?do=stop")),
+        json!({}),
+    )
+    .await;
+    eventually("backfill grown back", || async {
+        (perf_cpu(&tenant, &coord, &bserver).await == Some(1.0)).then_some(())
+    })
+    .await;
+    if setup.enforcing {
+        wait_until("cgroup quota restored", || quota(&bserver) == Some(100_000));
+    }
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{bserver}/action/?do=stop")),
+        json!({}),
+    )
+    .await;
+}
