@@ -26,6 +26,8 @@ pub enum Command {
     /// Coordinator + a local agent + a throwaway CA, on loopback, in one command.
     #[cfg(feature = "dev")]
     Dev(crate::dev::DevArgs),
+    /// Replay a synthetic workload through the real scheduler with a simulated clock.
+    Simulate(crate::simulate::SimArgs),
     /// Certificates: the deployment's CA and the certificates it signs.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -106,6 +108,11 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
         }
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(runtime()?.block_on(crate::dev::run(args))?),
+        Command::Simulate(args) => {
+            let report = crate::simulate::run(&args);
+            crate::simulate::print(&report, args.output);
+            Ok(())
+        }
         Command::Pki(PkiCommand::Init { dir }) => {
             Ca::init(&dir)?;
             println!(

@@ -11,5 +11,6 @@ pub mod hosts;
 pub mod model;
 pub mod schedule;
 pub mod scheduler;
+pub mod simulate;
 pub mod store;
 mod tls_accept;

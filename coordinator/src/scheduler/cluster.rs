@@ -89,13 +89,18 @@ impl ServerAcc {
         )
     }
 
-    /// What this server holds on its host: all of it for normal servers, the perf_factor's
-    /// share for the others (vCPUs are held whole).
+    /// What this server holds on its host: all of it for normal servers; for the others the
+    /// perf_factor's share of CPU and memory and no vCPUs: their vCPUs are time-sliced under
+    /// their CPU quota, so only normal servers' vCPUs are reserved (a server still never gets
+    /// more vCPUs than its host's unreserved ones).
     pub fn held(&self) -> Resources {
         match (&self.placed, self.spec.class) {
             (None, _) => Resources::ZERO,
             (Some(_), ServerClass::Normal) => self.spec.need,
-            (Some(p), _) => self.spec.need.scaled(p.perf_factor),
+            (Some(p), _) => Resources {
+                vcpus: 0,
+                ..self.spec.need.scaled(p.perf_factor)
+            },
         }
     }
 }
@@ -398,6 +403,22 @@ impl Cluster {
     /// Free capacity of one host (zero for an unknown host).
     pub fn free(&self, host: &HostId) -> Resources {
         self.hosts.get(host).map(HostAcc::free).unwrap_or_default()
+    }
+
+    /// A host's capacity (zero for an unknown host).
+    pub fn capacity(&self, host: &HostId) -> Resources {
+        self.hosts
+            .get(host)
+            .map(|h| h.spec.capacity)
+            .unwrap_or_default()
+    }
+
+    /// What a server holds on its host now (zero when not placed).
+    pub fn held(&self, id: ServerId) -> Resources {
+        self.servers
+            .get(&id)
+            .map(ServerAcc::held)
+            .unwrap_or_default()
     }
 
     pub fn free_gpus(&self, host: &HostId) -> usize {
