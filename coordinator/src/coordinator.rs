@@ -178,7 +178,7 @@ impl Coordinator {
             .servers
             .values()
             .filter(|s| s.owner == owner.name && scope.sees(s.class))
-            .cloned()
+            .map(|s| model.as_seen(s))
             .collect();
         out.sort_by_key(|s| (s.created_at, s.uuid));
         out
@@ -191,7 +191,7 @@ impl Coordinator {
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
         let model = self.model.lock().await;
-        visible(&model, owner, scope, id).cloned()
+        visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 
     pub async fn delete(&self, owner: &Account, scope: Scope, id: ServerId) -> Result<(), OpError> {

@@ -5,7 +5,7 @@
 use crate::scheduler::{Cluster, FreeResources, HostSpec, Placed, ServerSpec};
 use crate::store::{HostRecord, ServerRecord};
 use backfill_shared::protocol::{DesiredServer, DesiredState, Report};
-use backfill_shared::{HostId, ServerId, ServerStatus, WorkerState};
+use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus, WorkerState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ pub struct Model {
     pub servers: BTreeMap<ServerId, ServerRecord>,
     /// The scheduler's view: placement, perf_factors, terminations, free-capacity index.
     pub cluster: Cluster,
+    /// The perf_factor each running server's agent last reported in force.
+    pub in_force: BTreeMap<ServerId, PerfFactor>,
 }
 
 /// A server holds resources on its host in these states.
@@ -134,11 +136,25 @@ impl Model {
                 }
             }
         }
+        if !holds_resources(s.status) {
+            self.in_force.remove(&id);
+        }
         self.servers.insert(id, s);
+    }
+
+    /// A server as the API shows it: `perf_factor` is what its agent reports in force (the
+    /// committed one until the first report).
+    pub fn as_seen(&self, s: &ServerRecord) -> ServerRecord {
+        let mut out = s.clone();
+        if let Some(pf) = self.in_force.get(&s.uuid) {
+            out.perf_factor = *pf;
+        }
+        out
     }
 
     pub fn remove_server(&mut self, id: ServerId) {
         let _ = self.cluster.remove_server(id);
+        self.in_force.remove(&id);
         self.servers.remove(&id);
     }
 

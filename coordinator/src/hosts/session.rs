@@ -128,6 +128,19 @@ impl Coordinator {
         if !changed.is_empty() || !hosts.is_empty() {
             self.commit(&mut model, changed, &hosts).await?;
         }
+        // What the agent has in force, for the servers' current runs.
+        let in_force: Vec<_> = report
+            .servers
+            .iter()
+            .filter(|o| o.state == WorkloadState::Running)
+            .filter(|o| {
+                model.servers.get(&o.server).is_some_and(|s| {
+                    s.incarnation == o.incarnation && s.host.as_ref() == Some(host)
+                })
+            })
+            .map(|o| (o.server, o.perf_factor))
+            .collect();
+        model.in_force.extend(in_force);
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
             entry.worker_state = if busy {

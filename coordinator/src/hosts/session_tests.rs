@@ -254,3 +254,38 @@ async fn incarnation(f: &Fixture, id: ServerId) -> u64 {
         .unwrap()
         .incarnation
 }
+
+#[tokio::test]
+async fn the_api_shows_the_perf_factor_the_agent_has_in_force() {
+    let f = fixture().await;
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let generation = rx.borrow_and_update().generation;
+    let run = incarnation(&f, id).await;
+    let mut r = report(generation, &[(id, run, WorkloadState::Running)]);
+    r.servers[0].perf_factor = PerfFactor { cpu: 0.5, mem: 0.8 };
+    f.c.apply_report(&"h1".parse().unwrap(), conn, r)
+        .await
+        .unwrap();
+    let seen =
+        f.c.get_server(&f.tenant, Scope::BServers, id)
+            .await
+            .unwrap();
+    assert_eq!(seen.perf_factor, PerfFactor { cpu: 0.5, mem: 0.8 });
+    // An observation of another run (in a report from before this run) says nothing of it.
+    let mut stale = report(generation - 1, &[(id, run + 7, WorkloadState::Running)]);
+    stale.servers[0].perf_factor = PerfFactor { cpu: 0.2, mem: 0.2 };
+    f.c.apply_report(&"h1".parse().unwrap(), conn, stale)
+        .await
+        .unwrap();
+    let seen =
+        f.c.get_server(&f.tenant, Scope::BServers, id)
+            .await
+            .unwrap();
+    assert_eq!(seen.perf_factor.cpu, 0.5);
+}
