@@ -80,6 +80,8 @@ pub enum CliError {
     #[cfg(feature = "dev")]
     #[error(transparent)]
     Dev(#[from] crate::dev::DevError),
+    #[error(transparent)]
+    Simulate(#[from] crate::simulate::SimError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -96,6 +98,7 @@ impl CliError {
             #[cfg(feature = "dev")]
             CliError::Dev(_) => 70,
             CliError::Runtime(_) => 70,
+            CliError::Simulate(_) => 64,
         }
     }
 }
@@ -109,7 +112,11 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(runtime()?.block_on(crate::dev::run(args))?),
         Command::Simulate(args) => {
-            let report = crate::simulate::run(&args);
+            let trace = match &args.trace {
+                Some(p) => Some(crate::simulate::load_trace(p)?),
+                None => None,
+            };
+            let report = crate::simulate::run(&args, trace);
             crate::simulate::print(&report, args.output);
             Ok(())
         }

@@ -30,6 +30,9 @@ pub struct SimArgs {
     pub tick_s: i64,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Replay this JSON trace instead of generating arrivals.
+    #[arg(long)]
+    pub trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,7 +94,98 @@ pub struct Violations {
 
 const GIB: u64 = 1 << 30;
 
-pub fn run(args: &SimArgs) -> Report {
+/// One server arriving: what a JSON trace holds, one object per server.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arrival {
+    /// Simulated second of arrival.
+    pub at: i64,
+    pub class: ServerClass,
+    /// MHz, bytes, vCPUs, whole GPUs.
+    pub cpu: u64,
+    pub mem: u64,
+    #[serde(default = "one")]
+    pub smp: u32,
+    #[serde(default)]
+    pub gpus: u32,
+    /// How long it runs once placed.
+    pub lifetime_s: i64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not a trace ({reason}); expected {{\"servers\": [{{\"at\", \"class\", \"cpu\", \"mem\", \"smp\", \"gpus\", \"lifetime_s\"}}, ...]}}"
+    )]
+    Parse {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trace {
+    servers: Vec<Arrival>,
+}
+
+/// Reads a JSON trace, sorted by arrival time (ties keep file order).
+pub fn load_trace(path: &std::path::Path) -> Result<Vec<Arrival>, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut t: Trace = serde_json::from_str(&text).map_err(|e| SimError::Parse {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    t.servers.sort_by_key(|a| a.at);
+    Ok(t.servers)
+}
+
+/// Seeded Poisson arrivals per class, merged in time order.
+fn synthetic(args: &SimArgs, rng: &mut Rng) -> Vec<Arrival> {
+    let per_host = |given: Option<f64>, default: f64| given.unwrap_or(default * args.hosts as f64);
+    let rates = [
+        (ServerClass::Normal, per_host(args.normal_per_hour, 1.0)),
+        (ServerClass::Backfill, per_host(args.backfill_per_hour, 3.0)),
+        (ServerClass::Spot, per_host(args.spot_per_hour, 0.5)),
+    ];
+    let mut out = Vec::new();
+    for (class, rate) in rates {
+        if rate <= 0.0 {
+            continue;
+        }
+        let mut t = rng.exp(3_600.0 / rate);
+        while t < args.duration_s as f64 {
+            let cores = rng.pick(&[1u64, 2, 4, 8, 16]).unwrap_or(1);
+            let gpus = u32::from(class != ServerClass::Normal && rng.unit() < 0.05);
+            out.push(Arrival {
+                at: t as i64,
+                class,
+                cpu: cores * 2_500,
+                mem: cores * 4 * GIB,
+                smp: u32::try_from(cores).unwrap_or(1),
+                gpus,
+                lifetime_s: rng.exp(4.0 * 3_600.0) as i64 + 60,
+            });
+            t += rng.exp(3_600.0 / rate);
+        }
+    }
+    out.sort_by_key(|a| a.at);
+    out
+}
+
+pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
     let mut rng = Rng(args.seed);
     let mut cluster = Cluster::new();
     let policy = Policy::default();
@@ -99,7 +193,7 @@ pub fn run(args: &SimArgs) -> Report {
     let classes = *cluster.classes();
     let mut capacity_cpu: u64 = 0;
     for i in 0..args.hosts {
-        let cores = rng.pick(&[16u64, 32, 64, 96]).unwrap_or(32);
+        let cores = [16u64, 32, 64, 96][i % 4];
         let gpus = if i % 10 == 0 { 4 } else { 0 };
         capacity_cpu += cores * 2_500;
         if let Ok(id) = format!("sim-{i:06}").parse::<HostId>() {
@@ -121,23 +215,11 @@ pub fn run(args: &SimArgs) -> Report {
         simulated_s: args.duration_s,
         ..Report::default()
     };
-    // Next arrival time per class, queued servers (arrival time), departures.
-    let per_host = |given: Option<f64>, default: f64| given.unwrap_or(default * args.hosts as f64);
-    let classes_rates = [
-        (ServerClass::Normal, per_host(args.normal_per_hour, 1.0)),
-        (ServerClass::Backfill, per_host(args.backfill_per_hour, 3.0)),
-        (ServerClass::Spot, per_host(args.spot_per_hour, 0.5)),
-    ];
-    let mut next_arrival: Vec<f64> = classes_rates
-        .iter()
-        .map(|(_, r)| {
-            if *r > 0.0 {
-                rng.exp(3_600.0 / r)
-            } else {
-                f64::INFINITY
-            }
-        })
-        .collect();
+    let arrivals = match trace {
+        Some(t) => t,
+        None => synthetic(args, &mut rng),
+    };
+    let mut arrivals = arrivals.into_iter().peekable();
     let mut queued: BTreeMap<ServerId, i64> = BTreeMap::new();
     let mut lifetime: BTreeMap<ServerId, i64> = BTreeMap::new();
     let mut ends: BTreeSet<(i64, ServerId)> = BTreeSet::new();
@@ -152,35 +234,26 @@ pub fn run(args: &SimArgs) -> Report {
     let mut now = 0i64;
     while now < args.duration_s {
         let until = now + args.tick_s;
-        // Arrivals in this tick, in time order per class.
-        for (k, (class, rate)) in classes_rates.iter().enumerate() {
-            while next_arrival[k] < until as f64 {
-                n += 1;
-                report.arrivals += 1;
-                let id = ServerId::from_u128(n);
-                let cores = rng.pick(&[1u64, 2, 4, 8, 16]).unwrap_or(1);
-                let gpus = if *class != ServerClass::Normal && rng.unit() < 0.05 {
-                    1
-                } else {
-                    0
-                };
-                cluster.add_server(ServerSpec {
-                    id,
-                    class: *class,
-                    need: Resources {
-                        cpu_mhz: cores * 2_500,
-                        vcpus: u32::try_from(cores).unwrap_or(1),
-                        mem_bytes: cores * 4 * GIB,
-                    },
-                    gpus,
-                    priority: 0,
-                    created_at: now,
-                });
-                queued.insert(id, now);
-                fresh.push(id);
-                lifetime.insert(id, rng.exp(4.0 * 3_600.0) as i64 + 60);
-                next_arrival[k] += rng.exp(3_600.0 / rate);
-            }
+        // Arrivals in this tick, in time order.
+        while let Some(a) = arrivals.next_if(|a| a.at < until) {
+            n += 1;
+            report.arrivals += 1;
+            let id = ServerId::from_u128(n);
+            cluster.add_server(ServerSpec {
+                id,
+                class: a.class,
+                need: Resources {
+                    cpu_mhz: a.cpu,
+                    vcpus: a.smp,
+                    mem_bytes: a.mem,
+                },
+                gpus: a.gpus,
+                priority: 0,
+                created_at: a.at,
+            });
+            queued.insert(id, a.at);
+            fresh.push(id);
+            lifetime.insert(id, a.lifetime_s.max(1));
         }
         // Departures and due terminations free capacity.
         let mut freed = false;
@@ -391,13 +464,14 @@ mod tests {
             spot_per_hour: Some(5.0),
             tick_s: 30,
             output: Output::Json,
+            trace: None,
         }
     }
 
     #[test]
     fn deterministic_for_a_seed_and_keeps_every_promise() {
-        let a = run(&args(7));
-        let b = run(&args(7));
+        let a = run(&args(7), None);
+        let b = run(&args(7), None);
         assert_eq!(
             (
                 a.placements,
@@ -440,5 +514,29 @@ mod tests {
         ] {
             assert!(json.get(k).is_some(), "{k} missing");
         }
+    }
+
+    #[test]
+    fn a_trace_is_replayed_and_a_bad_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.json");
+        std::fs::write(
+            &path,
+            r#"{"servers": [
+                {"at": 0, "class": "backfill", "cpu": 39000, "mem": 1073741824, "lifetime_s": 7200},
+                {"at": 60, "class": "normal", "cpu": 30000, "mem": 1073741824, "lifetime_s": 600}
+            ]}"#,
+        )
+        .unwrap();
+        let mut a = args(1);
+        a.hosts = 1;
+        a.duration_s = 3_600;
+        let trace = load_trace(&path).unwrap();
+        let r = run(&a, Some(trace));
+        assert_eq!((r.arrivals, r.placements), (2, 2));
+        assert!(r.downsized >= 1, "{r:?}");
+        std::fs::write(&path, r#"{"servers": [{"at": 0}]}"#).unwrap();
+        let e = load_trace(&path).unwrap_err().to_string();
+        assert!(e.contains("trace.json"), "{e}");
     }
 }
