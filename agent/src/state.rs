@@ -3,7 +3,7 @@
 //! write-to-temp, fsync, rename, fsync-dir: a crash leaves the old file or the new one.
 
 use crate::driver::ProcessIdentity;
-use backfill_shared::{PerfFactor, Resources, ServerId};
+use backfill_shared::{PerfFactor, Resources, ServerId, Termination};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,9 @@ pub struct PersistedServer {
     pub resources: Resources,
     pub perf_factor: PerfFactor,
     pub incarnation: u64,
+    /// A scheduled termination, enforced even while the coordinator is away.
+    #[serde(default)]
+    pub termination: Option<Termination>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,6 +134,10 @@ mod tests {
             },
             perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
             incarnation: 9,
+            termination: Some(Termination {
+                scheduled_at: 1,
+                terminate_at: 2,
+            }),
         };
         f.save(std::slice::from_ref(&s)).unwrap();
         assert_eq!(f.load().unwrap(), vec![s]);

@@ -7,7 +7,7 @@ use crate::state::{PersistedServer, StateError, StateFile};
 use backfill_shared::protocol::{
     DesiredServer, DesiredState, HostUsage, ObservedServer, Report, WorkloadState,
 };
-use backfill_shared::{Clock, PerfFactor, Resources, ServerId};
+use backfill_shared::{Clock, PerfFactor, Resources, ServerId, Termination};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Child;
@@ -38,6 +38,7 @@ struct Entry {
     resources: Resources,
     perf_factor: PerfFactor,
     incarnation: u64,
+    termination: Option<Termination>,
     run: Run,
 }
 
@@ -89,6 +90,7 @@ impl Supervisor {
                         resources: p.resources,
                         perf_factor: p.perf_factor,
                         incarnation: p.incarnation,
+                        termination: p.termination,
                         run: Run::Running {
                             process: p.process,
                             child: None,
@@ -105,6 +107,7 @@ impl Supervisor {
                         resources: p.resources,
                         perf_factor: p.perf_factor,
                         incarnation: p.incarnation,
+                        termination: p.termination,
                         run: Run::Exited { code: None },
                     },
                 );
@@ -146,6 +149,7 @@ impl Supervisor {
                     self.start(d);
                 }
                 Some(e) if matches!(e.run, Run::Running { .. }) => {
+                    e.termination = d.termination;
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
                         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
                         match self.cgroups.set_limits(&id, &limits) {
@@ -174,6 +178,7 @@ impl Supervisor {
             resources: d.resources,
             perf_factor: d.perf_factor,
             incarnation: d.incarnation,
+            termination: d.termination,
             run: Run::Failed {
                 reason: String::new(),
             },
@@ -197,6 +202,7 @@ impl Supervisor {
                             resources: d.resources,
                             perf_factor: d.perf_factor,
                             incarnation: d.incarnation,
+                            termination: d.termination,
                             run: Run::Failed {
                                 reason: format!("cannot record the workload: {e}"),
                             },
@@ -256,16 +262,7 @@ impl Supervisor {
             ..
         }) = self.entries.remove(id).as_mut()
         {
-            match child {
-                // Our own child: its pid cannot be reused before we reap it.
-                Some(child) => {
-                    driver::kill_group(process.pid);
-                    reap(child);
-                }
-                // Adopted: make sure the pid is still that workload before signalling it.
-                None if driver::alive(process) => driver::kill_group(process.pid),
-                None => {}
-            }
+            stop_process(process, child.as_mut());
             tracing::info!(server = %id, "workload stopped");
         }
         self.cleanup(id);
@@ -304,10 +301,32 @@ impl Supervisor {
         for id in &ended {
             self.cleanup(id);
         }
-        if !ended.is_empty() {
+        // Scheduled terminations that are due, whether or not the coordinator is reachable.
+        let now = self.clock.now();
+        let due: Vec<ServerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
+            .filter(|(_, e)| e.termination.is_some_and(|t| t.terminate_at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &due {
+            tracing::info!(server = %id, "terminating at the scheduled time");
+            let Some(mut e) = self.entries.remove(id) else {
+                continue;
+            };
+            if let Run::Running { process, child, .. } = &mut e.run {
+                stop_process(process, child.as_mut());
+            }
+            self.cleanup(id);
+            e.run = Run::Exited { code: None };
+            self.entries.insert(*id, e);
+        }
+        let changed = !ended.is_empty() || !due.is_empty();
+        if changed {
             self.persist();
         }
-        !ended.is_empty()
+        changed
     }
 
     pub fn report(&self) -> Report {
@@ -388,6 +407,7 @@ impl Supervisor {
                     resources: e.resources,
                     perf_factor: e.perf_factor,
                     incarnation: e.incarnation,
+                    termination: e.termination,
                 }),
                 _ => None,
             })
@@ -399,6 +419,19 @@ impl Supervisor {
         if let Err(e) = self.save() {
             tracing::error!(error = %e, "cannot write the agent state file");
         }
+    }
+}
+
+/// Kills a workload's process group: our own child (whose pid cannot be reused before we reap
+/// it) directly, an adopted one only if its pid is still that workload.
+fn stop_process(process: &ProcessIdentity, child: Option<&mut Child>) {
+    match child {
+        Some(child) => {
+            driver::kill_group(process.pid);
+            reap(child);
+        }
+        None if driver::alive(process) => driver::kill_group(process.pid),
+        None => {}
     }
 }
 
@@ -465,6 +498,7 @@ mod tests {
                         env: Default::default(),
                     }),
                     incarnation: 1,
+                    termination: None,
                 })
                 .collect(),
         }
@@ -582,5 +616,35 @@ mod tests {
             (WorkloadState::Running, 2)
         );
         s.stop_all();
+    }
+
+    #[test]
+    fn a_scheduled_termination_is_enforced_without_the_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(1_000);
+        let mut s = Supervisor::new(
+            Box::new(RecordingCgroups::default()),
+            dir.path(),
+            None,
+            vec!["sleep".into(), "30".into()],
+            Arc::new(clock.clone()),
+        );
+        let id = ServerId::from_u128(9);
+        let mut d = desired(1, &[(id, 1.0)]);
+        d.servers[0].termination = Some(Termination {
+            scheduled_at: 1_000,
+            terminate_at: 1_060,
+        });
+        s.apply(&d);
+        let pid = s.report().servers[0].pid.unwrap();
+        let process = ProcessIdentity::of(pid).unwrap();
+        assert!(!s.poll_exits(), "not due yet");
+        clock.advance(60);
+        assert!(s.poll_exits());
+        assert_eq!(
+            s.report().servers[0].state,
+            WorkloadState::Exited { code: None }
+        );
+        assert!(!driver::alive(&process));
     }
 }

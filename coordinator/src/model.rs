@@ -182,6 +182,7 @@ impl Model {
                     perf_factor: s.perf_factor,
                     workload: s.workload.clone(),
                     incarnation: s.incarnation,
+                    termination: s.termination,
                 })
                 .collect(),
         }

@@ -189,6 +189,14 @@ impl HostInventory {
     }
 }
 
+/// A scheduled termination: announced at `scheduled_at`, stopped at `terminate_at` (Unix
+/// seconds). The coordinator decides it; the agent enforces it even if the coordinator is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termination {
+    pub scheduled_at: i64,
+    pub terminate_at: i64,
+}
+
 /// What a server runs with the `exec` driver.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Workload {

@@ -7,7 +7,7 @@
 //! - The coordinator sends a host's *whole* desired state with a generation number; any message
 //!   may be lost or repeated, and applying the same state twice changes nothing.
 
-use crate::domain::{HostInventory, PerfFactor, Resources, Workload};
+use crate::domain::{HostInventory, PerfFactor, Resources, Termination, Workload};
 use crate::ids::{HostId, ServerId};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -168,6 +168,9 @@ pub struct DesiredServer {
     /// Which run of the server this is: a new value means "start it afresh" even if the agent
     /// still holds an ended run of the same server.
     pub incarnation: u64,
+    /// When the server will be terminated, if that is scheduled: the agent stops it then even
+    /// without a coordinator, and tells the guest beforehand.
+    pub termination: Option<Termination>,
 }
 
 #[cfg(test)]
@@ -236,6 +239,10 @@ mod tests {
                 perf_factor: PerfFactor { cpu: 0.5, mem: 1.0 },
                 workload: None,
                 incarnation: 299,
+                termination: Some(Termination {
+                    scheduled_at: 5,
+                    terminate_at: 6,
+                }),
             }],
         });
         let bytes = encode(&ds).unwrap();
@@ -245,6 +252,7 @@ mod tests {
         golden.extend_from_slice(&0.5f64.to_le_bytes());
         golden.extend_from_slice(&1.0f64.to_le_bytes());
         golden.extend_from_slice(&[0x00, 0xab, 0x02]); // no workload; incarnation 299
+        golden.extend_from_slice(&[0x01, 0x0a, 0x0c]); // termination at 5 and 6 (zigzag)
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

@@ -31,12 +31,7 @@ pub struct ServerSpec {
     pub created_at: i64,
 }
 
-/// A scheduled termination: announced at `scheduled_at`, stopped at `terminate_at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Termination {
-    pub scheduled_at: i64,
-    pub terminate_at: i64,
-}
+pub use backfill_shared::Termination;
 
 /// How a preemptible class gives capacity back (`[classes.backfill]`, `[classes.spot]`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
