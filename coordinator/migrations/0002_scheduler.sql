@@ -2,3 +2,5 @@
 ALTER TABLE servers ADD COLUMN term_scheduled_at INTEGER;
 ALTER TABLE servers ADD COLUMN term_at INTEGER;
 ALTER TABLE servers ADD COLUMN queued_reason TEXT;
+-- Higher starts first from the queue and is preempted last.
+ALTER TABLE servers ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;

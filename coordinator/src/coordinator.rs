@@ -60,6 +60,7 @@ pub struct NewServer {
     pub tags: Vec<String>,
     pub vnc_password: Option<String>,
     pub workload: Option<Workload>,
+    pub priority: i32,
 }
 
 #[derive(Debug)]
@@ -161,6 +162,7 @@ impl Coordinator {
                 incarnation: 0,
                 termination: None,
                 queued_reason: None,
+                priority: n.priority,
                 created_at: now,
             })
             .collect();

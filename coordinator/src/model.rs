@@ -59,7 +59,7 @@ pub fn spec_of(s: &ServerRecord) -> ServerSpec {
         class: s.class,
         need: s.resources(),
         gpus: 0,
-        priority: 0,
+        priority: s.priority,
         created_at: s.created_at,
     }
 }

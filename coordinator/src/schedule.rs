@@ -197,14 +197,15 @@ impl Coordinator {
             let hosts: Vec<HostId> = next.host.iter().cloned().collect();
             self.commit(&mut model, vec![next], &hosts).await?;
         }
-        // 2. Queued servers, oldest first; only plans that change something are committed.
+        // 2. Queued servers by priority, then age; only plans that change something are
+        //    committed.
         let mut queued: Vec<ServerRecord> = model
             .servers
             .values()
             .filter(|s| is_queued(s))
             .cloned()
             .collect();
-        queued.sort_by_key(|s| (s.created_at, s.uuid));
+        queued.sort_by_key(|s| (std::cmp::Reverse(s.priority), s.created_at, s.uuid));
         for s in queued {
             let plan = scheduler::plan(&model.cluster, s.uuid, &self.policy(), now);
             let changes = match &plan {

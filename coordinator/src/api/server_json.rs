@@ -103,6 +103,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Value {
         "smp": s.smp,
         "status": s.status.as_str(),
         "pending_reason": s.queued_reason,
+        "priority": s.priority,
         "class": s.class.as_str(),
         "tags": s.tags,
         "uuid": s.uuid.to_string(),
@@ -181,6 +182,19 @@ fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
             ));
         }
     };
+    let priority = match o.get("priority") {
+        None => 0,
+        Some(v) => v
+            .as_i64()
+            .filter(|p| (-1000..=1000).contains(p))
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| {
+                ApiError::validation(
+                    at("priority"),
+                    "priority must be an integer from -1000 to 1000",
+                )
+            })?,
+    };
     let workload =
         parse_workload(o.get("workload")).map_err(|m| ApiError::validation(at("workload"), m))?;
     Ok(NewServer {
@@ -192,6 +206,7 @@ fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
         tags,
         vnc_password,
         workload,
+        priority,
     })
 }
 
@@ -326,6 +341,12 @@ mod tests {
                 .point
                 .as_deref(),
             Some("objects[0].drives")
+        );
+        assert_eq!(
+            err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","priority":5000}]}"#)
+                .point
+                .as_deref(),
+            Some("objects[0].priority")
         );
         assert_eq!(
             err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","workload":{"command":[]}}]}"#)

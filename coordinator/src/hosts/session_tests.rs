@@ -60,6 +60,7 @@ fn new_server() -> NewServer {
         tags: vec![],
         vnc_password: None,
         workload: None,
+        priority: 0,
     }
 }
 
@@ -288,4 +289,56 @@ async fn the_api_shows_the_perf_factor_the_agent_has_in_force() {
             .await
             .unwrap();
     assert_eq!(seen.perf_factor.cpu, 0.5);
+}
+
+#[tokio::test]
+async fn the_queue_starts_higher_priority_first_then_older() {
+    let f = fixture().await;
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let host = "h1".parse().unwrap();
+    let make = |cpu: u64, priority: i32| NewServer {
+        cpu,
+        priority,
+        ..new_server()
+    };
+    let ids: Vec<ServerId> =
+        f.c.create_servers(
+            &f.tenant,
+            ServerClass::Backfill,
+            vec![make(3_000, 0), make(3_000, 0), make(3_000, 5)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.uuid)
+        .collect();
+    let (a, old, urgent) = (ids[0], ids[1], ids[2]);
+    for id in [a, old, urgent] {
+        f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    }
+    // Only the first fits on the 4,000 MHz host; the others wait, saying why.
+    let waiting =
+        f.c.get_server(&f.tenant, Scope::BServers, old)
+            .await
+            .unwrap();
+    assert_eq!(waiting.status, ServerStatus::Starting);
+    assert!(waiting.host.is_none() && waiting.queued_reason.is_some());
+    // The first one ends; the next tick starts the higher-priority one, not the older one.
+    let generation = rx.borrow_and_update().generation;
+    let run = incarnation(&f, a).await;
+    let exited = WorkloadState::Exited { code: Some(0) };
+    f.c.apply_report(&host, conn, report(generation, &[(a, run, exited)]))
+        .await
+        .unwrap();
+    f.c.tick(1_000).await.unwrap();
+    let urgent =
+        f.c.get_server(&f.tenant, Scope::BServers, urgent)
+            .await
+            .unwrap();
+    assert_eq!(urgent.host, Some(host.clone()), "{urgent:?}");
+    let old =
+        f.c.get_server(&f.tenant, Scope::BServers, old)
+            .await
+            .unwrap();
+    assert!(old.host.is_none() && old.queued_reason.is_some());
 }

@@ -60,6 +60,8 @@ pub struct ServerRecord {
     pub termination: Option<crate::scheduler::Termination>,
     /// Why a server asked to start is still waiting (status `starting`, no host).
     pub queued_reason: Option<String>,
+    /// Higher starts first from the queue and is preempted last.
+    pub priority: i32,
     pub created_at: i64,
 }
 

@@ -197,8 +197,9 @@ impl SqliteStore {
             let q = sqlx::query(
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
-                     incarnation, created_at, term_scheduled_at, term_at, queued_reason)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     incarnation, created_at, term_scheduled_at, term_at, queued_reason,
+                     priority)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -259,7 +260,7 @@ impl SqliteStore {
         let rows = sqlx::query(
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
-                    term_scheduled_at, term_at, queued_reason
+                    term_scheduled_at, term_at, queued_reason, priority
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -307,7 +308,8 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
         .bind(s.created_at)
         .bind(s.termination.map(|t| t.scheduled_at))
         .bind(s.termination.map(|t| t.terminate_at))
-        .bind(s.queued_reason.as_deref()))
+        .bind(s.queued_reason.as_deref())
+        .bind(s.priority))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -382,6 +384,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
             _ => None,
         },
         queued_reason: r.try_get("queued_reason")?,
+        priority: r.try_get("priority")?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -412,6 +415,7 @@ mod tests {
             incarnation: 0,
             termination: None,
             queued_reason: None,
+            priority: 3,
             created_at: 5,
         }
     }
