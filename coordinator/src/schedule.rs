@@ -24,11 +24,93 @@ pub struct SchedulerSettings {
     pub classes: Classes,
 }
 
+/// A plan and the generation of the host it touches, as it was when the plan was made.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub plan: Plan,
+    fence: Option<(HostId, u64)>,
+}
+
+/// How a plan was committed.
+#[derive(Debug)]
+pub enum Outcome {
+    /// As planned.
+    Applied(ServerRecord),
+    /// The host had changed since the plan was made: the plan was dropped, and a new one made
+    /// against the latest state was committed instead.
+    Replanned(ServerRecord),
+}
+
+impl Outcome {
+    pub fn server(self) -> ServerRecord {
+        match self {
+            Outcome::Applied(s) | Outcome::Replanned(s) => s,
+        }
+    }
+}
+
 impl Coordinator {
     fn policy(&self) -> Policy {
         Policy {
             strategy: self.settings.strategy,
         }
+    }
+
+    fn make_plan(&self, model: &Model, id: ServerId, now: i64) -> Planned {
+        let plan = scheduler::plan(&model.cluster, id, &self.policy(), now);
+        let fence = match &plan {
+            Plan::Place { host, .. } | Plan::Preempt { host, .. } => {
+                Some((host.clone(), model.generation(host)))
+            }
+            Plan::Queue { .. } | Plan::Never { .. } => None,
+        };
+        Planned { plan, fence }
+    }
+
+    /// Plans a start for a server without committing it (the applier below decides).
+    pub async fn plan_start(&self, id: ServerId) -> Planned {
+        let model = self.model.lock().await;
+        self.make_plan(&model, id, self.clock.now())
+    }
+
+    /// The single applier: checks the plan against the latest state (the host's generation)
+    /// and commits it, or, if the host changed since, re-plans and commits the new plan. A
+    /// stale plan is never applied.
+    pub async fn commit_planned(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+        planned: Planned,
+    ) -> Result<Outcome, OpError> {
+        let mut model = self.model.lock().await;
+        let server = visible(&model, owner, scope, id)?.clone();
+        self.apply_checked(&mut model, server, planned).await
+    }
+
+    async fn apply_checked(
+        &self,
+        model: &mut MutexGuard<'_, Model>,
+        server: ServerRecord,
+        planned: Planned,
+    ) -> Result<Outcome, OpError> {
+        let fresh = planned
+            .fence
+            .as_ref()
+            .is_none_or(|(host, g)| model.generation(host) == *g);
+        if fresh {
+            return Ok(Outcome::Applied(
+                self.apply_plan(model, server, planned.plan).await?,
+            ));
+        }
+        tracing::info!(server = %server.uuid, "stale plan: the host changed; re-planning");
+        let again = self.make_plan(model, server.uuid, self.clock.now());
+        if let Plan::Never { reason } = &again.plan {
+            return Err(OpError::NeverFits(reason.clone()));
+        }
+        Ok(Outcome::Replanned(
+            self.apply_plan(model, server, again.plan).await?,
+        ))
     }
 
     /// `start`: the scheduler places the server (downsizing backfill for a normal server if
@@ -52,12 +134,14 @@ impl Coordinator {
                 what: "only a stopped server can be started",
             });
         }
-        let now = self.clock.now();
-        let plan = scheduler::plan(&model.cluster, id, &self.policy(), now);
-        if let Plan::Never { reason } = &plan {
+        let planned = self.make_plan(&model, id, self.clock.now());
+        if let Plan::Never { reason } = &planned.plan {
             return Err(OpError::NeverFits(reason.clone()));
         }
-        self.apply_plan(&mut model, current, plan).await
+        Ok(self
+            .apply_checked(&mut model, current, planned)
+            .await?
+            .server())
     }
 
     /// Commits a plan for `server` (stopped or queued). Returns the server as committed.
@@ -207,8 +291,8 @@ impl Coordinator {
             .collect();
         queued.sort_by_key(|s| (std::cmp::Reverse(s.priority), s.created_at, s.uuid));
         for s in queued {
-            let plan = scheduler::plan(&model.cluster, s.uuid, &self.policy(), now);
-            let changes = match &plan {
+            let planned = self.make_plan(&model, s.uuid, now);
+            let changes = match &planned.plan {
                 Plan::Place { .. } => true,
                 Plan::Preempt {
                     downsize,
@@ -220,7 +304,7 @@ impl Coordinator {
                 }
             };
             if changes {
-                self.apply_plan(&mut model, s, plan).await?;
+                self.apply_checked(&mut model, s, planned).await?;
             }
         }
         // 3. Growing back, host by host.

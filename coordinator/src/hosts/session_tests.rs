@@ -1,6 +1,8 @@
 //! The coordinator's side of the link without sockets: registration, reports, generations.
 
 use crate::coordinator::{Coordinator, NewServer, Scope};
+use crate::schedule::Outcome;
+use crate::scheduler::Plan;
 use crate::store::{Account, SqliteStore};
 use backfill_shared::clock::ManualClock;
 use backfill_shared::protocol::{
@@ -341,4 +343,35 @@ async fn the_queue_starts_higher_priority_first_then_older() {
             .await
             .unwrap();
     assert!(old.host.is_none() && old.queued_reason.is_some());
+}
+
+#[tokio::test]
+async fn a_stale_plan_is_rejected_and_replanned() {
+    let f = fixture().await;
+    f.c.register_agent(&hello("h1")).await.unwrap();
+    f.c.register_agent(&hello("h2")).await.unwrap();
+    let big = NewServer {
+        cpu: 3_000,
+        ..new_server()
+    };
+    let ids: Vec<ServerId> =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![big.clone(), big])
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.uuid)
+            .collect();
+    // A plan for the first server, made while h1 and h2 are both empty: h1 (ties by id).
+    let planned = f.c.plan_start(ids[0]).await;
+    assert!(matches!(&planned.plan, Plan::Place { host, .. } if host.as_str() == "h1"));
+    // Meanwhile the second server takes h1: the plan is stale.
+    f.c.start(&f.tenant, Scope::BServers, ids[1]).await.unwrap();
+    let outcome =
+        f.c.commit_planned(&f.tenant, Scope::BServers, ids[0], planned)
+            .await
+            .unwrap();
+    let Outcome::Replanned(s) = outcome else {
+        panic!("a stale plan was applied: {outcome:?}")
+    };
+    assert_eq!(s.host.unwrap().as_str(), "h2");
 }
