@@ -97,12 +97,7 @@ async fn status(f: &Fixture, id: ServerId) -> ServerStatus {
 async fn a_server_runs_when_its_agent_says_so_and_stops_when_it_is_gone() {
     let f = fixture().await;
     let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
-    let id =
-        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
-            .await
-            .unwrap()[0]
-            .uuid;
-    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let id = start_one(&f).await;
     assert!(rx.has_changed().unwrap());
     let desired = rx.borrow_and_update().clone();
     assert_eq!(desired.servers.len(), 1);
@@ -160,12 +155,7 @@ async fn a_server_runs_when_its_agent_says_so_and_stops_when_it_is_gone() {
 async fn an_exited_workload_stops_its_server_and_leaves_the_desired_state() {
     let f = fixture().await;
     let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
-    let id =
-        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
-            .await
-            .unwrap()[0]
-            .uuid;
-    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let id = start_one(&f).await;
     let generation = rx.borrow_and_update().generation;
     let host = "h1".parse().unwrap();
     let first_run = incarnation(&f, id).await;
@@ -198,12 +188,7 @@ async fn a_superseded_session_cannot_change_anything() {
     let (old, _old_rx) = f.c.register_agent(&hello("h1")).await.unwrap();
     let (new, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
     assert_ne!(old, new);
-    let id =
-        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
-            .await
-            .unwrap()[0]
-            .uuid;
-    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let id = start_one(&f).await;
     let generation = rx.borrow_and_update().generation;
     let host = "h1".parse().unwrap();
     f.c.apply_report(&host, old, report(generation, &[]))
@@ -251,6 +236,17 @@ async fn generations_survive_a_coordinator_restart() {
     assert!(rx.borrow().generation > first);
 }
 
+/// Creates one default backfill server and starts it.
+async fn start_one(f: &Fixture) -> ServerId {
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    id
+}
+
 async fn incarnation(f: &Fixture, id: ServerId) -> u64 {
     f.c.get_server(&f.tenant, Scope::BServers, id)
         .await
@@ -262,12 +258,7 @@ async fn incarnation(f: &Fixture, id: ServerId) -> u64 {
 async fn the_api_shows_the_perf_factor_the_agent_has_in_force() {
     let f = fixture().await;
     let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
-    let id =
-        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
-            .await
-            .unwrap()[0]
-            .uuid;
-    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    let id = start_one(&f).await;
     let generation = rx.borrow_and_update().generation;
     let run = incarnation(&f, id).await;
     let mut r = report(generation, &[(id, run, WorkloadState::Running)]);
