@@ -20,9 +20,12 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub backfill_accounts: Vec<String>,
     pub tls: TlsFiles,
-    /// Placement strategy, grow-back hysteresis and the preemptible classes.
+    /// `[scheduler]`: placement strategy and grow-back hysteresis.
     #[serde(default)]
-    pub scheduler: crate::schedule::SchedulerSettings,
+    pub scheduler: crate::schedule::SchedulerConfig,
+    /// `[classes.backfill]`, `[classes.spot]`: downsizable, floor, min_uptime_s, notice_s.
+    #[serde(default)]
+    pub classes: crate::scheduler::Classes,
 }
 
 impl CoordinatorConfig {
@@ -41,5 +44,36 @@ impl CoordinatorConfig {
                 .map_err(|e| ConfigError::invalid(path, "backfill_accounts", e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+api_addr = "127.0.0.1:8443"
+link_addr = "127.0.0.1:8444"
+database = "/var/lib/backfill/coordinator.sqlite"
+[tls]
+ca = "/etc/backfill/ca.pem"
+cert = "/etc/backfill/coordinator.pem"
+key = "/etc/backfill/coordinator.key"
+"#;
+
+    #[test]
+    fn scheduler_and_classes_have_defaults_and_can_be_set() {
+        let cfg: CoordinatorConfig = toml::from_str(BASE).unwrap();
+        assert_eq!(cfg.classes.spot.min_uptime_s, 1_800);
+        assert_eq!(cfg.classes.backfill.floor, 0.1);
+        let text = format!(
+            "{BASE}\n[scheduler]\nstrategy = \"spread\"\n[scheduler.grow]\nmargin = 0.1\nmin_interval_s = 5\nmin_step = 0.2\n[classes.backfill]\ndownsizable = true\nfloor = 0.25\nmin_uptime_s = 0\nnotice_s = 30\n[classes.spot]\ndownsizable = true\nfloor = 0.5\nmin_uptime_s = 600\nnotice_s = 120\n"
+        );
+        let cfg: CoordinatorConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.scheduler.strategy, crate::scheduler::Strategy::Spread);
+        assert_eq!(cfg.classes.backfill.floor, 0.25);
+        assert_eq!(cfg.classes.spot.notice_s, 120);
+        let typo = format!("{BASE}\n[classes.spot]\nflor = 0.5\n");
+        assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err());
     }
 }

@@ -55,8 +55,15 @@ impl Bound {
         }
         let store = SqliteStore::open(&cfg.database).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let coordinator =
-            Arc::new(Coordinator::load(store, clock, &cfg.backfill_accounts, cfg.scheduler).await?);
+        let coordinator = Arc::new(
+            Coordinator::load(
+                store,
+                clock,
+                &cfg.backfill_accounts,
+                crate::schedule::SchedulerSettings::new(cfg.scheduler, cfg.classes),
+            )
+            .await?,
+        );
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
         let api_addr = local(&api, cfg.api_addr);

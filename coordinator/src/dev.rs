@@ -139,6 +139,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         backfill_accounts: vec![DEV_TENANT.into()],
         tls: l.files("coordinator"),
         scheduler: Default::default(),
+        classes: Default::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

@@ -15,13 +15,31 @@ use tokio::sync::MutexGuard;
 /// `[scheduler]` in the coordinator's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SchedulerSettings {
+pub struct SchedulerConfig {
+    /// `best_fit` (default) or `spread`.
     #[serde(default)]
     pub strategy: Strategy,
+    /// `[scheduler.grow]`: margin, min_interval_s, min_step.
     #[serde(default)]
     pub grow: GrowPolicy,
-    #[serde(default)]
+}
+
+/// Everything the scheduling code needs: `[scheduler]` and `[classes]`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SchedulerSettings {
+    pub strategy: Strategy,
+    pub grow: GrowPolicy,
     pub classes: Classes,
+}
+
+impl SchedulerSettings {
+    pub fn new(config: SchedulerConfig, classes: Classes) -> SchedulerSettings {
+        SchedulerSettings {
+            strategy: config.strategy,
+            grow: config.grow,
+            classes,
+        }
+    }
 }
 
 /// A plan and the generation of the host it touches, as it was when the plan was made.
