@@ -7,5 +7,6 @@ pub mod config;
 pub mod discovery;
 pub mod driver;
 pub mod link;
+pub mod metadata;
 pub mod state;
 pub mod supervisor;

@@ -1,0 +1,310 @@
+//! The pure handler: a parsed request, the caller's address and `now` in, a response out.
+//! The caller is identified by its source address alone; an address that is no guest of this
+//! host gets a bare 404 that reveals nothing.
+
+use super::http::{HttpRequest, HttpResponse};
+use super::store::{GuestInfo, MetadataStore};
+use super::token::{TokenError, TokenSealer};
+use serde_json::json;
+use std::net::IpAddr;
+
+const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
+const OPENSTACK_VERSIONS: &[&str] = &[
+    "2012-08-10",
+    "2013-04-04",
+    "2013-10-17",
+    "2015-10-15",
+    "2016-06-30",
+    "2016-10-06",
+    "2017-02-22",
+    "2018-08-27",
+    "latest",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataConfig {
+    /// Serve EC2 paths without a session token (IMDSv1). Off: 401 without a token.
+    pub imdsv1: bool,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> MetadataConfig {
+        MetadataConfig { imdsv1: true }
+    }
+}
+
+fn not_found() -> HttpResponse {
+    HttpResponse::text(404, "Not Found")
+}
+
+fn lines(items: &[&str]) -> HttpResponse {
+    HttpResponse::text(200, items.join("\n"))
+}
+
+fn iso(t: i64) -> String {
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    dt.format(&fmt).unwrap_or_default()
+}
+
+fn rfc1123(t: i64) -> String {
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    dt.format(&fmt).unwrap_or_default()
+}
+
+pub fn handle(
+    store: &MetadataStore,
+    tokens: &TokenSealer,
+    cfg: &MetadataConfig,
+    req: &HttpRequest,
+    peer: IpAddr,
+    now: i64,
+) -> HttpResponse {
+    if req.path.split('/').any(|c| c == "..") {
+        return not_found();
+    }
+    let Some(guest) = store.guest(&peer) else {
+        return not_found();
+    };
+    let path = req.path.as_str();
+    if req.method == "PUT" && path == "/latest/api/token" {
+        return token(tokens, req, peer, now);
+    }
+    if req.method != "GET" {
+        return HttpResponse::text(405, "Method Not Allowed");
+    }
+    if let Some(rest) = path.strip_prefix("/openstack") {
+        return openstack(&guest, rest);
+    }
+    if let Some(rest) = path.strip_prefix("/latest/") {
+        if let Err(r) = ec2_auth(tokens, cfg, req, peer, now) {
+            return r;
+        }
+        return ec2(&guest, rest, now);
+    }
+    if let Some(rest) = path.strip_prefix("/computeMetadata/v1/") {
+        return gce(&guest, req, rest);
+    }
+    if path == "/metadata/scheduledevents" {
+        return azure(&guest, req);
+    }
+    if path == "/backfill/v1/" || path == "/backfill/v1" {
+        return ours(&guest);
+    }
+    not_found()
+}
+
+/// IMDSv2: `PUT /latest/api/token`. Refused behind a forwarding proxy (SSRF defence).
+fn token(tokens: &TokenSealer, req: &HttpRequest, peer: IpAddr, now: i64) -> HttpResponse {
+    if req.header("X-Forwarded-For").is_some() {
+        return HttpResponse::text(403, "Forbidden");
+    }
+    let ttl = req
+        .header(TTL_HEADER)
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or(TokenError::BadTtl)
+        .and_then(|ttl| tokens.issue(&peer, ttl, now).map(|t| (t, ttl)));
+    match ttl {
+        Ok((t, ttl)) => HttpResponse::text(200, t).with_header(TTL_HEADER, ttl.to_string()),
+        Err(e) => HttpResponse::text(400, e.to_string()),
+    }
+}
+
+fn ec2_auth(
+    tokens: &TokenSealer,
+    cfg: &MetadataConfig,
+    req: &HttpRequest,
+    peer: IpAddr,
+    now: i64,
+) -> Result<(), HttpResponse> {
+    match req.header(TOKEN_HEADER) {
+        Some(t) => tokens
+            .verify(t, &peer, now)
+            .map_err(|_| HttpResponse::text(401, "Unauthorized")),
+        None if cfg.imdsv1 => Ok(()),
+        None => Err(HttpResponse::text(401, "Unauthorized")),
+    }
+}
+
+fn openstack(g: &GuestInfo, rest: &str) -> HttpResponse {
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
+        return lines(OPENSTACK_VERSIONS);
+    }
+    let (version, leaf) = rest.split_once('/').unwrap_or((rest, ""));
+    if !OPENSTACK_VERSIONS.contains(&version) {
+        return not_found();
+    }
+    match leaf {
+        "" => {
+            let mut items = vec!["meta_data.json", "network_data.json", "vendor_data.json"];
+            if g.user_data.is_some() {
+                items.push("user_data");
+            }
+            lines(&items)
+        }
+        "meta_data.json" => {
+            // Like every Nova meta value, the termination times are strings.
+            let mut meta = g.meta.clone();
+            if let Some(t) = g.termination {
+                meta.insert(
+                    "cloud_termination_scheduled_event_time".into(),
+                    t.scheduled_at.to_string(),
+                );
+                meta.insert("cloud_termination_time".into(), t.terminate_at.to_string());
+            }
+            HttpResponse::json(
+                200,
+                &json!({
+                    "uuid": g.server.to_string(),
+                    "name": g.name,
+                    "hostname": g.hostname,
+                    "availability_zone": g.availability_zone,
+                    "project_id": g.project_id,
+                    "launch_index": 0,
+                    "meta": meta,
+                    "public_keys": {},
+                    "devices": [],
+                }),
+            )
+        }
+        "network_data.json" | "vendor_data.json" => HttpResponse::json(200, &json!({})),
+        "user_data" => match &g.user_data {
+            Some(u) => HttpResponse::new(200, "application/octet-stream", u.clone()),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+fn ec2(g: &GuestInfo, rest: &str, now: i64) -> HttpResponse {
+    let leaf = rest
+        .strip_prefix("meta-data")
+        .map(|l| l.trim_start_matches('/'));
+    let Some(leaf) = leaf else {
+        return not_found();
+    };
+    let instance_action = g
+        .termination
+        .map(|t| json!({"action": "terminate", "time": iso(t.terminate_at)}));
+    match leaf.trim_end_matches('/') {
+        "" => {
+            let mut items = vec![
+                "hostname",
+                "instance-id",
+                "instance-type",
+                "local-hostname",
+                "local-ipv4",
+                "placement/",
+            ];
+            if g.termination.is_some() {
+                items.push("spot/");
+            }
+            if g.at_risk() {
+                items.push("events/");
+            }
+            lines(&items)
+        }
+        "instance-id" => HttpResponse::text(200, g.server.to_string()),
+        "instance-type" => HttpResponse::text(200, g.instance_type.clone()),
+        "hostname" | "local-hostname" => HttpResponse::text(200, g.hostname.clone()),
+        "local-ipv4" => HttpResponse::text(200, g.local_ipv4.to_string()),
+        "placement" => lines(&["availability-zone"]),
+        "placement/availability-zone" => HttpResponse::text(200, g.availability_zone.clone()),
+        "spot" if g.termination.is_some() => lines(&["instance-action", "termination-time"]),
+        "spot/instance-action" => match instance_action {
+            Some(a) => HttpResponse::json(200, &a),
+            None => not_found(),
+        },
+        "spot/termination-time" => match g.termination {
+            Some(t) => HttpResponse::text(200, iso(t.terminate_at)),
+            None => not_found(),
+        },
+        "events" if g.at_risk() => lines(&["recommendations/"]),
+        "events/recommendations" if g.at_risk() => lines(&["rebalance"]),
+        "events/recommendations/rebalance" if g.at_risk() => {
+            let at = g.termination.map(|t| t.scheduled_at).unwrap_or(now);
+            HttpResponse::json(200, &json!({"noticeTime": iso(at)}))
+        }
+        _ => not_found(),
+    }
+}
+
+fn gce(g: &GuestInfo, req: &HttpRequest, rest: &str) -> HttpResponse {
+    if req.header("Metadata-Flavor") != Some("Google") {
+        return HttpResponse::text(403, "Missing Metadata-Flavor:Google header.");
+    }
+    let r = match rest.trim_end_matches('/') {
+        "instance/preempted" => HttpResponse::text(
+            200,
+            if g.termination.is_some() {
+                "TRUE"
+            } else {
+                "FALSE"
+            },
+        ),
+        "instance/id" => HttpResponse::text(200, g.server.to_string()),
+        "instance/name" => HttpResponse::text(200, g.name.clone()),
+        "instance/hostname" => HttpResponse::text(200, g.hostname.clone()),
+        "instance/maintenance-event" => HttpResponse::text(
+            200,
+            if g.termination.is_some() {
+                "TERMINATE_ON_HOST_MAINTENANCE"
+            } else {
+                "NONE"
+            },
+        ),
+        _ => not_found(),
+    };
+    r.with_header("Metadata-Flavor", "Google")
+}
+
+fn azure(g: &GuestInfo, req: &HttpRequest) -> HttpResponse {
+    if req.header("Metadata") != Some("true") {
+        return HttpResponse::json(
+            400,
+            &json!({"error": "Bad request. Required metadata header not specified"}),
+        );
+    }
+    let events = match g.termination {
+        Some(t) => json!([{
+            "EventId": g.server.to_string(),
+            "EventStatus": "Scheduled",
+            "EventType": "Preempt",
+            "ResourceType": "VirtualMachine",
+            "Resources": [g.name],
+            "NotBefore": rfc1123(t.terminate_at),
+            "Description": "The server is being preempted to make room for guaranteed work.",
+            "EventSource": "Platform",
+            "DurationInSeconds": -1,
+        }]),
+        None => json!([]),
+    };
+    let incarnation = g.termination.map(|t| t.scheduled_at).unwrap_or(0);
+    HttpResponse::json(
+        200,
+        &json!({"DocumentIncarnation": incarnation, "Events": events}),
+    )
+}
+
+fn ours(g: &GuestInfo) -> HttpResponse {
+    HttpResponse::json(
+        200,
+        &json!({
+            "uuid": g.server.to_string(),
+            "name": g.name,
+            "class": g.class.as_str(),
+            "perf_factor": {"cpu": g.perf_factor.cpu, "mem": g.perf_factor.mem},
+            "termination": g.termination.map(|t| json!({
+                "scheduled_at": t.scheduled_at,
+                "terminate_at": t.terminate_at,
+            })),
+        }),
+    )
+}

@@ -1,0 +1,279 @@
+//! The pure handler, from raw HTTP requests.
+
+use super::*;
+use backfill_shared::{PerfFactor, ServerClass, ServerId, Termination};
+use std::net::IpAddr;
+
+const A: &str = "10.77.0.2";
+const B: &str = "10.77.0.3";
+
+fn guest(n: u128, ip: &str) -> GuestInfo {
+    GuestInfo {
+        server: ServerId::from_u128(n),
+        name: format!("guest-{n}"),
+        hostname: format!("guest-{n}"),
+        availability_zone: "zone-a".into(),
+        project_id: "tenant".into(),
+        class: ServerClass::Spot,
+        instance_type: "backfill-c2m4".into(),
+        local_ipv4: ip.parse().unwrap(),
+        meta: [("role".to_string(), "batch".to_string())].into(),
+        perf_factor: PerfFactor::FULL,
+        termination: None,
+        user_data: None,
+    }
+}
+
+struct World {
+    store: MetadataStore,
+    tokens: TokenSealer,
+    cfg: MetadataConfig,
+}
+
+fn world() -> World {
+    let store = MetadataStore::default();
+    store.put(guest(1, A));
+    store.put(guest(2, B));
+    World {
+        store,
+        tokens: TokenSealer::with_key(b"test"),
+        cfg: MetadataConfig::default(),
+    }
+}
+
+fn ask(w: &World, from: &str, raw: &str, now: i64) -> HttpResponse {
+    let req = parse_request(raw.as_bytes()).expect("a valid request");
+    let peer: IpAddr = from.parse().unwrap();
+    handle(&w.store, &w.tokens, &w.cfg, &req, peer, now)
+}
+
+fn get(w: &World, from: &str, path: &str) -> HttpResponse {
+    ask(
+        w,
+        from,
+        &format!("GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"),
+        1_000,
+    )
+}
+
+fn body(r: &HttpResponse) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn json(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn schedule(w: &World, n: u128, ip: &str) {
+    let mut g = guest(n, ip);
+    g.termination = Some(Termination {
+        scheduled_at: 1_000,
+        terminate_at: 1_900,
+    });
+    w.store.put(g);
+}
+
+#[test]
+fn a_guest_sees_only_itself_and_strangers_see_nothing() {
+    let w = world();
+    let a = json(&get(&w, A, "/openstack/latest/meta_data.json"));
+    assert_eq!(a["uuid"], ServerId::from_u128(1).to_string());
+    let b = json(&get(&w, B, "/openstack/latest/meta_data.json"));
+    assert_eq!(b["uuid"], ServerId::from_u128(2).to_string());
+    let stranger = get(&w, "10.77.0.99", "/openstack/latest/meta_data.json");
+    assert_eq!(
+        (stranger.status, body(&stranger)),
+        (404, "Not Found".to_string())
+    );
+    assert_eq!(get(&w, A, "/openstack/../../etc/passwd").status, 404);
+}
+
+#[test]
+fn openstack_shapes_and_termination_keys_as_strings() {
+    let w = world();
+    assert!(body(&get(&w, A, "/openstack")).contains("latest"));
+    assert!(body(&get(&w, A, "/openstack/2013-04-04/")).contains("meta_data.json"));
+    assert_eq!(
+        get(&w, A, "/openstack/1999-01-01/meta_data.json").status,
+        404
+    );
+    let m = json(&get(&w, A, "/openstack/latest/meta_data.json"));
+    for k in [
+        "uuid",
+        "name",
+        "hostname",
+        "availability_zone",
+        "project_id",
+        "launch_index",
+        "meta",
+        "public_keys",
+        "devices",
+    ] {
+        assert!(m.get(k).is_some(), "{k}");
+    }
+    assert!(m["meta"].get("cloud_termination_time").is_none());
+    schedule(&w, 1, A);
+    let m = json(&get(&w, A, "/openstack/latest/meta_data.json"));
+    assert_eq!(m["meta"]["cloud_termination_scheduled_event_time"], "1000");
+    assert_eq!(m["meta"]["cloud_termination_time"], "1900");
+    assert_eq!(m["meta"]["role"], "batch");
+    assert_eq!(
+        json(&get(&w, A, "/openstack/latest/vendor_data.json")),
+        serde_json::json!({})
+    );
+    assert_eq!(get(&w, A, "/openstack/latest/user_data").status, 404);
+}
+
+#[test]
+fn ec2_leaves_spot_action_and_rebalance() {
+    let w = world();
+    assert_eq!(
+        body(&get(&w, A, "/latest/meta-data/instance-id")),
+        ServerId::from_u128(1).to_string()
+    );
+    assert_eq!(body(&get(&w, A, "/latest/meta-data/local-ipv4")), A);
+    assert_eq!(
+        body(&get(&w, A, "/latest/meta-data/placement/availability-zone")),
+        "zone-a"
+    );
+    assert_eq!(
+        get(&w, A, "/latest/meta-data/spot/instance-action").status,
+        404
+    );
+    assert_eq!(
+        get(&w, A, "/latest/meta-data/events/recommendations/rebalance").status,
+        404
+    );
+    schedule(&w, 1, A);
+    let action = json(&get(&w, A, "/latest/meta-data/spot/instance-action"));
+    assert_eq!(
+        action,
+        serde_json::json!({"action": "terminate", "time": "1970-01-01T00:31:40Z"})
+    );
+    assert_eq!(
+        body(&get(&w, A, "/latest/meta-data/spot/termination-time")),
+        "1970-01-01T00:31:40Z"
+    );
+    assert!(
+        json(&get(
+            &w,
+            A,
+            "/latest/meta-data/events/recommendations/rebalance"
+        ))["noticeTime"]
+            .is_string()
+    );
+    assert!(body(&get(&w, A, "/latest/meta-data/")).contains("spot/"));
+    // The other guest is not affected.
+    assert_eq!(
+        get(&w, B, "/latest/meta-data/spot/instance-action").status,
+        404
+    );
+}
+
+#[test]
+fn imdsv2_tokens() {
+    let mut w = world();
+    let put = |w: &World, ttl: Option<&str>, extra: &str, now| {
+        let ttl = ttl
+            .map(|t| format!("X-aws-ec2-metadata-token-ttl-seconds: {t}\r\n"))
+            .unwrap_or_default();
+        ask(
+            w,
+            A,
+            &format!("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\n{ttl}{extra}\r\n"),
+            now,
+        )
+    };
+    let r = put(&w, Some("60"), "", 1_000);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-aws-ec2-metadata-token-ttl-seconds"), Some("60"));
+    let token = body(&r);
+    for bad in [None, Some("0"), Some("21601"), Some("abc")] {
+        assert_eq!(put(&w, bad, "", 1_000).status, 400, "{bad:?}");
+    }
+    assert_eq!(
+        put(&w, Some("60"), "X-Forwarded-For: 1.2.3.4\r\n", 1_000).status,
+        403
+    );
+    let with = |w: &World, t: &str, from: &str, now| {
+        ask(
+            w,
+            from,
+            &format!(
+                "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: {t}\r\n\r\n"
+            ),
+            now,
+        )
+    };
+    assert_eq!(with(&w, &token, A, 1_059).status, 200);
+    assert_eq!(with(&w, &token, A, 1_060).status, 401, "expired");
+    assert_eq!(
+        with(&w, &token, B, 1_000).status,
+        401,
+        "another guest's token"
+    );
+    assert_eq!(with(&w, "garbage", A, 1_000).status, 401);
+    // IMDSv1 refused by configuration.
+    w.cfg.imdsv1 = false;
+    assert_eq!(get(&w, A, "/latest/meta-data/instance-id").status, 401);
+    assert_eq!(with(&w, &token, A, 1_000).status, 200);
+}
+
+#[test]
+fn gce_needs_its_header_and_says_preempted() {
+    let w = world();
+    assert_eq!(
+        get(&w, A, "/computeMetadata/v1/instance/preempted").status,
+        403
+    );
+    let g = |w: &World| {
+        ask(
+            w,
+            A,
+            "GET /computeMetadata/v1/instance/preempted HTTP/1.1\r\nMetadata-Flavor: Google\r\n\r\n",
+            1_000,
+        )
+    };
+    let r = g(&w);
+    assert_eq!((r.status, body(&r)), (200, "FALSE".to_string()));
+    assert_eq!(r.header("Metadata-Flavor"), Some("Google"));
+    schedule(&w, 1, A);
+    assert_eq!(body(&g(&w)), "TRUE");
+}
+
+#[test]
+fn azure_scheduled_events() {
+    let w = world();
+    assert_eq!(
+        get(&w, A, "/metadata/scheduledevents?api-version=2020-07-01").status,
+        400
+    );
+    let az = |w: &World| {
+        json(&ask(
+            w,
+            A,
+            "GET /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\nMetadata: true\r\n\r\n",
+            1_000,
+        ))
+    };
+    assert_eq!(az(&w)["Events"], serde_json::json!([]));
+    schedule(&w, 1, A);
+    let e = az(&w);
+    assert_eq!(e["Events"][0]["EventType"], "Preempt");
+    assert_eq!(e["Events"][0]["NotBefore"], "Thu, 01 Jan 1970 00:31:40 GMT");
+    assert_eq!(e["DocumentIncarnation"], 1_000);
+}
+
+#[test]
+fn our_own_document_and_garbage() {
+    let w = world();
+    let d = json(&get(&w, A, "/backfill/v1/"));
+    assert_eq!(d["class"], "spot");
+    assert_eq!(d["perf_factor"]["cpu"], 1.0);
+    assert!(parse_request(b"\x00\x01garbage").is_none());
+    assert!(parse_request(&vec![b'a'; 20_000]).is_none());
+    assert_eq!(
+        ask(&w, A, "DELETE /backfill/v1/ HTTP/1.1\r\n\r\n", 1_000).status,
+        405
+    );
+}
