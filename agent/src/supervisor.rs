@@ -82,36 +82,28 @@ impl Supervisor {
     /// workloads that are gone. Call once, before the first desired state.
     pub fn adopt(&mut self) -> Result<(), StateError> {
         for p in self.state.load()? {
-            if driver::alive(&p.process) {
+            let run = if driver::alive(&p.process) {
                 tracing::info!(server = %p.server, pid = p.process.pid, "re-adopted running workload");
-                self.entries.insert(
-                    p.server,
-                    Entry {
-                        resources: p.resources,
-                        perf_factor: p.perf_factor,
-                        incarnation: p.incarnation,
-                        termination: p.termination,
-                        run: Run::Running {
-                            process: p.process,
-                            child: None,
-                            started_at: p.started_at,
-                        },
-                    },
-                );
+                Run::Running {
+                    process: p.process,
+                    child: None,
+                    started_at: p.started_at,
+                }
             } else {
                 tracing::warn!(server = %p.server, pid = p.process.pid, "workload ended while the agent was away");
                 self.cleanup(&p.server);
-                self.entries.insert(
-                    p.server,
-                    Entry {
-                        resources: p.resources,
-                        perf_factor: p.perf_factor,
-                        incarnation: p.incarnation,
-                        termination: p.termination,
-                        run: Run::Exited { code: None },
-                    },
-                );
-            }
+                Run::Exited { code: None }
+            };
+            self.entries.insert(
+                p.server,
+                Entry {
+                    resources: p.resources,
+                    perf_factor: p.perf_factor,
+                    incarnation: p.incarnation,
+                    termination: p.termination,
+                    run,
+                },
+            );
         }
         match self.cgroups.list() {
             Ok(ids) => {
