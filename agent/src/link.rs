@@ -103,25 +103,21 @@ pub fn backoff(attempt: u32) -> Duration {
     base + base.mul_f64(f64::from(jitter) / 2000.0)
 }
 
-async fn connect(p: &LinkParams) -> Result<Link, LinkError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(p.addr))
+/// `fut` within the connect deadline; a timeout or an IO error both name the coordinator.
+async fn within<T>(
+    addr: SocketAddr,
+    fut: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, LinkError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, fut)
         .await
-        .map_err(|_| LinkError::Timeout(p.addr))?
-        .map_err(|source| LinkError::Connect {
-            addr: p.addr,
-            source,
-        })?;
+        .map_err(|_| LinkError::Timeout(addr))?
+        .map_err(|source| LinkError::Connect { addr, source })
+}
+
+async fn connect(p: &LinkParams) -> Result<Link, LinkError> {
+    let tcp = within(p.addr, TcpStream::connect(p.addr)).await?;
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        p.connector.connect(p.server_name.clone(), tcp),
-    )
-    .await
-    .map_err(|_| LinkError::Timeout(p.addr))?
-    .map_err(|source| LinkError::Connect {
-        addr: p.addr,
-        source,
-    })?;
+    let tls = within(p.addr, p.connector.connect(p.server_name.clone(), tcp)).await?;
     Ok(Framed::new(tls, protocol::codec()))
 }
 

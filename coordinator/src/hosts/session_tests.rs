@@ -86,11 +86,14 @@ fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report
     }
 }
 
-async fn status(f: &Fixture, id: ServerId) -> ServerStatus {
+async fn server(f: &Fixture, id: ServerId) -> crate::store::ServerRecord {
     f.c.get_server(&f.tenant, Scope::BServers, id)
         .await
         .unwrap()
-        .status
+}
+
+async fn status(f: &Fixture, id: ServerId) -> ServerStatus {
+    server(f, id).await.status
 }
 
 #[tokio::test]
@@ -248,10 +251,7 @@ async fn start_one(f: &Fixture) -> ServerId {
 }
 
 async fn incarnation(f: &Fixture, id: ServerId) -> u64 {
-    f.c.get_server(&f.tenant, Scope::BServers, id)
-        .await
-        .unwrap()
-        .incarnation
+    server(f, id).await.incarnation
 }
 
 #[tokio::test]
