@@ -5,6 +5,10 @@ use crate::config::{AgentConfig, CgroupMode, ConfigError};
 use crate::discovery::{self, DiscoveryError};
 use crate::driver::{self, DriverError, RunAs};
 use crate::link::{self, LinkError, LinkParams};
+use crate::metadata::{
+    self, AckRequest, MetadataConfig, MetadataService, MetadataStore, RateLimiter, TokenSealer,
+};
+use crate::network::{AddressPool, GuestNetworks, IpNetworks, NoNetworks};
 use crate::state::StateError;
 use crate::supervisor::Supervisor;
 use backfill_shared::pki::{PkiError, Role, identity_from_der};
@@ -12,6 +16,7 @@ use backfill_shared::tls::{self, TlsError};
 use backfill_shared::{HostId, SystemClock};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +75,8 @@ pub enum AgentError {
     State(#[from] StateError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Metadata(#[from] crate::metadata::MetadataError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -90,7 +97,10 @@ impl AgentError {
             | AgentError::Inventory(_)
             | AgentError::Link(_) => 64,
             AgentError::State(_) | AgentError::Io { .. } => 74,
-            AgentError::Cgroups(_) | AgentError::Driver(_) | AgentError::Discovery(_) => 71,
+            AgentError::Cgroups(_)
+            | AgentError::Driver(_)
+            | AgentError::Discovery(_)
+            | AgentError::Metadata(_) => 71,
         }
     }
 }
@@ -209,15 +219,31 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         path: cfg.state_dir.clone(),
         source,
     })?;
+    let store = Arc::new(MetadataStore::default());
     let mut supervisor = Supervisor::new(
         cgroups,
         &cfg.state_dir,
         run_as,
         cfg.default_command.clone(),
         Arc::new(SystemClock),
-    );
+    )
+    .with_networks(guest_networks(&cfg))
+    .with_metadata(store.clone(), cfg.metadata.availability_zone.clone());
     supervisor.adopt()?;
     let supervisor = Arc::new(Mutex::new(supervisor));
+    let shutdown = CancellationToken::new();
+    let changed = Arc::new(Notify::new());
+    let metadata = if cfg.metadata.enabled {
+        Some(start_metadata(
+            &cfg,
+            store,
+            &supervisor,
+            &changed,
+            &shutdown,
+        )?)
+    } else {
+        None
+    };
     let params = LinkParams {
         addr: cfg.coordinator,
         server_name: LinkParams::server_name(&cfg.coordinator_name)?,
@@ -226,8 +252,6 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         inventory,
         report_interval: Duration::from_secs(cfg.report_interval_secs),
     };
-    let shutdown = CancellationToken::new();
-    let changed = Arc::new(Notify::new());
     let watcher = tokio::spawn(watch_exits(
         supervisor.clone(),
         changed.clone(),
@@ -244,6 +268,9 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     shutdown.cancel();
     let _ = link.await;
     let _ = watcher.await;
+    if let Some(m) = metadata {
+        let _ = m.await;
+    }
     if cfg.stop_workloads_on_exit {
         let s = supervisor.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -257,6 +284,96 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         tracing::info!("workloads keep running; a restarted agent re-adopts them");
     }
     Ok(())
+}
+
+/// Isolated network mode when the agent is root and iproute2 works; otherwise such servers fail
+/// to start and say why.
+fn guest_networks(cfg: &AgentConfig) -> Box<dyn GuestNetworks> {
+    if !driver::running_as_root() {
+        return Box::new(NoNetworks);
+    }
+    let Ok(pool) = cfg.network.pool.parse::<AddressPool>() else {
+        return Box::new(NoNetworks); // validated at load
+    };
+    let metadata = match cfg.metadata.bind.ip() {
+        IpAddr::V4(ip) if cfg.metadata.enabled && !ip.is_loopback() && !ip.is_unspecified() => {
+            Some(ip)
+        }
+        _ => None,
+    };
+    match IpNetworks::new(pool, metadata, cfg.network.route_table) {
+        Ok(n) => Box::new(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "isolated network mode unavailable");
+            Box::new(NoNetworks)
+        }
+    }
+}
+
+/// Binds the metadata listener (before anything else is announced) and serves it; guests'
+/// acknowledgements are recorded by the supervisor and trigger a report at once.
+fn start_metadata(
+    cfg: &AgentConfig,
+    store: Arc<MetadataStore>,
+    supervisor: &Arc<Mutex<Supervisor>>,
+    changed: &Arc<Notify>,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let m = &cfg.metadata;
+    let mut mcfg = MetadataConfig {
+        imdsv1: m.imdsv1,
+        max_wait: Duration::from_secs(m.max_wait_secs),
+        ..MetadataConfig::default()
+    };
+    let secret = cfg.proxy_secret().map_err(|e| {
+        ConfigError::invalid(
+            std::path::Path::new("agent config"),
+            "metadata.proxy_secret_file",
+            &e,
+        )
+    })?;
+    if let Some(secret) = secret {
+        mcfg = mcfg.with_proxy_secret(&secret);
+    }
+    let tokens = TokenSealer::random().map_err(|e| AgentError::Io {
+        path: PathBuf::from("token key"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let listener = metadata::bind(m.bind)?;
+    let local = listener.local_addr().map_or(m.bind, |a| a);
+    tracing::info!(addr = %local, imdsv1 = m.imdsv1, proxy = mcfg.proxy_key.is_some(), "metadata service listening");
+    let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<AckRequest>(64);
+    let svc = Arc::new(MetadataService::new(
+        store,
+        mcfg,
+        tokens,
+        RateLimiter::new(f64::from(m.rate_per_second), m.burst),
+        acks,
+        Arc::new(SystemClock),
+    ));
+    let sup = supervisor.clone();
+    let changed = changed.clone();
+    tokio::spawn(async move {
+        while let Some((server, reply)) = ack_rx.recv().await {
+            let s = sup.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                s.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .acknowledge(&server)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if r.is_ok() {
+                changed.notify_one();
+            }
+            let _ = reply.send(r);
+        }
+    });
+    Ok(tokio::spawn(metadata::serve(
+        listener,
+        svc,
+        shutdown.clone(),
+    )))
 }
 
 /// Notices ended workloads every second, whether or not the coordinator is reachable.

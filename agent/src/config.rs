@@ -46,6 +46,101 @@ pub struct AgentConfig {
     #[serde(default = "default_report_interval")]
     pub report_interval_secs: u64,
     pub tls: TlsFiles,
+    #[serde(default)]
+    pub metadata: MetadataSettings,
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// `[metadata]`: the guests' metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataSettings {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where the listener binds. The address need not exist on any interface: guests in
+    /// isolated network mode reach it through a guests-only local route.
+    #[serde(default = "default_metadata_bind")]
+    pub bind: SocketAddr,
+    /// Serve EC2 paths without an IMDSv2 session token.
+    #[serde(default = "yes")]
+    pub imdsv1: bool,
+    /// What guests are told their availability zone is.
+    #[serde(default = "default_zone")]
+    pub availability_zone: String,
+    /// Per-guest token bucket: sustained requests per second, and the burst.
+    #[serde(default = "default_rate")]
+    pub rate_per_second: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// The longest a long-poll (`wait_for_change`, `/backfill/v1/?wait=true`) waits.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_secs: u64,
+    /// Proxy mode: a file holding the secret that signs `X-Instance-ID` (Neutron's
+    /// `metadata_proxy_shared_secret`). Absent: the header is not believed.
+    #[serde(default)]
+    pub proxy_secret_file: Option<PathBuf>,
+}
+
+impl Default for MetadataSettings {
+    fn default() -> MetadataSettings {
+        MetadataSettings {
+            enabled: true,
+            bind: default_metadata_bind(),
+            imdsv1: true,
+            availability_zone: default_zone(),
+            rate_per_second: default_rate(),
+            burst: default_burst(),
+            max_wait_secs: default_max_wait(),
+            proxy_secret_file: None,
+        }
+    }
+}
+
+/// `[network]`: isolated network mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Guest addresses: an IPv4 prefix cut into one /30 per isolated server.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// The routing table holding the guests-only route to the metadata address.
+    #[serde(default = "default_table")]
+    pub route_table: u32,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> NetworkSettings {
+        NetworkSettings {
+            pool: default_pool(),
+            route_table: default_table(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_metadata_bind() -> SocketAddr {
+    SocketAddr::from(([169, 254, 169, 254], 80))
+}
+fn default_zone() -> String {
+    "default".into()
+}
+fn default_rate() -> u32 {
+    20
+}
+fn default_burst() -> u32 {
+    50
+}
+fn default_max_wait() -> u64 {
+    300
+}
+fn default_pool() -> String {
+    "10.213.0.0/16".into()
+}
+fn default_table() -> u32 {
+    2169
 }
 
 fn default_parent() -> String {
@@ -84,6 +179,53 @@ impl AgentConfig {
         }
         crate::cgroups::validate_parent(&self.cgroup_parent)
             .map_err(|e| invalid("cgroup_parent", &e.to_string()))?;
+        let m = &self.metadata;
+        if m.rate_per_second == 0 || m.burst == 0 {
+            return Err(invalid(
+                "metadata.rate_per_second",
+                "rate_per_second and burst must be at least 1",
+            ));
+        }
+        if !(1..=3600).contains(&m.max_wait_secs) {
+            return Err(invalid("metadata.max_wait_secs", "must be 1 to 3600"));
+        }
+        if m.availability_zone.is_empty() || m.availability_zone.len() > 255 {
+            return Err(invalid(
+                "metadata.availability_zone",
+                "must be 1 to 255 bytes",
+            ));
+        }
+        if let Some(f) = &m.proxy_secret_file {
+            require_absolute(path, "metadata.proxy_secret_file", f)?;
+            self.proxy_secret()
+                .map_err(|e| invalid("metadata.proxy_secret_file", &e))?;
+        }
+        self.network
+            .pool
+            .parse::<crate::network::AddressPool>()
+            .map_err(|e| invalid("network.pool", &e.to_string()))?;
+        if matches!(self.network.route_table, 0 | 253..=255) {
+            return Err(invalid(
+                "network.route_table",
+                "0, 253, 254 and 255 are the kernel's own tables; pick another",
+            ));
+        }
         Ok(())
+    }
+
+    /// The proxy signing secret, if proxy mode is configured.
+    pub fn proxy_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(f) = &self.metadata.proxy_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let secret = text.trim();
+        if secret.len() < 16 {
+            return Err(format!(
+                "{}: the secret must be at least 16 characters",
+                f.display()
+            ));
+        }
+        Ok(Some(secret.as_bytes().to_vec()))
     }
 }

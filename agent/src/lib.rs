@@ -8,5 +8,6 @@ pub mod discovery;
 pub mod driver;
 pub mod link;
 pub mod metadata;
+pub mod network;
 pub mod state;
 pub mod supervisor;

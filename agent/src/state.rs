@@ -3,7 +3,8 @@
 //! write-to-temp, fsync, rename, fsync-dir: a crash leaves the old file or the new one.
 
 use crate::driver::ProcessIdentity;
-use backfill_shared::{PerfFactor, Resources, ServerId, Termination};
+use crate::network::GuestNet;
+use backfill_shared::{GuestProfile, PerfFactor, Resources, ServerId, Termination};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,14 @@ pub struct PersistedServer {
     /// A scheduled termination, enforced even while the coordinator is away.
     #[serde(default)]
     pub termination: Option<Termination>,
+    /// What the metadata service tells its guest.
+    #[serde(default)]
+    pub guest: Option<GuestProfile>,
+    /// Its network namespace, in isolated network mode.
+    #[serde(default)]
+    pub network: Option<GuestNet>,
+    #[serde(default)]
+    pub acknowledged: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +147,9 @@ mod tests {
                 scheduled_at: 1,
                 terminate_at: 2,
             }),
+            guest: None,
+            network: None,
+            acknowledged: false,
         };
         f.save(std::slice::from_ref(&s)).unwrap();
         assert_eq!(f.load().unwrap(), vec![s]);

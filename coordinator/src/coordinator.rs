@@ -164,6 +164,7 @@ impl Coordinator {
                 queued_reason: None,
                 priority: n.priority,
                 created_at: now,
+                network: None,
             })
             .collect();
         let mut model = self.model.lock().await;

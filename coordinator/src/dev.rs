@@ -4,7 +4,7 @@
 use crate::cli::client_addr;
 use crate::config::CoordinatorConfig;
 use crate::daemon::{Bound, DaemonError};
-use backfill_agent::config::{AgentConfig, CgroupMode};
+use backfill_agent::config::{AgentConfig, CgroupMode, MetadataSettings};
 use backfill_shared::HostId;
 use backfill_shared::daemon::wait_for_signal;
 use backfill_shared::pki::{Ca, IssueRequest, PkiError, Role};
@@ -169,6 +169,12 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         inventory_file: None,
         report_interval_secs: 5,
         tls: l.files("agent"),
+        // As root: the metadata service on 169.254.169.254:80 for isolated-network guests.
+        metadata: MetadataSettings {
+            enabled: root,
+            ..MetadataSettings::default()
+        },
+        network: Default::default(),
     };
     let agent_toml = l.dir.join("agent.toml");
     let text = toml::to_string(&agent_cfg).map_err(|e| DevError::AgentConfig(e.to_string()))?;

@@ -5,7 +5,9 @@
 use crate::scheduler::{Cluster, FreeResources, HostSpec, Placed, ServerSpec};
 use crate::store::{HostRecord, ServerRecord};
 use backfill_shared::protocol::{DesiredServer, DesiredState, Report};
-use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus, WorkerState};
+use backfill_shared::{
+    GuestNetwork, GuestProfile, HostId, PerfFactor, ServerId, ServerStatus, WorkerState,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -33,6 +35,8 @@ pub struct Model {
     pub cluster: Cluster,
     /// The perf_factor each running server's agent last reported in force.
     pub in_force: BTreeMap<ServerId, PerfFactor>,
+    /// The network namespace each running server's agent last reported.
+    pub networks: BTreeMap<ServerId, GuestNetwork>,
 }
 
 /// A server holds resources on its host in these states.
@@ -138,6 +142,7 @@ impl Model {
         }
         if !holds_resources(s.status) {
             self.in_force.remove(&id);
+            self.networks.remove(&id);
         }
         self.servers.insert(id, s);
     }
@@ -149,12 +154,14 @@ impl Model {
         if let Some(pf) = self.in_force.get(&s.uuid) {
             out.perf_factor = *pf;
         }
+        out.network = self.networks.get(&s.uuid).cloned();
         out
     }
 
     pub fn remove_server(&mut self, id: ServerId) {
         let _ = self.cluster.remove_server(id);
         self.in_force.remove(&id);
+        self.networks.remove(&id);
         self.servers.remove(&id);
     }
 
@@ -183,8 +190,52 @@ impl Model {
                     workload: s.workload.clone(),
                     incarnation: s.incarnation,
                     termination: s.termination,
+                    guest: guest_profile(s),
                 })
                 .collect(),
         }
+    }
+}
+
+/// What the metadata service tells a server's guest about itself.
+fn guest_profile(s: &ServerRecord) -> GuestProfile {
+    GuestProfile {
+        name: s.name.clone(),
+        hostname: hostname_of(&s.name, s.uuid),
+        account: s.owner.clone(),
+        class: s.class,
+        instance_type: instance_type(s),
+        meta: s.meta.clone(),
+        user_data: s.meta.get("cloudinit-user-data").cloned(),
+    }
+}
+
+/// `<class>-c<smp>m<GiB, rounded up>`, e.g. `backfill-c2m4`, until flavors name it.
+fn instance_type(s: &ServerRecord) -> String {
+    let gib = s.mem.div_ceil(1 << 30);
+    format!("{}-c{}m{}", s.class.as_str(), s.smp, gib)
+}
+
+/// A DNS label from a free-form name: lowercase letters, digits and inner hyphens, at most 63;
+/// `server-<first uuid group>` when nothing usable is left.
+pub fn hostname_of(name: &str, id: ServerId) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= 63 {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-').to_owned();
+    if out.is_empty() {
+        let id = id.to_string();
+        format!("server-{}", id.split('-').next().unwrap_or("0"))
+    } else {
+        out
     }
 }

@@ -199,10 +199,51 @@ pub struct Termination {
 
 /// What a server runs with the `exec` driver.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Workload {
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// Where a workload's network lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The host's network namespace (the guest cannot be told apart by address, so it has no
+    /// metadata service of its own except through a signing proxy).
+    #[default]
+    Host,
+    /// Its own network namespace with a veth pair, an address from the host's pool and a route
+    /// to the metadata service.
+    Isolated,
+}
+
+/// Who a server is, as its guest sees it through the metadata service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProfile {
+    pub name: String,
+    /// A DNS label derived from the name.
+    pub hostname: String,
+    /// The owning account (OpenStack's `project_id`).
+    pub account: String,
+    pub class: ServerClass,
+    /// What EC2 calls the instance type.
+    pub instance_type: String,
+    pub meta: BTreeMap<String, String>,
+    /// cloud-init user data (CloudSigma's `cloudinit-user-data` meta key).
+    pub user_data: Option<String>,
+}
+
+/// A server's own network namespace, as its agent set it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// The guest's address (inside its namespace).
+    pub address: std::net::IpAddr,
+    /// The namespace's name under /run/netns (`ip netns exec NAME ...`).
+    pub netns: String,
 }
 
 /// A host's runtime state as the coordinator tracks it (Arvados' vocabulary, plus `down`).

@@ -7,13 +7,15 @@
 //! - The coordinator sends a host's *whole* desired state with a generation number; any message
 //!   may be lost or repeated, and applying the same state twice changes nothing.
 
-use crate::domain::{HostInventory, PerfFactor, Resources, Termination, Workload};
+use crate::domain::{
+    GuestNetwork, GuestProfile, HostInventory, PerfFactor, Resources, Termination, Workload,
+};
 use crate::ids::{HostId, ServerId};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -108,6 +110,11 @@ pub struct ObservedServer {
     pub usage: ServerUsage,
     /// The run this observation is about (see `DesiredServer::incarnation`).
     pub incarnation: u64,
+    /// Its own network namespace, in isolated network mode.
+    pub network: Option<GuestNetwork>,
+    /// The guest acknowledged its scheduled termination: end it now. Repeated in every report
+    /// until the server leaves the desired state, so a lost message loses nothing.
+    pub acknowledged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +178,8 @@ pub struct DesiredServer {
     /// When the server will be terminated, if that is scheduled: the agent stops it then even
     /// without a coordinator, and tells the guest beforehand.
     pub termination: Option<Termination>,
+    /// What the metadata service tells the guest about itself.
+    pub guest: GuestProfile,
 }
 
 #[cfg(test)]
@@ -178,6 +187,7 @@ mod tests {
     use super::*;
     use crate::domain::GpuDevice;
     use futures_like::*;
+    use std::collections::BTreeMap;
 
     /// Minimal helpers so the test reads like the link code without pulling in tokio here.
     mod futures_like {
@@ -186,7 +196,7 @@ mod tests {
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello(Hello {
-            protocol_version: 1,
+            protocol_version: 2,
             host_id: "h1".parse().unwrap(),
             agent_version: "0.1.0".into(),
             inventory: HostInventory {
@@ -211,7 +221,7 @@ mod tests {
         let bytes = encode(&hello()).unwrap();
         let golden: &[u8] = &[
             0x00, // AgentMessage::Hello
-            0x01, // protocol_version
+            0x02, // protocol_version
             0x02, b'h', b'1', // host_id
             0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
             0x02, b'h', b'1', // hostname
@@ -243,6 +253,15 @@ mod tests {
                     scheduled_at: 5,
                     terminate_at: 6,
                 }),
+                guest: GuestProfile {
+                    name: "n".into(),
+                    hostname: "n".into(),
+                    account: "a".into(),
+                    class: crate::domain::ServerClass::Spot,
+                    instance_type: "t".into(),
+                    meta: BTreeMap::new(),
+                    user_data: None,
+                },
             }],
         });
         let bytes = encode(&ds).unwrap();
@@ -253,6 +272,9 @@ mod tests {
         golden.extend_from_slice(&1.0f64.to_le_bytes());
         golden.extend_from_slice(&[0x00, 0xab, 0x02]); // no workload; incarnation 299
         golden.extend_from_slice(&[0x01, 0x0a, 0x0c]); // termination at 5 and 6 (zigzag)
+        // guest: name, hostname, account, Spot, instance type, no meta, no user data
+        golden.extend_from_slice(&[0x01, b'n', 0x01, b'n', 0x01, b'a', 0x02, 0x01, b't']);
+        golden.extend_from_slice(&[0x00, 0x00]);
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

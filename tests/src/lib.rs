@@ -239,6 +239,9 @@ pub struct AgentSetup {
     pub dir: tempfile::TempDir,
     pub cgroup_parent: String,
     pub enforcing: bool,
+    /// Appended to the generated configuration. By default the metadata listener binds an
+    /// ephemeral loopback port, so that agents of parallel tests do not collide.
+    pub extra_toml: String,
     tls: TlsFiles,
     link: String,
 }
@@ -251,6 +254,7 @@ impl AgentSetup {
             dir: tempfile::tempdir().unwrap(),
             cgroup_parent: format!("backfill-test-{}-{seq}", std::process::id()),
             enforcing: is_root(),
+            extra_toml: "[metadata]\nbind = \"127.0.0.1:0\"\n".into(),
             tls: pki.issue(Role::Agent, host),
             link: coordinator.link.clone(),
         }
@@ -273,7 +277,7 @@ impl AgentSetup {
             self.tls.ca,
             self.tls.cert,
             self.tls.key
-        );
+        ) + &self.extra_toml;
         let path = self.dir.path().join(format!("agent-{tag}.toml"));
         std::fs::write(&path, cfg).unwrap();
         let mut d = Daemon::spawn(

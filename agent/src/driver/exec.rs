@@ -61,6 +61,8 @@ pub struct ExecSpec<'a> {
     pub join_files: &'a [PathBuf],
     pub run_as: Option<RunAs>,
     pub log_file: &'a Path,
+    /// A network namespace (`/run/netns/NAME`) to join before exec.
+    pub netns: Option<&'a Path>,
 }
 
 /// Starts the workload; returns the child (its pid leads its own session and process group).
@@ -87,6 +89,17 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
             what: "cgroup path",
         })?;
     let run_as = spec.run_as;
+    // Opened before the fork; the child only calls setns on it.
+    let netns = spec
+        .netns
+        .map(|p| {
+            std::fs::File::open(p).map_err(|source| DriverError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        })
+        .transpose()?;
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
 
     let mut cmd = Command::new(program);
     cmd.args(&spec.command[1..])
@@ -100,12 +113,17 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (open, write, close, setsid, setgroups, setgid, setuid) on memory prepared before
-    // the fork; it allocates nothing.
+    // calls (open, write, close, setns, setsid, setgroups, setgid, setuid) on memory prepared
+    // before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             for path in &join {
                 join_cgroup(path)?;
+            }
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -122,10 +140,12 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|source| DriverError::Spawn {
+    let child = cmd.spawn().map_err(|source| DriverError::Spawn {
         program: program.clone(),
         source,
-    })
+    });
+    drop(netns);
+    child
 }
 
 /// Writes "0" (= the calling process) into a `cgroup.procs` file. Runs in the forked child.
@@ -169,6 +189,7 @@ mod tests {
             join_files: &[],
             run_as: None,
             log_file: &log,
+            netns: None,
         })
         .unwrap();
         assert!(child.wait().unwrap().success());
@@ -187,6 +208,7 @@ mod tests {
             join_files: &[],
             run_as: None,
             log_file: &dir.path().join("l"),
+            netns: None,
         });
         assert!(matches!(r, Err(DriverError::Spawn { .. })));
     }
@@ -203,6 +225,7 @@ mod tests {
             join_files: &missing,
             run_as: None,
             log_file: &dir.path().join("l"),
+            netns: None,
         });
         assert!(r.is_err(), "the workload must not run outside its cgroup");
     }

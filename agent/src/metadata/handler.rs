@@ -5,8 +5,11 @@
 use super::http::{HttpRequest, HttpResponse};
 use super::store::{GuestInfo, MetadataStore};
 use super::token::{TokenError, TokenSealer};
+use backfill_shared::ServerId;
+use ring::hmac;
 use serde_json::json;
 use std::net::IpAddr;
+use std::time::Duration;
 
 const TTL_HEADER: &str = "X-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "X-aws-ec2-metadata-token";
@@ -22,16 +25,50 @@ const OPENSTACK_VERSIONS: &[&str] = &[
     "latest",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MetadataConfig {
     /// Serve EC2 paths without a session token (IMDSv1). Off: 401 without a token.
     pub imdsv1: bool,
+    /// Proxy mode: `X-Instance-ID` is believed only with a valid `X-Instance-ID-Signature`
+    /// (hex HMAC-SHA256 of the id under this shared secret), as Neutron's metadata proxy sends.
+    pub proxy_key: Option<hmac::Key>,
+    /// The longest a long-poll waits.
+    pub max_wait: Duration,
 }
 
 impl Default for MetadataConfig {
     fn default() -> MetadataConfig {
-        MetadataConfig { imdsv1: true }
+        MetadataConfig {
+            imdsv1: true,
+            proxy_key: None,
+            max_wait: Duration::from_secs(300),
+        }
     }
+}
+
+impl MetadataConfig {
+    pub fn with_proxy_secret(mut self, secret: &[u8]) -> MetadataConfig {
+        self.proxy_key = Some(hmac::Key::new(hmac::HMAC_SHA256, secret));
+        self
+    }
+}
+
+/// What the listener does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Now(HttpResponse),
+    /// Record that `server`'s guest acknowledged its termination, then answer `then`
+    /// (503 instead if it cannot be recorded).
+    Ack {
+        server: ServerId,
+        then: HttpResponse,
+    },
+    /// A long-poll: answer the same request (without waiting) once its `ETag` differs from
+    /// `etag` (the current one when the client sent none), or after `timeout`.
+    Wait {
+        etag: Option<String>,
+        timeout: Duration,
+    },
 }
 
 fn not_found() -> HttpResponse {
@@ -58,6 +95,46 @@ fn rfc1123(t: i64) -> String {
     dt.format(&fmt).unwrap_or_default()
 }
 
+/// A short tag of a response body, for long-polls (`ETag`).
+pub fn etag(body: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, body);
+    d.as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tagged(r: HttpResponse) -> HttpResponse {
+    let tag = etag(&r.body);
+    r.with_header("ETag", tag)
+}
+
+/// Who is asking: a signing proxy's `X-Instance-ID`, else the source address.
+fn identify(
+    store: &MetadataStore,
+    cfg: &MetadataConfig,
+    req: &HttpRequest,
+    peer: IpAddr,
+) -> Result<GuestInfo, HttpResponse> {
+    if let (Some(key), Some(id)) = (&cfg.proxy_key, req.header("X-Instance-ID")) {
+        let sig = req
+            .header("X-Instance-ID-Signature")
+            .and_then(super::token::unhex)
+            .unwrap_or_default();
+        if hmac::verify(key, id.as_bytes(), &sig).is_err() {
+            return Err(HttpResponse::text(403, "Forbidden"));
+        }
+        let id: ServerId = id.parse().map_err(|_| not_found())?;
+        return store.by_id(&id).map(|(g, _)| g).ok_or_else(not_found);
+    }
+    store
+        .by_address(&peer)
+        .map(|(g, _)| g)
+        .ok_or_else(not_found)
+}
+
+/// `may_wait`: false when the listener re-asks after (or instead of) a long-poll wait.
 pub fn handle(
     store: &MetadataStore,
     tokens: &TokenSealer,
@@ -65,39 +142,123 @@ pub fn handle(
     req: &HttpRequest,
     peer: IpAddr,
     now: i64,
-) -> HttpResponse {
+    may_wait: bool,
+) -> Reply {
     if req.path.split('/').any(|c| c == "..") {
-        return not_found();
+        return Reply::Now(not_found());
     }
-    let Some(guest) = store.guest(&peer) else {
-        return not_found();
+    let guest = match identify(store, cfg, req, peer) {
+        Ok(g) => g,
+        Err(r) => return Reply::Now(r),
     };
     let path = req.path.as_str();
+    let wait = |flag: &str, tag: &str| {
+        (may_wait && req.query.get(flag).is_some_and(|v| v == "true")).then(|| Reply::Wait {
+            etag: req.query.get(tag).cloned(),
+            timeout: req
+                .query
+                .get("timeout_sec")
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(Duration::from_secs)
+                .map_or(cfg.max_wait, |t| t.min(cfg.max_wait)),
+        })
+    };
     if req.method == "PUT" && path == "/latest/api/token" {
-        return token(tokens, req, peer, now);
+        return Reply::Now(token(tokens, req, peer, now));
+    }
+    if req.method == "POST" && path == "/backfill/v1/acknowledge" {
+        return acknowledge(&guest);
+    }
+    if req.method == "POST" && path == "/metadata/scheduledevents" {
+        return azure_start(&guest, req);
     }
     if req.method != "GET" {
-        return HttpResponse::text(405, "Method Not Allowed");
+        return Reply::Now(HttpResponse::text(405, "Method Not Allowed"));
     }
     if let Some(rest) = path.strip_prefix("/openstack") {
-        return openstack(&guest, rest);
+        return Reply::Now(openstack(&guest, rest));
     }
     if let Some(rest) = path.strip_prefix("/latest/") {
         if let Err(r) = ec2_auth(tokens, cfg, req, peer, now) {
-            return r;
+            return Reply::Now(r);
         }
-        return ec2(&guest, rest, now);
+        return Reply::Now(ec2(&guest, rest, now));
     }
     if let Some(rest) = path.strip_prefix("/computeMetadata/v1/") {
-        return gce(&guest, req, rest);
+        if req.header("Metadata-Flavor") != Some("Google") {
+            return Reply::Now(HttpResponse::text(
+                403,
+                "Missing Metadata-Flavor:Google header.",
+            ));
+        }
+        if let Some(w) = wait("wait_for_change", "last_etag") {
+            return w;
+        }
+        return Reply::Now(tagged(gce(&guest, rest)).with_header("Metadata-Flavor", "Google"));
     }
     if path == "/metadata/scheduledevents" {
-        return azure(&guest, req);
+        return Reply::Now(azure(&guest, req));
     }
     if path == "/backfill/v1/" || path == "/backfill/v1" {
-        return ours(&guest);
+        if let Some(w) = wait("wait", "etag") {
+            return w;
+        }
+        return Reply::Now(tagged(ours(&guest)));
     }
-    not_found()
+    Reply::Now(not_found())
+}
+
+/// Our acknowledgement: the guest is done and gives its capacity back before the deadline.
+fn acknowledge(g: &GuestInfo) -> Reply {
+    if g.termination.is_none() {
+        return Reply::Now(HttpResponse::json(
+            409,
+            &json!({"error": "no termination is scheduled for this server; nothing to acknowledge"}),
+        ));
+    }
+    Reply::Ack {
+        server: g.server,
+        then: HttpResponse::json(
+            202,
+            &json!({"acknowledged": true, "uuid": g.server.to_string()}),
+        ),
+    }
+}
+
+/// Azure: `POST /metadata/scheduledevents` with `{"StartRequests": [{"EventId": ...}]}`.
+fn azure_start(g: &GuestInfo, req: &HttpRequest) -> Reply {
+    if req.header("Metadata") != Some("true") {
+        return Reply::Now(azure_missing_header());
+    }
+    let bad = |m: &str| Reply::Now(HttpResponse::json(400, &json!({"error": m})));
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&req.body) else {
+        return bad("the body must be {\"StartRequests\": [{\"EventId\": \"...\"}]}");
+    };
+    let Some(requests) = body.get("StartRequests").and_then(|v| v.as_array()) else {
+        return bad("the body must be {\"StartRequests\": [{\"EventId\": \"...\"}]}");
+    };
+    let ours = g.server.to_string();
+    let mut acked = false;
+    for r in requests {
+        match r.get("EventId").and_then(|e| e.as_str()) {
+            Some(id) if id == ours && g.termination.is_some() => acked = true,
+            _ => return bad("unknown EventId"),
+        }
+    }
+    if !acked {
+        return Reply::Now(HttpResponse::new(200, "application/json", ""));
+    }
+    Reply::Ack {
+        server: g.server,
+        then: HttpResponse::new(200, "application/json", ""),
+    }
+}
+
+fn azure_missing_header() -> HttpResponse {
+    HttpResponse::json(
+        400,
+        &json!({"error": "Bad request. Required metadata header not specified"}),
+    )
 }
 
 /// IMDSv2: `PUT /latest/api/token`. Refused behind a forwarding proxy (SSRF defence).
@@ -214,7 +375,10 @@ fn ec2(g: &GuestInfo, rest: &str, now: i64) -> HttpResponse {
         "instance-id" => HttpResponse::text(200, g.server.to_string()),
         "instance-type" => HttpResponse::text(200, g.instance_type.clone()),
         "hostname" | "local-hostname" => HttpResponse::text(200, g.hostname.clone()),
-        "local-ipv4" => HttpResponse::text(200, g.local_ipv4.to_string()),
+        "local-ipv4" => match g.local_ipv4 {
+            Some(ip) => HttpResponse::text(200, ip.to_string()),
+            None => not_found(),
+        },
         "placement" => lines(&["availability-zone"]),
         "placement/availability-zone" => HttpResponse::text(200, g.availability_zone.clone()),
         "spot" if g.termination.is_some() => lines(&["instance-action", "termination-time"]),
@@ -236,11 +400,8 @@ fn ec2(g: &GuestInfo, rest: &str, now: i64) -> HttpResponse {
     }
 }
 
-fn gce(g: &GuestInfo, req: &HttpRequest, rest: &str) -> HttpResponse {
-    if req.header("Metadata-Flavor") != Some("Google") {
-        return HttpResponse::text(403, "Missing Metadata-Flavor:Google header.");
-    }
-    let r = match rest.trim_end_matches('/') {
+fn gce(g: &GuestInfo, rest: &str) -> HttpResponse {
+    match rest.trim_end_matches('/') {
         "instance/preempted" => HttpResponse::text(
             200,
             if g.termination.is_some() {
@@ -261,21 +422,17 @@ fn gce(g: &GuestInfo, req: &HttpRequest, rest: &str) -> HttpResponse {
             },
         ),
         _ => not_found(),
-    };
-    r.with_header("Metadata-Flavor", "Google")
+    }
 }
 
 fn azure(g: &GuestInfo, req: &HttpRequest) -> HttpResponse {
     if req.header("Metadata") != Some("true") {
-        return HttpResponse::json(
-            400,
-            &json!({"error": "Bad request. Required metadata header not specified"}),
-        );
+        return azure_missing_header();
     }
     let events = match g.termination {
         Some(t) => json!([{
             "EventId": g.server.to_string(),
-            "EventStatus": "Scheduled",
+            "EventStatus": if g.acknowledged { "Started" } else { "Scheduled" },
             "EventType": "Preempt",
             "ResourceType": "VirtualMachine",
             "Resources": [g.name],
@@ -286,7 +443,10 @@ fn azure(g: &GuestInfo, req: &HttpRequest) -> HttpResponse {
         }]),
         None => json!([]),
     };
-    let incarnation = g.termination.map(|t| t.scheduled_at).unwrap_or(0);
+    let incarnation = g
+        .termination
+        .map(|t| t.scheduled_at + i64::from(g.acknowledged))
+        .unwrap_or(0);
     HttpResponse::json(
         200,
         &json!({"DocumentIncarnation": incarnation, "Events": events}),
@@ -299,12 +459,22 @@ fn ours(g: &GuestInfo) -> HttpResponse {
         &json!({
             "uuid": g.server.to_string(),
             "name": g.name,
+            "hostname": g.hostname,
             "class": g.class.as_str(),
+            "instance_type": g.instance_type,
             "perf_factor": {"cpu": g.perf_factor.cpu, "mem": g.perf_factor.mem},
+            "limits": {
+                "cpu_quota_us": g.cpu_quota_us,
+                "cpu_period_us": g.cpu_period_us,
+                "mem_limit_bytes": g.mem_limit_bytes,
+            },
             "termination": g.termination.map(|t| json!({
                 "scheduled_at": t.scheduled_at,
                 "terminate_at": t.terminate_at,
+                "scheduled_at_iso": iso(t.scheduled_at),
+                "terminate_at_iso": iso(t.terminate_at),
             })),
+            "acknowledged": g.acknowledged,
         }),
     )
 }

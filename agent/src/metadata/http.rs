@@ -14,6 +14,7 @@ pub struct HttpRequest {
     /// Lower-cased names.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    pub http11: bool,
 }
 
 impl HttpRequest {
@@ -92,11 +93,95 @@ pub fn parse_request(raw: &[u8]) -> Option<HttpRequest> {
             )
         })
         .collect();
+    let http11 = req.version == Some(1);
     Some(HttpRequest {
+        http11,
         method,
         path: path.to_owned(),
         query,
         headers,
         body: raw.get(head_len..).unwrap_or_default().to_vec(),
     })
+}
+
+/// A request the listener will not read: malformed, chunked, or larger than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed, chunked or oversized request")]
+pub struct BadRequest;
+
+/// The length of the first complete request in `raw` (head plus `Content-Length` body).
+/// `Ok(None)`: more bytes are needed.
+pub fn request_len(raw: &[u8]) -> Result<Option<usize>, BadRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if raw.len() < MAX_REQUEST_BYTES => return Ok(None),
+        _ => return Err(BadRequest),
+    };
+    let mut body = 0usize;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(BadRequest);
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(BadRequest)?;
+        }
+    }
+    let total = head_len.checked_add(body).ok_or(BadRequest)?;
+    if total > MAX_REQUEST_BYTES {
+        return Err(BadRequest);
+    }
+    Ok((raw.len() >= total).then_some(total))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+impl HttpResponse {
+    /// The response on the wire, HTTP/1.1.
+    pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
+        use std::fmt::Write;
+        let mut head = String::with_capacity(160);
+        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        let _ = write!(
+            head,
+            "Server: backfill-metadata\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            self.body.len(),
+            if keep_alive { "keep-alive" } else { "close" }
+        );
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+impl HttpRequest {
+    /// HTTP/1.1 keeps the connection unless told otherwise; so does a 1.0 client that asks.
+    pub fn keep_alive(&self) -> bool {
+        match self.header("Connection").map(str::to_ascii_lowercase) {
+            Some(c) if c.contains("close") => false,
+            Some(c) if c.contains("keep-alive") => true,
+            _ => self.http11,
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! The 169.254.169.254 metadata service, Firecracker-style: a store of what each guest may
-//! know, sealed IMDSv2 tokens, and a pure handler from request to response (the listener that
-//! feeds it comes separately). OpenStack, EC2, GCE and Azure formats, and our own.
+//! know, sealed IMDSv2 tokens, a pure handler from request to response, and a thin listener
+//! that feeds it. OpenStack, EC2, GCE and Azure formats, and our own.
 
 mod handler;
 mod http;
+mod limit;
+mod listener;
 mod store;
 #[cfg(test)]
 mod tests;
 mod token;
 
-pub use handler::{MetadataConfig, handle};
-pub use http::{HttpRequest, HttpResponse, parse_request};
+pub use handler::{MetadataConfig, Reply, etag, handle};
+pub use http::{HttpRequest, HttpResponse, parse_request, request_len};
+pub use limit::{LogGate, RateLimiter};
+pub use listener::{AckRequest, MetadataError, MetadataService, bind, serve};
 pub use store::{GuestInfo, MetadataStore};
 pub use token::{TokenError, TokenSealer};

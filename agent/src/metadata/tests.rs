@@ -16,10 +16,14 @@ fn guest(n: u128, ip: &str) -> GuestInfo {
         project_id: "tenant".into(),
         class: ServerClass::Spot,
         instance_type: "backfill-c2m4".into(),
-        local_ipv4: ip.parse().unwrap(),
+        local_ipv4: Some(ip.parse().unwrap()),
         meta: [("role".to_string(), "batch".to_string())].into(),
         perf_factor: PerfFactor::FULL,
+        cpu_quota_us: Some(200_000),
+        cpu_period_us: 100_000,
+        mem_limit_bytes: Some(1 << 30),
         termination: None,
+        acknowledged: false,
         user_data: None,
     }
 }
@@ -41,10 +45,17 @@ fn world() -> World {
     }
 }
 
-fn ask(w: &World, from: &str, raw: &str, now: i64) -> HttpResponse {
+fn reply(w: &World, from: &str, raw: &str, now: i64) -> Reply {
     let req = parse_request(raw.as_bytes()).expect("a valid request");
     let peer: IpAddr = from.parse().unwrap();
-    handle(&w.store, &w.tokens, &w.cfg, &req, peer, now)
+    handle(&w.store, &w.tokens, &w.cfg, &req, peer, now, true)
+}
+
+fn ask(w: &World, from: &str, raw: &str, now: i64) -> HttpResponse {
+    match reply(w, from, raw, now) {
+        Reply::Now(r) => r,
+        other => panic!("expected an immediate answer, got {other:?}"),
+    }
 }
 
 fn get(w: &World, from: &str, path: &str) -> HttpResponse {
@@ -276,4 +287,184 @@ fn our_own_document_and_garbage() {
         ask(&w, A, "DELETE /backfill/v1/ HTTP/1.1\r\n\r\n", 1_000).status,
         405
     );
+}
+
+#[test]
+fn acknowledgements_ours_and_azure() {
+    let w = world();
+    let post = |w: &World, raw: &str| reply(w, A, raw, 1_000);
+    // Nothing scheduled: nothing to acknowledge.
+    let Reply::Now(r) = post(&w, "POST /backfill/v1/acknowledge HTTP/1.1\r\n\r\n") else {
+        panic!("expected 409");
+    };
+    assert_eq!(r.status, 409);
+    schedule(&w, 1, A);
+    match post(&w, "POST /backfill/v1/acknowledge HTTP/1.1\r\n\r\n") {
+        Reply::Ack { server, then } => {
+            assert_eq!(server, ServerId::from_u128(1));
+            assert_eq!(then.status, 202);
+        }
+        other => panic!("{other:?}"),
+    }
+    let id = ServerId::from_u128(1);
+    let body = format!("{{\"StartRequests\": [{{\"EventId\": \"{id}\"}}]}}");
+    let raw = |hdr: &str, body: &str| {
+        format!(
+            "POST /metadata/scheduledevents?api-version=2020-07-01 HTTP/1.1\r\n{hdr}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    assert!(matches!(post(&w, &raw("", &body)), Reply::Now(r) if r.status == 400));
+    assert!(matches!(
+        post(&w, &raw("Metadata: true\r\n", &body)),
+        Reply::Ack { server, .. } if server == id
+    ));
+    let other = format!(
+        "{{\"StartRequests\": [{{\"EventId\": \"{}\"}}]}}",
+        ServerId::from_u128(2)
+    );
+    assert!(
+        matches!(post(&w, &raw("Metadata: true\r\n", &other)), Reply::Now(r) if r.status == 400)
+    );
+    assert!(
+        matches!(post(&w, &raw("Metadata: true\r\n", "nonsense")), Reply::Now(r) if r.status == 400)
+    );
+    // Once recorded, Azure shows the event as started.
+    let mut g = guest(1, A);
+    g.termination = Some(Termination {
+        scheduled_at: 1_000,
+        terminate_at: 1_900,
+    });
+    g.acknowledged = true;
+    w.store.put(g);
+    let e = json(&get_with(
+        &w,
+        A,
+        "/metadata/scheduledevents?api-version=2020-07-01",
+        "Metadata: true\r\n",
+    ));
+    assert_eq!(e["Events"][0]["EventStatus"], "Started");
+    assert_eq!(json(&get(&w, A, "/backfill/v1/"))["acknowledged"], true);
+}
+
+fn get_with(w: &World, from: &str, path: &str, headers: &str) -> HttpResponse {
+    ask(
+        w,
+        from,
+        &format!("GET {path} HTTP/1.1\r\n{headers}\r\n"),
+        1_000,
+    )
+}
+
+#[test]
+fn long_polls_ask_the_listener_to_wait() {
+    let w = world();
+    let gce = "/computeMetadata/v1/instance/preempted?wait_for_change=true&timeout_sec=5";
+    match reply(
+        &w,
+        A,
+        &format!("GET {gce} HTTP/1.1\r\nMetadata-Flavor: Google\r\n\r\n"),
+        1_000,
+    ) {
+        Reply::Wait { etag, timeout } => {
+            assert_eq!(etag, None);
+            assert_eq!(timeout, std::time::Duration::from_secs(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the header the wait is refused first.
+    assert!(
+        matches!(reply(&w, A, &format!("GET {gce} HTTP/1.1\r\n\r\n"), 1_000), Reply::Now(r) if r.status == 403)
+    );
+    match reply(
+        &w,
+        A,
+        "GET /backfill/v1/?wait=true&etag=abc&timeout_sec=99999 HTTP/1.1\r\n\r\n",
+        1_000,
+    ) {
+        Reply::Wait { etag, timeout } => {
+            assert_eq!(etag.as_deref(), Some("abc"));
+            assert_eq!(timeout, w.cfg.max_wait, "capped");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The plain answers carry the ETag a client sends back.
+    let r = get(&w, A, "/backfill/v1/");
+    assert_eq!(r.header("ETag"), Some(etag(&r.body).as_str()));
+    // A stranger's long-poll gets the same 404 as anything else.
+    assert!(
+        matches!(reply(&w, "10.9.9.9", "GET /backfill/v1/?wait=true HTTP/1.1\r\n\r\n", 1_000), Reply::Now(r) if r.status == 404)
+    );
+}
+
+#[test]
+fn proxy_mode_believes_only_signed_instance_ids() {
+    let mut w = world();
+    let id = ServerId::from_u128(2);
+    let secret = b"a-long-shared-proxy-secret";
+    let sig = {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        ring::hmac::sign(&key, id.to_string().as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let via_proxy = |w: &World, sig: &str| {
+        ask(
+            w,
+            "192.0.2.50",
+            &format!(
+                "GET /openstack/latest/meta_data.json HTTP/1.1\r\nX-Instance-ID: {id}\r\nX-Instance-ID-Signature: {sig}\r\n\r\n"
+            ),
+            1_000,
+        )
+    };
+    // Proxy mode off: the header means nothing and the proxy's address is nobody.
+    assert_eq!(via_proxy(&w, &sig).status, 404);
+    w.cfg = MetadataConfig::default().with_proxy_secret(secret);
+    let r = via_proxy(&w, &sig);
+    assert_eq!(r.status, 200);
+    assert_eq!(json(&r)["uuid"], id.to_string());
+    assert_eq!(via_proxy(&w, "00ff").status, 403);
+    assert_eq!(via_proxy(&w, "").status, 403);
+    // Guest A cannot claim to be B without the secret.
+    let r = ask(
+        &w,
+        A,
+        &format!("GET /openstack/latest/meta_data.json HTTP/1.1\r\nX-Instance-ID: {id}\r\n\r\n"),
+        1_000,
+    );
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn request_framing_is_bounded() {
+    assert_eq!(request_len(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    let full = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next";
+    assert_eq!(request_len(full), Ok(Some(27)));
+    let post = b"POST /x HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
+    assert_eq!(request_len(post), Ok(None));
+    assert_eq!(
+        request_len(b"POST /x HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"),
+        Ok(Some(43))
+    );
+    assert!(request_len(b"POST /x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").is_err());
+    assert!(request_len(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+    assert!(request_len(b"\x00\x01\x02 nonsense\r\n\r\n").is_err());
+    assert!(request_len(&vec![b'a'; 20_000]).is_err());
+    let r = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert!(!r.keep_alive());
+    let r = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert!(!r.keep_alive());
+    assert!(
+        parse_request(b"GET / HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .keep_alive()
+    );
+    let wire = HttpResponse::text(429, "slow down").to_bytes(true);
+    let text = String::from_utf8(wire).unwrap();
+    assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+    assert!(text.contains("Content-Length: 9\r\n"));
+    assert!(text.ends_with("\r\n\r\nslow down"));
 }

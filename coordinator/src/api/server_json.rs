@@ -51,7 +51,8 @@ fn runtime(s: &ServerRecord) -> Value {
     match (s.status, s.active_since, &s.host) {
         (ServerStatus::Running | ServerStatus::Stopping, Some(since), Some(host)) => json!({
             "active_since": rfc3339(since),
-            "nics": [],
+            "nics": nics_runtime(s),
+            "netns": s.network.as_ref().map(|n| n.netns.clone()),
             "perf_factor": {"cpu": s.perf_factor.cpu, "mem": s.perf_factor.mem},
             "host": host.as_str(),
             "termination": s.termination.map(|t| json!({
@@ -60,6 +61,20 @@ fn runtime(s: &ServerRecord) -> Value {
             })),
         }),
         _ => Value::Null,
+    }
+}
+
+/// CloudSigma's NIC runtime for a guest in its own network namespace: its address.
+fn nics_runtime(s: &ServerRecord) -> Value {
+    match &s.network {
+        Some(n) => json!([{
+            "interface_type": "private",
+            "io": {"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0},
+            "ip_v4": {"resource_uri": null, "uuid": n.address.to_string()},
+            "ip_v6": null,
+            "mac": null,
+        }]),
+        None => json!([]),
     }
 }
 

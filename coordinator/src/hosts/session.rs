@@ -91,6 +91,13 @@ impl Coordinator {
                 .find(|o| o.server == s.uuid && o.incarnation == s.incarnation);
             let mut next = s.clone();
             match (s.status, seen.map(|o| &o.state)) {
+                // The guest gave its capacity back before its scheduled termination.
+                (ServerStatus::Running | ServerStatus::Starting, Some(WorkloadState::Running))
+                    if s.termination.is_some() && seen.is_some_and(|o| o.acknowledged) =>
+                {
+                    tracing::info!(server = %s.uuid, host = %host, "guest acknowledged its termination; ending it now");
+                    next.status = ServerStatus::Stopped;
+                }
                 (ServerStatus::Starting, Some(WorkloadState::Running)) => {
                     next.status = ServerStatus::Running;
                     next.active_since = seen.and_then(|o| o.started_at).or(Some(now));
@@ -114,6 +121,7 @@ impl Coordinator {
                 next.host = None;
                 next.active_since = None;
                 next.perf_factor = PerfFactor::FULL;
+                next.termination = None;
                 leaves_desired |= s.status != ServerStatus::Stopping;
             }
             if next != *s {
@@ -138,9 +146,15 @@ impl Coordinator {
                     s.incarnation == o.incarnation && s.host.as_ref() == Some(host)
                 })
             })
-            .map(|o| (o.server, o.perf_factor))
+            .map(|o| (o.server, o.perf_factor, o.network.clone()))
             .collect();
-        model.in_force.extend(in_force);
+        for (id, pf, network) in in_force {
+            model.in_force.insert(id, pf);
+            match network {
+                Some(n) => model.networks.insert(id, n),
+                None => model.networks.remove(&id),
+            };
+        }
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
             entry.worker_state = if busy {

@@ -8,7 +8,7 @@ use backfill_shared::clock::ManualClock;
 use backfill_shared::protocol::{
     AppliedLimits, Hello, HostUsage, ObservedServer, Report, ServerUsage, WorkloadState,
 };
-use backfill_shared::{HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus};
+use backfill_shared::{HostId, HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus};
 use std::sync::Arc;
 
 struct Fixture {
@@ -80,6 +80,8 @@ fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report
                 perf_factor: PerfFactor::FULL,
                 limits: AppliedLimits::default(),
                 usage: ServerUsage::default(),
+                network: None,
+                acknowledged: false,
             })
             .collect(),
         usage: HostUsage::default(),
@@ -365,4 +367,68 @@ async fn a_stale_plan_is_rejected_and_replanned() {
         panic!("a stale plan was applied: {outcome:?}")
     };
     assert_eq!(s.host.unwrap().as_str(), "h2");
+}
+
+#[tokio::test]
+async fn an_acknowledged_termination_ends_the_server_early_and_durably() {
+    let f = fixture().await;
+    let h1: HostId = "h1".parse().unwrap();
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let id = start_one(&f).await;
+    let run = incarnation(&f, id).await;
+    let generation = rx.borrow_and_update().generation;
+    let mut r = report(generation, &[(id, run, WorkloadState::Running)]);
+    r.servers[0].network = Some(backfill_shared::GuestNetwork {
+        address: "10.213.0.2".parse().unwrap(),
+        netns: format!("bf-{id}"),
+    });
+    f.c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    let seen = server(&f, id).await;
+    assert_eq!(seen.status, ServerStatus::Running);
+    assert_eq!(seen.network.as_ref().unwrap().netns, format!("bf-{id}"));
+    let d = rx.borrow_and_update().clone();
+    assert_eq!(d.servers[0].guest.account, "t");
+    assert_eq!(d.servers[0].guest.instance_type, "backfill-c1m1");
+
+    // An acknowledgement without a scheduled termination is not a reason to stop anything.
+    r.servers[0].acknowledged = true;
+    f.c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Running);
+
+    {
+        let mut model = f.c.model.lock().await;
+        let mut s = model.servers[&id].clone();
+        s.termination = Some(backfill_shared::Termination {
+            scheduled_at: 1_000,
+            terminate_at: 1_600,
+        });
+        f.c.commit(&mut model, vec![s], std::slice::from_ref(&h1))
+            .await
+            .unwrap();
+    }
+    f.c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    let ended = server(&f, id).await;
+    assert_eq!(ended.status, ServerStatus::Stopped);
+    assert_eq!((ended.termination, ended.host), (None, None));
+    assert!(
+        rx.borrow_and_update().servers.is_empty(),
+        "it leaves the desired state"
+    );
+    // Repeated (the agent repeats it until the server leaves its desired state): no change.
+    f.c.apply_report(&h1, conn, r).await.unwrap();
+    assert_eq!(status(&f, id).await, ServerStatus::Stopped);
+    // Durable: a coordinator loaded from the same store agrees.
+    let again = f.c.store.servers().await.unwrap();
+    assert_eq!(
+        again.iter().find(|s| s.uuid == id).unwrap().status,
+        ServerStatus::Stopped
+    );
+}
+
+#[test]
+fn hostnames_are_dns_labels() {
+    let id = ServerId::from_u128(0xabcdef);
+    assert_eq!(crate::model::hostname_of("My Server #1", id), "my-server-1");
+    assert_eq!(crate::model::hostname_of("---", id), "server-00000000");
+    assert_eq!(crate::model::hostname_of(&"x".repeat(100), id).len(), 63);
 }

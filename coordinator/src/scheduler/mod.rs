@@ -50,25 +50,37 @@ pub struct ClassPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Classes {
+    /// Either may be left out of the configuration; it then keeps its default.
+    #[serde(default = "ClassPolicy::backfill")]
     pub backfill: ClassPolicy,
+    #[serde(default = "ClassPolicy::spot")]
     pub spot: ClassPolicy,
+}
+
+impl ClassPolicy {
+    fn backfill() -> ClassPolicy {
+        ClassPolicy {
+            downsizable: true,
+            floor: 0.1,
+            min_uptime_s: 0,
+            notice_s: 0,
+        }
+    }
+    fn spot() -> ClassPolicy {
+        ClassPolicy {
+            downsizable: false,
+            floor: 1.0,
+            min_uptime_s: 30 * 60,
+            notice_s: 15 * 60,
+        }
+    }
 }
 
 impl Default for Classes {
     fn default() -> Classes {
         Classes {
-            backfill: ClassPolicy {
-                downsizable: true,
-                floor: 0.1,
-                min_uptime_s: 0,
-                notice_s: 0,
-            },
-            spot: ClassPolicy {
-                downsizable: false,
-                floor: 1.0,
-                min_uptime_s: 30 * 60,
-                notice_s: 15 * 60,
-            },
+            backfill: ClassPolicy::backfill(),
+            spot: ClassPolicy::spot(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct ServerRecord {
     /// Higher starts first from the queue and is preempted last.
     pub priority: i32,
     pub created_at: i64,
+    /// Runtime only, as its agent reports it (not stored): its own network namespace.
+    pub network: Option<backfill_shared::GuestNetwork>,
 }
 
 impl ServerRecord {

@@ -386,6 +386,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         queued_reason: r.try_get("queued_reason")?,
         priority: r.try_get("priority")?,
         created_at: r.try_get("created_at")?,
+        network: None,
     })
 }
 
@@ -417,6 +418,7 @@ mod tests {
             queued_reason: None,
             priority: 3,
             created_at: 5,
+            network: None,
         }
     }
 

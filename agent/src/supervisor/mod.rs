@@ -3,11 +3,15 @@
 
 use crate::cgroups::{CgroupManager, DEFAULT_CPU_PERIOD_US, limits_for};
 use crate::driver::{self, ExecSpec, ProcessIdentity, RunAs};
+use crate::metadata::MetadataStore;
+use crate::network::{GuestNet, GuestNetworks, NetworkError, NoNetworks};
 use crate::state::{PersistedServer, StateError, StateFile};
 use backfill_shared::protocol::{
     DesiredServer, DesiredState, HostUsage, ObservedServer, Report, WorkloadState,
 };
-use backfill_shared::{Clock, PerfFactor, Resources, ServerId, Termination};
+use backfill_shared::{
+    Clock, GuestNetwork, GuestProfile, NetworkMode, PerfFactor, Resources, ServerId, Termination,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Child;
@@ -40,6 +44,11 @@ struct Entry {
     incarnation: u64,
     termination: Option<Termination>,
     run: Run,
+    guest: Option<GuestProfile>,
+    /// Its own network namespace (isolated network mode) while it runs.
+    network: Option<GuestNet>,
+    /// The guest acknowledged its scheduled termination.
+    acknowledged: bool,
 }
 
 #[derive(Debug)]
@@ -52,6 +61,10 @@ pub struct Supervisor {
     clock: Arc<dyn Clock>,
     entries: BTreeMap<ServerId, Entry>,
     applied_generation: u64,
+    networks: Box<dyn GuestNetworks>,
+    metadata: Option<Arc<MetadataStore>>,
+    /// The availability zone guests are told.
+    zone: String,
 }
 
 impl Supervisor {
@@ -71,7 +84,23 @@ impl Supervisor {
             clock,
             entries: BTreeMap::new(),
             applied_generation: 0,
+            networks: Box::new(NoNetworks),
+            metadata: None,
+            zone: "default".into(),
         }
+    }
+
+    /// Isolated network mode through `networks`.
+    pub fn with_networks(mut self, networks: Box<dyn GuestNetworks>) -> Supervisor {
+        self.networks = networks;
+        self
+    }
+
+    /// Keeps `store` up to date with every running server's guest document.
+    pub fn with_metadata(mut self, store: Arc<MetadataStore>, zone: String) -> Supervisor {
+        self.metadata = Some(store);
+        self.zone = zone;
+        self
     }
 
     pub fn enforcing(&self) -> bool {
@@ -94,6 +123,7 @@ impl Supervisor {
                 self.cleanup(&p.server);
                 Run::Exited { code: None }
             };
+            let running = matches!(run, Run::Running { .. });
             self.entries.insert(
                 p.server,
                 Entry {
@@ -102,8 +132,18 @@ impl Supervisor {
                     incarnation: p.incarnation,
                     termination: p.termination,
                     run,
+                    guest: p.guest,
+                    network: p.network.filter(|_| running),
+                    acknowledged: p.acknowledged,
                 },
             );
+        }
+        let owned = |e: &Entry| e.network.is_some();
+        for id in self.networks.list() {
+            if !self.entries.get(&id).is_some_and(owned) {
+                tracing::warn!(server = %id, "removing a network namespace no workload owns");
+                self.networks.destroy(&id);
+            }
         }
         match self.cgroups.list() {
             Ok(ids) => {
@@ -115,6 +155,7 @@ impl Supervisor {
             Err(e) => tracing::warn!(error = %e, "cannot list server cgroups"),
         }
         self.persist();
+        self.publish();
         Ok(())
     }
 
@@ -141,7 +182,11 @@ impl Supervisor {
                     self.start(d);
                 }
                 Some(e) if matches!(e.run, Run::Running { .. }) => {
+                    if e.termination.is_some() && d.termination.is_none() {
+                        e.acknowledged = false; // the termination was called off
+                    }
                     e.termination = d.termination;
+                    e.guest = Some(d.guest.clone());
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
                         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
                         match self.cgroups.set_limits(&id, &limits) {
@@ -162,6 +207,7 @@ impl Supervisor {
         }
         self.applied_generation = self.applied_generation.max(desired.generation);
         self.persist();
+        self.publish();
     }
 
     fn start(&mut self, d: &DesiredServer) {
@@ -174,9 +220,13 @@ impl Supervisor {
             run: Run::Failed {
                 reason: String::new(),
             },
+            guest: Some(d.guest.clone()),
+            network: None,
+            acknowledged: false,
         };
         match self.try_start(d) {
-            Ok((process, child)) => {
+            Ok((process, child, network)) => {
+                entry.network = network;
                 tracing::info!(server = %id, pid = process.pid, "workload started");
                 entry.run = Run::Running {
                     process,
@@ -198,6 +248,9 @@ impl Supervisor {
                             run: Run::Failed {
                                 reason: format!("cannot record the workload: {e}"),
                             },
+                            guest: Some(d.guest.clone()),
+                            network: None,
+                            acknowledged: false,
                         },
                     );
                 }
@@ -211,7 +264,25 @@ impl Supervisor {
         }
     }
 
-    fn try_start(&self, d: &DesiredServer) -> Result<(ProcessIdentity, Child), String> {
+    /// A network namespace for an isolated server, on the lowest free slot of the pool.
+    fn make_network(&self, id: &ServerId) -> Result<GuestNet, NetworkError> {
+        let pool = self.networks.pool().ok_or(NetworkError::Unavailable(
+            "the agent is not root or has no [network] pool",
+        ))?;
+        let used = self
+            .entries
+            .values()
+            .filter_map(|e| e.network.as_ref().map(|n| n.slot));
+        let link = pool
+            .first_free(used)
+            .ok_or(NetworkError::Exhausted(pool.capacity()))?;
+        self.networks.create(id, link)
+    }
+
+    fn try_start(
+        &self,
+        d: &DesiredServer,
+    ) -> Result<(ProcessIdentity, Child, Option<GuestNet>), String> {
         let id = d.server;
         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
         self.cgroups
@@ -226,18 +297,40 @@ impl Supervisor {
             None => (&self.default_command, &empty),
         };
         let log_file = self.log_dir.join(format!("{id}.log"));
-        let mut child = driver::spawn(&ExecSpec {
+        let isolated = d
+            .workload
+            .as_ref()
+            .is_some_and(|w| w.network == NetworkMode::Isolated);
+        let network = if isolated {
+            Some(self.make_network(&id).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let netns = network.as_ref().map(GuestNet::netns_path);
+        let spawned = driver::spawn(&ExecSpec {
             server: id,
             command,
             env,
             join_files: &join,
             run_as: self.run_as,
             log_file: &log_file,
-        })
-        .map_err(|e| e.to_string())?;
+            netns: netns.as_deref(),
+        });
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if network.is_some() {
+                    self.networks.destroy(&id);
+                }
+                return Err(e.to_string());
+            }
+        };
         match ProcessIdentity::of(child.id()) {
-            Some(p) => Ok((p, child)),
+            Some(p) => Ok((p, child, network)),
             None => {
+                if network.is_some() {
+                    self.networks.destroy(&id);
+                }
                 // It exited at once; reap it and say how.
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
                 Err(format!(
@@ -249,15 +342,31 @@ impl Supervisor {
     }
 
     fn stop(&mut self, id: &ServerId) {
+        let mut entry = self.entries.remove(id);
         if let Some(Entry {
             run: Run::Running { process, child, .. },
             ..
-        }) = self.entries.remove(id).as_mut()
+        }) = entry.as_mut()
         {
             stop_process(process, child.as_mut());
             tracing::info!(server = %id, "workload stopped");
         }
         self.cleanup(id);
+        if entry.is_some_and(|e| e.network.is_some()) {
+            self.networks.destroy(id);
+        }
+    }
+
+    /// Tears down an ended workload's network namespace, if it had one.
+    fn release_network(&mut self, id: &ServerId) {
+        let had = self
+            .entries
+            .get_mut(id)
+            .and_then(|e| e.network.take())
+            .is_some();
+        if had {
+            self.networks.destroy(id);
+        }
     }
 
     /// Kills whatever is left in the server's cgroup and removes it.
@@ -292,6 +401,7 @@ impl Supervisor {
         }
         for id in &ended {
             self.cleanup(id);
+            self.release_network(id);
         }
         // Scheduled terminations that are due, whether or not the coordinator is reachable.
         let now = self.clock.now();
@@ -311,12 +421,16 @@ impl Supervisor {
                 stop_process(process, child.as_mut());
             }
             self.cleanup(id);
+            if e.network.take().is_some() {
+                self.networks.destroy(id);
+            }
             e.run = Run::Exited { code: None };
             self.entries.insert(*id, e);
         }
         let changed = !ended.is_empty() || !due.is_empty();
         if changed {
             self.persist();
+            self.publish();
         }
         changed
     }
@@ -349,6 +463,11 @@ impl Supervisor {
                 }
                 .unwrap_or_else(|| limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US));
                 ObservedServer {
+                    network: e.network.as_ref().map(|n| GuestNetwork {
+                        address: n.address.into(),
+                        netns: n.netns.clone(),
+                    }),
+                    acknowledged: e.acknowledged,
                     server: *id,
                     incarnation: e.incarnation,
                     state,
@@ -381,6 +500,7 @@ impl Supervisor {
             tracing::warn!(error = %e, "cannot remove the parent cgroup");
         }
         self.persist();
+        self.publish();
     }
 
     fn save(&self) -> Result<(), StateError> {
@@ -400,6 +520,9 @@ impl Supervisor {
                     perf_factor: e.perf_factor,
                     incarnation: e.incarnation,
                     termination: e.termination,
+                    guest: e.guest.clone(),
+                    network: e.network.clone(),
+                    acknowledged: e.acknowledged,
                 }),
                 _ => None,
             })
@@ -464,179 +587,6 @@ fn host_usage() -> HostUsage {
     }
 }
 
+mod guests;
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use crate::cgroups::{Call, RecordingCgroups};
-    use backfill_shared::Workload;
-    use backfill_shared::clock::ManualClock;
-
-    fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
-        DesiredState {
-            generation,
-            servers: servers
-                .iter()
-                .map(|(id, pf)| DesiredServer {
-                    server: *id,
-                    resources: Resources {
-                        cpu_mhz: 2000,
-                        vcpus: 2,
-                        mem_bytes: 256 << 20,
-                    },
-                    perf_factor: PerfFactor { cpu: *pf, mem: *pf },
-                    workload: Some(Workload {
-                        command: vec!["sleep".into(), "30".into()],
-                        env: Default::default(),
-                    }),
-                    incarnation: 1,
-                    termination: None,
-                })
-                .collect(),
-        }
-    }
-
-    fn supervisor(dir: &std::path::Path, cg: RecordingCgroups) -> Supervisor {
-        Supervisor::new(
-            Box::new(cg),
-            dir,
-            None,
-            vec!["sleep".into(), "30".into()],
-            Arc::new(ManualClock::new(1_000)),
-        )
-    }
-
-    #[test]
-    fn applies_limits_once_and_relimits_on_perf_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let cg = RecordingCgroups::default();
-        let mut s = supervisor(dir.path(), cg.clone());
-        let id = ServerId::from_u128(1);
-        s.apply(&desired(1, &[(id, 1.0)]));
-        s.apply(&desired(1, &[(id, 1.0)])); // repeated: nothing new
-        s.apply(&desired(2, &[(id, 0.5)]));
-        let calls = cg.calls();
-        let creates: Vec<_> = calls
-            .iter()
-            .filter(|c| matches!(c, Call::Create(..)))
-            .collect();
-        assert_eq!(creates.len(), 1, "{calls:?}");
-        let full = limits_for(
-            &desired(1, &[(id, 1.0)]).servers[0].resources,
-            PerfFactor::FULL,
-            DEFAULT_CPU_PERIOD_US,
-        );
-        assert_eq!(full.cpu_quota_us, Some(200_000));
-        assert!(calls.iter().any(|c| matches!(c, Call::SetLimits(i, l) if *i == id && l.cpu_quota_us == Some(100_000) && l.mem_limit_bytes == Some(128 << 20))));
-        let r = s.report();
-        assert_eq!(r.applied_generation, 2);
-        assert_eq!(r.servers[0].state, WorkloadState::Running);
-        assert_eq!(r.servers[0].limits.cpu_quota_us, Some(100_000));
-        s.apply(&desired(3, &[]));
-        assert!(
-            cg.calls()
-                .iter()
-                .any(|c| matches!(c, Call::Remove(i) if *i == id))
-        );
-        assert!(s.report().servers.is_empty());
-    }
-
-    #[test]
-    fn a_new_supervisor_adopts_instead_of_restarting() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = ServerId::from_u128(2);
-        let cg = RecordingCgroups::default();
-        let mut first = supervisor(dir.path(), cg.clone());
-        first.apply(&desired(1, &[(id, 1.0)]));
-        let pid = first.report().servers[0].pid.unwrap();
-        drop(first); // the agent goes away; the workload does not
-
-        let cg2 = RecordingCgroups::default();
-        let mut second = supervisor(dir.path(), cg2.clone());
-        second.adopt().unwrap();
-        second.apply(&desired(2, &[(id, 1.0)]));
-        assert_eq!(second.report().servers[0].pid, Some(pid));
-        assert!(!cg2.calls().iter().any(|c| matches!(c, Call::Create(..))));
-        let process = ProcessIdentity::of(pid).unwrap();
-        second.stop_all();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while driver::alive(&process) {
-            assert!(Instant::now() < deadline, "workload survived stop_all");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn exits_and_failures_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = supervisor(dir.path(), RecordingCgroups::default());
-        let ok = ServerId::from_u128(3);
-        let bad = ServerId::from_u128(4);
-        let mut d = desired(1, &[(ok, 1.0), (bad, 1.0)]);
-        d.servers[0].workload = Some(Workload {
-            command: vec!["sh".into(), "-c".into(), "sleep 0.2; exit 3".into()],
-            env: Default::default(),
-        });
-        d.servers[1].workload = Some(Workload {
-            command: vec!["/no/such/program".into()],
-            env: Default::default(),
-        });
-        s.apply(&d);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !s.poll_exits() {
-            assert!(Instant::now() < deadline, "exit not noticed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let r = s.report();
-        assert_eq!(r.servers[0].state, WorkloadState::Exited { code: Some(3) });
-        assert!(matches!(r.servers[1].state, WorkloadState::Failed { .. }));
-
-        // The same desired state again: nothing restarts.
-        s.apply(&d);
-        assert_eq!(
-            s.report().servers[0].state,
-            WorkloadState::Exited { code: Some(3) }
-        );
-        // A new run of the server (new incarnation) starts afresh.
-        let mut again = desired(2, &[(ok, 1.0)]);
-        again.servers[0].incarnation = 2;
-        s.apply(&again);
-        let r = s.report();
-        assert_eq!(r.servers.len(), 1);
-        assert_eq!(
-            (r.servers[0].state.clone(), r.servers[0].incarnation),
-            (WorkloadState::Running, 2)
-        );
-        s.stop_all();
-    }
-
-    #[test]
-    fn a_scheduled_termination_is_enforced_without_the_coordinator() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = ManualClock::new(1_000);
-        let mut s = Supervisor::new(
-            Box::new(RecordingCgroups::default()),
-            dir.path(),
-            None,
-            vec!["sleep".into(), "30".into()],
-            Arc::new(clock.clone()),
-        );
-        let id = ServerId::from_u128(9);
-        let mut d = desired(1, &[(id, 1.0)]);
-        d.servers[0].termination = Some(Termination {
-            scheduled_at: 1_000,
-            terminate_at: 1_060,
-        });
-        s.apply(&d);
-        let pid = s.report().servers[0].pid.unwrap();
-        let process = ProcessIdentity::of(pid).unwrap();
-        assert!(!s.poll_exits(), "not due yet");
-        clock.advance(60);
-        assert!(s.poll_exits());
-        assert_eq!(
-            s.report().servers[0].state,
-            WorkloadState::Exited { code: None }
-        );
-        assert!(!driver::alive(&process));
-    }
-}
+mod tests;

@@ -1,0 +1,68 @@
+//! The supervisor's side of the metadata service: guest documents from the running servers,
+//! and guests' acknowledgements of their terminations.
+
+use super::{Run, Supervisor};
+use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
+use crate::metadata::GuestInfo;
+use backfill_shared::ServerId;
+
+impl Supervisor {
+    /// Rewrites the metadata store from the running servers.
+    pub(super) fn publish(&self) {
+        let Some(store) = &self.metadata else {
+            return;
+        };
+        let guests = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
+            .filter_map(|(id, e)| {
+                let g = e.guest.as_ref()?;
+                let limits = limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US);
+                Some(GuestInfo {
+                    server: *id,
+                    name: g.name.clone(),
+                    hostname: g.hostname.clone(),
+                    availability_zone: self.zone.clone(),
+                    project_id: g.account.clone(),
+                    class: g.class,
+                    instance_type: g.instance_type.clone(),
+                    local_ipv4: e.network.as_ref().map(|n| n.address.into()),
+                    meta: g.meta.clone(),
+                    perf_factor: e.perf_factor,
+                    cpu_quota_us: limits.cpu_quota_us,
+                    cpu_period_us: limits.cpu_period_us,
+                    mem_limit_bytes: limits.mem_limit_bytes,
+                    termination: e.termination,
+                    acknowledged: e.acknowledged,
+                    user_data: g.user_data.clone(),
+                })
+            })
+            .collect();
+        store.replace_all(guests);
+    }
+
+    /// Records that `server`'s guest acknowledged its termination. `Ok` once it is durable (the
+    /// next report carries it to the coordinator, which ends the server); repeating it is
+    /// harmless.
+    pub fn acknowledge(&mut self, server: &ServerId) -> Result<(), String> {
+        let Some(e) = self.entries.get_mut(server) else {
+            return Err("the server does not run here".into());
+        };
+        if !matches!(e.run, Run::Running { .. }) || e.acknowledged {
+            return Ok(()); // ended already, or recorded already
+        }
+        if e.termination.is_none() {
+            return Err("no termination is scheduled".into());
+        }
+        e.acknowledged = true;
+        if let Err(err) = self.save() {
+            if let Some(e) = self.entries.get_mut(server) {
+                e.acknowledged = false;
+            }
+            return Err(err.to_string());
+        }
+        self.publish();
+        Ok(())
+    }
+}
