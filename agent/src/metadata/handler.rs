@@ -116,7 +116,7 @@ fn identify(
     cfg: &MetadataConfig,
     req: &HttpRequest,
     peer: IpAddr,
-) -> Result<GuestInfo, HttpResponse> {
+) -> Result<std::sync::Arc<GuestInfo>, HttpResponse> {
     if let (Some(key), Some(id)) = (&cfg.proxy_key, req.header("X-Instance-ID")) {
         let sig = req
             .header("X-Instance-ID-Signature")

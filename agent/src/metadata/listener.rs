@@ -251,3 +251,7 @@ async fn connection(mut stream: TcpStream, peer: IpAddr, svc: &MetadataService) 
         }
     }
 }
+
+#[cfg(test)]
+#[path = "listener_tests.rs"]
+mod tests;

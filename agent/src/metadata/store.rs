@@ -5,7 +5,7 @@
 use backfill_shared::{PerfFactor, ServerClass, ServerId, Termination};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 /// One guest's document.
@@ -41,7 +41,7 @@ impl GuestInfo {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<ServerId, (GuestInfo, u64)>,
+    by_id: HashMap<ServerId, (Arc<GuestInfo>, u64)>,
     by_ip: HashMap<IpAddr, ServerId>,
     next_version: u64,
 }
@@ -75,17 +75,17 @@ impl MetadataStore {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let inner = &mut *g;
             let before = inner.by_id.len();
-            let mut next: HashMap<ServerId, (GuestInfo, u64)> = HashMap::new();
+            let mut next: HashMap<ServerId, (Arc<GuestInfo>, u64)> = HashMap::new();
             for info in guests {
                 let version = match inner.by_id.get(&info.server) {
-                    Some((old, v)) if *old == info => *v,
+                    Some((old, v)) if **old == info => *v,
                     _ => {
                         changed = true;
                         inner.next_version += 1;
                         inner.next_version
                     }
                 };
-                next.insert(info.server, (info, version));
+                next.insert(info.server, (Arc::new(info), version));
             }
             changed |= next.len() != before || inner.by_id.keys().any(|k| !next.contains_key(k));
             inner.by_ip = next
@@ -109,7 +109,7 @@ impl MetadataStore {
             g.by_id
                 .values()
                 .filter(|(o, _)| o.server != info.server)
-                .map(|(o, _)| o.clone())
+                .map(|(o, _)| GuestInfo::clone(o))
                 .collect()
         };
         all.push(info);
@@ -117,7 +117,7 @@ impl MetadataStore {
     }
 
     /// The guest at `ip` and its document version.
-    pub fn by_address(&self, ip: &IpAddr) -> Option<(GuestInfo, u64)> {
+    pub fn by_address(&self, ip: &IpAddr) -> Option<(Arc<GuestInfo>, u64)> {
         let g = self
             .inner
             .read()
@@ -125,7 +125,7 @@ impl MetadataStore {
         g.by_ip.get(ip).and_then(|id| g.by_id.get(id)).cloned()
     }
 
-    pub fn by_id(&self, id: &ServerId) -> Option<(GuestInfo, u64)> {
+    pub fn by_id(&self, id: &ServerId) -> Option<(Arc<GuestInfo>, u64)> {
         self.inner
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -468,3 +468,33 @@ fn request_framing_is_bounded() {
     assert!(text.contains("Content-Length: 9\r\n"));
     assert!(text.ends_with("\r\n\r\nslow down"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+    /// No input a guest can send makes the parser or the handler panic.
+    #[test]
+    fn any_bytes_are_answered_without_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        let _ = request_len(&raw);
+        if let Some(req) = parse_request(&raw) {
+            let w = world();
+            let _ = handle(&w.store, &w.tokens, &w.cfg, &req, A.parse().unwrap(), 1_000, true);
+        }
+    }
+
+    /// Nor does any path or header value on a well-formed request.
+    #[test]
+    fn any_path_and_headers_are_answered_without_panic(
+        method in "(GET|PUT|POST|DELETE)",
+        path in "/[a-zA-Z0-9_./?&=%-]{0,80}",
+        header in "(X-Instance-ID|Metadata|Metadata-Flavor|X-aws-ec2-metadata-token|X-aws-ec2-metadata-token-ttl-seconds)",
+        value in "[ -~]{0,40}",
+    ) {
+        let mut w = world();
+        w.cfg = MetadataConfig::default().with_proxy_secret(b"a-long-shared-proxy-secret");
+        let raw = format!("{method} {path} HTTP/1.1\r\n{header}: {value}\r\nContent-Length: 0\r\n\r\n");
+        if let Some(req) = parse_request(raw.as_bytes()) {
+            let _ = handle(&w.store, &w.tokens, &w.cfg, &req, A.parse().unwrap(), 1_000, true);
+        }
+    }
+}
