@@ -29,6 +29,7 @@ async fn main() {
         class: ServerClass::Spot,
         instance_type: "spot-c2m4".into(),
         local_ipv4: Some("127.0.0.1".parse().unwrap()),
+        gateway: None,
         meta: [("role".to_string(), "batch".to_string())].into(),
         perf_factor: PerfFactor::FULL,
         cpu_quota_us: Some(200_000),

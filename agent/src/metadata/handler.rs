@@ -335,13 +335,35 @@ fn openstack(g: &GuestInfo, rest: &str) -> HttpResponse {
                 }),
             )
         }
-        "network_data.json" | "vendor_data.json" => HttpResponse::json(200, &json!({})),
+        "network_data.json" => HttpResponse::json(200, &network_data(g)),
+        "vendor_data.json" => HttpResponse::json(200, &json!({})),
         "user_data" => match &g.user_data {
             Some(u) => HttpResponse::new(200, "application/octet-stream", u.clone()),
             None => not_found(),
         },
         _ => not_found(),
     }
+}
+
+/// OpenStack's `network_data.json`: the guest's one link, as cloud-init reads it.
+fn network_data(g: &GuestInfo) -> serde_json::Value {
+    let (Some(ip), Some(gw)) = (g.local_ipv4, g.gateway) else {
+        return json!({"links": [], "networks": [], "services": []});
+    };
+    json!({
+        "links": [{"id": "eth0", "name": "eth0", "type": "veth", "mtu": 1500,
+                   "ethernet_mac_address": null}],
+        "networks": [{
+            "id": "network0",
+            "link": "eth0",
+            "type": "ipv4",
+            "ip_address": ip.to_string(),
+            "netmask": "255.255.255.252",
+            "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": gw.to_string()}],
+            "network_id": format!("backfill-{}", g.server),
+        }],
+        "services": [],
+    })
 }
 
 fn ec2(g: &GuestInfo, rest: &str, now: i64) -> HttpResponse {

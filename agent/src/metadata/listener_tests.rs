@@ -18,6 +18,7 @@ fn guest(ip: IpAddr) -> GuestInfo {
         class: ServerClass::Backfill,
         instance_type: "backfill-c1m1".into(),
         local_ipv4: Some(ip),
+        gateway: None,
         meta: Default::default(),
         perf_factor: PerfFactor::FULL,
         cpu_quota_us: None,

@@ -20,6 +20,8 @@ pub struct GuestInfo {
     pub instance_type: String,
     /// Its address in isolated network mode; `None` in the host's network.
     pub local_ipv4: Option<IpAddr>,
+    /// The host end of its link (its default gateway), in isolated network mode.
+    pub gateway: Option<IpAddr>,
     pub meta: BTreeMap<String, String>,
     pub perf_factor: PerfFactor,
     /// CPU quota and memory limit in force (`None` = unlimited).

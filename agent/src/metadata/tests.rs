@@ -17,6 +17,7 @@ fn guest(n: u128, ip: &str) -> GuestInfo {
         class: ServerClass::Spot,
         instance_type: "backfill-c2m4".into(),
         local_ipv4: Some(ip.parse().unwrap()),
+        gateway: None,
         meta: [("role".to_string(), "batch".to_string())].into(),
         perf_factor: PerfFactor::FULL,
         cpu_quota_us: Some(200_000),
@@ -132,6 +133,16 @@ fn openstack_shapes_and_termination_keys_as_strings() {
         json(&get(&w, A, "/openstack/latest/vendor_data.json")),
         serde_json::json!({})
     );
+    assert_eq!(
+        json(&get(&w, A, "/openstack/latest/network_data.json"))["networks"],
+        serde_json::json!([])
+    );
+    let mut g = guest(1, A);
+    g.gateway = Some("10.77.0.1".parse().unwrap());
+    w.store.put(g);
+    let n = json(&get(&w, A, "/openstack/latest/network_data.json"));
+    assert_eq!(n["networks"][0]["ip_address"], A);
+    assert_eq!(n["networks"][0]["routes"][0]["gateway"], "10.77.0.1");
     assert_eq!(get(&w, A, "/openstack/latest/user_data").status, 404);
 }
 

@@ -28,6 +28,7 @@ impl Supervisor {
                     class: g.class,
                     instance_type: g.instance_type.clone(),
                     local_ipv4: e.network.as_ref().map(|n| n.address.into()),
+                    gateway: e.network.as_ref().map(|n| n.host_address.into()),
                     meta: g.meta.clone(),
                     perf_factor: e.perf_factor,
                     cpu_quota_us: limits.cpu_quota_us,
