@@ -93,7 +93,7 @@ impl CliError {
             CliError::Pki(PkiError::Io { .. }) => 74,
             CliError::Pki(_) => 64,
             CliError::Daemon(DaemonError::Bind { .. }) => 69,
-            CliError::Daemon(DaemonError::Tls(_)) => 64,
+            CliError::Daemon(DaemonError::Tls(_) | DaemonError::Config(_)) => 64,
             CliError::Daemon(DaemonError::Store(_)) => 74,
             #[cfg(feature = "dev")]
             CliError::Dev(_) => 70,

@@ -16,9 +16,16 @@ pub struct CoordinatorConfig {
     pub link_addr: SocketAddr,
     /// The SQLite database file.
     pub database: PathBuf,
-    /// The accounts with the backfill permission: exactly these (applied at startup).
+    /// Accounts created at startup (if missing) with the backfill permission. Accounts are
+    /// otherwise managed through the admin API (`backfillctl account ...`).
     #[serde(default)]
     pub backfill_accounts: Vec<String>,
+    /// Accounts created at startup (if missing) without it.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    /// `[billing]`: currency, prices (normal, burst) and the metering flush interval.
+    #[serde(default)]
+    pub billing: crate::billing::BillingConfig,
     pub tls: TlsFiles,
     /// `[scheduler]`: placement strategy and grow-back hysteresis.
     #[serde(default)]
@@ -39,11 +46,25 @@ impl CoordinatorConfig {
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         require_absolute(path, "database", &self.database)?;
         validate_tls_files(path, &self.tls)?;
-        for name in &self.backfill_accounts {
-            backfill_shared::pki::validate_name(name)
-                .map_err(|e| ConfigError::invalid(path, "backfill_accounts", e.to_string()))?;
+        for (key, names) in [
+            ("backfill_accounts", &self.backfill_accounts),
+            ("accounts", &self.accounts),
+        ] {
+            for name in names {
+                backfill_shared::pki::validate_name(name)
+                    .map_err(|e| ConfigError::invalid(path, key, e.to_string()))?;
+            }
         }
+        crate::billing::Billing::from_config(&self.billing)
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         Ok(())
+    }
+
+    /// The validated billing settings.
+    pub fn billing(&self) -> Result<crate::billing::Billing, ConfigError> {
+        crate::billing::Billing::from_config(&self.billing).map_err(|(key, reason)| {
+            ConfigError::invalid(Path::new("coordinator config"), key, reason)
+        })
     }
 }
 

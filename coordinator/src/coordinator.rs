@@ -2,6 +2,7 @@
 //! operations the API and the agent link call. Every change is committed to the store before
 //! the model changes and before anyone is answered.
 
+use crate::billing::{Billing, settle};
 use crate::model::{HostEntry, Model, Session};
 use crate::schedule::SchedulerSettings;
 use crate::scheduler::{Cluster, FreeResources};
@@ -27,6 +28,16 @@ pub enum OpError {
     },
     #[error("out of capacity: {0}")]
     NeverFits(String),
+    #[error(
+        "account {0:?} does not exist; an operator creates it with `backfillctl account create {0}`"
+    )]
+    NoAccount(String),
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -69,6 +80,7 @@ pub struct Coordinator {
     pub(crate) model: Mutex<Model>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: SchedulerSettings,
+    pub(crate) billing: Billing,
     next_conn: AtomicU64,
 }
 
@@ -82,7 +94,7 @@ impl Coordinator {
         settings: SchedulerSettings,
     ) -> Result<Coordinator, StoreError> {
         let now = clock.now();
-        store.set_backfill_accounts(backfill_accounts, now).await?;
+        store.seed_accounts(backfill_accounts, &[], now).await?;
         let mut model = Model::with_cluster(Cluster::with_classes(settings.classes));
         for record in store.hosts().await? {
             let id = record.id.clone();
@@ -105,20 +117,19 @@ impl Coordinator {
             model: Mutex::new(model),
             clock,
             settings,
+            billing: Billing::default(),
             next_conn: AtomicU64::new(1),
         })
     }
 
-    pub(crate) fn new_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    /// Prices and the metering interval (the defaults otherwise).
+    pub fn with_billing(mut self, billing: Billing) -> Coordinator {
+        self.billing = billing;
+        self
     }
 
-    /// The caller's account, created on first sight without the backfill permission.
-    pub async fn account(&self, name: &str) -> Result<Account, OpError> {
-        Ok(self
-            .store
-            .ensure_account(name, false, self.clock.now())
-            .await?)
+    pub(crate) fn new_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     pub async fn free_resources(&self) -> FreeResources {
@@ -141,6 +152,8 @@ impl Coordinator {
         new: Vec<NewServer>,
     ) -> Result<Vec<ServerRecord>, OpError> {
         let now = self.clock.now();
+        let mut model = self.model.lock().await;
+        crate::accounts::check_create(&model, owner, &new)?;
         let records: Vec<ServerRecord> = new
             .into_iter()
             .map(|n| ServerRecord {
@@ -165,9 +178,10 @@ impl Coordinator {
                 priority: n.priority,
                 created_at: now,
                 network: None,
+                metered_until: None,
+                metered_perf: PerfFactor::FULL,
             })
             .collect();
-        let mut model = self.model.lock().await;
         self.store.insert_servers(&records).await?;
         for r in &records {
             model.put_server(r.clone(), now);
@@ -226,8 +240,19 @@ impl Coordinator {
             .filter(|h| model.hosts.contains_key(*h))
             .map(|h| (h.clone(), model.generation(h).saturating_add(1)))
             .collect();
-        self.store.commit(&servers, &generations).await?;
         let now = self.clock.now();
+        let mut servers = servers;
+        let mut usage = Vec::new();
+        for s in &mut servers {
+            let old = model.servers.get(&s.uuid);
+            let perf_now = model
+                .in_force
+                .get(&s.uuid)
+                .copied()
+                .unwrap_or(s.perf_factor);
+            usage.extend(settle(old, s, perf_now, now, &self.billing));
+        }
+        self.store.commit(&servers, &generations, &usage).await?;
         for s in servers {
             model.put_server(s, now);
         }

@@ -20,6 +20,8 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -55,6 +57,8 @@ impl Bound {
         }
         let store = SqliteStore::open(&cfg.database).await?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        store.seed_accounts(&[], &cfg.accounts, clock.now()).await?;
+        let billing = cfg.billing()?;
         let coordinator = Arc::new(
             Coordinator::load(
                 store,
@@ -62,7 +66,8 @@ impl Bound {
                 &cfg.backfill_accounts,
                 crate::schedule::SchedulerSettings::new(cfg.scheduler, cfg.classes),
             )
-            .await?,
+            .await?
+            .with_billing(billing),
         );
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;

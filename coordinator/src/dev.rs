@@ -137,6 +137,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         link_addr: args.link_addr,
         database: l.dir.join("coordinator.sqlite"),
         backfill_accounts: vec![DEV_TENANT.into()],
+        accounts: Vec::new(),
+        billing: Default::default(),
         tls: l.files("coordinator"),
         scheduler: Default::default(),
         classes: Default::default(),

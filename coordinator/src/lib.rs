@@ -1,6 +1,8 @@
 //! backfill-coordinator: the API over mutual TLS, placement, the store and agent sessions.
 
+pub mod accounts;
 pub mod api;
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod coordinator;

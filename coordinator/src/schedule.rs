@@ -152,6 +152,7 @@ impl Coordinator {
                 what: "only a stopped server can be started",
             });
         }
+        crate::accounts::check_start(&model, owner, current.cpu, current.mem)?;
         let planned = self.make_plan(&model, id, self.clock.now());
         if let Plan::Never { reason } = &planned.plan {
             return Err(OpError::NeverFits(reason.clone()));
@@ -343,6 +344,21 @@ impl Coordinator {
             tracing::info!(host = %host, servers = changed.len(), "growing back");
             self.commit(&mut model, changed, std::slice::from_ref(&host))
                 .await?;
+        }
+        // 4. Usage of running servers, flushed to the store every `interval_s`.
+        let stale = now - self.billing.interval_s;
+        let flush: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| s.metered_until.is_some_and(|t| t <= stale))
+            .map(|s| {
+                let mut n = s.clone();
+                n.metered_until = Some(now);
+                n
+            })
+            .collect();
+        if !flush.is_empty() {
+            self.commit(&mut model, flush, &[]).await?;
         }
         Ok(())
     }

@@ -198,13 +198,31 @@ impl Coordinator {
 
     /// Starts a coordinator with `extra` appended to its configuration file.
     pub fn start_with(pki: &Pki, backfill_accounts: &[&str], extra: &str) -> Coordinator {
+        Coordinator::start_accounts(pki, backfill_accounts, &[], extra)
+    }
+
+    /// Starts a coordinator that creates `backfill_accounts` (with the backfill permission)
+    /// and `plain_accounts` (without), with `extra` appended to its configuration file.
+    pub fn start_accounts(
+        pki: &Pki,
+        backfill_accounts: &[&str],
+        plain_accounts: &[&str],
+        extra: &str,
+    ) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let tls = pki.issue(Role::Coordinator, "coordinator");
-        let accounts: Vec<String> = backfill_accounts.iter().map(|a| format!("{a:?}")).collect();
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let cfg = format!(
-            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\naccounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             dir.path().join("db.sqlite"),
-            accounts.join(", "),
+            list(backfill_accounts),
+            list(plain_accounts),
             tls.ca,
             tls.cert,
             tls.key

@@ -174,7 +174,7 @@ async fn a_tenant_runs_a_bserver_in_its_own_cgroup_and_stops_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused() {
     let pki = Pki::new();
-    let coord = Coordinator::start(&pki, &["tenant", "tenant2"]);
+    let coord = Coordinator::start_accounts(&pki, &["tenant", "tenant2"], &["other"], "");
     let url = coord.url("bservers/");
 
     // No client certificate: the handshake fails.
@@ -220,6 +220,18 @@ async fn strangers_are_refused() {
     // An agent certificate on the API: refused after the handshake.
     let agent = client(&pki.ca(), Some(&pki.issue(Role::Agent, "sneaky")));
     assert!(agent.get(&url).send().await.is_err());
+
+    // A certificate for an account nobody created: 403, saying how to create it.
+    let stranger = client(&pki.ca(), Some(&pki.issue(Role::Account, "stranger")));
+    let (status, body) = get(&stranger, &coord.url("capabilities/")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("backfillctl account create stranger"),
+        "{body}"
+    );
 
     // An account without the backfill permission: 403 with a permission error everywhere.
     let other = client(&pki.ca(), Some(&pki.issue(Role::Account, "other")));

@@ -52,6 +52,14 @@ impl From<OpError> for ApiError {
         let message = e.to_string();
         match e {
             OpError::NotFound(_) => ApiError::not_found(message),
+            OpError::NoAccount(_) | OpError::Quota(_) => ApiError::permission(message),
+            OpError::Exists(_) => ApiError::validation("name", message),
+            OpError::Conflict(_) => ApiError {
+                status: StatusCode::CONFLICT,
+                error_type: "permission",
+                point: None,
+                message,
+            },
             OpError::InvalidState { .. } => ApiError::permission(message),
             OpError::NeverFits(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,

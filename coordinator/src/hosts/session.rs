@@ -2,7 +2,7 @@
 
 use crate::coordinator::{Coordinator, OpError};
 use crate::model::{HostEntry, Session, holds_resources};
-use crate::store::HostRecord;
+use crate::store::{HostRecord, ServerRecord};
 use backfill_shared::protocol::{DesiredState, Hello, Report, WorkloadState};
 use backfill_shared::{HostId, PerfFactor, ServerStatus, WorkerState};
 use std::sync::Arc;
@@ -148,6 +148,24 @@ impl Coordinator {
             })
             .map(|o| (o.server, o.perf_factor, o.network.clone()))
             .collect();
+        // A new perf_factor in force ends a metered stretch at the old one.
+        let flush: Vec<ServerRecord> = in_force
+            .iter()
+            .filter_map(|(id, pf, _)| {
+                let s = model.servers.get(id)?;
+                (s.metered_until.is_some() && s.metered_perf != *pf).then(|| {
+                    let mut n = s.clone();
+                    n.metered_until = Some(now);
+                    n
+                })
+            })
+            .collect();
+        for (id, pf, _) in &in_force {
+            model.in_force.insert(*id, *pf);
+        }
+        if !flush.is_empty() {
+            self.commit(&mut model, flush, &[]).await?;
+        }
         for (id, pf, network) in in_force {
             model.in_force.insert(id, pf);
             match network {

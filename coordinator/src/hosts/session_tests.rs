@@ -1,9 +1,10 @@
 //! The coordinator's side of the link without sockets: registration, reports, generations.
 
-use crate::coordinator::{Coordinator, NewServer, Scope};
+use crate::coordinator::{Coordinator, NewServer, OpError, Scope};
 use crate::schedule::Outcome;
 use crate::scheduler::Plan;
 use crate::store::{Account, SqliteStore};
+use backfill_shared::Clock;
 use backfill_shared::clock::ManualClock;
 use backfill_shared::protocol::{
     AppliedLimits, Hello, HostUsage, ObservedServer, Report, ServerUsage, WorkloadState,
@@ -431,4 +432,148 @@ fn hostnames_are_dns_labels() {
     assert_eq!(crate::model::hostname_of("My Server #1", id), "my-server-1");
     assert_eq!(crate::model::hostname_of("---", id), "server-00000000");
     assert_eq!(crate::model::hostname_of(&"x".repeat(100), id).len(), 63);
+}
+
+async fn usage_of(c: &Coordinator) -> Vec<crate::store::UsageRow> {
+    let f = crate::store::UsageFilter {
+        account: Some("t".into()),
+        start: 0,
+        end: 10_000,
+    };
+    c.usage(&f).await.unwrap()
+}
+
+/// A coordinator over an existing database directory (a restart).
+async fn reopen(dir: &std::path::Path, clock: Arc<ManualClock>) -> Coordinator {
+    let store = SqliteStore::open(&dir.join("db")).await.unwrap();
+    Coordinator::load(store, clock, &["t".into()], Default::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn usage_follows_the_perf_factor_in_force_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let h1: HostId = "h1".parse().unwrap();
+    let c = reopen(dir.path(), clock.clone()).await;
+    let tenant = c.account("t").await.unwrap();
+    let (conn, mut rx) = c.register_agent(&hello("h1")).await.unwrap();
+    let id = c
+        .create_servers(&tenant, ServerClass::Backfill, vec![new_server()])
+        .await
+        .unwrap()[0]
+        .uuid;
+    c.start(&tenant, Scope::BServers, id).await.unwrap();
+    let generation = rx.borrow_and_update().generation;
+    let run = c
+        .get_server(&tenant, Scope::BServers, id)
+        .await
+        .unwrap()
+        .incarnation;
+    // Running from t=1000 (the agent's started_at is 990, but it was placed at 1000... the
+    // agent says when it really started, and that is when metering starts).
+    let mut r = report(generation, &[(id, run, WorkloadState::Running)]);
+    r.servers[0].started_at = Some(1_000);
+    c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    // 100 s at full size, then the agent has 0.5 in force for 100 s.
+    clock.advance(100);
+    r.servers[0].perf_factor = PerfFactor { cpu: 0.5, mem: 0.5 };
+    c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    clock.advance(50);
+    c.tick(clock.now()).await.unwrap(); // not due yet (interval 60 s): nothing written
+    assert_eq!(usage_of(&c).await[0].seconds, 100);
+    // The coordinator restarts in the middle; the agent reports the same state again.
+    drop(c);
+    let c = reopen(dir.path(), clock.clone()).await;
+    let (conn, _rx) = c.register_agent(&hello("h1")).await.unwrap();
+    c.apply_report(&h1, conn, r.clone()).await.unwrap();
+    clock.advance(50);
+    c.tick(clock.now()).await.unwrap(); // 100 s since the last flush: written
+    let u = usage_of(&c).await;
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].seconds, 200, "no second lost or counted twice");
+    let cpu = new_server().cpu;
+    assert_eq!(
+        u[0].cpu_mhz_seconds,
+        cpu * 100 + cpu / 2 * 100,
+        "half price while at half size"
+    );
+    let mem = new_server().mem;
+    assert_eq!(u[0].mem_byte_seconds, mem * 100 + mem / 2 * 100);
+    // Stopping ends metering; later time is free.
+    r.servers.clear();
+    let stop_at = clock.now();
+    let tenant = c.account("t").await.unwrap();
+    c.stop(&tenant, Scope::BServers, id).await.unwrap();
+    c.apply_report(
+        &h1,
+        conn,
+        Report {
+            applied_generation: u64::MAX,
+            ..r.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.get_server(&tenant, Scope::BServers, id)
+            .await
+            .unwrap()
+            .status,
+        ServerStatus::Stopped
+    );
+    clock.advance(500);
+    c.tick(clock.now()).await.unwrap();
+    let u = usage_of(&c).await;
+    assert_eq!(u[0].seconds, u64::try_from(stop_at - 1_000).unwrap());
+    // Burst price: 0.0070 per GHz-hour, 0.0035 per GiB-hour by default.
+    assert!(u[0].amount_micro > 0);
+}
+
+#[tokio::test]
+async fn quotas_refuse_creates_and_starts_beyond_them() {
+    let f = fixture().await;
+    f.c.update_account(
+        "t",
+        crate::store::AccountChange {
+            backfill: None,
+            quota: crate::store::QuotaChange {
+                servers: Some(Some(2)),
+                cpu: Some(Some(new_server().cpu)),
+                ..Default::default()
+            },
+        },
+    )
+    .await
+    .unwrap();
+    let tenant = f.c.account("t").await.unwrap();
+    let make = |n| {
+        let c = &f.c;
+        let tenant = tenant.clone();
+        async move {
+            c.create_servers(&tenant, ServerClass::Backfill, vec![new_server(); n])
+                .await
+        }
+    };
+    assert!(
+        matches!(make(3).await, Err(OpError::Quota(_))),
+        "three servers do not fit a quota of two"
+    );
+    let two = make(2).await.unwrap();
+    assert!(matches!(make(1).await, Err(OpError::Quota(_))));
+    let _ = f.c.register_agent(&hello("h1")).await.unwrap();
+    f.c.start(&tenant, Scope::BServers, two[0].uuid)
+        .await
+        .unwrap();
+    let second = f.c.start(&tenant, Scope::BServers, two[1].uuid).await;
+    match second {
+        Err(OpError::Quota(m)) => assert!(m.contains("CPU"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // An unknown account is not created on sight.
+    assert!(matches!(
+        f.c.account("stranger").await,
+        Err(OpError::NoAccount(_))
+    ));
 }

@@ -3,9 +3,13 @@
 //! SQLite in WAL mode with `synchronous = FULL` is the embedded default; the schema lives in
 //! `migrations/` and is embedded in the binary.
 
+mod accounts;
 mod sqlite;
+mod usage;
 
+pub use accounts::{Account, AccountChange, Quota, QuotaChange};
 pub use sqlite::SqliteStore;
+pub use usage::{Prices, UsageFilter, UsageRow, UsageSegment, charge as usage_charge};
 
 use backfill_shared::{
     HostId, HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus, Workload,
@@ -27,13 +31,6 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uuid: String,
-    pub backfill: bool,
 }
 
 /// A server as stored and as the in-memory model holds it.
@@ -63,6 +60,10 @@ pub struct ServerRecord {
     /// Higher starts first from the queue and is preempted last.
     pub priority: i32,
     pub created_at: i64,
+    /// Usage is recorded up to here while it holds resources; `None` when not metered.
+    pub metered_until: Option<i64>,
+    /// The perf_factor in force since `metered_until`.
+    pub metered_perf: PerfFactor,
     /// Runtime only, as its agent reports it (not stored): its own network namespace.
     pub network: Option<backfill_shared::GuestNetwork>,
 }

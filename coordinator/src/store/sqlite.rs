@@ -1,4 +1,4 @@
-use super::{Account, HostRecord, ServerRecord, StoreError};
+use super::{HostRecord, ServerRecord, StoreError};
 use crate::scheduler::Termination;
 use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId, ServerStatus};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "scheduler",
         include_str!("../../migrations/0002_scheduler.sql"),
+    ),
+    (
+        3,
+        "accounts and usage",
+        include_str!("../../migrations/0003_accounts_usage.sql"),
     ),
 ];
 
@@ -53,7 +58,7 @@ impl<'s> MigrationSource<'s> for Embedded {
 /// The embedded store: one SQLite file in WAL mode.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -79,79 +84,6 @@ impl SqliteStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    // ----- accounts -----
-
-    /// Returns the account, creating it (with `backfill_default`) on first sight.
-    pub async fn ensure_account(
-        &self,
-        name: &str,
-        backfill_default: bool,
-        now: i64,
-    ) -> Result<Account, StoreError> {
-        // Reads are the common case: only a first sight writes.
-        if let Some(a) = self.account(name).await? {
-            return Ok(a);
-        }
-        sqlx::query(
-            "INSERT INTO accounts (name, uuid, backfill, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT(name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(backfill_default)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        self.account(name)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "accounts",
-                key: name.to_owned(),
-                reason: "missing right after insert".into(),
-            })
-    }
-
-    pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
-        let row = sqlx::query("SELECT name, uuid, backfill FROM accounts WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(Account {
-                name: row.try_get("name")?,
-                uuid: row.try_get("uuid")?,
-                backfill: row.try_get("backfill")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Gives exactly the listed accounts the backfill permission (configuration is
-    /// declarative: an account removed from the list loses it), in one transaction.
-    pub async fn set_backfill_accounts(
-        &self,
-        names: &[String],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE accounts SET backfill = 0")
-            .execute(&mut *tx)
-            .await?;
-        for name in names {
-            sqlx::query(
-                "INSERT INTO accounts (name, uuid, backfill, created_at) VALUES (?, ?, 1, ?)
-                 ON CONFLICT(name) DO UPDATE SET backfill = 1",
-            )
-            .bind(name)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     // ----- hosts -----
@@ -213,13 +145,21 @@ impl SqliteStore {
         &self,
         servers: &[ServerRecord],
         hosts: &[(HostId, u64)],
+        usage: &[super::UsageSegment],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for s in servers {
+            let workload = match &s.workload {
+                Some(w) => Some(to_json("servers", s, w)?),
+                None => None,
+            };
             sqlx::query(
                 "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
                      perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
-                     term_scheduled_at = ?, term_at = ?, queued_reason = ? WHERE uuid = ?",
+                     term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
+                     mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
+                     metered_perf_cpu = ?, metered_perf_mem = ?
+                 WHERE uuid = ?",
             )
             .bind(&s.name)
             .bind(to_json("servers", s, &s.meta)?)
@@ -233,10 +173,20 @@ impl SqliteStore {
             .bind(s.termination.map(|t| t.scheduled_at))
             .bind(s.termination.map(|t| t.terminate_at))
             .bind(s.queued_reason.as_deref())
+            .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
+            .bind(i64::from(s.smp))
+            .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
+            .bind(s.vnc_password.as_deref())
+            .bind(workload)
+            .bind(s.priority)
+            .bind(s.metered_until)
+            .bind(s.metered_perf.cpu)
+            .bind(s.metered_perf.mem)
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
         }
+        super::usage::insert_segments(&mut tx, usage).await?;
         for (id, generation) in hosts {
             sqlx::query("UPDATE hosts SET generation = ? WHERE id = ?")
                 .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
@@ -260,7 +210,8 @@ impl SqliteStore {
         let rows = sqlx::query(
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
-                    term_scheduled_at, term_at, queued_reason, priority
+                    term_scheduled_at, term_at, queued_reason, priority, metered_until,
+                    metered_perf_cpu, metered_perf_mem
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -387,6 +338,11 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         priority: r.try_get("priority")?,
         created_at: r.try_get("created_at")?,
         network: None,
+        metered_until: r.try_get("metered_until")?,
+        metered_perf: PerfFactor {
+            cpu: r.try_get("metered_perf_cpu")?,
+            mem: r.try_get("metered_perf_mem")?,
+        },
     })
 }
 
@@ -419,6 +375,8 @@ mod tests {
             priority: 3,
             created_at: 5,
             network: None,
+            metered_until: None,
+            metered_perf: PerfFactor::FULL,
         }
     }
 
@@ -427,11 +385,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let store = SqliteStore::open(&path).await.unwrap();
-        let acc = store.ensure_account("tenant", true, 1).await.unwrap();
+        let acc = store
+            .create_account("tenant", true, Default::default(), 1)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(acc.backfill);
-        // A second ensure keeps the first decision and the uuid.
-        let again = store.ensure_account("tenant", false, 2).await.unwrap();
-        assert_eq!(again, acc);
+        // A second create is refused and changes nothing.
+        let again = store
+            .create_account("tenant", false, Default::default(), 2)
+            .await
+            .unwrap();
+        assert_eq!(again, None);
+        assert_eq!(store.account("tenant").await.unwrap(), Some(acc.clone()));
         let host = HostRecord {
             id: "h1".parse().unwrap(),
             inventory: HostInventory {
@@ -458,8 +424,18 @@ mod tests {
             terminate_at: 20,
         });
         s.queued_reason = Some("why".into());
+        s.metered_until = Some(15);
+        s.metered_perf = PerfFactor {
+            cpu: 0.25,
+            mem: 0.5,
+        };
+        s.cpu = 1500;
+        s.workload = Some(backfill_shared::Workload {
+            command: vec!["true".into()],
+            ..Default::default()
+        });
         store
-            .commit(&[s.clone()], &[(host.id.clone(), 4)])
+            .commit(&[s.clone()], &[(host.id.clone(), 4)], &[])
             .await
             .unwrap();
         store.close().await;
@@ -472,13 +448,94 @@ mod tests {
         store.delete_server(&s.uuid).await.unwrap();
         assert!(store.servers().await.unwrap().is_empty());
 
-        // The configured list is the whole truth about the permission.
+        // Seeding creates what is missing and grants backfill; it revokes nothing.
         store
-            .set_backfill_accounts(&["new".into()], 3)
+            .seed_accounts(&["new".into()], &["plain".into(), "tenant".into()], 3)
             .await
             .unwrap();
-        assert!(!store.account("tenant").await.unwrap().unwrap().backfill);
+        assert!(store.account("tenant").await.unwrap().unwrap().backfill);
         assert!(store.account("new").await.unwrap().unwrap().backfill);
+        assert!(!store.account("plain").await.unwrap().unwrap().backfill);
+        // Quotas and the permission change through the API's path.
+        let changed = store
+            .update_account(
+                "plain",
+                super::super::AccountChange {
+                    backfill: Some(true),
+                    quota: super::super::QuotaChange {
+                        cpu: Some(Some(4_000)),
+                        servers: Some(Some(2)),
+                        ..Default::default()
+                    },
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(changed.backfill);
+        assert_eq!(
+            (changed.quota.cpu, changed.quota.servers, changed.quota.mem),
+            (Some(4_000), Some(2), None)
+        );
+        assert!(store.delete_account("plain").await.unwrap());
+        assert!(!store.delete_account("plain").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn usage_segments_extend_and_prorate() {
+        use super::super::{Prices, UsageFilter, UsageSegment};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let id = ServerId::from_u128(1);
+        let seg = |start, end, cpu_pf| UsageSegment {
+            server: id,
+            account: "a".into(),
+            name: "s".into(),
+            class: ServerClass::Backfill,
+            start,
+            end,
+            cpu: 1_000,
+            mem: 1 << 30,
+            perf: PerfFactor {
+                cpu: cpu_pf,
+                mem: 1.0,
+            },
+            prices: Prices {
+                cpu: 1_000_000,
+                mem: 0,
+            },
+        };
+        // Two continuing stretches at full size become one row; the half-size one is another.
+        store.commit(&[], &[], &[seg(0, 100, 1.0)]).await.unwrap();
+        store
+            .commit(&[], &[], &[seg(100, 200, 1.0), seg(200, 300, 0.5)])
+            .await
+            .unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2);
+        let all = |start, end| UsageFilter {
+            account: None,
+            start,
+            end,
+        };
+        let u = store.usage(&all(0, 300)).await.unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].seconds, 300);
+        assert_eq!(u[0].cpu_mhz_seconds, 1_000 * 200 + 500 * 100);
+        // 250 GHz-seconds at 1 per GHz-hour.
+        assert_eq!(u[0].amount_micro, 69_444); // 250 / 3600, rounded once at the end
+        // A range that cuts segments counts the parts inside.
+        let u = store.usage(&all(150, 250)).await.unwrap();
+        assert_eq!(u[0].cpu_mhz_seconds, 1_000 * 50 + 500 * 50);
+        let other = UsageFilter {
+            account: Some("b".into()),
+            start: 0,
+            end: 300,
+        };
+        assert!(store.usage(&other).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,0 +1,133 @@
+//! Accounts (the operator's), quotas (checked at create and start) and usage.
+
+use crate::coordinator::{Coordinator, NewServer, OpError};
+use crate::model::{Model, holds_resources};
+use crate::store::{Account, AccountChange, Quota, UsageFilter, UsageRow};
+
+/// What an account holds now, in the units of its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InUse {
+    /// MHz of servers that hold resources.
+    pub cpu: u64,
+    pub mem: u64,
+    pub gpus: u64,
+    /// Servers that exist.
+    pub servers: u64,
+}
+
+pub fn in_use(model: &Model, account: &str) -> InUse {
+    let mut u = InUse::default();
+    for s in model.servers.values().filter(|s| s.owner == account) {
+        u.servers += 1;
+        if holds_resources(s.status) || s.host.is_some() {
+            u.cpu = u.cpu.saturating_add(s.cpu);
+            u.mem = u.mem.saturating_add(s.mem);
+        }
+    }
+    u
+}
+
+fn over(what: &str, want: u64, limit: Option<u64>, unit: &str) -> Result<(), OpError> {
+    match limit {
+        Some(l) if want > l => Err(OpError::Quota(format!(
+            "{what} would be {want}{unit}, over the account's quota of {l}{unit}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Creating `new` servers: the number of servers, and each server's own size.
+pub fn check_create(model: &Model, account: &Account, new: &[NewServer]) -> Result<(), OpError> {
+    let u = in_use(model, &account.name);
+    let q = account.quota;
+    over(
+        "the number of servers",
+        u.servers.saturating_add(new.len() as u64),
+        q.servers,
+        "",
+    )?;
+    for n in new {
+        over("this server's CPU", n.cpu, q.cpu, " MHz")?;
+        over("this server's memory", n.mem, q.mem, " bytes")?;
+    }
+    Ok(())
+}
+
+/// Starting a server of `cpu` MHz and `mem` bytes on top of what the account holds.
+pub fn check_start(model: &Model, account: &Account, cpu: u64, mem: u64) -> Result<(), OpError> {
+    let u = in_use(model, &account.name);
+    let q = account.quota;
+    over("CPU in use", u.cpu.saturating_add(cpu), q.cpu, " MHz")?;
+    over("memory in use", u.mem.saturating_add(mem), q.mem, " bytes")
+}
+
+impl Coordinator {
+    /// The caller's account. Accounts are created by the operator; an unknown name is refused.
+    pub async fn account(&self, name: &str) -> Result<Account, OpError> {
+        self.store
+            .account(name)
+            .await?
+            .ok_or_else(|| OpError::NoAccount(name.to_owned()))
+    }
+
+    pub async fn accounts(&self) -> Result<Vec<(Account, InUse)>, OpError> {
+        let list = self.store.accounts().await?;
+        let model = self.model.lock().await;
+        Ok(list
+            .into_iter()
+            .map(|a| {
+                let u = in_use(&model, &a.name);
+                (a, u)
+            })
+            .collect())
+    }
+
+    pub async fn account_in_use(&self, name: &str) -> Result<(Account, InUse), OpError> {
+        let a = self.account(name).await?;
+        let u = in_use(&*self.model.lock().await, name);
+        Ok((a, u))
+    }
+
+    pub async fn create_account(
+        &self,
+        name: &str,
+        backfill: bool,
+        quota: Quota,
+    ) -> Result<Account, OpError> {
+        self.store
+            .create_account(name, backfill, quota, self.clock.now())
+            .await?
+            .ok_or_else(|| OpError::Exists(format!("account {name:?} exists already")))
+    }
+
+    pub async fn update_account(
+        &self,
+        name: &str,
+        change: AccountChange,
+    ) -> Result<Account, OpError> {
+        self.store
+            .update_account(name, change)
+            .await?
+            .ok_or_else(|| OpError::NoAccount(name.to_owned()))
+    }
+
+    /// Deletes an account that owns no servers.
+    pub async fn delete_account(&self, name: &str) -> Result<(), OpError> {
+        let model = self.model.lock().await;
+        let owned = in_use(&model, name).servers;
+        if owned > 0 {
+            return Err(OpError::Conflict(format!(
+                "account {name:?} still owns {owned} servers; delete them first"
+            )));
+        }
+        if !self.store.delete_account(name).await? {
+            return Err(OpError::NoAccount(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Usage per server in `[start, end)`, metered up to the last flush.
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, OpError> {
+        Ok(self.store.usage(filter).await?)
+    }
+}

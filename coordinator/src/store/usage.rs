@@ -1,0 +1,194 @@
+//! Metered usage: segments of one server at one perf_factor and price, written in the same
+//! transaction as the change that ends them, so a restart neither loses nor repeats any.
+
+use super::{SqliteStore, StoreError};
+use backfill_shared::{PerfFactor, ServerClass, ServerId};
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+use std::collections::BTreeMap;
+
+/// Longest segment kept as one row; longer runs continue in a new row.
+const MAX_SEGMENT_S: i64 = 3_600;
+
+/// Micro-currency per GHz-hour of CPU and per GiB-hour of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prices {
+    pub cpu: i64,
+    pub mem: i64,
+}
+
+/// `[start, end)` of one server at a constant allocation, perf_factor and price.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageSegment {
+    pub server: ServerId,
+    pub account: String,
+    pub name: String,
+    pub class: ServerClass,
+    pub start: i64,
+    pub end: i64,
+    pub cpu: u64,
+    pub mem: u64,
+    pub perf: PerfFactor,
+    pub prices: Prices,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageFilter {
+    /// `None`: every account (the admin's view).
+    pub account: Option<String>,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// One server's usage within a period.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsageRow {
+    pub server: String,
+    pub account: String,
+    pub name: String,
+    pub class: String,
+    pub seconds: u64,
+    /// Allocated MHz times the CPU perf_factor in force, over the seconds.
+    pub cpu_mhz_seconds: u64,
+    pub mem_byte_seconds: u64,
+    /// Micro-currency, rounded half up from the exact sum.
+    pub amount_micro: i128,
+    /// The exact amount in units of 1 / `AMOUNT_DENOMINATOR` micro-currency.
+    amount_exact: i128,
+}
+
+/// MHz-seconds per GHz-hour times bytes per GiB: one denominator for both parts of a charge.
+const AMOUNT_DENOMINATOR: i128 = 3_600_000 * (1 << 30);
+
+fn round_micro(exact: i128) -> i128 {
+    (exact + AMOUNT_DENOMINATOR / 2).div_euclid(AMOUNT_DENOMINATOR)
+}
+
+/// The charge for `seconds` of `cpu` MHz and `mem` bytes at `perf` and `prices`.
+pub fn charge(cpu: u64, mem: u64, perf: PerfFactor, prices: Prices, seconds: i64) -> UsageRow {
+    let secs = u64::try_from(seconds.max(0)).unwrap_or(0);
+    let perf = perf.clamped();
+    let cpu_s = (cpu as f64 * perf.cpu).round() as u64;
+    let mem_s = (mem as f64 * perf.mem).round() as u64;
+    let cpu_mhz_seconds = cpu_s.saturating_mul(secs);
+    let mem_byte_seconds = mem_s.saturating_mul(secs);
+    // per GHz-hour: MHz-seconds / 3_600_000; per GiB-hour: byte-seconds / (2^30 * 3_600)
+    let amount_exact = i128::from(cpu_mhz_seconds) * i128::from(prices.cpu) * (1 << 30)
+        + i128::from(mem_byte_seconds) * i128::from(prices.mem) * 1_000;
+    UsageRow {
+        seconds: secs,
+        cpu_mhz_seconds,
+        mem_byte_seconds,
+        amount_micro: round_micro(amount_exact),
+        amount_exact,
+        ..UsageRow::default()
+    }
+}
+
+/// Writes segments inside the caller's transaction, extending the server's last row when the
+/// new segment continues it unchanged.
+pub(super) async fn insert_segments(
+    conn: &mut SqliteConnection,
+    segments: &[UsageSegment],
+) -> Result<(), StoreError> {
+    for s in segments.iter().filter(|s| s.end > s.start) {
+        let id = s.server.to_string();
+        let cpu = i64::try_from(s.cpu).unwrap_or(i64::MAX);
+        let mem = i64::try_from(s.mem).unwrap_or(i64::MAX);
+        let extended = sqlx::query(
+            "UPDATE usage SET end = ? WHERE id = (
+                 SELECT id FROM usage WHERE server = ? ORDER BY end DESC LIMIT 1)
+               AND end = ? AND cpu = ? AND mem = ? AND perf_cpu = ? AND perf_mem = ?
+               AND price_cpu = ? AND price_mem = ? AND ? - start <= ?",
+        )
+        .bind(s.end)
+        .bind(&id)
+        .bind(s.start)
+        .bind(cpu)
+        .bind(mem)
+        .bind(s.perf.cpu)
+        .bind(s.perf.mem)
+        .bind(s.prices.cpu)
+        .bind(s.prices.mem)
+        .bind(s.end)
+        .bind(MAX_SEGMENT_S)
+        .execute(&mut *conn)
+        .await?;
+        if extended.rows_affected() > 0 {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO usage (server, account, name, class, start, end, cpu, mem, perf_cpu,
+                 perf_mem, price_cpu, price_mem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&s.account)
+        .bind(&s.name)
+        .bind(s.class.as_str())
+        .bind(s.start)
+        .bind(s.end)
+        .bind(cpu)
+        .bind(mem)
+        .bind(s.perf.cpu)
+        .bind(s.perf.mem)
+        .bind(s.prices.cpu)
+        .bind(s.prices.mem)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Usage per server within `[filter.start, filter.end)`; segments that straddle an edge
+    /// count for the part inside (their rate is constant).
+    pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT server, account, name, class, start, end, cpu, mem, perf_cpu, perf_mem,
+                    price_cpu, price_mem
+             FROM usage WHERE end > ? AND start < ? AND (? IS NULL OR account = ?)
+             ORDER BY start, id",
+        )
+        .bind(filter.start)
+        .bind(filter.end)
+        .bind(filter.account.as_deref())
+        .bind(filter.account.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_server: BTreeMap<String, UsageRow> = BTreeMap::new();
+        for r in &rows {
+            let start: i64 = r.try_get("start")?;
+            let end: i64 = r.try_get("end")?;
+            let overlap = end.min(filter.end) - start.max(filter.start);
+            let cpu: i64 = r.try_get("cpu")?;
+            let mem: i64 = r.try_get("mem")?;
+            let c = charge(
+                u64::try_from(cpu).unwrap_or(0),
+                u64::try_from(mem).unwrap_or(0),
+                PerfFactor {
+                    cpu: r.try_get("perf_cpu")?,
+                    mem: r.try_get("perf_mem")?,
+                },
+                Prices {
+                    cpu: r.try_get("price_cpu")?,
+                    mem: r.try_get("price_mem")?,
+                },
+                overlap,
+            );
+            let server: String = r.try_get("server")?;
+            let e = by_server.entry(server.clone()).or_insert_with(|| UsageRow {
+                server,
+                ..UsageRow::default()
+            });
+            e.account = r.try_get("account")?;
+            e.name = r.try_get("name")?;
+            e.class = r.try_get("class")?;
+            e.seconds += c.seconds;
+            e.cpu_mhz_seconds = e.cpu_mhz_seconds.saturating_add(c.cpu_mhz_seconds);
+            e.mem_byte_seconds = e.mem_byte_seconds.saturating_add(c.mem_byte_seconds);
+            e.amount_exact += c.amount_exact;
+            e.amount_micro = round_micro(e.amount_exact);
+        }
+        Ok(by_server.into_values().collect())
+    }
+}
