@@ -2,7 +2,7 @@
 
 use crate::coordinator::{Coordinator, NewServer, OpError};
 use crate::model::{Model, holds_resources};
-use crate::store::{Account, AccountChange, Quota, UsageFilter, UsageRow};
+use crate::store::{Account, AccountChange, Quota, UsageFilter, UsageRow, usage_charge};
 
 /// What an account holds now, in the units of its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,10 +47,15 @@ pub fn check_create(model: &Model, account: &Account, new: &[NewServer]) -> Resu
         "",
     )?;
     for n in new {
-        over("this server's CPU", n.cpu, q.cpu, " MHz")?;
-        over("this server's memory", n.mem, q.mem, " bytes")?;
+        check_size(account, n.cpu, n.mem)?;
     }
     Ok(())
+}
+
+/// One server's own size against the quota (it could never start otherwise).
+pub fn check_size(account: &Account, cpu: u64, mem: u64) -> Result<(), OpError> {
+    over("this server's CPU", cpu, account.quota.cpu, " MHz")?;
+    over("this server's memory", mem, account.quota.mem, " bytes")
 }
 
 /// Starting a server of `cpu` MHz and `mem` bytes on top of what the account holds.
@@ -126,8 +131,44 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Usage per server in `[start, end)`, metered up to the last flush.
+    /// Usage per server in `[start, end)`: what is stored, plus the running servers' open
+    /// stretches since their last flush.
     pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, OpError> {
-        Ok(self.store.usage(filter).await?)
+        let mut rows = self.store.usage(filter).await?;
+        let now = self.clock.now();
+        let model = self.model.lock().await;
+        let open = model.servers.values().filter(|s| {
+            filter.account.as_ref().is_none_or(|a| *a == s.owner) && s.metered_until.is_some()
+        });
+        for s in open {
+            let from = s.metered_until.unwrap_or(now).max(filter.start);
+            let to = now.min(filter.end);
+            if to <= from {
+                continue;
+            }
+            let c = usage_charge(
+                s.cpu,
+                s.mem,
+                s.metered_perf,
+                self.billing.prices(s.class),
+                to - from,
+            );
+            let id = s.uuid.to_string();
+            match rows.iter_mut().find(|r| r.server == id) {
+                Some(r) => r.add(&c),
+                None => {
+                    let mut r = UsageRow {
+                        server: id,
+                        account: s.owner.clone(),
+                        name: s.name.clone(),
+                        class: s.class.as_str().to_owned(),
+                        ..UsageRow::default()
+                    };
+                    r.add(&c);
+                    rows.push(r);
+                }
+            }
+        }
+        Ok(rows)
     }
 }

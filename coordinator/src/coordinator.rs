@@ -180,6 +180,7 @@ impl Coordinator {
                 network: None,
                 metered_until: None,
                 metered_perf: PerfFactor::FULL,
+                shutdown_until: None,
             })
             .collect();
         self.store.insert_servers(&records).await?;
@@ -208,6 +209,43 @@ impl Coordinator {
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
         let model = self.model.lock().await;
+        visible(&model, owner, scope, id).map(|s| model.as_seen(s))
+    }
+
+    /// CloudSigma's `PUT`: a running server takes only `name`, `meta` and `tags` (the rest is
+    /// ignored, as documented); a stopped one takes everything. A running server's agent gets
+    /// the new name and meta for its guest's metadata.
+    pub async fn edit(
+        &self,
+        owner: &Account,
+        scope: Scope,
+        id: ServerId,
+        edit: NewServer,
+    ) -> Result<ServerRecord, OpError> {
+        let mut model = self.model.lock().await;
+        let current = visible(&model, owner, scope, id)?.clone();
+        let mut next = current.clone();
+        next.name = edit.name;
+        next.meta = edit.meta;
+        next.tags = edit.tags;
+        let idle = current.status == ServerStatus::Stopped;
+        if idle {
+            crate::accounts::check_size(owner, edit.cpu, edit.mem)?;
+            next.cpu = edit.cpu;
+            next.smp = edit.smp;
+            next.mem = edit.mem;
+            next.vnc_password = edit.vnc_password;
+            next.workload = edit.workload;
+            next.priority = edit.priority;
+        }
+        if next != current {
+            let guest_changed = next.name != current.name || next.meta != current.meta;
+            let hosts: Vec<HostId> = match &current.host {
+                Some(h) if guest_changed => vec![h.clone()],
+                _ => Vec::new(),
+            };
+            self.commit(&mut model, vec![next], &hosts).await?;
+        }
         visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 

@@ -10,6 +10,7 @@ pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod hosts;
+pub mod lifecycle;
 pub mod model;
 pub mod schedule;
 pub mod scheduler;

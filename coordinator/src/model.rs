@@ -182,7 +182,7 @@ impl Model {
             generation: self.generation(host),
             servers: self
                 .servers_on(host)
-                .filter(|s| desired_on_host(s.status))
+                .filter(|s| desired_on_host(s.status) || s.shutdown_until.is_some())
                 .map(|s| DesiredServer {
                     server: s.uuid,
                     resources: s.resources(),
@@ -191,6 +191,7 @@ impl Model {
                     incarnation: s.incarnation,
                     termination: s.termination,
                     guest: guest_profile(s),
+                    shutdown: s.shutdown_until,
                 })
                 .collect(),
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::MutexGuard;
 
 /// `[scheduler]` in the coordinator's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// `best_fit` (default) or `spread`.
@@ -22,14 +22,39 @@ pub struct SchedulerConfig {
     /// `[scheduler.grow]`: margin, min_interval_s, min_step.
     #[serde(default)]
     pub grow: GrowPolicy,
+    /// How long a graceful `shutdown` asks the workload to stop before the server returns to
+    /// `running` (CloudSigma: a minute).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_s: u64,
+}
+
+fn default_grace() -> u64 {
+    60
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            strategy: Strategy::default(),
+            grow: GrowPolicy::default(),
+            shutdown_grace_s: default_grace(),
+        }
+    }
 }
 
 /// Everything the scheduling code needs: `[scheduler]` and `[classes]`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SchedulerSettings {
     pub strategy: Strategy,
     pub grow: GrowPolicy,
     pub classes: Classes,
+    pub shutdown_grace_s: i64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> SchedulerSettings {
+        SchedulerSettings::new(SchedulerConfig::default(), Classes::default())
+    }
 }
 
 impl SchedulerSettings {
@@ -38,6 +63,7 @@ impl SchedulerSettings {
             strategy: config.strategy,
             grow: config.grow,
             classes,
+            shutdown_grace_s: i64::try_from(config.shutdown_grace_s).unwrap_or(60),
         }
     }
 }
@@ -247,20 +273,22 @@ impl Coordinator {
     ) -> Result<ServerRecord, OpError> {
         let mut model = self.model.lock().await;
         let current = visible(&model, owner, scope, id)?.clone();
-        if matches!(
-            current.status,
-            ServerStatus::Stopped | ServerStatus::Stopping
-        ) {
+        let graceful = current.shutdown_until.is_some();
+        if current.status == ServerStatus::Stopped
+            || (current.status == ServerStatus::Stopping && !graceful)
+        {
             return Ok(current);
         }
-        let next = self.stopping(&model, current);
+        // A graceful shutdown in progress becomes a hard stop.
+        let mut next = self.stopping(&model, current);
+        next.shutdown_until = None;
         let hosts: Vec<HostId> = next.host.iter().cloned().collect();
         self.commit(&mut model, vec![next.clone()], &hosts).await?;
         Ok(next)
     }
 
     /// What stopping a server looks like: `stopping` while an agent has it, else `stopped`.
-    fn stopping(&self, model: &Model, mut s: ServerRecord) -> ServerRecord {
+    pub(crate) fn stopping(&self, model: &Model, mut s: ServerRecord) -> ServerRecord {
         let connected = s
             .host
             .as_ref()
@@ -300,6 +328,8 @@ impl Coordinator {
             let hosts: Vec<HostId> = next.host.iter().cloned().collect();
             self.commit(&mut model, vec![next], &hosts).await?;
         }
+        // Graceful shutdowns the workload ignored: back to running.
+        self.expire_shutdowns(&mut model, now).await?;
         // 2. Queued servers by priority, then age; only plans that change something are
         //    committed.
         let mut queued: Vec<ServerRecord> = model

@@ -52,6 +52,16 @@ pub fn rfc3339(t: UnixSeconds) -> String {
         .unwrap_or_else(|_| String::from("1970-01-01T00:00:00+00:00"))
 }
 
+/// Parses RFC 3339 (any offset) or plain Unix seconds.
+pub fn parse_time(s: &str) -> Option<UnixSeconds> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +69,11 @@ mod tests {
     #[test]
     fn rfc3339_matches_cloudsigma_shape() {
         assert_eq!(rfc3339(1_426_773_171), "2015-03-19T13:52:51+00:00");
+        assert_eq!(parse_time("2015-03-19T13:52:51+00:00"), Some(1_426_773_171));
+        assert_eq!(parse_time("2015-03-19T14:52:51+01:00"), Some(1_426_773_171));
+        assert_eq!(parse_time("2015-03-19T13:52:51Z"), Some(1_426_773_171));
+        assert_eq!(parse_time("1426773171"), Some(1_426_773_171));
+        assert_eq!(parse_time("yesterday"), None);
     }
 
     #[test]

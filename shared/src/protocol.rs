@@ -180,6 +180,9 @@ pub struct DesiredServer {
     pub termination: Option<Termination>,
     /// What the metadata service tells the guest about itself.
     pub guest: GuestProfile,
+    /// A graceful shutdown: ask the workload to stop (SIGTERM, repeated) until then (Unix
+    /// seconds); it stays if it does not.
+    pub shutdown: Option<i64>,
 }
 
 #[cfg(test)]
@@ -262,6 +265,7 @@ mod tests {
                     meta: BTreeMap::new(),
                     user_data: None,
                 },
+                shutdown: None,
             }],
         });
         let bytes = encode(&ds).unwrap();
@@ -275,6 +279,7 @@ mod tests {
         // guest: name, hostname, account, Spot, instance type, no meta, no user data
         golden.extend_from_slice(&[0x01, b'n', 0x01, b'n', 0x01, b'a', 0x02, 0x01, b't']);
         golden.extend_from_slice(&[0x00, 0x00]);
+        golden.push(0x00); // no shutdown
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

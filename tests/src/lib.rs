@@ -382,3 +382,20 @@ pub async fn post(
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
+
+pub async fn put(
+    c: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = c.put(url).json(&body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// DELETE returning (status, body text).
+pub async fn delete(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c.delete(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}

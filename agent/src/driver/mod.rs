@@ -5,7 +5,9 @@ mod exec;
 mod proc;
 
 pub use exec::{ExecSpec, RunAs, spawn};
-pub use proc::{ProcessIdentity, alive, kill_group, others_can_execute, running_as_root};
+pub use proc::{
+    ProcessIdentity, alive, kill_group, others_can_execute, running_as_root, terminate_group,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {

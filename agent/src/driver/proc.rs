@@ -37,6 +37,19 @@ pub fn alive(id: &ProcessIdentity) -> bool {
 }
 
 /// SIGKILLs the process group led by `pid` (workloads lead their own session), then the pid.
+/// Sends SIGTERM to a workload's process group (a graceful shutdown's request to stop).
+pub fn terminate_group(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; pid > 1 so this never signals init or
+    // every process.
+    unsafe {
+        libc::kill(-pid, libc::SIGTERM);
+    }
+}
+
 pub fn kill_group(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     if pid <= 1 {

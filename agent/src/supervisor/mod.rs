@@ -49,6 +49,8 @@ struct Entry {
     network: Option<GuestNet>,
     /// The guest acknowledged its scheduled termination.
     acknowledged: bool,
+    /// A graceful shutdown: SIGTERM once a second until then.
+    shutdown: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ impl Supervisor {
                     guest: p.guest,
                     network: p.network.filter(|_| running),
                     acknowledged: p.acknowledged,
+                    shutdown: None,
                 },
             );
         }
@@ -187,6 +190,10 @@ impl Supervisor {
                     }
                     e.termination = d.termination;
                     e.guest = Some(d.guest.clone());
+                    if d.shutdown.is_some() && e.shutdown.is_none() {
+                        tracing::info!(server = %id, until = d.shutdown, "graceful shutdown: asking the workload to stop");
+                    }
+                    e.shutdown = d.shutdown;
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
                         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
                         match self.cgroups.set_limits(&id, &limits) {
@@ -223,6 +230,7 @@ impl Supervisor {
             guest: Some(d.guest.clone()),
             network: None,
             acknowledged: false,
+            shutdown: d.shutdown,
         };
         match self.try_start(d) {
             Ok((process, child, network)) => {
@@ -251,6 +259,7 @@ impl Supervisor {
                             guest: Some(d.guest.clone()),
                             network: None,
                             acknowledged: false,
+                            shutdown: None,
                         },
                     );
                 }
@@ -403,8 +412,18 @@ impl Supervisor {
             self.cleanup(id);
             self.release_network(id);
         }
-        // Scheduled terminations that are due, whether or not the coordinator is reachable.
+        // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
+        // power-button events are repeated); the workload decides.
         let now = self.clock.now();
+        for e in self.entries.values() {
+            if let (Run::Running { process, child, .. }, Some(until)) = (&e.run, e.shutdown)
+                && now < until
+                && (child.is_some() || driver::alive(process))
+            {
+                driver::terminate_group(process.pid);
+            }
+        }
+        // Scheduled terminations that are due, whether or not the coordinator is reachable.
         let due: Vec<ServerId> = self
             .entries
             .iter()

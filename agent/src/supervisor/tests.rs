@@ -27,6 +27,7 @@ fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
                 incarnation: 1,
                 termination: None,
                 guest: profile(*id),
+                shutdown: None,
             })
             .collect(),
     }

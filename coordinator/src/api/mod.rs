@@ -1,11 +1,15 @@
 //! The public API: axum routers served by hyper-util over tokio-rustls. The caller's identity
 //! comes from its verified client certificate and travels in the request's extensions.
 
+mod accounts;
 mod capabilities;
 mod error;
+mod listing;
+mod schema;
 mod server_json;
 mod servers;
 mod tenant;
+mod usage;
 
 pub use error::ApiError;
 
@@ -34,7 +38,13 @@ pub struct AppState {
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     let state = AppState { coordinator };
     Router::new()
-        .nest("/api/2.0", capabilities::routes().merge(servers::routes()))
+        .nest(
+            "/api/2.0",
+            capabilities::routes()
+                .merge(servers::routes())
+                .merge(accounts::routes())
+                .merge(usage::routes()),
+        )
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
         })
@@ -47,7 +57,16 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(request_id))
         .with_state(state)
+}
+
+/// Every response carries `X-REQUEST-ID` (pycloudsigma reads it), for support and logs.
+async fn request_id(mut resp: axum::response::Response) -> axum::response::Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 /// Serves `router` on `listener`: TLS with a client certificate of role account or admin.

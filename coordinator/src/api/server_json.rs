@@ -3,7 +3,7 @@
 use super::ApiError;
 use crate::coordinator::NewServer;
 use crate::store::{Account, ServerRecord};
-use backfill_shared::{ServerStatus, Workload, clock::rfc3339};
+use backfill_shared::{ServerClass, ServerStatus, Workload, clock::rfc3339};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -30,6 +30,7 @@ const FIELDS: &[&str] = &[
     "tags",
     "vnc_password",
     "workload",
+    "priority",
 ];
 
 fn resource_uri(collection: &str, s: &ServerRecord) -> String {
@@ -120,6 +121,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Value {
         "pending_reason": s.queued_reason,
         "priority": s.priority,
         "class": s.class.as_str(),
+        "is_grey": s.class != ServerClass::Normal,
         "tags": s.tags,
         "uuid": s.uuid.to_string(),
         "vnc_password": s.vnc_password,
@@ -150,6 +152,84 @@ pub fn parse_create(body: &[u8]) -> Result<Vec<NewServer>, ApiError> {
         .enumerate()
         .map(|(i, o)| parse_one(i, o))
         .collect()
+}
+
+/// Read-only fields of the full object: a client may send them back in a `PUT` (GET, change,
+/// PUT); they are ignored. Anything else unknown is refused.
+const READ_ONLY: &[&str] = &[
+    "class",
+    "context",
+    "cpu_model",
+    "cpu_type",
+    "cpus_instead_of_cores",
+    "drives",
+    "enable_numa",
+    "grantees",
+    "hv_relaxed",
+    "hv_tsc",
+    "hypervisor",
+    "is_grey",
+    "jobs",
+    "nics",
+    "owner",
+    "pending_reason",
+    "permissions",
+    "pubkeys",
+    "requirements",
+    "resource_uri",
+    "runtime",
+    "status",
+    "uuid",
+];
+
+/// A `PUT` body applied over `current`: the fields it names change, validated as on create.
+/// Returns the whole edited server.
+pub fn parse_edit(current: &ServerRecord, body: &[u8]) -> Result<NewServer, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
+    let Some(o) = v.as_object() else {
+        return Err(ApiError::validation(
+            "body",
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(uuid) = o.get("uuid").and_then(Value::as_str)
+        && uuid != current.uuid.to_string()
+    {
+        return Err(ApiError::validation("uuid", "the uuid cannot change"));
+    }
+    let mut merged = json!({
+        "name": current.name,
+        "cpu": current.cpu,
+        "mem": current.mem,
+        "smp": current.smp,
+        "meta": current.meta,
+        "tags": current.tags,
+        "vnc_password": current.vnc_password,
+        "workload": current.workload,
+        "priority": current.priority,
+    });
+    for (k, val) in o {
+        if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
+        if !FIELDS.contains(&k.as_str()) {
+            return Err(ApiError::validation(
+                k.clone(),
+                format!(
+                    "unknown field {k:?}; editable fields: {}",
+                    FIELDS.join(", ")
+                ),
+            ));
+        }
+        merged[k] = val.clone();
+    }
+    parse_one(0, &merged).map_err(|mut e| {
+        e.point = e
+            .point
+            .map(|p| p.trim_start_matches("objects[0].").to_owned());
+        e
+    })
 }
 
 fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {

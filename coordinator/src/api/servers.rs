@@ -2,6 +2,8 @@
 //! handlers serves both; a collection says what it shows, what it creates, and whether the
 //! account needs the backfill permission.
 
+use super::listing::filter_servers;
+pub use super::listing::page;
 use super::server_json::{self, detail, summary};
 use super::tenant::Tenant;
 use super::{ApiError, AppState};
@@ -18,8 +20,6 @@ use axum::{Json, Router};
 use backfill_shared::{ServerClass, ServerId};
 use serde_json::json;
 use std::collections::BTreeMap;
-
-const DEFAULT_LIMIT: usize = 20;
 
 /// One API collection of servers.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,14 @@ fn collection(c: Collection) -> Router<AppState> {
         )
         .route(
             &format!("/{n}/{{uuid}}/"),
-            get(move |s, t, id| show(c, s, t, id)).delete(move |s, t, id| remove(c, s, t, id)),
+            get(move |s, t, id| show(c, s, t, id))
+                .put(move |s, t, id, b| edit(c, s, t, id, b))
+                .delete(move |s, t, id| remove(c, s, t, id)),
+        )
+        .route(&format!("/{n}/schema/"), get(move |t| schema(c, t)))
+        .route(
+            &format!("/{n}/{{uuid}}/runtime/"),
+            get(move |s, t, id| runtime(c, s, t, id)),
         )
         .route(
             &format!("/{n}/{{uuid}}/action/"),
@@ -95,16 +102,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
-fn page(params: &BTreeMap<String, String>) -> Result<(usize, usize), ApiError> {
-    let num = |k: &str, d: usize| match params.get(k) {
-        None => Ok(d),
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| ApiError::validation(k, format!("{k} must be a non-negative integer"))),
-    };
-    Ok((num("limit", DEFAULT_LIMIT)?, num("offset", 0)?))
-}
-
 fn parse_id(raw: &str) -> Result<ServerId, ApiError> {
     raw.parse()
         .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
@@ -119,7 +116,10 @@ async fn listing(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let account = c.admit(account)?;
     let (limit, offset) = page(&params)?;
-    let all = state.coordinator.list_servers(&account, c.scope).await;
+    let all = filter_servers(
+        state.coordinator.list_servers(&account, c.scope).await,
+        &params,
+    )?;
     let total = all.len();
     let take = if limit == 0 { usize::MAX } else { limit };
     let objects: Vec<_> = all
@@ -179,6 +179,22 @@ async fn show(
     Ok(Json(detail(c.name, &account, &s)))
 }
 
+async fn edit(
+    c: Collection,
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = c.admit(account)?;
+    let id = parse_id(&uuid)?;
+    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    let current = state.coordinator.get_server(&account, c.scope, id).await?;
+    let edit = server_json::parse_edit(&current, &body)?;
+    let s = state.coordinator.edit(&account, c.scope, id, edit).await?;
+    Ok(Json(detail(c.name, &account, &s)))
+}
+
 async fn remove(
     c: Collection,
     State(state): State<AppState>,
@@ -208,13 +224,41 @@ async fn action(
         Some("stop") => {
             state.coordinator.stop(&account, c.scope, id).await?;
         }
+        Some("shutdown") => {
+            state.coordinator.shutdown(&account, c.scope, id).await?;
+        }
+        Some("restart") => {
+            state.coordinator.restart(&account, c.scope, id).await?;
+        }
         _ => {
             return Err(ApiError::validation(
                 "do",
-                "unknown action; use ?do=start or ?do=stop",
+                "unknown action; use ?do=start, stop, shutdown or restart",
             ));
         }
     }
     let body = json!({"action": what, "result": "success", "uuid": id.to_string()});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn schema(
+    c: Collection,
+    Tenant(account): Tenant,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    c.admit(account)?;
+    Ok(Json(super::schema::servers(c.name)))
+}
+
+/// `GET …/{uuid}/runtime/` (pycloudsigma's `runtime()`): the runtime alone, `null` when the
+/// server is not running.
+async fn runtime(
+    c: Collection,
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let account = c.admit(account)?;
+    let id = parse_id(&uuid)?;
+    let s = state.coordinator.get_server(&account, c.scope, id).await?;
+    Ok(Json(detail(c.name, &account, &s)["runtime"].clone()))
 }

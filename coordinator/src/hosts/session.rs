@@ -122,6 +122,7 @@ impl Coordinator {
                 next.active_since = None;
                 next.perf_factor = PerfFactor::FULL;
                 next.termination = None;
+                next.shutdown_until = None;
                 leaves_desired |= s.status != ServerStatus::Stopping;
             }
             if next != *s {

@@ -482,7 +482,18 @@ async fn usage_follows_the_perf_factor_in_force_and_survives_a_restart() {
     c.apply_report(&h1, conn, r.clone()).await.unwrap();
     clock.advance(50);
     c.tick(clock.now()).await.unwrap(); // not due yet (interval 60 s): nothing written
-    assert_eq!(usage_of(&c).await[0].seconds, 100);
+    let stored = c
+        .store
+        .usage(&crate::store::UsageFilter {
+            account: None,
+            start: 0,
+            end: 10_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored[0].seconds, 100);
+    // What the API shows includes the open stretch since the last flush.
+    assert_eq!(usage_of(&c).await[0].seconds, 150);
     // The coordinator restarts in the middle; the agent reports the same state again.
     drop(c);
     let c = reopen(dir.path(), clock.clone()).await;

@@ -64,6 +64,8 @@ pub struct ServerRecord {
     pub metered_until: Option<i64>,
     /// The perf_factor in force since `metered_until`.
     pub metered_perf: PerfFactor,
+    /// A graceful shutdown in progress until then (`stopping`; back to `running` after).
+    pub shutdown_until: Option<i64>,
     /// Runtime only, as its agent reports it (not stored): its own network namespace.
     pub network: Option<backfill_shared::GuestNetwork>,
 }

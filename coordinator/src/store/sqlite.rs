@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "accounts and usage",
         include_str!("../../migrations/0003_accounts_usage.sql"),
     ),
+    (
+        4,
+        "shutdown",
+        include_str!("../../migrations/0004_shutdown.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -158,7 +163,7 @@ impl SqliteStore {
                      perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
                      term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                      mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
-                     metered_perf_cpu = ?, metered_perf_mem = ?
+                     metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?
                  WHERE uuid = ?",
             )
             .bind(&s.name)
@@ -182,6 +187,7 @@ impl SqliteStore {
             .bind(s.metered_until)
             .bind(s.metered_perf.cpu)
             .bind(s.metered_perf.mem)
+            .bind(s.shutdown_until)
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -211,7 +217,7 @@ impl SqliteStore {
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                     term_scheduled_at, term_at, queued_reason, priority, metered_until,
-                    metered_perf_cpu, metered_perf_mem
+                    metered_perf_cpu, metered_perf_mem, shutdown_until
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -343,6 +349,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
             cpu: r.try_get("metered_perf_cpu")?,
             mem: r.try_get("metered_perf_mem")?,
         },
+        shutdown_until: r.try_get("shutdown_until")?,
     })
 }
 
@@ -377,6 +384,7 @@ mod tests {
             network: None,
             metered_until: None,
             metered_perf: PerfFactor::FULL,
+            shutdown_until: None,
         }
     }
 
@@ -429,6 +437,7 @@ mod tests {
             cpu: 0.25,
             mem: 0.5,
         };
+        s.shutdown_until = Some(77);
         s.cpu = 1500;
         s.workload = Some(backfill_shared::Workload {
             command: vec!["true".into()],

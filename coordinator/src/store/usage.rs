@@ -54,11 +54,22 @@ pub struct UsageRow {
     /// Micro-currency, rounded half up from the exact sum.
     pub amount_micro: i128,
     /// The exact amount in units of 1 / `AMOUNT_DENOMINATOR` micro-currency.
-    amount_exact: i128,
+    pub(crate) amount_exact: i128,
 }
 
 /// MHz-seconds per GHz-hour times bytes per GiB: one denominator for both parts of a charge.
 const AMOUNT_DENOMINATOR: i128 = 3_600_000 * (1 << 30);
+
+impl UsageRow {
+    /// Adds another stretch of the same server.
+    pub fn add(&mut self, other: &UsageRow) {
+        self.seconds = self.seconds.saturating_add(other.seconds);
+        self.cpu_mhz_seconds = self.cpu_mhz_seconds.saturating_add(other.cpu_mhz_seconds);
+        self.mem_byte_seconds = self.mem_byte_seconds.saturating_add(other.mem_byte_seconds);
+        self.amount_exact += other.amount_exact;
+        self.amount_micro = round_micro(self.amount_exact);
+    }
+}
 
 fn round_micro(exact: i128) -> i128 {
     (exact + AMOUNT_DENOMINATOR / 2).div_euclid(AMOUNT_DENOMINATOR)
@@ -183,11 +194,7 @@ impl SqliteStore {
             e.account = r.try_get("account")?;
             e.name = r.try_get("name")?;
             e.class = r.try_get("class")?;
-            e.seconds += c.seconds;
-            e.cpu_mhz_seconds = e.cpu_mhz_seconds.saturating_add(c.cpu_mhz_seconds);
-            e.mem_byte_seconds = e.mem_byte_seconds.saturating_add(c.mem_byte_seconds);
-            e.amount_exact += c.amount_exact;
-            e.amount_micro = round_micro(e.amount_exact);
+            e.add(&c);
         }
         Ok(by_server.into_values().collect())
     }

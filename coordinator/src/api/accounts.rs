@@ -1,0 +1,258 @@
+//! `/accounts/`: the operator creates accounts, grants the backfill permission and sets quotas.
+//! Admin certificates only.
+
+use super::servers::{Params, page};
+use super::tenant::Admin;
+use super::{ApiError, AppState};
+use crate::accounts::InUse;
+use crate::store::{Account, AccountChange, Quota, QuotaChange};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use backfill_shared::clock::rfc3339;
+use serde_json::{Map, Value, json};
+
+const FIELDS: &[&str] = &["name", "backfill", "quota"];
+const QUOTA_FIELDS: &[&str] = &["cpu", "mem", "gpus", "servers"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/accounts/", get(list).post(create))
+        .route("/accounts/{name}/", get(show).put(update).delete(remove))
+}
+
+fn uri(name: &str) -> String {
+    format!("/api/2.0/accounts/{name}/")
+}
+
+pub fn account_json(a: &Account, u: &InUse) -> Value {
+    json!({
+        "name": a.name,
+        "uuid": a.uuid,
+        "backfill": a.backfill,
+        "quota": {
+            "cpu": a.quota.cpu,
+            "mem": a.quota.mem,
+            "gpus": a.quota.gpus,
+            "servers": a.quota.servers,
+        },
+        "in_use": {"cpu": u.cpu, "mem": u.mem, "gpus": u.gpus, "servers": u.servers},
+        "created_at": rfc3339(a.created_at),
+        "resource_uri": uri(&a.name),
+    })
+}
+
+fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::validation(
+            "body",
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::validation(
+            "body",
+            format!("body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+fn refuse_unknown(o: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), ApiError> {
+    match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::validation(
+            format!("{at}{k}"),
+            format!(
+                "unknown field {k:?}; accepted fields: {}",
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `{"cpu": 4000, "mem": null, ...}`: present fields change, `null` = unlimited.
+fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
+    let Some(v) = v else {
+        return Ok(QuotaChange::default());
+    };
+    let Some(o) = v.as_object() else {
+        return Err(ApiError::validation(at, "quota must be an object"));
+    };
+    refuse_unknown(o, QUOTA_FIELDS, &format!("{at}."))?;
+    let field = |k: &str| -> Result<Option<Option<u64>>, ApiError> {
+        match o.get(k) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => v.as_u64().map(|n| Some(Some(n))).ok_or_else(|| {
+                ApiError::validation(
+                    format!("{at}.{k}"),
+                    format!("{k} must be a non-negative integer or null (unlimited)"),
+                )
+            }),
+        }
+    };
+    Ok(QuotaChange {
+        cpu: field("cpu")?,
+        mem: field("mem")?,
+        gpus: field("gpus")?,
+        servers: field("servers")?,
+    })
+}
+
+fn parse_backfill(o: &Map<String, Value>, at: &str) -> Result<Option<bool>, ApiError> {
+    match o.get("backfill") {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::validation(
+            format!("{at}backfill"),
+            "backfill must be true or false",
+        )),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Params(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let (limit, offset) = page(&params)?;
+    let all = state.coordinator.accounts().await?;
+    let take = if limit == 0 { usize::MAX } else { limit };
+    let objects: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(take)
+        .map(|(a, u)| account_json(a, u))
+        .collect();
+    Ok(Json(json!({
+        "meta": {"limit": limit, "offset": offset, "total_count": all.len()},
+        "objects": objects,
+    })))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let o = body_object(body)?;
+    let Some(list) = o.get("objects").and_then(Value::as_array) else {
+        return Err(ApiError::validation(
+            "objects",
+            "expected {\"objects\": [{\"name\": ..., \"backfill\": ..., \"quota\": {...}}]}",
+        ));
+    };
+    if list.is_empty() || list.len() > super::server_json::MAX_OBJECTS {
+        return Err(ApiError::validation(
+            "objects",
+            "objects must hold 1 to 100 accounts",
+        ));
+    }
+    let mut wanted = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let at = format!("objects[{i}].");
+        let Some(a) = v.as_object() else {
+            return Err(ApiError::validation(
+                format!("objects[{i}]"),
+                "must be an object",
+            ));
+        };
+        refuse_unknown(a, FIELDS, &at)?;
+        let name = a.get("name").and_then(Value::as_str).unwrap_or_default();
+        backfill_shared::pki::validate_name(name)
+            .map_err(|e| ApiError::validation(format!("{at}name"), e.to_string()))?;
+        let q = parse_quota(a.get("quota"), &format!("{at}quota"))?;
+        let quota = Quota {
+            cpu: q.cpu.flatten(),
+            mem: q.mem.flatten(),
+            gpus: q.gpus.flatten(),
+            servers: q.servers.flatten(),
+        };
+        wanted.push((
+            name.to_owned(),
+            parse_backfill(a, &at)?.unwrap_or(false),
+            quota,
+        ));
+    }
+    let mut objects = Vec::new();
+    for (name, backfill, quota) in wanted {
+        let a = state
+            .coordinator
+            .create_account(&name, backfill, quota)
+            .await?;
+        tracing::info!(account = %a.name, backfill, by = %admin, "account created");
+        objects.push(account_json(&a, &InUse::default()));
+    }
+    let location = objects
+        .first()
+        .and_then(|o| o["resource_uri"].as_str())
+        .and_then(|u| HeaderValue::from_str(u).ok());
+    let mut resp = (StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response();
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (a, u) = state
+        .coordinator
+        .account_in_use(&name)
+        .await
+        .map_err(not_found)?;
+    Ok(Json(account_json(&a, &u)))
+}
+
+/// To the operator, an unknown account is simply not there.
+fn not_found(e: crate::coordinator::OpError) -> ApiError {
+    match e {
+        crate::coordinator::OpError::NoAccount(n) => {
+            ApiError::not_found(format!("account {n:?} does not exist"))
+        }
+        other => other.into(),
+    }
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let o = body_object(body)?;
+    refuse_unknown(&o, &["backfill", "quota"], "")?;
+    let change = AccountChange {
+        backfill: parse_backfill(&o, "")?,
+        quota: parse_quota(o.get("quota"), "quota")?,
+    };
+    state
+        .coordinator
+        .update_account(&name, change)
+        .await
+        .map_err(not_found)?;
+    tracing::info!(account = %name, by = %admin, ?change, "account changed");
+    let (a, u) = state.coordinator.account_in_use(&name).await?;
+    Ok(Json(account_json(&a, &u)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .coordinator
+        .delete_account(&name)
+        .await
+        .map_err(not_found)?;
+    tracing::info!(account = %name, by = %admin, "account deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

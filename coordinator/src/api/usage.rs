@@ -1,0 +1,145 @@
+//! `/usage/` and `/ledger/`: what each server cost, at the perf_factor in force and the price
+//! of its class. A tenant sees its own account; the operator sees every account, or one with
+//! `?account=`.
+
+use super::servers::{Params, page};
+use super::tenant::Caller;
+use super::{ApiError, AppState};
+use crate::billing::format_money;
+use crate::store::UsageFilter;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use backfill_shared::clock::{parse_time, rfc3339};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The default period: the last 30 days.
+const DEFAULT_PERIOD_S: i64 = 30 * 86_400;
+/// The longest period one request may ask for.
+const MAX_PERIOD_S: i64 = 3 * 366 * 86_400;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/usage/", get(usage))
+        .route("/ledger/", get(ledger))
+}
+
+fn filter(
+    state: &AppState,
+    caller: &Caller,
+    params: &BTreeMap<String, String>,
+) -> Result<UsageFilter, ApiError> {
+    let now = state.coordinator.clock.now();
+    let time = |k: &str, default: i64| match params.get(k) {
+        None => Ok(default),
+        Some(v) => parse_time(v).ok_or_else(|| {
+            ApiError::validation(
+                k,
+                format!("{k} must be RFC 3339 (2026-01-31T00:00:00Z) or Unix seconds"),
+            )
+        }),
+    };
+    let end = time("end", now)?;
+    let start = time("start", end - DEFAULT_PERIOD_S)?;
+    if start >= end || end - start > MAX_PERIOD_S {
+        return Err(ApiError::validation(
+            "start",
+            "start must be before end, and the period at most three years",
+        ));
+    }
+    let account = match (caller, params.get("account")) {
+        (Caller::Tenant(a), None) => Some(a.name.clone()),
+        (Caller::Tenant(a), Some(asked)) if *asked == a.name => Some(a.name.clone()),
+        (Caller::Tenant(_), Some(_)) => {
+            return Err(ApiError::permission("a tenant sees only its own usage"));
+        }
+        (Caller::Admin, asked) => asked.cloned(),
+    };
+    Ok(UsageFilter {
+        account,
+        start,
+        end,
+    })
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let f = filter(&state, &caller, &params)?;
+    let rows = state.coordinator.usage(&f).await?;
+    let (mut secs, mut cpu, mut mem, mut amount) = (0u64, 0u64, 0u64, 0i128);
+    let objects: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            secs = secs.saturating_add(r.seconds);
+            cpu = cpu.saturating_add(r.cpu_mhz_seconds);
+            mem = mem.saturating_add(r.mem_byte_seconds);
+            amount += r.amount_micro;
+            json!({
+                "server": r.server,
+                "name": r.name,
+                "account": r.account,
+                "class": r.class,
+                "seconds": r.seconds,
+                "cpu_mhz_seconds": r.cpu_mhz_seconds,
+                "mem_byte_seconds": r.mem_byte_seconds,
+                "amount": format_money(r.amount_micro),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "start": rfc3339(f.start),
+        "end": rfc3339(f.end),
+        "currency": state.coordinator.billing.currency,
+        "objects": objects,
+        "totals": {
+            "seconds": secs,
+            "cpu_mhz_seconds": cpu,
+            "mem_byte_seconds": mem,
+            "amount": format_money(amount),
+        },
+    })))
+}
+
+/// CloudSigma-style ledger entries: one debit per server for the period.
+async fn ledger(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let f = filter(&state, &caller, &params)?;
+    let (limit, offset) = page(&params)?;
+    let rows = state.coordinator.usage(&f).await?;
+    let take = if limit == 0 { usize::MAX } else { limit };
+    let objects: Vec<Value> = rows
+        .iter()
+        .skip(offset)
+        .take(take)
+        .map(|r| {
+            let rate = if r.class == "normal" {
+                "usage"
+            } else {
+                "burst usage"
+            };
+            json!({
+                "id": format!("{}-{}-{}", r.server, f.start, f.end),
+                "time": rfc3339(f.end),
+                "start": rfc3339(f.start),
+                "end": rfc3339(f.end),
+                "amount": format_money(-r.amount_micro),
+                "currency": state.coordinator.billing.currency,
+                "resource": "server",
+                "resource_uuid": r.server,
+                "user": r.account,
+                "reason": format!("{rate} of {} server {:?}", r.class, r.name),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "meta": {"limit": limit, "offset": offset, "total_count": rows.len()},
+        "objects": objects,
+    })))
+}
