@@ -28,6 +28,8 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Replay a synthetic workload through the real scheduler with a simulated clock.
     Simulate(crate::simulate::SimArgs),
+    /// Print the API's OpenAPI document (as served at /api/2.0/openapi.json).
+    Openapi,
     /// Certificates: the deployment's CA and the certificates it signs.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -111,6 +113,10 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
         }
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(runtime()?.block_on(crate::dev::run(args))?),
+        Command::Openapi => {
+            print!("{}", crate::api::openapi::document_json());
+            Ok(())
+        }
         Command::Simulate(args) => {
             let trace = match &args.trace {
                 Some(p) => Some(crate::simulate::load_trace(p)?),

@@ -258,11 +258,15 @@ fn announce(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
     let url = format!("https://{api}/api/2.0/");
     let ca = l.pki.join(backfill_shared::pki::CA_CERT_FILE);
     let (cert, key) = (l.pem(DEV_TENANT), l.key(DEV_TENANT));
+    // Exported, so that programs started from the shell (backfillctl) see them too; the
+    // operator's certificate is there for `backfillctl --cert ... account ...`.
     let env = format!(
-        "BACKFILL_API={url}\nBACKFILL_CA={}\nBACKFILL_CERT={}\nBACKFILL_KEY={}\n",
+        "export BACKFILL_API={url}\nexport BACKFILL_CA={}\nexport BACKFILL_CERT={}\nexport BACKFILL_KEY={}\nexport BACKFILL_ADMIN_CERT={}\nexport BACKFILL_ADMIN_KEY={}\n",
         ca.display(),
         cert.display(),
-        key.display()
+        key.display(),
+        l.pem("admin").display(),
+        l.key("admin").display()
     );
     let env_path = l.dir.join("dev.env");
     std::fs::write(&env_path, &env).map_err(io(&env_path))?;

@@ -159,6 +159,15 @@ async fn servers_and_bservers_follow_cloudsigma() {
     let (status, e) = get(&t, &coord.url("servers/?limit=100000")).await;
     assert!(status == 400 && e[0]["error_point"] == "limit", "{e}");
 
+    // The OpenAPI document.
+    let (status, doc) = get(&t, &coord.url("openapi.json")).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["paths"]["/bservers/{uuid}/action/"]["post"].is_object(),
+        "{doc}"
+    );
+    assert!(doc["components"]["schemas"]["Server"]["properties"]["runtime"].is_object());
+
     // Schema.
     let (status, schema) = get(&t, &coord.url("bservers/schema/")).await;
     assert_eq!(status, 200);
@@ -302,6 +311,16 @@ async fn servers_and_bservers_follow_cloudsigma() {
         status == 503 && is_error_list(&e, "backend"),
         "{status} {e}"
     );
+
+    // No subscription may cover backfill capacity.
+    let (status, e) = post(
+        &t,
+        &coord.url("subscriptions/"),
+        json!({"objects": [{"resource": "cpu", "amount": 1000, "period": "1 month"}]}),
+    )
+    .await;
+    assert!(status == 403 && is_error_list(&e, "permission"), "{e}");
+    assert!(e[0]["error_message"].as_str().unwrap().contains("burst"));
 
     // Usage: the bserver ran, at the burst rate.
     let (status, u) = get(&t, &coord.url("usage/")).await;

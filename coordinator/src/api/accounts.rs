@@ -3,6 +3,9 @@
 
 use super::servers::{Params, page};
 use super::tenant::Admin;
+use super::views::{
+    AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, to_json,
+};
 use super::{ApiError, AppState};
 use crate::accounts::InUse;
 use crate::store::{Account, AccountChange, Quota, QuotaChange};
@@ -14,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use backfill_shared::clock::rfc3339;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 const FIELDS: &[&str] = &["name", "backfill", "quota"];
 const QUOTA_FIELDS: &[&str] = &["cpu", "mem", "gpus", "servers"];
@@ -29,21 +32,26 @@ fn uri(name: &str) -> String {
     format!("/api/2.0/accounts/{name}/")
 }
 
-pub fn account_json(a: &Account, u: &InUse) -> Value {
-    json!({
-        "name": a.name,
-        "uuid": a.uuid,
-        "backfill": a.backfill,
-        "quota": {
-            "cpu": a.quota.cpu,
-            "mem": a.quota.mem,
-            "gpus": a.quota.gpus,
-            "servers": a.quota.servers,
+pub fn account_view(a: &Account, u: &InUse) -> AccountView {
+    AccountView {
+        name: a.name.clone(),
+        uuid: a.uuid.clone(),
+        backfill: a.backfill,
+        quota: QuotaView {
+            cpu: a.quota.cpu,
+            mem: a.quota.mem,
+            gpus: a.quota.gpus,
+            servers: a.quota.servers,
         },
-        "in_use": {"cpu": u.cpu, "mem": u.mem, "gpus": u.gpus, "servers": u.servers},
-        "created_at": rfc3339(a.created_at),
-        "resource_uri": uri(&a.name),
-    })
+        in_use: InUseView {
+            cpu: u.cpu,
+            mem: u.mem,
+            gpus: u.gpus,
+            servers: u.servers,
+        },
+        created_at: rfc3339(a.created_at),
+        resource_uri: uri(&a.name),
+    }
 }
 
 fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
@@ -122,15 +130,19 @@ async fn list(
     let (limit, offset) = page(&params)?;
     let all = state.coordinator.accounts().await?;
     let take = if limit == 0 { usize::MAX } else { limit };
-    let objects: Vec<Value> = all
+    let objects: Vec<AccountView> = all
         .iter()
         .skip(offset)
         .take(take)
-        .map(|(a, u)| account_json(a, u))
+        .map(|(a, u)| account_view(a, u))
         .collect();
-    Ok(Json(json!({
-        "meta": {"limit": limit, "offset": offset, "total_count": all.len()},
-        "objects": objects,
+    Ok(Json(to_json(&AccountList {
+        meta: ListMeta {
+            limit,
+            offset,
+            total_count: all.len(),
+        },
+        objects,
     })))
 }
 
@@ -185,13 +197,12 @@ async fn create(
             .create_account(&name, backfill, quota)
             .await?;
         tracing::info!(account = %a.name, backfill, by = %admin, "account created");
-        objects.push(account_json(&a, &InUse::default()));
+        objects.push(account_view(&a, &InUse::default()));
     }
     let location = objects
         .first()
-        .and_then(|o| o["resource_uri"].as_str())
-        .and_then(|u| HeaderValue::from_str(u).ok());
-    let mut resp = (StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response();
+        .and_then(|o| HeaderValue::from_str(&o.resource_uri).ok());
+    let mut resp = (StatusCode::CREATED, Json(CreatedAccounts { objects })).into_response();
     if let Some(l) = location {
         resp.headers_mut().insert(header::LOCATION, l);
     }
@@ -208,7 +219,7 @@ async fn show(
         .account_in_use(&name)
         .await
         .map_err(not_found)?;
-    Ok(Json(account_json(&a, &u)))
+    Ok(Json(to_json(&account_view(&a, &u))))
 }
 
 /// To the operator, an unknown account is simply not there.
@@ -240,7 +251,7 @@ async fn update(
         .map_err(not_found)?;
     tracing::info!(account = %name, by = %admin, ?change, "account changed");
     let (a, u) = state.coordinator.account_in_use(&name).await?;
-    Ok(Json(account_json(&a, &u)))
+    Ok(Json(to_json(&account_view(&a, &u))))
 }
 
 async fn remove(

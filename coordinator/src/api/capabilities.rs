@@ -1,6 +1,8 @@
 //! `GET /capabilities/`: `backfilling`, and for a backfilling account `free_resources`.
 
+use super::openapi::{Capabilities, CpuMemView, FreeResourcesView};
 use super::tenant::Tenant;
+use super::views::to_json;
 use super::{ApiError, AppState};
 use axum::extract::State;
 use axum::routing::get;
@@ -19,9 +21,17 @@ async fn capabilities(
         // "If a feature is not supported or is disabled, it will disappear from the result."
         return Ok(Json(json!({ "backfilling": false })));
     }
-    let free = state.coordinator.free_resources().await;
-    Ok(Json(json!({
-        "backfilling": true,
-        "free_resources": free,
+    let f = state.coordinator.free_resources().await;
+    let view = |c: crate::scheduler::CpuMem| CpuMemView {
+        cpu: c.cpu,
+        mem: c.mem,
+    };
+    Ok(Json(to_json(&Capabilities {
+        backfilling: true,
+        free_resources: Some(FreeResourcesView {
+            total: view(f.total),
+            most_free_by_cpu: view(f.most_free_by_cpu),
+            most_free_by_memory: view(f.most_free_by_memory),
+        }),
     })))
 }

@@ -82,11 +82,11 @@ impl From<OpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!([{
-            "error_type": self.error_type,
-            "error_point": self.point,
-            "error_message": self.message,
-        }]);
+        let body = vec![super::views::ErrorItem {
+            error_type: self.error_type.to_owned(),
+            error_point: self.point,
+            error_message: self.message,
+        }];
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -5,11 +5,13 @@ mod accounts;
 mod capabilities;
 mod error;
 mod listing;
+pub mod openapi;
 mod schema;
 mod server_json;
 mod servers;
 mod tenant;
 mod usage;
+pub mod views;
 
 pub use error::ApiError;
 
@@ -43,7 +45,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
             capabilities::routes()
                 .merge(servers::routes())
                 .merge(accounts::routes())
-                .merge(usage::routes()),
+                .merge(usage::routes())
+                .route("/openapi.json", axum::routing::get(openapi_json)),
         )
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
@@ -59,6 +62,16 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(request_id))
         .with_state(state)
+}
+
+/// The OpenAPI document (public: it describes, it grants nothing).
+async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::document_json(),
+    )
+        .into_response()
 }
 
 /// Every response carries `X-REQUEST-ID` (pycloudsigma reads it), for support and logs.

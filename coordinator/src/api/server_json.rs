@@ -2,8 +2,8 @@
 
 use super::ApiError;
 use crate::coordinator::NewServer;
-use crate::store::{Account, ServerRecord};
-use backfill_shared::{ServerClass, ServerStatus, Workload, clock::rfc3339};
+use crate::store::ServerRecord;
+use backfill_shared::Workload;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ const MAX_ARGS: usize = 256;
 const MAX_ARG: usize = 4096;
 
 /// The fields a create request may carry.
-const FIELDS: &[&str] = &[
+pub(crate) const FIELDS: &[&str] = &[
     "name",
     "cpu",
     "mem",
@@ -33,100 +33,8 @@ const FIELDS: &[&str] = &[
     "priority",
 ];
 
-fn resource_uri(collection: &str, s: &ServerRecord) -> String {
-    format!("/api/2.0/{collection}/{}/", s.uuid)
-}
-
 pub fn location(collection: &str, s: &ServerRecord) -> String {
-    resource_uri(collection, s)
-}
-
-fn owner(account: &Account) -> Value {
-    json!({
-        "resource_uri": format!("/api/2.0/user/{}/", account.uuid),
-        "uuid": account.uuid,
-    })
-}
-
-fn runtime(s: &ServerRecord) -> Value {
-    match (s.status, s.active_since, &s.host) {
-        (ServerStatus::Running | ServerStatus::Stopping, Some(since), Some(host)) => json!({
-            "active_since": rfc3339(since),
-            "nics": nics_runtime(s),
-            "netns": s.network.as_ref().map(|n| n.netns.clone()),
-            "perf_factor": {"cpu": s.perf_factor.cpu, "mem": s.perf_factor.mem},
-            "host": host.as_str(),
-            "termination": s.termination.map(|t| json!({
-                "scheduled_at": rfc3339(t.scheduled_at),
-                "terminate_at": rfc3339(t.terminate_at),
-            })),
-        }),
-        _ => Value::Null,
-    }
-}
-
-/// CloudSigma's NIC runtime for a guest in its own network namespace: its address.
-fn nics_runtime(s: &ServerRecord) -> Value {
-    match &s.network {
-        Some(n) => json!([{
-            "interface_type": "private",
-            "io": {"bytes_recv": 0, "bytes_sent": 0, "packets_recv": 0, "packets_sent": 0},
-            "ip_v4": {"resource_uri": null, "uuid": n.address.to_string()},
-            "ip_v6": null,
-            "mac": null,
-        }]),
-        None => json!([]),
-    }
-}
-
-/// The list summary: `name, owner, resource_uri, runtime, status, uuid`.
-pub fn summary(collection: &str, account: &Account, s: &ServerRecord) -> Value {
-    json!({
-        "name": s.name,
-        "owner": owner(account),
-        "resource_uri": resource_uri(collection, s),
-        "runtime": runtime(s),
-        "status": s.status.as_str(),
-        "uuid": s.uuid.to_string(),
-    })
-}
-
-/// The full object, as `GET /{collection}/{uuid}/` shows it.
-pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Value {
-    json!({
-        "context": true,
-        "cpu": s.cpu,
-        "cpu_model": null,
-        "cpu_type": "amd",
-        "cpus_instead_of_cores": false,
-        "drives": [],
-        "enable_numa": false,
-        "grantees": [],
-        "hv_relaxed": false,
-        "hv_tsc": false,
-        "hypervisor": "kvm",
-        "jobs": [],
-        "mem": s.mem,
-        "meta": s.meta,
-        "name": s.name,
-        "nics": [],
-        "owner": owner(account),
-        "permissions": [],
-        "pubkeys": [],
-        "requirements": [],
-        "resource_uri": resource_uri(collection, s),
-        "runtime": runtime(s),
-        "smp": s.smp,
-        "status": s.status.as_str(),
-        "pending_reason": s.queued_reason,
-        "priority": s.priority,
-        "class": s.class.as_str(),
-        "is_grey": s.class != ServerClass::Normal,
-        "tags": s.tags,
-        "uuid": s.uuid.to_string(),
-        "vnc_password": s.vnc_password,
-        "workload": s.workload,
-    })
+    format!("/api/2.0/{collection}/{}/", s.uuid)
 }
 
 /// Parses `{"objects": [...]}` into validated create requests.

@@ -4,8 +4,9 @@
 
 use super::listing::filter_servers;
 pub use super::listing::page;
-use super::server_json::{self, detail, summary};
+use super::server_json;
 use super::tenant::Tenant;
+use super::views::{detail, summary, to_json};
 use super::{ApiError, AppState};
 use crate::coordinator::Scope;
 use crate::store::Account;
@@ -128,9 +129,9 @@ async fn listing(
         .take(take)
         .map(|s| {
             if full {
-                detail(c.name, &account, s)
+                to_json(&detail(c.name, &account, s))
             } else {
-                summary(c.name, &account, s)
+                to_json(&summary(c.name, &account, s))
             }
         })
         .collect();
@@ -157,7 +158,8 @@ async fn create(
         .iter()
         .map(|s| detail(c.name, &account, s))
         .collect();
-    let mut resp = (StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response();
+    let body = super::views::CreatedServers { objects };
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     let location = created
         .first()
         .and_then(|s| HeaderValue::from_str(&server_json::location(c.name, s)).ok());
@@ -176,7 +178,7 @@ async fn show(
     let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
     let s = state.coordinator.get_server(&account, c.scope, id).await?;
-    Ok(Json(detail(c.name, &account, &s)))
+    Ok(Json(to_json(&detail(c.name, &account, &s))))
 }
 
 async fn edit(
@@ -192,7 +194,7 @@ async fn edit(
     let current = state.coordinator.get_server(&account, c.scope, id).await?;
     let edit = server_json::parse_edit(&current, &body)?;
     let s = state.coordinator.edit(&account, c.scope, id, edit).await?;
-    Ok(Json(detail(c.name, &account, &s)))
+    Ok(Json(to_json(&detail(c.name, &account, &s))))
 }
 
 async fn remove(
@@ -237,7 +239,11 @@ async fn action(
             ));
         }
     }
-    let body = json!({"action": what, "result": "success", "uuid": id.to_string()});
+    let body = super::views::ActionResult {
+        action: what.unwrap_or_default().to_owned(),
+        result: "success".into(),
+        uuid: id.to_string(),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -260,5 +266,5 @@ async fn runtime(
     let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
     let s = state.coordinator.get_server(&account, c.scope, id).await?;
-    Ok(Json(detail(c.name, &account, &s)["runtime"].clone()))
+    Ok(Json(to_json(&super::views::runtime(&s))))
 }

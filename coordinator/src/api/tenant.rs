@@ -18,7 +18,7 @@ impl FromRequestParts<AppState> for Tenant {
         };
         if id.role != Role::Account {
             return Err(ApiError::permission(format!(
-                "this endpoint needs an account certificate; {:?} presented a {} certificate",
+                "this endpoint needs an account certificate; {:?} presented one of role {}",
                 id.name, id.role
             )));
         }
@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for Admin {
         match parts.extensions.get::<PeerIdentity>() {
             Some(id) if id.role == Role::Admin => Ok(Admin(id.name.clone())),
             Some(id) => Err(ApiError::permission(format!(
-                "this endpoint is for operators (admin certificates); {:?} presented a {} certificate",
+                "this endpoint is for operators (admin certificates); {:?} presented one of role {}",
                 id.name, id.role
             ))),
             None => Err(ApiError::permission("no client certificate")),

@@ -4,6 +4,9 @@
 
 use super::servers::{Params, page};
 use super::tenant::Caller;
+use super::views::{
+    LedgerEntry, LedgerList, ListMeta, UsageLine, UsageReport, UsageTotals, to_json,
+};
 use super::{ApiError, AppState};
 use crate::billing::format_money;
 use crate::store::UsageFilter;
@@ -23,6 +26,25 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/usage/", get(usage))
         .route("/ledger/", get(ledger))
+        .route(
+            "/subscriptions/",
+            get(subscriptions).post(refuse_subscription),
+        )
+}
+
+/// No subscriptions are sold: every second is metered, and backfill and spot capacity is
+/// billed at the burst rate, which no CPU or memory subscription may cover.
+async fn subscriptions(caller: Caller) -> Json<Value> {
+    let _ = caller;
+    Json(json!({"meta": {"limit": 0, "offset": 0, "total_count": 0}, "objects": []}))
+}
+
+async fn refuse_subscription(caller: Caller) -> ApiError {
+    let _ = caller;
+    ApiError::permission(
+        "subscriptions are not available: usage is metered per second, and backfill and spot \
+         capacity is billed at the burst rate, which no CPU or memory subscription may cover",
+    )
 }
 
 fn filter(
@@ -71,35 +93,35 @@ async fn usage(
     let f = filter(&state, &caller, &params)?;
     let rows = state.coordinator.usage(&f).await?;
     let (mut secs, mut cpu, mut mem, mut amount) = (0u64, 0u64, 0u64, 0i128);
-    let objects: Vec<Value> = rows
+    let objects: Vec<UsageLine> = rows
         .iter()
         .map(|r| {
             secs = secs.saturating_add(r.seconds);
             cpu = cpu.saturating_add(r.cpu_mhz_seconds);
             mem = mem.saturating_add(r.mem_byte_seconds);
             amount += r.amount_micro;
-            json!({
-                "server": r.server,
-                "name": r.name,
-                "account": r.account,
-                "class": r.class,
-                "seconds": r.seconds,
-                "cpu_mhz_seconds": r.cpu_mhz_seconds,
-                "mem_byte_seconds": r.mem_byte_seconds,
-                "amount": format_money(r.amount_micro),
-            })
+            UsageLine {
+                server: r.server.clone(),
+                name: r.name.clone(),
+                account: r.account.clone(),
+                class: r.class.clone(),
+                seconds: r.seconds,
+                cpu_mhz_seconds: r.cpu_mhz_seconds,
+                mem_byte_seconds: r.mem_byte_seconds,
+                amount: format_money(r.amount_micro),
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "start": rfc3339(f.start),
-        "end": rfc3339(f.end),
-        "currency": state.coordinator.billing.currency,
-        "objects": objects,
-        "totals": {
-            "seconds": secs,
-            "cpu_mhz_seconds": cpu,
-            "mem_byte_seconds": mem,
-            "amount": format_money(amount),
+    Ok(Json(to_json(&UsageReport {
+        start: rfc3339(f.start),
+        end: rfc3339(f.end),
+        currency: state.coordinator.billing.currency.clone(),
+        objects,
+        totals: UsageTotals {
+            seconds: secs,
+            cpu_mhz_seconds: cpu,
+            mem_byte_seconds: mem,
+            amount: format_money(amount),
         },
     })))
 }
@@ -114,7 +136,7 @@ async fn ledger(
     let (limit, offset) = page(&params)?;
     let rows = state.coordinator.usage(&f).await?;
     let take = if limit == 0 { usize::MAX } else { limit };
-    let objects: Vec<Value> = rows
+    let objects: Vec<LedgerEntry> = rows
         .iter()
         .skip(offset)
         .take(take)
@@ -124,22 +146,26 @@ async fn ledger(
             } else {
                 "burst usage"
             };
-            json!({
-                "id": format!("{}-{}-{}", r.server, f.start, f.end),
-                "time": rfc3339(f.end),
-                "start": rfc3339(f.start),
-                "end": rfc3339(f.end),
-                "amount": format_money(-r.amount_micro),
-                "currency": state.coordinator.billing.currency,
-                "resource": "server",
-                "resource_uuid": r.server,
-                "user": r.account,
-                "reason": format!("{rate} of {} server {:?}", r.class, r.name),
-            })
+            LedgerEntry {
+                id: format!("{}-{}-{}", r.server, f.start, f.end),
+                time: rfc3339(f.end),
+                start: rfc3339(f.start),
+                end: rfc3339(f.end),
+                amount: format_money(-r.amount_micro),
+                currency: state.coordinator.billing.currency.clone(),
+                resource: "server".into(),
+                resource_uuid: r.server.clone(),
+                user: r.account.clone(),
+                reason: format!("{rate} of {} server {:?}", r.class, r.name),
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "meta": {"limit": limit, "offset": offset, "total_count": rows.len()},
-        "objects": objects,
+    Ok(Json(to_json(&LedgerList {
+        meta: ListMeta {
+            limit,
+            offset,
+            total_count: rows.len(),
+        },
+        objects,
     })))
 }

@@ -1,0 +1,375 @@
+//! The OpenAPI document: component schemas derived (utoipa) from the types the handlers
+//! serialize, and the paths from one table that mirrors the router. Served at
+//! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
+
+use super::views::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Ref, Type};
+use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
+use utoipa::{OpenApi, ToSchema};
+
+/// The fields a server create (`{"objects": [...]}`) or edit (`PUT`) may carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerFields {
+    /// Required on create; at most 200 characters.
+    pub name: String,
+    /// MHz; required on create.
+    pub cpu: u64,
+    /// Bytes, at least 64 MiB; required on create.
+    pub mem: u64,
+    /// Cores (default 1).
+    pub smp: Option<u32>,
+    pub meta: Option<BTreeMap<String, String>>,
+    pub tags: Option<Vec<String>>,
+    pub vnc_password: Option<String>,
+    /// `{"command": [prog, args...], "env": {...}, "network": "host"|"isolated"}`.
+    #[schema(value_type = Option<Object>)]
+    pub workload: Option<serde_json::Value>,
+    /// -1000 to 1000 (default 0).
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerCreate {
+    pub objects: Vec<ServerFields>,
+}
+
+/// An account to create; `quota` fields null or absent = unlimited.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountFields {
+    pub name: String,
+    pub backfill: Option<bool>,
+    pub quota: Option<QuotaView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountCreate {
+    pub objects: Vec<AccountFields>,
+}
+
+/// A change to an account: present fields change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountEdit {
+    pub backfill: Option<bool>,
+    pub quota: Option<QuotaView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CpuMemView {
+    /// MHz.
+    pub cpu: u64,
+    /// Bytes.
+    pub mem: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FreeResourcesView {
+    pub total: CpuMemView,
+    pub most_free_by_cpu: CpuMemView,
+    pub most_free_by_memory: CpuMemView,
+}
+
+/// `free_resources` only for an account with the backfill permission.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Capabilities {
+    pub backfilling: bool,
+    pub free_resources: Option<FreeResourcesView>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "backfill API",
+        description = "CloudSigma API 2.0 compatible servers and backfilling servers (bservers), accounts, usage. Mutual TLS: the client certificate's CN names the account (OU=account) or the operator (OU=admin)."
+    ),
+    servers((url = "/api/2.0")),
+    components(schemas(
+        Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
+        TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
+        ActionResult, ErrorItem, AccountView, QuotaView, InUseView, AccountList,
+        CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
+        ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
+        FreeResourcesView, CpuMemView
+    ))
+)]
+struct ApiDoc;
+
+/// (path, method, summary, request schema, success status, response schema)
+type Op = (
+    &'static str,
+    HttpMethod,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+);
+
+fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
+    let p = |s: &str| format!("/{c}/{s}");
+    vec![
+        (
+            p(""),
+            HttpMethod::Get,
+            format!(
+                "List {what} (summary); limit, offset, filters name, name__contains, tag, uuid, status; order_by"
+            ),
+            None,
+            "200",
+            Some("ServerSummaryList"),
+        ),
+        (
+            p(""),
+            HttpMethod::Post,
+            format!("Create one or many {what}"),
+            Some("ServerCreate"),
+            "201",
+            Some("CreatedServers"),
+        ),
+        (
+            p("detail/"),
+            HttpMethod::Get,
+            format!("List {what} (full objects)"),
+            None,
+            "200",
+            Some("ServerList"),
+        ),
+        (
+            p("schema/"),
+            HttpMethod::Get,
+            format!("The schema of {what}"),
+            None,
+            "200",
+            None,
+        ),
+        (
+            p("{uuid}/"),
+            HttpMethod::Get,
+            "Get one server".into(),
+            None,
+            "200",
+            Some("Server"),
+        ),
+        (
+            p("{uuid}/"),
+            HttpMethod::Put,
+            "Edit: a running server takes only name, meta and tags".into(),
+            Some("ServerFields"),
+            "200",
+            Some("Server"),
+        ),
+        (
+            p("{uuid}/"),
+            HttpMethod::Delete,
+            "Delete a stopped server".into(),
+            None,
+            "204",
+            None,
+        ),
+        (
+            p("{uuid}/runtime/"),
+            HttpMethod::Get,
+            "The runtime of a running server (null otherwise)".into(),
+            None,
+            "200",
+            Some("Runtime"),
+        ),
+        (
+            p("{uuid}/action/"),
+            HttpMethod::Post,
+            "?do=start|stop|shutdown|restart".into(),
+            None,
+            "202",
+            Some("ActionResult"),
+        ),
+    ]
+}
+
+const OTHER_OPS: &[Op] = &[
+    (
+        "/capabilities/",
+        HttpMethod::Get,
+        "backfilling, and free_resources for a backfilling account",
+        None,
+        "200",
+        Some("Capabilities"),
+    ),
+    (
+        "/accounts/",
+        HttpMethod::Get,
+        "List accounts (operator)",
+        None,
+        "200",
+        Some("AccountList"),
+    ),
+    (
+        "/accounts/",
+        HttpMethod::Post,
+        "Create accounts (operator)",
+        Some("AccountCreate"),
+        "201",
+        Some("CreatedAccounts"),
+    ),
+    (
+        "/accounts/{name}/",
+        HttpMethod::Get,
+        "Get an account (operator)",
+        None,
+        "200",
+        Some("AccountView"),
+    ),
+    (
+        "/accounts/{name}/",
+        HttpMethod::Put,
+        "Change the backfill permission or quotas (operator)",
+        Some("AccountEdit"),
+        "200",
+        Some("AccountView"),
+    ),
+    (
+        "/accounts/{name}/",
+        HttpMethod::Delete,
+        "Delete an account that owns no servers (operator)",
+        None,
+        "204",
+        None,
+    ),
+    (
+        "/usage/",
+        HttpMethod::Get,
+        "Usage per server in [start, end) (RFC 3339 or Unix seconds; default the last 30 days); the operator may pass account",
+        None,
+        "200",
+        Some("UsageReport"),
+    ),
+    (
+        "/ledger/",
+        HttpMethod::Get,
+        "Ledger debits per server for [start, end)",
+        None,
+        "200",
+        Some("LedgerList"),
+    ),
+    (
+        "/subscriptions/",
+        HttpMethod::Get,
+        "Subscriptions (none are sold)",
+        None,
+        "200",
+        None,
+    ),
+    (
+        "/subscriptions/",
+        HttpMethod::Post,
+        "Refused: no subscription may cover backfill capacity",
+        None,
+        "403",
+        None,
+    ),
+    (
+        "/openapi.json",
+        HttpMethod::Get,
+        "This document",
+        None,
+        "200",
+        None,
+    ),
+];
+
+fn error_list() -> ArrayBuilder {
+    ArrayBuilder::new().items(Ref::from_schema_name("ErrorItem"))
+}
+
+fn path_params(path: &str) -> Vec<utoipa::openapi::path::Parameter> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build()
+        })
+        .collect()
+}
+
+/// Every path the API serves, as `(path, method)`, for tests.
+pub fn operations() -> Vec<(String, HttpMethod)> {
+    all_ops().into_iter().map(|o| (o.0, o.1)).collect()
+}
+
+type FullOp = (
+    String,
+    HttpMethod,
+    String,
+    Option<&'static str>,
+    &'static str,
+    Option<&'static str>,
+);
+
+fn all_ops() -> Vec<FullOp> {
+    let mut ops = collection_ops("servers", "servers");
+    ops.extend(collection_ops("bservers", "backfilling servers"));
+    ops.extend(OTHER_OPS.iter().map(|(p, m, s, rq, code, rs)| {
+        ((*p).to_owned(), m.clone(), (*s).to_owned(), *rq, *code, *rs)
+    }));
+    ops
+}
+
+/// The whole document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let mut paths = Paths::new();
+    for (path, method, summary, request, code, response) in all_ops() {
+        let mut op = OperationBuilder::new()
+            .summary(Some(summary))
+            .parameters(Some(path_params(&path)));
+        if let Some(rq) = request {
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .required(Some(Required::True))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name(rq)))
+                            .build(),
+                    )
+                    .build(),
+            ));
+        }
+        let ok = match response {
+            Some(rs) => ResponseBuilder::new().description("Success").content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(rs)))
+                    .build(),
+            ),
+            None => ResponseBuilder::new().description("Success"),
+        };
+        let err = ResponseBuilder::new()
+            .description("A CloudSigma error list: 400 validation, 403 permission, 404 notexist, 409, 503 backend")
+            .content("application/json", ContentBuilder::new().schema(Some(error_list())).build());
+        op = op
+            .response(code, ok.build())
+            .response("default", err.build());
+        paths.add_path_operation(&path, vec![method], op.build());
+    }
+    doc.paths = paths;
+    doc
+}
+
+/// The document as served and committed: pretty JSON with a final newline.
+pub fn document_json() -> String {
+    let mut text = document()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()));
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+#[path = "openapi_tests.rs"]
+mod tests;

@@ -1,0 +1,144 @@
+//! `capabilities` and `usage`: read-only reports.
+
+use crate::api::Api;
+use crate::cli::UsageArgs;
+use crate::error::CtlError;
+use crate::output::Out;
+use crate::table::{Table, cell};
+use crate::units::{format_bytes, format_duration};
+use serde_json::Value;
+
+pub async fn capabilities(api: &Api, out: Out) -> Result<(), CtlError> {
+    let v = api.get(&["capabilities"], &[]).await?;
+    out.show(&v, capabilities_table)
+}
+
+fn capabilities_table(v: &Value) -> String {
+    let backfilling = v["backfilling"].as_bool().unwrap_or(false);
+    let mut text = format!("backfilling: {backfilling}\n");
+    let free = &v["free_resources"];
+    if !free.is_object() {
+        if !backfilling {
+            text.push_str("(this account cannot run backfill servers; an admin can grant it)\n");
+        }
+        return text;
+    }
+    let mut t = Table::new(&["FREE", "CPU (MHz)", "MEM"]);
+    for k in ["total", "most_free_by_cpu", "most_free_by_memory"] {
+        t.row(vec![
+            k.into(),
+            cell(&free[k]["cpu"]),
+            free[k]["mem"]
+                .as_u64()
+                .map_or_else(|| "-".into(), format_bytes),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&t.render());
+    text
+}
+
+pub async fn usage(api: &Api, out: Out, a: UsageArgs) -> Result<(), CtlError> {
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(s) = &a.start {
+        query.push(("start", s));
+    }
+    if let Some(e) = &a.end {
+        query.push(("end", e));
+    }
+    if let Some(acc) = &a.account {
+        query.push(("account", acc));
+    }
+    let v = api.get(&["usage"], &query).await?;
+    out.show(&v, usage_table)
+}
+
+/// MHz·s as GHz·h and byte·s as GiB·h, two decimals: for reading, not for billing (the API's
+/// `amount` is the decimal to bill).
+#[allow(clippy::cast_precision_loss)]
+fn per_hour(v: &Value, unit: f64) -> String {
+    match v.as_u64() {
+        Some(n) => format!("{:.2}", n as f64 / unit / 3600.0),
+        None => "-".into(),
+    }
+}
+
+fn usage_row(first: [String; 4], u: &Value) -> Vec<String> {
+    let mut row = first.to_vec();
+    row.extend([
+        u["seconds"]
+            .as_u64()
+            .map_or_else(|| "-".into(), format_duration),
+        per_hour(&u["cpu_mhz_seconds"], 1000.0),
+        per_hour(&u["mem_byte_seconds"], f64::from(1u32 << 30)),
+        cell(&u["amount"]),
+    ]);
+    row
+}
+
+fn usage_table(v: &Value) -> String {
+    let mut t = Table::new(&[
+        "SERVER", "NAME", "ACCOUNT", "CLASS", "TIME", "GHz·h", "GiB·h", "AMOUNT",
+    ]);
+    for u in v["objects"].as_array().into_iter().flatten() {
+        let first = ["server", "name", "account", "class"].map(|k| cell(&u[k]));
+        t.row(usage_row(first, u));
+    }
+    let blank = || String::new();
+    t.row(usage_row(
+        ["TOTAL".into(), blank(), blank(), blank()],
+        &v["totals"],
+    ));
+    format!(
+        "usage from {} to {}\n\n{}",
+        cell(&v["start"]),
+        cell(&v["end"]),
+        t.render()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn capabilities_show_free_capacity() {
+        let v = json!({"backfilling": true, "free_resources": {
+            "total": {"cpu": 8000, "mem": 8_589_934_592_u64},
+            "most_free_by_cpu": {"cpu": 4000, "mem": 4_294_967_296_u64},
+            "most_free_by_memory": {"cpu": 4000, "mem": 4_294_967_296_u64},
+        }});
+        let t = capabilities_table(&v);
+        assert!(t.starts_with("backfilling: true\n\nFREE"), "{t}");
+        assert!(t.contains("total                8000       8 GiB\n"), "{t}");
+        let no = capabilities_table(&json!({"backfilling": false}));
+        assert!(no.contains("cannot run backfill servers"));
+    }
+
+    #[test]
+    fn usage_has_a_total_row() {
+        let v = json!({
+            "start": "2025-01-01T00:00:00Z", "end": "2025-01-02T00:00:00Z",
+            "objects": [{"server": "u", "name": "n", "account": "acme", "class": "backfill",
+                         "seconds": 3600, "cpu_mhz_seconds": 3_600_000, "mem_byte_seconds": 3_865_470_566_400_u64,
+                         "amount": "0.0100"}],
+            "totals": {"seconds": 3600, "cpu_mhz_seconds": 3_600_000,
+                       "mem_byte_seconds": 3_865_470_566_400_u64, "amount": "0.0100"},
+        });
+        let t = usage_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "usage from 2025-01-01T00:00:00Z to 2025-01-02T00:00:00Z"
+        );
+        assert!(lines[2].starts_with("SERVER"));
+        assert!(
+            lines[3].contains("1h00m") && lines[3].contains("1.00") && lines[3].contains("0.0100")
+        );
+        assert!(
+            lines[4].starts_with("TOTAL") && lines[4].contains("0.0100"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! `server ...` and `bserver ...`: the same commands on `/servers/` and `/bservers/`.
+
+use crate::api::Api;
+use crate::cli::{ActionArgs, CreateArgs, EditFields, ServerCmd};
+use crate::error::CtlError;
+use crate::output::{Out, Spinner, note};
+use crate::table::{Table, cell, key_values};
+use crate::units::format_bytes;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const POLL: Duration = Duration::from_millis(500);
+/// The fields `show` and `create` print first.
+const FIRST: &[&str] = &[
+    "uuid", "name", "status", "class", "cpu", "mem", "smp", "priority", "runtime",
+];
+
+pub async fn run(
+    api: &Api,
+    out: Out,
+    coll: &'static str,
+    cmd: ServerCmd,
+    timeout: Duration,
+) -> Result<(), CtlError> {
+    match cmd {
+        ServerCmd::List => {
+            let v = api.get(&[coll, "detail"], &[("limit", "0")]).await?;
+            out.show(&v, list_table)
+        }
+        ServerCmd::Show { uuid } => {
+            let v = api.get(&[coll, &uuid], &[]).await?;
+            out.show(&v, show_table)
+        }
+        ServerCmd::Create(c) => create(api, out, coll, c, timeout).await,
+        ServerCmd::Start(a) => action(api, out, coll, a, "start", Some("running"), timeout).await,
+        ServerCmd::Stop(a) => action(api, out, coll, a, "stop", Some("stopped"), timeout).await,
+        ServerCmd::Shutdown(a) => {
+            action(api, out, coll, a, "shutdown", Some("stopped"), timeout).await
+        }
+        ServerCmd::Restart { uuid } => {
+            let a = ActionArgs { uuid, wait: false };
+            action(api, out, coll, a, "restart", None, timeout).await
+        }
+        ServerCmd::Delete { uuid } => {
+            api.call(Method::DELETE, &[coll, &uuid], &[], None).await?;
+            out.say(&format!("deleted {uuid}"))
+        }
+        ServerCmd::Edit(e) => {
+            let body = edit_body(&e.fields);
+            let v = api
+                .call(Method::PUT, &[coll, &e.uuid], &[], Some(&body))
+                .await?;
+            if v.is_null() {
+                out.say(&format!("updated {}", e.uuid))
+            } else {
+                out.show(&v, show_table)
+            }
+        }
+    }
+}
+
+/// The `{"objects": [...]}` a create sends.
+pub fn create_body(c: &CreateArgs) -> Value {
+    let meta: Map<String, Value> = c
+        .meta
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut o = json!({
+        "name": c.name,
+        "cpu": c.cpu,
+        "mem": c.mem,
+        "smp": c.smp.unwrap_or(1),
+        "meta": meta,
+        "tags": c.tags,
+    });
+    if let Some(p) = c.priority {
+        o["priority"] = p.into();
+    }
+    if !c.command.is_empty() {
+        let env: Map<String, Value> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        o["workload"] = json!({
+            "command": c.command,
+            "env": env,
+            "network": if c.isolated { "isolated" } else { "host" },
+        });
+    }
+    json!({ "objects": [o] })
+}
+
+/// The PUT body: only the fields given.
+pub fn edit_body(f: &EditFields) -> Value {
+    let mut o = Map::new();
+    if let Some(n) = &f.name {
+        o.insert("name".into(), n.clone().into());
+    }
+    if !f.meta.is_empty() {
+        let meta: Map<String, Value> = f
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        o.insert("meta".into(), meta.into());
+    }
+    if !f.tags.is_empty() {
+        o.insert("tags".into(), f.tags.clone().into());
+    }
+    Value::Object(o)
+}
+
+async fn create(
+    api: &Api,
+    out: Out,
+    coll: &'static str,
+    c: CreateArgs,
+    timeout: Duration,
+) -> Result<(), CtlError> {
+    let created = api
+        .call(Method::POST, &[coll], &[], Some(&create_body(&c)))
+        .await?;
+    let Some(uuid) = created["objects"][0]["uuid"].as_str().map(str::to_owned) else {
+        return Err(CtlError::BadResponse {
+            url: api.url(&[coll], &[]).to_string(),
+            detail: "the create answer holds no objects[0].uuid".into(),
+        });
+    };
+    let result = if c.start || c.wait {
+        let started = api
+            .call(
+                Method::POST,
+                &[coll, &uuid, "action"],
+                &[("do", "start")],
+                Some(&json!({})),
+            )
+            .await;
+        if let Err(e) = started {
+            note(&format!("created {uuid}, but it could not be started"));
+            return Err(e);
+        }
+        let now = if c.wait {
+            wait_for(api, coll, &uuid, "running", timeout).await?
+        } else {
+            api.get(&[coll, &uuid], &[]).await?
+        };
+        json!({ "objects": [now] })
+    } else {
+        created
+    };
+    out.show(&result, |v| show_table(&v["objects"][0]))
+}
+
+async fn action(
+    api: &Api,
+    out: Out,
+    coll: &'static str,
+    a: ActionArgs,
+    what: &str,
+    target: Option<&'static str>,
+    timeout: Duration,
+) -> Result<(), CtlError> {
+    let answer = api
+        .call(
+            Method::POST,
+            &[coll, &a.uuid, "action"],
+            &[("do", what)],
+            Some(&json!({})),
+        )
+        .await?;
+    let uuid = &a.uuid;
+    match target {
+        Some(want) if a.wait => {
+            wait_for(api, coll, uuid, want, timeout).await?;
+            out.show(&answer, |_| format!("{uuid}: {want}\n"))
+        }
+        _ => out.show(&answer, |v| {
+            let result = v["result"].as_str().unwrap_or("accepted");
+            format!("{uuid}: {what} {result}\n")
+        }),
+    }
+}
+
+/// Polls the server every [`POLL`] until its status is `want`, or `timeout` passed.
+async fn wait_for(
+    api: &Api,
+    coll: &'static str,
+    uuid: &str,
+    want: &'static str,
+    timeout: Duration,
+) -> Result<Value, CtlError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut spinner = Spinner::new();
+    loop {
+        let v = api.get(&[coll, uuid], &[]).await?;
+        let status = v["status"].as_str().unwrap_or("?").to_owned();
+        if status == want {
+            return Ok(v);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(CtlError::WaitTimeout {
+                uuid: uuid.to_owned(),
+                want,
+                last: status,
+                secs: timeout.as_secs(),
+            });
+        }
+        let pending = v["pending_reason"]
+            .as_str()
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default();
+        spinner.tick(&format!(
+            "{uuid}: {status}{pending} (waiting for {want}, {}s)",
+            (now - start).as_secs()
+        ));
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
+}
+
+fn list_table(v: &Value) -> String {
+    let mut t = Table::new(&[
+        "UUID",
+        "NAME",
+        "STATUS",
+        "CPU (MHz)",
+        "MEM",
+        "PERF",
+        "HOST",
+        "TERMINATES",
+    ]);
+    for s in v["objects"].as_array().into_iter().flatten() {
+        t.row(server_row(s));
+    }
+    t.render()
+}
+
+pub fn server_row(s: &Value) -> Vec<String> {
+    let rt = &s["runtime"];
+    let pf = &rt["perf_factor"];
+    let perf = match (pf["cpu"].as_f64(), pf["mem"].as_f64()) {
+        (Some(c), Some(m)) => format!("{c:.2}/{m:.2}"),
+        _ => "-".into(),
+    };
+    vec![
+        cell(&s["uuid"]),
+        cell(&s["name"]),
+        cell(&s["status"]),
+        cell(&s["cpu"]),
+        s["mem"].as_u64().map_or_else(|| "-".into(), format_bytes),
+        perf,
+        cell(&rt["host"]),
+        cell(&rt["termination"]["terminate_at"]),
+    ]
+}
+
+fn show_table(v: &Value) -> String {
+    let mut v = v.clone();
+    if let Some(mem) = v["mem"].as_u64() {
+        v["mem"] = format!("{mem} ({})", format_bytes(mem)).into();
+    }
+    key_values(&v, FIRST).render()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(command: &[&str]) -> CreateArgs {
+        CreateArgs {
+            name: "x".into(),
+            cpu: 500,
+            mem: 256 << 20,
+            smp: None,
+            meta: vec![("k".into(), "v".into())],
+            tags: vec!["t".into()],
+            priority: None,
+            isolated: true,
+            env: vec![("A".into(), "1".into())],
+            start: false,
+            wait: false,
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn create_bodies_carry_a_workload_only_with_a_command() {
+        assert_eq!(
+            create_body(&args(&["sleep", "300"])),
+            json!({"objects": [{
+                "name": "x", "cpu": 500, "mem": 268_435_456, "smp": 1,
+                "meta": {"k": "v"}, "tags": ["t"],
+                "workload": {"command": ["sleep", "300"], "env": {"A": "1"}, "network": "isolated"},
+            }]})
+        );
+        let mut a = args(&[]);
+        a.priority = Some(-3);
+        let body = create_body(&a);
+        assert_eq!(body["objects"][0]["priority"], -3);
+        assert!(body["objects"][0].get("workload").is_none());
+    }
+
+    #[test]
+    fn edit_bodies_hold_only_the_given_fields() {
+        let f = EditFields {
+            name: None,
+            meta: vec![],
+            tags: vec!["a".into()],
+        };
+        assert_eq!(edit_body(&f), json!({"tags": ["a"]}));
+    }
+
+    #[test]
+    fn rows_show_runtime_or_dashes() {
+        let running = json!({
+            "uuid": "u", "name": "n", "status": "running", "cpu": 500, "mem": 268_435_456,
+            "runtime": {"host": "h", "perf_factor": {"cpu": 0.5, "mem": 1.0},
+                        "termination": {"terminate_at": "2025-01-01T00:00:00+00:00"}},
+        });
+        assert_eq!(
+            server_row(&running),
+            [
+                "u",
+                "n",
+                "running",
+                "500",
+                "256 MiB",
+                "0.50/1.00",
+                "h",
+                "2025-01-01T00:00:00+00:00"
+            ]
+        );
+        let stopped = json!({"uuid": "u", "name": "n", "status": "stopped", "cpu": 500,
+                             "mem": 268_435_456, "runtime": null});
+        assert_eq!(
+            server_row(&stopped),
+            ["u", "n", "stopped", "500", "256 MiB", "-", "-", "-"]
+        );
+    }
+}
