@@ -202,6 +202,34 @@ impl Coordinator {
         out
     }
 
+    /// The operator's view: every account's servers in `scope`.
+    pub async fn list_all_servers(&self, scope: Scope) -> Vec<ServerRecord> {
+        let model = self.model.lock().await;
+        let mut out: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| scope.sees(s.class))
+            .map(|s| model.as_seen(s))
+            .collect();
+        out.sort_by_key(|s| (s.created_at, s.uuid));
+        out
+    }
+
+    /// The operator's view of one server, whoever owns it.
+    pub async fn get_any_server(
+        &self,
+        scope: Scope,
+        id: ServerId,
+    ) -> Result<ServerRecord, OpError> {
+        let model = self.model.lock().await;
+        model
+            .servers
+            .get(&id)
+            .filter(|s| scope.sees(s.class))
+            .map(|s| model.as_seen(s))
+            .ok_or(OpError::NotFound(id))
+    }
+
     pub async fn get_server(
         &self,
         owner: &Account,

@@ -469,8 +469,27 @@ async fn tenants_are_isolated_and_operators_manage_accounts() {
     let (_, alice_acc) = get(&ops, &coord.url("accounts/alice/")).await;
     assert_eq!(alice_acc["in_use"]["servers"], 1);
     assert_eq!(get(&ops, &coord.url("accounts/nobody/")).await.0, 404);
-    // Operators use their own endpoints, not a tenant's.
-    assert_eq!(get(&ops, &coord.url("bservers/")).await.0, 403);
+    // The operator sees every account's servers (read-only); it cannot act as a tenant.
+    let (status, all) = get(&ops, &coord.url("bservers/detail/")).await;
+    assert_eq!(
+        (status, all["meta"]["total_count"].as_u64()),
+        (200, Some(1)),
+        "{all}"
+    );
+    assert_eq!(all["objects"][0]["uuid"], id.as_str());
+    let (status, one) = get(&ops, &coord.url(&format!("servers/{id}/"))).await;
+    assert_eq!((status, one["name"].as_str()), (200, Some("a")));
+    assert_eq!(
+        post(
+            &ops,
+            &coord.url("bservers/"),
+            json!({"objects": [{"name": "o", "cpu": 500, "mem": MEM}]})
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(act(&ops, &coord, "bservers", &id, "start").await.0, 403);
 
     // Carol's quota: one server, 1000 MHz.
     let carol = client(&pki.ca(), Some(&pki.issue(Role::Account, "carol")));

@@ -5,11 +5,11 @@
 use super::listing::filter_servers;
 pub use super::listing::page;
 use super::server_json;
-use super::tenant::Tenant;
+use super::tenant::{Caller, Tenant};
 use super::views::{detail, summary, to_json};
 use super::{ApiError, AppState};
 use crate::coordinator::Scope;
-use crate::store::Account;
+use crate::store::{Account, ServerRecord};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -108,19 +108,47 @@ fn parse_id(raw: &str) -> Result<ServerId, ApiError> {
         .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
 }
 
+/// Each server's owning account: the caller's own, or (for the operator) every account.
+async fn owners(state: &AppState, caller: &Caller) -> Result<BTreeMap<String, Account>, ApiError> {
+    Ok(match caller {
+        Caller::Tenant(a) => [(a.name.clone(), a.clone())].into(),
+        Caller::Admin => state
+            .coordinator
+            .accounts()
+            .await?
+            .into_iter()
+            .map(|(a, _)| (a.name.clone(), a))
+            .collect(),
+    })
+}
+
+fn owner_of<'a>(
+    owners: &'a BTreeMap<String, Account>,
+    s: &ServerRecord,
+) -> Result<&'a Account, ApiError> {
+    owners
+        .get(&s.owner)
+        .ok_or_else(|| ApiError::not_found(format!("server {} has no account", s.uuid)))
+}
+
+/// Lists: a tenant sees its own servers; the operator sees every account's (read-only).
 async fn listing(
     c: Collection,
     State(state): State<AppState>,
-    Tenant(account): Tenant,
+    caller: Caller,
     Params(params): Params,
     full: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let account = c.admit(account)?;
+    let servers = match &caller {
+        Caller::Tenant(account) => {
+            let account = c.admit(account.clone())?;
+            state.coordinator.list_servers(&account, c.scope).await
+        }
+        Caller::Admin => state.coordinator.list_all_servers(c.scope).await,
+    };
+    let owners = owners(&state, &caller).await?;
     let (limit, offset) = page(&params)?;
-    let all = filter_servers(
-        state.coordinator.list_servers(&account, c.scope).await,
-        &params,
-    )?;
+    let all = filter_servers(servers, &params)?;
     let total = all.len();
     let take = if limit == 0 { usize::MAX } else { limit };
     let objects: Vec<_> = all
@@ -128,13 +156,14 @@ async fn listing(
         .skip(offset)
         .take(take)
         .map(|s| {
-            if full {
-                to_json(&detail(c.name, &account, s))
+            let account = owner_of(&owners, s)?;
+            Ok(if full {
+                to_json(&detail(c.name, account, s))
             } else {
-                to_json(&summary(c.name, &account, s))
-            }
+                to_json(&summary(c.name, account, s))
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     Ok(Json(json!({
         "meta": {"limit": limit, "offset": offset, "total_count": total},
         "objects": objects,
@@ -172,13 +201,19 @@ async fn create(
 async fn show(
     c: Collection,
     State(state): State<AppState>,
-    Tenant(account): Tenant,
+    caller: Caller,
     Path(uuid): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
-    let s = state.coordinator.get_server(&account, c.scope, id).await?;
-    Ok(Json(to_json(&detail(c.name, &account, &s))))
+    let s = match &caller {
+        Caller::Tenant(account) => {
+            let account = c.admit(account.clone())?;
+            state.coordinator.get_server(&account, c.scope, id).await?
+        }
+        Caller::Admin => state.coordinator.get_any_server(c.scope, id).await?,
+    };
+    let owners = owners(&state, &caller).await?;
+    Ok(Json(to_json(&detail(c.name, owner_of(&owners, &s)?, &s))))
 }
 
 async fn edit(
