@@ -34,6 +34,9 @@ pub struct Cli {
     /// Declare GPUs from a JSON file instead of asking NVML (overrides `inventory_file`).
     #[arg(long)]
     pub inventory_file: Option<PathBuf>,
+    /// Log lines for people or JSON for shippers (default: BACKFILL_LOG_FORMAT, else human).
+    #[arg(long, value_enum)]
+    pub log_format: Option<backfill_shared::daemon::LogFormat>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -118,7 +121,9 @@ pub fn main_with_args(args: Vec<OsString>) -> u8 {
     if let Some(Command::Idle) = cli.command {
         idle();
     }
-    backfill_shared::daemon::init_tracing();
+    backfill_shared::daemon::init_tracing(backfill_shared::daemon::LogFormat::resolve(
+        cli.log_format,
+    ));
     match main_exec(&cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -252,9 +257,13 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         inventory,
         report_interval: Duration::from_secs(cfg.report_interval_secs),
     };
+    let notifier = backfill_shared::notify::Notifier::from_env();
+    let host_label = params.host_id.to_string();
+    let coordinator_addr = params.addr;
     let watcher = tokio::spawn(watch_exits(
         supervisor.clone(),
         changed.clone(),
+        notifier.clone(),
         shutdown.clone(),
     ));
     let link = tokio::spawn(link::run(
@@ -263,8 +272,11 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         changed,
         shutdown.clone(),
     ));
+    // Listeners bound and the link's retry loop running: ready for systemd (Type=notify).
+    notifier.ready(&format!("host {host_label}; link to {coordinator_addr}"));
     backfill_shared::daemon::wait_for_signal().await;
     tracing::info!("shutting down");
+    notifier.stopping();
     shutdown.cancel();
     let _ = link.await;
     let _ = watcher.await;
@@ -376,10 +388,12 @@ fn start_metadata(
     )))
 }
 
-/// Notices ended workloads every second, whether or not the coordinator is reachable.
+/// Notices ended workloads every second, whether or not the coordinator is reachable. The
+/// agent's main loop: the systemd watchdog is fed from here.
 async fn watch_exits(
     supervisor: Arc<Mutex<Supervisor>>,
     changed: Arc<Notify>,
+    notifier: backfill_shared::notify::Notifier,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -399,5 +413,6 @@ async fn watch_exits(
         if ended {
             changed.notify_one();
         }
+        notifier.watchdog();
     }
 }

@@ -229,3 +229,45 @@ impl AgentConfig {
         Ok(Some(secret.as_bytes().to_vec()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                keys(v, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_parses_and_documents_every_key() {
+        let text = include_str!("../../config/agent.toml");
+        let mut example: AgentConfig = toml::from_str(text).unwrap();
+        assert_eq!(example.metadata, MetadataSettings::default());
+        assert_eq!(example.network, NetworkSettings::default());
+        // Optional keys are commented out in the example; they are documented all the same.
+        example.inventory_file = Some("/etc/backfill/gpus.json".into());
+        example.metadata.proxy_secret_file = Some("/etc/backfill/metadata-proxy.secret".into());
+        let mut all = Vec::new();
+        keys(&toml::Value::try_from(&example).unwrap(), "", &mut all);
+        let documented = |k: &str| {
+            let leaf = k.rsplit('.').next().unwrap_or(k);
+            text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{leaf} =")) || l.starts_with(&format!("[{k}]"))
+            })
+        };
+        for k in all {
+            assert!(documented(&k), "config/agent.toml does not document {k}");
+        }
+    }
+}

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "backfill-coordinator", version, about = "backfill coordinator")]
 pub struct Cli {
+    /// Log lines for people or JSON for shippers (default: BACKFILL_LOG_FORMAT, else human).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<backfill_shared::daemon::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,6 +25,9 @@ pub enum Command {
     Run {
         #[arg(long, default_value = "/etc/backfill/coordinator.toml")]
         config: PathBuf,
+        /// Load and validate the configuration, print what is wrong (file, key, reason), exit.
+        #[arg(long)]
+        check_config: bool,
     },
     /// Coordinator + a local agent + a throwaway CA, on loopback, in one command.
     #[cfg(feature = "dev")]
@@ -107,8 +113,15 @@ impl CliError {
 
 pub fn main_exec(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            check_config,
+        } => {
             let cfg = CoordinatorConfig::load(&config)?;
+            if check_config {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
             runtime()?.block_on(run(cfg))
         }
         #[cfg(feature = "dev")]
@@ -183,7 +196,9 @@ async fn run(cfg: CoordinatorConfig) -> Result<(), CliError> {
 pub fn main() -> ExitCode {
     backfill_shared::tls::install_default_provider();
     let cli = Cli::parse();
-    backfill_shared::daemon::init_tracing();
+    backfill_shared::daemon::init_tracing(backfill_shared::daemon::LogFormat::resolve(
+        cli.log_format,
+    ));
     match main_exec(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

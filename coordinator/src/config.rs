@@ -82,6 +82,43 @@ cert = "/etc/backfill/coordinator.pem"
 key = "/etc/backfill/coordinator.key"
 "#;
 
+    /// Every key a configuration can hold, as dotted paths.
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                keys(v, &path, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_parses_and_documents_every_key() {
+        let text = include_str!("../../config/coordinator.toml");
+        let example: CoordinatorConfig = toml::from_str(text).unwrap();
+        assert_eq!(example.billing, crate::billing::BillingConfig::default());
+        assert_eq!(example.classes, crate::scheduler::Classes::default());
+        let mut all = Vec::new();
+        keys(&toml::Value::try_from(&example).unwrap(), "", &mut all);
+        let mut in_example = Vec::new();
+        keys(
+            &toml::from_str::<toml::Value>(text).unwrap(),
+            "",
+            &mut in_example,
+        );
+        for k in all {
+            assert!(
+                in_example.contains(&k),
+                "config/coordinator.toml does not document {k}"
+            );
+        }
+    }
+
     #[test]
     fn scheduler_and_classes_have_defaults_and_can_be_set() {
         let cfg: CoordinatorConfig = toml::from_str(BASE).unwrap();

@@ -87,6 +87,12 @@ impl Bound {
 
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Listeners are bound: tell systemd (Type=notify) we are ready.
+        let notifier = backfill_shared::notify::Notifier::from_env();
+        notifier.ready(&format!(
+            "API on {}, agent link on {}",
+            self.api_addr, self.link_addr
+        ));
         let router = api::router(self.coordinator.clone());
         let api = tokio::spawn(api::serve_api(
             self.api,
@@ -100,8 +106,13 @@ impl Bound {
             self.coordinator.clone(),
             shutdown.clone(),
         ));
-        let ticker = tokio::spawn(tick(self.coordinator.clone(), shutdown.clone()));
+        let ticker = tokio::spawn(tick(
+            self.coordinator.clone(),
+            notifier.clone(),
+            shutdown.clone(),
+        ));
         shutdown.cancelled().await;
+        notifier.stopping();
         let _ = ticker.await;
         let _ = api.await;
         let _ = link.await;
@@ -110,8 +121,13 @@ impl Bound {
     }
 }
 
-/// The scheduler's clock: due terminations, queued servers, growing back, once a second.
-async fn tick(coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
+/// The scheduler's clock: due terminations, queued servers, growing back, once a second. It is
+/// the main loop: the systemd watchdog is fed from here, so a stuck loop gets restarted.
+async fn tick(
+    coordinator: Arc<Coordinator>,
+    notifier: backfill_shared::notify::Notifier,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -123,5 +139,6 @@ async fn tick(coordinator: Arc<Coordinator>, shutdown: CancellationToken) {
         if let Err(e) = coordinator.tick(now).await {
             tracing::error!(error = %e, "scheduler tick failed; retrying next second");
         }
+        notifier.watchdog();
     }
 }

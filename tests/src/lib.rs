@@ -112,10 +112,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(exe: &Path, args: &[&str], log: PathBuf) -> Daemon {
+    fn spawn_env(exe: &Path, args: &[&str], log: PathBuf, env: &[(String, String)]) -> Daemon {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -209,6 +210,17 @@ impl Coordinator {
         plain_accounts: &[&str],
         extra: &str,
     ) -> Coordinator {
+        Coordinator::start_env(pki, backfill_accounts, plain_accounts, extra, &[])
+    }
+
+    /// As [`Coordinator::start_accounts`], with extra environment variables.
+    pub fn start_env(
+        pki: &Pki,
+        backfill_accounts: &[&str],
+        plain_accounts: &[&str],
+        extra: &str,
+        env: &[(String, String)],
+    ) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let tls = pki.issue(Role::Coordinator, "coordinator");
         let list = |names: &[&str]| {
@@ -229,10 +241,11 @@ impl Coordinator {
         ) + extra;
         let path = dir.path().join("coordinator.toml");
         std::fs::write(&path, cfg).unwrap();
-        let mut daemon = Daemon::spawn(
+        let mut daemon = Daemon::spawn_env(
             &bin("backfill-coordinator"),
             &["run", "--config", path.to_str().unwrap()],
             dir.path().join("coordinator.log"),
+            env,
         );
         let api = daemon.wait_log_value("API listening", "api_addr");
         let link = daemon.wait_log_value("agent link listening", "link_addr");
@@ -260,6 +273,8 @@ pub struct AgentSetup {
     /// Appended to the generated configuration. By default the metadata listener binds an
     /// ephemeral loopback port, so that agents of parallel tests do not collide.
     pub extra_toml: String,
+    /// Extra environment variables for the agent process.
+    pub extra_env: Vec<(String, String)>,
     tls: TlsFiles,
     link: String,
 }
@@ -273,6 +288,7 @@ impl AgentSetup {
             cgroup_parent: format!("backfill-test-{}-{seq}", std::process::id()),
             enforcing: is_root(),
             extra_toml: "[metadata]\nbind = \"127.0.0.1:0\"\n".into(),
+            extra_env: Vec::new(),
             tls: pki.issue(Role::Agent, host),
             link: coordinator.link.clone(),
         }
@@ -298,10 +314,11 @@ impl AgentSetup {
         ) + &self.extra_toml;
         let path = self.dir.path().join(format!("agent-{tag}.toml"));
         std::fs::write(&path, cfg).unwrap();
-        let mut d = Daemon::spawn(
+        let mut d = Daemon::spawn_env(
             &bin("backfill-agent"),
             &["--config", path.to_str().unwrap()],
             self.dir.path().join(format!("agent-{tag}.log")),
+            &self.extra_env,
         );
         d.wait_log_value("connected to the coordinator", "protocol_version");
         d
