@@ -14,6 +14,10 @@ pub struct CoordinatorConfig {
     pub api_addr: SocketAddr,
     /// Agent link (TLS, agent certificates).
     pub link_addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/ready` in plain HTTP: keep it on loopback or a management
+    /// network.
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
     /// The SQLite database file.
     pub database: PathBuf,
     /// Accounts created at startup (if missing) with the backfill permission. Accounts are
@@ -33,6 +37,10 @@ pub struct CoordinatorConfig {
     /// `[classes.backfill]`, `[classes.spot]`: downsizable, floor, min_uptime_s, notice_s.
     #[serde(default)]
     pub classes: crate::scheduler::Classes,
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 impl CoordinatorConfig {

@@ -81,6 +81,7 @@ pub struct Coordinator {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: SchedulerSettings,
     pub(crate) billing: Billing,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     next_conn: AtomicU64,
 }
 
@@ -118,6 +119,7 @@ impl Coordinator {
             clock,
             settings,
             billing: Billing::default(),
+            metrics: Arc::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -318,7 +320,9 @@ impl Coordinator {
                 .unwrap_or(s.perf_factor);
             usage.extend(settle(old, s, perf_now, now, &self.billing));
         }
-        self.store.commit(&servers, &generations, &usage).await?;
+        let start = std::time::Instant::now();
+        let stored = self.store.commit(&servers, &generations, &usage).await;
+        crate::metrics::observe(&self.metrics.commit_seconds, start, stored)?;
         for s in servers {
             model.put_server(s, now);
         }

@@ -32,9 +32,11 @@ pub enum DaemonError {
 pub struct Bound {
     pub api_addr: SocketAddr,
     pub link_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub coordinator: Arc<Coordinator>,
     api: TcpListener,
     link: TcpListener,
+    admin: TcpListener,
     acceptor: TlsAcceptor,
 }
 
@@ -71,16 +73,21 @@ impl Bound {
         );
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
+        let admin = bind(cfg.admin_addr).await?;
         let api_addr = local(&api, cfg.api_addr);
         let link_addr = local(&link, cfg.link_addr);
+        let admin_addr = local(&admin, cfg.admin_addr);
         tracing::info!(%api_addr, "API listening (mutual TLS)");
         tracing::info!(%link_addr, "agent link listening (mutual TLS)");
+        tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
         Ok(Bound {
             api_addr,
             link_addr,
+            admin_addr,
             coordinator,
             api,
             link,
+            admin,
             acceptor,
         })
     }
@@ -106,6 +113,11 @@ impl Bound {
             self.coordinator.clone(),
             shutdown.clone(),
         ));
+        let admin = tokio::spawn(crate::metrics::serve_admin(
+            self.admin,
+            crate::metrics::admin_router(self.coordinator.clone()),
+            shutdown.clone(),
+        ));
         let ticker = tokio::spawn(tick(
             self.coordinator.clone(),
             notifier.clone(),
@@ -114,6 +126,7 @@ impl Bound {
         shutdown.cancelled().await;
         notifier.stopping();
         let _ = ticker.await;
+        let _ = admin.await;
         let _ = api.await;
         let _ = link.await;
         self.coordinator.store.close().await;

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dev;
 pub mod hosts;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod schedule;
 pub mod scheduler;

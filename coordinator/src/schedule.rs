@@ -101,7 +101,9 @@ impl Coordinator {
     }
 
     fn make_plan(&self, model: &Model, id: ServerId, now: i64) -> Planned {
+        let start = std::time::Instant::now();
         let plan = scheduler::plan(&model.cluster, id, &self.policy(), now);
+        crate::metrics::observe(&self.metrics.plan_seconds, start, ());
         let fence = match &plan {
             Plan::Place { host, .. } | Plan::Preempt { host, .. } => {
                 Some((host.clone(), model.generation(host)))
@@ -109,6 +111,41 @@ impl Coordinator {
             Plan::Queue { .. } | Plan::Never { .. } => None,
         };
         Planned { plan, fence }
+    }
+
+    /// Counts a committed plan: placements by kind, preemption actions by kind.
+    fn count(&self, plan: &Plan) {
+        let kind = |k: &str| crate::metrics::Kind { kind: k.into() };
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        match plan {
+            Plan::Place { downsize, .. } => {
+                let how = if downsize.is_empty() {
+                    "free"
+                } else {
+                    "downsized"
+                };
+                self.metrics.placements.get_or_create(&kind(how)).inc();
+                self.metrics
+                    .preemptions
+                    .get_or_create(&kind("downsize"))
+                    .inc_by(n(downsize.len()));
+            }
+            Plan::Preempt {
+                downsize,
+                terminate,
+                ..
+            } => {
+                self.metrics
+                    .preemptions
+                    .get_or_create(&kind("downsize"))
+                    .inc_by(n(downsize.len()));
+                self.metrics
+                    .preemptions
+                    .get_or_create(&kind("terminate"))
+                    .inc_by(n(terminate.len()));
+            }
+            Plan::Queue { .. } | Plan::Never { .. } => {}
+        }
     }
 
     /// Plans a start for a server without committing it (the applier below decides).
@@ -259,6 +296,7 @@ impl Coordinator {
         };
         changed.push(server.clone());
         self.commit(model, changed, &hosts).await?;
+        self.count(&plan);
         Ok(server)
     }
 

@@ -189,6 +189,8 @@ pub struct Coordinator {
     pub daemon: Daemon,
     pub api: String,
     pub link: String,
+    /// The admin listener (/metrics, /healthz, /ready), plain HTTP.
+    pub admin: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -231,7 +233,7 @@ impl Coordinator {
                 .join(", ")
         };
         let cfg = format!(
-            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\naccounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\naccounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             dir.path().join("db.sqlite"),
             list(backfill_accounts),
             list(plain_accounts),
@@ -249,10 +251,12 @@ impl Coordinator {
         );
         let api = daemon.wait_log_value("API listening", "api_addr");
         let link = daemon.wait_log_value("agent link listening", "link_addr");
+        let admin = daemon.wait_log_value("admin listening", "admin_addr");
         Coordinator {
             daemon,
             api,
             link,
+            admin,
             dir,
         }
     }
@@ -415,4 +419,24 @@ pub async fn delete(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.delete(url).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
+}
+
+/// A plain-HTTP GET (the admin listeners): (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -86,7 +86,7 @@ fn logs_can_be_json_for_shippers() {
     std::fs::write(
         &cfg,
         format!(
-            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\ndatabase = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
             dir.path().join("db"),
             tls.ca,
             tls.cert,

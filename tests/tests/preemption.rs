@@ -106,6 +106,47 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
         eprintln!("skipping cgroup checks: not root, limits are not enforced");
     }
 
+    // The coordinator's metrics moved: two placements (one free, one after downsizing), a
+    // downsize, the API requests by route, the servers by class and status, one agent.
+    let (status, m) = http_get(&coord.admin, "/metrics");
+    assert_eq!(status, 200);
+    let value = |line_start: &str| {
+        m.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{m}"))
+    };
+    assert_eq!(
+        value("backfill_coordinator_placements_total{kind=\"free\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("backfill_coordinator_placements_total{kind=\"downsized\"}"),
+        1.0
+    );
+    assert!(value("backfill_coordinator_preemptions_total{kind=\"downsize\"}") >= 1.0);
+    assert!(
+        value(
+            "backfill_coordinator_api_requests_total{route=\"/api/2.0/bservers/{uuid}/\",code=\"200\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        value("backfill_coordinator_servers{class=\"normal\",status=\"running\"}"),
+        1.0
+    );
+    assert_eq!(value("backfill_coordinator_link_sessions"), 1.0);
+    assert!(value("backfill_coordinator_plan_seconds_count") >= 2.0);
+    assert!(value("backfill_coordinator_store_commit_seconds_count") >= 2.0);
+    assert_eq!(
+        http_get(&coord.admin, "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        http_get(&coord.admin, "/ready"),
+        (200, "ready\n".to_string())
+    );
+
     // The normal server leaves; the backfill server grows back (hysteresis: 1 s here).
     post(
         &tenant,

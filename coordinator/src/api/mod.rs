@@ -19,6 +19,7 @@ use crate::coordinator::Coordinator;
 use crate::tls_accept;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use backfill_shared::pki::{PeerIdentity, Role};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -61,7 +62,33 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(request_id))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Counts each request by its route pattern (not the raw path: ids would explode the
+/// label set) and status code.
+async fn count(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let labels = crate::metrics::RouteCode {
+        route,
+        code: resp.status().as_u16(),
+    };
+    state
+        .coordinator
+        .metrics
+        .api_requests
+        .get_or_create(&labels)
+        .inc();
+    resp
 }
 
 /// The OpenAPI document (public: it describes, it grants nothing).

@@ -87,6 +87,12 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// The store answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
