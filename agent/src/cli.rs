@@ -224,6 +224,14 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         path: cfg.state_dir.clone(),
         source,
     })?;
+    let metrics = Arc::new(crate::admin::AgentMetrics::default());
+    metrics.cpus.set(i64::from(inventory.cpus));
+    metrics
+        .mem_bytes
+        .set(i64::try_from(inventory.mem_bytes).unwrap_or(i64::MAX));
+    metrics
+        .gpus
+        .set(i64::try_from(inventory.gpus.len()).unwrap_or(0));
     let store = Arc::new(MetadataStore::default());
     let mut supervisor = Supervisor::new(
         cgroups,
@@ -233,7 +241,8 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         Arc::new(SystemClock),
     )
     .with_networks(guest_networks(&cfg))
-    .with_metadata(store.clone(), cfg.metadata.availability_zone.clone());
+    .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
+    .with_cgroup_error_counter(metrics.cgroup_errors.clone());
     supervisor.adopt()?;
     let supervisor = Arc::new(Mutex::new(supervisor));
     let shutdown = CancellationToken::new();
@@ -245,6 +254,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
             &supervisor,
             &changed,
             &shutdown,
+            &metrics,
         )?)
     } else {
         None
@@ -256,7 +266,22 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         host_id,
         inventory,
         report_interval: Duration::from_secs(cfg.report_interval_secs),
+        metrics: metrics.clone(),
     };
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin.bind)
+        .await
+        .map_err(|source| AgentError::Io {
+            path: PathBuf::from(format!("admin listener {}", cfg.admin.bind)),
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().map_or(cfg.admin.bind, |a| a);
+    tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        metrics.clone(),
+        supervisor.clone(),
+        shutdown.clone(),
+    ));
     let notifier = backfill_shared::notify::Notifier::from_env();
     let host_label = params.host_id.to_string();
     let coordinator_addr = params.addr;
@@ -280,6 +305,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     shutdown.cancel();
     let _ = link.await;
     let _ = watcher.await;
+    let _ = admin.await;
     if let Some(m) = metadata {
         let _ = m.await;
     }
@@ -330,6 +356,7 @@ fn start_metadata(
     supervisor: &Arc<Mutex<Supervisor>>,
     changed: &Arc<Notify>,
     shutdown: &CancellationToken,
+    metrics: &crate::admin::AgentMetrics,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let m = &cfg.metadata;
     let mut mcfg = MetadataConfig {
@@ -355,14 +382,17 @@ fn start_metadata(
     let local = listener.local_addr().map_or(m.bind, |a| a);
     tracing::info!(addr = %local, imdsv1 = m.imdsv1, proxy = mcfg.proxy_key.is_some(), "metadata service listening");
     let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<AckRequest>(64);
-    let svc = Arc::new(MetadataService::new(
-        store,
-        mcfg,
-        tokens,
-        RateLimiter::new(f64::from(m.rate_per_second), m.burst),
-        acks,
-        Arc::new(SystemClock),
-    ));
+    let svc = Arc::new(
+        MetadataService::new(
+            store,
+            mcfg,
+            tokens,
+            RateLimiter::new(f64::from(m.rate_per_second), m.burst),
+            acks,
+            Arc::new(SystemClock),
+        )
+        .with_request_counter(metrics.metadata_requests.clone()),
+    );
     let sup = supervisor.clone();
     let changed = changed.clone();
     tokio::spawn(async move {

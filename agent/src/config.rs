@@ -50,6 +50,29 @@ pub struct AgentConfig {
     pub metadata: MetadataSettings,
     #[serde(default)]
     pub network: NetworkSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Keep it on loopback or a management network.
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings {
+            bind: default_admin_bind(),
+        }
+    }
+}
+
+fn default_admin_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
 }
 
 /// `[metadata]`: the guests' metadata service.

@@ -1,6 +1,7 @@
 //! backfill-agent: discovers this host, runs and limits its workloads in cgroups, and keeps them
 //! in line with the coordinator's desired state.
 
+pub mod admin;
 pub mod cgroups;
 pub mod cli;
 pub mod config;

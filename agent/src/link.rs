@@ -54,6 +54,7 @@ pub struct LinkParams {
     pub host_id: HostId,
     pub inventory: HostInventory,
     pub report_interval: Duration,
+    pub metrics: Arc<crate::admin::AgentMetrics>,
 }
 
 impl LinkParams {
@@ -76,6 +77,7 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             r = session(&p, &supervisor, &changed) => r,
         };
+        p.metrics.link_connected.set(0);
         match result {
             Ok(()) => tracing::warn!("coordinator closed the link"),
             Err(e) => tracing::warn!(error = %e, "coordinator link down; workloads keep running"),
@@ -177,6 +179,8 @@ async fn session(
     match recv(&mut link).await? {
         CoordinatorMessage::Welcome { protocol_version } => {
             tracing::info!(coordinator = %p.addr, protocol_version, "connected to the coordinator");
+            p.metrics.link_connected.set(1);
+            p.metrics.link_sessions.inc();
         }
         CoordinatorMessage::Refused { reason } => return Err(LinkError::Refused(reason)),
         CoordinatorMessage::DesiredState(_) => {

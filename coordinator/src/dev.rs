@@ -178,6 +178,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             ..MetadataSettings::default()
         },
         network: Default::default(),
+        admin: backfill_agent::config::AdminSettings {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
     };
     let agent_toml = l.dir.join("agent.toml");
     let text = toml::to_string(&agent_cfg).map_err(|e| DevError::AgentConfig(e.to_string()))?;

@@ -315,7 +315,8 @@ impl AgentSetup {
             self.tls.ca,
             self.tls.cert,
             self.tls.key
-        ) + &self.extra_toml;
+        ) + &self.extra_toml
+            + "[admin]\nbind = \"127.0.0.1:0\"\n";
         let path = self.dir.path().join(format!("agent-{tag}.toml"));
         std::fs::write(&path, cfg).unwrap();
         let mut d = Daemon::spawn_env(

@@ -74,7 +74,8 @@ async fn guests_learn_who_they_are_and_when_they_end_and_can_give_capacity_back(
     let coord = Coordinator::start_with(&pki, &["tenant"], NOTICE);
     let mut setup = AgentSetup::new(&pki, &coord, "host-md");
     setup.extra_toml = "[metadata]\nbind = \"169.254.169.254:80\"\navailability_zone = \"zone-e2e\"\n[network]\npool = \"10.213.240.0/24\"\n".into();
-    let _agent = setup.start(true, "1");
+    let mut agent = setup.start(true, "1");
+    let agent_admin = agent.wait_log_value("admin listening", "admin_addr");
     let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
 
     // Two backfill servers that together take the host's CPU.
@@ -279,4 +280,16 @@ async fn guests_learn_who_they_are_and_when_they_end_and_can_give_capacity_back(
         &[&format!("{MD}/openstack/latest/meta_data.json")],
     );
     assert_eq!(m["uuid"], guests[1 - victim].as_str());
+    // The agent counted the guests' requests by format and code.
+    let (_, metrics) = http_get(&agent_admin, "/metrics");
+    for line in [
+        "backfill_agent_metadata_requests_total{format=\"openstack\",code=\"200\"}",
+        "backfill_agent_metadata_requests_total{format=\"ec2\",code=\"404\"}",
+        "backfill_agent_metadata_requests_total{format=\"backfill\",code=\"202\"}",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(line)),
+            "{line} in\n{metrics}"
+        );
+    }
 }

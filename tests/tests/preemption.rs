@@ -24,7 +24,8 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
     let pki = Pki::new();
     let coord = Coordinator::start_with(&pki, &["tenant"], GROW_FAST);
     let setup = AgentSetup::new(&pki, &coord, "host-p");
-    let _agent = setup.start(true, "1");
+    let mut agent = setup.start(true, "1");
+    let agent_admin = agent.wait_log_value("admin listening", "admin_addr");
     let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
 
     // The backfill server takes most of the host's free CPU (one vCPU of it).
@@ -144,6 +145,31 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
     );
     assert_eq!(
         http_get(&coord.admin, "/ready"),
+        (200, "ready\n".to_string())
+    );
+    // The agent's: two workloads running, the link up, the squeezed quota in force.
+    let (status, am) = http_get(&agent_admin, "/metrics");
+    assert_eq!(status, 200);
+    let agent_value = |line_start: &str| {
+        am.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{am}"))
+    };
+    assert_eq!(
+        agent_value("backfill_agent_workloads{state=\"running\"}"),
+        2.0
+    );
+    assert_eq!(agent_value("backfill_agent_link_connected"), 1.0);
+    assert_eq!(agent_value("backfill_agent_link_sessions_total"), 1.0);
+    assert_eq!(agent_value("backfill_agent_cgroup_errors_total"), 0.0);
+    let q = agent_value(&format!(
+        "backfill_agent_cpu_quota_microseconds{{server=\"{bserver}\"}}"
+    ));
+    assert!((q - squeezed * 100_000.0).abs() <= 1.0, "{q} vs {squeezed}");
+    assert_eq!(
+        http_get(&agent_admin, "/ready"),
         (200, "ready\n".to_string())
     );
 

@@ -7,8 +7,11 @@ use super::http::{HttpRequest, HttpResponse, MAX_REQUEST_BYTES, parse_request, r
 use super::limit::{LogGate, RateLimiter};
 use super::store::MetadataStore;
 use super::token::TokenSealer;
+use crate::admin::FormatCode;
 use backfill_shared::{Clock, ServerId};
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,7 @@ pub struct MetadataService {
     pub acks: mpsc::Sender<AckRequest>,
     pub clock: Arc<dyn Clock>,
     logs: LogGate,
+    requests: Family<FormatCode, Counter>,
 }
 
 impl MetadataService {
@@ -62,7 +66,14 @@ impl MetadataService {
             acks,
             clock,
             logs: LogGate::new(Duration::from_secs(10)),
+            requests: Family::default(),
         }
+    }
+
+    /// Counts requests by format and status code into `family`.
+    pub fn with_request_counter(mut self, family: Family<FormatCode, Counter>) -> MetadataService {
+        self.requests = family;
+        self
     }
 
     fn now_reply(&self, req: &HttpRequest, peer: IpAddr) -> HttpResponse {
@@ -246,6 +257,12 @@ async fn connection(mut stream: TcpStream, peer: IpAddr, svc: &MetadataService) 
             svc.warn(peer, "rate limit exceeded");
             HttpResponse::text(429, "Too Many Requests").with_header("Retry-After", "1")
         };
+        svc.requests
+            .get_or_create(&FormatCode {
+                format: crate::admin::metadata_format(&req.path).into(),
+                code: resp.status,
+            })
+            .inc();
         if stream.write_all(&resp.to_bytes(keep_alive)).await.is_err() || !keep_alive {
             return;
         }

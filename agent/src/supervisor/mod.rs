@@ -67,6 +67,8 @@ pub struct Supervisor {
     metadata: Option<Arc<MetadataStore>>,
     /// The availability zone guests are told.
     zone: String,
+    /// Failed cgroup writes (shared with the metrics registry).
+    cgroup_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl Supervisor {
@@ -89,7 +91,37 @@ impl Supervisor {
             networks: Box::new(NoNetworks),
             metadata: None,
             zone: "default".into(),
+            cgroup_errors: Default::default(),
         }
+    }
+
+    /// Counts failed cgroup writes into `counter`.
+    pub fn with_cgroup_error_counter(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Supervisor {
+        self.cgroup_errors = counter;
+        self
+    }
+
+    /// Each workload's state and, while it runs, the limits in force (for the metrics).
+    pub fn gauges(&self) -> Vec<(ServerId, &'static str, Option<crate::cgroups::CgroupLimits>)> {
+        self.entries
+            .iter()
+            .map(|(id, e)| match e.run {
+                Run::Running { .. } => (
+                    *id,
+                    "running",
+                    Some(limits_for(
+                        &e.resources,
+                        e.perf_factor,
+                        DEFAULT_CPU_PERIOD_US,
+                    )),
+                ),
+                Run::Exited { .. } => (*id, "exited", None),
+                Run::Failed { .. } => (*id, "failed", None),
+            })
+            .collect()
     }
 
     /// Isolated network mode through `networks`.
@@ -203,6 +235,7 @@ impl Supervisor {
                                 e.resources = d.resources;
                             }
                             Err(err) => {
+                                self.cgroup_errors.inc();
                                 tracing::warn!(server = %id, error = %err, "cannot change limits")
                             }
                         }
@@ -294,9 +327,10 @@ impl Supervisor {
     ) -> Result<(ProcessIdentity, Child, Option<GuestNet>), String> {
         let id = d.server;
         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
-        self.cgroups
-            .create(&id, &limits)
-            .map_err(|e| e.to_string())?;
+        self.cgroups.create(&id, &limits).map_err(|e| {
+            self.cgroup_errors.inc();
+            e.to_string()
+        })?;
         let join = self.cgroups.join_files(&id).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
