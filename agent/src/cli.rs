@@ -262,7 +262,9 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     let params = LinkParams {
         addr: cfg.coordinator,
         server_name: LinkParams::server_name(&cfg.coordinator_name)?,
-        connector: tokio_rustls::TlsConnector::from(tls::client_config(&cfg.tls)?),
+        connector: Arc::new(std::sync::RwLock::new(tokio_rustls::TlsConnector::from(
+            tls::client_config(&cfg.tls)?,
+        ))),
         host_id,
         inventory,
         report_interval: Duration::from_secs(cfg.report_interval_secs),
@@ -276,6 +278,11 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         })?;
     let admin_addr = admin_listener.local_addr().map_or(cfg.admin.bind, |a| a);
     tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
+    let reloader = tokio::spawn(reload_on_sighup(
+        params.connector.clone(),
+        cfg.tls.clone(),
+        shutdown.clone(),
+    ));
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
         metrics.clone(),
@@ -306,6 +313,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     let _ = link.await;
     let _ = watcher.await;
     let _ = admin.await;
+    let _ = reloader.await;
     if let Some(m) = metadata {
         let _ = m.await;
     }
@@ -322,6 +330,38 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
         tracing::info!("workloads keep running; a restarted agent re-adopts them");
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the agent's CA, certificate and key; the next connection to the coordinator
+/// uses them. A broken set is refused and the old one kept.
+async fn reload_on_sighup(
+    connector: Arc<std::sync::RwLock<tokio_rustls::TlsConnector>>,
+    files: tls::TlsFiles,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match tls::client_config(&files) {
+            Ok(cfg) => {
+                *connector
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    tokio_rustls::TlsConnector::from(cfg);
+                tracing::info!(cert = %files.cert.display(), "certificates reloaded; the next connection uses them");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload failed; keeping the certificates in use");
+            }
+        }
+    }
 }
 
 /// Isolated network mode when the agent is root and iproute2 works; otherwise such servers fail

@@ -1,7 +1,7 @@
 //! The agent's configuration file (TOML), loaded and validated before anything starts.
 
 pub use backfill_shared::config::ConfigError;
-use backfill_shared::config::{load_toml, require_absolute, validate_tls_files};
+use backfill_shared::config::{env_override, load_toml, require_absolute, validate_tls_files};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -181,7 +181,13 @@ fn default_report_interval() -> u64 {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = load_toml(path)?;
+        let mut cfg: AgentConfig = load_toml(path)?;
+        // The few keys a container sets from its environment.
+        env_override("BACKFILL_COORDINATOR", &mut cfg.coordinator)?;
+        env_override("BACKFILL_COORDINATOR_NAME", &mut cfg.coordinator_name)?;
+        env_override("BACKFILL_STATE_DIR", &mut cfg.state_dir)?;
+        env_override("BACKFILL_METADATA_BIND", &mut cfg.metadata.bind)?;
+        env_override("BACKFILL_ADMIN_BIND", &mut cfg.admin.bind)?;
         cfg.validate(path)?;
         Ok(cfg)
     }

@@ -50,7 +50,8 @@ type Link = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
 pub struct LinkParams {
     pub addr: SocketAddr,
     pub server_name: ServerName<'static>,
-    pub connector: TlsConnector,
+    /// Replaced by a certificate reload (SIGHUP); each new connection uses the current one.
+    pub connector: Arc<std::sync::RwLock<TlsConnector>>,
     pub host_id: HostId,
     pub inventory: HostInventory,
     pub report_interval: Duration,
@@ -119,7 +120,12 @@ async fn within<T>(
 async fn connect(p: &LinkParams) -> Result<Link, LinkError> {
     let tcp = within(p.addr, TcpStream::connect(p.addr)).await?;
     let _ = tcp.set_nodelay(true);
-    let tls = within(p.addr, p.connector.connect(p.server_name.clone(), tcp)).await?;
+    let connector = p
+        .connector
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let tls = within(p.addr, connector.connect(p.server_name.clone(), tcp)).await?;
     Ok(Framed::new(tls, protocol::codec()))
 }
 

@@ -1,7 +1,7 @@
 //! The coordinator's configuration file (TOML). Loaded and validated before anything binds.
 
 pub use backfill_shared::config::ConfigError;
-use backfill_shared::config::{load_toml, require_absolute, validate_tls_files};
+use backfill_shared::config::{env_override, load_toml, require_absolute, validate_tls_files};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -31,6 +31,9 @@ pub struct CoordinatorConfig {
     #[serde(default)]
     pub billing: crate::billing::BillingConfig,
     pub tls: TlsFiles,
+    /// On SIGTERM, how long requests in flight get to finish.
+    #[serde(default = "default_drain")]
+    pub drain_timeout_s: u64,
     /// `[scheduler]`: placement strategy and grow-back hysteresis.
     #[serde(default)]
     pub scheduler: crate::schedule::SchedulerConfig,
@@ -39,13 +42,22 @@ pub struct CoordinatorConfig {
     pub classes: crate::scheduler::Classes,
 }
 
+fn default_drain() -> u64 {
+    10
+}
+
 fn default_admin_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<CoordinatorConfig, ConfigError> {
-        let cfg: CoordinatorConfig = load_toml(path)?;
+        let mut cfg: CoordinatorConfig = load_toml(path)?;
+        // The few keys a container sets from its environment.
+        env_override("BACKFILL_API_ADDR", &mut cfg.api_addr)?;
+        env_override("BACKFILL_LINK_ADDR", &mut cfg.link_addr)?;
+        env_override("BACKFILL_ADMIN_ADDR", &mut cfg.admin_addr)?;
+        env_override("BACKFILL_DATABASE", &mut cfg.database)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -65,6 +77,13 @@ impl CoordinatorConfig {
         }
         crate::billing::Billing::from_config(&self.billing)
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
+        if !(1..=600).contains(&self.drain_timeout_s) {
+            return Err(ConfigError::invalid(
+                path,
+                "drain_timeout_s",
+                "must be 1 to 600",
+            ));
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use crate::config::CoordinatorConfig;
 use crate::coordinator::Coordinator;
 use crate::hosts;
 use crate::store::{SqliteStore, StoreError};
+use crate::tls_accept::Acceptors;
 use backfill_shared::tls::{self, TlsError};
 use backfill_shared::{Clock, SystemClock};
 use std::net::SocketAddr;
@@ -37,7 +38,9 @@ pub struct Bound {
     api: TcpListener,
     link: TcpListener,
     admin: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptors,
+    tls_files: backfill_shared::tls::TlsFiles,
+    drain: std::time::Duration,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -52,7 +55,7 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 
 impl Bound {
     pub async fn new(cfg: &CoordinatorConfig) -> Result<Bound, DaemonError> {
-        let acceptor = TlsAcceptor::from(tls::server_config(&cfg.tls)?);
+        let acceptor = Acceptors::new(TlsAcceptor::from(tls::server_config(&cfg.tls)?));
         if let Some(dir) = cfg.database.parent() {
             // The store reports a clearer error than this would if it fails.
             let _ = std::fs::create_dir_all(dir);
@@ -89,6 +92,8 @@ impl Bound {
             link,
             admin,
             acceptor,
+            tls_files: cfg.tls.clone(),
+            drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
         })
     }
 
@@ -106,16 +111,22 @@ impl Bound {
             self.acceptor.clone(),
             router,
             shutdown.clone(),
+            self.drain,
         ));
         let link = tokio::spawn(hosts::serve_link(
             self.link,
-            self.acceptor,
+            self.acceptor.clone(),
             self.coordinator.clone(),
             shutdown.clone(),
         ));
         let admin = tokio::spawn(crate::metrics::serve_admin(
             self.admin,
             crate::metrics::admin_router(self.coordinator.clone()),
+            shutdown.clone(),
+        ));
+        let reloader = tokio::spawn(reload_on_sighup(
+            self.acceptor.clone(),
+            self.tls_files.clone(),
             shutdown.clone(),
         ));
         let ticker = tokio::spawn(tick(
@@ -126,6 +137,7 @@ impl Bound {
         shutdown.cancelled().await;
         notifier.stopping();
         let _ = ticker.await;
+        let _ = reloader.await;
         let _ = admin.await;
         let _ = api.await;
         let _ = link.await;
@@ -153,5 +165,34 @@ async fn tick(
             tracing::error!(error = %e, "scheduler tick failed; retrying next second");
         }
         notifier.watchdog();
+    }
+}
+
+/// SIGHUP re-reads the CA, certificate and key: connections accepted afterwards use them, so a
+/// rotation needs no restart. A broken set is refused and the old one kept.
+async fn reload_on_sighup(
+    acceptors: Acceptors,
+    files: backfill_shared::tls::TlsFiles,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match tls::server_config(&files) {
+            Ok(cfg) => {
+                acceptors.replace(TlsAcceptor::from(cfg));
+                tracing::info!(cert = %files.cert.display(), "certificates reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload failed; keeping the certificates in use");
+            }
+        }
     }
 }

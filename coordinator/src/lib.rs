@@ -17,4 +17,4 @@ pub mod schedule;
 pub mod scheduler;
 pub mod simulate;
 pub mod store;
-mod tls_accept;
+pub mod tls_accept;

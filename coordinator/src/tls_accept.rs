@@ -5,17 +5,49 @@ use backfill_shared::pki::{PeerIdentity, Role};
 use backfill_shared::tls::peer_identity;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+/// The listeners' TLS acceptor, replaceable while they run: a certificate reload (SIGHUP)
+/// applies to every connection accepted after it.
+#[derive(Clone)]
+pub struct Acceptors(Arc<RwLock<TlsAcceptor>>);
+
+impl std::fmt::Debug for Acceptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Acceptors")
+    }
+}
+
+impl Acceptors {
+    pub fn new(acceptor: TlsAcceptor) -> Acceptors {
+        Acceptors(Arc::new(RwLock::new(acceptor)))
+    }
+
+    pub fn current(&self) -> TlsAcceptor {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = acceptor;
+    }
+}
+
 /// Accepts connections until `shutdown`; each one that completes the handshake with an allowed
 /// role is handed to `handle` on its own task.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptors: Acceptors,
     name: &'static str,
     allowed: &'static [Role],
     shutdown: CancellationToken,
@@ -35,7 +67,7 @@ pub async fn serve<F, Fut>(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let acceptor = acceptors.current();
         let handle = handle.clone();
         tokio::spawn(async move {
             if let Some((tls, id)) = accept(&acceptor, tcp, peer, name, allowed).await {

@@ -65,3 +65,61 @@ fn a_bad_config_exits_64_naming_the_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("c.toml") && err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn check_config_accepts_the_example_shape_and_env_overrides_name_their_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for args in [
+        vec!["pki", "init", "--dir", d],
+        vec![
+            "pki",
+            "issue",
+            "--dir",
+            d,
+            "--role",
+            "coordinator",
+            "--name",
+            "c",
+            "--san",
+            "localhost",
+        ],
+    ] {
+        assert!(coordinator().args(&args).output().unwrap().status.success());
+    }
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\ndatabase = \"{d}/db\"\n[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/c.pem\"\nkey = \"{d}/c.key\"\n"
+        ),
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| {
+        coordinator()
+            .args(["run", "--check-config", "--config", path.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let ok = check(&[]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(": ok"));
+    assert!(
+        check(&[("BACKFILL_API_ADDR", "127.0.0.1:9999")])
+            .status
+            .success()
+    );
+    let bad = check(&[("BACKFILL_API_ADDR", "nowhere")]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("BACKFILL_API_ADDR"),
+        "{bad:?}"
+    );
+    let relative = check(&[("BACKFILL_DATABASE", "relative/db")]);
+    assert_eq!(relative.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&relative.stderr).contains("database"),
+        "{relative:?}"
+    );
+}

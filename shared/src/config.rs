@@ -20,6 +20,25 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+}
+
+/// Overrides a setting from the environment (containers), when `var` is set; a value that
+/// does not parse names the variable.
+pub fn env_override<T>(var: &'static str, target: &mut T) -> Result<(), ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let Ok(v) = std::env::var(var) else {
+        return Ok(());
+    };
+    *target = v.parse().map_err(|e: T::Err| ConfigError::Env {
+        var,
+        reason: format!("{v:?}: {e}"),
+    })?;
+    Ok(())
 }
 
 impl ConfigError {

@@ -75,6 +75,13 @@ fn the_coordinator_and_the_agent_notify_systemd() {
         }
     }
     assert!(stopping, "the agent says STOPPING=1 as it stops");
+    // SIGTERM drains the coordinator's API before it stops.
+    let mut coord = coord;
+    coord.daemon.terminate();
+    let log = coord.daemon.log_text();
+    let drained = log.find("API drained").expect("drain logged");
+    let stopped = log.find("coordinator stopped").expect("stop logged");
+    assert!(drained < stopped, "{log}");
 }
 
 #[test]
@@ -118,4 +125,82 @@ fn logs_can_be_json_for_shippers() {
     });
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The certificate a TLS server at `addr` presents, as DER.
+async fn presented_certificate(addr: &str, files: &backfill_shared::tls::TlsFiles) -> Vec<u8> {
+    let cfg = backfill_shared::tls::client_config(files).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+fn der_of(pem: &std::path::Path) -> Vec<u8> {
+    backfill_shared::tls::load_certs(pem).unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_coordinators_certificate() {
+    use backfill_shared::pki::Role;
+    let pki = Pki::new();
+    let coord = Coordinator::start(&pki, &["tenant"]);
+    let tenant = pki.issue(Role::Account, "tenant");
+    let served = pki.path().join("coordinator-coordinator.pem");
+    let before = presented_certificate(&coord.api, &tenant).await;
+    assert_eq!(before, der_of(&served));
+
+    // Rotate: a new certificate and key in the same files, then SIGHUP.
+    let fresh = pki.issue(Role::Coordinator, "rotated");
+    std::fs::copy(&fresh.cert, &served).unwrap();
+    std::fs::copy(&fresh.key, pki.path().join("coordinator-coordinator.key")).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(coord.daemon.child.id() as i32, libc::SIGHUP);
+    }
+    wait_until("the reload logged", || {
+        coord.daemon.log_text().contains("certificates reloaded")
+    });
+    let after = presented_certificate(&coord.api, &tenant).await;
+    assert_eq!(after, der_of(&fresh.cert));
+    assert_ne!(after, before);
+
+    // A broken set is refused and the working one kept.
+    std::fs::write(&served, "not a certificate").unwrap();
+    unsafe {
+        libc::kill(coord.daemon.child.id() as i32, libc::SIGHUP);
+    }
+    wait_until("the failed reload logged", || {
+        coord
+            .daemon
+            .log_text()
+            .contains("certificate reload failed")
+    });
+    assert_eq!(presented_certificate(&coord.api, &tenant).await, after);
+}
+
+#[test]
+fn sighup_reloads_the_agents_certificate() {
+    use backfill_shared::pki::Role;
+    let pki = Pki::new();
+    let coord = Coordinator::start(&pki, &["tenant"]);
+    let setup = AgentSetup::new(&pki, &coord, "host-h");
+    let agent = setup.start(true, "1");
+    // Rotate the agent's certificate in place (same host id), then SIGHUP.
+    let fresh = pki.issue(Role::Agent, "host-h");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(agent.child.id() as i32, libc::SIGHUP);
+    }
+    wait_until("the agent's reload logged", || {
+        agent.log_text().contains("certificates reloaded")
+    });
+    assert!(fresh.cert.exists());
+    // Still running, still connected.
+    assert!(!agent.log_text().contains("shutting down"));
 }

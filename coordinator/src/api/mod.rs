@@ -26,7 +26,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -109,18 +108,25 @@ async fn request_id(mut resp: axum::response::Response) -> axum::response::Respo
     resp
 }
 
-/// Serves `router` on `listener`: TLS with a client certificate of role account or admin.
+/// Serves `router` on `listener`: TLS with a client certificate of role account or admin. On
+/// `shutdown` it stops accepting, lets requests in flight finish (connections close after
+/// their current request) and returns once they have, or after `drain`.
 pub async fn serve_api(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: tls_accept::Acceptors,
     router: Router,
     shutdown: CancellationToken,
+    drain: std::time::Duration,
 ) {
     let conn_shutdown = shutdown.clone();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let conns = tracker.clone();
     let handle = move |tls, identity: PeerIdentity, peer| {
         let router = router.clone();
         let shutdown = conn_shutdown.clone();
+        let token = conns.token();
         async move {
+            let _in_flight = token;
             let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(identity.clone());
                 router.clone().oneshot(req)
@@ -143,4 +149,13 @@ pub async fn serve_api(
     };
     let allowed: &'static [Role] = &[Role::Account, Role::Admin];
     tls_accept::serve(listener, acceptor, "API", allowed, shutdown, handle).await;
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            "requests still in flight after the drain timeout; closing them"
+        );
+    } else {
+        tracing::info!("API drained");
+    }
 }

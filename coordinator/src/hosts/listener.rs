@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ type Link = Framed<TlsStream<TcpStream>, tokio_util::codec::LengthDelimitedCodec
 
 pub async fn serve_link(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: crate::tls_accept::Acceptors,
     coordinator: Arc<Coordinator>,
     shutdown: CancellationToken,
 ) {
