@@ -40,6 +40,15 @@ pub struct CoordinatorConfig {
     /// `[classes.backfill]`, `[classes.spot]`: downsizable, floor, min_uptime_s, notice_s.
     #[serde(default)]
     pub classes: crate::scheduler::Classes,
+    /// `[operator]`: the management token and listener, auto mode and its timeouts.
+    #[serde(default)]
+    pub operator: crate::operator::OperatorConfig,
+    /// `[[flavors]]`: named sizes with a price (instance types).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flavors: Vec<crate::flavors::Flavor>,
+    /// `[[pools]]`: groups of hosts with limits and an optional provisioner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<crate::pools::PoolConfig>,
 }
 
 fn default_drain() -> u64 {
@@ -58,6 +67,9 @@ impl CoordinatorConfig {
         env_override("BACKFILL_LINK_ADDR", &mut cfg.link_addr)?;
         env_override("BACKFILL_ADMIN_ADDR", &mut cfg.admin_addr)?;
         env_override("BACKFILL_DATABASE", &mut cfg.database)?;
+        if let Ok(token) = std::env::var("BACKFILL_MANAGEMENT_TOKEN") {
+            cfg.operator.management_token = Some(token);
+        }
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -77,6 +89,28 @@ impl CoordinatorConfig {
         }
         crate::billing::Billing::from_config(&self.billing)
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
+        let flavors = self.flavors(path)?;
+        self.pools(path, &flavors)?;
+        if let Some(t) = &self.operator.management_token
+            && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "operator.management_token",
+                "at least 16 characters, no spaces",
+            ));
+        }
+        for (key, v) in [
+            ("operator.max_idle_time_s", self.operator.max_idle_time_s),
+            (
+                "operator.max_launch_time_s",
+                self.operator.max_launch_time_s,
+            ),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                return Err(ConfigError::invalid(path, key, "must be 1 to 86400"));
+            }
+        }
         if !(1..=600).contains(&self.drain_timeout_s) {
             return Err(ConfigError::invalid(
                 path,
@@ -85,6 +119,31 @@ impl CoordinatorConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The configuration as JSON with its secrets (the management token) replaced.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(t) = v.pointer_mut("/operator/management_token") {
+            *t = serde_json::Value::String("<redacted>".into());
+        }
+        v
+    }
+
+    /// The validated flavors.
+    pub fn flavors(&self, path: &Path) -> Result<crate::flavors::Flavors, ConfigError> {
+        crate::flavors::Flavors::new(self.flavors.clone())
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))
+    }
+
+    /// The validated pools.
+    pub fn pools(
+        &self,
+        path: &Path,
+        flavors: &crate::flavors::Flavors,
+    ) -> Result<crate::pools::Pools, ConfigError> {
+        crate::pools::Pools::new(self.pools.clone(), flavors)
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))
     }
 
     /// The validated billing settings.
@@ -144,6 +203,68 @@ key = "/etc/backfill/coordinator.key"
                 "config/coordinator.toml does not document {k}"
             );
         }
+    }
+
+    /// The example's commented-out flavors, pools and operator keys, uncommented.
+    fn uncommented_example() -> String {
+        let text = include_str!("../../config/coordinator.toml");
+        let mut out = String::new();
+        let mut block = false;
+        for line in text.lines() {
+            if line.starts_with("# [[") {
+                block = true;
+            }
+            let key = line.starts_with("# management_");
+            if (block || key) && line.starts_with('#') {
+                let body = line.trim_start_matches('#');
+                out.push_str(body.strip_prefix(' ').unwrap_or(body));
+            } else {
+                block = block && !line.trim().is_empty();
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    #[test]
+    fn the_commented_examples_are_valid_when_uncommented() {
+        let text = uncommented_example();
+        let cfg: CoordinatorConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.flavors.len(), 2);
+        assert_eq!(cfg.pools.len(), 1);
+        assert!(cfg.pools[0].provisioner.is_some());
+        assert!(cfg.operator.management_token.is_some());
+        assert!(cfg.operator.management_addr.is_some());
+        let flavors = cfg.flavors(Path::new("x")).unwrap();
+        cfg.pools(Path::new("x"), &flavors).unwrap();
+        let redacted = cfg.redacted();
+        assert_eq!(redacted["operator"]["management_token"], "<redacted>");
+        assert_eq!(redacted["pools"][0]["name"], "batch");
+    }
+
+    #[test]
+    fn operator_mistakes_name_their_key() {
+        let bad = |extra: &str| {
+            let cfg: CoordinatorConfig = toml::from_str(&format!("{BASE}\n{extra}")).unwrap();
+            let flavors = cfg.flavors(Path::new("c.toml"));
+            let err = match flavors {
+                Err(e) => e,
+                Ok(f) => match cfg.pools(Path::new("c.toml"), &f) {
+                    Err(e) => e,
+                    Ok(_) => return String::new(),
+                },
+            };
+            err.to_string()
+        };
+        assert!(bad("[[pools]]\nname = \"p\"\nmin = 3\nmax = 1\n").contains("pools[0].min"));
+        assert!(
+            bad("[[pools]]\nname = \"p\"\nmax = 1\nflavor = \"nope\"\n")
+                .contains("pools[0].flavor")
+        );
+        assert!(
+            bad("[[flavors]]\nname = \"a\"\nvcpus = 0\nram = 1\n").contains("flavors[0].vcpus")
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct NewServer {
     pub vnc_password: Option<String>,
     pub workload: Option<Workload>,
     pub priority: i32,
+    /// The flavor it was created as (its size comes from it).
+    pub flavor: Option<String>,
+    /// The flavor is preemptible: a create in `/servers/` makes a spot server.
+    pub preemptible: bool,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,11 @@ pub struct Coordinator {
     pub(crate) settings: SchedulerSettings,
     pub(crate) billing: Billing,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) pools: crate::pools::Pools,
+    pub(crate) operator: crate::operator::OperatorConfig,
+    pub(crate) provision_log: crate::provision::SharedProvisionLog,
+    /// The running configuration as operators may see it (secrets redacted).
+    config_view: serde_json::Value,
     next_conn: AtomicU64,
 }
 
@@ -99,20 +108,20 @@ impl Coordinator {
         let mut model = Model::with_cluster(Cluster::with_classes(settings.classes));
         for record in store.hosts().await? {
             let id = record.id.clone();
-            model.hosts.insert(
-                id.clone(),
-                HostEntry {
-                    record,
-                    worker_state: WorkerState::Down,
-                    session: None,
-                    last_report: None,
-                },
-            );
+            model
+                .hosts
+                .insert(id.clone(), HostEntry::new(record, WorkerState::Down, now));
             model.sync_host(&id);
         }
         for s in store.servers().await? {
             model.put_server(s, now);
         }
+        for l in store.launches().await? {
+            model.launches.insert(l.host.clone(), l);
+        }
+        model.pool_limits = store.pool_limits().await?;
+        model.auto_mode =
+            store.settings().await?.get("auto_mode").map(String::as_str) == Some("on");
         Ok(Coordinator {
             store,
             model: Mutex::new(model),
@@ -120,8 +129,51 @@ impl Coordinator {
             settings,
             billing: Billing::default(),
             metrics: Arc::default(),
+            pools: crate::pools::Pools::default(),
+            operator: crate::operator::OperatorConfig::default(),
+            provision_log: Arc::default(),
+            config_view: serde_json::Value::Null,
             next_conn: AtomicU64::new(1),
         })
+    }
+
+    /// Pools and the operator settings. Auto mode starts as configured unless an operator has
+    /// set it since (the stored setting wins).
+    pub async fn with_operator(
+        mut self,
+        pools: crate::pools::Pools,
+        operator: crate::operator::OperatorConfig,
+    ) -> Result<Coordinator, StoreError> {
+        if !self.store.settings().await?.contains_key("auto_mode") {
+            self.model.get_mut().auto_mode = operator.auto_mode;
+        }
+        self.pools = pools;
+        self.operator = operator;
+        Ok(self)
+    }
+
+    /// The configuration shown at `/dynamiccluster/server/config`; the caller redacts secrets.
+    pub fn with_config_view(mut self, view: serde_json::Value) -> Coordinator {
+        self.config_view = view;
+        self
+    }
+
+    pub fn config_view(&self) -> serde_json::Value {
+        self.config_view.clone()
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// The configured flavors.
+    pub fn with_flavors(mut self, flavors: crate::flavors::Flavors) -> Coordinator {
+        self.model.get_mut().flavors = Arc::new(flavors);
+        self
+    }
+
+    pub async fn flavors(&self) -> Arc<crate::flavors::Flavors> {
+        self.model.lock().await.flavors.clone()
     }
 
     /// Prices and the metering interval (the defaults otherwise).
@@ -162,7 +214,11 @@ impl Coordinator {
                 uuid: ServerId::new_random(),
                 owner: owner.name.clone(),
                 name: n.name,
-                class,
+                class: if n.preemptible && class == ServerClass::Normal {
+                    ServerClass::Spot
+                } else {
+                    class
+                },
                 cpu: n.cpu,
                 smp: n.smp,
                 mem: n.mem,
@@ -183,13 +239,15 @@ impl Coordinator {
                 metered_until: None,
                 metered_perf: PerfFactor::FULL,
                 shutdown_until: None,
+                flavor: n.flavor,
+                instance_type: String::new(),
             })
             .collect();
         self.store.insert_servers(&records).await?;
         for r in &records {
             model.put_server(r.clone(), now);
         }
-        Ok(records)
+        Ok(records.iter().map(|r| model.as_seen(r)).collect())
     }
 
     pub async fn list_servers(&self, owner: &Account, scope: Scope) -> Vec<ServerRecord> {
@@ -267,6 +325,7 @@ impl Coordinator {
             next.vnc_password = edit.vnc_password;
             next.workload = edit.workload;
             next.priority = edit.priority;
+            next.flavor = edit.flavor;
         }
         if next != current {
             let guest_changed = next.name != current.name || next.meta != current.meta;

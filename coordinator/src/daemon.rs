@@ -64,6 +64,9 @@ impl Bound {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         store.seed_accounts(&[], &cfg.accounts, clock.now()).await?;
         let billing = cfg.billing()?;
+        let here = std::path::Path::new("coordinator config");
+        let flavors = cfg.flavors(here)?;
+        let pools = cfg.pools(here, &flavors)?;
         let coordinator = Arc::new(
             Coordinator::load(
                 store,
@@ -72,7 +75,11 @@ impl Bound {
                 crate::schedule::SchedulerSettings::new(cfg.scheduler, cfg.classes),
             )
             .await?
-            .with_billing(billing),
+            .with_billing(billing)
+            .with_flavors(flavors)
+            .with_operator(pools, cfg.operator.clone())
+            .await?
+            .with_config_view(cfg.redacted()),
         );
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;

@@ -144,6 +144,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         tls: l.files("coordinator"),
         scheduler: Default::default(),
         classes: Default::default(),
+        operator: Default::default(),
+        flavors: Vec::new(),
+        pools: Vec::new(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

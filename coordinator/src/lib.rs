@@ -9,10 +9,14 @@ pub mod coordinator;
 pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod flavors;
 pub mod hosts;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod operator;
+pub mod pools;
+pub mod provision;
 pub mod schedule;
 pub mod scheduler;
 pub mod simulate;

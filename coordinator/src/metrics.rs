@@ -50,6 +50,10 @@ pub struct Metrics {
     pub placements: Family<Kind, Counter>,
     /// Preemption actions: `downsize`, `terminate`.
     pub preemptions: Family<Kind, Counter>,
+    /// Provisioner commands that failed, by kind (launch, delete).
+    pub provision_failures: Family<Kind, Counter>,
+    /// Admin actions on hosts, servers and pools, by kind.
+    pub admin_actions: Family<Kind, Counter>,
     pub plan_seconds: Histogram,
     pub commit_seconds: Histogram,
     hosts: Family<State_, Gauge>,
@@ -66,6 +70,8 @@ impl Default for Metrics {
             api_requests: Family::default(),
             placements: Family::default(),
             preemptions: Family::default(),
+            provision_failures: Family::default(),
+            admin_actions: Family::default(),
             // 10 µs to ~20 s.
             plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 3.0, 12)),
@@ -90,6 +96,16 @@ impl Default for Metrics {
             "preemptions",
             "Preemption actions, by kind (downsize, terminate)",
             m.preemptions.clone(),
+        );
+        registry.register(
+            "provision_failures",
+            "Provisioner commands that failed, by kind (launch, delete)",
+            m.provision_failures.clone(),
+        );
+        registry.register(
+            "admin_actions",
+            "Operator actions, by kind (hold, drain, run, kill, vacate, delete, launch, ...)",
+            m.admin_actions.clone(),
         );
         registry.register(
             "plan_seconds",

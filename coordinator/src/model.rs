@@ -18,6 +18,44 @@ pub struct HostEntry {
     pub worker_state: WorkerState,
     pub session: Option<Session>,
     pub last_report: Option<Report>,
+    /// Where its agent connects from.
+    pub address: Option<std::net::IpAddr>,
+    /// Since when it is in `worker_state`.
+    pub state_since: i64,
+    /// The last server placed here, and when it last had work.
+    pub last_server: Option<ServerId>,
+    pub last_busy: Option<i64>,
+}
+
+impl HostEntry {
+    pub fn new(record: HostRecord, worker_state: WorkerState, now: i64) -> HostEntry {
+        HostEntry {
+            record,
+            worker_state,
+            session: None,
+            last_report: None,
+            address: None,
+            state_since: now,
+            last_server: None,
+            last_busy: None,
+        }
+    }
+
+    /// Moves to `state`, keeping `state_since` when it does not change.
+    pub fn set_state(&mut self, state: WorkerState, now: i64) {
+        if self.worker_state != state {
+            self.worker_state = state;
+            self.state_since = now;
+        }
+    }
+
+    /// Whether new work may land here: its agent is connected, the operator allows it, and it
+    /// has not been shut down.
+    pub fn schedulable(&self) -> bool {
+        self.session.is_some()
+            && self.record.idle_behavior == backfill_shared::IdleBehavior::Run
+            && self.worker_state != WorkerState::Shutdown
+    }
 }
 
 /// The connected agent of a host. `conn` tells a stale session from the current one.
@@ -37,6 +75,14 @@ pub struct Model {
     pub in_force: BTreeMap<ServerId, PerfFactor>,
     /// The network namespace each running server's agent last reported.
     pub networks: BTreeMap<ServerId, GuestNetwork>,
+    /// The configured flavors, for the instance type each server is scheduled as.
+    pub flavors: Arc<crate::flavors::Flavors>,
+    /// Hosts a provisioner was asked to create whose agents have not registered yet.
+    pub launches: BTreeMap<String, crate::store::LaunchRecord>,
+    /// Pool limits an operator rewrote (freeze, drain), by pool.
+    pub pool_limits: BTreeMap<String, (u32, u32)>,
+    /// Auto mode: pools grow and shrink with demand.
+    pub auto_mode: bool,
 }
 
 /// A server holds resources on its host in these states.
@@ -107,7 +153,7 @@ impl Model {
                     .iter()
                     .map(|g| g.uuid.clone())
                     .collect(),
-                schedulable: h.session.is_some(),
+                schedulable: h.schedulable(),
             });
         }
     }
@@ -155,7 +201,14 @@ impl Model {
             out.perf_factor = *pf;
         }
         out.network = self.networks.get(&s.uuid).cloned();
+        out.instance_type = self.instance_type(s);
         out
+    }
+
+    /// The instance type (flavor) a server is scheduled as.
+    pub fn instance_type(&self, s: &ServerRecord) -> String {
+        self.flavors
+            .instance_type(s.flavor.as_deref(), s.class, s.cpu, s.smp, s.mem)
     }
 
     pub fn remove_server(&mut self, id: ServerId) {
@@ -190,7 +243,7 @@ impl Model {
                     workload: s.workload.clone(),
                     incarnation: s.incarnation,
                     termination: s.termination,
-                    guest: guest_profile(s),
+                    guest: guest_profile(s, &self.flavors),
                     shutdown: s.shutdown_until,
                 })
                 .collect(),
@@ -199,22 +252,16 @@ impl Model {
 }
 
 /// What the metadata service tells a server's guest about itself.
-fn guest_profile(s: &ServerRecord) -> GuestProfile {
+fn guest_profile(s: &ServerRecord, flavors: &crate::flavors::Flavors) -> GuestProfile {
     GuestProfile {
         name: s.name.clone(),
         hostname: hostname_of(&s.name, s.uuid),
         account: s.owner.clone(),
         class: s.class,
-        instance_type: instance_type(s),
+        instance_type: flavors.instance_type(s.flavor.as_deref(), s.class, s.cpu, s.smp, s.mem),
         meta: s.meta.clone(),
         user_data: s.meta.get("cloudinit-user-data").cloned(),
     }
-}
-
-/// `<class>-c<smp>m<GiB, rounded up>`, e.g. `backfill-c2m4`, until flavors name it.
-fn instance_type(s: &ServerRecord) -> String {
-    let gib = s.mem.div_ceil(1 << 30);
-    format!("{}-c{}m{}", s.class.as_str(), s.smp, gib)
 }
 
 /// A DNS label from a free-form name: lowercase letters, digits and inner hyphens, at most 63;

@@ -296,6 +296,12 @@ impl Coordinator {
         };
         changed.push(server.clone());
         self.commit(model, changed, &hosts).await?;
+        if let (Plan::Place { host, .. }, Some(entry)) = (&plan, server.host.as_ref()) {
+            if let Some(h) = model.hosts.get_mut(entry) {
+                h.last_server = Some(server.uuid);
+            }
+            debug_assert_eq!(host, entry);
+        }
         self.count(&plan);
         Ok(server)
     }
@@ -413,7 +419,11 @@ impl Coordinator {
             self.commit(&mut model, changed, std::slice::from_ref(&host))
                 .await?;
         }
-        // 4. Usage of running servers, flushed to the store every `interval_s`.
+        // 4. Draining hosts that have become idle shut down.
+        drop(model);
+        self.finish_drains(now).await;
+        let mut model = self.model.lock().await;
+        // 5. Usage of running servers, flushed to the store every `interval_s`.
         let stale = now - self.billing.interval_s;
         let flush: Vec<ServerRecord> = model
             .servers

@@ -17,7 +17,7 @@ pub enum ConfigError {
     #[error("{path}: key {key}: {reason}")]
     Invalid {
         path: PathBuf,
-        key: &'static str,
+        key: String,
         reason: String,
     },
     #[error("environment variable {var}: {reason}")]
@@ -42,10 +42,10 @@ where
 }
 
 impl ConfigError {
-    pub fn invalid(path: &Path, key: &'static str, reason: impl Into<String>) -> ConfigError {
+    pub fn invalid(path: &Path, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: path.to_owned(),
-            key,
+            key: key.into(),
             reason: reason.into(),
         }
     }

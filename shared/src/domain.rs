@@ -271,6 +271,41 @@ impl WorkerState {
     }
 }
 
+/// What an operator allows on a host (Arvados' `idle_behavior`): `run` (normal), `hold` (nothing
+/// new lands, running work continues), `drain` (nothing new lands; shut down once idle).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleBehavior {
+    #[default]
+    Run,
+    Hold,
+    Drain,
+}
+
+impl IdleBehavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleBehavior::Run => "run",
+            IdleBehavior::Hold => "hold",
+            IdleBehavior::Drain => "drain",
+        }
+    }
+}
+
+impl std::str::FromStr for IdleBehavior {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IdleBehavior, String> {
+        match s {
+            "run" => Ok(IdleBehavior::Run),
+            "hold" => Ok(IdleBehavior::Hold),
+            "drain" => Ok(IdleBehavior::Drain),
+            other => Err(format!(
+                "unknown idle behavior {other:?}: run, hold or drain"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,15 @@
 //! comes from its verified client certificate and travels in the request's extensions.
 
 mod accounts;
+mod arvados;
 mod capabilities;
+mod dynamic_cluster;
 mod error;
 mod listing;
 pub mod openapi;
+mod operator_auth;
+#[cfg(test)]
+mod operator_tests;
 mod schema;
 mod server_json;
 mod servers;
@@ -48,6 +53,8 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .merge(usage::routes())
                 .route("/openapi.json", axum::routing::get(openapi_json)),
         )
+        .nest("/arvados/v1/dispatch", arvados::routes())
+        .nest("/dynamiccluster", dynamic_cluster::routes())
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
         })

@@ -30,6 +30,9 @@ pub struct ServerFields {
     pub workload: Option<serde_json::Value>,
     /// -1000 to 1000 (default 0).
     pub priority: Option<i32>,
+    /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
+    /// preemptible flavor makes a spot server in `/servers/`.
+    pub flavor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -90,6 +90,16 @@ pub fn servers(collection: &str) -> Value {
         ),
     );
     add(
+        "flavor",
+        field(
+            "string",
+            false,
+            false,
+            Value::Null,
+            "A configured flavor: gives cpu, smp and mem; a preemptible flavor makes a spot server",
+        ),
+    );
+    add(
         "workload",
         field(
             "dict",

@@ -2,6 +2,7 @@
 
 use super::ApiError;
 use crate::coordinator::NewServer;
+use crate::flavors::{Flavor, Flavors};
 use crate::store::ServerRecord;
 use backfill_shared::Workload;
 use serde_json::{Map, Value, json};
@@ -31,6 +32,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "vnc_password",
     "workload",
     "priority",
+    "flavor",
 ];
 
 pub fn location(collection: &str, s: &ServerRecord) -> String {
@@ -38,7 +40,7 @@ pub fn location(collection: &str, s: &ServerRecord) -> String {
 }
 
 /// Parses `{"objects": [...]}` into validated create requests.
-pub fn parse_create(body: &[u8]) -> Result<Vec<NewServer>, ApiError> {
+pub fn parse_create(body: &[u8], flavors: &Flavors) -> Result<Vec<NewServer>, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
     let Some(objects) = v.as_object().and_then(|o| o.get("objects")) else {
@@ -58,7 +60,7 @@ pub fn parse_create(body: &[u8]) -> Result<Vec<NewServer>, ApiError> {
     }
     list.iter()
         .enumerate()
-        .map(|(i, o)| parse_one(i, o))
+        .map(|(i, o)| parse_one(i, o, flavors))
         .collect()
 }
 
@@ -92,7 +94,11 @@ const READ_ONLY: &[&str] = &[
 
 /// A `PUT` body applied over `current`: the fields it names change, validated as on create.
 /// Returns the whole edited server.
-pub fn parse_edit(current: &ServerRecord, body: &[u8]) -> Result<NewServer, ApiError> {
+pub fn parse_edit(
+    current: &ServerRecord,
+    body: &[u8],
+    flavors: &Flavors,
+) -> Result<NewServer, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
     let Some(o) = v.as_object() else {
@@ -116,9 +122,15 @@ pub fn parse_edit(current: &ServerRecord, body: &[u8]) -> Result<NewServer, ApiE
         "vnc_password": current.vnc_password,
         "workload": current.workload,
         "priority": current.priority,
+        "flavor": current.flavor,
     });
     for (k, val) in o {
         if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
+        // A GET shows the flavor a server is scheduled as; sent back unchanged it changes
+        // nothing.
+        if k == "flavor" && val.as_str() == Some(current.instance_type.as_str()) {
             continue;
         }
         if !FIELDS.contains(&k.as_str()) {
@@ -132,7 +144,7 @@ pub fn parse_edit(current: &ServerRecord, body: &[u8]) -> Result<NewServer, ApiE
         }
         merged[k] = val.clone();
     }
-    parse_one(0, &merged).map_err(|mut e| {
+    parse_one(0, &merged, flavors).map_err(|mut e| {
         e.point = e
             .point
             .map(|p| p.trim_start_matches("objects[0].").to_owned());
@@ -140,7 +152,25 @@ pub fn parse_edit(current: &ServerRecord, body: &[u8]) -> Result<NewServer, ApiE
     })
 }
 
-fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
+/// The flavor a create names, if any: it must be configured.
+fn parse_flavor<'f>(v: Option<&Value>, flavors: &'f Flavors) -> Result<Option<&'f Flavor>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(name)) => match flavors.get(name) {
+            Some(f) => Ok(Some(f)),
+            None if flavors.all().is_empty() => Err(format!(
+                "unknown flavor {name:?}: no flavors are configured"
+            )),
+            None => Err(format!(
+                "unknown flavor {name:?}; configured: {}",
+                flavors.names().join(", ")
+            )),
+        },
+        Some(_) => Err("flavor must be a flavor's name".into()),
+    }
+}
+
+fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiError> {
     let at = |f: &str| format!("objects[{i}].{f}");
     let Some(o) = v.as_object() else {
         return Err(ApiError::validation(
@@ -169,10 +199,32 @@ fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
         }
         None => return Err(ApiError::validation(at("name"), "This field is required")),
     };
-    let cpu = int(o, "cpu", 1, MAX_CPU, None).map_err(|m| ApiError::validation(at("cpu"), m))?;
+    let flavor = parse_flavor(o.get("flavor"), flavors)
+        .map_err(|m| ApiError::validation(at("flavor"), m))?;
+    // A flavor gives the size; sizes named besides it must fit in it.
+    let (cpu0, mem0, smp0) = match flavor {
+        Some(f) => (
+            Some(f.cpu.unwrap_or(u64::from(f.vcpus) * 1000)),
+            Some(f.ram),
+            Some(u64::from(f.vcpus)),
+        ),
+        None => (None, None, Some(1)),
+    };
+    let cpu = int(o, "cpu", 1, MAX_CPU, cpu0).map_err(|m| ApiError::validation(at("cpu"), m))?;
     let mem =
-        int(o, "mem", MIN_MEM, MAX_MEM, None).map_err(|m| ApiError::validation(at("mem"), m))?;
-    let smp = int(o, "smp", 1, MAX_SMP, Some(1)).map_err(|m| ApiError::validation(at("smp"), m))?;
+        int(o, "mem", MIN_MEM, MAX_MEM, mem0).map_err(|m| ApiError::validation(at("mem"), m))?;
+    let smp = int(o, "smp", 1, MAX_SMP, smp0).map_err(|m| ApiError::validation(at("smp"), m))?;
+    if let Some(f) = flavor
+        && !f.fits(cpu, u32::try_from(smp).unwrap_or(u32::MAX), mem)
+    {
+        return Err(ApiError::validation(
+            at("flavor"),
+            format!(
+                "cpu {cpu}, smp {smp} and mem {mem} do not fit in flavor {:?} ({} vCPUs, {} bytes)",
+                f.name, f.vcpus, f.ram
+            ),
+        ));
+    }
     let meta = parse_meta(o.get("meta")).map_err(|m| ApiError::validation(at("meta"), m))?;
     let tags = parse_tags(o.get("tags")).map_err(|m| ApiError::validation(at("tags"), m))?;
     let vnc_password = match o.get("vnc_password") {
@@ -210,6 +262,8 @@ fn parse_one(i: usize, v: &Value) -> Result<NewServer, ApiError> {
         vnc_password,
         workload,
         priority,
+        flavor: flavor.map(|f| f.name.clone()),
+        preemptible: flavor.is_some_and(Flavor::is_preemptible),
     })
 }
 
@@ -310,12 +364,65 @@ mod tests {
     use super::*;
 
     fn err(body: &str) -> ApiError {
-        parse_create(body.as_bytes()).unwrap_err()
+        parse_create(body.as_bytes(), &Flavors::default()).unwrap_err()
+    }
+
+    fn parse_create_plain(body: &[u8]) -> Result<Vec<NewServer>, ApiError> {
+        parse_create(body, &Flavors::default())
+    }
+
+    fn flavors() -> Flavors {
+        let f = |name: &str, vcpus, ram| Flavor {
+            name: name.into(),
+            vcpus,
+            cpu: None,
+            ram,
+            scratch: 0,
+            gpus: 0,
+            price: 0.1,
+            preemptible: None,
+        };
+        Flavors::new(vec![
+            f("c2m4", 2, 4 << 30),
+            f("c2m4-preemptible", 2, 4 << 30),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flavor_gives_the_size_and_may_make_a_spot_server() {
+        let fl = flavors();
+        let v = parse_create(br#"{"objects":[{"name":"a","flavor":"c2m4"}]}"#, &fl).unwrap();
+        assert_eq!((v[0].cpu, v[0].smp, v[0].mem), (2000, 2, 4 << 30));
+        assert_eq!(v[0].flavor.as_deref(), Some("c2m4"));
+        assert!(!v[0].preemptible);
+        let v = parse_create(
+            br#"{"objects":[{"name":"a","flavor":"c2m4-preemptible","mem":1073741824}]}"#,
+            &fl,
+        )
+        .unwrap();
+        assert_eq!(v[0].mem, 1 << 30);
+        assert!(v[0].preemptible);
+        let too_big = parse_create(
+            br#"{"objects":[{"name":"a","flavor":"c2m4","smp":3}]}"#,
+            &fl,
+        )
+        .unwrap_err();
+        assert_eq!(too_big.point.as_deref(), Some("objects[0].flavor"));
+        let unknown =
+            parse_create(br#"{"objects":[{"name":"a","flavor":"zzz"}]}"#, &fl).unwrap_err();
+        assert!(
+            unknown
+                .message
+                .contains("configured: c2m4, c2m4-preemptible")
+        );
+        let none = err(r#"{"objects":[{"name":"a","flavor":"zzz"}]}"#);
+        assert!(none.message.contains("no flavors are configured"));
     }
 
     #[test]
     fn minimal_create_gets_defaults() {
-        let v = parse_create(
+        let v = parse_create_plain(
             br#"{"objects":[{"cpu":1000,"mem":536870912,"name":"a","vnc_password":"x"}]}"#,
         )
         .unwrap();

@@ -178,7 +178,8 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let account = c.admit(account)?;
     let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
-    let new = server_json::parse_create(&body)?;
+    let flavors = state.coordinator.flavors().await;
+    let new = server_json::parse_create(&body, &flavors)?;
     let created = state
         .coordinator
         .create_servers(&account, c.creates, new)
@@ -227,7 +228,8 @@ async fn edit(
     let id = parse_id(&uuid)?;
     let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
     let current = state.coordinator.get_server(&account, c.scope, id).await?;
-    let edit = server_json::parse_edit(&current, &body)?;
+    let flavors = state.coordinator.flavors().await;
+    let edit = server_json::parse_edit(&current, &body, &flavors)?;
     let s = state.coordinator.edit(&account, c.scope, id, edit).await?;
     Ok(Json(to_json(&detail(c.name, &account, &s))))
 }

@@ -125,6 +125,9 @@ pub struct Server {
     pub priority: i32,
     /// normal, backfill or spot.
     pub class: String,
+    /// The flavor (instance type) it is scheduled as: the one it was created as, else the
+    /// cheapest configured flavor that fits.
+    pub flavor: String,
     /// A server that fills free capacity (a backfill server).
     pub is_grey: bool,
     pub tags: Vec<String>,
@@ -364,6 +367,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         pending_reason: s.queued_reason.clone(),
         priority: s.priority,
         class: s.class.as_str().to_owned(),
+        flavor: s.instance_type.clone(),
         is_grey: s.class != ServerClass::Normal,
         tags: s.tags.clone(),
         uuid: s.uuid.to_string(),

@@ -50,7 +50,7 @@ pub async fn serve_link(
             let mut link = Framed::new(tls, protocol::codec());
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                r = session(&mut link, &id.name, &coordinator) => {
+                r = session(&mut link, &id.name, peer, &coordinator) => {
                     if let Err(e) = r {
                         tracing::warn!(%peer, host = %id.name, error = %e, "agent link closed");
                     }
@@ -83,7 +83,12 @@ async fn next(link: &mut Link) -> Result<AgentMessage, LinkError> {
     }
 }
 
-async fn session(link: &mut Link, cn: &str, coordinator: &Coordinator) -> Result<(), LinkError> {
+async fn session(
+    link: &mut Link,
+    cn: &str,
+    peer: SocketAddr,
+    coordinator: &Coordinator,
+) -> Result<(), LinkError> {
     let hello = match next(link).await? {
         AgentMessage::Hello(h) => h,
         _ => return Err(ProtocolError::Unexpected("first message must be Hello").into()),
@@ -110,7 +115,9 @@ async fn session(link: &mut Link, cn: &str, coordinator: &Coordinator) -> Result
         return Err(err);
     }
     let host: HostId = hello.host_id.clone();
-    let (conn, mut desired) = coordinator.register_agent(&hello).await?;
+    let (conn, mut desired) = coordinator
+        .register_agent_from(&hello, Some(peer.ip()))
+        .await?;
     let result = run(link, &host, conn, &mut desired, coordinator).await;
     coordinator.agent_gone(&host, conn).await;
     result

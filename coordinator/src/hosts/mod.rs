@@ -3,6 +3,6 @@
 mod listener;
 mod session;
 #[cfg(test)]
-mod session_tests;
+pub(crate) mod session_tests;
 
 pub use listener::{LinkError, serve_link};

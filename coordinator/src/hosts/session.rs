@@ -12,9 +12,19 @@ impl Coordinator {
     /// Registers (or re-registers) a host. Returns the session's id and the channel its desired
     /// state arrives on; a previous session of the same host is superseded. The host gets a new
     /// generation, so the agent's acknowledgements are for this session's state.
+    #[cfg(test)]
     pub(crate) async fn register_agent(
         &self,
         hello: &Hello,
+    ) -> Result<(u64, watch::Receiver<Arc<DesiredState>>), OpError> {
+        self.register_agent_from(hello, None).await
+    }
+
+    /// As `register_agent`, noting the address the agent connects from.
+    pub(crate) async fn register_agent_from(
+        &self,
+        hello: &Hello,
+        address: Option<std::net::IpAddr>,
     ) -> Result<(u64, watch::Receiver<Arc<DesiredState>>), OpError> {
         let now = self.clock.now();
         let conn = self.new_conn_id();
@@ -35,17 +45,26 @@ impl Coordinator {
                 generation: 1,
                 first_seen: now,
                 last_seen: now,
+                idle_behavior: backfill_shared::IdleBehavior::Run,
+                pool: model
+                    .launches
+                    .get(host.as_str())
+                    .map(|l| l.pool.clone())
+                    .or_else(|| self.pools.pool_of(&host).map(str::to_owned)),
             },
         };
         self.store.upsert_host(&record).await?;
-        let entry = model.hosts.entry(host.clone()).or_insert(HostEntry {
-            record: record.clone(),
-            worker_state: WorkerState::Booting,
-            session: None,
-            last_report: None,
-        });
+        if model.launches.remove(host.as_str()).is_some() {
+            self.store.delete_launch(host.as_str()).await?;
+            tracing::info!(host = %host, "launched host registered");
+        }
+        let entry = model
+            .hosts
+            .entry(host.clone())
+            .or_insert_with(|| HostEntry::new(record.clone(), WorkerState::Booting, now));
         entry.record = record;
-        entry.worker_state = WorkerState::Booting;
+        entry.set_state(WorkerState::Booting, now);
+        entry.address = address;
         let (tx, rx) = Coordinator::desired_channel(&model, &host);
         if let Some(h) = model.hosts.get_mut(&host) {
             h.session = Some(Session { conn, desired: tx });
@@ -176,11 +195,17 @@ impl Coordinator {
         }
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
-            entry.worker_state = if busy {
-                WorkerState::Running
-            } else {
-                WorkerState::Idle
-            };
+            if busy {
+                entry.last_busy = Some(now);
+            }
+            if entry.worker_state != WorkerState::Shutdown {
+                let state = if busy {
+                    WorkerState::Running
+                } else {
+                    WorkerState::Idle
+                };
+                entry.set_state(state, now);
+            }
             entry.last_report = Some(report);
         }
         Ok(())
@@ -196,7 +221,7 @@ impl Coordinator {
             .filter(|e| e.session.as_ref().map(|s| s.conn) == Some(conn));
         if let Some(entry) = current {
             entry.session = None;
-            entry.worker_state = WorkerState::Down;
+            entry.set_state(WorkerState::Down, self.clock.now());
             tracing::warn!(host = %host, "agent link lost; host is down");
             model.sync_host(host);
         }

@@ -37,7 +37,7 @@ async fn fixture() -> Fixture {
     }
 }
 
-fn hello(host: &str) -> Hello {
+pub(crate) fn hello(host: &str) -> Hello {
     Hello {
         protocol_version: 1,
         host_id: host.parse().unwrap(),
@@ -53,7 +53,7 @@ fn hello(host: &str) -> Hello {
     }
 }
 
-fn new_server() -> NewServer {
+pub(crate) fn new_server() -> NewServer {
     NewServer {
         name: "s".into(),
         cpu: 1000,
@@ -64,10 +64,12 @@ fn new_server() -> NewServer {
         vnc_password: None,
         workload: None,
         priority: 0,
+        flavor: None,
+        preemptible: false,
     }
 }
 
-fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report {
+pub(crate) fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report {
     Report {
         applied_generation: generation,
         servers: servers

@@ -4,10 +4,12 @@
 //! `migrations/` and is embedded in the binary.
 
 mod accounts;
+mod admin;
 mod sqlite;
 mod usage;
 
 pub use accounts::{Account, AccountChange, Quota, QuotaChange};
+pub use admin::{AdminAction, LaunchRecord};
 pub use sqlite::SqliteStore;
 pub use usage::{Prices, UsageFilter, UsageRow, UsageSegment, charge as usage_charge};
 
@@ -66,6 +68,11 @@ pub struct ServerRecord {
     pub metered_perf: PerfFactor,
     /// A graceful shutdown in progress until then (`stopping`; back to `running` after).
     pub shutdown_until: Option<i64>,
+    /// The flavor it was created as, if one was named.
+    pub flavor: Option<String>,
+    /// Runtime only (not stored): the flavor it is scheduled as, named or the cheapest that
+    /// fits (filled in by the model for the API).
+    pub instance_type: String,
     /// Runtime only, as its agent reports it (not stored): its own network namespace.
     pub network: Option<backfill_shared::GuestNetwork>,
 }
@@ -88,4 +95,8 @@ pub struct HostRecord {
     pub generation: u64,
     pub first_seen: i64,
     pub last_seen: i64,
+    /// What the operator allows here (`run`, `hold`, `drain`).
+    pub idle_behavior: backfill_shared::IdleBehavior,
+    /// The pool it belongs to, if any.
+    pub pool: Option<String>,
 }

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "shutdown",
         include_str!("../../migrations/0004_shutdown.sql"),
     ),
+    (
+        5,
+        "operator",
+        include_str!("../../migrations/0005_admin.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -106,11 +111,13 @@ impl SqliteStore {
             reason: e.to_string(),
         })?;
         sqlx::query(
-            "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen)
-             VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen,
+                 idle_behavior, pool)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(id) DO UPDATE SET inventory = excluded.inventory,
                  enforcing = excluded.enforcing, generation = excluded.generation,
-                 last_seen = excluded.last_seen",
+                 last_seen = excluded.last_seen, idle_behavior = excluded.idle_behavior,
+                 pool = excluded.pool",
         )
         .bind(h.id.as_str())
         .bind(inventory)
@@ -118,6 +125,8 @@ impl SqliteStore {
         .bind(i64::try_from(h.generation).unwrap_or(i64::MAX))
         .bind(h.first_seen)
         .bind(h.last_seen)
+        .bind(h.idle_behavior.as_str())
+        .bind(h.pool.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -125,7 +134,8 @@ impl SqliteStore {
 
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, inventory, enforcing, generation, first_seen, last_seen FROM hosts ORDER BY id",
+            "SELECT id, inventory, enforcing, generation, first_seen, last_seen, idle_behavior, pool
+             FROM hosts ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -141,8 +151,8 @@ impl SqliteStore {
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
                      incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                     priority)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     priority, flavor)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -169,7 +179,7 @@ impl SqliteStore {
                      perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
                      term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                      mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
-                     metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?
+                     metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?
                  WHERE uuid = ?",
             )
             .bind(&s.name)
@@ -194,6 +204,7 @@ impl SqliteStore {
             .bind(s.metered_perf.cpu)
             .bind(s.metered_perf.mem)
             .bind(s.shutdown_until)
+            .bind(s.flavor.as_deref())
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -223,7 +234,7 @@ impl SqliteStore {
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                     term_scheduled_at, term_at, queued_reason, priority, metered_until,
-                    metered_perf_cpu, metered_perf_mem, shutdown_until
+                    metered_perf_cpu, metered_perf_mem, shutdown_until, flavor
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -272,7 +283,8 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
         .bind(s.termination.map(|t| t.scheduled_at))
         .bind(s.termination.map(|t| t.terminate_at))
         .bind(s.queued_reason.as_deref())
-        .bind(s.priority))
+        .bind(s.priority)
+        .bind(s.flavor.as_deref()))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -287,7 +299,10 @@ fn host_from_row(r: &SqliteRow) -> Result<HostRecord, StoreError> {
     let id: String = r.try_get("id")?;
     let inventory: String = r.try_get("inventory")?;
     let generation: i64 = r.try_get("generation")?;
+    let idle: String = r.try_get("idle_behavior")?;
     Ok(HostRecord {
+        idle_behavior: idle.parse().map_err(|e: String| corrupt("hosts", &id, e))?,
+        pool: r.try_get("pool")?,
         id: id.parse().map_err(|e| corrupt("hosts", &id, e))?,
         inventory: serde_json::from_str(&inventory).map_err(|e| corrupt("hosts", &id, e))?,
         enforcing: r.try_get("enforcing")?,
@@ -356,6 +371,8 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
             mem: r.try_get("metered_perf_mem")?,
         },
         shutdown_until: r.try_get("shutdown_until")?,
+        flavor: r.try_get("flavor")?,
+        instance_type: String::new(),
     })
 }
 
@@ -391,6 +408,8 @@ mod tests {
             metered_until: None,
             metered_perf: PerfFactor::FULL,
             shutdown_until: None,
+            flavor: None,
+            instance_type: String::new(),
         }
     }
 
@@ -424,6 +443,8 @@ mod tests {
             enforcing: true,
             generation: 3,
             first_seen: 1,
+            idle_behavior: backfill_shared::IdleBehavior::Hold,
+            pool: Some("p".into()),
             last_seen: 1,
         };
         store.upsert_host(&host).await.unwrap();
