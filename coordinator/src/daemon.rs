@@ -34,7 +34,10 @@ pub struct Bound {
     pub api_addr: SocketAddr,
     pub link_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The management listener (optional client certificates, token authentication).
+    pub management_addr: Option<SocketAddr>,
     pub coordinator: Arc<Coordinator>,
+    management: Option<(TcpListener, Acceptors)>,
     api: TcpListener,
     link: TcpListener,
     admin: TcpListener,
@@ -87,6 +90,17 @@ impl Bound {
         let api_addr = local(&api, cfg.api_addr);
         let link_addr = local(&link, cfg.link_addr);
         let admin_addr = local(&admin, cfg.admin_addr);
+        let management = match cfg.operator.management_addr {
+            Some(addr) => {
+                let config = tls::server_config_optional_client(&cfg.tls)?;
+                let l = bind(addr).await?;
+                let at = local(&l, addr);
+                tracing::info!(management_addr = %at, "management listening (TLS, token or admin certificate)");
+                Some((l, Acceptors::new(TlsAcceptor::from(config))))
+            }
+            None => None,
+        };
+        let management_addr = management.as_ref().map(|(l, _)| local(l, cfg.api_addr));
         tracing::info!(%api_addr, "API listening (mutual TLS)");
         tracing::info!(%link_addr, "agent link listening (mutual TLS)");
         tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
@@ -94,7 +108,9 @@ impl Bound {
             api_addr,
             link_addr,
             admin_addr,
+            management_addr,
             coordinator,
+            management,
             api,
             link,
             admin,
@@ -131,8 +147,20 @@ impl Bound {
             crate::metrics::admin_router(self.coordinator.clone()),
             shutdown.clone(),
         ));
+        let management = self.management.map(|(listener, acceptor)| {
+            let served = tokio::spawn(api::serve_management(
+                listener,
+                acceptor.clone(),
+                api::management_router(self.coordinator.clone()),
+                shutdown.clone(),
+                self.drain,
+            ));
+            (served, acceptor)
+        });
+        let optional = management.as_ref().map(|(_, a)| a.clone());
         let reloader = tokio::spawn(reload_on_sighup(
             self.acceptor.clone(),
+            optional,
             self.tls_files.clone(),
             shutdown.clone(),
         ));
@@ -147,6 +175,9 @@ impl Bound {
         let _ = reloader.await;
         let _ = admin.await;
         let _ = api.await;
+        if let Some((served, _)) = management {
+            let _ = served.await;
+        }
         let _ = link.await;
         self.coordinator.store.close().await;
         tracing::info!("coordinator stopped");
@@ -179,6 +210,7 @@ async fn tick(
 /// rotation needs no restart. A broken set is refused and the old one kept.
 async fn reload_on_sighup(
     acceptors: Acceptors,
+    management: Option<Acceptors>,
     files: backfill_shared::tls::TlsFiles,
     shutdown: CancellationToken,
 ) {
@@ -192,9 +224,16 @@ async fn reload_on_sighup(
             () = shutdown.cancelled() => return,
             _ = hup.recv() => {}
         }
-        match tls::server_config(&files) {
-            Ok(cfg) => {
+        let optional = match &management {
+            Some(_) => tls::server_config_optional_client(&files).map(Some),
+            None => Ok(None),
+        };
+        match tls::server_config(&files).and_then(|c| Ok((c, optional?))) {
+            Ok((cfg, optional)) => {
                 acceptors.replace(TlsAcceptor::from(cfg));
+                if let (Some(a), Some(c)) = (&management, optional) {
+                    a.replace(TlsAcceptor::from(c));
+                }
                 tracing::info!(cert = %files.cert.display(), "certificates reloaded");
             }
             Err(e) => {

@@ -43,6 +43,16 @@ impl Acceptors {
     }
 }
 
+/// What a listener asks of its clients.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAuth {
+    /// A CA-signed certificate of one of these roles.
+    Required(&'static [Role]),
+    /// A certificate if the client has one (the TLS config must allow none); the request is
+    /// authenticated another way (the management token) otherwise.
+    Optional,
+}
+
 /// Accepts connections until `shutdown`; each one that completes the handshake with an allowed
 /// role is handed to `handle` on its own task.
 pub async fn serve<F, Fut>(
@@ -54,6 +64,37 @@ pub async fn serve<F, Fut>(
     handle: F,
 ) where
     F: Fn(TlsStream<TcpStream>, PeerIdentity, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = move |tls, id: Option<PeerIdentity>, peer| {
+        let handle = handle.clone();
+        async move {
+            if let Some(id) = id {
+                handle(tls, id, peer).await;
+            }
+        }
+    };
+    serve_auth(
+        listener,
+        acceptors,
+        name,
+        ClientAuth::Required(allowed),
+        shutdown,
+        handle,
+    )
+    .await;
+}
+
+/// As [`serve`], with the client's certificate optional when `auth` says so.
+pub async fn serve_auth<F, Fut>(
+    listener: TcpListener,
+    acceptors: Acceptors,
+    name: &'static str,
+    auth: ClientAuth,
+    shutdown: CancellationToken,
+    handle: F,
+) where
+    F: Fn(TlsStream<TcpStream>, Option<PeerIdentity>, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -70,7 +111,7 @@ pub async fn serve<F, Fut>(
         let acceptor = acceptors.current();
         let handle = handle.clone();
         tokio::spawn(async move {
-            if let Some((tls, id)) = accept(&acceptor, tcp, peer, name, allowed).await {
+            if let Some((tls, id)) = accept(&acceptor, tcp, peer, name, auth).await {
                 handle(tls, id, peer).await;
             }
         });
@@ -85,8 +126,8 @@ pub async fn accept(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: &'static str,
-    allowed: &[Role],
-) -> Option<(TlsStream<TcpStream>, PeerIdentity)> {
+    auth: ClientAuth,
+) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -99,14 +140,20 @@ pub async fn accept(
             return None;
         }
     };
-    let identity = match peer_identity(tls.get_ref().1.peer_certificates()) {
+    let certs = tls.get_ref().1.peer_certificates();
+    let allowed = match auth {
+        ClientAuth::Optional if certs.is_none_or(<[_]>::is_empty) => return Some((tls, None)),
+        ClientAuth::Optional => None,
+        ClientAuth::Required(roles) => Some(roles),
+    };
+    let identity = match peer_identity(certs) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(%peer, listener, error = %e, "client certificate refused");
             return None;
         }
     };
-    if !allowed.contains(&identity.role) {
+    if allowed.is_some_and(|roles| !roles.contains(&identity.role)) {
         tracing::warn!(
             %peer,
             listener,
@@ -116,5 +163,5 @@ pub async fn accept(
         );
         return None;
     }
-    Some((tls, identity))
+    Some((tls, Some(identity)))
 }

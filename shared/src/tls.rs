@@ -91,6 +91,22 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// Server side for token holders: a client certificate is asked for and, when presented, must
+/// be signed by the CA; a client without one is let through to authenticate with a token.
+pub fn server_config_optional_client(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let p = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, p.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Client side: verifies the server against the CA and presents our certificate.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let cfg = ClientConfig::builder_with_provider(provider())

@@ -44,7 +44,7 @@ pub struct AppState {
 
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     let state = AppState { coordinator };
-    Router::new()
+    let routes = Router::new()
         .nest(
             "/api/2.0",
             capabilities::routes()
@@ -53,11 +53,34 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .merge(usage::routes())
                 .route("/openapi.json", axum::routing::get(openapi_json)),
         )
-        .nest("/arvados/v1/dispatch", arvados::routes())
-        .nest("/dynamiccluster", dynamic_cluster::routes())
+        .merge(operator_routes())
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
-        })
+        });
+    finish(routes, state)
+}
+
+/// The operator APIs: Arvados dispatch and Dynamic Cluster.
+fn operator_routes() -> Router<AppState> {
+    Router::new()
+        .nest("/arvados/v1/dispatch", arvados::routes())
+        .nest("/dynamiccluster", dynamic_cluster::routes())
+}
+
+/// The management listener's router: the operator APIs only.
+pub fn management_router(coordinator: Arc<Coordinator>) -> Router {
+    let state = AppState { coordinator };
+    let routes = operator_routes().fallback(|| async {
+        ApiError::not_found(
+            "no such path: this listener serves /arvados/v1/dispatch/ and /dynamiccluster/ only",
+        )
+    });
+    finish(routes, state)
+}
+
+/// The layers every router gets: 405s, the body limit, request ids and request counts.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .method_not_allowed_fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -125,17 +148,59 @@ pub async fn serve_api(
     shutdown: CancellationToken,
     drain: std::time::Duration,
 ) {
+    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
+    serve_http(
+        listener,
+        acceptor,
+        router,
+        (shutdown, drain),
+        tls_accept::ClientAuth::Required(allowed),
+        "API",
+    )
+    .await;
+}
+
+/// The management listener: TLS whose client certificate is optional (the management token
+/// authenticates instead); the operator APIs only.
+pub async fn serve_management(
+    listener: TcpListener,
+    acceptor: tls_accept::Acceptors,
+    router: Router,
+    shutdown: CancellationToken,
+    drain: std::time::Duration,
+) {
+    serve_http(
+        listener,
+        acceptor,
+        router,
+        (shutdown, drain),
+        tls_accept::ClientAuth::Optional,
+        "management",
+    )
+    .await;
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    acceptor: tls_accept::Acceptors,
+    router: Router,
+    (shutdown, drain): (CancellationToken, std::time::Duration),
+    auth: tls_accept::ClientAuth,
+    name: &'static str,
+) {
     let conn_shutdown = shutdown.clone();
     let tracker = tokio_util::task::TaskTracker::new();
     let conns = tracker.clone();
-    let handle = move |tls, identity: PeerIdentity, peer| {
+    let handle = move |tls, identity: Option<PeerIdentity>, peer| {
         let router = router.clone();
         let shutdown = conn_shutdown.clone();
         let token = conns.token();
         async move {
             let _in_flight = token;
             let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(identity.clone());
+                if let Some(id) = &identity {
+                    req.extensions_mut().insert(id.clone());
+                }
                 router.clone().oneshot(req)
             });
             let builder = auto::Builder::new(TokioExecutor::new());
@@ -154,8 +219,7 @@ pub async fn serve_api(
             }
         }
     };
-    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
-    tls_accept::serve(listener, acceptor, "API", allowed, shutdown, handle).await;
+    tls_accept::serve_auth(listener, acceptor, name, auth, shutdown, handle).await;
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(
@@ -163,6 +227,6 @@ pub async fn serve_api(
             "requests still in flight after the drain timeout; closing them"
         );
     } else {
-        tracing::info!("API drained");
+        tracing::info!(listener = name, "API drained");
     }
 }
