@@ -39,6 +39,11 @@ pub enum Command {
     /// Certificates: the deployment's CA and the certificates it signs.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// The `local` provisioner: start and stop agents on this machine for a pool (dev mode's
+    /// `local` pool uses it).
+    #[cfg(feature = "dev")]
+    #[command(subcommand)]
+    ProvisionLocal(crate::local_provisioner::LocalCommand),
     /// Runs the agent (used by `dev` to start its agent as a child process).
     #[cfg(feature = "dev")]
     #[command(hide = true, disable_help_flag = true)]
@@ -90,6 +95,9 @@ pub enum CliError {
     Dev(#[from] crate::dev::DevError),
     #[error(transparent)]
     Simulate(#[from] crate::simulate::SimError),
+    #[cfg(feature = "dev")]
+    #[error(transparent)]
+    Local(#[from] crate::local_provisioner::LocalError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -107,6 +115,10 @@ impl CliError {
             CliError::Dev(_) => 70,
             CliError::Runtime(_) => 70,
             CliError::Simulate(_) => 64,
+            #[cfg(feature = "dev")]
+            CliError::Local(crate::local_provisioner::LocalError::Host(..)) => 64,
+            #[cfg(feature = "dev")]
+            CliError::Local(_) => 70,
         }
     }
 }
@@ -163,6 +175,8 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
             println!("{} {}", cert.display(), key.display());
             Ok(())
         }
+        #[cfg(feature = "dev")]
+        Command::ProvisionLocal(cmd) => Ok(crate::local_provisioner::run(cmd)?),
         #[cfg(feature = "dev")]
         Command::Agent { args } => {
             let mut full = vec![std::ffi::OsString::from("backfill-agent")];

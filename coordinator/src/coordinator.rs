@@ -91,6 +91,8 @@ pub struct Coordinator {
     pub(crate) provision_log: crate::provision::SharedProvisionLog,
     /// The running configuration as operators may see it (secrets redacted).
     config_view: serde_json::Value,
+    /// The agent link's address as agents reach it (`{link}` in provisioner commands).
+    pub(crate) link_addr: std::sync::OnceLock<std::net::SocketAddr>,
     next_conn: AtomicU64,
 }
 
@@ -133,6 +135,7 @@ impl Coordinator {
             operator: crate::operator::OperatorConfig::default(),
             provision_log: Arc::default(),
             config_view: serde_json::Value::Null,
+            link_addr: std::sync::OnceLock::new(),
             next_conn: AtomicU64::new(1),
         })
     }

@@ -89,6 +89,9 @@ impl Bound {
         let admin = bind(cfg.admin_addr).await?;
         let api_addr = local(&api, cfg.api_addr);
         let link_addr = local(&link, cfg.link_addr);
+        let _ = coordinator
+            .link_addr
+            .set(crate::cli::client_addr(link_addr));
         let admin_addr = local(&admin, cfg.admin_addr);
         let management = match cfg.operator.management_addr {
             Some(addr) => {

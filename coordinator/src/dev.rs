@@ -112,7 +112,7 @@ fn ensure_pki(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
 
 /// The agent's idle workload: this binary's hidden `agent idle`, when the workload user can
 /// execute it; otherwise `sleep infinity`.
-fn idle_command(run_as: &str) -> Vec<String> {
+pub(crate) fn idle_command(run_as: &str) -> Vec<String> {
     let fallback = vec!["sleep".to_string(), "infinity".into()];
     let Ok(exe) = std::env::current_exe() else {
         return fallback;
@@ -132,6 +132,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         dir,
     };
     ensure_pki(&l, args.api_addr)?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let cfg = CoordinatorConfig {
         api_addr: args.api_addr,
         link_addr: args.link_addr,
@@ -144,9 +145,12 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         tls: l.files("coordinator"),
         scheduler: Default::default(),
         classes: Default::default(),
-        operator: Default::default(),
+        operator: crate::operator::OperatorConfig {
+            management_token: Some(token.clone()),
+            ..Default::default()
+        },
         flavors: Vec::new(),
-        pools: Vec::new(),
+        pools: vec![local_pool(&l)?],
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
@@ -200,7 +204,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         let _ = server.await;
         return Err(e);
     }
-    announce(&l, api)?;
+    announce(&l, api, &token)?;
 
     tokio::select! {
         () = wait_for_signal() => {}
@@ -208,8 +212,13 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             tracing::error!(?status, "the agent exited");
         }
     }
-    tracing::info!("stopping the agent and its workloads");
+    tracing::info!("stopping the agents and their workloads");
+    let pool_dir = l.dir.join("pool");
+    let pool_agents = tokio::task::spawn_blocking(move || {
+        crate::local_provisioner::delete_all(&pool_dir);
+    });
     stop_agent(&mut agent).await;
+    let _ = pool_agents.await;
     shutdown.cancel();
     let _ = server.await;
     Ok(())
@@ -262,14 +271,47 @@ async fn stop_agent(agent: &mut Child) {
     }
 }
 
-fn announce(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
+/// The `local` pool: up to three more agents on this machine, launched and deleted by
+/// `provision-local` (by hand with `PUT /dynamiccluster/resource/local?num=1`, or by auto mode).
+fn local_pool(l: &Layout) -> Result<crate::pools::PoolConfig, DevError> {
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let exe = exe.display().to_string();
+    let dir = l.dir.join("pool").display().to_string();
+    let op = |op: &str| {
+        let mut argv = vec![exe.clone(), "provision-local".into(), op.into()];
+        argv.extend(["--dir".into(), dir.clone()]);
+        if op == "launch" {
+            argv.extend(["--pki".into(), l.pki.display().to_string()]);
+            argv.extend(["--link".into(), "{link}".into()]);
+        }
+        argv.extend(["--host".into(), "{host}".into()]);
+        argv
+    };
+    Ok(crate::pools::PoolConfig {
+        name: "local".into(),
+        min: 0,
+        max: 3,
+        priority: 0,
+        flavor: None,
+        hosts: Vec::new(),
+        reservation_account: None,
+        reservation_queue: None,
+        provisioner: Some(crate::pools::ProvisionerConfig {
+            launch: op("launch"),
+            delete: op("delete"),
+            timeout_s: 60,
+        }),
+    })
+}
+
+fn announce(l: &Layout, api: SocketAddr, token: &str) -> Result<(), DevError> {
     let url = format!("https://{api}/api/2.0/");
     let ca = l.pki.join(backfill_shared::pki::CA_CERT_FILE);
     let (cert, key) = (l.pem(DEV_TENANT), l.key(DEV_TENANT));
     // Exported, so that programs started from the shell (backfillctl) see them too; the
     // operator's certificate is there for `backfillctl --cert ... account ...`.
     let env = format!(
-        "export BACKFILL_API={url}\nexport BACKFILL_CA={}\nexport BACKFILL_CERT={}\nexport BACKFILL_KEY={}\nexport BACKFILL_ADMIN_CERT={}\nexport BACKFILL_ADMIN_KEY={}\n",
+        "export BACKFILL_API={url}\nexport BACKFILL_CA={}\nexport BACKFILL_CERT={}\nexport BACKFILL_KEY={}\nexport BACKFILL_ADMIN_CERT={}\nexport BACKFILL_ADMIN_KEY={}\nexport BACKFILL_MANAGEMENT_TOKEN={token}\n",
         ca.display(),
         cert.display(),
         key.display(),

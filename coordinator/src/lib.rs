@@ -2,6 +2,8 @@
 
 pub mod accounts;
 pub mod api;
+pub mod auto_mode;
+pub mod autoscale;
 pub mod billing;
 pub mod cli;
 pub mod config;
@@ -12,6 +14,8 @@ pub mod dev;
 pub mod flavors;
 pub mod hosts;
 pub mod lifecycle;
+#[cfg(feature = "dev")]
+pub mod local_provisioner;
 pub mod metrics;
 pub mod model;
 pub mod operator;

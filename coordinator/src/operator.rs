@@ -331,6 +331,18 @@ impl Coordinator {
         id: &str,
         reason: Option<&str>,
     ) -> Result<(), AdminError> {
+        self.forget_host(actor, id, reason, true).await
+    }
+
+    /// [`Coordinator::delete_host`], asking the pool's provisioner to delete the host only
+    /// when `deprovision` (not for a host a drain already had deleted).
+    pub(crate) async fn forget_host(
+        &self,
+        actor: &str,
+        id: &str,
+        reason: Option<&str>,
+        deprovision: bool,
+    ) -> Result<(), AdminError> {
         let now = self.clock.now();
         let mut model = self.model.lock().await;
         if self.forget_launch(&mut model, id, actor, reason).await? {
@@ -357,7 +369,9 @@ impl Coordinator {
         let _ = model.cluster.remove_host(&host);
         tracing::warn!(host = %host, %actor, reason = reason.unwrap_or(""), "admin action: host deleted");
         drop(model);
-        self.deprovision(&host, pool.as_deref());
+        if deprovision {
+            self.deprovision(&host, pool.as_deref());
+        }
         Ok(())
     }
 

@@ -37,15 +37,21 @@ pub struct PoolView {
     pub hosts: Vec<HostView>,
 }
 
-/// Runs one provisioner command with `{host}` and `{pool}` filled in. Its output goes to the
-/// log; a non-zero exit, a failure to start or a timeout is an error.
+/// Runs one provisioner command with `{host}`, `{pool}` and `{link}` (the coordinator's agent
+/// link address) filled in. Its output goes to the log; a non-zero exit, a failure to start or
+/// a timeout is an error.
 pub async fn run_command(
     argv: &[String],
     host: &str,
     pool: &str,
+    link: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let fill = |a: &String| a.replace("{host}", host).replace("{pool}", pool);
+    let fill = |a: &String| {
+        a.replace("{host}", host)
+            .replace("{pool}", pool)
+            .replace("{link}", link)
+    };
     let argv: Vec<String> = argv.iter().map(fill).collect();
     let Some((program, args)) = argv.split_first() else {
         return Err("empty command".into());
@@ -92,9 +98,14 @@ impl Coordinator {
         let timeout = Duration::from_secs(p.timeout_s);
         let log = self.provision_log.clone();
         let failures = self.metrics.clone();
+        let link = self
+            .link_addr
+            .get()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         tokio::spawn(async move {
             tracing::info!(%host, %pool, "provisioner: {which}");
-            if let Err(e) = run_command(&argv, &host, &pool, timeout).await {
+            if let Err(e) = run_command(&argv, &host, &pool, &link, timeout).await {
                 tracing::error!(%host, %pool, error = %e, "provisioner {which} failed");
                 failures
                     .provision_failures

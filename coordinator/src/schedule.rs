@@ -216,9 +216,18 @@ impl Coordinator {
             });
         }
         crate::accounts::check_start(&model, owner, current.cpu, current.mem)?;
-        let planned = self.make_plan(&model, id, self.clock.now());
+        let mut planned = self.make_plan(&model, id, self.clock.now());
         if let Plan::Never { reason } = &planned.plan {
-            return Err(OpError::NeverFits(reason.clone()));
+            // No host has room for it, but auto mode may launch one that has.
+            if !self.could_launch_for(&model, &current) {
+                return Err(OpError::NeverFits(reason.clone()));
+            }
+            planned = Planned {
+                plan: Plan::Queue {
+                    reason: format!("{reason}; waiting for auto mode to launch a host"),
+                },
+                fence: None,
+            };
         }
         Ok(self
             .apply_checked(&mut model, current, planned)
@@ -422,6 +431,7 @@ impl Coordinator {
         // 4. Draining hosts that have become idle shut down.
         drop(model);
         self.finish_drains(now).await;
+        self.auto_round(now).await;
         let mut model = self.model.lock().await;
         // 5. Usage of running servers, flushed to the store every `interval_s`.
         let stale = now - self.billing.interval_s;

@@ -150,3 +150,134 @@ async fn operators_get_in_with_a_certificate_or_the_token_and_nobody_else_does()
     let (code, _, _) = send(&tenant, M::GET, &api("/dynamiccluster/resource"), None).await;
     assert_eq!(code, 403);
 }
+
+async fn pool(admin: &reqwest::Client, coord: &Coordinator) -> Value {
+    let url = format!("https://{}/dynamiccluster/resource/local", coord.api);
+    let (code, v, _) = send(admin, reqwest::Method::GET, &url, None).await;
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+async fn bserver(tenant: &reqwest::Client, coord: &Coordinator, seconds: u32) -> String {
+    let (code, v) = post(
+        tenant,
+        &coord.url("bservers/"),
+        serde_json::json!({"objects": [{"name": "job", "cpu": 500, "mem": 128u64 << 20,
+            "workload": {"command": ["sleep", seconds.to_string()]}}]}),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let id = v["objects"][0]["uuid"].as_str().unwrap().to_owned();
+    let (code, v) = post(
+        tenant,
+        &coord.url(&format!("bservers/{id}/action/?do=start")),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(code, 202, "{v}");
+    id
+}
+
+async fn status(tenant: &reqwest::Client, coord: &Coordinator, id: &str) -> String {
+    let (_, v) = get(tenant, &coord.url(&format!("bservers/{id}/"))).await;
+    v["status"].as_str().unwrap_or("").to_owned()
+}
+
+/// Auto mode with the local provisioner: a queued server makes the pool grow by one host, the
+/// server runs there, and the idle host is removed after `max_idle_time_s`; freeze stops
+/// growth; drain empties the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_grows_and_shrinks_a_pool_of_local_agents() {
+    let pki = Pki::new();
+    let hosts = tempfile::tempdir().unwrap();
+    let exe = bin("backfill-coordinator");
+    let cmd = |op: &str, extra: &str| {
+        format!(
+            "[{exe:?}, \"provision-local\", \"{op}\", \"--dir\", {:?}, {extra}\"--host\", \"{{host}}\"]",
+            hosts.path()
+        )
+    };
+    let launch = cmd(
+        "launch",
+        &format!("\"--pki\", {:?}, \"--link\", \"{{link}}\", ", pki.path()),
+    );
+    let extra = format!(
+        "\n[operator]\nauto_mode = true\nmax_idle_time_s = 3\nmax_launch_time_s = 120\n[[pools]]\nname = \"local\"\nmax = 2\n[pools.provisioner]\nlaunch = {launch}\ndelete = {}\ntimeout_s = 30\n",
+        cmd("delete", "")
+    );
+    let coord = Coordinator::start_with(&pki, &["tenant"], &extra);
+    let admin = client(&pki.ca(), Some(&pki.issue(Role::Admin, "ops")));
+    let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
+    let dc = |p: &str| format!("https://{}/dynamiccluster/{p}", coord.api);
+    use reqwest::Method as M;
+
+    // Frozen at zero hosts: a queued server does not make it grow.
+    let (code, _, _) = send(&admin, M::PUT, &dc("resource/local/freeze"), None).await;
+    assert_eq!(code, 200);
+    let first = bserver(&tenant, &coord, 4).await;
+    assert_eq!(status(&tenant, &coord, &first).await, "starting");
+    let watch_until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < watch_until {
+        let p = pool(&admin, &coord).await;
+        assert_eq!(p["current_num"], 0, "a frozen pool grew: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Restored: one host is launched, registers, and runs the server.
+    send(&admin, M::PUT, &dc("resource/local/restore"), None).await;
+    let host = eventually("a launched host registered", || async {
+        let p = pool(&admin, &coord).await;
+        let n = &p["worker_nodes"][0];
+        (n["state"] == 2 || n["state"] == 3).then(|| n["hostname"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(host.starts_with("local-"), "{host}");
+    assert!(hosts.path().join(&host).join("agent.pid").exists());
+    eventually("the server ran and ended", || async {
+        (status(&tenant, &coord, &first).await == "stopped").then_some(())
+    })
+    .await;
+    let p = pool(&admin, &coord).await;
+    assert_eq!(p["current_num"], 1, "one host for one server: {p}");
+    // Idle for max_idle_time_s: removed, its agent stopped.
+    eventually("the idle host removed", || async {
+        (pool(&admin, &coord).await["current_num"] == 0).then_some(())
+    })
+    .await;
+    eventually("its agent stopped", || async {
+        (!hosts.path().join(&host).join("agent.pid").exists()).then_some(())
+    })
+    .await;
+    let (code, _, _) = send(&admin, M::GET, &dc(&format!("workernode/{host}")), None).await;
+    assert_eq!(code, 404);
+
+    // Drain: the running server finishes; then the pool is empty and says Drained.
+    let second = bserver(&tenant, &coord, 600).await;
+    eventually("the second server running", || async {
+        (status(&tenant, &coord, &second).await == "running").then_some(())
+    })
+    .await;
+    send(&admin, M::PUT, &dc("resource/local/drain"), None).await;
+    let p = pool(&admin, &coord).await;
+    assert_eq!(
+        (p["flag"].as_u64(), p["current_num"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(status(&tenant, &coord, &second).await, "running");
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{second}/action/?do=stop")),
+        serde_json::json!({}),
+    )
+    .await;
+    eventually("the drained pool empty", || async {
+        let p = pool(&admin, &coord).await;
+        (p["flag"] == 3 && p["worker_nodes"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    })
+    .await;
+    let log = coord.daemon.log_text();
+    assert!(log.contains("auto mode"), "{log}");
+    if std::env::var_os("BACKFILL_SHOW_LOG").is_some() {
+        eprintln!("{log}");
+    }
+}
