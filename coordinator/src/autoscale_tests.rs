@@ -113,7 +113,10 @@ fn max_frozen_and_booting_pools_do_not_grow() {
 #[test]
 fn min_is_kept_and_launches_time_out() {
     let p = pool("a", 2, 5, 1);
-    assert_eq!(decide(std::slice::from_ref(&p), &[], 0, &S), vec![launch("a", 2)]);
+    assert_eq!(
+        decide(std::slice::from_ref(&p), &[], 0, &S),
+        vec![launch("a", 2)]
+    );
     let mut late = p;
     late.launches = vec![
         LaunchState {

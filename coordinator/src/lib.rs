@@ -12,6 +12,7 @@ pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod flavors;
+pub mod history;
 pub mod hosts;
 pub mod lifecycle;
 #[cfg(feature = "dev")]

@@ -83,6 +83,8 @@ pub struct Model {
     pub pool_limits: BTreeMap<String, (u32, u32)>,
     /// Auto mode: pools grow and shrink with demand.
     pub auto_mode: bool,
+    /// Capacity samples and preemption timeline for the dashboard.
+    pub history: crate::history::History,
 }
 
 /// A server holds resources on its host in these states.

@@ -87,6 +87,8 @@ pub struct HostView {
     pub address: Option<IpAddr>,
     pub pool: Option<String>,
     pub capacity: Resources,
+    /// What is free for new work (capacity less what its servers hold now).
+    pub free: Resources,
     pub gpus: usize,
     pub worker_state: WorkerState,
     pub idle_behavior: IdleBehavior,
@@ -131,6 +133,15 @@ pub fn action(
 }
 
 impl Coordinator {
+    /// Counts a recorded admin action by its verb (`launch 2` counts as `launch`).
+    pub(crate) fn counted(&self, a: &AdminAction) {
+        let kind = a.action.split(' ').next().unwrap_or("").to_owned();
+        self.metrics
+            .admin_actions
+            .get_or_create(&crate::metrics::Kind { kind })
+            .inc();
+    }
+
     pub(crate) fn host_view(&self, model: &Model, id: &HostId) -> Option<HostView> {
         let h = model.hosts.get(id)?;
         let inv = &h.record.inventory;
@@ -163,6 +174,7 @@ impl Coordinator {
             address: h.address,
             pool: h.record.pool.clone(),
             capacity: inv.capacity(),
+            free: model.cluster.free(id),
             gpus: inv.gpus.len(),
             worker_state: h.worker_state,
             idle_behavior: h.record.idle_behavior,
@@ -236,6 +248,7 @@ impl Coordinator {
         let what = behavior.as_str();
         let a = action(now, actor, "host", id, what, reason);
         self.store.set_host_admin(&record, &a).await?;
+        self.counted(&a);
         tracing::info!(host = %host, %actor, action = what, reason = reason.unwrap_or(""), "admin action");
         let busy = model.servers_on(&host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(&host) {
@@ -292,6 +305,7 @@ impl Coordinator {
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "vacate", reason);
         self.store.record_action(&a).await?;
+        self.counted(&a);
         let n = self.stop_all_on(&mut model, &host).await?;
         tracing::info!(host = %host, %actor, stopped = n, reason = reason.unwrap_or(""), "admin action: vacate");
         Ok(n)
@@ -311,6 +325,7 @@ impl Coordinator {
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "kill", reason);
         self.store.record_action(&a).await?;
+        self.counted(&a);
         let n = self.stop_all_on(&mut model, &host).await?;
         if let Some(entry) = model.hosts.get_mut(&host) {
             entry.set_state(WorkerState::Shutdown, now);
@@ -363,6 +378,7 @@ impl Coordinator {
         }
         let a = action(now, actor, "host", id, "delete", reason);
         self.store.delete_host(id, &a).await?;
+        self.counted(&a);
         let pool = view.pool.clone();
         // Dropping the entry drops its session's channel: the agent's link ends.
         model.hosts.remove(&host);
@@ -396,6 +412,7 @@ impl Coordinator {
         };
         let a = action(now, actor, "server", &id.to_string(), "kill", reason);
         self.store.record_action(&a).await?;
+        self.counted(&a);
         let next = if s.status == ServerStatus::Starting {
             let mut n = s;
             n.host = None;
@@ -487,9 +504,24 @@ impl Coordinator {
         let a = action(now, actor, "coordinator", "auto_mode", what, None);
         let value = if on { "on" } else { "off" };
         self.store.set_setting("auto_mode", value, &a).await?;
+        self.counted(&a);
         model.auto_mode = on;
         tracing::info!(%actor, auto_mode = on, "admin action: auto mode");
         Ok(())
+    }
+
+    /// The dashboard's history: capacity samples and the preemption timeline.
+    pub async fn history(
+        &self,
+    ) -> (
+        Vec<crate::history::Sample>,
+        Vec<crate::history::PreemptionEvent>,
+    ) {
+        let model = self.model.lock().await;
+        (
+            model.history.samples().copied().collect(),
+            model.history.events().cloned().collect(),
+        )
     }
 
     /// Hosts with a connected agent.

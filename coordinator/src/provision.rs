@@ -145,6 +145,7 @@ impl Coordinator {
                     address: None,
                     pool: Some(l.pool.clone()),
                     capacity: Resources::default(),
+                    free: Resources::default(),
                     gpus: 0,
                     worker_state: if error.is_some() {
                         WorkerState::Down
@@ -190,6 +191,7 @@ impl Coordinator {
         };
         let a = action(self.clock.now(), actor, "host", id, "delete", reason);
         self.store.delete_host(id, &a).await?;
+        self.counted(&a);
         model.launches.remove(id);
         if let Ok(mut log) = self.provision_log.lock() {
             log.errors.remove(id);
@@ -298,6 +300,7 @@ impl Coordinator {
             .collect();
         let a = action(now, actor, "pool", pool, &format!("launch {n}"), reason);
         self.store.insert_launches(&launches, &a).await?;
+        self.counted(&a);
         let ids: Vec<String> = launches.iter().map(|l| l.host.clone()).collect();
         for l in launches {
             model.launches.insert(l.host.clone(), l);
@@ -338,6 +341,7 @@ impl Coordinator {
         };
         let a = action(now, actor, "pool", pool, what, reason);
         self.store.set_pool_limits(pool, limits, &a).await?;
+        self.counted(&a);
         match limits {
             Some(l) => model.pool_limits.insert(p.name.clone(), l),
             None => model.pool_limits.remove(&p.name),

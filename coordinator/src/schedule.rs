@@ -5,6 +5,7 @@
 //! the model changes and before the agents hear of it.
 
 use crate::coordinator::{Coordinator, OpError, Scope, visible};
+use crate::history::PreemptionEvent;
 use crate::model::{Model, is_queued};
 use crate::scheduler::{self, Classes, GrowPolicy, Plan, Policy, Strategy, plan_grow};
 use crate::store::{Account, ServerRecord};
@@ -305,6 +306,7 @@ impl Coordinator {
         };
         changed.push(server.clone());
         self.commit(model, changed, &hosts).await?;
+        record_preemptions(model, &plan, self.clock.now());
         if let (Plan::Place { host, .. }, Some(entry)) = (&plan, server.host.as_ref()) {
             if let Some(h) = model.hosts.get_mut(entry) {
                 h.last_server = Some(server.uuid);
@@ -377,6 +379,13 @@ impl Coordinator {
             .collect();
         for s in due {
             tracing::info!(server = %s.uuid, "terminating (preempted)");
+            model.history.record(PreemptionEvent {
+                at: now,
+                kind: "stopped",
+                server: s.uuid,
+                host: s.host.clone(),
+                detail: "terminated at the end of its notice".into(),
+            });
             let next = self.stopping(&model, s);
             let hosts: Vec<HostId> = next.host.iter().cloned().collect();
             self.commit(&mut model, vec![next], &hosts).await?;
@@ -428,12 +437,17 @@ impl Coordinator {
             self.commit(&mut model, changed, std::slice::from_ref(&host))
                 .await?;
         }
-        // 4. Draining hosts that have become idle shut down.
+        // 4. A capacity sample for the dashboard.
+        if model.history.due(now) {
+            let sample = crate::history::take_sample(&model, now);
+            model.history.push(sample);
+        }
+        // 5. Draining hosts that have become idle shut down.
         drop(model);
         self.finish_drains(now).await;
         self.auto_round(now).await;
         let mut model = self.model.lock().await;
-        // 5. Usage of running servers, flushed to the store every `interval_s`.
+        // 6. Usage of running servers, flushed to the store every `interval_s`.
         let stale = now - self.billing.interval_s;
         let flush: Vec<ServerRecord> = model
             .servers
@@ -449,5 +463,40 @@ impl Coordinator {
             self.commit(&mut model, flush, &[]).await?;
         }
         Ok(())
+    }
+}
+
+/// Puts a committed plan's downsizes and termination notices on the dashboard's timeline.
+fn record_preemptions(model: &mut Model, plan: &Plan, now: i64) {
+    let (host, downsize, terminate) = match plan {
+        Plan::Place { host, downsize, .. } => (host, downsize.as_slice(), &[][..]),
+        Plan::Preempt {
+            host,
+            downsize,
+            terminate,
+            ..
+        } => (host, downsize.as_slice(), terminate.as_slice()),
+        Plan::Queue { .. } | Plan::Never { .. } => return,
+    };
+    for (id, pf) in downsize {
+        model.history.record(PreemptionEvent {
+            at: now,
+            kind: "downsized",
+            server: *id,
+            host: Some(host.clone()),
+            detail: format!("perf_factor cpu {:.2}, mem {:.2}", pf.cpu, pf.mem),
+        });
+    }
+    for (id, t) in terminate {
+        model.history.record(PreemptionEvent {
+            at: now,
+            kind: "noticed",
+            server: *id,
+            host: Some(host.clone()),
+            detail: format!(
+                "terminates at {}",
+                backfill_shared::clock::rfc3339(t.terminate_at)
+            ),
+        });
     }
 }

@@ -149,6 +149,13 @@ async fn operators_get_in_with_a_certificate_or_the_token_and_nobody_else_does()
     assert_eq!(list[0]["worker_nodes"][0]["hostname"], "op-host");
     let (code, _, _) = send(&tenant, M::GET, &api("/dynamiccluster/resource"), None).await;
     assert_eq!(code, 403);
+    // Admin actions are counted by kind.
+    let (_, metrics) = http_get(&coord.admin, "/metrics");
+    assert!(
+        metrics.contains("backfill_coordinator_admin_actions_total{kind=\"hold\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("backfill_coordinator_admin_actions_total{kind=\"run\"} 1"));
 }
 
 async fn pool(admin: &reqwest::Client, coord: &Coordinator) -> Value {

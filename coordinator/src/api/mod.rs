@@ -4,6 +4,7 @@
 mod accounts;
 mod arvados;
 mod capabilities;
+mod dashboard;
 mod dynamic_cluster;
 mod error;
 mod listing;
@@ -65,6 +66,7 @@ fn operator_routes() -> Router<AppState> {
     Router::new()
         .nest("/arvados/v1/dispatch", arvados::routes())
         .nest("/dynamiccluster", dynamic_cluster::routes())
+        .merge(dashboard::routes())
 }
 
 /// The management listener's router: the operator APIs only.
@@ -72,7 +74,7 @@ pub fn management_router(coordinator: Arc<Coordinator>) -> Router {
     let state = AppState { coordinator };
     let routes = operator_routes().fallback(|| async {
         ApiError::not_found(
-            "no such path: this listener serves /arvados/v1/dispatch/ and /dynamiccluster/ only",
+            "no such path: this listener serves /arvados/v1/dispatch/, /dynamiccluster/ and /dashboard only",
         )
     });
     finish(routes, state)

@@ -820,3 +820,71 @@ async fn launches_run_the_provisioner_and_fail_visibly() {
         0
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_serves_its_page_and_live_data() {
+    let f = fx().await;
+    let (conn, _rx) = host(&f, "h1").await;
+    let mut observed = Vec::new();
+    for _ in 0..3 {
+        let id = start(&f).await;
+        observed.push((id, server(&f, id).await.incarnation, WorkloadState::Running));
+    }
+    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    f.c.apply_report(&"h1".parse().unwrap(), conn, report(g, &observed))
+        .await
+        .unwrap();
+    let backfill: Vec<String> = observed.iter().map(|(id, _, _)| id.to_string()).collect();
+    f.c.tick(1_000).await.unwrap();
+    // A normal server that needs room: backfill servers are downsized for it.
+    let normal =
+        f.c.create_servers(
+            &f.tenant,
+            ServerClass::Normal,
+            vec![crate::coordinator::NewServer {
+                cpu: 2_000,
+                ..new_server()
+            }],
+        )
+        .await
+        .unwrap()[0]
+            .uuid;
+    f.c.start(&f.tenant, Scope::Servers, normal).await.unwrap();
+
+    let (code, page) = admin(&f, "GET", "/dashboard").await;
+    assert_eq!(code, 200);
+    let page = page.as_str().unwrap_or_default().to_owned();
+    for id in [
+        "hosts-body",
+        "capacity-chart",
+        "share-bar",
+        "queue-body",
+        "preemptions-body",
+    ] {
+        assert!(page.contains(id), "the page has no #{id}");
+    }
+    assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
+    assert_eq!(call(&f, Who::Tenant, "GET", "/dashboard").await.0, 403);
+    assert_eq!(
+        call(&f, Who::Nobody, "GET", "/dashboard/data.json").await.0,
+        401
+    );
+    let q = format!("/dashboard/data.json?api_token={TOKEN}");
+    let (code, d) = call(&f, Who::Nobody, "GET", &q).await;
+    assert_eq!(code, 200);
+    assert_eq!(d["hosts"][0]["id"], "h1");
+    assert_eq!(d["hosts"][0]["cpu_total"], 4_000);
+    assert!(d["hosts"][0]["cpu_used"].as_u64().unwrap() >= 2_000, "{d}");
+    assert!(d["share"]["backfill"].as_f64().unwrap() > 0.0);
+    assert!(d["share"]["normal"].as_f64().unwrap() > 0.0);
+    assert!(!d["capacity"].as_array().unwrap().is_empty());
+    let downsized: Vec<&str> = d["preemptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "downsized")
+        .map(|p| p["server"].as_str().unwrap())
+        .collect();
+    assert!(!downsized.is_empty(), "{d}");
+    assert!(downsized.iter().all(|s| backfill.iter().any(|b| b == s)));
+}
