@@ -26,6 +26,7 @@ fn fleet(hosts: usize) -> (Cluster, u128) {
             },
             gpus: Vec::new(),
             schedulable: true,
+            reserved: None,
         });
     }
     let mut n: u128 = 1;
@@ -60,6 +61,7 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem: u64) -> ServerSpec {
         gpus: 0,
         priority: 0,
         created_at: 0,
+        owner: String::new(),
     }
 }
 

@@ -150,6 +150,14 @@ impl Coordinator {
         if !self.store.settings().await?.contains_key("auto_mode") {
             self.model.get_mut().auto_mode = operator.auto_mode;
         }
+        let model = self.model.get_mut();
+        let ids: Vec<HostId> = model.hosts.keys().cloned().collect();
+        for id in ids {
+            if let Some(h) = model.hosts.get_mut(&id) {
+                h.reservation = pools.reservation(h.record.pool.as_deref());
+            }
+            model.sync_host(&id);
+        }
         self.pools = pools;
         self.operator = operator;
         Ok(self)

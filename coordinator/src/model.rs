@@ -25,6 +25,8 @@ pub struct HostEntry {
     /// The last server placed here, and when it last had work.
     pub last_server: Option<ServerId>,
     pub last_busy: Option<i64>,
+    /// Its pool's reservation, if any: only matching servers land here.
+    pub reservation: Option<crate::scheduler::Reservation>,
 }
 
 impl HostEntry {
@@ -38,6 +40,7 @@ impl HostEntry {
             state_since: now,
             last_server: None,
             last_busy: None,
+            reservation: None,
         }
     }
 
@@ -113,6 +116,7 @@ pub fn spec_of(s: &ServerRecord) -> ServerSpec {
         gpus: 0,
         priority: s.priority,
         created_at: s.created_at,
+        owner: s.owner.clone(),
     }
 }
 
@@ -156,6 +160,7 @@ impl Model {
                     .map(|g| g.uuid.clone())
                     .collect(),
                 schedulable: h.schedulable(),
+                reserved: h.reservation.clone(),
             });
         }
     }

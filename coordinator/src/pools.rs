@@ -25,10 +25,10 @@ pub struct PoolConfig {
     /// characters (`gpu-*`).
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Only this account's servers make the pool grow (and are preferred here).
+    /// Only this account's servers land on the pool's hosts and make it grow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation_account: Option<String>,
-    /// Only servers of this class (`normal`, `backfill`, `spot`) make the pool grow.
+    /// Only servers of this class (`normal`, `backfill`, `spot`) land here and make it grow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation_queue: Option<String>,
     /// How hosts of the pool are created and destroyed.
@@ -131,6 +131,21 @@ impl Pools {
 
     pub fn get(&self, name: &str) -> Option<&PoolConfig> {
         self.list.iter().find(|p| p.name == name)
+    }
+
+    /// A pool's reservation for placement (`None` when it has none).
+    pub fn reservation(&self, pool: Option<&str>) -> Option<crate::scheduler::Reservation> {
+        let p = self.get(pool?)?;
+        let class = p
+            .reservation_queue
+            .as_deref()
+            .and_then(backfill_shared::ServerClass::parse);
+        (p.reservation_account.is_some() || class.is_some()).then(|| {
+            crate::scheduler::Reservation {
+                account: p.reservation_account.clone(),
+                class,
+            }
+        })
     }
 
     /// The pool whose `hosts` patterns match the host's id, if any.

@@ -206,6 +206,7 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                 },
                 gpus: (0..gpus).map(|g| format!("GPU-{i}-{g}")).collect(),
                 schedulable: true,
+                reserved: None,
             });
         }
     }
@@ -250,6 +251,7 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                 gpus: a.gpus,
                 priority: 0,
                 created_at: a.at,
+                owner: String::new(),
             });
             queued.insert(id, a.at);
             fresh.push(id);

@@ -62,6 +62,7 @@ impl Coordinator {
             .hosts
             .entry(host.clone())
             .or_insert_with(|| HostEntry::new(record.clone(), WorkerState::Booting, now));
+        entry.reservation = self.pools.reservation(record.pool.as_deref());
         entry.record = record;
         entry.set_state(WorkerState::Booting, now);
         entry.address = address;

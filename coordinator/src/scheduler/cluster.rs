@@ -18,6 +18,29 @@ pub struct HostSpec {
     /// False when the host is held, draining, down or frozen: nothing new lands there and its
     /// free capacity does not count.
     pub schedulable: bool,
+    /// Its pool's reservation: only matching servers land here.
+    pub reserved: Option<Reservation>,
+}
+
+/// A pool's reservation (Dynamic Cluster's): an account, a class (queue), or both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reservation {
+    pub account: Option<String>,
+    pub class: Option<ServerClass>,
+}
+
+impl Reservation {
+    pub fn admits(&self, spec: &ServerSpec) -> bool {
+        self.account.as_ref().is_none_or(|a| *a == spec.owner)
+            && self.class.is_none_or(|c| c == spec.class)
+    }
+}
+
+impl HostSpec {
+    /// Whether `spec` may land here at all (its reservation, if any, admits it).
+    pub fn admits(&self, spec: &ServerSpec) -> bool {
+        self.reserved.as_ref().is_none_or(|r| r.admits(spec))
+    }
 }
 
 /// A placed server: where, how squeezed, since when, and whether it is leaving.
@@ -212,6 +235,7 @@ impl Cluster {
                     free_gpus: BTreeSet::new(),
                     spec: HostSpec {
                         schedulable: false,
+                        reserved: None,
                         gpus: Vec::new(),
                         ..spec.clone()
                     },

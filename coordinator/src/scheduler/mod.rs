@@ -12,7 +12,7 @@ mod preempt;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{Cluster, ClusterError, CpuMem, FreeResources, HostSpec, Placed};
+pub use cluster::{Cluster, ClusterError, CpuMem, FreeResources, HostSpec, Placed, Reservation};
 pub use grow::{GrowPolicy, plan_grow};
 pub use place::Strategy;
 
@@ -29,6 +29,8 @@ pub struct ServerSpec {
     /// Higher goes first in the queue and is preempted last.
     pub priority: i32,
     pub created_at: i64,
+    /// The owning account (pools reserved for an account take only its servers).
+    pub owner: String,
 }
 
 pub use backfill_shared::Termination;

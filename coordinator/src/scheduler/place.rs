@@ -18,6 +18,7 @@ pub enum Strategy {
 
 fn fits(h: &HostAcc, spec: &ServerSpec) -> bool {
     h.spec.schedulable
+        && h.spec.admits(spec)
         && h.free().fits(&spec.need)
         && h.free_gpus.len() >= usize::try_from(spec.gpus).unwrap_or(usize::MAX)
 }
@@ -55,8 +56,7 @@ pub fn on_free(
 /// back, so it counts here).
 pub fn could_ever_fit(cluster: &Cluster, spec: &ServerSpec) -> bool {
     let gpus = usize::try_from(spec.gpus).unwrap_or(usize::MAX);
-    cluster
-        .hosts
-        .values()
-        .any(|h| h.spec.capacity.fits(&spec.need) && h.spec.gpus.len() >= gpus)
+    cluster.hosts.values().any(|h| {
+        h.spec.admits(spec) && h.spec.capacity.fits(&spec.need) && h.spec.gpus.len() >= gpus
+    })
 }

@@ -31,10 +31,9 @@ pub fn terminate_at(policy: &ClassPolicy, started_at: i64, now: i64) -> i64 {
 pub fn plan_room(cluster: &Cluster, spec: &ServerSpec, classes: &Classes, now: i64) -> Plan {
     let gpus = usize::try_from(spec.gpus).unwrap_or(usize::MAX);
     let hosts = || {
-        cluster
-            .hosts
-            .values()
-            .filter(|h| h.spec.schedulable && h.unguaranteed().fits(&spec.need))
+        cluster.hosts.values().filter(|h| {
+            h.spec.schedulable && h.spec.admits(spec) && h.unguaranteed().fits(&spec.need)
+        })
     };
     let by_cost =
         |a: &Sketch<'_>, b: &Sketch<'_>| (a.cost, &a.host.spec.id).cmp(&(b.cost, &b.host.spec.id));

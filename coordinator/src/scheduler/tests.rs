@@ -18,6 +18,7 @@ fn host(id: &str, cpu: u64, mem_gib: u64, gpus: usize) -> HostSpec {
         },
         gpus: (0..gpus).map(|g| format!("GPU-{id}-{g}")).collect(),
         schedulable: true,
+        reserved: None,
     }
 }
 
@@ -33,6 +34,7 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem_gib: u64, gpus: u32) -> Ser
         gpus,
         priority: 0,
         created_at: 0,
+        owner: String::new(),
     }
 }
 
@@ -281,6 +283,10 @@ fn check_invariants(c: &Cluster) -> Result<(), TestCaseError> {
         for sid in &h.servers {
             let s = &c.servers[sid];
             let p = s.placed.as_ref().unwrap();
+            prop_assert!(
+                h.spec.admits(&s.spec),
+                "{sid} placed on {id} against its reservation"
+            );
             used = used.saturating_add(s.held());
             let f = s.to_floor(classes);
             squeezable = (squeezable.0 + f.0, squeezable.1 + f.1);
@@ -327,14 +333,21 @@ proptest! {
 
     #[test]
     fn random_streams_keep_every_promise(
-        hosts in prop::collection::vec((1_000u64..16_000, 1u64..64, 0usize..3, any::<bool>()), 1..8),
+        hosts in prop::collection::vec(
+            (1_000u64..16_000, 1u64..64, 0usize..3, any::<bool>(), any::<bool>()),
+            1..8,
+        ),
         ops in prop::collection::vec(arb_op(), 1..80),
     ) {
         let policy = Policy::default();
         let mut c = Cluster::new();
-        for (i, (cpu, mem, g, sched)) in hosts.iter().enumerate() {
+        for (i, (cpu, mem, g, sched, reserved)) in hosts.iter().enumerate() {
             let mut h = host(&format!("h{i}"), *cpu, *mem, *g);
             h.schedulable = *sched || i == 0;
+            // Some hosts are reserved for one account's servers.
+            if *reserved && i > 0 {
+                h.reserved = Some(Reservation { account: Some("acme".into()), class: None });
+            }
             c.upsert_host(h);
         }
         let mut now = 0i64;
@@ -344,6 +357,7 @@ proptest! {
                 Op::Start(class, cpu, mem, g) => {
                     let mut s = server(n as u128 + 1, class, cpu, mem, g);
                     s.created_at = now;
+                    s.owner = if n % 2 == 0 { "acme".into() } else { "other".into() };
                     let id = s.id;
                     c.add_server(s);
                     let p = plan(&c, id, &policy, now);
@@ -382,5 +396,44 @@ proptest! {
             }
             check_invariants(&c)?;
         }
+    }
+}
+
+#[test]
+fn reserved_hosts_take_only_matching_servers() {
+    let mut c = Cluster::new();
+    let mut a = host("a", 8_000, 16, 0);
+    a.reserved = Some(Reservation {
+        account: Some("acme".into()),
+        class: Some(ServerClass::Backfill),
+    });
+    c.upsert_host(a);
+    let policy = Policy::default();
+    let mut other = server(1, ServerClass::Backfill, 1_000, 1, 0);
+    other.owner = "other".into();
+    c.add_server(other);
+    // Only a reserved host, and not for this account: it can never run here.
+    assert!(matches!(
+        plan(&c, ServerId::from_u128(1), &policy, 0),
+        Plan::Never { .. }
+    ));
+    let mut acme_normal = server(2, ServerClass::Normal, 1_000, 1, 0);
+    acme_normal.owner = "acme".into();
+    c.add_server(acme_normal);
+    assert!(matches!(
+        plan(&c, ServerId::from_u128(2), &policy, 0),
+        Plan::Never { .. }
+    ));
+    let mut acme = server(3, ServerClass::Backfill, 1_000, 1, 0);
+    acme.owner = "acme".into();
+    c.add_server(acme);
+    match plan(&c, ServerId::from_u128(3), &policy, 0) {
+        Plan::Place { host, .. } => assert_eq!(host.as_str(), "a"),
+        p => panic!("{p:?}"),
+    }
+    c.upsert_host(host("b", 8_000, 16, 0));
+    match plan(&c, ServerId::from_u128(1), &policy, 0) {
+        Plan::Place { host, .. } => assert_eq!(host.as_str(), "b"),
+        p => panic!("{p:?}"),
     }
 }
