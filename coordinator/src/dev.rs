@@ -29,6 +29,10 @@ pub struct DevArgs {
     pub api_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8444")]
     pub link_addr: SocketAddr,
+    /// The management listener: the operator APIs and the dashboard with the token, no client
+    /// certificate needed.
+    #[arg(long, default_value = "127.0.0.1:8445")]
+    pub management_addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +151,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         classes: Default::default(),
         operator: crate::operator::OperatorConfig {
             management_token: Some(token.clone()),
+            management_addr: Some(args.management_addr),
             ..Default::default()
         },
         flavors: Vec::new(),
@@ -154,6 +159,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
+    let management = bound.management_addr.map(client_addr);
     let link = client_addr(bound.link_addr);
     let coordinator = bound.coordinator.clone();
     let shutdown = CancellationToken::new();
@@ -204,7 +210,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         let _ = server.await;
         return Err(e);
     }
-    announce(&l, api, &token)?;
+    announce(&l, api, management, &token)?;
 
     tokio::select! {
         () = wait_for_signal() => {}
@@ -304,14 +310,22 @@ fn local_pool(l: &Layout) -> Result<crate::pools::PoolConfig, DevError> {
     })
 }
 
-fn announce(l: &Layout, api: SocketAddr, token: &str) -> Result<(), DevError> {
+fn announce(
+    l: &Layout,
+    api: SocketAddr,
+    management: Option<SocketAddr>,
+    token: &str,
+) -> Result<(), DevError> {
+    let management = management
+        .map(|m| format!("https://{m}/"))
+        .unwrap_or_default();
     let url = format!("https://{api}/api/2.0/");
     let ca = l.pki.join(backfill_shared::pki::CA_CERT_FILE);
     let (cert, key) = (l.pem(DEV_TENANT), l.key(DEV_TENANT));
     // Exported, so that programs started from the shell (backfillctl) see them too; the
     // operator's certificate is there for `backfillctl --cert ... account ...`.
     let env = format!(
-        "export BACKFILL_API={url}\nexport BACKFILL_CA={}\nexport BACKFILL_CERT={}\nexport BACKFILL_KEY={}\nexport BACKFILL_ADMIN_CERT={}\nexport BACKFILL_ADMIN_KEY={}\nexport BACKFILL_MANAGEMENT_TOKEN={token}\n",
+        "export BACKFILL_API={url}\nexport BACKFILL_CA={}\nexport BACKFILL_CERT={}\nexport BACKFILL_KEY={}\nexport BACKFILL_ADMIN_CERT={}\nexport BACKFILL_ADMIN_KEY={}\nexport BACKFILL_MANAGEMENT={management}\nexport BACKFILL_MANAGEMENT_TOKEN={token}\n",
         ca.display(),
         cert.display(),
         key.display(),

@@ -164,6 +164,92 @@ fn node_state(v: &Value) -> u64 {
     v["state"].as_u64().unwrap()
 }
 
+/// Every operator endpoint, with its method.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/arvados/v1/dispatch/containers"),
+    (
+        "GET",
+        "/arvados/v1/dispatch/container?container_uuid=00000000-0000-0000-0000-000000000001",
+    ),
+    (
+        "POST",
+        "/arvados/v1/dispatch/containers/kill?container_uuid=00000000-0000-0000-0000-000000000001",
+    ),
+    ("GET", "/arvados/v1/dispatch/instances"),
+    ("POST", "/arvados/v1/dispatch/instances/hold?instance_id=h1"),
+    (
+        "POST",
+        "/arvados/v1/dispatch/instances/drain?instance_id=h1",
+    ),
+    ("POST", "/arvados/v1/dispatch/instances/run?instance_id=h1"),
+    ("POST", "/arvados/v1/dispatch/instances/kill?instance_id=h1"),
+    ("GET", "/dynamiccluster/workernode"),
+    ("GET", "/dynamiccluster/workernode/h1"),
+    ("PUT", "/dynamiccluster/workernode/h1/hold"),
+    ("PUT", "/dynamiccluster/workernode/h1/unhold"),
+    ("PUT", "/dynamiccluster/workernode/h1/vacate"),
+    ("DELETE", "/dynamiccluster/workernode/h1"),
+    ("GET", "/dynamiccluster/job"),
+    (
+        "GET",
+        "/dynamiccluster/job/00000000-0000-0000-0000-000000000001",
+    ),
+    ("GET", "/dynamiccluster/server/config"),
+    ("GET", "/dynamiccluster/server/status"),
+    ("PUT", "/dynamiccluster/server/auto"),
+    ("DELETE", "/dynamiccluster/server/auto"),
+    ("GET", "/dynamiccluster/resource"),
+    ("GET", "/dynamiccluster/resource/edge"),
+    ("PUT", "/dynamiccluster/resource/edge?num=1"),
+    ("PUT", "/dynamiccluster/resource/edge/freeze"),
+    ("PUT", "/dynamiccluster/resource/edge/restore"),
+    ("PUT", "/dynamiccluster/resource/edge/drain"),
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/data.json"),
+];
+
+#[tokio::test]
+async fn every_operator_endpoint_refuses_everyone_else_and_changes_nothing() {
+    let f = fx().await;
+    let (_c, _rx) = host(&f, "h1").await;
+    let before = f.c.hosts().await;
+    for (method, uri) in ENDPOINTS {
+        for (who, want) in [
+            (Who::Tenant, 403),
+            (Who::Nobody, 401),
+            (Who::Token("wrong-token-wrong-token"), 403),
+        ] {
+            let (code, body) = call(&f, who, method, uri).await;
+            assert_eq!(code, want, "{method} {uri}: {body}");
+            assert!(body.is_object(), "{method} {uri}: not JSON: {body}");
+        }
+    }
+    assert_eq!(
+        f.c.hosts().await,
+        before,
+        "a refused request changed a host"
+    );
+    assert!(!f.c.auto_mode().await);
+    assert!(f.c.admin_actions("host", "h1").await.unwrap().is_empty());
+    // The admin certificate and the token reach every one of them (none is 401/403, none 5xx).
+    for who in [0, 1] {
+        for (method, uri) in ENDPOINTS {
+            let f = fx().await;
+            let (_c, _rx) = host(&f, "h1").await;
+            let id = if who == 0 {
+                Who::Admin
+            } else {
+                Who::Token(TOKEN)
+            };
+            let (code, body) = call(&f, id, method, uri).await;
+            assert!(
+                ![401, 403].contains(&code) && code < 500,
+                "{method} {uri}: {code} {body}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn only_operators_get_in_and_token_rules_are_arvados_ones() {
     let f = fx().await;
