@@ -252,6 +252,11 @@ impl Model {
                     termination: s.termination,
                     guest: guest_profile(s, &self.flavors),
                     shutdown: s.shutdown_until,
+                    gpus: self
+                        .cluster
+                        .placed(s.uuid)
+                        .map(|p| p.gpus.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }

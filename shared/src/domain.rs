@@ -156,14 +156,68 @@ impl ServerStatus {
     }
 }
 
-/// One GPU (or MIG instance) as discovered on a host.
+/// One allocatable GPU device as discovered on a host: a whole GPU, or a MIG instance (which
+/// has its own UUID and is given to servers on its own; its parent GPU is then not allocatable
+/// as a whole). It travels in postcard frames: no field may be skipped when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuDevice {
+    /// NVML's index of the (parent) GPU: `/dev/nvidia<index>`.
     pub index: u32,
     pub uuid: String,
     pub name: String,
     pub memory_bytes: u64,
     pub pci_bus_id: String,
+    /// Set for a MIG instance.
+    #[serde(default)]
+    pub mig: Option<MigInstance>,
+    /// CUDA compute capability, "9.0", where NVML reports it.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// False when NVML reports it unhealthy (XID errors, pending page retirement, uncorrectable
+    /// ECC errors): it is not allocatable.
+    #[serde(default = "healthy_default")]
+    pub healthy: bool,
+    /// Why it is unhealthy.
+    #[serde(default)]
+    pub health: Option<String>,
+}
+
+fn healthy_default() -> bool {
+    true
+}
+
+/// A MIG instance: the GPU it is carved from and its profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigInstance {
+    pub parent_uuid: String,
+    /// NVIDIA's profile name, "1g.10gb".
+    pub profile: String,
+}
+
+impl GpuDevice {
+    /// A healthy whole GPU with what every backend knows.
+    pub fn whole(index: u32, uuid: &str, name: &str, memory_bytes: u64, pci_bus_id: &str) -> Self {
+        GpuDevice {
+            index,
+            uuid: uuid.to_owned(),
+            name: name.to_owned(),
+            memory_bytes,
+            pci_bus_id: pci_bus_id.to_owned(),
+            mig: None,
+            compute_capability: None,
+            healthy: true,
+            health: None,
+        }
+    }
+}
+
+/// One GPU's use at a moment (NVML), for reports and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuUsage {
+    pub uuid: String,
+    /// 0-100 over NVML's last sample period.
+    pub utilization_percent: u32,
+    pub memory_used_bytes: u64,
 }
 
 /// What a host has, as its agent discovered it.

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -96,6 +96,10 @@ pub struct Report {
     pub applied_generation: u64,
     pub servers: Vec<ObservedServer>,
     pub usage: HostUsage,
+    /// The host's GPUs as re-read now (a GPU gone or unhealthy is no longer allocatable).
+    pub gpus: Vec<crate::GpuDevice>,
+    /// Per-GPU use, where NVML reports it.
+    pub gpu_usage: Vec<crate::GpuUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +187,8 @@ pub struct DesiredServer {
     /// A graceful shutdown: ask the workload to stop (SIGTERM, repeated) until then (Unix
     /// seconds); it stays if it does not.
     pub shutdown: Option<i64>,
+    /// The GPU devices (UUIDs) given to this server: the only ones its workload may see.
+    pub gpus: Vec<String>,
 }
 
 #[cfg(test)]
@@ -199,7 +205,7 @@ mod tests {
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello(Hello {
-            protocol_version: 2,
+            protocol_version: 3,
             host_id: "h1".parse().unwrap(),
             agent_version: "0.1.0".into(),
             inventory: HostInventory {
@@ -207,13 +213,7 @@ mod tests {
                 cpus: 2,
                 cpu_mhz_per_cpu: 2000,
                 mem_bytes: 1 << 30,
-                gpus: vec![GpuDevice {
-                    index: 0,
-                    uuid: "GPU-1".into(),
-                    name: "T4".into(),
-                    memory_bytes: 16,
-                    pci_bus_id: "0:1".into(),
-                }],
+                gpus: vec![GpuDevice::whole(0, "GPU-1", "T4", 16, "0:1")],
             },
             enforcing: true,
         })
@@ -224,7 +224,7 @@ mod tests {
         let bytes = encode(&hello()).unwrap();
         let golden: &[u8] = &[
             0x00, // AgentMessage::Hello
-            0x02, // protocol_version
+            0x03, // protocol_version
             0x02, b'h', b'1', // host_id
             0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
             0x02, b'h', b'1', // hostname
@@ -233,7 +233,9 @@ mod tests {
             0x80, 0x80, 0x80, 0x80, 0x04, // 1 GiB, varint
             0x01, // one GPU
             0x00, 0x05, b'G', b'P', b'U', b'-', b'1', 0x02, b'T', b'4', 0x10, 0x03, b'0', b':',
-            b'1', 0x01, // enforcing
+            b'1', // index, uuid, name, memory, PCI bus id
+            0x00, 0x00, 0x01, 0x00, // not MIG, no compute capability, healthy, no reason
+            0x01, // enforcing
         ];
         assert_eq!(&bytes[..], golden);
     }
@@ -266,6 +268,7 @@ mod tests {
                     user_data: None,
                 },
                 shutdown: None,
+                gpus: vec!["GPU-1".into()],
             }],
         });
         let bytes = encode(&ds).unwrap();
@@ -280,6 +283,7 @@ mod tests {
         golden.extend_from_slice(&[0x01, b'n', 0x01, b'n', 0x01, b'a', 0x02, 0x01, b't']);
         golden.extend_from_slice(&[0x00, 0x00]);
         golden.push(0x00); // no shutdown
+        golden.extend_from_slice(&[0x01, 0x05, b'G', b'P', b'U', b'-', b'1']); // its GPU
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

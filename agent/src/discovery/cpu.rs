@@ -107,13 +107,7 @@ mod tests {
 
     #[test]
     fn discover_this_host() {
-        let gpu = GpuDevice {
-            index: 0,
-            uuid: "GPU-0000".into(),
-            name: "Fake GPU".into(),
-            memory_bytes: 80 << 30,
-            pci_bus_id: "00000000:01:00.0".into(),
-        };
+        let gpu = GpuDevice::whole(0, "GPU-0000", "Fake GPU", 80 << 30, "00000000:01:00.0");
         let inv = discover(&FakeGpus::from_devices(vec![gpu.clone()])).unwrap();
         assert!(inv.cpus >= 1, "{inv:?}");
         assert!(inv.mem_bytes > 0, "{inv:?}");

@@ -540,6 +540,8 @@ impl Supervisor {
             applied_generation: self.applied_generation,
             servers,
             usage: host_usage(),
+            gpus: Vec::new(),
+            gpu_usage: Vec::new(),
         }
     }
 

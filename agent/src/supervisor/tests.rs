@@ -28,6 +28,7 @@ fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
                 termination: None,
                 guest: profile(*id),
                 shutdown: None,
+                gpus: Vec::new(),
             })
             .collect(),
     }

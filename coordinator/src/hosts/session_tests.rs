@@ -71,6 +71,8 @@ pub(crate) fn new_server() -> NewServer {
 
 pub(crate) fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]) -> Report {
     Report {
+        gpus: Vec::new(),
+        gpu_usage: Vec::new(),
         applied_generation: generation,
         servers: servers
             .iter()

@@ -70,13 +70,7 @@ impl FakeGpus {
         let devices = file
             .gpus
             .into_iter()
-            .map(|g| GpuDevice {
-                index: g.index,
-                uuid: g.uuid,
-                name: g.name,
-                memory_bytes: g.memory_bytes,
-                pci_bus_id: g.pci_bus_id,
-            })
+            .map(|g| GpuDevice::whole(g.index, &g.uuid, &g.name, g.memory_bytes, &g.pci_bus_id))
             .collect();
         Ok(FakeGpus { devices })
     }

@@ -89,13 +89,13 @@ impl GpuBackend for NvmlGpus {
                 tracing::warn!("NVML device {index} ({uuid}): PCI info: {e}");
                 String::new()
             });
-            out.push(GpuDevice {
+            out.push(GpuDevice::whole(
                 index,
-                uuid,
-                name,
+                &uuid,
+                &name,
                 memory_bytes,
-                pci_bus_id,
-            });
+                &pci_bus_id,
+            ));
         }
         Ok(out)
     }
