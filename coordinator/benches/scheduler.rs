@@ -59,6 +59,7 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem: u64) -> ServerSpec {
             mem_bytes: mem,
         },
         gpus: 0,
+        gpu_match: Default::default(),
         priority: 0,
         created_at: 0,
         owner: String::new(),

@@ -34,6 +34,11 @@ pub enum OpError {
     NoAccount(String),
     #[error("quota exceeded: {0}")]
     Quota(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Exists(String),
     #[error("{0}")]
@@ -76,6 +81,9 @@ pub struct NewServer {
     pub flavor: Option<String>,
     /// The flavor is preemptible: a create in `/servers/` makes a spot server.
     pub preemptible: bool,
+    /// The device profile it names (its GPUs), resolved by the coordinator at create.
+    pub device_profile: Option<String>,
+    pub gpu_request: Option<crate::store::GpuRequest>,
 }
 
 #[derive(Debug)]
@@ -219,6 +227,25 @@ impl Coordinator {
         let now = self.clock.now();
         let mut model = self.model.lock().await;
         crate::accounts::check_create(&model, owner, &new)?;
+        let mut new = new;
+        for n in &mut new {
+            if let Some(name) = &n.device_profile {
+                let profile =
+                    self.device_profile(name, true)
+                        .await
+                        .map_err(|e| OpError::Invalid {
+                            field: "device_profile",
+                            message: e.to_string(),
+                        })?;
+                n.gpu_request =
+                    Some(
+                        crate::accel::gpu_request(&profile).map_err(|e| OpError::Invalid {
+                            field: "device_profile",
+                            message: e.to_string(),
+                        })?,
+                    );
+            }
+        }
         let records: Vec<ServerRecord> = new
             .into_iter()
             .map(|n| ServerRecord {
@@ -251,10 +278,24 @@ impl Coordinator {
                 metered_perf: PerfFactor::FULL,
                 shutdown_until: None,
                 flavor: n.flavor,
+                gpu_request: n.gpu_request,
+                gpus: Vec::new(),
                 instance_type: String::new(),
             })
             .collect();
+        let mut arqs = Vec::new();
+        for r in &records {
+            arqs.extend(
+                self.arqs_for_server(owner, r)
+                    .await
+                    .map_err(|e| OpError::Invalid {
+                        field: "device_profile",
+                        message: e.to_string(),
+                    })?,
+            );
+        }
         self.store.insert_servers(&records).await?;
+        self.store.put_arqs(&arqs, &[]).await?;
         for r in &records {
             model.put_server(r.clone(), now);
         }
@@ -359,6 +400,14 @@ impl Coordinator {
                 what: "stop it before deleting it",
             });
         }
+        let arqs: Vec<String> = self
+            .store
+            .arqs_of_server(&id.to_string())
+            .await?
+            .into_iter()
+            .map(|a| a.uuid)
+            .collect();
+        self.store.delete_arqs(&arqs).await?;
         self.store.delete_server(&id).await?;
         model.remove_server(id);
         Ok(())
@@ -393,8 +442,16 @@ impl Coordinator {
         let start = std::time::Instant::now();
         let stored = self.store.commit(&servers, &generations, &usage).await;
         crate::metrics::observe(&self.metrics.commit_seconds, start, stored)?;
+        let with_gpus: Vec<ServerRecord> = servers
+            .iter()
+            .filter(|s| s.gpu_request.is_some())
+            .cloned()
+            .collect();
         for s in servers {
             model.put_server(s, now);
+        }
+        if !with_gpus.is_empty() {
+            self.sync_server_arqs(model, &with_gpus).await?;
         }
         for (host, generation) in &generations {
             if let Some(entry) = model.hosts.get_mut(host) {

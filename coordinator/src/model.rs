@@ -113,7 +113,12 @@ pub fn spec_of(s: &ServerRecord) -> ServerSpec {
         id: s.uuid,
         class: s.class,
         need: s.resources(),
-        gpus: 0,
+        gpus: s.gpu_request.as_ref().map_or(0, |g| g.count),
+        gpu_match: s
+            .gpu_request
+            .as_ref()
+            .map(|g| g.matcher.clone())
+            .unwrap_or_default(),
         priority: s.priority,
         created_at: s.created_at,
         owner: s.owner.clone(),
@@ -127,7 +132,7 @@ fn placed_of(s: &ServerRecord, now: i64) -> Option<Placed> {
         perf_factor: s.perf_factor,
         started_at: s.active_since.unwrap_or(now),
         perf_changed_at: now,
-        gpus: Vec::new(),
+        gpus: s.gpus.clone(),
         termination: s.termination,
     })
 }
@@ -157,7 +162,15 @@ impl Model {
                     .inventory
                     .gpus
                     .iter()
-                    .map(|g| g.uuid.clone())
+                    .filter(|g| g.healthy)
+                    .map(|g| {
+                        crate::scheduler::gpu::GpuSlot::new(
+                            &g.uuid,
+                            &g.name,
+                            g.memory_bytes,
+                            g.mig.as_ref().map(|m| m.profile.as_str()),
+                        )
+                    })
                     .collect(),
                 schedulable: h.schedulable(),
                 reserved: h.reservation.clone(),
@@ -252,11 +265,7 @@ impl Model {
                     termination: s.termination,
                     guest: guest_profile(s, &self.flavors),
                     shutdown: s.shutdown_until,
-                    gpus: self
-                        .cluster
-                        .placed(s.uuid)
-                        .map(|p| p.gpus.clone())
-                        .unwrap_or_default(),
+                    gpus: s.gpus.clone(),
                 })
                 .collect(),
         }

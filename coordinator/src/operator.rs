@@ -416,6 +416,7 @@ impl Coordinator {
         let next = if s.status == ServerStatus::Starting {
             let mut n = s;
             n.host = None;
+            n.gpus = Vec::new();
             n.active_since = None;
             n.termination = None;
             n.perf_factor = PerfFactor::FULL;

@@ -254,10 +254,15 @@ impl Coordinator {
             }
         };
         let hosts: Vec<HostId> = match &plan {
-            Plan::Place { host, downsize, .. } => {
+            Plan::Place {
+                host,
+                downsize,
+                gpus,
+            } => {
                 squeeze(&mut changed, downsize);
                 server.status = ServerStatus::Starting;
                 server.host = Some(host.clone());
+                server.gpus = gpus.clone();
                 server.perf_factor = PerfFactor::FULL;
                 server.active_since = None;
                 server.termination = None;
@@ -289,6 +294,7 @@ impl Coordinator {
                 }
                 server.status = ServerStatus::Starting;
                 server.host = None;
+                server.gpus = Vec::new();
                 server.queued_reason = Some(format!(
                     "making room on host {host}: {} server(s) downsized, {} terminating; ready at {}",
                     downsize.len(),
@@ -300,6 +306,7 @@ impl Coordinator {
             Plan::Queue { reason } | Plan::Never { reason } => {
                 server.status = ServerStatus::Starting;
                 server.host = None;
+                server.gpus = Vec::new();
                 server.queued_reason = Some(reason.clone());
                 Vec::new()
             }
@@ -355,6 +362,7 @@ impl Coordinator {
         } else {
             s.status = ServerStatus::Stopped;
             s.host = None;
+            s.gpus = Vec::new();
             s.active_since = None;
             s.termination = None;
             s.perf_factor = PerfFactor::FULL;
@@ -392,6 +400,10 @@ impl Coordinator {
         }
         // Graceful shutdowns the workload ignored: back to running.
         self.expire_shutdowns(&mut model, now).await?;
+        // GPU bindings an operator asked for.
+        drop(model);
+        self.resolve_bindings().await?;
+        let mut model = self.model.lock().await;
         // 2. Queued servers by priority, then age; only plans that change something are
         //    committed.
         let mut queued: Vec<ServerRecord> = model

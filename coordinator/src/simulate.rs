@@ -2,6 +2,7 @@
 //! with a simulated clock. Deterministic for a seed (the generator is a seeded SplitMix64 and
 //! every scheduler tie is broken by id).
 
+use crate::scheduler::gpu::GpuSlot;
 use crate::scheduler::{self, Cluster, GrowPolicy, HostSpec, Plan, Policy, ServerSpec, plan_grow};
 use backfill_shared::{HostId, Resources, ServerClass, ServerId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,7 +205,9 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                     vcpus: u32::try_from(cores).unwrap_or(u32::MAX),
                     mem_bytes: cores * 4 * GIB,
                 },
-                gpus: (0..gpus).map(|g| format!("GPU-{i}-{g}")).collect(),
+                gpus: (0..gpus)
+                    .map(|g| GpuSlot::new(&format!("GPU-{i}-{g}"), "Sim GPU", 80 << 30, None))
+                    .collect(),
                 schedulable: true,
                 reserved: None,
             });
@@ -249,6 +252,7 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                     mem_bytes: a.mem,
                 },
                 gpus: a.gpus,
+                gpu_match: Default::default(),
                 priority: 0,
                 created_at: a.at,
                 owner: String::new(),

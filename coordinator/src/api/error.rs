@@ -54,6 +54,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(_) => ApiError::not_found(message),
             OpError::NoAccount(_) | OpError::Quota(_) => ApiError::permission(message),
             OpError::Exists(_) => ApiError::validation("name", message),
+            OpError::Invalid { field, .. } => ApiError::validation(field, message),
             OpError::Conflict(_) => ApiError {
                 status: StatusCode::CONFLICT,
                 error_type: "permission",

@@ -4,6 +4,9 @@
 mod accounts;
 mod arvados;
 mod capabilities;
+mod cyborg;
+#[cfg(test)]
+mod cyborg_tests;
 mod dashboard;
 mod dynamic_cluster;
 mod error;
@@ -55,6 +58,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .route("/openapi.json", axum::routing::get(openapi_json)),
         )
         .merge(operator_routes())
+        .merge(cyborg::routes())
         .fallback(|| async {
             ApiError::not_found("no such path (API paths start with /api/2.0/ and end with '/')")
         });

@@ -33,6 +33,9 @@ pub struct ServerFields {
     /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
     /// preemptible flavor makes a spot server in `/servers/`.
     pub flavor: Option<String>,
+    /// A device profile's name (`/accelerator/v2/device_profiles`): the server gets the GPUs
+    /// its groups ask for, and accelerator requests bound to them while it is placed.
+    pub device_profile: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

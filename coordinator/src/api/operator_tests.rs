@@ -17,11 +17,11 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "0123456789abcdef-token";
 
-struct Fx {
-    c: Arc<Coordinator>,
-    router: Router,
-    tenant: Account,
-    clock: Arc<ManualClock>,
+pub(super) struct Fx {
+    pub(super) c: Arc<Coordinator>,
+    pub(super) router: Router,
+    pub(super) tenant: Account,
+    pub(super) clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -39,7 +39,7 @@ fn pool(name: &str, min: u32, max: u32, hosts: &[&str]) -> PoolConfig {
     }
 }
 
-async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
+pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
     let clock = Arc::new(ManualClock::new(1_000));
@@ -70,7 +70,7 @@ async fn fx() -> Fx {
     fx_with(Some(TOKEN), vec![pool("edge", 0, 3, &["h*"])]).await
 }
 
-enum Who {
+pub(super) enum Who {
     Admin,
     Tenant,
     Nobody,
@@ -78,7 +78,24 @@ enum Who {
 }
 
 async fn call(f: &Fx, who: Who, method: &str, uri: &str) -> (u16, Value) {
+    let (code, _, body) = send(f, who, method, uri, &[], "").await;
+    (code, body)
+}
+
+/// A request through the router as `who`, with headers and a body: (status, headers, JSON or
+/// the body as a string, or Null when empty).
+pub(super) async fn send(
+    f: &Fx,
+    who: Who,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, axum::http::HeaderMap, Value) {
     let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     let identity = match who {
         Who::Admin => Some(PeerIdentity {
             role: Role::Admin,
@@ -94,12 +111,13 @@ async fn call(f: &Fx, who: Who, method: &str, uri: &str) -> (u16, Value) {
             None
         }
     };
-    let mut req = req.body(axum::body::Body::empty()).unwrap();
+    let mut req = req.body(axum::body::Body::from(body.to_owned())).unwrap();
     if let Some(id) = identity {
         req.extensions_mut().insert(id);
     }
     let resp = f.router.clone().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
@@ -108,7 +126,7 @@ async fn call(f: &Fx, who: Who, method: &str, uri: &str) -> (u16, Value) {
     } else {
         serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(format!("{body:?}")))
     };
-    (status, v)
+    (status, headers, v)
 }
 
 async fn admin(f: &Fx, method: &str, uri: &str) -> (u16, Value) {
@@ -116,7 +134,7 @@ async fn admin(f: &Fx, method: &str, uri: &str) -> (u16, Value) {
 }
 
 /// A registered host that has reported (idle), with its session kept open.
-async fn host(
+pub(super) async fn host(
     f: &Fx,
     name: &str,
 ) -> (

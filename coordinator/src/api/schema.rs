@@ -100,6 +100,16 @@ pub fn servers(collection: &str) -> Value {
         ),
     );
     add(
+        "device_profile",
+        field(
+            "string",
+            false,
+            false,
+            Value::Null,
+            "A device profile's name: the GPUs the server gets while placed",
+        ),
+    );
+    add(
         "workload",
         field(
             "dict",

@@ -33,6 +33,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "workload",
     "priority",
     "flavor",
+    "device_profile",
 ];
 
 pub fn location(collection: &str, s: &ServerRecord) -> String {
@@ -123,6 +124,7 @@ pub fn parse_edit(
         "workload": current.workload,
         "priority": current.priority,
         "flavor": current.flavor,
+        "device_profile": current.gpu_request.as_ref().map(|g| g.device_profile.clone()),
     });
     for (k, val) in o {
         if READ_ONLY.contains(&k.as_str()) {
@@ -252,6 +254,16 @@ fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiErr
     };
     let workload =
         parse_workload(o.get("workload")).map_err(|m| ApiError::validation(at("workload"), m))?;
+    let device_profile = match o.get("device_profile") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::validation(
+                at("device_profile"),
+                "device_profile must be a device profile's name",
+            ));
+        }
+    };
     Ok(NewServer {
         name,
         cpu,
@@ -264,6 +276,8 @@ fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiErr
         priority,
         flavor: flavor.map(|f| f.name.clone()),
         preemptible: flavor.is_some_and(Flavor::is_preemptible),
+        device_profile,
+        gpu_request: None,
     })
 }
 

@@ -128,6 +128,10 @@ pub struct Server {
     /// The flavor (instance type) it is scheduled as: the one it was created as, else the
     /// cheapest configured flavor that fits.
     pub flavor: String,
+    /// The device profile it was created with (its GPUs), if any.
+    pub device_profile: Option<String>,
+    /// The GPU devices (UUIDs) it holds while placed.
+    pub gpus: Vec<String>,
     /// A server that fills free capacity (a backfill server).
     pub is_grey: bool,
     pub tags: Vec<String>,
@@ -368,6 +372,8 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         priority: s.priority,
         class: s.class.as_str().to_owned(),
         flavor: s.instance_type.clone(),
+        device_profile: s.gpu_request.as_ref().map(|g| g.device_profile.clone()),
+        gpus: s.gpus.clone(),
         is_grey: s.class != ServerClass::Normal,
         tags: s.tags.clone(),
         uuid: s.uuid.to_string(),

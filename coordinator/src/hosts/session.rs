@@ -139,6 +139,7 @@ impl Coordinator {
             }
             if next.status == ServerStatus::Stopped {
                 next.host = None;
+                next.gpus = Vec::new();
                 next.active_since = None;
                 next.perf_factor = PerfFactor::FULL;
                 next.termination = None;
@@ -194,6 +195,7 @@ impl Coordinator {
                 None => model.networks.remove(&id),
             };
         }
+        self.refresh_gpus(&mut model, host, &report).await?;
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
             if busy {
@@ -209,6 +211,51 @@ impl Coordinator {
             }
             entry.last_report = Some(report);
         }
+        Ok(())
+    }
+
+    /// The GPUs the agent re-read: a device that is gone or unhealthy is no longer
+    /// allocatable; servers holding one are named in the log (their agent decides what the
+    /// workload does; the coordinator does not stop them for it).
+    async fn refresh_gpus(
+        &self,
+        model: &mut tokio::sync::MutexGuard<'_, crate::model::Model>,
+        host: &HostId,
+        report: &Report,
+    ) -> Result<(), OpError> {
+        let Some(entry) = model.hosts.get(host) else {
+            return Ok(());
+        };
+        if entry.record.inventory.gpus == report.gpus {
+            return Ok(());
+        }
+        let mut record = entry.record.clone();
+        let before = std::mem::replace(&mut record.inventory.gpus, report.gpus.clone());
+        self.store.upsert_host(&record).await?;
+        for g in &before {
+            let now = report.gpus.iter().find(|n| n.uuid == g.uuid);
+            let lost = match now {
+                None => Some("is gone".to_owned()),
+                Some(n) if !n.healthy => Some(format!(
+                    "is unhealthy ({})",
+                    n.health.as_deref().unwrap_or("no reason given")
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = lost {
+                let holders: Vec<String> = model
+                    .servers_on(host)
+                    .filter(|s| holds_resources(s.status) && s.gpus.contains(&g.uuid))
+                    .map(|s| s.uuid.to_string())
+                    .collect();
+                tracing::warn!(host = %host, gpu = %g.uuid, servers = ?holders, "GPU {why}: no longer allocatable");
+            }
+        }
+        tracing::info!(host = %host, gpus = report.gpus.len(), healthy = report.gpus.iter().filter(|g| g.healthy).count(), "GPUs re-read");
+        if let Some(e) = model.hosts.get_mut(host) {
+            e.record = record;
+        }
+        model.sync_host(host);
         Ok(())
     }
 

@@ -66,6 +66,8 @@ pub(crate) fn new_server() -> NewServer {
         priority: 0,
         flavor: None,
         preemptible: false,
+        device_profile: None,
+        gpu_request: None,
     }
 }
 

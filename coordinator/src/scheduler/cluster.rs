@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct HostSpec {
     pub id: HostId,
     pub capacity: Resources,
-    /// GPU device ids (UUIDs): each may be given to one server at a time.
-    pub gpus: Vec<String>,
+    /// Allocatable GPU devices (whole GPUs or MIG instances): each may be given to one server
+    /// at a time.
+    pub gpus: Vec<super::gpu::GpuSlot>,
     /// False when the host is held, draining, down or frozen: nothing new lands there and its
     /// free capacity does not count.
     pub schedulable: bool,
@@ -259,6 +260,7 @@ impl Cluster {
             h.free_gpus = spec
                 .gpus
                 .iter()
+                .map(|g| &g.uuid)
                 .filter(|g| !taken.contains(*g))
                 .cloned()
                 .collect();
@@ -366,7 +368,7 @@ impl Cluster {
                 h.elastic = h.elastic.saturating_sub(held);
             }
             for g in &p.gpus {
-                if h.spec.gpus.contains(g) {
+                if h.spec.gpus.iter().any(|s| s.uuid == *g) {
                     h.free_gpus.insert(g.clone());
                 }
             }

@@ -5,6 +5,7 @@
 //! and give it back in the gentlest order: downsize, then terminate with notice, then stop.
 
 mod cluster;
+pub mod gpu;
 mod grow;
 mod index;
 mod place;
@@ -24,8 +25,10 @@ pub struct ServerSpec {
     pub id: ServerId,
     pub class: ServerClass,
     pub need: Resources,
-    /// Whole GPUs, each a distinct device.
+    /// GPU devices, each a distinct one matching `gpu_match`.
     pub gpus: u32,
+    /// What each of its GPU devices must be (any device by default).
+    pub gpu_match: gpu::GpuMatch,
     /// Higher goes first in the queue and is preempted last.
     pub priority: i32,
     pub created_at: i64,

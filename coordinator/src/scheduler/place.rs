@@ -2,6 +2,7 @@
 
 use super::ServerSpec;
 use super::cluster::{Cluster, HostAcc};
+use super::gpu;
 use backfill_shared::HostId;
 
 /// The scoring step.
@@ -20,15 +21,8 @@ fn fits(h: &HostAcc, spec: &ServerSpec) -> bool {
     h.spec.schedulable
         && h.spec.admits(spec)
         && h.free().fits(&spec.need)
-        && h.free_gpus.len() >= usize::try_from(spec.gpus).unwrap_or(usize::MAX)
-}
-
-fn take_gpus(h: &HostAcc, n: u32) -> Vec<String> {
-    h.free_gpus
-        .iter()
-        .take(usize::try_from(n).unwrap_or(usize::MAX))
-        .cloned()
-        .collect()
+        && (spec.gpus == 0
+            || gpu::free_matching(h, spec) >= usize::try_from(spec.gpus).unwrap_or(usize::MAX))
 }
 
 /// A host with enough free capacity for `spec`, chosen by `strategy`, and the GPUs to give it.
@@ -44,7 +38,7 @@ pub fn on_free(
             .hosts
             .get(id)
             .filter(|h| fits(h, spec))
-            .map(|h| (id.clone(), take_gpus(h, spec.gpus)))
+            .map(|h| (id.clone(), gpu::take(h, spec)))
     };
     match strategy {
         Strategy::BestFit => candidates.into_iter().find_map(pick),
@@ -57,6 +51,8 @@ pub fn on_free(
 pub fn could_ever_fit(cluster: &Cluster, spec: &ServerSpec) -> bool {
     let gpus = usize::try_from(spec.gpus).unwrap_or(usize::MAX);
     cluster.hosts.values().any(|h| {
-        h.spec.admits(spec) && h.spec.capacity.fits(&spec.need) && h.spec.gpus.len() >= gpus
+        h.spec.admits(spec)
+            && h.spec.capacity.fits(&spec.need)
+            && (gpus == 0 || gpu::all_matching(h, spec) >= gpus)
     })
 }

@@ -4,6 +4,7 @@
 //! never victims.
 
 use super::cluster::{Cluster, HostAcc, ServerAcc};
+use super::gpu;
 use super::{ClassPolicy, Classes, Plan, ServerSpec, Termination};
 use backfill_shared::domain::scale;
 use backfill_shared::{PerfFactor, ServerClass, ServerId};
@@ -40,12 +41,14 @@ pub fn plan_room(cluster: &Cluster, spec: &ServerSpec, classes: &Classes, now: i
     // First pass, O(1) per host: a host where downsizing alone is enough. Only if there is
     // none are terminations weighed, host by host.
     let best = hosts()
-        .filter(|h| h.free_gpus.len() >= gpus)
+        .filter(|h| gpu::free_matching(h, spec) >= gpus)
         .filter_map(|h| sketch(cluster, h, spec, classes, true))
         .min_by(by_cost)
         .or_else(|| {
             hosts()
-                .filter(|h| h.spec.gpus.len().saturating_sub(normal_gpus(cluster, h)) >= gpus)
+                .filter(|h| {
+                    gpu::all_matching(h, spec).saturating_sub(normal_gpus(cluster, h, spec)) >= gpus
+                })
                 .filter_map(|h| sketch(cluster, h, spec, classes, false))
                 .min_by(by_cost)
         });
@@ -63,7 +66,7 @@ pub fn plan_room(cluster: &Cluster, spec: &ServerSpec, classes: &Classes, now: i
     if best.victims.is_empty() && !best.uses_pending {
         return Plan::Place {
             host: h.spec.id.clone(),
-            gpus: h.free_gpus.iter().take(gpus).cloned().collect(),
+            gpus: gpu::take(h, spec),
             downsize,
         };
     }
@@ -99,14 +102,14 @@ pub fn plan_room(cluster: &Cluster, spec: &ServerSpec, classes: &Classes, now: i
     }
 }
 
-/// GPUs held by normal servers on a host (they never come back for this request).
-fn normal_gpus(cluster: &Cluster, h: &HostAcc) -> usize {
+/// Matching GPUs held by normal servers on a host (they never come back for this request).
+fn normal_gpus(cluster: &Cluster, h: &HostAcc, spec: &ServerSpec) -> usize {
     h.servers
         .iter()
         .filter_map(|id| cluster.servers.get(id))
         .filter(|s| s.spec.class == ServerClass::Normal)
         .filter_map(|s| s.placed.as_ref())
-        .map(|p| p.gpus.len())
+        .map(|p| gpu::matching(h, spec, p.gpus.iter()))
         .sum()
 }
 
@@ -133,15 +136,14 @@ struct Deficit {
 }
 
 impl Deficit {
-    fn after_freeing(self, s: &ServerAcc) -> Deficit {
+    /// What is left once `s` is gone; `gpus` is how many of its GPUs the request can use.
+    fn after_freeing(self, s: &ServerAcc, gpus: usize) -> Deficit {
         let held = s.held();
         Deficit {
             cpu: self.cpu.saturating_sub(held.cpu_mhz),
             mem: self.mem.saturating_sub(held.mem_bytes),
             vcpus: self.vcpus.saturating_sub(held.vcpus),
-            gpus: self
-                .gpus
-                .saturating_sub(s.placed.as_ref().map(|p| p.gpus.len()).unwrap_or(0)),
+            gpus: self.gpus.saturating_sub(gpus),
         }
     }
 
@@ -166,7 +168,7 @@ fn sketch<'c>(
         vcpus: spec.need.vcpus.saturating_sub(free.vcpus),
         gpus: usize::try_from(spec.gpus)
             .unwrap_or(usize::MAX)
-            .saturating_sub(h.free_gpus.len()),
+            .saturating_sub(gpu::free_matching(h, spec)),
     };
     let squeeze_cost = |d: &Deficit| d.cpu.saturating_add(d.mem >> 20);
     // Downsizing alone makes the room real at once; the host keeps the sum, so this is O(1).
@@ -188,8 +190,13 @@ fn sketch<'c>(
         .collect();
     // Servers already on their way out will give their share back, later.
     let mut uses_pending = false;
+    let usable = |s: &ServerAcc| {
+        s.placed
+            .as_ref()
+            .map_or(0, |p| gpu::matching(h, spec, p.gpus.iter()))
+    };
     for (s, _) in elastic_on(cluster, h, classes).filter(|(s, _)| terminating(s)) {
-        deficit = deficit.after_freeing(s);
+        deficit = deficit.after_freeing(s, usable(s));
         uses_pending = true;
     }
     // New victims: backfill before spot, lowest priority, youngest, then by id.
@@ -209,7 +216,7 @@ fn sketch<'c>(
         }
         let f = s.to_floor(classes);
         squeezable = (squeezable.0 - f.0, squeezable.1 - f.1);
-        deficit = deficit.after_freeing(s);
+        deficit = deficit.after_freeing(s, usable(s));
         spot += usize::from(s.spec.class == ServerClass::Spot);
         victims.push(s);
     }

@@ -1,5 +1,6 @@
 //! Table tests for each rule, and property tests over random clusters and request streams.
 
+use super::gpu::{GpuMatch, GpuSlot};
 use super::*;
 use proptest::prelude::{
     Just, ProptestConfig, Strategy as Arb, TestCaseError, any, prop, prop_assert, prop_assert_eq,
@@ -16,7 +17,17 @@ fn host(id: &str, cpu: u64, mem_gib: u64, gpus: usize) -> HostSpec {
             vcpus: 64,
             mem_bytes: mem_gib * GIB,
         },
-        gpus: (0..gpus).map(|g| format!("GPU-{id}-{g}")).collect(),
+        // Even devices are H100s (80 GiB), odd ones T4s (16 GiB).
+        gpus: (0..gpus)
+            .map(|g| {
+                let (name, mem) = if g % 2 == 0 {
+                    ("NVIDIA H100 80GB HBM3", 80u64 << 30)
+                } else {
+                    ("Tesla T4", 16 << 30)
+                };
+                GpuSlot::new(&format!("GPU-{id}-{g}"), name, mem, None)
+            })
+            .collect(),
         schedulable: true,
         reserved: None,
     }
@@ -32,6 +43,7 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem_gib: u64, gpus: u32) -> Ser
             mem_bytes: mem_gib * GIB,
         },
         gpus,
+        gpu_match: GpuMatch::default(),
         priority: 0,
         created_at: 0,
         owner: String::new(),
@@ -258,7 +270,7 @@ fn downsized_servers_grow_back_with_hysteresis() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Start(ServerClass, u64, u64, u32),
+    Start(ServerClass, u64, u64, u32, u8),
     Stop(usize),
     Tick(i64),
 }
@@ -266,8 +278,8 @@ enum Op {
 fn arb_op() -> impl Arb<Value = Op> {
     prop_oneof![
         4 => (prop_oneof![Just(ServerClass::Normal), Just(ServerClass::Backfill), Just(ServerClass::Spot)],
-              1u64..12_000, 1u64..48, 0u32..3)
-            .prop_map(|(c, cpu, mem, g)| Op::Start(c, cpu, mem, g)),
+              1u64..12_000, 1u64..48, 0u32..3, 0u8..4)
+            .prop_map(|(c, cpu, mem, g, m)| Op::Start(c, cpu, mem, g, m)),
         1 => (0usize..64).prop_map(Op::Stop),
         1 => (1i64..2_000).prop_map(Op::Tick),
     ]
@@ -291,7 +303,12 @@ fn check_invariants(c: &Cluster) -> Result<(), TestCaseError> {
             let f = s.to_floor(classes);
             squeezable = (squeezable.0 + f.0, squeezable.1 + f.1);
             for g in &p.gpus {
-                prop_assert!(h.spec.gpus.contains(g), "GPU {g} not on {id}");
+                let slot = h.spec.gpus.iter().find(|s| s.uuid == *g);
+                prop_assert!(slot.is_some(), "GPU {g} not on {id}");
+                prop_assert!(
+                    slot.is_some_and(|sl| s.spec.gpu_match.matches(sl)),
+                    "GPU {g} does not match what {sid} asked for"
+                );
                 prop_assert!(seen_gpus.insert(g.clone()), "GPU {g} given twice");
             }
             match classes.of(s.spec.class) {
@@ -354,8 +371,15 @@ proptest! {
         let mut ids: Vec<ServerId> = Vec::new();
         for (n, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Start(class, cpu, mem, g) => {
+                Op::Start(class, cpu, mem, g, m) => {
                     let mut s = server(n as u128 + 1, class, cpu, mem, g);
+                    // Any GPU, an H100, not an H100, or at least 32 GiB.
+                    s.gpu_match = match m {
+                        1 => GpuMatch { required: vec!["CUSTOM_GPU_H100".into()], ..GpuMatch::default() },
+                        2 => GpuMatch { forbidden: vec!["CUSTOM_GPU_H100".into()], ..GpuMatch::default() },
+                        3 => GpuMatch { min_memory_mb: 32 << 10, ..GpuMatch::default() },
+                        _ => GpuMatch::default(),
+                    };
                     s.created_at = now;
                     s.owner = if n % 2 == 0 { "acme".into() } else { "other".into() };
                     let id = s.id;

@@ -3,6 +3,7 @@
 //! SQLite in WAL mode with `synchronous = FULL` is the embedded default; the schema lives in
 //! `migrations/` and is embedded in the binary.
 
+mod accel;
 mod accounts;
 mod admin;
 mod sqlite;
@@ -70,6 +71,10 @@ pub struct ServerRecord {
     pub shutdown_until: Option<i64>,
     /// The flavor it was created as, if one was named.
     pub flavor: Option<String>,
+    /// The GPUs it asks for (from its device profile), if any.
+    pub gpu_request: Option<GpuRequest>,
+    /// The GPU devices (UUIDs) it holds while placed.
+    pub gpus: Vec<String>,
     /// Runtime only (not stored): the flavor it is scheduled as, named or the cheapest that
     /// fits (filled in by the model for the API).
     pub instance_type: String,
@@ -85,6 +90,15 @@ impl ServerRecord {
             mem_bytes: self.mem,
         }
     }
+}
+
+/// A server's GPU request, resolved from its device profile at create.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GpuRequest {
+    pub device_profile: String,
+    /// Devices in all (groups x devices per group).
+    pub count: u32,
+    pub matcher: crate::scheduler::gpu::GpuMatch,
 }
 
 #[derive(Debug, Clone, PartialEq)]

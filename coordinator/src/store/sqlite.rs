@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "operator",
         include_str!("../../migrations/0005_admin.sql"),
     ),
+    (
+        6,
+        "accelerators",
+        include_str!("../../migrations/0006_accelerators.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -151,8 +156,8 @@ impl SqliteStore {
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
                      incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                     priority, flavor)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     priority, flavor, gpu_request, gpus)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -179,7 +184,8 @@ impl SqliteStore {
                      perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
                      term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                      mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
-                     metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?
+                     metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
+                     gpus = ?
                  WHERE uuid = ?",
             )
             .bind(&s.name)
@@ -205,6 +211,7 @@ impl SqliteStore {
             .bind(s.metered_perf.mem)
             .bind(s.shutdown_until)
             .bind(s.flavor.as_deref())
+            .bind(to_json("servers", s, &s.gpus)?)
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -234,7 +241,7 @@ impl SqliteStore {
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                     term_scheduled_at, term_at, queued_reason, priority, metered_until,
-                    metered_perf_cpu, metered_perf_mem, shutdown_until, flavor
+                    metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -284,7 +291,12 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
         .bind(s.termination.map(|t| t.terminate_at))
         .bind(s.queued_reason.as_deref())
         .bind(s.priority)
-        .bind(s.flavor.as_deref()))
+        .bind(s.flavor.as_deref())
+        .bind(match &s.gpu_request {
+            Some(g) => Some(to_json("servers", s, g)?),
+            None => None,
+        })
+        .bind(to_json("servers", s, &s.gpus)?))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -372,6 +384,11 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         },
         shutdown_until: r.try_get("shutdown_until")?,
         flavor: r.try_get("flavor")?,
+        gpu_request: match r.try_get::<Option<String>, _>("gpu_request")? {
+            Some(g) => Some(serde_json::from_str(&g).map_err(|e| c(&e))?),
+            None => None,
+        },
+        gpus: serde_json::from_str(&r.try_get::<String, _>("gpus")?).map_err(|e| c(&e))?,
         instance_type: String::new(),
     })
 }
@@ -409,6 +426,8 @@ mod tests {
             metered_perf: PerfFactor::FULL,
             shutdown_until: None,
             flavor: None,
+            gpu_request: None,
+            gpus: vec!["GPU-1".into()],
             instance_type: String::new(),
         }
     }
