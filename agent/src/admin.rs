@@ -1,7 +1,13 @@
-//! The agent's metrics (prometheus-client) and its admin listener: `/metrics`, `/healthz`,
-//! `/ready` in plain HTTP on loopback by default.
+//! The agent's metrics (prometheus-client) and its admin listener, in plain HTTP on loopback by
+//! default:
+//!
+//! - `GET /metrics` (Prometheus), `/healthz`, `/ready`;
+//! - `GET /gpus`: the GPUs as last read, and their use (JSON);
+//! - `POST /gpus/rescan`: re-reads the GPUs now (as the periodic rescan does) and answers with
+//!   the result; a change of devices is reported to the coordinator at once.
 
-use crate::metadata::{HttpResponse, parse_request, request_len};
+use crate::discovery::{GpuMonitor, GpuScan};
+use crate::metadata::{HttpRequest, HttpResponse, parse_request, request_len};
 use crate::supervisor::Supervisor;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// The longest `POST /gpus/rescan` waits for NVML.
+const RESCAN_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FormatCode {
@@ -30,6 +40,16 @@ pub struct ServerLabel {
     pub server: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabel {
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    pub health: String,
+}
+
 /// Everything the agent counts. The counters are shared (cheap clones) with the parts that
 /// count: the supervisor, the metadata listener, the link.
 #[derive(Debug)]
@@ -45,6 +65,9 @@ pub struct AgentMetrics {
     pub cpus: Gauge,
     pub mem_bytes: Gauge,
     pub gpus: Gauge,
+    gpu_health: Family<HealthLabel, Gauge>,
+    gpu_utilization: Family<GpuLabel, Gauge>,
+    gpu_memory_used: Family<GpuLabel, Gauge>,
 }
 
 impl Default for AgentMetrics {
@@ -62,6 +85,9 @@ impl Default for AgentMetrics {
             cpus: Gauge::default(),
             mem_bytes: Gauge::default(),
             gpus: Gauge::default(),
+            gpu_health: Family::default(),
+            gpu_utilization: Family::default(),
+            gpu_memory_used: Family::default(),
         };
         registry.register(
             "cgroup_errors",
@@ -110,16 +136,58 @@ impl Default for AgentMetrics {
         );
         registry.register(
             "discovered_gpus",
-            "GPUs discovered on this host",
+            "GPU devices (whole GPUs and MIG instances) this host has, as last read",
             m.gpus.clone(),
+        );
+        registry.register(
+            "gpu_devices",
+            "GPU devices as last read, by health (healthy, unhealthy)",
+            m.gpu_health.clone(),
+        );
+        registry.register(
+            "gpu_utilization_percent",
+            "GPU utilisation over NVML's last sample period, by device uuid",
+            m.gpu_utilization.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "GPU memory in use, by device uuid",
+            m.gpu_memory_used.clone(),
         );
         AgentMetrics { registry, ..m }
     }
 }
 
 impl AgentMetrics {
-    /// Refreshes the per-workload gauges from the supervisor and encodes everything.
+    /// Sets the GPU gauges from a scan (a GPU no longer listed loses its series).
+    pub fn set_gpus(&self, scan: &GpuScan) {
+        self.gpus
+            .set(i64::try_from(scan.devices.len()).unwrap_or(i64::MAX));
+        for (health, n) in [("healthy", scan.healthy()), ("unhealthy", scan.unhealthy())] {
+            self.gpu_health
+                .get_or_create(&HealthLabel {
+                    health: health.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.gpu_utilization.clear();
+        self.gpu_memory_used.clear();
+        for u in &scan.usage {
+            let label = GpuLabel {
+                uuid: u.uuid.clone(),
+            };
+            self.gpu_utilization
+                .get_or_create(&label)
+                .set(i64::from(u.utilization_percent));
+            self.gpu_memory_used
+                .get_or_create(&label)
+                .set(i64::try_from(u.memory_used_bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Refreshes the per-workload and GPU gauges from the supervisor and encodes everything.
     pub fn text(&self, supervisor: &Supervisor) -> String {
+        self.set_gpus(&supervisor.gpu_scan());
         self.workloads.clear();
         self.cpu_quota.clear();
         self.mem_limit.clear();
@@ -168,13 +236,19 @@ pub fn metadata_format(path: &str) -> &'static str {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/ready` (the supervisor answers within a second).
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<AgentMetrics>,
-    supervisor: Arc<Mutex<Supervisor>>,
-    shutdown: CancellationToken,
-) {
+/// What the admin listener answers from.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub metrics: Arc<AgentMetrics>,
+    pub supervisor: Arc<Mutex<Supervisor>>,
+    /// Re-read by `POST /gpus/rescan`.
+    pub gpus: Arc<GpuMonitor>,
+    /// Woken when a rescan finds the devices changed: the link reports at once.
+    pub changed: Arc<Notify>,
+}
+
+/// Serves the admin endpoints (see the module documentation) until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
     loop {
         let (mut stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -183,8 +257,7 @@ pub async fn serve(
                 Err(_) => continue,
             },
         };
-        let metrics = metrics.clone();
-        let supervisor = supervisor.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let mut chunk = [0u8; 1024];
@@ -202,20 +275,63 @@ pub async fn serve(
             let Some(req) = parse_request(buf.get(..len).unwrap_or_default()) else {
                 return;
             };
-            let resp = answer(&req.path, &metrics, &supervisor).await;
+            let resp = answer(&req, &state).await;
             let _ = stream.write_all(&resp.to_bytes(false)).await;
         });
     }
 }
 
-async fn answer(
-    path: &str,
-    metrics: &Arc<AgentMetrics>,
-    supervisor: &Arc<Mutex<Supervisor>>,
-) -> HttpResponse {
-    match path {
-        "/healthz" => HttpResponse::text(200, "ok\n"),
-        "/metrics" | "/ready" => {
+/// The scan as JSON: `{"backend", "gpus": [GpuDevice...], "usage": [GpuUsage...]}`.
+fn scan_json(backend: &str, scan: &GpuScan, changed: Option<bool>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "backend": backend,
+        "gpus": scan.devices,
+        "usage": scan.usage,
+    });
+    if let (Some(c), Some(o)) = (changed, v.as_object_mut()) {
+        o.insert("changed".into(), c.into());
+    }
+    v
+}
+
+/// `POST /gpus/rescan`: a scan now; a change of devices wakes the link.
+async fn rescan(state: &AdminState) -> HttpResponse {
+    let m = state.gpus.clone();
+    let job = tokio::task::spawn_blocking(move || m.rescan());
+    match tokio::time::timeout(RESCAN_TIMEOUT, job).await {
+        Ok(Ok(Ok(changed))) => {
+            if changed {
+                state.changed.notify_one();
+            }
+            let scan = state.gpus.current();
+            state.metrics.set_gpus(&scan);
+            let body = scan_json(state.gpus.backend_name(), &scan, Some(changed));
+            HttpResponse::json(200, &body)
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "requested GPU rescan failed; keeping the last scan");
+            HttpResponse::json(503, &serde_json::json!({"error": e.to_string()}))
+        }
+        _ => HttpResponse::json(
+            503,
+            &serde_json::json!({"error": "the GPU rescan did not finish in time"}),
+        ),
+    }
+}
+
+async fn answer(req: &HttpRequest, state: &AdminState) -> HttpResponse {
+    let (metrics, supervisor) = (&state.metrics, &state.supervisor);
+    match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/gpus/rescan") => rescan(state).await,
+        (_, "/gpus/rescan") => {
+            HttpResponse::text(405, "POST to rescan\n").with_header("Allow", "POST")
+        }
+        (_, "/gpus") => {
+            let body = scan_json(state.gpus.backend_name(), &state.gpus.current(), None);
+            HttpResponse::json(200, &body)
+        }
+        (_, "/healthz") => HttpResponse::text(200, "ok\n"),
+        (_, path @ ("/metrics" | "/ready")) => {
             let (m, s, p) = (metrics.clone(), supervisor.clone(), path.to_owned());
             let job = tokio::task::spawn_blocking(move || {
                 let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -235,5 +351,112 @@ async fn answer(
             }
         }
         _ => HttpResponse::text(404, "Not Found"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::cgroups::RecordingCgroups;
+    use crate::discovery::FakeGpus;
+    use backfill_shared::clock::ManualClock;
+
+    const INVENTORY: &str = r#"{"gpus": [
+        {"index": 0, "uuid": "GPU-a", "name": "T4", "memory_bytes": 16000,
+         "utilization_percent": 35, "memory_used_bytes": 1000},
+        {"index": 1, "uuid": "GPU-b", "name": "T4", "memory_bytes": 16000,
+         "healthy": false, "health": "XID 48"}]}"#;
+
+    /// One request, the whole answer (the listener closes after it).
+    async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let status = text.get(9..12).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn gpu_metrics_and_rescan_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = dir.path().join("gpus.json");
+        std::fs::write(&inv, INVENTORY).unwrap();
+        let gpus =
+            Arc::new(GpuMonitor::start(Box::new(FakeGpus::from_file(&inv).unwrap())).unwrap());
+        let supervisor = Supervisor::new(
+            Box::new(RecordingCgroups::default()),
+            dir.path(),
+            None,
+            vec!["sleep".into(), "1".into()],
+            Arc::new(ManualClock::new(0)),
+        )
+        .with_gpus(gpus.clone());
+        let state = AdminState {
+            metrics: Arc::new(AgentMetrics::default()),
+            supervisor: Arc::new(Mutex::new(supervisor)),
+            gpus,
+            changed: Arc::new(Notify::new()),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
+
+        let (code, m) = http(addr, "GET", "/metrics").await;
+        assert_eq!(code, 200);
+        for line in [
+            "backfill_agent_gpu_utilization_percent{uuid=\"GPU-a\"} 35",
+            "backfill_agent_gpu_memory_used_bytes{uuid=\"GPU-a\"} 1000",
+            "backfill_agent_gpu_utilization_percent{uuid=\"GPU-b\"} 0",
+            "backfill_agent_gpu_devices{health=\"healthy\"} 1",
+            "backfill_agent_gpu_devices{health=\"unhealthy\"} 1",
+            "backfill_agent_discovered_gpus 2",
+        ] {
+            assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+        }
+        let (code, body) = http(addr, "GET", "/gpus").await;
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["backend"], "fake");
+        assert_eq!(v["gpus"][1]["health"], "XID 48");
+        assert_eq!(v["usage"][0]["utilization_percent"], 35);
+
+        // GPU-a goes away; a rescan on request sees it, says so, and wakes the link.
+        std::fs::write(&inv, INVENTORY.replace("\"GPU-a\"", "\"GPU-c\"")).unwrap();
+        assert_eq!(http(addr, "GET", "/gpus/rescan").await.0, 405);
+        let (code, body) = http(addr, "POST", "/gpus/rescan").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["changed"], true);
+        assert_eq!(v["gpus"][0]["uuid"], "GPU-c");
+        tokio::time::timeout(Duration::from_secs(5), state.changed.notified())
+            .await
+            .expect("the link was not told");
+        let (_, m) = http(addr, "GET", "/metrics").await;
+        assert!(!m.contains("GPU-a"), "{m}");
+        assert!(
+            m.contains("backfill_agent_gpu_utilization_percent{uuid=\"GPU-c\"} 35"),
+            "{m}"
+        );
+        let (_, body) = http(addr, "POST", "/gpus/rescan").await;
+        assert!(body.contains("\"changed\":false"), "{body}");
+
+        // A broken file: 503 with the reason, and the last scan stays.
+        std::fs::write(&inv, "{").unwrap();
+        let (code, body) = http(addr, "POST", "/gpus/rescan").await;
+        assert_eq!(code, 503);
+        assert!(body.contains("gpus.json"), "{body}");
+        assert_eq!(state.gpus.current().devices.len(), 2);
+
+        shutdown.cancel();
+        server.await.unwrap();
     }
 }

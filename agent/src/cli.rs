@@ -2,7 +2,8 @@
 
 use crate::cgroups::{CgroupManager, FsCgroups, NoCgroups};
 use crate::config::{AgentConfig, CgroupMode, ConfigError};
-use crate::discovery::{self, DiscoveryError};
+use crate::discovery::gpu::DEFAULT_RESCAN_INTERVAL;
+use crate::discovery::{self, DiscoveryError, GpuMonitor, NoGpus};
 use crate::driver::{self, DriverError, RunAs};
 use crate::link::{self, LinkError, LinkParams};
 use crate::metadata::{
@@ -34,6 +35,11 @@ pub struct Cli {
     /// Declare GPUs from a JSON file instead of asking NVML (overrides `inventory_file`).
     #[arg(long)]
     pub inventory_file: Option<PathBuf>,
+    /// Seconds between re-reads of the GPUs (1 to 3600); `POST /gpus/rescan` on the admin
+    /// listener re-reads them at once.
+    #[arg(long, env = "BACKFILL_GPU_RESCAN_SECS", default_value_t = DEFAULT_RESCAN_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub gpu_rescan_interval_secs: u64,
     /// Log lines for people or JSON for shippers (default: BACKFILL_LOG_FORMAT, else human).
     #[arg(long, value_enum)]
     pub log_format: Option<backfill_shared::daemon::LogFormat>,
@@ -162,7 +168,8 @@ fn main_exec(cli: &Cli) -> Result<(), AgentError> {
             path: PathBuf::from("tokio runtime"),
             source,
         })?;
-    rt.block_on(run(cfg, host_id, run_as))
+    let rescan = Duration::from_secs(cli.gpu_rescan_interval_secs);
+    rt.block_on(run(cfg, host_id, run_as, rescan))
 }
 
 /// The host id is the CN of the agent certificate.
@@ -203,21 +210,30 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     }
 }
 
-async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result<(), AgentError> {
+async fn run(
+    cfg: AgentConfig,
+    host_id: HostId,
+    run_as: Option<RunAs>,
+    gpu_rescan: Duration,
+) -> Result<(), AgentError> {
     let cgroups = cgroups(&cfg)?;
     if cgroups.enforcing() {
         tracing::info!(cgroups = %cgroups.describe(), parent = %cfg.cgroup_parent, "limits enforced");
     } else {
         tracing::warn!(cgroups = %cgroups.describe(), "limits are NOT enforced");
     }
-    let gpus = discovery::gpu_backend(cfg.inventory_file.as_deref())?;
-    let inventory = discovery::discover(gpus.as_ref())?;
+    let gpus = Arc::new(GpuMonitor::start(discovery::gpu_backend(
+        cfg.inventory_file.as_deref(),
+    )?)?);
+    let mut inventory = discovery::discover(&NoGpus)?;
+    inventory.gpus = gpus.current().devices.clone();
     tracing::info!(
         host = %host_id,
         cpus = inventory.cpus,
         mhz = inventory.cpu_mhz_per_cpu,
         mem = inventory.mem_bytes,
         gpus = inventory.gpus.len(),
+        gpu_backend = gpus.backend_name(),
         "discovered"
     );
     std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::Io {
@@ -229,9 +245,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     metrics
         .mem_bytes
         .set(i64::try_from(inventory.mem_bytes).unwrap_or(i64::MAX));
-    metrics
-        .gpus
-        .set(i64::try_from(inventory.gpus.len()).unwrap_or(0));
+    metrics.set_gpus(&gpus.current());
     let store = Arc::new(MetadataStore::default());
     let mut supervisor = Supervisor::new(
         cgroups,
@@ -242,7 +256,8 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     )
     .with_networks(guest_networks(&cfg))
     .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
-    .with_cgroup_error_counter(metrics.cgroup_errors.clone());
+    .with_cgroup_error_counter(metrics.cgroup_errors.clone())
+    .with_gpus(gpus.clone());
     supervisor.adopt()?;
     let supervisor = Arc::new(Mutex::new(supervisor));
     let shutdown = CancellationToken::new();
@@ -277,7 +292,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
             source,
         })?;
     let admin_addr = admin_listener.local_addr().map_or(cfg.admin.bind, |a| a);
-    tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
+    tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready, /gpus, POST /gpus/rescan)");
     let reloader = tokio::spawn(reload_on_sighup(
         params.connector.clone(),
         cfg.tls.clone(),
@@ -285,8 +300,18 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     ));
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
-        metrics.clone(),
-        supervisor.clone(),
+        crate::admin::AdminState {
+            metrics: metrics.clone(),
+            supervisor: supervisor.clone(),
+            gpus: gpus.clone(),
+            changed: changed.clone(),
+        },
+        shutdown.clone(),
+    ));
+    let rescans = tokio::spawn(discovery::run_rescans(
+        gpus,
+        gpu_rescan,
+        changed.clone(),
         shutdown.clone(),
     ));
     let notifier = backfill_shared::notify::Notifier::from_env();
@@ -314,6 +339,7 @@ async fn run(cfg: AgentConfig, host_id: HostId, run_as: Option<RunAs>) -> Result
     let _ = watcher.await;
     let _ = admin.await;
     let _ = reloader.await;
+    let _ = rescans.await;
     if let Some(m) = metadata {
         let _ = m.await;
     }

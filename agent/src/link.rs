@@ -170,14 +170,20 @@ async fn session(
     changed: &Notify,
 ) -> Result<(), LinkError> {
     let mut link = connect(p).await?;
-    let enforcing = with_supervisor(supervisor, |s| s.enforcing()).await?;
+    let (enforcing, gpus) = with_supervisor(supervisor, |s| {
+        (s.enforcing(), s.gpu_scan().devices.clone())
+    })
+    .await?;
+    // The GPUs as last read, not as they were when the agent started.
+    let mut inventory = p.inventory.clone();
+    inventory.gpus = gpus;
     send(
         &mut link,
         &AgentMessage::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             host_id: p.host_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            inventory: p.inventory.clone(),
+            inventory,
             enforcing,
         }),
     )

@@ -101,3 +101,17 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent certificate"));
 }
+
+#[test]
+fn a_gpu_rescan_interval_out_of_range_is_a_usage_error() {
+    for bad in ["0", "3601", "soon"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_backfill-agent"))
+            .args(["--gpu-rescan-interval-secs", bad, "--check-config"])
+            .args(["--config", "/nonexistent/agent.toml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--gpu-rescan-interval-secs"), "{bad}: {err}");
+    }
+}

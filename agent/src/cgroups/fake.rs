@@ -1,7 +1,7 @@
 //! In-memory [`CgroupManager`]s: [`NoCgroups`] for running without root (nothing enforced) and
 //! [`RecordingCgroups`] for unit tests of the driver.
 
-use super::{CgroupError, CgroupLimits, CgroupManager};
+use super::{CgroupError, CgroupLimits, CgroupManager, DeviceControl, DeviceRule};
 use backfill_shared::ServerId;
 use backfill_shared::protocol::ServerUsage;
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +96,7 @@ struct FakeCgroup {
     limits: CgroupLimits,
     procs: BTreeSet<u32>,
     usage: ServerUsage,
+    devices: Vec<DeviceRule>,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +148,11 @@ impl RecordingCgroups {
         lock(&self.state).cgroups.get(id).map(|c| c.limits)
     }
 
+    /// The device rules written for an existing cgroup, oldest first.
+    pub fn device_rules(&self, id: &ServerId) -> Option<Vec<DeviceRule>> {
+        lock(&self.state).cgroups.get(id).map(|c| c.devices.clone())
+    }
+
     /// Pretends `pid` runs in the cgroup (ignored if the cgroup does not exist).
     pub fn add_proc(&self, id: &ServerId, pid: u32) {
         if let Some(c) = lock(&self.state).cgroups.get_mut(id) {
@@ -163,7 +169,7 @@ impl RecordingCgroups {
 
     /// Makes the next call of `op` fail with [`CgroupError::Injected`]. `op` is a method name:
     /// "create", "set_limits", "read_limits", "join_files", "procs", "usage", "kill_all",
-    /// "remove" or "list".
+    /// "remove", "list" or "restrict_devices".
     pub fn fail_next(&self, op: &'static str) {
         lock(&self.state).fail.insert(op);
     }
@@ -188,6 +194,7 @@ impl CgroupManager for RecordingCgroups {
                 limits: *limits,
                 procs: BTreeSet::new(),
                 usage: ServerUsage::default(),
+                devices: Vec::new(),
             });
         Ok(())
     }
@@ -257,6 +264,18 @@ impl CgroupManager for RecordingCgroups {
         let mut s = lock(&self.state);
         s.check("list")?;
         Ok(s.cgroups.keys().copied().collect())
+    }
+    /// Records the rules (as if enforced).
+    fn restrict_devices(
+        &self,
+        id: &ServerId,
+        rules: &[DeviceRule],
+    ) -> Result<DeviceControl, CgroupError> {
+        let mut s = lock(&self.state);
+        s.check("restrict_devices")?;
+        let c = s.cgroups.get_mut(id).ok_or_else(|| not_found(id))?;
+        c.devices.extend_from_slice(rules);
+        Ok(DeviceControl::Enforced)
     }
 }
 

@@ -107,6 +107,49 @@ pub(super) fn read_v1_usage(
     Ok(usage)
 }
 
+/// v2: makes sure `dir`'s children get the cpu and memory controllers.
+pub(super) fn enable_controllers(dir: &Path, simulated: bool) -> Result<(), CgroupError> {
+    let path = dir.join("cgroup.subtree_control");
+    let enabled = |content: &str| -> Vec<String> {
+        content
+            .split_whitespace()
+            .map(|w| w.trim_start_matches('+').to_owned())
+            .collect()
+    };
+    let have = enabled(&read_string(&path)?);
+    let missing: Vec<&str> = ["cpu", "memory"]
+        .into_iter()
+        .filter(|c| !have.iter().any(|h| h == c))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let data = if simulated {
+        // What the kernel would show afterwards.
+        let mut all = have.clone();
+        all.extend(missing.iter().map(|m| (*m).to_owned()));
+        all.join(" ")
+    } else {
+        missing
+            .iter()
+            .map(|m| format!("+{m}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    write_file(&path, &data)?;
+    let after = read_string(&path)?;
+    let now = enabled(&after);
+    if ["cpu", "memory"].iter().all(|c| now.iter().any(|h| h == c)) {
+        Ok(())
+    } else {
+        Err(CgroupError::Parse {
+            path,
+            content: after,
+            why: "cpu and memory are still not enabled after writing them",
+        })
+    }
+}
+
 /// SIGKILL, ignoring a process that is already gone. Never signals 0 (our process group) or us.
 pub(super) fn sigkill(pid: u32, dir: &Path) -> Result<(), CgroupError> {
     let Ok(raw) = i32::try_from(pid) else {
@@ -158,6 +201,11 @@ pub(super) fn simulate_mkdir(dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), Cgr
                         ("memory.usage_in_bytes", "0\n"),
                     ][..],
                     Ctl::Pids => &[("pids.max", "max\n"), ("pids.current", "0\n")][..],
+                    Ctl::Devices => &[
+                        ("devices.allow", ""),
+                        ("devices.deny", ""),
+                        ("devices.list", "a *:* rwm\n"),
+                    ][..],
                 });
             }
         }

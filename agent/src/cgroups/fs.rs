@@ -13,14 +13,14 @@
 //! and `kill_all` empties `cgroup.procs` instead of signalling the PIDs listed there.
 
 use super::files::{
-    read_err, read_procs, read_string, read_v1_limits, read_v1_usage, read_v2_limits,
-    read_v2_usage, remove_files, sigkill, simulate_mkdir, write_file,
+    enable_controllers, read_err, read_procs, read_string, read_v1_limits, read_v1_usage,
+    read_v2_limits, read_v2_usage, remove_files, sigkill, simulate_mkdir, write_file,
 };
 use super::hierarchy::{
     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
     v1_mounts,
 };
-use super::{CgroupError, CgroupLimits, CgroupManager, validate_parent};
+use super::{CgroupError, CgroupLimits, CgroupManager, DeviceControl, DeviceRule, validate_parent};
 use backfill_shared::ServerId;
 use backfill_shared::protocol::ServerUsage;
 use cgroups_rs::fs::hierarchies;
@@ -246,49 +246,6 @@ impl FsCgroups {
         }
     }
 
-    /// v2: makes sure `dir`'s children get the cpu and memory controllers.
-    fn enable_controllers(&self, dir: &Path) -> Result<(), CgroupError> {
-        let path = dir.join("cgroup.subtree_control");
-        let enabled = |content: &str| -> Vec<String> {
-            content
-                .split_whitespace()
-                .map(|w| w.trim_start_matches('+').to_owned())
-                .collect()
-        };
-        let have = enabled(&read_string(&path)?);
-        let missing: Vec<&str> = ["cpu", "memory"]
-            .into_iter()
-            .filter(|c| !have.iter().any(|h| h == c))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let data = if self.simulated {
-            // What the kernel would show afterwards.
-            let mut all = have.clone();
-            all.extend(missing.iter().map(|m| (*m).to_owned()));
-            all.join(" ")
-        } else {
-            missing
-                .iter()
-                .map(|m| format!("+{m}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        write_file(&path, &data)?;
-        let after = read_string(&path)?;
-        let now = enabled(&after);
-        if ["cpu", "memory"].iter().all(|c| now.iter().any(|h| h == c)) {
-            Ok(())
-        } else {
-            Err(CgroupError::Parse {
-                path,
-                content: after,
-                why: "cpu and memory are still not enabled after writing them",
-            })
-        }
-    }
-
     fn write_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         let to_i64 = |v: Option<u64>| match v {
@@ -412,12 +369,12 @@ impl CgroupManager for FsCgroups {
                 }
             }
             Layout::V2 { root } => {
-                self.enable_controllers(root)?;
+                enable_controllers(root, self.simulated)?;
                 let mut dir = root.clone();
                 for comp in self.parent.split('/') {
                     dir.push(comp);
                     self.mkdir(&dir, None)?;
-                    self.enable_controllers(&dir)?;
+                    enable_controllers(&dir, self.simulated)?;
                 }
                 dir.push(&name);
                 self.mkdir(&dir, None)?;
@@ -549,6 +506,30 @@ impl CgroupManager for FsCgroups {
             })?;
         }
         Ok(())
+    }
+
+    /// v1 with the devices controller mounted: the rules go to the server's `devices.deny` and
+    /// `devices.allow`. v2 has no such files (device access there is an eBPF program).
+    fn restrict_devices(
+        &self,
+        id: &ServerId,
+        rules: &[DeviceRule],
+    ) -> Result<DeviceControl, CgroupError> {
+        if self.is_v2() {
+            return Ok(DeviceControl::NotEnforced(
+                "cgroup v2 has no devices controller files (it needs an eBPF device program)",
+            ));
+        }
+        let Some(dir) = self.ctl_dir(id, Ctl::Devices) else {
+            return Ok(DeviceControl::NotEnforced(
+                "the cgroup v1 devices controller is not mounted",
+            ));
+        };
+        if !dir.is_dir() {
+            return Err(CgroupError::NotFound { id: *id, path: dir });
+        }
+        super::devices::write_rules(&dir, rules, self.simulated)?;
+        Ok(DeviceControl::Enforced)
     }
 
     fn list(&self) -> Result<Vec<ServerId>, CgroupError> {

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
+use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for, nvidia_rules};
 use backfill_shared::{PerfFactor, Resources};
 use cgroups_rs::fs::hierarchies::Mountinfo;
 use std::fs;
@@ -611,5 +611,184 @@ fn real_kernel_lifecycle() {
          times, kill_all took {kill_took:?})",
         cg.describe(),
         join.len(),
+    );
+}
+
+// ---- GPU device rules ----
+
+/// Adds a v1 devices hierarchy, with its root files as the kernel shows them, to a fake tree.
+fn add_devices(root: &Path) {
+    let d = root.join("devices");
+    fs::create_dir(&d).unwrap();
+    write(&d.join("cgroup.procs"), "1\n");
+    write(&d.join("devices.allow"), "");
+    write(&d.join("devices.deny"), "");
+    write(&d.join("devices.list"), "a *:* rwm\n");
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    read(p).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn v1_device_rules_on_a_fake_tree() {
+    let t = v1_tree(false, true);
+    add_devices(t.path());
+    let root = fs::canonicalize(t.path()).unwrap();
+    let cg = FsCgroups::v1_at(t.path(), "backfill").unwrap();
+    let id = ServerId::from_u128(0xd1);
+    let leaf = root.join("devices/backfill").join(id.to_string());
+    let limits = limits_for(&res(1, 64 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    // Not created yet: the rules have nowhere to go.
+    let e = cg.restrict_devices(&id, &[]).unwrap_err();
+    assert!(matches!(e, CgroupError::NotFound { .. }), "{e}");
+    cg.create(&id, &limits).unwrap();
+    assert_eq!(read(&leaf.join("devices.list")), "a *:* rwm");
+    // The workload joins the devices cgroup too.
+    let join = cg.join_files(&id).unwrap();
+    assert!(join.contains(&leaf.join("cgroup.procs")), "{join:?}");
+
+    // GPUs 0 and 2 given: every other GPU minor denied, one by one; then the allow-list.
+    let rules = nvidia_rules(&[0, 2].into(), &[236, 237]);
+    assert_eq!(
+        cg.restrict_devices(&id, &rules).unwrap(),
+        DeviceControl::Enforced
+    );
+    let denied = lines(&leaf.join("devices.deny"));
+    assert_eq!(denied.len(), 252, "{denied:?}");
+    assert_eq!(denied[0], "c 195:1 rwm");
+    assert_eq!(denied[251], "c 195:253 rwm");
+    for given in [
+        "c 195:0 rwm",
+        "c 195:2 rwm",
+        "c 195:254 rwm",
+        "c 195:255 rwm",
+    ] {
+        assert!(!denied.iter().any(|d| d == given), "{given} denied");
+    }
+    assert_eq!(
+        lines(&leaf.join("devices.allow")),
+        [
+            "c 195:0 rwm",
+            "c 195:2 rwm",
+            "c 195:254 rwm",
+            "c 195:255 rwm",
+            "c 236:* rwm",
+            "c 237:* rwm"
+        ]
+    );
+    cg.kill_all(&id).unwrap();
+    cg.remove(&id).unwrap();
+    assert!(!leaf.exists());
+
+    // No devices hierarchy, or v2: nothing written, and the reason given.
+    let t = v1_tree(false, false);
+    let cg = FsCgroups::v1_at(t.path(), "backfill").unwrap();
+    cg.create(&id, &limits).unwrap();
+    match cg.restrict_devices(&id, &rules).unwrap() {
+        DeviceControl::NotEnforced(why) => assert!(why.contains("devices controller"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let t = v2_tree("cpu memory\n");
+    let cg = FsCgroups::v2_at(t.path(), "backfill").unwrap();
+    cg.create(&id, &limits).unwrap();
+    match cg.restrict_devices(&id, &rules).unwrap() {
+        DeviceControl::NotEnforced(why) => assert!(why.contains("cgroup v2"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A character device node in `dir` (root only).
+fn mknod(dir: &Path, name: &str, major: u32, minor: u32) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let path = dir.join(name);
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path; mknod(2) has no other preconditions.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+    path
+}
+
+/// The kernel enforces the rules: in the server's cgroup, opening a GPU it was not given fails
+/// with EPERM; its own GPU and nvidiactl get as far as the (absent) driver, ENXIO.
+#[test]
+fn real_kernel_device_rules() {
+    let parent = format!("backfill-devtest-{}", std::process::id());
+    let Some(cg) = real_or_skip(&parent) else {
+        return;
+    };
+    let id = ServerId::new_random();
+    let rules = nvidia_rules(&[1].into(), &[]);
+    if cg.is_v2() || cg.ctl_dir(&id, Ctl::Devices).is_none() {
+        eprintln!(
+            "skipping: no cgroup v1 devices controller here ({})",
+            cg.describe()
+        );
+        return;
+    }
+    let mut guard = Cleanup {
+        cg: &cg,
+        id,
+        children: Vec::new(),
+    };
+    let limits = limits_for(&res(1, 64 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    cg.create(&id, &limits).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        cg.restrict_devices(&id, &rules).unwrap(),
+        DeviceControl::Enforced
+    );
+    let took = started.elapsed();
+    let nodes = tempfile::tempdir().unwrap();
+    let dir = nodes.path();
+    mknod(dir, "nvidia0", 195, 0);
+    mknod(dir, "nvidia1", 195, 1);
+    mknod(dir, "nvidia7", 195, 7);
+    mknod(dir, "nvidiactl", 195, 255);
+    let script = format!(
+        "cd {}; for f in nvidia0 nvidia1 nvidia7 nvidiactl; do \
+         if cat $f >/dev/null 2>$f.err; then echo opened >$f.err; fi; done",
+        dir.display()
+    );
+    let join = cg.join_files(&id).unwrap();
+    let mut child = spawn_joined(&join, &script);
+    assert!(child.wait().unwrap().success());
+    let outcome = |f: &str| read(&dir.join(format!("{f}.err")));
+    for denied in ["nvidia0", "nvidia7"] {
+        let o = outcome(denied);
+        assert!(o.contains("Operation not permitted"), "{denied}: {o}");
+    }
+    for allowed in ["nvidia1", "nvidiactl"] {
+        let o = outcome(allowed);
+        assert!(!o.contains("Operation not permitted"), "{allowed}: {o}");
+    }
+    // Outside the cgroup nothing is denied.
+    let o = std::process::Command::new("cat")
+        .arg(dir.join("nvidia0"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{o:?}"
+    );
+    guard.children.clear();
+    cg.remove(&id).unwrap();
+    cg.remove_parent().unwrap();
+    eprintln!(
+        "real device rules ran on {}: {} rules written in {took:?}",
+        cg.describe(),
+        rules.len()
     );
 }

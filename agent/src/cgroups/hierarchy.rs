@@ -6,6 +6,7 @@ use super::CgroupError;
 use super::files::read_err;
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
+use cgroups_rs::fs::devices::DevicesController;
 use cgroups_rs::fs::hierarchies::Mountinfo;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
@@ -23,10 +24,12 @@ pub(super) enum Ctl {
     Pids,
     CpuAcct,
     Cpu,
+    /// v1 only: which device files the workload may open (GPU isolation).
+    Devices,
 }
 
 impl Ctl {
-    pub(super) const ALL: [Ctl; 4] = [Ctl::Memory, Ctl::Pids, Ctl::CpuAcct, Ctl::Cpu];
+    pub(super) const ALL: [Ctl; 5] = [Ctl::Memory, Ctl::Pids, Ctl::CpuAcct, Ctl::Cpu, Ctl::Devices];
 
     pub(super) fn name(self) -> &'static str {
         match self {
@@ -34,6 +37,7 @@ impl Ctl {
             Ctl::Pids => "pids",
             Ctl::CpuAcct => "cpuacct",
             Ctl::Cpu => "cpu",
+            Ctl::Devices => "devices",
         }
     }
 }
@@ -68,6 +72,7 @@ impl Hierarchy for RootedHierarchy {
                             Ctl::CpuAcct => Subsystem::CpuAcct(CpuAcctController::new(d, b)),
                             Ctl::Memory => Subsystem::Mem(MemController::new(d, b, false)),
                             Ctl::Pids => Subsystem::Pid(PidController::new(d, b, false)),
+                            Ctl::Devices => Subsystem::Devices(DevicesController::new(d, b)),
                         }
                     })
                 })

@@ -7,11 +7,15 @@
 //!   memory so reports still show them;
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
+mod devices;
 mod fake;
 mod files;
 mod fs;
 mod hierarchy;
 
+pub use devices::{
+    DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
+};
 pub use fake::{Call, NoCgroups, RecordingCgroups};
 pub use fs::FsCgroups;
 
@@ -173,6 +177,16 @@ pub enum CgroupError {
     Injected(&'static str),
 }
 
+/// Whether the kernel enforces a server's device rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceControl {
+    /// Written to the server's v1 devices cgroup.
+    Enforced,
+    /// Not enforced, and why: workloads are kept to their GPUs by visibility
+    /// (`CUDA_VISIBLE_DEVICES`) only.
+    NotEnforced(&'static str),
+}
+
 /// One server's cgroup under a configurable parent (default "backfill"), named by its ServerId.
 ///
 /// The [`FsCgroups`] methods do blocking file-system I/O (and [`CgroupManager::kill_all`] polls
@@ -207,6 +221,18 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// Removes the (empty) parent cgroup itself: for an agent that cleans up everything on exit.
     fn remove_parent(&self) -> Result<(), CgroupError> {
         Ok(())
+    }
+    /// Writes device rules (in order) for an existing server cgroup: the v1 devices controller
+    /// only. Where there is none, nothing is written and the answer says why.
+    fn restrict_devices(
+        &self,
+        id: &ServerId,
+        rules: &[DeviceRule],
+    ) -> Result<DeviceControl, CgroupError> {
+        let _ = (id, rules);
+        Ok(DeviceControl::NotEnforced(
+            "there are no cgroups (limits are not enforced either)",
+        ))
     }
 }
 

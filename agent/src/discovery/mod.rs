@@ -5,7 +5,9 @@ mod cpu;
 pub mod gpu;
 
 pub use cpu::{cpu_mhz_from_cpuinfo, discover};
-pub use gpu::{FakeGpus, GpuBackend, NoGpus, NvmlGpus, gpu_backend};
+pub use gpu::{
+    FakeGpus, GpuBackend, GpuMonitor, GpuScan, NoGpus, NvmlGpus, gpu_backend, run_rescans,
+};
 
 use std::path::PathBuf;
 

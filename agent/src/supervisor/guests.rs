@@ -1,12 +1,40 @@
 //! The supervisor's side of the metadata service: guest documents from the running servers,
-//! and guests' acknowledgements of their terminations.
+//! guests' acknowledgements of their terminations, and their network namespaces.
 
 use super::{Run, Supervisor};
 use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
 use crate::metadata::GuestInfo;
+use crate::network::{GuestNet, NetworkError};
 use backfill_shared::ServerId;
 
 impl Supervisor {
+    /// A network namespace for an isolated server, on the lowest free slot of the pool.
+    pub(super) fn make_network(&self, id: &ServerId) -> Result<GuestNet, NetworkError> {
+        let pool = self.networks.pool().ok_or(NetworkError::Unavailable(
+            "the agent is not root or has no [network] pool",
+        ))?;
+        let used = self
+            .entries
+            .values()
+            .filter_map(|e| e.network.as_ref().map(|n| n.slot));
+        let link = pool
+            .first_free(used)
+            .ok_or(NetworkError::Exhausted(pool.capacity()))?;
+        self.networks.create(id, link)
+    }
+
+    /// Tears down an ended workload's network namespace, if it had one.
+    pub(super) fn release_network(&mut self, id: &ServerId) {
+        let had = self
+            .entries
+            .get_mut(id)
+            .and_then(|e| e.network.take())
+            .is_some();
+        if had {
+            self.networks.destroy(id);
+        }
+    }
+
     /// Rewrites the metadata store from the running servers.
     pub(super) fn publish(&self) {
         let Some(store) = &self.metadata else {

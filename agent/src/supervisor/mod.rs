@@ -2,12 +2,13 @@
 //! desired state is idempotent: the same state twice changes nothing.
 
 use crate::cgroups::{CgroupManager, DEFAULT_CPU_PERIOD_US, limits_for};
+use crate::discovery::GpuMonitor;
 use crate::driver::{self, ExecSpec, ProcessIdentity, RunAs};
 use crate::metadata::MetadataStore;
-use crate::network::{GuestNet, GuestNetworks, NetworkError, NoNetworks};
+use crate::network::{GuestNet, GuestNetworks, NoNetworks};
 use crate::state::{PersistedServer, StateError, StateFile};
 use backfill_shared::protocol::{
-    DesiredServer, DesiredState, HostUsage, ObservedServer, Report, WorkloadState,
+    DesiredServer, DesiredState, ObservedServer, Report, WorkloadState,
 };
 use backfill_shared::{
     Clock, GuestNetwork, GuestProfile, NetworkMode, PerfFactor, Resources, ServerId, Termination,
@@ -16,10 +17,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long a killed child gets to be reaped before we stop waiting for it.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum Run {
@@ -69,6 +66,11 @@ pub struct Supervisor {
     zone: String,
     /// Failed cgroup writes (shared with the metrics registry).
     cgroup_errors: prometheus_client::metrics::counter::Counter,
+    /// The host's GPUs, re-read while the agent runs.
+    gpus: Option<Arc<GpuMonitor>>,
+    /// Where the `nvidia-uvm` major is read from.
+    proc_devices: PathBuf,
+    said: gpus::SaidOnce,
 }
 
 impl Supervisor {
@@ -92,7 +94,17 @@ impl Supervisor {
             metadata: None,
             zone: "default".into(),
             cgroup_errors: Default::default(),
+            gpus: None,
+            proc_devices: PathBuf::from("/proc/devices"),
+            said: Default::default(),
         }
+    }
+
+    /// Reports the GPUs `monitor` last saw, and gives workloads only the GPUs their servers
+    /// were given.
+    pub fn with_gpus(mut self, monitor: Arc<GpuMonitor>) -> Supervisor {
+        self.gpus = Some(monitor);
+        self
     }
 
     /// Counts failed cgroup writes into `counter`.
@@ -252,14 +264,12 @@ impl Supervisor {
 
     fn start(&mut self, d: &DesiredServer) {
         let id = d.server;
-        let mut entry = Entry {
+        let failed = |reason: String| Entry {
             resources: d.resources,
             perf_factor: d.perf_factor,
             incarnation: d.incarnation,
             termination: d.termination,
-            run: Run::Failed {
-                reason: String::new(),
-            },
+            run: Run::Failed { reason },
             guest: Some(d.guest.clone()),
             network: None,
             acknowledged: false,
@@ -267,58 +277,35 @@ impl Supervisor {
         };
         match self.try_start(d) {
             Ok((process, child, network)) => {
-                entry.network = network;
                 tracing::info!(server = %id, pid = process.pid, "workload started");
-                entry.run = Run::Running {
+                let run = Run::Running {
                     process,
                     child: Some(child),
                     started_at: self.clock.now(),
+                };
+                let entry = Entry {
+                    run,
+                    network,
+                    ..failed(String::new())
                 };
                 self.entries.insert(id, entry);
                 // A workload the state file does not know would be lost to a restarted agent.
                 if let Err(e) = self.save() {
                     tracing::error!(server = %id, error = %e, "cannot record the workload; stopping it");
                     self.stop(&id);
-                    self.entries.insert(
-                        id,
-                        Entry {
-                            resources: d.resources,
-                            perf_factor: d.perf_factor,
-                            incarnation: d.incarnation,
-                            termination: d.termination,
-                            run: Run::Failed {
-                                reason: format!("cannot record the workload: {e}"),
-                            },
-                            guest: Some(d.guest.clone()),
-                            network: None,
-                            acknowledged: false,
-                            shutdown: None,
-                        },
-                    );
+                    let entry = Entry {
+                        shutdown: None,
+                        ..failed(format!("cannot record the workload: {e}"))
+                    };
+                    self.entries.insert(id, entry);
                 }
             }
             Err(reason) => {
                 tracing::warn!(server = %id, %reason, "workload did not start");
                 self.cleanup(&id);
-                entry.run = Run::Failed { reason };
-                self.entries.insert(id, entry);
+                self.entries.insert(id, failed(reason));
             }
         }
-    }
-
-    /// A network namespace for an isolated server, on the lowest free slot of the pool.
-    fn make_network(&self, id: &ServerId) -> Result<GuestNet, NetworkError> {
-        let pool = self.networks.pool().ok_or(NetworkError::Unavailable(
-            "the agent is not root or has no [network] pool",
-        ))?;
-        let used = self
-            .entries
-            .values()
-            .filter_map(|e| e.network.as_ref().map(|n| n.slot));
-        let link = pool
-            .first_free(used)
-            .ok_or(NetworkError::Exhausted(pool.capacity()))?;
-        self.networks.create(id, link)
     }
 
     fn try_start(
@@ -326,11 +313,16 @@ impl Supervisor {
         d: &DesiredServer,
     ) -> Result<(ProcessIdentity, Child, Option<GuestNet>), String> {
         let id = d.server;
+        let scan = self.gpu_scan();
+        let gpus = gpus::resolve(&d.gpus, &scan)?;
         let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
         self.cgroups.create(&id, &limits).map_err(|e| {
             self.cgroup_errors.inc();
             e.to_string()
         })?;
+        if !scan.devices.is_empty() {
+            self.isolate_gpus(&id, &gpus)?;
+        }
         let join = self.cgroups.join_files(&id).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
@@ -339,6 +331,7 @@ impl Supervisor {
             Some(w) => (&w.command, &w.env),
             None => (&self.default_command, &empty),
         };
+        let env = &gpu_env(env, &gpus.uuids);
         let log_file = self.log_dir.join(format!("{id}.log"));
         let isolated = d
             .workload
@@ -396,18 +389,6 @@ impl Supervisor {
         }
         self.cleanup(id);
         if entry.is_some_and(|e| e.network.is_some()) {
-            self.networks.destroy(id);
-        }
-    }
-
-    /// Tears down an ended workload's network namespace, if it had one.
-    fn release_network(&mut self, id: &ServerId) {
-        let had = self
-            .entries
-            .get_mut(id)
-            .and_then(|e| e.network.take())
-            .is_some();
-        if had {
             self.networks.destroy(id);
         }
     }
@@ -536,12 +517,13 @@ impl Supervisor {
                 }
             })
             .collect();
+        let gpus = self.gpu_scan();
         Report {
             applied_generation: self.applied_generation,
             servers,
             usage: host_usage(),
-            gpus: Vec::new(),
-            gpu_usage: Vec::new(),
+            gpus: gpus.devices.clone(),
+            gpu_usage: gpus.usage.clone(),
         }
     }
 
@@ -592,56 +574,11 @@ impl Supervisor {
     }
 }
 
-/// Kills a workload's process group: our own child (whose pid cannot be reused before we reap
-/// it) directly, an adopted one only if its pid is still that workload.
-fn stop_process(process: &ProcessIdentity, child: Option<&mut Child>) {
-    match child {
-        Some(child) => {
-            driver::kill_group(process.pid);
-            reap(child);
-        }
-        None if driver::alive(process) => driver::kill_group(process.pid),
-        None => {}
-    }
-}
-
-fn reap(child: &mut Child) {
-    let deadline = Instant::now() + REAP_TIMEOUT;
-    while Instant::now() < deadline {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-    tracing::warn!(pid = child.id(), "a killed workload was not reaped in time");
-}
-
-/// Host memory in use and the 1-minute load average, from /proc.
-fn host_usage() -> HostUsage {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            .saturating_mul(1024)
-    };
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| {
-            l.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    HostUsage {
-        mem_used_bytes: field("MemTotal:").saturating_sub(field("MemAvailable:")),
-        load_avg_milli: (load * 1000.0) as u64,
-    }
-}
-
+mod gpus;
 mod guests;
+mod process;
+
+pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};
+use process::{host_usage, stop_process};
 #[cfg(test)]
 mod tests;

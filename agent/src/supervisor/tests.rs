@@ -5,6 +5,7 @@ use super::*;
 use crate::cgroups::{Call, RecordingCgroups};
 use backfill_shared::Workload;
 use backfill_shared::clock::ManualClock;
+use std::time::{Duration, Instant};
 
 fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
     DesiredState {
@@ -245,4 +246,171 @@ fn an_isolated_server_without_networking_fails_and_says_why() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+// ---- GPUs ----
+
+use crate::discovery::{FakeGpus, GpuMonitor, GpuScan};
+use backfill_shared::{GpuDevice, GpuUsage};
+
+fn gpu_monitor(scan: GpuScan) -> Arc<GpuMonitor> {
+    Arc::new(GpuMonitor::start(Box::new(FakeGpus::from_scan(scan))).unwrap())
+}
+
+fn three_gpus() -> GpuScan {
+    GpuScan {
+        devices: ["GPU-a", "GPU-b", "GPU-c"]
+            .iter()
+            .zip(0..)
+            .map(|(u, i)| GpuDevice::whole(i, u, "NVIDIA T4", 16 << 30, ""))
+            .collect(),
+        usage: vec![GpuUsage {
+            uuid: "GPU-a".into(),
+            utilization_percent: 12,
+            memory_used_bytes: 34,
+        }],
+        ..GpuScan::default()
+    }
+}
+
+/// A workload that prints what it was told to see, then waits.
+fn show_gpus() -> Workload {
+    Workload {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo \"cuda=[$CUDA_VISIBLE_DEVICES] nvidia=[$NVIDIA_VISIBLE_DEVICES]\"; exec sleep 30"
+                .into(),
+        ],
+        // What the workload asks for is overridden.
+        env: [
+            ("CUDA_VISIBLE_DEVICES".to_string(), "0,1,2".to_string()),
+            ("NVIDIA_VISIBLE_DEVICES".to_string(), "all".to_string()),
+        ]
+        .into(),
+        network: Default::default(),
+    }
+}
+
+/// The first line the workload of `id` logged, waiting for it with a deadline.
+fn first_line(dir: &std::path::Path, id: ServerId) -> String {
+    let log = dir.join("logs").join(format!("{id}.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some((line, _)) = text.split_once('\n') {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{} stays empty", log.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_workload_sees_exactly_its_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone()).with_gpus(gpu_monitor(three_gpus()));
+    s.proc_devices = dir.path().join("proc-devices");
+    std::fs::write(
+        &s.proc_devices,
+        "Character devices:\n195 nvidia\n236 nvidia-uvm\n\nBlock devices:\n",
+    )
+    .unwrap();
+    let (two, none, gone) = (
+        ServerId::from_u128(21),
+        ServerId::from_u128(22),
+        ServerId::from_u128(23),
+    );
+    let mut d = desired(1, &[(two, 1.0), (none, 1.0), (gone, 1.0)]);
+    for server in &mut d.servers {
+        server.workload = Some(show_gpus());
+    }
+    d.servers[0].gpus = vec!["GPU-c".into(), "GPU-a".into()];
+    d.servers[2].gpus = vec!["GPU-z".into()];
+    s.apply(&d);
+
+    assert_eq!(
+        first_line(dir.path(), two),
+        "cuda=[GPU-c,GPU-a] nvidia=[GPU-c,GPU-a]"
+    );
+    assert_eq!(first_line(dir.path(), none), "cuda=[] nvidia=[void]");
+    let r = s.report();
+    match &r.servers[2].state {
+        WorkloadState::Failed { reason } => assert!(
+            reason.contains("GPU \"GPU-z\" is not on this host (it has GPU-a, GPU-b, GPU-c)"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Device files: the two GPUs (minors 0 and 2) and the control devices allowed, GPU-b's
+    // and every other minor denied.
+    let rules = cg.device_rules(&two).unwrap();
+    let allowed: Vec<String> = rules
+        .iter()
+        .filter(|r| r.allow)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            "c 195:0 rwm",
+            "c 195:2 rwm",
+            "c 195:254 rwm",
+            "c 195:255 rwm",
+            "c 236:* rwm"
+        ]
+    );
+    let denied: Vec<String> = rules
+        .iter()
+        .filter(|r| !r.allow)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(denied.len(), 252);
+    assert!(denied.contains(&"c 195:1 rwm".to_string()));
+    assert!(!denied.contains(&"c 195:0 rwm".to_string()));
+    let rules = cg.device_rules(&none).unwrap();
+    assert_eq!(rules.len(), 254);
+    assert!(rules.iter().all(|r| !r.allow), "{rules:?}");
+
+    // Every report carries the GPUs as last read.
+    assert_eq!(r.gpus, three_gpus().devices);
+    assert_eq!(r.gpu_usage, three_gpus().usage);
+    s.stop_all();
+}
+
+#[test]
+fn a_host_without_gpus_writes_no_device_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone()).with_gpus(gpu_monitor(GpuScan::default()));
+    let id = ServerId::from_u128(24);
+    let mut d = desired(1, &[(id, 1.0)]);
+    d.servers[0].workload = Some(show_gpus());
+    s.apply(&d);
+    assert_eq!(first_line(dir.path(), id), "cuda=[] nvidia=[void]");
+    assert_eq!(cg.device_rules(&id), Some(vec![]));
+    let r = s.report();
+    assert!(r.gpus.is_empty() && r.gpu_usage.is_empty());
+    s.stop_all();
+}
+
+#[test]
+fn a_refused_device_rule_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone()).with_gpus(gpu_monitor(three_gpus()));
+    let id = ServerId::from_u128(25);
+    let mut d = desired(1, &[(id, 1.0)]);
+    d.servers[0].gpus = vec!["GPU-b".into()];
+    cg.fail_next("restrict_devices");
+    s.apply(&d);
+    match &s.report().servers[0].state {
+        WorkloadState::Failed { reason } => {
+            assert!(reason.contains("restricting GPU device files"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(cg.list().unwrap().is_empty(), "its cgroup is removed");
 }

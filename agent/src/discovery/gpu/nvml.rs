@@ -1,12 +1,24 @@
 //! NVIDIA GPUs through NVML (nvml-wrapper), with libnvidia-ml.so.1 loaded at run time.
+//!
+//! Per GPU a scan reads its uuid, name, memory, PCI id, `/dev/nvidia` minor number, CUDA compute
+//! capability, health and use. A GPU in MIG mode is listed as its MIG instances (each with its
+//! own uuid, profile, memory and memory use; NVML gives no utilisation per instance), not as
+//! itself. Health is what NVML answers cheaply: pages pending retirement, uncorrectable ECC
+//! errors since the driver loaded, a GPU lost or needing a reset. Queries a GPU does not support
+//! are skipped quietly; any other failure for one GPU is a warning and a default, never a failed
+//! scan.
 
-use super::GpuBackend;
+use super::{GpuBackend, GpuScan};
 use crate::discovery::DiscoveryError;
-use backfill_shared::GpuDevice;
-use nvml_wrapper::Nvml;
+use backfill_shared::{GpuDevice, GpuUsage, MigInstance};
+use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
 
-/// NVML, initialised. Lists the physical GPUs (MIG instances are not listed separately).
+/// nvmlDeviceGetMigMode's "enabled" (NVML_DEVICE_MIG_ENABLE).
+const MIG_ENABLED: u32 = 1;
+
+/// NVML, initialised.
 #[derive(Debug)]
 pub struct NvmlGpus {
     nvml: Nvml,
@@ -41,6 +53,194 @@ fn no_driver(e: &NvmlError) -> bool {
     )
 }
 
+/// This GPU, driver or library does not offer the query: not a failure.
+fn unsupported(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::NotSupported | NvmlError::FunctionNotFound | NvmlError::FailedToLoadSymbol(_)
+    )
+}
+
+/// One device's queries, logged with its index and uuid.
+struct Query<'a> {
+    index: u32,
+    uuid: &'a str,
+}
+
+impl Query<'_> {
+    /// The answer, or `None` (an unsupported query quietly, any other failure with a warning).
+    fn get<T>(&self, what: &str, r: Result<T, NvmlError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) if unsupported(&e) => {
+                tracing::debug!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Why a GPU is unhealthy, if NVML says it is.
+fn health(dev: &Device<'_>, q: &Query<'_>) -> Option<String> {
+    let mut why = Vec::new();
+    let lost = |e: &NvmlError| match e {
+        NvmlError::GpuLost => Some("the GPU is lost (fallen off the bus)"),
+        NvmlError::ResetRequired => Some("the GPU needs a reset"),
+        _ => None,
+    };
+    match dev.are_pages_pending_retired() {
+        Ok(true) => why.push("pages are pending retirement (a reset retires them)".to_owned()),
+        Ok(false) => {}
+        Err(e) => match lost(&e) {
+            Some(w) => why.push(w.to_owned()),
+            None => {
+                q.get("pending page retirement", Err::<(), _>(e));
+            }
+        },
+    }
+    match dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
+        Ok(0) => {}
+        Ok(n) => why.push(format!(
+            "{n} uncorrectable ECC errors since the driver loaded"
+        )),
+        Err(e) => match lost(&e) {
+            Some(w) if !why.iter().any(|x| x == w) => why.push(w.to_owned()),
+            Some(_) => {}
+            None => {
+                q.get("uncorrectable ECC errors", Err::<(), _>(e));
+            }
+        },
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// "1g.10gb" from a MIG device's name ("NVIDIA A100-SXM4-40GB MIG 1g.5gb"), else from its
+/// attributes (GPU slices and memory), else "unknown".
+fn mig_profile(name: Option<&str>, mig: &Device<'_>, q: &Query<'_>) -> String {
+    if let Some((_, p)) = name.and_then(|n| n.rsplit_once("MIG "))
+        && !p.trim().is_empty()
+    {
+        return p.trim().to_owned();
+    }
+    match q.get("MIG attributes", mig.attributes()) {
+        Some(a) => format!(
+            "{}g.{}gb",
+            a.gpu_instance_slice_count,
+            a.memory_size_mb.div_ceil(1024)
+        ),
+        None => "unknown".to_owned(),
+    }
+}
+
+impl NvmlGpus {
+    /// One physical GPU into `scan`: itself, or its MIG instances when MIG mode is on.
+    fn read_gpu(&self, index: u32, scan: &mut GpuScan) {
+        let dev = match self.nvml.device_by_index(index) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("NVML device {index}: {e}: left out");
+                return;
+            }
+        };
+        let uuid = match dev.uuid() {
+            Ok(u) if !u.is_empty() => u,
+            Ok(_) => {
+                tracing::warn!("NVML device {index}: empty uuid: left out");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("NVML device {index}: uuid: {e}: left out");
+                return;
+            }
+        };
+        let q = Query { index, uuid: &uuid };
+        let name = q.get("name", dev.name()).unwrap_or_default();
+        let memory = q.get("memory", dev.memory_info());
+        let pci_bus_id = q
+            .get("PCI info", dev.pci_info())
+            .map(|p| p.bus_id)
+            .unwrap_or_default();
+        let minor = q.get("minor number", dev.minor_number()).unwrap_or(index);
+        let mut gpu = GpuDevice::whole(
+            index,
+            &uuid,
+            &name,
+            memory.as_ref().map_or(0, |m| m.total),
+            &pci_bus_id,
+        );
+        gpu.compute_capability = q
+            .get("compute capability", dev.cuda_compute_capability())
+            .map(|c| format!("{}.{}", c.major, c.minor));
+        gpu.health = health(&dev, &q);
+        gpu.healthy = gpu.health.is_none();
+        if let Some(why) = &gpu.health {
+            tracing::debug!(index, uuid = %uuid, "NVML: unhealthy: {why}");
+        }
+        let mig_on = q
+            .get("MIG mode", dev.mig_mode())
+            .is_some_and(|m| m.current == MIG_ENABLED);
+        if !mig_on {
+            let utilization_percent = q
+                .get("utilization", dev.utilization_rates())
+                .map_or(0, |u| u.gpu.min(100));
+            scan.usage.push(GpuUsage {
+                uuid: uuid.clone(),
+                utilization_percent,
+                memory_used_bytes: memory.map_or(0, |m| m.used),
+            });
+            scan.minors.insert(uuid, minor);
+            scan.devices.push(gpu);
+            return;
+        }
+        let slots = q
+            .get("MIG device count", dev.mig_device_count())
+            .unwrap_or(0);
+        for slot in 0..slots {
+            let mig = match dev.mig_device_by_index(slot) {
+                Ok(m) => m,
+                Err(NvmlError::NotFound) => continue, // an empty slot
+                Err(e) => {
+                    q.get(&format!("MIG device {slot}"), Err::<(), _>(e));
+                    continue;
+                }
+            };
+            let Some(mig_uuid) = q
+                .get(&format!("MIG device {slot} uuid"), mig.uuid())
+                .filter(|u| !u.is_empty())
+            else {
+                continue;
+            };
+            let mq = Query {
+                index,
+                uuid: &mig_uuid,
+            };
+            let mig_name = mq.get("MIG name", mig.name());
+            let profile = mig_profile(mig_name.as_deref(), &mig, &mq);
+            let mig_memory = mq.get("MIG memory", mig.memory_info());
+            scan.usage.push(GpuUsage {
+                uuid: mig_uuid.clone(),
+                utilization_percent: 0,
+                memory_used_bytes: mig_memory.as_ref().map_or(0, |m| m.used),
+            });
+            scan.minors.insert(mig_uuid.clone(), minor);
+            scan.devices.push(GpuDevice {
+                uuid: mig_uuid,
+                name: mig_name.unwrap_or_else(|| format!("{name} MIG {profile}")),
+                memory_bytes: mig_memory.map_or(0, |m| m.total),
+                mig: Some(MigInstance {
+                    parent_uuid: uuid.clone(),
+                    profile,
+                }),
+                ..gpu.clone()
+            });
+        }
+    }
+}
+
 impl GpuBackend for NvmlGpus {
     fn name(&self) -> &'static str {
         "nvml"
@@ -48,8 +248,8 @@ impl GpuBackend for NvmlGpus {
 
     /// Every GPU whose uuid NVML gives; one that fails even that (fallen off the bus...) is
     /// left out with a warning. A name, memory size or PCI id NVML cannot give is logged and
-    /// left empty (0).
-    fn devices(&self) -> Result<Vec<GpuDevice>, DiscoveryError> {
+    /// left empty (0). Only a failure to count the GPUs fails the scan.
+    fn scan(&self) -> Result<GpuScan, DiscoveryError> {
         let count = self
             .nvml
             .device_count()
@@ -57,47 +257,11 @@ impl GpuBackend for NvmlGpus {
                 what: "counting devices".into(),
                 source,
             })?;
-        let mut out = Vec::new();
+        let mut scan = GpuScan::default();
         for index in 0..count {
-            let dev = match self.nvml.device_by_index(index) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!("NVML device {index}: {e}: left out");
-                    continue;
-                }
-            };
-            let uuid = match dev.uuid() {
-                Ok(u) if !u.is_empty() => u,
-                Ok(_) => {
-                    tracing::warn!("NVML device {index}: empty uuid: left out");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("NVML device {index}: uuid: {e}: left out");
-                    continue;
-                }
-            };
-            let name = dev.name().unwrap_or_else(|e| {
-                tracing::warn!("NVML device {index} ({uuid}): name: {e}");
-                String::new()
-            });
-            let memory_bytes = dev.memory_info().map(|m| m.total).unwrap_or_else(|e| {
-                tracing::warn!("NVML device {index} ({uuid}): memory: {e}");
-                0
-            });
-            let pci_bus_id = dev.pci_info().map(|p| p.bus_id).unwrap_or_else(|e| {
-                tracing::warn!("NVML device {index} ({uuid}): PCI info: {e}");
-                String::new()
-            });
-            out.push(GpuDevice::whole(
-                index,
-                &uuid,
-                &name,
-                memory_bytes,
-                &pci_bus_id,
-            ));
+            self.read_gpu(index, &mut scan);
         }
-        Ok(out)
+        Ok(scan)
     }
 }
 
@@ -111,11 +275,40 @@ mod tests {
         match NvmlGpus::load() {
             Ok(None) => eprintln!("NVML: no library or driver here"),
             Ok(Some(n)) => {
-                let d = n.devices().unwrap();
-                eprintln!("NVML: {} devices: {d:?}", d.len());
+                let s = n.scan().unwrap();
+                eprintln!("NVML: {} devices: {s:?}", s.devices.len());
             }
             Err(e) => panic!("NvmlGpus::load failed: {e}"),
         }
+    }
+
+    /// Where there is no driver, the backend the agent picks lists zero GPUs without an error.
+    #[test]
+    fn no_driver_means_zero_gpus() {
+        if NvmlGpus::load().unwrap().is_some() {
+            eprintln!("skipping: NVML loads here (a GPU host)");
+            return;
+        }
+        let b = crate::discovery::gpu_backend(None).unwrap();
+        assert_eq!(b.name(), "none");
+        assert_eq!(b.scan().unwrap(), GpuScan::default());
+        assert!(b.usage().is_empty());
+    }
+
+    #[test]
+    fn which_errors_are_quiet() {
+        assert!(unsupported(&NvmlError::NotSupported));
+        assert!(unsupported(&NvmlError::FunctionNotFound));
+        assert!(!unsupported(&NvmlError::GpuLost));
+        assert!(no_driver(&NvmlError::DriverNotLoaded));
+        assert!(!no_driver(&NvmlError::NoPermission));
+        let q = Query {
+            index: 0,
+            uuid: "GPU-x",
+        };
+        assert_eq!(q.get("x", Ok::<u32, NvmlError>(3)), Some(3));
+        assert_eq!(q.get::<u32>("x", Err(NvmlError::NotSupported)), None);
+        assert_eq!(q.get::<u32>("x", Err(NvmlError::Unknown)), None);
     }
 
     /// Run on a GPU host with BACKFILL_EXPECT_GPU=1.
@@ -128,15 +321,22 @@ mod tests {
         let nvml = NvmlGpus::load()
             .unwrap()
             .expect("NVML did not load on a GPU host");
-        let devices = nvml.devices().unwrap();
+        let scan = nvml.scan().unwrap();
+        let devices = scan.devices.clone();
         assert!(!devices.is_empty(), "NVML lists no GPU");
         for d in &devices {
             assert!(!d.uuid.is_empty(), "{d:?}");
             assert!(!d.name.is_empty(), "{d:?}");
             assert!(d.memory_bytes > 0, "{d:?}");
+            assert!(d.compute_capability.is_some(), "{d:?}");
+            assert!(scan.minor(&d.uuid).is_some(), "{d:?}");
+            assert!(scan.usage.iter().any(|u| u.uuid == d.uuid), "{d:?}");
         }
         let inv = crate::discovery::discover(&nvml).unwrap();
-        assert_eq!(inv.gpus, devices);
-        eprintln!("NVML devices: {devices:?}");
+        assert_eq!(
+            inv.gpus.iter().map(|d| &d.uuid).collect::<Vec<_>>(),
+            devices.iter().map(|d| &d.uuid).collect::<Vec<_>>()
+        );
+        eprintln!("NVML scan: {scan:?}");
     }
 }
