@@ -70,16 +70,15 @@ struct Query<'a> {
 impl Query<'_> {
     /// The answer, or `None` (an unsupported query quietly, any other failure with a warning).
     fn get<T>(&self, what: &str, r: Result<T, NvmlError>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(e) if unsupported(&e) => {
-                tracing::debug!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
-                None
-            }
+        r.map_err(|e| self.failed(what, &e)).ok()
+    }
+
+    /// Logs a failed query: at debug level if the GPU or driver does not offer it, else warn.
+    fn failed(&self, what: &str, e: &NvmlError) {
+        if unsupported(e) {
+            tracing::debug!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
+        } else {
+            tracing::warn!(index = self.index, uuid = self.uuid, "NVML {what}: {e}");
         }
     }
 }
@@ -97,9 +96,7 @@ fn health(dev: &Device<'_>, q: &Query<'_>) -> Option<String> {
         Ok(false) => {}
         Err(e) => match lost(&e) {
             Some(w) => why.push(w.to_owned()),
-            None => {
-                q.get("pending page retirement", Err::<(), _>(e));
-            }
+            None => q.failed("pending page retirement", &e),
         },
     }
     match dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
@@ -110,9 +107,7 @@ fn health(dev: &Device<'_>, q: &Query<'_>) -> Option<String> {
         Err(e) => match lost(&e) {
             Some(w) if !why.iter().any(|x| x == w) => why.push(w.to_owned()),
             Some(_) => {}
-            None => {
-                q.get("uncorrectable ECC errors", Err::<(), _>(e));
-            }
+            None => q.failed("uncorrectable ECC errors", &e),
         },
     }
     (!why.is_empty()).then(|| why.join("; "))
@@ -204,7 +199,7 @@ impl NvmlGpus {
                 Ok(m) => m,
                 Err(NvmlError::NotFound) => continue, // an empty slot
                 Err(e) => {
-                    q.get(&format!("MIG device {slot}"), Err::<(), _>(e));
+                    q.failed(&format!("MIG device {slot}"), &e);
                     continue;
                 }
             };
