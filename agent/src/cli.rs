@@ -2,7 +2,6 @@
 
 use crate::cgroups::{CgroupManager, FsCgroups, NoCgroups};
 use crate::config::{AgentConfig, CgroupMode, ConfigError};
-use crate::discovery::gpu::DEFAULT_RESCAN_INTERVAL;
 use crate::discovery::{self, DiscoveryError, GpuMonitor, NoGpus};
 use crate::driver::{self, DriverError, RunAs};
 use crate::link::{self, LinkError, LinkParams};
@@ -35,11 +34,12 @@ pub struct Cli {
     /// Declare GPUs from a JSON file instead of asking NVML (overrides `inventory_file`).
     #[arg(long)]
     pub inventory_file: Option<PathBuf>,
-    /// Seconds between re-reads of the GPUs (1 to 3600); `POST /gpus/rescan` on the admin
-    /// listener re-reads them at once.
-    #[arg(long, env = "BACKFILL_GPU_RESCAN_SECS", default_value_t = DEFAULT_RESCAN_INTERVAL.as_secs(),
+    /// Seconds between re-reads of the GPUs (1 to 3600), over the configuration's
+    /// `gpu_rescan_interval_secs`; `POST /gpus/rescan` on the admin listener re-reads them at
+    /// once.
+    #[arg(long, env = "BACKFILL_GPU_RESCAN_SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub gpu_rescan_interval_secs: u64,
+    pub gpu_rescan_interval_secs: Option<u64>,
     /// Log lines for people or JSON for shippers (default: BACKFILL_LOG_FORMAT, else human).
     #[arg(long, value_enum)]
     pub log_format: Option<backfill_shared::daemon::LogFormat>,
@@ -168,7 +168,10 @@ fn main_exec(cli: &Cli) -> Result<(), AgentError> {
             path: PathBuf::from("tokio runtime"),
             source,
         })?;
-    let rescan = Duration::from_secs(cli.gpu_rescan_interval_secs);
+    let rescan = Duration::from_secs(
+        cli.gpu_rescan_interval_secs
+            .unwrap_or(cfg.gpu_rescan_interval_secs),
+    );
     rt.block_on(run(cfg, host_id, run_as, rescan))
 }
 

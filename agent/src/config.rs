@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub inventory_file: Option<PathBuf>,
     #[serde(default = "default_report_interval")]
     pub report_interval_secs: u64,
+    /// Seconds between re-reads of the GPUs (NVML or the inventory file), 1 to 3600.
+    #[serde(default = "default_gpu_rescan")]
+    pub gpu_rescan_interval_secs: u64,
     pub tls: TlsFiles,
     #[serde(default)]
     pub metadata: MetadataSettings,
@@ -175,6 +178,10 @@ fn default_mode() -> CgroupMode {
 fn default_user() -> String {
     "nobody".into()
 }
+fn default_gpu_rescan() -> u64 {
+    crate::discovery::gpu::DEFAULT_RESCAN_INTERVAL.as_secs()
+}
+
 fn default_report_interval() -> u64 {
     5
 }
@@ -205,6 +212,9 @@ impl AgentConfig {
         // The coordinator takes an agent silent for 30 s for gone.
         if !(1..=10).contains(&self.report_interval_secs) {
             return Err(invalid("report_interval_secs", "must be 1 to 10"));
+        }
+        if !(1..=3600).contains(&self.gpu_rescan_interval_secs) {
+            return Err(invalid("gpu_rescan_interval_secs", "must be 1 to 3600"));
         }
         crate::cgroups::validate_parent(&self.cgroup_parent)
             .map_err(|e| invalid("cgroup_parent", &e.to_string()))?;

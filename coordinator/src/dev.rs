@@ -185,6 +185,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         stop_workloads_on_exit: true,
         inventory_file: None,
         report_interval_secs: 5,
+        gpu_rescan_interval_secs: 30,
         tls: l.files("agent"),
         // As root: the metadata service on 169.254.169.254:80 for isolated-network guests.
         metadata: MetadataSettings {

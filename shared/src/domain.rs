@@ -161,7 +161,8 @@ impl ServerStatus {
 /// as a whole). It travels in postcard frames: no field may be skipped when serializing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuDevice {
-    /// NVML's index of the (parent) GPU: `/dev/nvidia<index>`.
+    /// NVML's index of the (parent) GPU (not necessarily its `/dev/nvidia` minor number,
+    /// which the agent reads itself).
     pub index: u32,
     pub uuid: String,
     pub name: String,

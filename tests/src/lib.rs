@@ -279,6 +279,8 @@ pub struct AgentSetup {
     pub extra_toml: String,
     /// Extra environment variables for the agent process.
     pub extra_env: Vec<(String, String)>,
+    /// Top-level keys, put before the generated tables (`inventory_file = ...`).
+    pub top_toml: String,
     tls: TlsFiles,
     link: String,
 }
@@ -293,6 +295,7 @@ impl AgentSetup {
             enforcing: is_root(),
             extra_toml: "[metadata]\nbind = \"127.0.0.1:0\"\n".into(),
             extra_env: Vec::new(),
+            top_toml: String::new(),
             tls: pki.issue(Role::Agent, host),
             link: coordinator.link.clone(),
         }
@@ -305,17 +308,19 @@ impl AgentSetup {
     /// Starts the agent; with `stop_on_exit` it stops its workloads when it exits.
     pub fn start(&self, stop_on_exit: bool, tag: &str) -> Daemon {
         let root = is_root();
-        let cfg = format!(
-            "coordinator = {:?}\ncoordinator_name = \"localhost\"\nstate_dir = {:?}\ncgroup_parent = {:?}\ncgroups = {:?}\nrun_as = {:?}\ndefault_command = [\"sleep\", \"120\"]\nstop_workloads_on_exit = {stop_on_exit}\nreport_interval_secs = 1\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            self.link,
-            self.state_dir(),
-            self.cgroup_parent,
-            if root { "auto" } else { "none" },
-            if root { "nobody" } else { "" },
-            self.tls.ca,
-            self.tls.cert,
-            self.tls.key
-        ) + &self.extra_toml
+        let cfg = self.top_toml.clone()
+            + &format!(
+                "coordinator = {:?}\ncoordinator_name = \"localhost\"\nstate_dir = {:?}\ncgroup_parent = {:?}\ncgroups = {:?}\nrun_as = {:?}\ndefault_command = [\"sleep\", \"120\"]\nstop_workloads_on_exit = {stop_on_exit}\nreport_interval_secs = 1\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                self.link,
+                self.state_dir(),
+                self.cgroup_parent,
+                if root { "auto" } else { "none" },
+                if root { "nobody" } else { "" },
+                self.tls.ca,
+                self.tls.cert,
+                self.tls.key
+            )
+            + &self.extra_toml
             + "[admin]\nbind = \"127.0.0.1:0\"\n";
         let path = self.dir.path().join(format!("agent-{tag}.toml"));
         std::fs::write(&path, cfg).unwrap();

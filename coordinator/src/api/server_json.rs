@@ -75,6 +75,7 @@ const READ_ONLY: &[&str] = &[
     "cpus_instead_of_cores",
     "drives",
     "enable_numa",
+    "gpus",
     "grantees",
     "hv_relaxed",
     "hv_tsc",
@@ -128,6 +129,19 @@ pub fn parse_edit(
     });
     for (k, val) in o {
         if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
+        if k == "device_profile" {
+            let now = current
+                .gpu_request
+                .as_ref()
+                .map(|g| g.device_profile.as_str());
+            if val.as_str() != now && !(val.is_null() && now.is_none()) {
+                return Err(ApiError::validation(
+                    "device_profile",
+                    "the device profile is chosen at create and cannot change; create a new server",
+                ));
+            }
             continue;
         }
         // A GET shows the flavor a server is scheduled as; sent back unchanged it changes
