@@ -22,9 +22,15 @@ pub fn in_use(model: &Model, account: &str) -> InUse {
         if holds_resources(s.status) || s.host.is_some() {
             u.cpu = u.cpu.saturating_add(s.cpu);
             u.mem = u.mem.saturating_add(s.mem);
+            u.gpus = u.gpus.saturating_add(gpus_of(s.gpu_request.as_ref()));
         }
     }
     u
+}
+
+/// The GPUs a server asks for.
+pub fn gpus_of(r: Option<&crate::store::GpuRequest>) -> u64 {
+    r.map_or(0, |g| u64::from(g.count))
 }
 
 fn over(what: &str, want: u64, limit: Option<u64>, unit: &str) -> Result<(), OpError> {
@@ -48,6 +54,12 @@ pub fn check_create(model: &Model, account: &Account, new: &[NewServer]) -> Resu
     )?;
     for n in new {
         check_size(account, n.cpu, n.mem)?;
+        over(
+            "this server's GPUs",
+            gpus_of(n.gpu_request.as_ref()),
+            account.quota.gpus,
+            "",
+        )?;
     }
     Ok(())
 }
@@ -58,12 +70,27 @@ pub fn check_size(account: &Account, cpu: u64, mem: u64) -> Result<(), OpError> 
     over("this server's memory", mem, account.quota.mem, " bytes")
 }
 
-/// Starting a server of `cpu` MHz and `mem` bytes on top of what the account holds.
-pub fn check_start(model: &Model, account: &Account, cpu: u64, mem: u64) -> Result<(), OpError> {
+/// Starting `s` on top of what the account holds: CPU, memory and GPUs.
+pub fn check_start(
+    model: &Model,
+    account: &Account,
+    s: &crate::store::ServerRecord,
+) -> Result<(), OpError> {
     let u = in_use(model, &account.name);
     let q = account.quota;
-    over("CPU in use", u.cpu.saturating_add(cpu), q.cpu, " MHz")?;
-    over("memory in use", u.mem.saturating_add(mem), q.mem, " bytes")
+    over("CPU in use", u.cpu.saturating_add(s.cpu), q.cpu, " MHz")?;
+    over(
+        "memory in use",
+        u.mem.saturating_add(s.mem),
+        q.mem,
+        " bytes",
+    )?;
+    over(
+        "GPUs in use",
+        u.gpus.saturating_add(gpus_of(s.gpu_request.as_ref())),
+        q.gpus,
+        "",
+    )
 }
 
 impl Coordinator {

@@ -226,7 +226,6 @@ impl Coordinator {
     ) -> Result<Vec<ServerRecord>, OpError> {
         let now = self.clock.now();
         let mut model = self.model.lock().await;
-        crate::accounts::check_create(&model, owner, &new)?;
         let mut new = new;
         for n in &mut new {
             if let Some(name) = &n.device_profile {
@@ -246,6 +245,7 @@ impl Coordinator {
                     );
             }
         }
+        crate::accounts::check_create(&model, owner, &new)?;
         let records: Vec<ServerRecord> = new
             .into_iter()
             .map(|n| ServerRecord {

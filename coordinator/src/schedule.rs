@@ -216,7 +216,7 @@ impl Coordinator {
                 what: "only a stopped server can be started",
             });
         }
-        crate::accounts::check_start(&model, owner, current.cpu, current.mem)?;
+        crate::accounts::check_start(&model, owner, &current)?;
         let mut planned = self.make_plan(&model, id, self.clock.now());
         if let Plan::Never { reason } = &planned.plan {
             // No host has room for it, but auto mode may launch one that has.

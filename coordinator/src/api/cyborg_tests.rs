@@ -757,3 +757,47 @@ async fn a_gpu_that_goes_bad_is_no_longer_given_out() {
     let (_, v) = admin(&f, "GET", "/dynamiccluster/workernode/g1", "").await;
     assert_eq!(v["extra_attributes"]["gpus"], 1);
 }
+
+#[tokio::test]
+async fn the_gpu_quota_is_enforced_at_create_and_start() {
+    let f = fx().await;
+    let (_conn, _rx) = gpu_host(&f).await;
+    make_profile(&f, "two", json!([{"resources:GPU": "2"}])).await;
+    make_profile(&f, "one", json!([{"resources:GPU": "1"}])).await;
+    let change = crate::store::AccountChange {
+        quota: crate::store::QuotaChange {
+            gpus: Some(Some(1)),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    f.c.update_account("t", change).await.unwrap();
+    let tenant = f.c.account("t").await.unwrap();
+    let with = |p: &str| NewServer {
+        device_profile: Some(p.into()),
+        ..new_server()
+    };
+    let too_many =
+        f.c.create_servers(&tenant, ServerClass::Backfill, vec![with("two")])
+            .await;
+    assert!(
+        matches!(too_many, Err(crate::coordinator::OpError::Quota(_))),
+        "{too_many:?}"
+    );
+    let a =
+        f.c.create_servers(&tenant, ServerClass::Backfill, vec![with("one")])
+            .await
+            .unwrap()[0]
+            .uuid;
+    let b =
+        f.c.create_servers(&tenant, ServerClass::Backfill, vec![with("one")])
+            .await
+            .unwrap()[0]
+            .uuid;
+    f.c.start(&tenant, Scope::BServers, a).await.unwrap();
+    let second = f.c.start(&tenant, Scope::BServers, b).await;
+    assert!(
+        matches!(second, Err(crate::coordinator::OpError::Quota(_))),
+        "{second:?}"
+    );
+}
