@@ -35,7 +35,11 @@ pub enum Command {
     /// Replay a synthetic workload through the real scheduler with a simulated clock.
     Simulate(crate::simulate::SimArgs),
     /// Print the API's OpenAPI document (as served at /api/2.0/openapi.json).
-    Openapi,
+    Openapi {
+        /// The webhook receiver's document instead (/api/2.0/webhooks/receiver-openapi.json).
+        #[arg(long)]
+        receiver: bool,
+    },
     /// Certificates: the deployment's CA and the certificates it signs.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -138,8 +142,12 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
         }
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(runtime()?.block_on(crate::dev::run(args))?),
-        Command::Openapi => {
-            print!("{}", crate::api::openapi::document_json());
+        Command::Openapi { receiver } => {
+            if receiver {
+                print!("{}", crate::api::receiver_openapi::document_json());
+            } else {
+                print!("{}", crate::api::openapi::document_json());
+            }
             Ok(())
         }
         Command::Simulate(args) => {

@@ -46,6 +46,9 @@ pub struct CoordinatorConfig {
     /// `[[flavors]]`: named sizes with a price (instance types).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flavors: Vec<crate::flavors::Flavor>,
+    /// `[webhooks]`: which receiver URLs are allowed, retries, timeouts and limits.
+    #[serde(default)]
+    pub webhooks: crate::events::delivery::WebhookConfig,
     /// `[[pools]]`: groups of hosts with limits and an optional provisioner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<crate::pools::PoolConfig>,
@@ -88,6 +91,9 @@ impl CoordinatorConfig {
             }
         }
         crate::billing::Billing::from_config(&self.billing)
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
+        self.webhooks
+            .validate()
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         let flavors = self.flavors(path)?;
         self.pools(path, &flavors)?;

@@ -101,6 +101,9 @@ pub struct Coordinator {
     config_view: serde_json::Value,
     /// The agent link's address as agents reach it (`{link}` in provisioner commands).
     pub(crate) link_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Woken when events are committed, so the webhook worker delivers at once.
+    pub(crate) events_ready: Arc<tokio::sync::Notify>,
+    pub(crate) webhooks: crate::events::delivery::WebhookConfig,
     next_conn: AtomicU64,
 }
 
@@ -144,6 +147,8 @@ impl Coordinator {
             provision_log: Arc::default(),
             config_view: serde_json::Value::Null,
             link_addr: std::sync::OnceLock::new(),
+            events_ready: Arc::default(),
+            webhooks: crate::events::delivery::WebhookConfig::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -169,6 +174,12 @@ impl Coordinator {
         self.pools = pools;
         self.operator = operator;
         Ok(self)
+    }
+
+    /// `[webhooks]`: receiver URL rules, retries and limits.
+    pub fn with_webhooks(mut self, cfg: crate::events::delivery::WebhookConfig) -> Coordinator {
+        self.webhooks = cfg;
+        self
     }
 
     /// The configuration shown at `/dynamiccluster/server/config`; the caller redacts secrets.
@@ -430,8 +441,10 @@ impl Coordinator {
         let now = self.clock.now();
         let mut servers = servers;
         let mut usage = Vec::new();
+        let mut events = Vec::new();
         for s in &mut servers {
             let old = model.servers.get(&s.uuid);
+            events.extend(crate::events::derive(old, s, now));
             let perf_now = model
                 .in_force
                 .get(&s.uuid)
@@ -440,7 +453,13 @@ impl Coordinator {
             usage.extend(settle(old, s, perf_now, now, &self.billing));
         }
         let start = std::time::Instant::now();
-        let stored = self.store.commit(&servers, &generations, &usage).await;
+        let stored = self
+            .store
+            .commit(&servers, &generations, &usage, &events)
+            .await;
+        if !events.is_empty() {
+            self.events_ready.notify_one();
+        }
         crate::metrics::observe(&self.metrics.commit_seconds, start, stored)?;
         let with_gpus: Vec<ServerRecord> = servers
             .iter()

@@ -82,7 +82,8 @@ impl Bound {
             .with_flavors(flavors)
             .with_operator(pools, cfg.operator.clone())
             .await?
-            .with_config_view(cfg.redacted()),
+            .with_config_view(cfg.redacted())
+            .with_webhooks(cfg.webhooks.clone()),
         );
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
@@ -167,6 +168,10 @@ impl Bound {
             self.tls_files.clone(),
             shutdown.clone(),
         ));
+        let deliveries = tokio::spawn(crate::events::delivery::run(
+            self.coordinator.clone(),
+            shutdown.clone(),
+        ));
         let ticker = tokio::spawn(tick(
             self.coordinator.clone(),
             notifier.clone(),
@@ -175,6 +180,7 @@ impl Bound {
         shutdown.cancelled().await;
         notifier.stopping();
         let _ = ticker.await;
+        let _ = deliveries.await;
         let _ = reloader.await;
         let _ = admin.await;
         let _ = api.await;

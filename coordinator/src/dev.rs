@@ -156,6 +156,12 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         },
         flavors: Vec::new(),
         pools: vec![local_pool(&l)?],
+        // Receivers on this machine, over plain HTTP, for trying webhooks out.
+        webhooks: crate::events::delivery::WebhookConfig {
+            allow_http: true,
+            allow_private: true,
+            ..Default::default()
+        },
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

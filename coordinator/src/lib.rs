@@ -12,6 +12,7 @@ pub mod coordinator;
 pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod events;
 pub mod flavors;
 pub mod history;
 pub mod hosts;

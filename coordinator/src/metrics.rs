@@ -54,6 +54,8 @@ pub struct Metrics {
     pub provision_failures: Family<Kind, Counter>,
     /// Admin actions on hosts, servers and pools, by kind.
     pub admin_actions: Family<Kind, Counter>,
+    /// Webhook delivery attempts, by outcome (delivered, failed).
+    pub webhook_attempts: Family<Kind, Counter>,
     pub plan_seconds: Histogram,
     pub commit_seconds: Histogram,
     hosts: Family<State_, Gauge>,
@@ -72,6 +74,7 @@ impl Default for Metrics {
             preemptions: Family::default(),
             provision_failures: Family::default(),
             admin_actions: Family::default(),
+            webhook_attempts: Family::default(),
             // 10 µs to ~20 s.
             plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 3.0, 12)),
@@ -106,6 +109,11 @@ impl Default for Metrics {
             "admin_actions",
             "Operator actions, by kind (hold, drain, run, kill, vacate, delete, launch, ...)",
             m.admin_actions.clone(),
+        );
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, failed)",
+            m.webhook_attempts.clone(),
         );
         registry.register(
             "plan_seconds",

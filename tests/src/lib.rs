@@ -264,9 +264,48 @@ impl Coordinator {
     pub fn url(&self, path: &str) -> String {
         format!("https://{}/api/2.0/{path}", self.api)
     }
+
+    /// SIGKILL: no drain, no goodbye (what a crash looks like).
+    pub fn kill(&mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+    }
+
+    /// Starts the coordinator again on the same database, configuration and ports.
+    pub fn restart(&mut self) {
+        let path = self.dir.path().join("coordinator.toml");
+        let cfg = std::fs::read_to_string(&path).unwrap();
+        let cfg = cfg
+            .replacen(
+                "api_addr = \"127.0.0.1:0\"",
+                &format!("api_addr = \"{}\"", self.api),
+                1,
+            )
+            .replacen(
+                "link_addr = \"127.0.0.1:0\"",
+                &format!("link_addr = \"{}\"", self.link),
+                1,
+            )
+            .replacen(
+                "admin_addr = \"127.0.0.1:0\"",
+                &format!("admin_addr = \"{}\"", self.admin),
+                1,
+            );
+        std::fs::write(&path, cfg).unwrap();
+        let n = RESTARTS.fetch_add(1, Ordering::Relaxed);
+        let mut daemon = Daemon::spawn_env(
+            &bin("backfill-coordinator"),
+            &["run", "--config", path.to_str().unwrap()],
+            self.dir.path().join(format!("coordinator-{n}.log")),
+            &[],
+        );
+        daemon.wait_log_value("API listening", "api_addr");
+        self.daemon = daemon;
+    }
 }
 
 static CGROUP_SEQ: AtomicU32 = AtomicU32::new(0);
+static RESTARTS: AtomicU32 = AtomicU32::new(1);
 
 /// An agent's configuration and state directory; start it (again) with [`AgentSetup::start`].
 pub struct AgentSetup {

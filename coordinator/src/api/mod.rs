@@ -15,12 +15,14 @@ pub mod openapi;
 mod operator_auth;
 #[cfg(test)]
 mod operator_tests;
+pub mod receiver_openapi;
 mod schema;
 mod server_json;
 mod servers;
 mod tenant;
 mod usage;
 pub mod views;
+mod webhooks;
 
 pub use error::ApiError;
 
@@ -55,6 +57,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .merge(servers::routes())
                 .merge(accounts::routes())
                 .merge(usage::routes())
+                .merge(webhooks::routes())
                 .route("/openapi.json", axum::routing::get(openapi_json)),
         )
         .merge(operator_routes())

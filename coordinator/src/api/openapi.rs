@@ -3,6 +3,10 @@
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
 use super::views::*;
+use super::webhooks::{
+    DeliveryView, FilterFields, FiltersView, SubscriptionCreate, SubscriptionFields,
+    SubscriptionView, WebhookCreate, WebhookFields, WebhookView,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
@@ -98,7 +102,8 @@ pub struct Capabilities {
         ActionResult, ErrorItem, AccountView, QuotaView, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
         ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
-        FreeResourcesView, CpuMemView
+        FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, FiltersView, DeliveryView,
+        WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, FilterFields
     ))
 )]
 struct ApiDoc;
@@ -281,6 +286,86 @@ const OTHER_OPS: &[Op] = &[
         None,
         "200",
         None,
+    ),
+    (
+        "/webhooks/",
+        HttpMethod::Get,
+        "The account's webhooks with their subscriptions (the secret is never shown again)",
+        None,
+        "200",
+        None,
+    ),
+    (
+        "/webhooks/",
+        HttpMethod::Post,
+        "Register webhooks: {\"objects\": [{url, description}]}; the answer holds each signing secret, once",
+        Some("WebhookCreate"),
+        "201",
+        None,
+    ),
+    (
+        "/webhooks/receiver-openapi.json",
+        HttpMethod::Get,
+        "The API a webhook receiver implements",
+        None,
+        "200",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/",
+        HttpMethod::Get,
+        "One webhook",
+        None,
+        "200",
+        Some("WebhookView"),
+    ),
+    (
+        "/webhooks/{uuid}/",
+        HttpMethod::Delete,
+        "Delete a webhook, its subscriptions and deliveries",
+        None,
+        "204",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/subscriptions/",
+        HttpMethod::Get,
+        "A webhook's subscriptions",
+        None,
+        "200",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/subscriptions/",
+        HttpMethod::Post,
+        "Subscribe: {\"objects\": [{events, filters: {servers, tags, classes}}]}",
+        Some("SubscriptionCreate"),
+        "201",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/subscriptions/{sub}/",
+        HttpMethod::Delete,
+        "Unsubscribe",
+        None,
+        "204",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/deliveries/",
+        HttpMethod::Get,
+        "Recent deliveries, newest first, with their status",
+        None,
+        "200",
+        None,
+    ),
+    (
+        "/webhooks/{uuid}/deliveries/{id}/action/",
+        HttpMethod::Post,
+        "?do=redeliver: send a delivery again now",
+        None,
+        "202",
+        Some("ActionResult"),
     ),
 ];
 

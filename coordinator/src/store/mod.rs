@@ -8,11 +8,13 @@ mod accounts;
 mod admin;
 mod sqlite;
 mod usage;
+mod webhooks;
 
 pub use accounts::{Account, AccountChange, Quota, QuotaChange};
 pub use admin::{AdminAction, LaunchRecord};
 pub use sqlite::SqliteStore;
 pub use usage::{Prices, UsageFilter, UsageRow, UsageSegment, charge as usage_charge};
+pub use webhooks::{Attempt, Delivery, Outgoing, Webhook};
 
 use backfill_shared::{
     HostId, HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus, Workload,

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "accelerators",
         include_str!("../../migrations/0006_accelerators.sql"),
     ),
+    (
+        7,
+        "webhooks",
+        include_str!("../../migrations/0007_webhooks.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -172,6 +177,7 @@ impl SqliteStore {
         servers: &[ServerRecord],
         hosts: &[(HostId, u64)],
         usage: &[super::UsageSegment],
+        events: &[crate::events::Event],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for s in servers {
@@ -217,6 +223,7 @@ impl SqliteStore {
             .await?;
         }
         super::usage::insert_segments(&mut tx, usage).await?;
+        super::webhooks::insert_events(&mut tx, events).await?;
         for (id, generation) in hosts {
             sqlx::query("UPDATE hosts SET generation = ? WHERE id = ?")
                 .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
@@ -490,7 +497,7 @@ mod tests {
             ..Default::default()
         });
         store
-            .commit(&[s.clone()], &[(host.id.clone(), 4)], &[])
+            .commit(&[s.clone()], &[(host.id.clone(), 4)], &[], &[])
             .await
             .unwrap();
         store.close().await;
@@ -561,9 +568,12 @@ mod tests {
             },
         };
         // Two continuing stretches at full size become one row; the half-size one is another.
-        store.commit(&[], &[], &[seg(0, 100, 1.0)]).await.unwrap();
         store
-            .commit(&[], &[], &[seg(100, 200, 1.0), seg(200, 300, 0.5)])
+            .commit(&[], &[], &[seg(0, 100, 1.0)], &[])
+            .await
+            .unwrap();
+        store
+            .commit(&[], &[], &[seg(100, 200, 1.0), seg(200, 300, 0.5)], &[])
             .await
             .unwrap();
         let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage")

@@ -1,0 +1,366 @@
+//! `/webhooks/`: a tenant's receivers, their subscriptions and deliveries (account
+//! certificates only, own account only), in CloudSigma's conventions: lists with `meta`,
+//! creates with `{"objects": [...]}` (201), actions 202, deletes 204. The signing secret is
+//! shown once, in the create's answer.
+
+use super::servers::Params;
+use super::tenant::Tenant;
+use super::{ApiError, AppState};
+use crate::events::{Filters, Subscription, WebhookError};
+use crate::store::{Delivery, Webhook};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use backfill_shared::clock::rfc3339;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/", get(list).post(create))
+        .route("/webhooks/receiver-openapi.json", get(receiver_doc))
+        .route("/webhooks/{uuid}/", get(show).delete(remove))
+        .route(
+            "/webhooks/{uuid}/subscriptions/",
+            get(subscriptions).post(subscribe),
+        )
+        .route("/webhooks/{uuid}/subscriptions/{sub}/", delete(unsubscribe))
+        .route("/webhooks/{uuid}/deliveries/", get(deliveries))
+        .route("/webhooks/{uuid}/deliveries/{id}/action/", post(redeliver))
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> ApiError {
+        match e {
+            WebhookError::Invalid { field, message } => ApiError::validation(field, message),
+            WebhookError::NotFound(what) => ApiError::not_found(format!("{what} does not exist")),
+            WebhookError::Store(s) => crate::coordinator::OpError::Store(s).into(),
+        }
+    }
+}
+
+/// A subscription's filters; empty lists do not narrow.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FiltersView {
+    pub servers: Vec<String>,
+    pub tags: Vec<String>,
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionView {
+    pub uuid: String,
+    /// cloud_termination, server_downsized, server_state_changed, perf_factor_restored.
+    pub events: Vec<String>,
+    pub filters: FiltersView,
+    pub created_at: String,
+    pub resource_uri: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    pub uuid: String,
+    pub url: String,
+    pub description: String,
+    pub created_at: String,
+    pub resource_uri: String,
+    pub subscriptions: Vec<SubscriptionView>,
+    /// Only in the create's answer: the HMAC-SHA256 key of `X-Backfill-Signature`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub uuid: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// pending, delivered or failed (given up).
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    pub last_status_code: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+}
+
+/// Create: `url` (https, unless the operator allows http), optional `description`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFields {
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterFields {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFields {
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub filters: Option<FilterFields>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookCreate {
+    pub objects: Vec<WebhookFields>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionCreate {
+    pub objects: Vec<SubscriptionFields>,
+}
+
+fn uri(w: &str) -> String {
+    format!("/api/2.0/webhooks/{w}/")
+}
+
+fn sub_view(s: &Subscription) -> SubscriptionView {
+    SubscriptionView {
+        uuid: s.uuid.clone(),
+        events: s.events.clone(),
+        filters: FiltersView {
+            servers: s.filters.servers.clone(),
+            tags: s.filters.tags.clone(),
+            classes: s.filters.classes.clone(),
+        },
+        created_at: rfc3339(s.created_at),
+        resource_uri: format!("{}subscriptions/{}/", uri(&s.webhook), s.uuid),
+    }
+}
+
+fn view(w: &Webhook, subs: &[Subscription], secret: bool) -> WebhookView {
+    WebhookView {
+        uuid: w.uuid.clone(),
+        url: w.url.clone(),
+        description: w.description.clone(),
+        created_at: rfc3339(w.created_at),
+        resource_uri: uri(&w.uuid),
+        subscriptions: subs
+            .iter()
+            .filter(|s| s.webhook == w.uuid)
+            .map(sub_view)
+            .collect(),
+        secret: secret.then(|| w.secret.clone()),
+    }
+}
+
+fn delivery_view(d: &Delivery) -> DeliveryView {
+    DeliveryView {
+        uuid: d.uuid.clone(),
+        event_id: d.event_id.clone(),
+        event_type: d.event_type.clone(),
+        status: d.status.clone(),
+        attempts: d.attempts,
+        next_attempt_at: (d.status == "pending").then(|| rfc3339(d.next_attempt_at)),
+        last_attempt_at: d.last_attempt_at.map(rfc3339),
+        last_status_code: d.last_status,
+        last_error: d.last_error.clone(),
+        created_at: rfc3339(d.created_at),
+        delivered_at: d.delivered_at.map(rfc3339),
+    }
+}
+
+fn objects<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<T>, ApiError> {
+    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    #[derive(Deserialize)]
+    struct Objects<T> {
+        objects: Vec<T>,
+    }
+    let o: Objects<T> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::validation("objects", format!("expected {{\"objects\": [...]}}: {e}"))
+    })?;
+    if o.objects.is_empty() || o.objects.len() > 20 {
+        return Err(ApiError::validation(
+            "objects",
+            "objects must hold 1 to 20 items",
+        ));
+    }
+    Ok(o.objects)
+}
+
+fn listing(items: Vec<Value>, params: &Params) -> Result<Response, ApiError> {
+    let total = items.len();
+    let (limit, offset) = super::listing::page(&params.0)?;
+    let take = if limit == 0 { usize::MAX } else { limit };
+    let items: Vec<Value> = items.into_iter().skip(offset).take(take).collect();
+    Ok(Json(json!({
+        "meta": {"limit": limit, "offset": offset, "total_count": total},
+        "objects": items,
+    }))
+    .into_response())
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let c = &state.coordinator;
+    let hooks = c.webhooks_of(&account).await?;
+    let mut subs = Vec::new();
+    for w in &hooks {
+        subs.extend(c.subscriptions_of(&account, &w.uuid).await?);
+    }
+    let items = hooks
+        .iter()
+        .map(|w| to_value(&view(w, &subs, false)))
+        .collect();
+    listing(items, &params)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let fields: Vec<WebhookFields> = objects(body)?;
+    let mut out = Vec::new();
+    for f in fields {
+        let w = state
+            .coordinator
+            .create_webhook(&account, &f.url, &f.description)
+            .await?;
+        out.push(to_value(&view(&w, &[], true)));
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "objects": out }))).into_response())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    let w = state.coordinator.webhook(&account, &uuid).await?;
+    let subs = state.coordinator.subscriptions_of(&account, &uuid).await?;
+    Ok(Json(to_value(&view(&w, &subs, false))).into_response())
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.coordinator.delete_webhook(&account, &uuid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn subscriptions(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let subs = state.coordinator.subscriptions_of(&account, &uuid).await?;
+    listing(
+        subs.iter().map(|s| to_value(&sub_view(s))).collect(),
+        &params,
+    )
+}
+
+async fn subscribe(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let fields: Vec<SubscriptionFields> = objects(body)?;
+    let mut out = Vec::new();
+    for f in fields {
+        let filters = f
+            .filters
+            .map(|x| Filters {
+                servers: x.servers,
+                tags: x.tags,
+                classes: x.classes,
+            })
+            .unwrap_or_default();
+        let s = state
+            .coordinator
+            .subscribe(&account, &uuid, f.events, filters)
+            .await?;
+        out.push(to_value(&sub_view(&s)));
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "objects": out }))).into_response())
+}
+
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path((uuid, sub)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.coordinator.unsubscribe(&account, &uuid, &sub).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let list = state.coordinator.deliveries(&account, &uuid, 1000).await?;
+    listing(
+        list.iter().map(|d| to_value(&delivery_view(d))).collect(),
+        &params,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct Do {
+    #[serde(rename = "do")]
+    action: Option<String>,
+}
+
+async fn redeliver(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path((uuid, id)): Path<(String, String)>,
+    Query(q): Query<Do>,
+) -> Result<Response, ApiError> {
+    if q.action.as_deref() != Some("redeliver") {
+        return Err(ApiError::validation(
+            "do",
+            "the only action is ?do=redeliver",
+        ));
+    }
+    state.coordinator.redeliver(&account, &uuid, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"action": "redeliver", "result": "success", "uuid": id})),
+    )
+        .into_response())
+}
+
+/// The API a tenant's receiver implements (public: it describes, it grants nothing).
+async fn receiver_doc() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        super::receiver_openapi::document_json(),
+    )
+        .into_response()
+}
