@@ -4,16 +4,25 @@
 //! capability, health and use. A GPU in MIG mode is listed as its MIG instances (each with its
 //! own uuid, profile, memory and memory use; NVML gives no utilisation per instance), not as
 //! itself. Health is what NVML answers cheaply: pages pending retirement, uncorrectable ECC
-//! errors since the driver loaded, a GPU lost or needing a reset. Queries a GPU does not support
+//! errors since the driver loaded, a GPU lost or needing a reset, and critical XID errors, which
+//! a background thread receives as NVML events (a GPU with one stays unhealthy until the agent
+//! restarts, which an operator does after resetting the GPU). Queries a GPU does not support
 //! are skipped quietly; any other failure for one GPU is a warning and a default, never a failed
 //! scan.
 
 use super::{GpuBackend, GpuScan};
 use crate::discovery::DiscoveryError;
 use backfill_shared::{GpuDevice, GpuUsage, MigInstance};
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError};
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Critical XID errors NVML reported, by GPU uuid (the last one).
+type Xids = Arc<Mutex<BTreeMap<String, u64>>>;
 
 /// nvmlDeviceGetMigMode's "enabled" (NVML_DEVICE_MIG_ENABLE).
 const MIG_ENABLED: u32 = 1;
@@ -21,7 +30,8 @@ const MIG_ENABLED: u32 = 1;
 /// NVML, initialised.
 #[derive(Debug)]
 pub struct NvmlGpus {
-    nvml: Nvml,
+    nvml: Arc<Nvml>,
+    xids: Xids,
 }
 
 impl NvmlGpus {
@@ -29,7 +39,12 @@ impl NvmlGpus {
     /// the host has 0 GPUs); other failures (no permission, ...) are errors.
     pub fn load() -> Result<Option<NvmlGpus>, DiscoveryError> {
         match Nvml::init() {
-            Ok(nvml) => Ok(Some(NvmlGpus { nvml })),
+            Ok(nvml) => {
+                let nvml = Arc::new(nvml);
+                let xids = Xids::default();
+                watch_xids(nvml.clone(), xids.clone());
+                Ok(Some(NvmlGpus { nvml, xids }))
+            }
             Err(e) if no_driver(&e) => {
                 tracing::debug!("NVML not usable: {e}");
                 Ok(None)
@@ -39,6 +54,71 @@ impl NvmlGpus {
                 source,
             }),
         }
+    }
+}
+
+/// Receives critical XID error events for every GPU that offers them, on a thread of its own
+/// (NVML's wait blocks), and records them for the scans. One event set per GPU: a GPU that
+/// does not offer events does not stop the others.
+fn watch_xids(nvml: Arc<Nvml>, xids: Xids) {
+    let spawned = std::thread::Builder::new()
+        .name("nvml-xid".into())
+        .spawn(move || {
+            let count = match nvml.device_count() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("NVML XID events: counting devices: {e}");
+                    return;
+                }
+            };
+            let mut sets = Vec::new();
+            for index in 0..count {
+                let Ok(dev) = nvml.device_by_index(index) else {
+                    continue;
+                };
+                let Ok(uuid) = dev.uuid() else {
+                    continue;
+                };
+                let set = match nvml.create_event_set() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(index, "NVML XID events: event set: {e}");
+                        continue;
+                    }
+                };
+                match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(s) => sets.push((uuid, s)),
+                    Err(e) => tracing::debug!(index, %uuid, "NVML XID events not offered: {}", e.error),
+                }
+            }
+            if sets.is_empty() {
+                return;
+            }
+            tracing::info!(gpus = sets.len(), "watching for critical XID errors");
+            loop {
+                for (uuid, set) in &sets {
+                    match set.wait(250) {
+                        Ok(event) => {
+                            let xid = match event.event_data {
+                                Some(XidError::Value(v)) => v,
+                                _ => 0,
+                            };
+                            tracing::warn!(%uuid, xid, "critical XID error: the GPU is no longer allocatable");
+                            if let Ok(mut x) = xids.lock() {
+                                x.insert(uuid.clone(), xid);
+                            }
+                        }
+                        Err(NvmlError::Timeout) => {}
+                        Err(e) => {
+                            tracing::warn!(%uuid, "NVML XID events: {e}");
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the XID event thread: {e}; XID errors are not watched");
     }
 }
 
@@ -170,7 +250,10 @@ impl NvmlGpus {
         gpu.compute_capability = q
             .get("compute capability", dev.cuda_compute_capability())
             .map(|c| format!("{}.{}", c.major, c.minor));
-        gpu.health = health(&dev, &q);
+        gpu.health = health(&dev, &q).or_else(|| {
+            let xid = self.xids.lock().ok()?.get(&uuid).copied()?;
+            Some(format!("critical XID error {xid}"))
+        });
         gpu.healthy = gpu.health.is_none();
         if let Some(why) = &gpu.health {
             tracing::debug!(index, uuid = %uuid, "NVML: unhealthy: {why}");
