@@ -6,7 +6,12 @@ use backfill_shared::pki::Role;
 use backfill_shared::tls::TlsFiles;
 use backfill_tests::*;
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 const WAIT_SECS: &str = "30";
 const NO_SUCH_SERVER: &str = "00000000-0000-4000-8000-000000000000";
@@ -247,6 +252,13 @@ fn backfillctl_exit_codes_name_the_problem() {
     ok.fails(64, "bserver create --name x");
     let help = ok.ok("--help");
     assert!(help.contains("78  configuration problem"), "{help}");
+
+    // A default coordinator takes only https receivers, and says what would change that.
+    let err = ok.fails(65, "webhook create http://example.com/hook");
+    assert!(
+        err.contains("(at url)") && err.contains("allow_http"),
+        "{err}"
+    );
 }
 
 /// Accounts and usage, as the contract of `/accounts/` and `/usage/` describes them.
@@ -330,6 +342,246 @@ fn an_admin_manages_accounts_and_reads_usage_with_backfillctl() {
 
     assert_eq!(admin.ok("account delete acme"), "deleted acme\n");
     admin.fails(66, "account show acme");
+}
+
+/// Receivers on loopback over plain http, retried within a second.
+const WEBHOOKS: &str = "\n[webhooks]\nallow_http = true\nallow_private = true\nbackoff_base_s = 1\nbackoff_max_s = 1\ntimeout_s = 5\n";
+
+/// A webhook receiver on loopback that acknowledges every request with 200; its URL and the
+/// number of requests it got.
+fn receiver() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(AtomicUsize::new(0));
+    let count = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_ok() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    (url, got)
+}
+
+/// Polls `f` every 200 ms (each poll runs backfillctl) until it holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of `field` in a `FIELD VALUE` table.
+fn field<'a>(table: &'a str, field: &str) -> &'a str {
+    table
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(' ').map(str::trim))
+        .unwrap_or_else(|| panic!("no {field} in {table}"))
+}
+
+/// Webhooks, as the contract of `/webhooks/` describes them: the secret shown once, bad URLs
+/// refused with the field named, subscriptions, deliveries and a redelivery to a receiver on
+/// loopback.
+#[test]
+fn a_tenant_manages_webhooks_with_backfillctl() {
+    let pki = Pki::new();
+    let coord = Coordinator::start_with(&pki, &["tenant"], WEBHOOKS);
+    let setup = AgentSetup::new(&pki, &coord, "wh-host");
+    let _agent = setup.start(true, "1");
+    let tenant = Ctl::new(coord.url(""), Some(pki.issue(Role::Account, "tenant")));
+    let (url, got) = receiver();
+
+    let empty = tenant.json("webhook list");
+    assert_eq!(empty["meta"]["total_count"], 0, "{empty}");
+
+    // Bad receivers are refused by the API, with the field named.
+    for bad in ["ftp://example.com/hook", "not-a-url"] {
+        let err = tenant.fails(65, &format!("webhook create {bad}"));
+        assert!(err.starts_with("backfillctl: 400 Bad Request: "), "{err}");
+        assert!(err.contains("(at url)"), "{err}");
+    }
+
+    // The secret: printed once, on its own line, with the warning.
+    let created = tenant.ok(&format!("webhook create {url} --description ctl-e2e"));
+    let secret = field(&created, "secret:");
+    assert!(
+        secret.len() >= 32 && !secret.contains(char::is_whitespace),
+        "{created}"
+    );
+    assert_eq!(created.matches(secret).count(), 1, "{created}");
+    assert!(created.contains("will not be shown again"), "{created}");
+    let hook = field(&created, "uuid").to_owned();
+    assert_eq!(field(&created, "url"), url);
+    assert_eq!(field(&created, "description"), "ctl-e2e");
+    assert!(
+        created.contains(&format!(
+            "backfillctl webhook subscribe {hook} --event TYPE"
+        )),
+        "{created}"
+    );
+
+    // With --output json the secret is in the JSON, and stderr says to keep it.
+    let out = tenant.run(&format!("--output json webhook create {url}"));
+    assert!(out.status.success(), "{out:?}");
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(second["objects"][0]["secret"].is_string(), "{second}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never shown again"), "{stderr}");
+    let second = second["objects"][0]["uuid"].as_str().unwrap();
+    assert_eq!(
+        tenant.ok(&format!("webhook rm {second}")),
+        format!("deleted {second}\n")
+    );
+
+    // Never again: not in show, not in list.
+    let shown = tenant.json(&format!("webhook show {hook}"));
+    assert!(shown.get("secret").is_none(), "{shown}");
+    assert_eq!(shown["url"], url.as_str());
+    let table = tenant.ok(&format!("webhook show {hook}"));
+    assert!(!table.contains(secret), "{table}");
+    assert!(table.contains("no subscriptions: "), "{table}");
+
+    // Subscriptions: event types are checked before anything is sent.
+    tenant.fails(
+        64,
+        &format!("webhook subscribe {hook} --event server_exploded"),
+    );
+    tenant.fails(64, &format!("webhook subscribe {hook}"));
+    let sub = tenant.json(&format!(
+        "webhook subscribe {hook} --event server_state_changed,cloud_termination --class backfill"
+    ));
+    let sub = &sub["objects"][0];
+    assert_eq!(
+        sub["events"],
+        serde_json::json!(["server_state_changed", "cloud_termination"]),
+        "{sub}"
+    );
+    assert_eq!(sub["filters"]["classes"], serde_json::json!(["backfill"]));
+    let sub = sub["uuid"].as_str().unwrap().to_owned();
+    let other = tenant.ok(&format!(
+        "webhook subscribe {hook} --event perf_factor_restored --tag nothing-has-it"
+    ));
+    let other = field(&other, "uuid").to_owned();
+    let err = tenant.fails(
+        65,
+        &format!("webhook subscribe {hook} --event server_downsized --server nope"),
+    );
+    assert!(err.contains("(at filters)"), "{err}");
+
+    let table = tenant.ok("webhook list");
+    let header = table.lines().next().unwrap();
+    for col in ["UUID", "URL", "DESCRIPTION", "SUBS", "EVENTS", "CREATED"] {
+        assert!(header.contains(col), "{col} missing in {table}");
+    }
+    let row = table.lines().find(|l| l.starts_with(&hook)).unwrap();
+    for cell in [
+        url.as_str(),
+        "ctl-e2e",
+        "  2  ",
+        "cloud_termination, server_state_changed, perf_factor_restored",
+    ] {
+        assert!(row.contains(cell), "{cell:?} missing in {row:?}");
+    }
+    let list = tenant.json("webhook ls");
+    assert_eq!(list["meta"]["total_count"], 1, "{list}");
+    assert!(list["objects"][0].get("secret").is_none(), "{list}");
+    let subs = tenant.ok(&format!("webhook subscriptions {hook}"));
+    let row = subs.lines().find(|l| l.starts_with(&other)).unwrap();
+    assert!(
+        row.contains("nothing-has-it") && row.contains("any"),
+        "{subs}"
+    );
+    assert_eq!(
+        tenant.ok(&format!("webhook unsubscribe {hook} {other}")),
+        format!("unsubscribed {other}\n")
+    );
+    tenant.fails(66, &format!("webhook unsubscribe {hook} {other}"));
+    let left = tenant.json(&format!("webhook subscriptions {hook}"));
+    assert_eq!(left["objects"][0]["uuid"], sub.as_str(), "{left}");
+    assert_eq!(left["meta"]["total_count"], 1, "{left}");
+
+    // No events yet, so no deliveries.
+    let none = tenant.json(&format!("webhook deliveries {hook}"));
+    assert_eq!(none["meta"]["total_count"], 0, "{none}");
+    assert!(
+        tenant
+            .ok(&format!("webhook deliveries {hook}"))
+            .starts_with("DELIVERY")
+    );
+
+    // A backfill server that starts changes state: the receiver hears of it.
+    tenant.ok(&format!(
+        "bserver create --name wh --cpu 500 --mem 64M --start --wait --timeout {WAIT_SECS} -- sleep 300"
+    ));
+    let delivered = |v: &Value| {
+        v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["status"] == "delivered")
+            .cloned()
+    };
+    let mut first = Value::Null;
+    eventually("a delivery to the receiver", || {
+        let v = tenant.json(&format!("webhook deliveries {hook}"));
+        delivered(&v).map(|d| first = d).is_some()
+    });
+    assert_eq!(first["event_type"], "server_state_changed", "{first}");
+    assert_eq!(first["last_status_code"], 200, "{first}");
+    let d = first["uuid"].as_str().unwrap().to_owned();
+    let table = tenant.ok(&format!("webhook deliveries {hook}"));
+    let row = table.lines().find(|l| l.starts_with(&d)).unwrap();
+    for cell in ["server_state_changed", "delivered", "200"] {
+        assert!(row.contains(cell), "{cell:?} missing in {row:?}");
+    }
+
+    // Redelivery sends it once more.
+    let before = got.load(Ordering::SeqCst);
+    assert_eq!(
+        tenant.ok(&format!("webhook redeliver {hook} {d}")),
+        format!("{d}: redeliver success\n")
+    );
+    eventually("the redelivery", || {
+        let v = tenant.json(&format!("webhook deliveries {hook}"));
+        v["objects"].as_array().unwrap().iter().any(|x| {
+            x["uuid"] == d.as_str()
+                && x["status"] == "delivered"
+                && x["attempts"].as_u64() >= Some(2)
+        })
+    });
+    assert!(got.load(Ordering::SeqCst) > before);
+    tenant.fails(66, &format!("webhook redeliver {hook} {NO_SUCH_SERVER}"));
+
+    // Webhooks are the account's: an admin certificate is told so.
+    let admin = Ctl::new(coord.url(""), Some(pki.issue(Role::Admin, "ops")));
+    let err = admin.fails(77, "webhook list");
+    assert!(err.contains("webhooks belong to an account"), "{err}");
+
+    assert_eq!(
+        tenant.ok(&format!("webhook delete {hook}")),
+        format!("deleted {hook}\n")
+    );
+    let gone = tenant.fails(66, &format!("webhook show {hook}"));
+    assert!(gone.starts_with("backfillctl: 404 Not Found: "), "{gone}");
+    tenant.fails(66, &format!("webhook deliveries {hook}"));
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (days to civil date: H. Hinnant's algorithm).

@@ -2,6 +2,7 @@
 
 use crate::error::exit;
 use crate::units::{self, Limit};
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ Exit codes:
 #[command(
     name = "backfillctl",
     version,
-    about = "Operate a backfill coordinator: servers, backfill servers, accounts, usage",
+    about = "Operate a backfill coordinator: servers, backfill servers, webhooks, accounts, usage",
     long_about = LONG_ABOUT,
     after_help = "Exit codes: 0 ok, 64 usage, 65 refused, 66 not found, 69 unavailable, \
                   75 --wait timed out, 77 permission, 78 configuration (--help for more)",
@@ -125,6 +126,10 @@ pub enum Command {
     Account(AccountCmd),
     /// Usage and cost per server over a period (own account; any with an admin certificate).
     Usage(UsageArgs),
+    /// Webhooks (/webhooks/): receivers of this account's server events, their subscriptions
+    /// and deliveries.
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +296,75 @@ pub struct UsageArgs {
     pub account: Option<String>,
 }
 
+/// The event types a subscription can name.
+pub const EVENT_TYPES: [&str; 4] = [
+    "cloud_termination",
+    "server_downsized",
+    "server_state_changed",
+    "perf_factor_restored",
+];
+
+/// The server classes a subscription can be narrowed to.
+pub const CLASSES: [&str; 3] = ["normal", "backfill", "spot"];
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCmd {
+    /// All webhooks of this account, with their subscriptions.
+    #[command(visible_alias = "ls")]
+    List,
+    /// One webhook and its subscriptions.
+    Show { uuid: String },
+    /// Registers a receiver URL; prints the signing secret, which is never shown again.
+    Create(WebhookCreate),
+    /// Deletes a webhook with its subscriptions and deliveries.
+    #[command(visible_alias = "rm")]
+    Delete { uuid: String },
+    /// A webhook's subscriptions.
+    Subscriptions { uuid: String },
+    /// Subscribes a webhook to event types, optionally only for some servers, tags or classes.
+    Subscribe(SubscribeArgs),
+    /// Removes one of a webhook's subscriptions.
+    Unsubscribe { uuid: String, subscription: String },
+    /// A webhook's recent deliveries, newest first.
+    Deliveries { uuid: String },
+    /// Sends a delivery again now, whatever its status.
+    Redeliver { uuid: String, delivery: String },
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookCreate {
+    /// The receiver: an https URL (http, loopback and private addresses only where the
+    /// operator allows them).
+    pub url: String,
+    /// A note for people, up to 255 characters.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The webhook.
+    pub uuid: String,
+    /// Event type (repeatable, or comma-separated).
+    #[arg(
+        long = "event",
+        value_name = "TYPE",
+        required = true,
+        value_delimiter = ',',
+        value_parser = PossibleValuesParser::new(EVENT_TYPES)
+    )]
+    pub events: Vec<String>,
+    /// Only events of this server (repeatable).
+    #[arg(long = "server", value_name = "UUID")]
+    pub servers: Vec<String>,
+    /// Only events of servers with this tag (repeatable; any of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only events of servers of this class (repeatable).
+    #[arg(long = "class", value_name = "CLASS", value_parser = PossibleValuesParser::new(CLASSES))]
+    pub classes: Vec<String>,
+}
+
 /// Parses the command line; `Err` carries the exit code after clap printed its message
 /// (help and version: 0; anything else: 64).
 pub fn parse() -> Result<Cli, ExitCode> {
@@ -383,6 +457,57 @@ mod tests {
         assert!(try_parse(&["account", "update", "a", "--backfill", "maybe"]).is_err());
         let help = try_parse(&["--help"]).unwrap_err();
         assert!(!help.use_stderr());
+    }
+
+    #[test]
+    fn subscribe_takes_events_repeated_or_comma_separated() {
+        let cli = try_parse(&[
+            "webhook",
+            "subscribe",
+            "w",
+            "--event",
+            "cloud_termination,server_downsized",
+            "--event",
+            "perf_factor_restored",
+            "--class",
+            "backfill",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+        ])
+        .unwrap();
+        let Command::Webhook(WebhookCmd::Subscribe(s)) = cli.command else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(
+            s.events,
+            [
+                "cloud_termination",
+                "server_downsized",
+                "perf_factor_restored"
+            ]
+        );
+        assert_eq!(s.classes, ["backfill"]);
+        assert_eq!(s.tags, ["a", "b"]);
+        assert!(s.servers.is_empty());
+        for bad in [
+            &["webhook", "subscribe", "w"][..],
+            &["webhook", "subscribe", "w", "--event", "server_deleted"],
+            &[
+                "webhook",
+                "subscribe",
+                "w",
+                "--event",
+                "cloud_termination",
+                "--class",
+                "gpu",
+            ],
+            &["webhook", "create"],
+            &["webhook", "unsubscribe", "w"],
+        ] {
+            assert!(try_parse(bad).unwrap_err().use_stderr(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -122,6 +122,21 @@ pub fn api_hint(code: u16, path: &str, message: &str) -> Option<String> {
             "an account certificate sees only its own usage: leave out --account, or use an admin certificate"
                 .into(),
         ),
+        401 | 403 if path.starts_with("webhooks") && lower.contains("account certificate") => Some(
+            "webhooks belong to an account: use its (tenant) certificate, not an admin one: \
+             check --cert / --key"
+                .into(),
+        ),
+        400 if path.starts_with("webhooks") && lower.contains("must use https") => Some(
+            "give an https:// URL; plain http receivers are accepted only where the operator \
+             sets [webhooks] allow_http"
+                .into(),
+        ),
+        400 if path.starts_with("webhooks") && lower.contains("private receivers") => Some(
+            "the coordinator must reach the receiver at a public address; loopback and private \
+             ones are accepted only where the operator sets [webhooks] allow_private"
+                .into(),
+        ),
         401 | 403 if lower.contains("backfill") => Some(
             "this account has no backfill permission; an admin can grant it: \
              backfillctl account update NAME --backfill true"
@@ -245,6 +260,22 @@ mod tests {
             api_hint(404, "bservers/x/", "server x does not exist"),
             None
         );
+        let http = api_hint(400, "webhooks/", "receivers must use https").unwrap();
+        assert!(http.contains("allow_http"), "{http}");
+        let private = "loopback, link-local and private receivers are not allowed";
+        assert!(
+            api_hint(400, "webhooks/", private)
+                .unwrap()
+                .contains("allow_private")
+        );
+        let admin =
+            "this endpoint needs an account certificate; \"ops\" presented one of role admin";
+        assert!(
+            api_hint(403, "webhooks/", admin)
+                .unwrap()
+                .contains("webhooks belong to an account")
+        );
+        assert_eq!(api_hint(400, "webhooks/", "not a URL: empty host"), None);
         assert!(
             connect_hint("https://h/api/2.0/", "Connection refused (os error 111)")
                 .contains("is the coordinator running at https://h/api/2.0/?")

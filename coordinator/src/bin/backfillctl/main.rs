@@ -12,6 +12,7 @@ mod report;
 mod servers;
 mod table;
 mod units;
+mod webhooks;
 
 use cli::{Cli, Command};
 use error::CtlError;
@@ -53,5 +54,6 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Bserver(cmd) => servers::run(&api, out, "bservers", cmd, timeout).await,
         Command::Account(cmd) => accounts::run(&api, out, cmd).await,
         Command::Usage(args) => report::usage(&api, out, args).await,
+        Command::Webhook(cmd) => webhooks::run(&api, out, cmd).await,
     }
 }
