@@ -5,8 +5,9 @@
 //! (admin certificates) manage profiles, bind and unbind, and see everything.
 
 use super::AppState;
+use super::cyborg_arqs::{create_arqs, delete_arq, delete_arqs, get_arq, list_arqs, patch_arqs};
 use super::tenant::Caller as AnyCaller;
-use crate::accel::{AccelError, Arq, ArqFilter, BindPatch, DeviceProfile};
+use crate::accel::{AccelError, DeviceProfile};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
@@ -15,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use backfill_shared::clock::rfc3339;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 const MIN_MINOR: u32 = 0;
@@ -23,7 +24,7 @@ const MAX_MINOR: u32 = 3;
 
 /// The negotiated microversion's minor number (2.x).
 #[derive(Debug, Clone, Copy)]
-struct Version(u32);
+pub(super) struct Version(pub(super) u32);
 
 pub fn routes() -> Router<AppState> {
     let v2 = |root: bool| {
@@ -61,9 +62,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The caller, refused in Cyborg's error shape.
-struct Who(Caller);
+pub(super) struct Who(pub(super) Caller);
 
-type Caller = AnyCaller;
+pub(super) type Caller = AnyCaller;
 
 impl axum::extract::FromRequestParts<AppState> for Who {
     type Rejection = CyborgError;
@@ -87,13 +88,13 @@ pub struct CyborgError {
 }
 
 impl CyborgError {
-    fn new(status: StatusCode, message: impl Into<String>) -> CyborgError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> CyborgError {
         CyborgError {
             status,
             message: message.into(),
         }
     }
-    fn bad(message: impl Into<String>) -> CyborgError {
+    pub(super) fn bad(message: impl Into<String>) -> CyborgError {
         CyborgError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -198,12 +199,12 @@ async fn negotiate(mut req: Request, next: Next) -> Response {
     resp
 }
 
-fn version(req_ext: Option<&Version>) -> u32 {
+pub(super) fn version(req_ext: Option<&Version>) -> u32 {
     req_ext.map_or(MIN_MINOR, |v| v.0)
 }
 
 /// This deployment's public base, from the request (for `links`).
-fn base(headers: &HeaderMap) -> String {
+pub(super) fn base(headers: &HeaderMap) -> String {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -259,31 +260,12 @@ fn profile_json(p: &DeviceProfile, base: &str) -> Value {
     })
 }
 
-fn arq_json(a: &Arq, base: &str) -> Value {
-    json!({
-        "uuid": a.uuid,
-        "state": a.state.as_str(),
-        "device_profile_name": a.device_profile_name,
-        "device_profile_group_id": a.device_profile_group_id,
-        "hostname": a.hostname,
-        "device_rp_uuid": a.device_rp_uuid,
-        "instance_uuid": a.instance_uuid,
-        "project_id": a.project_id,
-        "attach_handle_type": a.attach_handle_type,
-        "attach_handle_uuid": a.attach_handle_uuid,
-        "attach_handle_info": a.attach_handle_info,
-        "links": [{"href": format!("{base}/v2/accelerator_requests/{}", a.uuid), "rel": "self"}],
-        "created_at": rfc3339(a.created_at),
-        "updated_at": a.updated_at.map(rfc3339),
-    })
-}
-
-fn query(q: Option<&str>) -> BTreeMap<String, String> {
+pub(super) fn query(q: Option<&str>) -> BTreeMap<String, String> {
     q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
 }
 
-fn list(v: &str) -> Vec<String> {
+pub(super) fn list(v: &str) -> Vec<String> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -301,14 +283,14 @@ fn admin_only(caller: &Caller, what: &str) -> Result<(), CyborgError> {
     }
 }
 
-fn owner(caller: &Caller) -> Option<&str> {
+pub(super) fn owner(caller: &Caller) -> Option<&str> {
     match caller {
         Caller::Admin => None,
         Caller::Tenant(a) => Some(a.name.as_str()),
     }
 }
 
-fn body_json(body: &Bytes) -> Result<Value, CyborgError> {
+pub(super) fn body_json(body: &Bytes) -> Result<Value, CyborgError> {
     serde_json::from_slice(body)
         .map_err(|e| CyborgError::bad(format!("body is not valid JSON: {e}")))
 }
@@ -437,204 +419,5 @@ async fn delete_profiles_by_value(
         .filter(|v| !v.is_empty())
         .ok_or_else(|| CyborgError::bad("give the profiles to delete: ?value=name1,name2"))?;
     state.coordinator.delete_profiles(&names).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_arqs(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, CyborgError> {
-    let q = query(q.as_deref());
-    let resolved = match q.get("bind_state").map(String::as_str) {
-        None => false,
-        Some("resolved") => true,
-        Some(other) => {
-            return Err(CyborgError::bad(format!(
-                "bind_state {other:?} is not supported: only \"resolved\""
-            )));
-        }
-    };
-    let filter = ArqFilter {
-        instance: q.get("instance").cloned(),
-        resolved,
-    };
-    let b = base(&headers);
-    let arqs = state.coordinator.list_arqs(owner(&caller), &filter).await?;
-    let items: Vec<Value> = arqs.iter().map(|a| arq_json(a, &b)).collect();
-    Ok(axum::Json(json!({ "arqs": items })).into_response())
-}
-
-async fn get_arq(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    Path(uuid): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, CyborgError> {
-    let a = state.coordinator.get_arq(owner(&caller), &uuid).await?;
-    Ok(axum::Json(arq_json(&a, &base(&headers))).into_response())
-}
-
-async fn create_arqs(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, CyborgError> {
-    let Caller::Tenant(account) = &caller else {
-        return Err(CyborgError::new(
-            StatusCode::FORBIDDEN,
-            "accelerator requests belong to accounts: create them with an account certificate",
-        ));
-    };
-    let v = body_json(&body)?;
-    let name = v
-        .get("device_profile_name")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| CyborgError::bad("device_profile_name is required"))?;
-    let arqs = state.coordinator.create_arqs(account, name, None).await?;
-    let b = base(&headers);
-    let items: Vec<Value> = arqs.iter().map(|a| arq_json(a, &b)).collect();
-    Ok((StatusCode::CREATED, axum::Json(json!({ "arqs": items }))).into_response())
-}
-
-const SERVICE_ONLY: &str =
-    "This operation requires a service token. Use the Compute API to manage instance accelerators.";
-
-/// One ARQ's JSON-patch list: all `add` (with hostname, device_rp_uuid and instance_uuid) or
-/// all `remove`.
-fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgError> {
-    let Some(ops) = ops.as_array().filter(|o| !o.is_empty()) else {
-        return Err(CyborgError::bad(format!(
-            "the patch for {uuid} must be a non-empty list"
-        )));
-    };
-    let mut adds: Map<String, Value> = Map::new();
-    let mut kinds = Vec::new();
-    for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let path = op.get("path").and_then(Value::as_str).unwrap_or("");
-        if !["add", "remove"].contains(&kind) {
-            return Err(CyborgError::bad(format!(
-                "op {kind:?} is not supported: add or remove"
-            )));
-        }
-        match path {
-            "/hostname" | "/device_rp_uuid" | "/instance_uuid" => {}
-            "/project_id" if minor >= 1 => {}
-            "/project_id" => {
-                return Err(CyborgError::new(
-                    StatusCode::NOT_ACCEPTABLE,
-                    "/project_id in a patch needs microversion 2.1 or later",
-                ));
-            }
-            other => {
-                return Err(CyborgError::bad(format!(
-                    "path {other:?} cannot be patched"
-                )));
-            }
-        }
-        kinds.push(kind);
-        if kind == "add" {
-            let value = op
-                .get("value")
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| CyborgError::bad(format!("{path} needs a value")))?;
-            adds.insert(path.trim_start_matches('/').to_owned(), json!(value));
-        }
-    }
-    kinds.dedup();
-    match kinds.as_slice() {
-        ["remove"] => Ok(BindPatch::Unbind),
-        ["add"] => {
-            let field = |k: &str| adds.get(k).and_then(Value::as_str).map(str::to_owned);
-            match (
-                field("hostname"),
-                field("device_rp_uuid"),
-                field("instance_uuid"),
-            ) {
-                (Some(hostname), Some(device_rp_uuid), Some(instance_uuid)) => {
-                    Ok(BindPatch::Bind {
-                        hostname,
-                        device_rp_uuid,
-                        instance_uuid,
-                        project_id: field("project_id"),
-                    })
-                }
-                _ => Err(CyborgError::bad(
-                    "Fields absent in patch: hostname, device_rp_uuid and instance_uuid are required",
-                )),
-            }
-        }
-        _ => Err(CyborgError::bad(format!(
-            "the patch for {uuid} mixes add and remove"
-        ))),
-    }
-}
-
-async fn patch_arqs(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    ext: axum::http::Extensions,
-    body: Bytes,
-) -> Result<StatusCode, CyborgError> {
-    if !matches!(caller, Caller::Admin) {
-        return Err(CyborgError::new(StatusCode::FORBIDDEN, SERVICE_ONLY));
-    }
-    let minor = version(ext.get::<Version>());
-    let v = body_json(&body)?;
-    let Some(map) = v.as_object().filter(|m| !m.is_empty()) else {
-        return Err(CyborgError::bad(
-            "the body must map accelerator request uuids to JSON-patch lists",
-        ));
-    };
-    let mut patches = BTreeMap::new();
-    for (uuid, ops) in map {
-        patches.insert(uuid.clone(), parse_patch(uuid, ops, minor)?);
-    }
-    state.coordinator.patch_arqs(&patches).await?;
-    Ok(StatusCode::ACCEPTED)
-}
-
-async fn delete_arqs(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    RawQuery(q): RawQuery,
-) -> Result<StatusCode, CyborgError> {
-    let q = query(q.as_deref());
-    match (q.get("arqs"), q.get("instance")) {
-        (Some(arqs), None) => {
-            state
-                .coordinator
-                .delete_arqs(owner(&caller), &list(arqs))
-                .await?;
-        }
-        (None, Some(instance)) => {
-            if !matches!(caller, Caller::Admin) {
-                return Err(CyborgError::new(StatusCode::FORBIDDEN, SERVICE_ONLY));
-            }
-            state.coordinator.delete_arqs_of_instance(instance).await?;
-        }
-        _ => {
-            return Err(CyborgError::bad(
-                "Provide either an ARQ uuid list or an instance UUID",
-            ));
-        }
-    }
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn delete_arq(
-    State(state): State<AppState>,
-    Who(caller): Who,
-    Path(uuid): Path<String>,
-) -> Result<StatusCode, CyborgError> {
-    state
-        .coordinator
-        .delete_arqs(owner(&caller), &[uuid])
-        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

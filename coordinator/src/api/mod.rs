@@ -5,6 +5,7 @@ mod accounts;
 mod arvados;
 mod capabilities;
 mod cyborg;
+mod cyborg_arqs;
 #[cfg(test)]
 mod cyborg_tests;
 mod dashboard;
