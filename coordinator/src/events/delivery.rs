@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// Largest receiver response body read (the rest is dropped).
 const MAX_RESPONSE: usize = 64 << 10;
 
+/// Finished deliveries (and events no delivery needs) are kept this long, for `deliveries/`.
+pub const KEEP_S: i64 = 7 * 86_400;
+
 /// `[webhooks]` in the coordinator's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,7 +302,17 @@ pub async fn run(c: Arc<Coordinator>, shutdown: CancellationToken) {
     let in_flight: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut limits: BTreeMap<String, Arc<Semaphore>> = BTreeMap::new();
     let tasks = tokio_util::task::TaskTracker::new();
+    let mut pruned_at = i64::MIN;
     loop {
+        let now = c.clock.now();
+        if now.saturating_sub(pruned_at) >= 3600 {
+            pruned_at = now;
+            match c.store.prune_outbox(now.saturating_sub(KEEP_S)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "webhooks: old deliveries and events pruned"),
+                Err(e) => tracing::warn!(error = %e, "webhooks: cannot prune the outbox"),
+            }
+        }
         if let Err(e) = c.fan_out().await {
             tracing::error!(error = %e, "webhooks: cannot fan events out; retrying");
         }

@@ -330,6 +330,27 @@ impl SqliteStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
+    /// Forgets finished deliveries created before `before`, and events older than that which
+    /// no delivery needs any more. Returns how many rows went.
+    pub async fn prune_outbox(&self, before: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let d = sqlx::query("DELETE FROM deliveries WHERE status != 'pending' AND created_at < ?")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let e = sqlx::query(
+            "DELETE FROM events WHERE fanned = 1 AND created_at < ?
+             AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.event_id = events.id)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(d + e)
+    }
+
     /// Sends a delivery again: pending, due now (its attempts are kept).
     pub async fn redeliver(&self, delivery: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE deliveries SET status = 'pending', next_attempt_at = ? WHERE uuid = ?")
@@ -338,5 +359,78 @@ impl SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+
+    fn event(id: &str, at: i64) -> Event {
+        Event {
+            id: id.into(),
+            account: "t".into(),
+            kind: "server_state_changed",
+            server: "s".into(),
+            payload: serde_json::json!({"id": id}),
+            created_at: at,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_what_is_pending_and_prunes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        store.seed_accounts(&["t".into()], &[], 0).await.unwrap();
+        let w = Webhook {
+            uuid: "w".into(),
+            owner: "t".into(),
+            url: "https://example.com/".into(),
+            description: String::new(),
+            secret: "s".into(),
+            created_at: 0,
+        };
+        store.insert_webhook(&w).await.unwrap();
+        store
+            .commit(
+                &[],
+                &[],
+                &[],
+                &[event("old", 10), event("open", 11), event("nobody", 12)],
+            )
+            .await
+            .unwrap();
+        let fresh = store.unfanned_events(10).await.unwrap();
+        assert_eq!(fresh.len(), 3);
+        store.fan_out("old", &["w".into()], 10).await.unwrap();
+        store.fan_out("old", &["w".into()], 10).await.unwrap(); // twice: one delivery
+        store.fan_out("open", &["w".into()], 11).await.unwrap();
+        store.fan_out("nobody", &[], 12).await.unwrap();
+        assert!(store.unfanned_events(10).await.unwrap().is_empty());
+        let due = store.due_deliveries(100, 10).await.unwrap();
+        assert_eq!(due.len(), 2);
+        let old = due.iter().find(|o| o.delivery.event_id == "old").unwrap();
+        let done = Attempt {
+            at: 20,
+            status: Some(200),
+            error: None,
+            delivered: true,
+            next_at: None,
+        };
+        store
+            .record_attempt(&old.delivery.uuid, &done)
+            .await
+            .unwrap();
+        // Delivered "old" and unneeded "nobody" go; "open" is still pending and stays.
+        assert_eq!(store.prune_outbox(1_000).await.unwrap(), 3);
+        let left = store.deliveries_of("w", 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].event_id.as_str(), left[0].status.as_str()),
+            ("open", "pending")
+        );
+        assert_eq!(store.due_deliveries(100, 10).await.unwrap().len(), 1);
     }
 }
