@@ -179,6 +179,15 @@ fn requested(headers: &HeaderMap) -> Result<u32, CyborgError> {
 }
 
 async fn negotiate(mut req: Request, next: Next) -> Response {
+    // HTTP/2 carries the authority in the URI, not a Host header: `links` need it either way.
+    if !req.headers().contains_key(axum::http::header::HOST)
+        && let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(axum::http::header::HOST, v);
+    }
     let (minor, mut resp) = match requested(req.headers()) {
         Ok(minor) => {
             req.extensions_mut().insert(Version(minor));

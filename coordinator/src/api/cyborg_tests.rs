@@ -86,7 +86,30 @@ async fn versions_are_negotiated_with_cyborgs_headers() {
     assert_eq!(h["openstack-api-maximum-version"], "2.3");
     assert_eq!(h["openstack-api-version"], "accelerator 2.0");
     assert_eq!(h["vary"], "OpenStack-API-Version");
-    let (_, _, v) = send(&f, Who::Tenant, "GET", "/accelerator/v2", &[], "").await;
+    // Links name the host the client used (HTTP/2 gives it as the URI's authority).
+    let (_, _, v) = send(
+        &f,
+        Who::Tenant,
+        "GET",
+        "https://cloud.example:8443/accelerator/v2",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        v["links"][0]["href"],
+        "https://cloud.example:8443/accelerator/v2/"
+    );
+    let (_, _, v) = send(
+        &f,
+        Who::Tenant,
+        "GET",
+        "/accelerator/v2",
+        &[("host", "api.example")],
+        "",
+    )
+    .await;
+    assert_eq!(v["links"][0]["href"], "https://api.example/accelerator/v2/");
     assert_eq!(
         (v["id"].as_str(), v["min_version"].as_str()),
         (Some("v2.0"), Some("2.0"))
