@@ -459,6 +459,13 @@ pub async fn put(
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Creates one server (`{"objects": [body]}`, which must answer 201); its uuid.
+pub async fn create(c: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
+    let (status, created) = post(c, url, serde_json::json!({ "objects": [body] })).await;
+    assert_eq!(status, 201, "{created}");
+    created["objects"][0]["uuid"].as_str().unwrap().to_string()
+}
+
 /// DELETE returning (status, body text).
 pub async fn delete(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.delete(url).send().await.unwrap();

@@ -5,7 +5,7 @@
 
 use backfill_shared::pki::Role;
 use backfill_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,12 +54,6 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&bytes[16..20]), be(&bytes[20..24]))
-}
-
-async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
-    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
-    assert_eq!(status, 201, "{created}");
-    created["objects"][0]["uuid"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,12 +14,6 @@ const INVENTORY: &str = r#"{"gpus": [
    "memory_bytes": 85899345920, "pci_bus_id": "00000000:0D:00.0"}
 ]}"#;
 
-async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
-    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
-    assert_eq!(status, 201, "{created}");
-    created["objects"][0]["uuid"].as_str().unwrap().to_string()
-}
-
 fn job(name: &str) -> Value {
     json!({"name": name, "cpu": 200, "mem": 64u64 << 20, "device_profile": "one-gpu",
            "workload": {"command": ["sh", "-c",

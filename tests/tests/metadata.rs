@@ -59,12 +59,6 @@ fn guest_json(netns: &str, args: &[&str]) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{args:?}: {e}: {body}"))
 }
 
-async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
-    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
-    assert_eq!(status, 201, "{created}");
-    created["objects"][0]["uuid"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_learn_who_they_are_and_when_they_end_and_can_give_capacity_back() {
     if !usable() {

@@ -4,15 +4,9 @@
 
 use backfill_shared::pki::Role;
 use backfill_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const GROW_FAST: &str = "\n[scheduler.grow]\nmargin = 0.05\nmin_interval_s = 1\nmin_step = 0.1\n";
-
-async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
-    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
-    assert_eq!(status, 201, "{created}");
-    created["objects"][0]["uuid"].as_str().unwrap().to_string()
-}
 
 async fn perf_cpu(c: &reqwest::Client, coord: &Coordinator, uuid: &str) -> Option<f64> {
     let (_, b) = get(c, &coord.url(&format!("bservers/{uuid}/"))).await;

@@ -156,12 +156,6 @@ async fn webhook(
     (uuid, secret)
 }
 
-async fn create(c: &reqwest::Client, url: &str, body: Value) -> String {
-    let (status, created) = post(c, url, json!({ "objects": [body] })).await;
-    assert_eq!(status, 201, "{created}");
-    created["objects"][0]["uuid"].as_str().unwrap().to_string()
-}
-
 const FAST_RETRIES: &str = "\n[webhooks]\nallow_http = true\nallow_private = true\nbackoff_base_s = 1\nbackoff_max_s = 1\ntimeout_s = 5\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

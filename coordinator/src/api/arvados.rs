@@ -9,7 +9,7 @@ use crate::flavors::Flavor;
 use crate::operator::{AdminError, HostView, QueueEntry};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,9 +27,24 @@ pub fn routes() -> Router<AppState> {
         .route("/container", get(container))
         .route("/containers/kill", post(kill_container))
         .route("/instances", get(instances))
-        .route("/instances/hold", post(hold))
-        .route("/instances/drain", post(drain))
-        .route("/instances/run", post(run))
+        .route(
+            "/instances/hold",
+            post(|s: State<AppState>, o: Operator, f: Form| {
+                set_behavior(s, o, f, IdleBehavior::Hold)
+            }),
+        )
+        .route(
+            "/instances/drain",
+            post(|s: State<AppState>, o: Operator, f: Form| {
+                set_behavior(s, o, f, IdleBehavior::Drain)
+            }),
+        )
+        .route(
+            "/instances/run",
+            post(|s: State<AppState>, o: Operator, f: Form| {
+                set_behavior(s, o, f, IdleBehavior::Run)
+            }),
+        )
         .route("/instances/kill", post(kill_instance))
         .fallback(|| async { ArvError::new(StatusCode::NOT_FOUND, "no such path") })
 }
@@ -94,6 +109,19 @@ impl FromRequestParts<AppState> for Operator {
 
 /// Parameters as Go's `FormValue` reads them: the query string, then a form body.
 struct Form(Vec<(String, String)>);
+
+impl axum::extract::FromRequest<AppState> for Form {
+    type Rejection = ArvError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Form, ArvError> {
+        let query = req.uri().query().map(str::to_owned);
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ArvError::new(e.status(), e.body_text()))?;
+        Ok(Form::new(query.as_deref(), &headers, &body))
+    }
+}
 
 impl Form {
     fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Form {
@@ -237,10 +265,9 @@ fn container_id(form: &Form) -> Result<ServerId, ArvError> {
 async fn container(
     State(state): State<AppState>,
     _: Operator,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    form: Form,
 ) -> Result<Response, ArvError> {
-    let id = container_id(&Form::new(q.as_deref(), &headers, b""))?;
+    let id = container_id(&form)?;
     let flavors = state.coordinator.flavors().await;
     let entry = state
         .coordinator
@@ -255,11 +282,8 @@ async fn container(
 async fn kill_container(
     State(state): State<AppState>,
     Operator(actor): Operator,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    form: Form,
 ) -> Result<StatusCode, ArvError> {
-    let form = Form::new(q.as_deref(), &headers, &body);
     let id = container_id(&form)?;
     state
         .coordinator
@@ -310,47 +334,26 @@ fn instance_id(form: &Form) -> Result<String, ArvError> {
     })
 }
 
+/// `instances/hold`, `instances/drain`, `instances/run`.
 async fn set_behavior(
-    state: &AppState,
-    actor: &str,
-    form: &Form,
+    State(state): State<AppState>,
+    Operator(actor): Operator,
+    form: Form,
     behavior: IdleBehavior,
 ) -> Result<StatusCode, ArvError> {
-    let id = instance_id(form)?;
+    let id = instance_id(&form)?;
     state
         .coordinator
-        .set_idle_behavior(actor, &id, behavior, form.get("reason"))
+        .set_idle_behavior(&actor, &id, behavior, form.get("reason"))
         .await?;
     Ok(StatusCode::OK)
 }
 
-macro_rules! behavior_handler {
-    ($name:ident, $behavior:expr) => {
-        async fn $name(
-            State(state): State<AppState>,
-            Operator(actor): Operator,
-            RawQuery(q): RawQuery,
-            headers: HeaderMap,
-            body: Bytes,
-        ) -> Result<StatusCode, ArvError> {
-            let form = Form::new(q.as_deref(), &headers, &body);
-            set_behavior(&state, &actor, &form, $behavior).await
-        }
-    };
-}
-
-behavior_handler!(hold, IdleBehavior::Hold);
-behavior_handler!(drain, IdleBehavior::Drain);
-behavior_handler!(run, IdleBehavior::Run);
-
 async fn kill_instance(
     State(state): State<AppState>,
     Operator(actor): Operator,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    form: Form,
 ) -> Result<StatusCode, ArvError> {
-    let form = Form::new(q.as_deref(), &headers, &body);
     let id = instance_id(&form)?;
     match state
         .coordinator

@@ -4,9 +4,10 @@
 
 use super::views::*;
 use super::webhooks::{
-    DeliveryView, FilterFields, FiltersView, SubscriptionCreate, SubscriptionFields,
-    SubscriptionView, WebhookCreate, WebhookFields, WebhookView,
+    DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
+    WebhookFields, WebhookView,
 };
+use crate::events::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
@@ -102,8 +103,8 @@ pub struct Capabilities {
         ActionResult, ErrorItem, AccountView, QuotaView, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
         ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
-        FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, FiltersView, DeliveryView,
-        WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, FilterFields
+        FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
+        WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, Filters
     ))
 )]
 struct ApiDoc;

@@ -44,20 +44,12 @@ impl From<WebhookError> for ApiError {
     }
 }
 
-/// A subscription's filters; empty lists do not narrow.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FiltersView {
-    pub servers: Vec<String>,
-    pub tags: Vec<String>,
-    pub classes: Vec<String>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubscriptionView {
     pub uuid: String,
     /// cloud_termination, server_downsized, server_state_changed, perf_factor_restored.
     pub events: Vec<String>,
-    pub filters: FiltersView,
+    pub filters: Filters,
     pub created_at: String,
     pub resource_uri: String,
 }
@@ -102,21 +94,10 @@ pub struct WebhookFields {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct FilterFields {
-    #[serde(default)]
-    pub servers: Vec<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub classes: Vec<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SubscriptionFields {
     pub events: Vec<String>,
     #[serde(default)]
-    pub filters: Option<FilterFields>,
+    pub filters: Option<Filters>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -137,11 +118,7 @@ fn sub_view(s: &Subscription) -> SubscriptionView {
     SubscriptionView {
         uuid: s.uuid.clone(),
         events: s.events.clone(),
-        filters: FiltersView {
-            servers: s.filters.servers.clone(),
-            tags: s.filters.tags.clone(),
-            classes: s.filters.classes.clone(),
-        },
+        filters: s.filters.clone(),
         created_at: rfc3339(s.created_at),
         resource_uri: format!("{}subscriptions/{}/", uri(&s.webhook), s.uuid),
     }
@@ -291,14 +268,7 @@ async fn subscribe(
     let fields: Vec<SubscriptionFields> = objects(body)?;
     let mut out = Vec::new();
     for f in fields {
-        let filters = f
-            .filters
-            .map(|x| Filters {
-                servers: x.servers,
-                tags: x.tags,
-                classes: x.classes,
-            })
-            .unwrap_or_default();
+        let filters = f.filters.unwrap_or_default();
         let s = state
             .coordinator
             .subscribe(&account, &uuid, f.events, filters)

@@ -99,6 +99,9 @@ pub(super) fn matching<'a>(
     spec: &ServerSpec,
     uuids: impl Iterator<Item = &'a String>,
 ) -> usize {
+    if spec.gpus == 0 {
+        return 0; // nothing asked for: no need to look (placement's hot path)
+    }
     uuids
         .filter(|u| slot(h, u).is_some_and(|s| spec.gpu_match.matches(s)))
         .count()
@@ -111,6 +114,9 @@ pub(super) fn free_matching(h: &HostAcc, spec: &ServerSpec) -> usize {
 
 /// Every device of `h` that matches `spec`, free or not.
 pub(super) fn all_matching(h: &HostAcc, spec: &ServerSpec) -> usize {
+    if spec.gpus == 0 {
+        return 0;
+    }
     h.spec
         .gpus
         .iter()
