@@ -286,6 +286,7 @@ async fn run(
         host_id,
         inventory,
         report_interval: Duration::from_secs(cfg.report_interval_secs),
+        silence_limit: Duration::from_secs(cfg.coordinator_silence_secs),
         metrics: metrics.clone(),
     };
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.bind)

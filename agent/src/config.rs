@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub inventory_file: Option<PathBuf>,
     #[serde(default = "default_report_interval")]
     pub report_interval_secs: u64,
+    /// Seconds without a frame from the coordinator (it re-sends the desired state every 10 s)
+    /// after which the agent drops the link and redials, 5 to 600.
+    #[serde(default = "default_coordinator_silence")]
+    pub coordinator_silence_secs: u64,
     /// Seconds between re-reads of the GPUs (NVML or the inventory file), 1 to 3600.
     #[serde(default = "default_gpu_rescan")]
     pub gpu_rescan_interval_secs: u64,
@@ -186,6 +190,10 @@ fn default_report_interval() -> u64 {
     5
 }
 
+fn default_coordinator_silence() -> u64 {
+    30
+}
+
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let mut cfg: AgentConfig = load_toml(path)?;
@@ -212,6 +220,9 @@ impl AgentConfig {
         // The coordinator takes an agent silent for 30 s for gone.
         if !(1..=10).contains(&self.report_interval_secs) {
             return Err(invalid("report_interval_secs", "must be 1 to 10"));
+        }
+        if !(5..=600).contains(&self.coordinator_silence_secs) {
+            return Err(invalid("coordinator_silence_secs", "must be 5 to 600"));
         }
         if !(1..=3600).contains(&self.gpu_rescan_interval_secs) {
             return Err(invalid("gpu_rescan_interval_secs", "must be 1 to 3600"));

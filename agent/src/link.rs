@@ -1,28 +1,33 @@
 //! The link to the coordinator: mutual TLS, `Hello`, then desired states in and reports out.
-//! Reconnects with capped exponential backoff and jitter; workloads keep running meanwhile.
+//! Liveness is a deadline that only a frame received from the coordinator extends (it re-sends
+//! the desired state every 10 s), so a frozen or cut-off coordinator is noticed. Reconnects
+//! with capped, jittered backoff that resets on every successful handshake; workloads keep
+//! running meanwhile.
 
 use crate::supervisor::Supervisor;
 use backfill_shared::protocol::{
     self, Ack, AgentMessage, CoordinatorMessage, Hello, PROTOCOL_VERSION, ProtocolError,
 };
 use backfill_shared::{HostId, HostInventory};
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The coordinator re-sends the desired state every 10 s; silence this long means it is gone.
-const SILENCE_LIMIT: Duration = Duration::from_secs(35);
-const BACKOFF_START: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// A coordinator that is back is redialled within this long (plus nothing: the jitter is taken
+/// off, not added), so a restart costs the fleet about a second of link.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -55,6 +60,8 @@ pub struct LinkParams {
     pub host_id: HostId,
     pub inventory: HostInventory,
     pub report_interval: Duration,
+    /// Silence from the coordinator this long drops the link (it is then redialled).
+    pub silence_limit: Duration,
     pub metrics: Arc<crate::admin::AgentMetrics>,
 }
 
@@ -73,18 +80,19 @@ pub async fn run(
 ) {
     let mut attempt: u32 = 0;
     loop {
-        let started = tokio::time::Instant::now();
+        let mut welcomed = false;
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&p, &supervisor, &changed) => r,
+            r = session(&p, &supervisor, &changed, &mut welcomed) => r,
         };
         p.metrics.link_connected.set(0);
         match result {
             Ok(()) => tracing::warn!("coordinator closed the link"),
             Err(e) => tracing::warn!(error = %e, "coordinator link down; workloads keep running"),
         }
-        // A session that lasted a while resets the backoff.
-        if started.elapsed() > BACKOFF_CAP {
+        // A coordinator that took us in is worth redialling at once: it was restarted, or
+        // the link broke; only failed dials back off.
+        if welcomed {
             attempt = 0;
         }
         let delay = backoff(attempt);
@@ -97,13 +105,14 @@ pub async fn run(
     }
 }
 
-/// Exponential from 200 ms, capped at 30 s, with up to 50% random jitter on top.
+/// Exponential from 100 ms, capped at 1 s, less up to 50% random jitter (so a fleet that lost
+/// its coordinator does not redial in lockstep, and never waits more than the cap).
 pub fn backoff(attempt: u32) -> Duration {
     let base = BACKOFF_START
         .saturating_mul(2u32.saturating_pow(attempt.min(16)))
         .min(BACKOFF_CAP);
     let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32; // 0..1000 per-mille
-    base + base.mul_f64(f64::from(jitter) / 2000.0)
+    base.saturating_sub(base.mul_f64(f64::from(jitter) / 2000.0))
 }
 
 /// `fut` within the connect deadline; a timeout or an IO error both name the coordinator.
@@ -129,16 +138,27 @@ async fn connect(p: &LinkParams) -> Result<Link, LinkError> {
     Ok(Framed::new(tls, protocol::codec()))
 }
 
-async fn send(link: &mut Link, msg: &AgentMessage) -> Result<(), LinkError> {
+async fn send<L>(link: &mut L, msg: &AgentMessage) -> Result<(), LinkError>
+where
+    L: Sink<Bytes, Error = std::io::Error> + Unpin,
+{
     link.send(protocol::encode(msg)?)
         .await
         .map_err(ProtocolError::Io)?;
     Ok(())
 }
 
-async fn recv(link: &mut Link) -> Result<CoordinatorMessage, LinkError> {
-    match tokio::time::timeout(SILENCE_LIMIT, link.next()).await {
-        Err(_) => Err(LinkError::Silent(SILENCE_LIMIT)),
+/// The next message, or `Silent` once `deadline` passes with nothing received.
+async fn recv_until<L>(
+    link: &mut L,
+    deadline: Instant,
+    silence: Duration,
+) -> Result<CoordinatorMessage, LinkError>
+where
+    L: Stream<Item = std::io::Result<BytesMut>> + Unpin,
+{
+    match tokio::time::timeout_at(deadline, link.next()).await {
+        Err(_) => Err(LinkError::Silent(silence)),
         Ok(None) => Err(ProtocolError::Closed.into()),
         Ok(Some(Err(e))) => Err(ProtocolError::Io(e).into()),
         Ok(Some(Ok(frame))) => Ok(protocol::decode(&frame)?),
@@ -159,17 +179,23 @@ async fn with_supervisor<T: Send + 'static>(
     .map_err(|_| LinkError::Supervisor)
 }
 
-async fn report(link: &mut Link, supervisor: &Arc<Mutex<Supervisor>>) -> Result<(), LinkError> {
+async fn report<L>(link: &mut L, supervisor: &Arc<Mutex<Supervisor>>) -> Result<(), LinkError>
+where
+    L: Sink<Bytes, Error = std::io::Error> + Unpin,
+{
     let r = with_supervisor(supervisor, |s| s.report()).await?;
     send(link, &AgentMessage::Report(r)).await
 }
 
+/// One connection: dial, handshake (setting `welcomed` once the coordinator took us in), then
+/// exchange until an error or silence.
 async fn session(
     p: &LinkParams,
     supervisor: &Arc<Mutex<Supervisor>>,
     changed: &Notify,
+    welcomed: &mut bool,
 ) -> Result<(), LinkError> {
-    let mut link = connect(p).await?;
+    let mut link: Link = connect(p).await?;
     let (enforcing, gpus) = with_supervisor(supervisor, |s| {
         (s.enforcing(), s.gpu_scan().devices.clone())
     })
@@ -188,9 +214,11 @@ async fn session(
         }),
     )
     .await?;
-    match recv(&mut link).await? {
+    let deadline = Instant::now() + p.silence_limit.min(CONNECT_TIMEOUT);
+    match recv_until(&mut link, deadline, p.silence_limit).await? {
         CoordinatorMessage::Welcome { protocol_version } => {
             tracing::info!(coordinator = %p.addr, protocol_version, "connected to the coordinator");
+            *welcomed = true;
             p.metrics.link_connected.set(1);
             p.metrics.link_sessions.inc();
         }
@@ -199,45 +227,62 @@ async fn session(
             return Err(ProtocolError::Unexpected("desired state before Welcome").into());
         }
     }
-    report(&mut link, supervisor).await?;
-    let mut ticker = tokio::time::interval(p.report_interval);
+    exchange(
+        &mut link,
+        supervisor,
+        changed,
+        p.report_interval,
+        p.silence_limit,
+    )
+    .await
+}
+
+/// After the handshake: applies desired states and reports, until the link fails or the
+/// coordinator has said nothing for `silence`. Only a received frame moves the deadline; the
+/// agent's own reports do not.
+async fn exchange<L>(
+    link: &mut L,
+    supervisor: &Arc<Mutex<Supervisor>>,
+    changed: &Notify,
+    report_interval: Duration,
+    silence: Duration,
+) -> Result<(), LinkError>
+where
+    L: Stream<Item = std::io::Result<BytesMut>> + Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    report(link, supervisor).await?;
+    let mut deadline = Instant::now() + silence;
+    let mut ticker = tokio::time::interval(report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            msg = recv(&mut link) => match msg? {
-                CoordinatorMessage::DesiredState(d) => {
-                    let generation = d.generation;
-                    with_supervisor(supervisor, move |s| s.apply(&d)).await?;
-                    send(&mut link, &AgentMessage::Ack(Ack { generation })).await?;
-                    report(&mut link, supervisor).await?;
+            () = tokio::time::sleep_until(deadline) => return Err(LinkError::Silent(silence)),
+            frame = link.next() => {
+                let msg: CoordinatorMessage = match frame {
+                    None => return Err(ProtocolError::Closed.into()),
+                    Some(Err(e)) => return Err(ProtocolError::Io(e).into()),
+                    Some(Ok(frame)) => protocol::decode(&frame)?,
+                };
+                deadline = Instant::now() + silence;
+                match msg {
+                    CoordinatorMessage::DesiredState(d) => {
+                        let generation = d.generation;
+                        with_supervisor(supervisor, move |s| s.apply(&d)).await?;
+                        send(link, &AgentMessage::Ack(Ack { generation })).await?;
+                        report(link, supervisor).await?;
+                    }
+                    CoordinatorMessage::Refused { reason } => return Err(LinkError::Refused(reason)),
+                    CoordinatorMessage::Welcome { .. } => {
+                        return Err(ProtocolError::Unexpected("second Welcome").into());
+                    }
                 }
-                CoordinatorMessage::Refused { reason } => return Err(LinkError::Refused(reason)),
-                CoordinatorMessage::Welcome { .. } => {
-                    return Err(ProtocolError::Unexpected("second Welcome").into());
-                }
-            },
-            () = changed.notified() => report(&mut link, supervisor).await?,
-            _ = ticker.tick() => report(&mut link, supervisor).await?,
+            }
+            () = changed.notified() => report(link, supervisor).await?,
+            _ = ticker.tick() => report(link, supervisor).await?,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let b0 = backoff(0);
-        assert!(b0 >= BACKOFF_START && b0 <= BACKOFF_START.mul_f64(1.5));
-        let b3 = backoff(3);
-        assert!(b3 >= BACKOFF_START * 8 && b3 <= (BACKOFF_START * 8).mul_f64(1.5));
-        for a in [10, 20, u32::MAX] {
-            let b = backoff(a);
-            assert!(
-                b >= BACKOFF_CAP && b <= BACKOFF_CAP.mul_f64(1.5),
-                "{a}: {b:?}"
-            );
-        }
-    }
-}
+#[path = "link_tests.rs"]
+mod tests;

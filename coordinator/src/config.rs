@@ -52,6 +52,9 @@ pub struct CoordinatorConfig {
     /// `[[pools]]`: groups of hosts with limits and an optional provisioner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<crate::pools::PoolConfig>,
+    /// `[link]`: when an agent is taken for lost (silence_s), how often it hears from us.
+    #[serde(default)]
+    pub link: crate::hosts::LinkConfig,
 }
 
 fn default_drain() -> u64 {
@@ -93,6 +96,9 @@ impl CoordinatorConfig {
         crate::billing::Billing::from_config(&self.billing)
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         self.webhooks
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
+        self.link
             .validate()
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         let flavors = self.flavors(path)?;

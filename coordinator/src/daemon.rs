@@ -44,6 +44,7 @@ pub struct Bound {
     acceptor: Acceptors,
     tls_files: backfill_shared::tls::TlsFiles,
     drain: std::time::Duration,
+    link_timing: hosts::LinkConfig,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -121,6 +122,7 @@ impl Bound {
             acceptor,
             tls_files: cfg.tls.clone(),
             drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
+            link_timing: cfg.link,
         })
     }
 
@@ -144,6 +146,7 @@ impl Bound {
             self.link,
             self.acceptor.clone(),
             self.coordinator.clone(),
+            self.link_timing,
             shutdown.clone(),
         ));
         let admin = tokio::spawn(crate::metrics::serve_admin(

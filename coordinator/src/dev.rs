@@ -156,6 +156,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         },
         flavors: Vec::new(),
         pools: vec![local_pool(&l)?],
+        link: Default::default(),
         // Receivers on this machine, over plain HTTP, for trying webhooks out.
         webhooks: crate::events::delivery::WebhookConfig {
             allow_http: true,
@@ -191,6 +192,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         stop_workloads_on_exit: true,
         inventory_file: None,
         report_interval_secs: 5,
+        coordinator_silence_secs: 30,
         gpu_rescan_interval_secs: 30,
         tls: l.files("agent"),
         // As root: the metadata service on 169.254.169.254:80 for isolated-network guests.

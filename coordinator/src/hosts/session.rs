@@ -259,19 +259,48 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The session ended. The host is `down` until its agent comes back; its servers keep
-    /// running there (the agent keeps them under the last limits it was given).
+    /// The session ended (closed, failed, or silent past the deadline). The host is `down`
+    /// until its agent comes back: not schedulable, its capacity out of `free_resources`. Its
+    /// running servers keep running there (the agent keeps them under the last limits it was
+    /// given); servers placed there that the agent never confirmed go back to the queue, so
+    /// they start elsewhere instead of waiting on a host that may not return.
     pub(crate) async fn agent_gone(&self, host: &HostId, conn: u64) {
         let mut model = self.model.lock().await;
         let current = model
             .hosts
             .get_mut(host)
             .filter(|e| e.session.as_ref().map(|s| s.conn) == Some(conn));
-        if let Some(entry) = current {
-            entry.session = None;
-            entry.set_state(WorkerState::Down, self.clock.now());
-            tracing::warn!(host = %host, "agent link lost; host is down");
-            model.sync_host(host);
+        let Some(entry) = current else {
+            return;
+        };
+        entry.session = None;
+        entry.set_state(WorkerState::Down, self.clock.now());
+        tracing::warn!(host = %host, "agent link lost; host is down");
+        model.sync_host(host);
+        let requeued: Vec<ServerRecord> = model
+            .servers_on(host)
+            .filter(|s| s.status == ServerStatus::Starting)
+            .map(|s| {
+                let mut next = s.clone();
+                next.host = None;
+                next.gpus = Vec::new();
+                next.active_since = None;
+                next.perf_factor = PerfFactor::FULL;
+                next.queued_reason = Some(format!("its host {host} was lost before it started"));
+                next
+            })
+            .collect();
+        if requeued.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = requeued.iter().map(|s| s.uuid.to_string()).collect();
+        match self.commit(&mut model, requeued, std::slice::from_ref(host)).await {
+            Ok(()) => {
+                tracing::warn!(host = %host, servers = ?ids, "unconfirmed servers back in the queue")
+            }
+            Err(e) => {
+                tracing::error!(host = %host, servers = ?ids, error = %e, "could not queue the lost host's unconfirmed servers again; they wait for it")
+            }
         }
     }
 }

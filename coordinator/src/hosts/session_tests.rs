@@ -12,13 +12,13 @@ use backfill_shared::protocol::{
 use backfill_shared::{HostId, HostInventory, PerfFactor, ServerClass, ServerId, ServerStatus};
 use std::sync::Arc;
 
-struct Fixture {
-    c: Coordinator,
-    tenant: Account,
+pub(crate) struct Fixture {
+    pub(crate) c: Coordinator,
+    pub(crate) tenant: Account,
     _dir: tempfile::TempDir,
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
     let c = Coordinator::load(
@@ -95,7 +95,7 @@ pub(crate) fn report(generation: u64, servers: &[(ServerId, u64, WorkloadState)]
     }
 }
 
-async fn server(f: &Fixture, id: ServerId) -> crate::store::ServerRecord {
+pub(crate) async fn server(f: &Fixture, id: ServerId) -> crate::store::ServerRecord {
     f.c.get_server(&f.tenant, Scope::BServers, id)
         .await
         .unwrap()
@@ -249,7 +249,7 @@ async fn generations_survive_a_coordinator_restart() {
 }
 
 /// Creates one default backfill server and starts it.
-async fn start_one(f: &Fixture) -> ServerId {
+pub(crate) async fn start_one(f: &Fixture) -> ServerId {
     let id =
         f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server()])
             .await
