@@ -260,7 +260,12 @@ async fn run(
     .with_networks(guest_networks(&cfg))
     .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
     .with_cgroup_error_counter(metrics.cgroup_errors.clone())
-    .with_gpus(gpus.clone());
+    .with_gpus(gpus.clone())
+    .with_cpu_policy(crate::cgroups::CpuPolicy {
+        mhz_per_core: inventory.cpu_mhz_per_cpu,
+        period_us: crate::cgroups::DEFAULT_CPU_PERIOD_US,
+        normal_quota: cfg.normal_cpu_quota,
+    });
     supervisor.adopt()?;
     let supervisor = Arc::new(Mutex::new(supervisor));
     let shutdown = CancellationToken::new();

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// after which the agent drops the link and redials, 5 to 600.
     #[serde(default = "default_coordinator_silence")]
     pub coordinator_silence_secs: u64,
+    /// Whether normal servers are held to the MHz they were sold (a CPU quota) or may also use
+    /// idle cycles. Their CPU weight holds either way; backfill and spot always have a quota.
+    #[serde(default = "default_true")]
+    pub normal_cpu_quota: bool,
     /// Seconds between re-reads of the GPUs (NVML or the inventory file), 1 to 3600.
     #[serde(default = "default_gpu_rescan")]
     pub gpu_rescan_interval_secs: u64,
@@ -188,6 +192,10 @@ fn default_gpu_rescan() -> u64 {
 
 fn default_report_interval() -> u64 {
     5
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_coordinator_silence() -> u64 {

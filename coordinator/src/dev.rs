@@ -193,6 +193,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         inventory_file: None,
         report_interval_secs: 5,
         coordinator_silence_secs: 30,
+        normal_cpu_quota: true,
         gpu_rescan_interval_secs: 30,
         tls: l.files("agent"),
         // As root: the metadata service on 169.254.169.254:80 for isolated-network guests.

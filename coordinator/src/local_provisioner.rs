@@ -112,6 +112,7 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
         inventory_file: None,
         report_interval_secs: 2,
         coordinator_silence_secs: 30,
+        normal_cpu_quota: true,
         gpu_rescan_interval_secs: 30,
         tls: backfill_shared::tls::TlsFiles {
             ca: pki.join(backfill_shared::pki::CA_CERT_FILE),

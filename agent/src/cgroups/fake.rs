@@ -283,8 +283,8 @@ impl CgroupManager for RecordingCgroups {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
-    use backfill_shared::{PerfFactor, Resources};
+    use crate::cgroups::{CpuPolicy, limits_for};
+    use backfill_shared::{PerfFactor, Resources, ServerClass};
 
     fn limits(perf: f64) -> CgroupLimits {
         let r = Resources {
@@ -298,7 +298,8 @@ mod tests {
                 cpu: perf,
                 mem: perf,
             },
-            DEFAULT_CPU_PERIOD_US,
+            ServerClass::Backfill,
+            &CpuPolicy::default(),
         )
     }
 

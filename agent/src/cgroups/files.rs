@@ -2,7 +2,7 @@
 //! errors, the kernel's behaviour on simulated trees, and signals.
 
 use super::hierarchy::Ctl;
-use super::{CgroupError, CgroupLimits};
+use super::{CgroupError, CgroupLimits, CpuWeight};
 use backfill_shared::protocol::ServerUsage;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,64 @@ pub(super) fn read_v2_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
         cpu_quota_us,
         cpu_period_us,
         mem_limit_bytes,
+        cpu_weight: read_v2_weight(cpu)?,
     })
+}
+
+/// v2: `cpu.idle` 1 is the idle class; otherwise `cpu.weight`. A kernel without `cpu.idle`
+/// (before 5.15) keeps idle-class servers at weight 1, read back as idle.
+fn read_v2_weight(cpu: &Path) -> Result<CpuWeight, CgroupError> {
+    let idle_path = cpu.join("cpu.idle");
+    let idle = read_optional(&idle_path)?;
+    if let Some(i) = &idle
+        && parse_u64(&idle_path, i)? == 1
+    {
+        return Ok(CpuWeight::Idle);
+    }
+    let path = cpu.join("cpu.weight");
+    let w = parse_u64(&path, &read_string(&path)?)?;
+    Ok(match (idle, w) {
+        (None, 1) => CpuWeight::Idle,
+        _ => CpuWeight::Weight(w),
+    })
+}
+
+/// Writes a server's CPU weight: v1 `cpu.shares`; v2 `cpu.idle` (where the kernel has it)
+/// and `cpu.weight`. The kernel refuses a weight for an idle group, so leaving the idle class
+/// clears `cpu.idle` first.
+pub(super) fn write_cpu_weight(cpu: &Path, v2: bool, weight: CpuWeight) -> Result<(), CgroupError> {
+    if !v2 {
+        return write_existing(&cpu.join("cpu.shares"), &weight.v1_shares().to_string());
+    }
+    let idle = cpu.join("cpu.idle");
+    let has_idle = idle.is_file();
+    match weight {
+        CpuWeight::Idle if has_idle => write_existing(&idle, "1"),
+        CpuWeight::Idle => write_existing(&cpu.join("cpu.weight"), "1"),
+        CpuWeight::Weight(w) => {
+            if has_idle {
+                write_existing(&idle, "0")?;
+            }
+            write_existing(&cpu.join("cpu.weight"), &w.to_string())
+        }
+    }
+}
+
+/// Writes a control file that must exist (a misspelled name fails as on the kernel).
+fn write_existing(path: &Path, data: &str) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let fail = |source| CgroupError::Write {
+        path: path.to_path_buf(),
+        data: data.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(false)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(data.as_bytes()).map_err(fail)
 }
 
 /// v1: `cpu.cfs_quota_us` (-1 = unlimited), `cpu.cfs_period_us`, `memory.limit_in_bytes` (-1 as
@@ -57,7 +114,10 @@ pub(super) fn read_v1_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
     let period_path = cpu.join("cpu.cfs_period_us");
     let period = read_int(&period_path)?;
     let mem_limit = read_int(&mem.join("memory.limit_in_bytes"))?;
+    let shares_path = cpu.join("cpu.shares");
+    let shares = parse_u64(&shares_path, &read_string(&shares_path)?)?;
     Ok(CgroupLimits {
+        cpu_weight: CpuWeight::from_v1_shares(shares),
         cpu_quota_us: u64::try_from(quota).ok(),
         cpu_period_us: u64::try_from(period)
             .map_err(|_| parse_err(&period_path, &period.to_string(), "negative period"))?,
@@ -182,6 +242,8 @@ pub(super) fn simulate_mkdir(dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), Cgr
             ("cgroup.subtree_control", "\n"),
             ("cgroup.type", "domain\n"),
             ("cpu.max", "max 100000\n"),
+            ("cpu.weight", "100\n"),
+            ("cpu.idle", "0\n"),
             ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
             ("memory.max", "max\n"),
             ("memory.current", "0\n"),

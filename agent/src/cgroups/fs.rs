@@ -14,7 +14,8 @@
 
 use super::files::{
     enable_controllers, read_err, read_procs, read_string, read_v1_limits, read_v1_usage,
-    read_v2_limits, read_v2_usage, remove_files, sigkill, simulate_mkdir, write_file,
+    read_v2_limits, read_v2_usage, remove_files, sigkill, simulate_mkdir, write_cpu_weight,
+    write_file,
 };
 use super::hierarchy::{
     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
@@ -270,6 +271,7 @@ impl FsCgroups {
                     let q = limits.cpu_quota_us.map_or("max".into(), |q| q.to_string());
                     c.set_cfs_quota_and_period(Some(quota), Some(period))
                         .map_err(control(c.path(), "cpu.max", format!("{q} {period}")))?;
+                    write_cpu_weight(c.path(), true, limits.cpu_weight)?;
                 }
                 Subsystem::Cpu(c) => {
                     c.set_cfs_period(period).map_err(control(
@@ -282,6 +284,7 @@ impl FsCgroups {
                         "cpu.cfs_quota_us",
                         quota.to_string(),
                     ))?;
+                    write_cpu_weight(c.path(), false, limits.cpu_weight)?;
                 }
                 Subsystem::Mem(m) => {
                     let (file, data) = match (v2, limits.mem_limit_bytes) {

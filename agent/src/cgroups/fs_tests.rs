@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for, nvidia_rules};
-use backfill_shared::{PerfFactor, Resources};
+use crate::cgroups::{CpuPolicy, CpuWeight, limits_for, nvidia_rules};
+use backfill_shared::{PerfFactor, Resources, ServerClass};
 use cgroups_rs::fs::hierarchies::Mountinfo;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -89,7 +89,12 @@ fn v1_lifecycle_on_a_fake_tree() {
     let leaf = |ctl: &str| root.join(ctl).join("backfill").join(id.to_string());
 
     // 2 vCPUs at 0.5 of a 100 ms period = 100 ms; 512 MiB at 0.25 = 128 MiB.
-    let half = limits_for(&res(2, 512 * MIB), pf(0.5, 0.25), DEFAULT_CPU_PERIOD_US);
+    let half = limits_for(
+        &res(2, 512 * MIB),
+        pf(0.5, 0.25),
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     cg.create(&id, &half).unwrap();
     assert_eq!(read(&leaf("cpu").join("cpu.cfs_quota_us")), "100000");
     assert_eq!(read(&leaf("cpu").join("cpu.cfs_period_us")), "100000");
@@ -98,9 +103,16 @@ fn v1_lifecycle_on_a_fake_tree() {
         "134217728"
     );
     assert!(root.join("pids/backfill/cgroup.procs").is_file());
+    // Backfill is the idle class: the smallest cpu.shares.
+    assert_eq!(read(&leaf("cpu").join("cpu.shares")), "2");
     assert_eq!(cg.read_limits(&id).unwrap(), half);
 
-    let full = limits_for(&res(2, 512 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    let full = limits_for(
+        &res(2, 512 * MIB),
+        PerfFactor::FULL,
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     cg.set_limits(&id, &full).unwrap();
     assert_eq!(read(&leaf("cpu").join("cpu.cfs_quota_us")), "200000");
     assert_eq!(
@@ -216,7 +228,12 @@ fn v2_lifecycle_on_a_fake_tree() {
     let id = ServerId::from_u128(0xdef);
     let leaf = root.join("backfill").join(id.to_string());
 
-    let half = limits_for(&res(2, 512 * MIB), pf(0.5, 0.25), DEFAULT_CPU_PERIOD_US);
+    let half = limits_for(
+        &res(2, 512 * MIB),
+        pf(0.5, 0.25),
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     cg.create(&id, &half).unwrap();
     for dir in [root.to_path_buf(), root.join("backfill")] {
         let enabled = read(&dir.join("cgroup.subtree_control"));
@@ -224,21 +241,37 @@ fn v2_lifecycle_on_a_fake_tree() {
     }
     assert_eq!(read(&leaf.join("cgroup.subtree_control")), "");
     assert_eq!(read(&leaf.join("cpu.max")), "100000 100000");
+    assert_eq!(
+        read(&leaf.join("cpu.idle")),
+        "1",
+        "backfill is the idle class"
+    );
     assert_eq!(read(&leaf.join("memory.max")), "134217728");
     assert_eq!(cg.read_limits(&id).unwrap(), half);
 
     cg.set_limits(&id, &CgroupLimits::UNLIMITED).unwrap();
     assert_eq!(read(&leaf.join("cpu.max")), "max 100000");
     assert_eq!(read(&leaf.join("memory.max")), "max");
+    // Leaving the idle class clears cpu.idle before the weight (the kernel refuses a weight
+    // for an idle group).
+    assert_eq!(read(&leaf.join("cpu.idle")), "0");
+    assert_eq!(read(&leaf.join("cpu.weight")), "100");
     assert_eq!(cg.read_limits(&id).unwrap(), CgroupLimits::UNLIMITED);
     let other_period = CgroupLimits {
         cpu_quota_us: Some(5000),
         cpu_period_us: 10_000,
         mem_limit_bytes: Some(MIB),
+        cpu_weight: CpuWeight::Weight(250),
     };
     cg.create(&id, &other_period).unwrap();
     assert_eq!(read(&leaf.join("cpu.max")), "5000 10000");
+    assert_eq!(read(&leaf.join("cpu.weight")), "250");
     assert_eq!(cg.read_limits(&id).unwrap(), other_period);
+    // A kernel without cpu.idle (before 5.15) keeps the idle class at weight 1.
+    fs::remove_file(leaf.join("cpu.idle")).unwrap();
+    cg.set_limits(&id, &half).unwrap();
+    assert_eq!(read(&leaf.join("cpu.weight")), "1");
+    assert_eq!(cg.read_limits(&id).unwrap().cpu_weight, CpuWeight::Idle);
 
     assert_eq!(cg.join_files(&id).unwrap(), vec![leaf.join("cgroup.procs")]);
     assert_eq!(cg.list().unwrap(), vec![id]);
@@ -493,7 +526,12 @@ fn real_kernel_lifecycle() {
         children: Vec::new(),
     };
     let r = res(2, 256 * MIB);
-    let full = limits_for(&r, PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    let full = limits_for(
+        &r,
+        PerfFactor::FULL,
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     cg.create(&id, &full).unwrap();
     cg.create(&id, &full).unwrap();
     assert_eq!(cg.list().unwrap(), vec![id]);
@@ -543,7 +581,12 @@ fn real_kernel_lifecycle() {
     assert_eq!(cg.read_limits(&id).unwrap(), full);
 
     // perf_factor changes.
-    let half = limits_for(&r, pf(0.5, 0.5), DEFAULT_CPU_PERIOD_US);
+    let half = limits_for(
+        &r,
+        pf(0.5, 0.5),
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     assert_eq!(
         (half.cpu_quota_us, half.mem_limit_bytes),
         (Some(100_000), Some(128 * MIB))
@@ -551,10 +594,41 @@ fn real_kernel_lifecycle() {
     cg.set_limits(&id, &half).unwrap();
     shown(&half);
     assert_eq!(cg.read_limits(&id).unwrap(), half);
-    let tenth = limits_for(&r, pf(0.05, 0.5), DEFAULT_CPU_PERIOD_US);
+    let tenth = limits_for(
+        &r,
+        pf(0.05, 0.5),
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     assert_eq!(tenth.cpu_quota_us, Some(10_000));
     cg.set_limits(&id, &tenth).unwrap();
     shown(&tenth);
+    assert_eq!(cg.read_limits(&id).unwrap(), tenth);
+
+    // Weights: the idle class for backfill; a normal server weighs the MHz it was sold (3,000
+    // MHz on 2,000 MHz cores: 150, cpu.shares 1536 on v1), with its quota by MHz.
+    let weight_file = if cg.is_v2() {
+        "cpu.weight"
+    } else {
+        "cpu.shares"
+    };
+    if cg.is_v2() {
+        assert_eq!(read(&cpu.join("cpu.idle")), "1");
+    } else {
+        assert_eq!(read(&cpu.join("cpu.shares")), "2");
+    }
+    let host = CpuPolicy {
+        mhz_per_core: 2000,
+        ..CpuPolicy::default()
+    };
+    let sold = Resources { cpu_mhz: 3000, ..r };
+    let normal = limits_for(&sold, PerfFactor::FULL, ServerClass::Normal, &host);
+    assert_eq!(normal.cpu_quota_us, Some(150_000));
+    cg.set_limits(&id, &normal).unwrap();
+    let expected = if cg.is_v2() { "150" } else { "1536" };
+    assert_eq!(read(&cpu.join(weight_file)), expected);
+    assert_eq!(cg.read_limits(&id).unwrap(), normal);
+    cg.set_limits(&id, &tenth).unwrap();
     assert_eq!(cg.read_limits(&id).unwrap(), tenth);
 
     // The kernel enforces the quota: a busy loop at 0.1 CPU gets throttled.
@@ -638,7 +712,12 @@ fn v1_device_rules_on_a_fake_tree() {
     let cg = FsCgroups::v1_at(t.path(), "backfill").unwrap();
     let id = ServerId::from_u128(0xd1);
     let leaf = root.join("devices/backfill").join(id.to_string());
-    let limits = limits_for(&res(1, 64 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    let limits = limits_for(
+        &res(1, 64 * MIB),
+        PerfFactor::FULL,
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     // Not created yet: the rules have nowhere to go.
     let e = cg.restrict_devices(&id, &[]).unwrap_err();
     assert!(matches!(e, CgroupError::NotFound { .. }), "{e}");
@@ -743,7 +822,12 @@ fn real_kernel_device_rules() {
         id,
         children: Vec::new(),
     };
-    let limits = limits_for(&res(1, 64 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+    let limits = limits_for(
+        &res(1, 64 * MIB),
+        PerfFactor::FULL,
+        ServerClass::Backfill,
+        &CpuPolicy::default(),
+    );
     cg.create(&id, &limits).unwrap();
     let started = Instant::now();
     assert_eq!(

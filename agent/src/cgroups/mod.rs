@@ -21,7 +21,7 @@ pub use fs::FsCgroups;
 
 use backfill_shared::domain::scale;
 use backfill_shared::protocol::{AppliedLimits, ServerUsage};
-use backfill_shared::{PerfFactor, Resources, ServerId};
+use backfill_shared::{PerfFactor, Resources, ServerClass, ServerId};
 use std::path::PathBuf;
 
 /// The CFS period the agent uses unless told otherwise (the kernel's default too).
@@ -36,12 +36,54 @@ pub const MIN_MEM_LIMIT_BYTES: u64 = 4_096;
 /// The parent cgroup used when the configuration names none.
 pub const DEFAULT_PARENT: &str = "backfill";
 
+/// cgroup v2's `cpu.weight` range; 100 is the kernel's default (one core's worth here).
+pub const MIN_CPU_WEIGHT: u64 = 1;
+pub const MAX_CPU_WEIGHT: u64 = 10_000;
+pub const DEFAULT_CPU_WEIGHT: u64 = 100;
+/// cgroup v1's smallest `cpu.shares`: what idle-class servers get there.
+pub const V1_MIN_SHARES: u64 = 2;
+
+/// A server's CPU weight against its neighbours when the CPU is contended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuWeight {
+    /// In cgroup v2 units (`cpu.weight`, 1 to 10000); on v1 `cpu.shares` = weight x 1024 / 100.
+    Weight(u64),
+    /// The idle class: cgroup v2 `cpu.idle = 1` (weight 1 where the kernel lacks it); v1 the
+    /// minimum `cpu.shares` (2), plus `SCHED_IDLE` for the workload's threads (the driver).
+    Idle,
+}
+
+impl CpuWeight {
+    /// v1 `cpu.shares` for this weight (1024 per 100, at least 3 so 2 always means idle).
+    pub fn v1_shares(self) -> u64 {
+        match self {
+            CpuWeight::Idle => V1_MIN_SHARES,
+            CpuWeight::Weight(w) => (w.saturating_mul(1024) / 100).max(V1_MIN_SHARES + 1),
+        }
+    }
+
+    /// The weight v1 `cpu.shares` stand for (the inverse of [`CpuWeight::v1_shares`]).
+    pub fn from_v1_shares(shares: u64) -> CpuWeight {
+        if shares <= V1_MIN_SHARES {
+            CpuWeight::Idle
+        } else {
+            CpuWeight::Weight(
+                shares
+                    .saturating_mul(100)
+                    .div_ceil(1024)
+                    .max(MIN_CPU_WEIGHT),
+            )
+        }
+    }
+}
+
 /// Limits for one server's cgroup. `None` = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLimits {
     pub cpu_quota_us: Option<u64>,
     pub cpu_period_us: u64,
     pub mem_limit_bytes: Option<u64>,
+    pub cpu_weight: CpuWeight,
 }
 
 impl CgroupLimits {
@@ -49,6 +91,7 @@ impl CgroupLimits {
         cpu_quota_us: None,
         cpu_period_us: DEFAULT_CPU_PERIOD_US,
         mem_limit_bytes: None,
+        cpu_weight: CpuWeight::Weight(DEFAULT_CPU_WEIGHT),
     };
 
     /// Checks the limits against what the kernel accepts, so a write never fails half-way.
@@ -63,6 +106,11 @@ impl CgroupLimits {
             }
             Some(q) if i64::try_from(q).is_err() => return bad("the CPU quota is too large"),
             _ => {}
+        }
+        if let CpuWeight::Weight(w) = self.cpu_weight
+            && !(MIN_CPU_WEIGHT..=MAX_CPU_WEIGHT).contains(&w)
+        {
+            return bad("the CPU weight must be between 1 and 10000");
         }
         match self.mem_limit_bytes {
             Some(0) => bad("a memory limit of 0 bytes"),
@@ -82,26 +130,84 @@ impl From<CgroupLimits> for AppliedLimits {
     }
 }
 
-/// CPU quota = vCPUs x perf_factor.cpu x period (at least 1000 us, the kernel's minimum);
-/// memory limit = mem_bytes x perf_factor.mem (rounded down by [`scale`], at least
-/// [`MIN_MEM_LIMIT_BYTES`]). `vcpus == 0` means no CPU limit; `mem_bytes == 0` means no memory
-/// limit. A period outside the kernel's 1 ms..1 s range is clamped into it.
+/// How the agent turns what a server was sold into CPU limits on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuPolicy {
+    /// The host's MHz per core (from discovery); 0 = unknown, and quotas follow vCPUs alone.
+    pub mhz_per_core: u64,
+    /// The CFS period (clamped into the kernel's 1 ms..1 s).
+    pub period_us: u64,
+    /// Whether normal servers are held to the MHz they were sold, or may also use idle cycles
+    /// (their weight holds either way). Backfill and spot servers always have a quota.
+    pub normal_quota: bool,
+}
+
+impl Default for CpuPolicy {
+    fn default() -> CpuPolicy {
+        CpuPolicy {
+            mhz_per_core: 0,
+            period_us: DEFAULT_CPU_PERIOD_US,
+            normal_quota: true,
+        }
+    }
+}
+
+/// The limits a server gets:
 ///
-/// The kernel keeps memory limits in pages: a limit that is not a multiple of the page size
-/// reads back rounded down to one.
-pub fn limits_for(resources: &Resources, perf: PerfFactor, period_us: u64) -> CgroupLimits {
+/// - **CPU quota** = min(`cpu` MHz / host MHz per core, vCPUs) x perf_factor.cpu x period, at
+///   least 1000 us (the kernel's minimum): a 200 MHz server on 2,000 MHz cores gets a tenth of
+///   a core, never more cores than it has vCPUs. No MHz (or an unknown host MHz) means vCPUs x
+///   period; neither means no quota. Normal servers have none when the policy says so.
+/// - **CPU weight**: normal servers 100 per core sold (v2 units, 1 to 10000: the MHz they
+///   were sold, not their vCPUs); backfill and spot servers the idle class, so a normal
+///   server takes the CPU from them the moment it wants it, before any coordinator decision.
+/// - **Memory limit** = mem_bytes x perf_factor.mem (rounded down by [`scale`], at least
+///   [`MIN_MEM_LIMIT_BYTES`]); `mem_bytes == 0` means no limit. The kernel keeps memory limits
+///   in pages: a limit that is not a multiple of the page size reads back rounded down.
+pub fn limits_for(
+    resources: &Resources,
+    perf: PerfFactor,
+    class: ServerClass,
+    policy: &CpuPolicy,
+) -> CgroupLimits {
     let perf = perf.clamped();
-    let period = period_us.clamp(MIN_CPU_PERIOD_US, MAX_CPU_PERIOD_US);
-    let cpu_quota_us = (resources.vcpus > 0).then(|| {
-        let full = u64::from(resources.vcpus).saturating_mul(period);
-        scale(full, perf.cpu).max(MIN_CPU_QUOTA_US)
+    let period = policy.period_us.clamp(MIN_CPU_PERIOD_US, MAX_CPU_PERIOD_US);
+    let by_vcpus = (resources.vcpus > 0).then(|| u64::from(resources.vcpus).saturating_mul(period));
+    let by_mhz = (resources.cpu_mhz > 0 && policy.mhz_per_core > 0).then(|| {
+        let q =
+            u128::from(resources.cpu_mhz) * u128::from(period) / u128::from(policy.mhz_per_core);
+        u64::try_from(q).unwrap_or(u64::MAX)
     });
+    let sold = match (by_vcpus, by_mhz) {
+        (Some(v), Some(m)) => Some(v.min(m)),
+        (v, m) => v.or(m),
+    };
+    let quota_applies = class != ServerClass::Normal || policy.normal_quota;
+    let cpu_quota_us = sold
+        .filter(|_| quota_applies)
+        .map(|full| scale(full, perf.cpu).max(MIN_CPU_QUOTA_US));
+    let cpu_weight = match class {
+        ServerClass::Normal => {
+            let w = match by_mhz {
+                Some(_) => {
+                    let cores_x100 = u128::from(resources.cpu_mhz) * 100
+                        / u128::from(policy.mhz_per_core.max(1));
+                    u64::try_from(cores_x100).unwrap_or(MAX_CPU_WEIGHT)
+                }
+                None if resources.vcpus > 0 => u64::from(resources.vcpus).saturating_mul(100),
+                None => DEFAULT_CPU_WEIGHT,
+            };
+            CpuWeight::Weight(w.clamp(MIN_CPU_WEIGHT, MAX_CPU_WEIGHT))
+        }
+        ServerClass::Backfill | ServerClass::Spot => CpuWeight::Idle,
+    };
     let mem_limit_bytes = (resources.mem_bytes > 0)
         .then(|| scale(resources.mem_bytes, perf.mem).max(MIN_MEM_LIMIT_BYTES));
     CgroupLimits {
         cpu_quota_us,
         cpu_period_us: period,
         mem_limit_bytes,
+        cpu_weight,
     }
 }
 
@@ -287,15 +393,25 @@ mod tests {
         PerfFactor { cpu, mem }
     }
 
+    /// A backfill server's limits with the host's MHz unknown: quotas follow vCPUs.
+    fn limits_at(resources: &Resources, perf: PerfFactor, period_us: u64) -> CgroupLimits {
+        let policy = CpuPolicy {
+            period_us,
+            ..CpuPolicy::default()
+        };
+        limits_for(resources, perf, ServerClass::Backfill, &policy)
+    }
+
     #[test]
     fn full_perf_gives_whole_vcpus_and_all_memory() {
-        let l = limits_for(&res(2, 512 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
+        let l = limits_at(&res(2, 512 * MIB), PerfFactor::FULL, DEFAULT_CPU_PERIOD_US);
         assert_eq!(
             l,
             CgroupLimits {
                 cpu_quota_us: Some(200_000),
                 cpu_period_us: 100_000,
                 mem_limit_bytes: Some(512 * MIB),
+                cpu_weight: CpuWeight::Idle,
             }
         );
         l.validate().unwrap();
@@ -303,10 +419,10 @@ mod tests {
 
     #[test]
     fn half_and_quarter_perf() {
-        let l = limits_for(&res(2, 512 * MIB), pf(0.5, 0.25), 100_000);
+        let l = limits_at(&res(2, 512 * MIB), pf(0.5, 0.25), 100_000);
         assert_eq!(l.cpu_quota_us, Some(100_000));
         assert_eq!(l.mem_limit_bytes, Some(128 * MIB));
-        let l = limits_for(&res(3, 1000), pf(0.5, 0.5), 50_000);
+        let l = limits_at(&res(3, 1000), pf(0.5, 0.5), 50_000);
         assert_eq!(l.cpu_quota_us, Some(75_000));
         assert_eq!(l.cpu_period_us, 50_000);
         assert_eq!(l.mem_limit_bytes, Some(MIN_MEM_LIMIT_BYTES));
@@ -315,22 +431,28 @@ mod tests {
     #[test]
     fn a_tenth_rounds_down() {
         // 3 vCPUs x 0.1 x 100000 = 30000.000000000004 in floating point: floor, no surprise.
-        let l = limits_for(&res(3, 1_000_000_007), pf(0.1, 0.1), 100_000);
+        let l = limits_at(&res(3, 1_000_000_007), pf(0.1, 0.1), 100_000);
         assert_eq!(l.cpu_quota_us, Some(30_000));
         assert_eq!(l.mem_limit_bytes, Some(100_000_000));
-        let l = limits_for(&res(1, 4 * MIB), pf(0.33, 0.33), 100_000);
+        let l = limits_at(&res(1, 4 * MIB), pf(0.33, 0.33), 100_000);
         assert_eq!(l.cpu_quota_us, Some(33_000));
         assert_eq!(l.mem_limit_bytes, Some(1_384_120));
     }
 
     #[test]
     fn zero_means_unlimited() {
-        let l = limits_for(&res(0, 0), pf(0.5, 0.5), 100_000);
-        assert_eq!(l, CgroupLimits::UNLIMITED);
-        let l = limits_for(&res(0, 64 * MIB), pf(0.5, 0.5), 100_000);
+        let l = limits_at(&res(0, 0), pf(0.5, 0.5), 100_000);
+        assert_eq!(
+            l,
+            CgroupLimits {
+                cpu_weight: CpuWeight::Idle,
+                ..CgroupLimits::UNLIMITED
+            }
+        );
+        let l = limits_at(&res(0, 64 * MIB), pf(0.5, 0.5), 100_000);
         assert_eq!(l.cpu_quota_us, None);
         assert_eq!(l.mem_limit_bytes, Some(32 * MIB));
-        let l = limits_for(&res(1, 0), pf(0.5, 0.5), 100_000);
+        let l = limits_at(&res(1, 0), pf(0.5, 0.5), 100_000);
         assert_eq!(l.cpu_quota_us, Some(50_000));
         assert_eq!(l.mem_limit_bytes, None);
     }
@@ -338,20 +460,143 @@ mod tests {
     #[test]
     fn the_kernel_minimums_hold() {
         // 1 vCPU at 0.001 of a 100 ms period is 100 us: below the kernel's 1 ms minimum.
-        let l = limits_for(&res(1, MIB), pf(0.001, 0.0), 100_000);
+        let l = limits_at(&res(1, MIB), pf(0.001, 0.0), 100_000);
         assert_eq!(l.cpu_quota_us, Some(MIN_CPU_QUOTA_US));
         assert_eq!(l.mem_limit_bytes, Some(MIN_MEM_LIMIT_BYTES));
-        let l = limits_for(&res(1, MIB), pf(0.0, 0.0), 100_000);
+        let l = limits_at(&res(1, MIB), pf(0.0, 0.0), 100_000);
         assert_eq!(l.cpu_quota_us, Some(MIN_CPU_QUOTA_US));
         l.validate().unwrap();
         // Out-of-range periods are clamped, NaN and > 1 perf factors are clamped to 1.
         assert_eq!(
-            limits_for(&res(1, 0), pf(1.0, 1.0), 0).cpu_period_us,
+            limits_at(&res(1, 0), pf(1.0, 1.0), 0).cpu_period_us,
             MIN_CPU_PERIOD_US
         );
-        let l = limits_for(&res(2, 0), pf(f64::NAN, 7.0), 10_000_000);
+        let l = limits_at(&res(2, 0), pf(f64::NAN, 7.0), 10_000_000);
         assert_eq!(l.cpu_period_us, MAX_CPU_PERIOD_US);
         assert_eq!(l.cpu_quota_us, Some(2 * MAX_CPU_PERIOD_US));
+    }
+
+    fn sold(cpu_mhz: u64, vcpus: u32) -> Resources {
+        Resources {
+            cpu_mhz,
+            vcpus,
+            mem_bytes: 0,
+        }
+    }
+
+    const HOST: CpuPolicy = CpuPolicy {
+        mhz_per_core: 2000,
+        period_us: 100_000,
+        normal_quota: true,
+    };
+
+    #[test]
+    fn the_quota_follows_the_mhz_sold_capped_by_vcpus() {
+        let q = |r: Resources, f: f64, class| limits_for(&r, pf(f, 1.0), class, &HOST).cpu_quota_us;
+        // 200 MHz on 2,000 MHz cores: a tenth of a core, whatever its vCPUs.
+        assert_eq!(q(sold(200, 1), 1.0, ServerClass::Backfill), Some(10_000));
+        assert_eq!(q(sold(200, 8), 1.0, ServerClass::Backfill), Some(10_000));
+        // ... times its perf_factor, at the floor too.
+        assert_eq!(q(sold(200, 1), 0.5, ServerClass::Backfill), Some(5_000));
+        assert_eq!(q(sold(2000, 1), 0.1, ServerClass::Spot), Some(10_000));
+        // More MHz than its vCPUs can use: capped by the vCPUs.
+        assert_eq!(q(sold(9000, 2), 1.0, ServerClass::Backfill), Some(200_000));
+        // Tiny MHz: the kernel's 1 ms minimum.
+        assert_eq!(
+            q(sold(1, 1), 1.0, ServerClass::Backfill),
+            Some(MIN_CPU_QUOTA_US)
+        );
+        assert_eq!(
+            q(sold(1, 1), 0.1, ServerClass::Backfill),
+            Some(MIN_CPU_QUOTA_US)
+        );
+        // MHz without vCPUs; vCPUs without MHz.
+        assert_eq!(q(sold(3000, 0), 1.0, ServerClass::Backfill), Some(150_000));
+        assert_eq!(q(sold(0, 3), 1.0, ServerClass::Backfill), Some(300_000));
+        assert_eq!(q(sold(0, 0), 1.0, ServerClass::Backfill), None);
+        // Huge values saturate instead of overflowing.
+        assert_eq!(
+            q(sold(u64::MAX, 0), 1.0, ServerClass::Backfill),
+            Some(u64::MAX)
+        );
+        // An unknown host MHz: vCPUs alone.
+        let unknown = CpuPolicy {
+            mhz_per_core: 0,
+            ..HOST
+        };
+        let l = limits_for(
+            &sold(200, 2),
+            PerfFactor::FULL,
+            ServerClass::Backfill,
+            &unknown,
+        );
+        assert_eq!(l.cpu_quota_us, Some(200_000));
+    }
+
+    #[test]
+    fn normal_servers_weigh_their_mhz_and_may_go_without_a_quota() {
+        let l = limits_for(&sold(3000, 4), PerfFactor::FULL, ServerClass::Normal, &HOST);
+        assert_eq!(
+            (l.cpu_quota_us, l.cpu_weight),
+            (Some(150_000), CpuWeight::Weight(150))
+        );
+        let burst = CpuPolicy {
+            normal_quota: false,
+            ..HOST
+        };
+        let l = limits_for(
+            &sold(3000, 4),
+            PerfFactor::FULL,
+            ServerClass::Normal,
+            &burst,
+        );
+        assert_eq!(
+            (l.cpu_quota_us, l.cpu_weight),
+            (None, CpuWeight::Weight(150))
+        );
+        // Backfill and spot keep their quota under that policy, and are idle-class.
+        for class in [ServerClass::Backfill, ServerClass::Spot] {
+            let l = limits_for(&sold(3000, 4), PerfFactor::FULL, class, &burst);
+            assert_eq!(
+                (l.cpu_quota_us, l.cpu_weight),
+                (Some(150_000), CpuWeight::Idle)
+            );
+        }
+        // The weight's range holds at the edges.
+        let w = |mhz, vcpus| {
+            limits_for(
+                &sold(mhz, vcpus),
+                PerfFactor::FULL,
+                ServerClass::Normal,
+                &HOST,
+            )
+            .cpu_weight
+        };
+        assert_eq!(w(1, 1), CpuWeight::Weight(MIN_CPU_WEIGHT));
+        assert_eq!(w(u64::MAX, 0), CpuWeight::Weight(MAX_CPU_WEIGHT));
+        assert_eq!(w(0, 2), CpuWeight::Weight(200));
+        assert_eq!(w(0, 0), CpuWeight::Weight(DEFAULT_CPU_WEIGHT));
+        for mhz in [1, 200, 2000, 3000, 123_456, u64::MAX] {
+            limits_for(&sold(mhz, 1), PerfFactor::FULL, ServerClass::Normal, &HOST)
+                .validate()
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn v1_shares_round_trip_and_two_means_idle() {
+        assert_eq!(CpuWeight::Idle.v1_shares(), 2);
+        assert_eq!(CpuWeight::from_v1_shares(2), CpuWeight::Idle);
+        assert_eq!(CpuWeight::Weight(100).v1_shares(), 1024);
+        for w in (MIN_CPU_WEIGHT..=1000).chain([9_999, MAX_CPU_WEIGHT]) {
+            let shares = CpuWeight::Weight(w).v1_shares();
+            assert!(shares > V1_MIN_SHARES, "{w}");
+            assert_eq!(
+                CpuWeight::from_v1_shares(shares),
+                CpuWeight::Weight(w),
+                "{w}"
+            );
+        }
     }
 
     #[test]
@@ -383,6 +628,14 @@ mod tests {
                 mem_limit_bytes: Some(u64::MAX),
                 ..ok
             },
+            CgroupLimits {
+                cpu_weight: CpuWeight::Weight(0),
+                ..ok
+            },
+            CgroupLimits {
+                cpu_weight: CpuWeight::Weight(10_001),
+                ..ok
+            },
         ] {
             let e = bad.validate().unwrap_err();
             assert!(matches!(e, CgroupError::BadLimits { .. }), "{e}");
@@ -412,7 +665,7 @@ mod tests {
 
     #[test]
     fn applied_limits_conversion() {
-        let l = limits_for(&res(2, MIB), PerfFactor::FULL, 100_000);
+        let l = limits_at(&res(2, MIB), PerfFactor::FULL, 100_000);
         let a = AppliedLimits::from(l);
         assert_eq!(a.cpu_quota_us, Some(200_000));
         assert_eq!(a.cpu_period_us, 100_000);

@@ -2,7 +2,7 @@
 //! workload user between fork and exec: it never runs unlimited or as root.
 
 use super::DriverError;
-use backfill_shared::ServerId;
+use backfill_shared::{ServerClass, ServerId};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -63,6 +63,42 @@ pub struct ExecSpec<'a> {
     pub log_file: &'a Path,
     /// A network namespace (`/run/netns/NAME`) to join before exec.
     pub netns: Option<&'a Path>,
+    /// What the workload yields to its neighbours ([`Yielding::for_class`]).
+    pub yielding: Yielding,
+}
+
+/// How a workload gives way to normal servers, from the kernel's side: its threads' scheduling
+/// class and its standing with the OOM killer. Inherited by everything it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Yielding {
+    /// `SCHED_IDLE`: runs only when no normal-class thread wants the CPU (cgroup v1 has no
+    /// `cpu.idle`; this is its per-thread equivalent).
+    pub sched_idle: bool,
+    /// Written to `/proc/self/oom_score_adj` (-1000..=1000): higher dies first.
+    pub oom_score_adj: Option<i16>,
+}
+
+impl Yielding {
+    pub const NONE: Yielding = Yielding {
+        sched_idle: false,
+        oom_score_adj: None,
+    };
+
+    /// Backfill yields the CPU and dies first on OOM; spot yields the CPU and dies after
+    /// backfill; normal servers are left as the kernel has them.
+    pub fn for_class(class: ServerClass) -> Yielding {
+        match class {
+            ServerClass::Normal => Yielding::NONE,
+            ServerClass::Spot => Yielding {
+                sched_idle: true,
+                oom_score_adj: Some(500),
+            },
+            ServerClass::Backfill => Yielding {
+                sched_idle: true,
+                oom_score_adj: Some(1000),
+            },
+        }
+    }
 }
 
 /// Starts the workload; returns the child (its pid leads its own session and process group).
@@ -100,6 +136,12 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
         })
         .transpose()?;
     let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // Formatted before the fork: the child must not allocate.
+    let oom_adj: Option<Vec<u8>> = spec
+        .yielding
+        .oom_score_adj
+        .map(|a| a.clamp(-1000, 1000).to_string().into_bytes());
+    let sched_idle = spec.yielding.sched_idle;
 
     let mut cmd = Command::new(program);
     cmd.args(&spec.command[1..])
@@ -113,12 +155,21 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (open, write, close, setns, setsid, setgroups, setgid, setuid) on memory prepared
-    // before the fork; it allocates nothing.
+    // calls (open, write, close, setns, setsid, sched_setscheduler, setgroups, setgid, setuid)
+    // on memory prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             for path in &join {
                 join_cgroup(path)?;
+            }
+            if let Some(adj) = &oom_adj {
+                write_self(c"/proc/self/oom_score_adj", adj)?;
+            }
+            if sched_idle {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some(fd) = netns_fd
                 && libc::setns(fd, libc::CLONE_NEWNET) != 0
@@ -150,16 +201,22 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
 
 /// Writes "0" (= the calling process) into a `cgroup.procs` file. Runs in the forked child.
 unsafe fn join_cgroup(path: &CString) -> std::io::Result<()> {
-    // SAFETY: path is a valid NUL-terminated string; the buffer is a static byte string.
+    // SAFETY: as write_self.
+    unsafe { write_self(path, b"0") }
+}
+
+/// Writes `data` to `path` with raw system calls only (for the child between fork and exec).
+unsafe fn write_self(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: path is a valid NUL-terminated string; data is a live buffer of its length.
     unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
         let err = std::io::Error::last_os_error();
         libc::close(fd);
-        if n != 1 {
+        if usize::try_from(n).ok() != Some(data.len()) {
             return Err(err);
         }
     }
@@ -190,6 +247,7 @@ mod tests {
             run_as: None,
             log_file: &log,
             netns: None,
+            yielding: Yielding::NONE,
         })
         .unwrap();
         assert!(child.wait().unwrap().success());
@@ -209,6 +267,7 @@ mod tests {
             run_as: None,
             log_file: &dir.path().join("l"),
             netns: None,
+            yielding: Yielding::NONE,
         });
         assert!(matches!(r, Err(DriverError::Spawn { .. })));
     }
@@ -226,6 +285,7 @@ mod tests {
             run_as: None,
             log_file: &dir.path().join("l"),
             netns: None,
+            yielding: Yielding::NONE,
         });
         assert!(r.is_err(), "the workload must not run outside its cgroup");
     }
@@ -234,5 +294,43 @@ mod tests {
     fn nobody_exists_here() {
         assert!(RunAs::lookup("nobody").is_ok());
         assert!(RunAs::lookup("no-such-user-xyz").is_err());
+    }
+
+    /// The scheduling policy (field 41 of /proc/PID/stat) and oom_score_adj a class's workload
+    /// runs with, as the workload itself reads them.
+    fn yielding_seen(yielding: Yielding) -> (u32, i32) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let cmd: Vec<String> = ["cat", "/proc/self/oom_score_adj", "/proc/self/stat"]
+            .map(String::from)
+            .to_vec();
+        let mut child = spawn(&ExecSpec {
+            server: ServerId::from_u128(7),
+            command: &cmd,
+            env: &BTreeMap::new(),
+            join_files: &[],
+            run_as: None,
+            log_file: &log,
+            netns: None,
+            yielding,
+        })
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+        let out = std::fs::read_to_string(&log).unwrap();
+        let (adj, stat) = out.split_once('\n').unwrap();
+        let after_comm = stat.rsplit_once(')').unwrap().1;
+        let policy = after_comm.split_whitespace().nth(38).unwrap();
+        (policy.parse().unwrap(), adj.trim().parse().unwrap())
+    }
+
+    #[test]
+    fn backfill_and_spot_yield_the_cpu_and_die_first() {
+        let (normal_policy, normal_adj) = yielding_seen(Yielding::for_class(ServerClass::Normal));
+        assert_eq!(normal_policy, libc::SCHED_OTHER as u32);
+        let (policy, adj) = yielding_seen(Yielding::for_class(ServerClass::Backfill));
+        assert_eq!((policy, adj), (libc::SCHED_IDLE as u32, 1000));
+        let (policy, adj) = yielding_seen(Yielding::for_class(ServerClass::Spot));
+        assert_eq!((policy, adj), (libc::SCHED_IDLE as u32, 500));
+        assert!(normal_adj < 500, "normal servers keep the agent's standing");
     }
 }

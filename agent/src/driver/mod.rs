@@ -4,7 +4,7 @@
 mod exec;
 mod proc;
 
-pub use exec::{ExecSpec, RunAs, spawn};
+pub use exec::{ExecSpec, RunAs, Yielding, spawn};
 pub use proc::{
     ProcessIdentity, alive, kill_group, others_can_execute, running_as_root, terminate_group,
 };

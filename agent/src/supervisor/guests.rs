@@ -2,7 +2,6 @@
 //! guests' acknowledgements of their terminations, and their network namespaces.
 
 use super::{Run, Supervisor};
-use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
 use crate::metadata::GuestInfo;
 use crate::network::{GuestNet, NetworkError};
 use backfill_shared::ServerId;
@@ -46,7 +45,7 @@ impl Supervisor {
             .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
             .filter_map(|(id, e)| {
                 let g = e.guest.as_ref()?;
-                let limits = limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US);
+                let limits = self.limits(&e.resources, e.perf_factor, e.guest.as_ref());
                 Some(GuestInfo {
                     server: *id,
                     name: g.name.clone(),

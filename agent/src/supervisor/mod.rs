@@ -1,7 +1,7 @@
 //! The workloads of this host: started, limited, watched, stopped and re-adopted. Applying a
 //! desired state is idempotent: the same state twice changes nothing.
 
-use crate::cgroups::{CgroupManager, DEFAULT_CPU_PERIOD_US, limits_for};
+use crate::cgroups::{CgroupLimits, CgroupManager, CpuPolicy, limits_for};
 use crate::discovery::GpuMonitor;
 use crate::driver::{self, ExecSpec, ProcessIdentity, RunAs};
 use crate::metadata::MetadataStore;
@@ -71,6 +71,8 @@ pub struct Supervisor {
     /// Where the `nvidia-uvm` major is read from.
     proc_devices: PathBuf,
     said: gpus::SaidOnce,
+    /// How what a server was sold becomes CPU limits here.
+    cpu: CpuPolicy,
 }
 
 impl Supervisor {
@@ -97,7 +99,27 @@ impl Supervisor {
             gpus: None,
             proc_devices: PathBuf::from("/proc/devices"),
             said: Default::default(),
+            cpu: CpuPolicy::default(),
         }
+    }
+
+    /// Quotas by the MHz sold on this host (its MHz per core), and whether normal servers
+    /// have one.
+    pub fn with_cpu_policy(mut self, cpu: CpuPolicy) -> Supervisor {
+        self.cpu = cpu;
+        self
+    }
+
+    /// The limits a server gets here. A server whose class is unknown (adopted from a state
+    /// file that does not say) is treated as backfill: it yields rather than competes.
+    fn limits(
+        &self,
+        resources: &Resources,
+        perf: PerfFactor,
+        guest: Option<&backfill_shared::GuestProfile>,
+    ) -> CgroupLimits {
+        let class = guest.map_or(backfill_shared::ServerClass::Backfill, |g| g.class);
+        limits_for(resources, perf, class, &self.cpu)
     }
 
     /// Reports the GPUs `monitor` last saw, and gives workloads only the GPUs their servers
@@ -124,11 +146,7 @@ impl Supervisor {
                 Run::Running { .. } => (
                     *id,
                     "running",
-                    Some(limits_for(
-                        &e.resources,
-                        e.perf_factor,
-                        DEFAULT_CPU_PERIOD_US,
-                    )),
+                    Some(self.limits(&e.resources, e.perf_factor, e.guest.as_ref())),
                 ),
                 Run::Exited { .. } => (*id, "exited", None),
                 Run::Failed { .. } => (*id, "failed", None),
@@ -239,7 +257,8 @@ impl Supervisor {
                     }
                     e.shutdown = d.shutdown;
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
-                        let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
+                        let limits =
+                            limits_for(&d.resources, d.perf_factor, d.guest.class, &self.cpu);
                         match self.cgroups.set_limits(&id, &limits) {
                             Ok(()) => {
                                 tracing::info!(server = %id, cpu = d.perf_factor.cpu, mem = d.perf_factor.mem, "limits changed");
@@ -315,7 +334,7 @@ impl Supervisor {
         let id = d.server;
         let scan = self.gpu_scan();
         let gpus = gpus::resolve(&d.gpus, &scan)?;
-        let limits = limits_for(&d.resources, d.perf_factor, DEFAULT_CPU_PERIOD_US);
+        let limits = self.limits(&d.resources, d.perf_factor, Some(&d.guest));
         self.cgroups.create(&id, &limits).map_err(|e| {
             self.cgroup_errors.inc();
             e.to_string()
@@ -351,6 +370,7 @@ impl Supervisor {
             run_as: self.run_as,
             log_file: &log_file,
             netns: netns.as_deref(),
+            yielding: driver::Yielding::for_class(d.guest.class),
         });
         let mut child = match spawned {
             Ok(c) => c,
@@ -495,7 +515,7 @@ impl Supervisor {
                 } else {
                     None
                 }
-                .unwrap_or_else(|| limits_for(&e.resources, e.perf_factor, DEFAULT_CPU_PERIOD_US));
+                .unwrap_or_else(|| self.limits(&e.resources, e.perf_factor, e.guest.as_ref()));
                 ObservedServer {
                     network: e.network.as_ref().map(|n| GuestNetwork {
                         address: n.address.into(),

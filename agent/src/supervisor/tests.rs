@@ -75,7 +75,8 @@ fn applies_limits_once_and_relimits_on_perf_change() {
     let full = limits_for(
         &desired(1, &[(id, 1.0)]).servers[0].resources,
         PerfFactor::FULL,
-        DEFAULT_CPU_PERIOD_US,
+        backfill_shared::ServerClass::Backfill,
+        &crate::cgroups::CpuPolicy::default(),
     );
     assert_eq!(full.cpu_quota_us, Some(200_000));
     assert!(calls.iter().any(|c| matches!(c, Call::SetLimits(i, l) if *i == id && l.cpu_quota_us == Some(100_000) && l.mem_limit_bytes == Some(128 << 20))));

@@ -294,7 +294,10 @@ impl Coordinator {
             return;
         }
         let ids: Vec<String> = requeued.iter().map(|s| s.uuid.to_string()).collect();
-        match self.commit(&mut model, requeued, std::slice::from_ref(host)).await {
+        match self
+            .commit(&mut model, requeued, std::slice::from_ref(host))
+            .await
+        {
             Ok(()) => {
                 tracing::warn!(host = %host, servers = ?ids, "unconfirmed servers back in the queue")
             }
