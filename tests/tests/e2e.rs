@@ -53,7 +53,8 @@ async fn a_tenant_runs_a_bserver_in_its_own_cgroup_and_stops_it() {
     let pki = Pki::new();
     let coord = Coordinator::start(&pki, &["tenant"]);
     let setup = AgentSetup::new(&pki, &coord, "host-a");
-    let _agent = setup.start(true, "1");
+    let mut agent = setup.start(true, "1");
+    let mhz_per_core: u64 = agent.wait_log_value("discovered", "mhz").parse().unwrap();
     let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
 
     let (status, caps) = get(&tenant, &coord.url("capabilities/")).await;
@@ -107,12 +108,20 @@ async fn a_tenant_runs_a_bserver_in_its_own_cgroup_and_stops_it() {
         );
         let mprocs = std::fs::read_to_string(mem.join("cgroup.procs")).unwrap();
         assert!(mprocs.lines().any(|l| l == pid.to_string()));
-        // 2 vCPUs at perf_factor 1.0 with a 100 ms period; memory as requested.
+        // 1,000 MHz over the host's MHz per core (at most its 2 vCPUs) at perf_factor 1.0,
+        // with a 100 ms period; memory as requested; the idle class's weight.
+        let quota = (1000 * 100_000 / mhz_per_core).min(200_000);
         assert_eq!(
             std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
                 .unwrap()
                 .trim(),
-            "200000"
+            quota.to_string()
+        );
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.shares"))
+                .unwrap()
+                .trim(),
+            "2"
         );
         assert_eq!(
             std::fs::read_to_string(cpu.join("cpu.cfs_period_us"))

@@ -52,8 +52,11 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
             .ok()
             .and_then(|q| q.trim().parse::<i64>().ok())
     };
+    // Its quota follows the MHz it was sold, at most its one vCPU.
+    let mhz_per_core: i64 = agent.wait_log_value("discovered", "mhz").parse().unwrap();
+    let full_quota = (i64::try_from(bf_cpu).unwrap() * 100_000 / mhz_per_core).min(100_000);
     if setup.enforcing {
-        assert_eq!(quota(&bserver), Some(100_000));
+        assert_eq!(quota(&bserver), Some(full_quota));
     }
 
     // A normal server that needs 1,500 MHz: only downsizing the backfill server makes room.
@@ -92,8 +95,8 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
     let (_, all) = get(&tenant, &coord.url("servers/detail/?limit=0")).await;
     assert_eq!(all["meta"]["total_count"], 2);
     if setup.enforcing {
-        // The agent rewrote the real cgroup: one vCPU at the planned factor.
-        let want = (squeezed * 100_000.0) as i64;
+        // The agent rewrote the real cgroup: its full quota at the planned factor.
+        let want = (squeezed * full_quota as f64) as i64;
         wait_until("cgroup quota lowered", || {
             quota(&bserver).is_some_and(|q| (q - want).abs() <= 1)
         });
