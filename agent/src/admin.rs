@@ -61,6 +61,7 @@ pub struct AgentMetrics {
     pub link_sessions: Counter,
     workloads: Family<StateLabel, Gauge>,
     cpu_quota: Family<ServerLabel, Gauge>,
+    cpu_weight: Family<ServerLabel, Gauge>,
     mem_limit: Family<ServerLabel, Gauge>,
     pub cpus: Gauge,
     pub mem_bytes: Gauge,
@@ -81,6 +82,7 @@ impl Default for AgentMetrics {
             link_sessions: Counter::default(),
             workloads: Family::default(),
             cpu_quota: Family::default(),
+            cpu_weight: Family::default(),
             mem_limit: Family::default(),
             cpus: Gauge::default(),
             mem_bytes: Gauge::default(),
@@ -118,6 +120,11 @@ impl Default for AgentMetrics {
             "cpu_quota_microseconds",
             "CPU quota in force per period, by server (-1: unlimited)",
             m.cpu_quota.clone(),
+        );
+        registry.register(
+            "cpu_weight",
+            "CPU weight in force, by server, in cgroup v2 units (v1: cpu.shares x 100 / 1024); 0: the idle class (backfill and spot)",
+            m.cpu_weight.clone(),
         );
         registry.register(
             "memory_limit_bytes",
@@ -190,6 +197,7 @@ impl AgentMetrics {
         self.set_gpus(&supervisor.gpu_scan());
         self.workloads.clear();
         self.cpu_quota.clear();
+        self.cpu_weight.clear();
         self.mem_limit.clear();
         for (id, state, limits) in supervisor.gauges() {
             self.workloads
@@ -208,6 +216,11 @@ impl AgentMetrics {
                     .mem_limit_bytes
                     .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
                 self.cpu_quota.get_or_create(&server).set(q);
+                let w = match l.cpu_weight {
+                    crate::cgroups::CpuWeight::Idle => 0,
+                    crate::cgroups::CpuWeight::Weight(w) => i64::try_from(w).unwrap_or(i64::MAX),
+                };
+                self.cpu_weight.get_or_create(&server).set(w);
                 self.mem_limit.get_or_create(&server).set(m);
             }
         }

@@ -164,7 +164,14 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
     let q = agent_value(&format!(
         "backfill_agent_cpu_quota_microseconds{{server=\"{bserver}\"}}"
     ));
-    assert!((q - squeezed * 100_000.0).abs() <= 1.0, "{q} vs {squeezed}");
+    assert!(
+        (q - squeezed * full_quota as f64).abs() <= 1.0,
+        "{q} vs {squeezed}"
+    );
+    // The backfill server is the idle class; the normal one weighs the 1,500 MHz it was sold.
+    let weight = |id: &str| agent_value(&format!("backfill_agent_cpu_weight{{server=\"{id}\"}}"));
+    assert_eq!(weight(&bserver), 0.0);
+    assert_eq!(weight(&normal), (1_500 * 100 / mhz_per_core) as f64);
     assert_eq!(
         http_get(&agent_admin, "/ready"),
         (200, "ready\n".to_string())
@@ -182,7 +189,9 @@ async fn a_normal_server_downsizes_backfill_and_it_grows_back() {
     })
     .await;
     if setup.enforcing {
-        wait_until("cgroup quota restored", || quota(&bserver) == Some(100_000));
+        wait_until("cgroup quota restored", || {
+            quota(&bserver) == Some(full_quota)
+        });
     }
     post(
         &tenant,
