@@ -7,31 +7,41 @@ use crate::metadata::GuestInfo;
 use crate::network::{GuestNet, NetworkError};
 use backfill_shared::ServerId;
 
+/// Slots [`Supervisor::make_network`] tries before it gives up.
+const CLAIM_ATTEMPTS: usize = 8;
+
 impl Supervisor {
-    /// A network namespace for an isolated server, on the lowest free slot of the pool.
+    /// A network namespace for an isolated server, on the lowest slot of the pool that neither
+    /// this agent nor anything else on the host uses.
     pub(super) fn make_network(&self, id: &ServerId) -> Result<GuestNet, NetworkError> {
         let pool = self.networks.pool().ok_or(NetworkError::Unavailable(
             "the agent is not root or has no [network] pool",
         ))?;
-        let used = self
-            .entries
-            .values()
-            .filter_map(|e| e.network.as_ref().map(|n| n.slot));
-        let link = pool
-            .first_free(used)
-            .ok_or(NetworkError::Exhausted(pool.capacity()))?;
-        self.networks.create(id, link)
+        let mut skip = self.networks.taken();
+        // Another agent sharing the pool may claim a slot between the look and the claim.
+        for _ in 0..CLAIM_ATTEMPTS {
+            let used = self
+                .entries
+                .values()
+                .filter_map(|e| e.network.as_ref().map(|n| n.slot))
+                .chain(skip.iter().copied());
+            let link = pool
+                .first_free(used)
+                .ok_or(NetworkError::Exhausted(pool.capacity()))?;
+            match self.networks.create(id, link) {
+                Err(NetworkError::InUse { slot, .. }) => skip.push(slot),
+                other => return other,
+            }
+        }
+        Err(NetworkError::Unavailable(
+            "every pool slot tried was claimed by another agent first",
+        ))
     }
 
     /// Tears down an ended workload's network namespace, if it had one.
     pub(super) fn release_network(&mut self, id: &ServerId) {
-        let had = self
-            .entries
-            .get_mut(id)
-            .and_then(|e| e.network.take())
-            .is_some();
-        if had {
-            self.networks.destroy(id);
+        if let Some(n) = self.entries.get_mut(id).and_then(|e| e.network.take()) {
+            self.networks.destroy(&n);
         }
     }
 

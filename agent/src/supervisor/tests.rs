@@ -248,6 +248,123 @@ fn an_isolated_server_without_networking_fails_and_says_why() {
     }
 }
 
+fn isolated(generation: u64, id: ServerId) -> DesiredState {
+    let mut d = desired(generation, &[(id, 1.0)]);
+    if let Some(w) = d.servers[0].workload.as_mut() {
+        w.network = backfill_shared::NetworkMode::Isolated;
+    }
+    d
+}
+
+fn wait_dead(process: &ProcessIdentity) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while driver::alive(process) {
+        assert!(Instant::now() < deadline, "the workload survived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_readopted_isolated_server_whose_network_cannot_be_rebuilt_fails_and_stops() {
+    // The state file says the workload has a network; this agent process cannot make one
+    // (here: no isolated networking at all). It must not be reported running without it.
+    let dir = tempfile::tempdir().unwrap();
+    let id = ServerId::from_u128(7);
+    let mut first = supervisor(dir.path(), RecordingCgroups::default());
+    first.apply(&desired(1, &[(id, 1.0)]));
+    let pid = first.report().servers[0].pid.unwrap();
+    let process = ProcessIdentity::of(pid).unwrap();
+    drop(first);
+    let mut recorded = StateFile::new(dir.path()).load().unwrap();
+    recorded[0].network = Some(GuestNet {
+        slot: 0,
+        address: "10.250.90.2".parse().unwrap(),
+        host_address: "10.250.90.1".parse().unwrap(),
+        netns: "bf-000000-gone".into(),
+        host_if: "bf000000-0".into(),
+    });
+    StateFile::new(dir.path()).save(&recorded).unwrap();
+
+    let mut second = supervisor(dir.path(), RecordingCgroups::default());
+    second.adopt().unwrap();
+    match &second.report().servers[0].state {
+        WorkloadState::Failed { reason } => {
+            assert!(reason.contains("network was lost"), "{reason}");
+            assert!(reason.contains("isolated network mode"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(second.report().servers[0].network.is_none());
+    wait_dead(&process);
+    assert!(StateFile::new(dir.path()).load().unwrap().is_empty());
+}
+
+#[test]
+fn a_readopted_isolated_server_gets_its_removed_network_back() {
+    let root = crate::driver::running_as_root();
+    let has_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !root || !has_ip {
+        eprintln!("SKIP: isolated networks need root and iproute2 (root={root}, ip={has_ip})");
+        return;
+    }
+    let nets = || {
+        let pool = "10.250.91.0/29".parse().unwrap();
+        let tag = crate::network::NetTag::for_host(&format!("sup-{}", std::process::id()));
+        Box::new(crate::network::IpNetworks::new(pool, None, 25_091, tag).unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = ServerId::from_u128(8);
+    let mut first = supervisor(dir.path(), RecordingCgroups::default()).with_networks(nets());
+    first.apply(&isolated(1, id));
+    let r = first.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    let netns = r.servers[0].network.as_ref().unwrap().netns.clone();
+    let process = ProcessIdentity::of(r.servers[0].pid.unwrap()).unwrap();
+    drop(first);
+    // What another agent used to do to it while this one was away.
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(ip(&["netns", "del", &netns]).success());
+    let host_if = StateFile::new(dir.path()).load().unwrap()[0]
+        .network
+        .clone()
+        .unwrap()
+        .host_if;
+    assert!(ip(&["link", "del", &host_if]).success());
+
+    let mut second = supervisor(dir.path(), RecordingCgroups::default()).with_networks(nets());
+    second.adopt().unwrap();
+    second.apply(&isolated(2, id));
+    let r = second.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    assert_eq!(r.servers[0].pid, Some(process.pid));
+    let addr = std::process::Command::new("ip")
+        .args(["-n", &netns, "-4", "addr", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addr.stdout).contains("10.250.91.2/30"),
+        "{addr:?}"
+    );
+    let identify = std::process::Command::new("ip")
+        .args(["netns", "identify", &process.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&identify.stdout).trim(), netns);
+    second.stop_all();
+    wait_dead(&process);
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&host_if)
+            .exists()
+    );
+}
+
 // ---- GPUs ----
 
 use crate::discovery::{FakeGpus, GpuMonitor, GpuScan};
