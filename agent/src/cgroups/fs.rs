@@ -43,14 +43,23 @@ pub struct FsCgroups {
     hier: RootedHierarchy,
     parent: String,
     simulated: bool,
+    /// This agent's claim on the parent (real hierarchies found by [`FsCgroups::detect`]).
+    _claim: Option<super::ParentClaim>,
 }
 
 impl FsCgroups {
     /// v2 if `/sys/fs/cgroup` is a cgroup2 mount with the cpu and memory controllers, else v1 if
     /// the v1 cpu and memory hierarchies are mounted (`/proc/self/mountinfo`), else an error
-    /// saying why neither is usable.
+    /// saying why neither is usable. Claims the parent for this agent (see [`super::claim`]).
     pub fn detect(parent: &str) -> Result<FsCgroups, CgroupError> {
         validate_parent(parent)?;
+        let claim = super::claim::claim(parent)?;
+        let mut found = Self::detect_unclaimed(parent)?;
+        found._claim = Some(claim);
+        Ok(found)
+    }
+
+    fn detect_unclaimed(parent: &str) -> Result<FsCgroups, CgroupError> {
         let unified = Path::new(hierarchies::UNIFIED_MOUNTPOINT);
         let v2_why = if hierarchies::is_cgroup2_unified_mode() {
             match Self::v2_at(unified, parent) {
@@ -122,6 +131,7 @@ impl FsCgroups {
             }),
             parent: parent.to_owned(),
             simulated,
+            _claim: None,
         })
     }
 
@@ -164,6 +174,7 @@ impl FsCgroups {
             hier: RootedHierarchy(Layout::V1 { root, mounts }),
             parent: parent.to_owned(),
             simulated: real == 0,
+            _claim: None,
         })
     }
 
