@@ -299,19 +299,75 @@ fn a_readopted_isolated_server_whose_network_cannot_be_rebuilt_fails_and_stops()
     assert!(StateFile::new(dir.path()).load().unwrap().is_empty());
 }
 
-#[test]
-fn a_readopted_isolated_server_gets_its_removed_network_back() {
+fn networks_usable() -> bool {
     let root = crate::driver::running_as_root();
     let has_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
     if !root || !has_ip {
         eprintln!("SKIP: isolated networks need root and iproute2 (root={root}, ip={has_ip})");
+    }
+    root && has_ip
+}
+
+/// Real isolated networking on `pool` for the agent called `host`.
+fn ip_networks(pool: &str, table: u32, host: &str) -> Box<crate::network::IpNetworks> {
+    let tag = crate::network::NetTag::for_host(&format!("{host}-{}", std::process::id()));
+    Box::new(crate::network::IpNetworks::new(pool.parse().unwrap(), None, table, tag).unwrap())
+}
+
+#[test]
+fn agents_sharing_a_pool_give_their_guests_different_slots() {
+    if !networks_usable() {
         return;
     }
-    let nets = || {
-        let pool = "10.250.91.0/29".parse().unwrap();
-        let tag = crate::network::NetTag::for_host(&format!("sup-{}", std::process::id()));
-        Box::new(crate::network::IpNetworks::new(pool, None, 25_091, tag).unwrap())
+    // Dev mode's local agents all use the default pool.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = supervisor(da.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_092,
+        "share-a",
+    ));
+    let mut b = supervisor(db.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_093,
+        "share-b",
+    ));
+    a.apply(&isolated(1, ServerId::from_u128(9)));
+    b.apply(&isolated(1, ServerId::from_u128(10)));
+    let address = |s: &Supervisor| {
+        let r = s.report();
+        assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+        r.servers[0].network.as_ref().unwrap().address
     };
+    assert_eq!(address(&a).to_string(), "10.250.92.2");
+    assert_eq!(address(&b).to_string(), "10.250.92.6");
+    // A restarted agent sharing the pool keeps the other's guest, and its own.
+    drop(a);
+    let mut a = supervisor(da.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_092,
+        "share-a",
+    ));
+    a.adopt().unwrap();
+    assert_eq!(address(&a).to_string(), "10.250.92.2");
+    assert_eq!(address(&b).to_string(), "10.250.92.6");
+    let netns = |s: &Supervisor| s.report().servers[0].network.clone().unwrap().netns;
+    let (na, nb) = (netns(&a), netns(&b));
+    for n in [&na, &nb] {
+        assert!(std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+    a.stop_all();
+    b.stop_all();
+    for n in [&na, &nb] {
+        assert!(!std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+}
+
+#[test]
+fn a_readopted_isolated_server_gets_its_removed_network_back() {
+    if !networks_usable() {
+        return;
+    }
+    let nets = || ip_networks("10.250.91.0/29", 25_091, "sup");
     let dir = tempfile::tempdir().unwrap();
     let id = ServerId::from_u128(8);
     let mut first = supervisor(dir.path(), RecordingCgroups::default()).with_networks(nets());
