@@ -354,6 +354,10 @@ impl GuestNetworks for IpNetworks {
         }
     }
 
+    fn looks_whole(&self, net: &GuestNet) -> bool {
+        net.netns_path().exists() && interface_exists(&net.host_if)
+    }
+
     fn pool(&self) -> Option<AddressPool> {
         Some(self.pool)
     }

@@ -92,6 +92,11 @@ pub trait GuestNetworks: Send + std::fmt::Debug {
     /// Removes this agent's own leftovers (namespaces, host interfaces, policy rules) other
     /// than `keep`'s; what other agents made is never touched.
     fn sweep(&self, keep: &[&GuestNet]);
+    /// A cheap look (no commands run) at whether `net`'s namespace name and host interface
+    /// are still there; when not, [`GuestNetworks::restore`] is due.
+    fn looks_whole(&self, _net: &GuestNet) -> bool {
+        true
+    }
     fn pool(&self) -> Option<AddressPool>;
     /// Pool slots whose host address something else on this host holds already (another agent
     /// sharing the pool): they are skipped.

@@ -1,7 +1,7 @@
 //! The supervisor's side of the metadata service: guest documents from the running servers,
 //! guests' acknowledgements of their terminations, and their network namespaces.
 
-use super::{Run, Supervisor};
+use super::{Run, Supervisor, stop_process};
 use crate::cgroups::{DEFAULT_CPU_PERIOD_US, limits_for};
 use crate::metadata::GuestInfo;
 use crate::network::{GuestNet, NetworkError};
@@ -43,6 +43,50 @@ impl Supervisor {
         if let Some(n) = self.entries.get_mut(id).and_then(|e| e.network.take()) {
             self.networks.destroy(&n);
         }
+    }
+
+    /// Running guests whose namespace name or host interface went away while the agent runs
+    /// (another program removed them) get them back, or are stopped and failed, saying why.
+    /// Two `stat`s per isolated guest when nothing is missing. Returns whether a guest failed.
+    pub(super) fn heal_networks(&mut self) -> bool {
+        let broken: Vec<ServerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
+            .filter(|(_, e)| {
+                e.network
+                    .as_ref()
+                    .is_some_and(|n| !self.networks.looks_whole(n))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut failed = false;
+        for id in broken {
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let (Run::Running { process, child, .. }, Some(net)) = (&mut e.run, &e.network) else {
+                continue;
+            };
+            match self.networks.restore(net, process.pid) {
+                Ok(state) => {
+                    tracing::warn!(server = %id, netns = %net.netns, ?state, "a guest's network had been removed; rebuilt");
+                }
+                Err(err) => {
+                    tracing::error!(server = %id, error = %err, "a guest's network was removed and cannot be rebuilt; stopping it");
+                    stop_process(process, child.as_mut());
+                    e.run = Run::Failed {
+                        reason: format!("its network was removed: {err}"),
+                    };
+                    if let Some(n) = e.network.take() {
+                        self.networks.destroy(&n);
+                    }
+                    self.cleanup(&id);
+                    failed = true;
+                }
+            }
+        }
+        failed
     }
 
     /// Rewrites the metadata store from the running servers.

@@ -374,6 +374,7 @@ impl Supervisor {
             self.cleanup(id);
             self.release_network(id);
         }
+        let broken = self.heal_networks();
         // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
         // power-button events are repeated); the workload decides.
         let now = self.clock.now();
@@ -408,7 +409,7 @@ impl Supervisor {
             e.run = Run::Exited { code: None };
             self.entries.insert(*id, e);
         }
-        let changed = !ended.is_empty() || !due.is_empty();
+        let changed = !ended.is_empty() || !due.is_empty() || broken;
         if changed {
             self.persist();
             self.publish();

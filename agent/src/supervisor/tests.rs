@@ -363,6 +363,70 @@ fn agents_sharing_a_pool_give_their_guests_different_slots() {
 }
 
 #[test]
+fn a_running_guest_whose_network_is_removed_gets_it_back_or_fails_saying_why() {
+    if !networks_usable() {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = supervisor(dir.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.93.0/29",
+        25_094,
+        "heal",
+    ));
+    s.apply(&isolated(1, ServerId::from_u128(11)));
+    let r = s.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    let netns = r.servers[0].network.as_ref().unwrap().netns.clone();
+    let pid = r.servers[0].pid.unwrap();
+    let process = ProcessIdentity::of(pid).unwrap();
+    let host_if = StateFile::new(dir.path()).load().unwrap()[0]
+        .network
+        .clone()
+        .unwrap()
+        .host_if;
+    // Someone removes the namespace's name while the agent runs: it is given back.
+    assert!(ip(&["netns", "del", &netns]).success());
+    assert!(!s.poll_exits(), "nothing failed");
+    let identify = std::process::Command::new("ip")
+        .args(["netns", "identify", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&identify.stdout).trim(), netns);
+    // Then its veth, and its address is taken by another interface meanwhile: the guest
+    // cannot have its network back, so it is stopped and reported failed.
+    let squatter = format!("bfh{}", std::process::id());
+    assert!(ip(&["link", "del", &host_if]).success());
+    let peer = format!("{squatter}p");
+    assert!(
+        ip(&[
+            "link", "add", &squatter, "type", "veth", "peer", "name", &peer
+        ])
+        .success()
+    );
+    assert!(ip(&["addr", "add", "10.250.93.1/30", "dev", &squatter]).success());
+    let changed = s.poll_exits();
+    let state = s.report().servers[0].state.clone();
+    ip(&["link", "del", &squatter]);
+    assert!(changed);
+    match state {
+        WorkloadState::Failed { reason } => {
+            assert!(reason.contains("network was removed"), "{reason}");
+            assert!(reason.contains(&squatter), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_dead(&process);
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    assert!(StateFile::new(dir.path()).load().unwrap().is_empty());
+}
+
+#[test]
 fn a_readopted_isolated_server_gets_its_removed_network_back() {
     if !networks_usable() {
         return;
