@@ -4,11 +4,13 @@ use super::rules::{self, Rule};
 use super::{AddressPool, GuestNet, GuestNetworks, Link, NetTag, NetworkError, Restored};
 use backfill_shared::ServerId;
 use std::collections::BTreeSet;
+use std::fs::TryLockError;
 use std::io::ErrorKind;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const NETNS_DIR: &str = "/run/netns";
 const SYS_NET: &str = "/sys/class/net";
@@ -17,6 +19,7 @@ const RULE_PREF: u32 = 1000;
 /// Held while an agent picks and claims a slot, so that agents sharing a pool on one host do
 /// not claim the same one at once.
 const LOCK_FILE: &str = "/run/lock/backfill-agent-network.lock";
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct IpNetworks {
@@ -103,8 +106,22 @@ fn host_lock() -> Result<std::fs::File, NetworkError> {
         .write(true)
         .open(path)
         .map_err(io)?;
-    f.lock().map_err(io)?;
-    Ok(f)
+    // Held for a few `ip` commands; an agent frozen while holding it must not freeze this one.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(NetworkError::Unavailable(
+                    "another agent on this host has held the network lock for 5 s",
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
 }
 
 impl IpNetworks {

@@ -85,16 +85,9 @@ impl Supervisor {
                     reason: format!("its network was lost while the agent was away: {e}"),
                 }
             }
-            Some(Ok(state)) => {
-                tracing::info!(server = %id, pid = process.pid, network = ?state, "re-adopted running workload");
-                Run::Running {
-                    process: *process,
-                    child: None,
-                    started_at,
-                }
-            }
-            None => {
-                tracing::info!(server = %id, pid = process.pid, "re-adopted running workload");
+            restored => {
+                let network = restored.and_then(Result::ok);
+                tracing::info!(server = %id, pid = process.pid, ?network, "re-adopted running workload");
                 Run::Running {
                     process: *process,
                     child: None,
