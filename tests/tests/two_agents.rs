@@ -54,7 +54,7 @@ impl Side {
 
     /// Starts the agent; workloads outlive it (as with systemd), except at the end of the test.
     fn launch(setup: &AgentSetup, tag: &str) -> (Daemon, String) {
-        let last = tag == "last";
+        let last = tag.starts_with("last");
         let mut agent = setup.start(last, tag);
         let metadata = agent.wait_log_value("metadata service listening", "addr");
         (agent, metadata)
@@ -304,7 +304,7 @@ async fn two_agents_on_one_host_keep_each_others_guests_networked_across_restart
         "{rebuilt:#?}"
     );
     assert_network(gb, &b);
-    b.restart(Some("last"));
+    b.restart(None);
     assert_network(ga, &a);
     assert_network(gb, &b);
 
@@ -329,24 +329,83 @@ async fn two_agents_on_one_host_keep_each_others_guests_networked_across_restart
         );
     }
 
-    // Stopping the guests removes their networks, and nothing else is left.
-    for g in [ga, gb] {
-        let (status, _) = post(
-            &tenant,
-            &coord.url(&format!("bservers/{}/action/?do=stop", g.id)),
-            json!({}),
-        )
-        .await;
-        assert_eq!(status, 202);
-    }
-    for g in [ga, gb] {
-        wait_until("the guest's namespace removed", || {
-            !Path::new("/run/netns").join(&g.netns).exists()
-        });
-    }
+    // While agent B is away, its guest's veth goes and its address is taken by another
+    // interface: the returning agent cannot rebuild it, stops the guest and reports it failed,
+    // and the API stops showing it running. A's guest is untouched.
+    b.agent.terminate();
+    let host_if = b.recorded_network(&gb.id)["host_if"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway: std::net::Ipv4Addr = b.recorded_network(&gb.id)["host_address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ip_ok(&["link", "del", &host_if]));
+    let squatter = Squatter::new(&format!("{gateway}/30"));
+    b.restart(Some("last-2"));
+    let (_, s) = eventually("the unrebuildable guest stopped", || async {
+        let (_, s) = get(&tenant, &coord.url(&format!("bservers/{}/", gb.id))).await;
+        (s["status"] == "stopped").then_some(((), s))
+    })
+    .await;
+    assert!(s["runtime"].is_null(), "{s}");
+    wait_until("its workload ended", || {
+        !Path::new(&format!("/proc/{}", pids[1])).exists()
+    });
+    wait_until("its namespace removed", || {
+        !Path::new("/run/netns").join(&gb.netns).exists()
+    });
+    let reason = b
+        .agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("network cannot be rebuilt"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(reason.contains(&squatter.name), "{reason}");
+    drop(squatter);
+    assert_network(ga, &a);
+
+    // Stopping the guest removes its network, and nothing of either agent is left.
+    let (status, _) = post(
+        &tenant,
+        &coord.url(&format!("bservers/{}/action/?do=stop", ga.id)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_until("the guest's namespace removed", || {
+        !Path::new("/run/netns").join(&ga.netns).exists()
+    });
     let rules = Command::new("ip").args(["rule", "show"]).output().unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout);
     for g in [ga, gb] {
         assert!(!rules.contains(&format!("bf{}-", tag(&g.netns))), "{rules}");
+    }
+}
+
+/// An interface that is no agent's, holding an address (removed when dropped).
+struct Squatter {
+    name: String,
+}
+
+impl Squatter {
+    fn new(cidr: &str) -> Squatter {
+        let name = format!("sq{}", std::process::id());
+        let peer = format!("{name}p");
+        assert!(ip_ok(&[
+            "link", "add", &name, "type", "veth", "peer", "name", &peer
+        ]));
+        let s = Squatter { name };
+        assert!(ip_ok(&["addr", "add", cidr, "dev", &s.name]));
+        s
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = ip_ok(&["link", "del", &self.name]);
     }
 }
