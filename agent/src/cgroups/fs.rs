@@ -318,6 +318,11 @@ impl FsCgroups {
                 if !dir.is_dir() {
                     continue;
                 }
+                // An ancestor that holds other cgroups (another agent's parent, `a/c` beside
+                // this agent's `a/b`) is not this agent's to remove.
+                if n < comps.len() && has_subdirs(&dir)? {
+                    break;
+                }
                 if self.simulated {
                     remove_files(&dir)?;
                 }
@@ -564,6 +569,21 @@ impl CgroupManager for FsCgroups {
         }
         Ok(ids.into_iter().collect())
     }
+}
+
+fn has_subdirs(dir: &Path) -> Result<bool, CgroupError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| read_err(dir, e))?;
+        if entry
+            .file_type()
+            .map_err(|e| read_err(&entry.path(), e))?
+            .is_dir()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `CgroupError::Unavailable`'s message without its prefix, others as they print.
