@@ -1,5 +1,6 @@
 //! The real thing, through iproute2's `ip`.
 
+use super::nsfs;
 use super::rules::{self, Rule};
 use super::{AddressPool, GuestNet, GuestNetworks, Link, NetTag, NetworkError, Restored};
 use backfill_shared::ServerId;
@@ -76,6 +77,11 @@ fn names_in(dir: &str) -> Vec<String> {
 
 fn interface_exists(name: &str) -> bool {
     Path::new(SYS_NET).join(name).exists()
+}
+
+/// The (device, inode) of an open namespace.
+fn identity(ns: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    ns.metadata().map(|m| (m.dev(), m.ino()))
 }
 
 /// The (device, inode) of a namespace file; `None` when it does not exist.
@@ -275,10 +281,13 @@ impl GuestNetworks for IpNetworks {
             netns: net.netns.clone(),
             reason,
         };
-        let proc_ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
-        let Some(theirs) = ns_identity(&proc_ns)? else {
+        let Some(ns) = nsfs::open_process_ns(pid)? else {
             return Err(fail(format!("its workload (pid {pid}) is gone")));
         };
+        let theirs = identity(&ns).map_err(|source| NetworkError::Io {
+            path: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            source,
+        })?;
         if ns_identity(Path::new("/proc/self/ns/net"))? == Some(theirs) {
             return Err(fail(format!(
                 "its workload (pid {pid}) runs in the host's network namespace"
@@ -299,8 +308,7 @@ impl GuestNetworks for IpNetworks {
                     ip(&["netns", "del", &net.netns])?;
                 }
                 // The workload still holds its namespace: give it its name back.
-                let pid = pid.to_string();
-                ip(&["netns", "attach", &net.netns, &pid])?;
+                nsfs::attach(&ns, &path)?;
                 tracing::warn!(netns = %net.netns, "the guest's namespace had lost its name; restored");
                 rebuilt = true;
             }
@@ -590,5 +598,94 @@ mod tests {
         assert!(err.to_string().contains("is gone"), "{err}");
         nets.destroy(&net);
         assert!(!net.netns_path().exists() && !interface_exists(&net.host_if));
+    }
+
+    /// Drops `CAP_SYS_PTRACE` from the calling thread's effective capabilities, as the systemd
+    /// unit runs the agent (children exec'd as root get it back).
+    fn drop_ptrace_capability() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const CAP_SYS_PTRACE: u32 = 19;
+        let mut h = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget(2) and capset(2) with a valid header and the two data words version 3
+        // takes; pid 0 is the calling thread.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+            d[0].effective &= !(1 << CAP_SYS_PTRACE);
+            assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+        }
+    }
+
+    #[test]
+    fn an_agent_without_cap_sys_ptrace_gives_another_users_guest_its_namespace_back() {
+        if !usable() || Command::new("setpriv").arg("-V").output().is_err() {
+            eprintln!("SKIP: needs root, iproute2 and setpriv");
+            return;
+        }
+        // A thread of its own: the capability is dropped for this thread only.
+        std::thread::spawn(|| {
+            let pool: AddressPool = "10.250.82.0/29".parse().unwrap();
+            let nets = IpNetworks::new(pool, None, 25_083, tag("noptrace")).unwrap();
+            let net = nets
+                .create(&ServerId::new_random(), pool.link(0).unwrap())
+                .unwrap();
+            let mut guest = Command::new("ip")
+                .args(["netns", "exec", &net.netns, "setpriv", "--reuid=65534"])
+                .args(["--regid=65534", "--clear-groups", "sleep", "60"])
+                .spawn()
+                .unwrap();
+            let pid = guest.id();
+            let ns_of = || {
+                let out = Command::new("ip")
+                    .args(["netns", "identify", &pid.to_string()])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            };
+            wait_for("the guest in its namespace as nobody", || {
+                ns_of() == net.netns && uid_of(pid) == Some(65534)
+            });
+            drop_ptrace_capability();
+            let denied = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap_err();
+            assert_eq!(denied.kind(), ErrorKind::PermissionDenied, "{denied}");
+            assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Intact);
+            ip(&["netns", "del", &net.netns]).unwrap();
+            ip(&["link", "del", &net.host_if]).unwrap();
+            assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Rebuilt);
+            assert!(whole(&net));
+            assert_eq!(ns_of(), net.netns);
+            guest.kill().unwrap();
+            guest.wait().unwrap();
+            nets.destroy(&net);
+            assert!(!net.netns_path().exists());
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The real uid of process `pid`.
+    fn uid_of(pid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 }

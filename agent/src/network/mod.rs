@@ -9,6 +9,7 @@
 
 mod ip;
 mod naming;
+mod nsfs;
 mod pool;
 mod rules;
 
