@@ -8,7 +8,7 @@ use crate::link::{self, LinkError, LinkParams};
 use crate::metadata::{
     self, AckRequest, MetadataConfig, MetadataService, MetadataStore, RateLimiter, TokenSealer,
 };
-use crate::network::{AddressPool, GuestNetworks, IpNetworks, NoNetworks};
+use crate::network::{AddressPool, GuestNetworks, IpNetworks, NetTag, NoNetworks};
 use crate::state::StateError;
 use crate::supervisor::Supervisor;
 use backfill_shared::pki::{PkiError, Role, identity_from_der};
@@ -257,7 +257,7 @@ async fn run(
         cfg.default_command.clone(),
         Arc::new(SystemClock),
     )
-    .with_networks(guest_networks(&cfg))
+    .with_networks(guest_networks(&cfg, &host_id))
     .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
     .with_cgroup_error_counter(metrics.cgroup_errors.clone())
     .with_gpus(gpus.clone())
@@ -401,7 +401,7 @@ async fn reload_on_sighup(
 
 /// Isolated network mode when the agent is root and iproute2 works; otherwise such servers fail
 /// to start and say why.
-fn guest_networks(cfg: &AgentConfig) -> Box<dyn GuestNetworks> {
+fn guest_networks(cfg: &AgentConfig, host: &HostId) -> Box<dyn GuestNetworks> {
     if !driver::running_as_root() {
         return Box::new(NoNetworks);
     }
@@ -414,7 +414,8 @@ fn guest_networks(cfg: &AgentConfig) -> Box<dyn GuestNetworks> {
         }
         _ => None,
     };
-    match IpNetworks::new(pool, metadata, cfg.network.route_table) {
+    let tag = NetTag::for_host(host.as_str());
+    match IpNetworks::new(pool, metadata, cfg.network.route_table, tag) {
         Ok(n) => Box::new(n),
         Err(e) => {
             tracing::warn!(error = %e, "isolated network mode unavailable");

@@ -135,10 +135,14 @@ impl Default for MetadataSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSettings {
-    /// Guest addresses: an IPv4 prefix cut into one /30 per isolated server.
+    /// Guest addresses: an IPv4 prefix cut into one /30 per isolated server. Agents on one
+    /// host should have disjoint pools; if they share one, each skips the slots whose address
+    /// another already holds.
     #[serde(default = "default_pool")]
     pub pool: String,
-    /// The routing table holding the guests-only route to the metadata address.
+    /// The routing table holding the guests-only route to the metadata address. Agents on one
+    /// host may share it (the route is the same and never removed); the policy rules that lead
+    /// to it are each agent's own, by interface name (see `network::naming`).
     #[serde(default = "default_table")]
     pub route_table: u32,
 }

@@ -44,14 +44,23 @@ pub struct FsCgroups {
     hier: RootedHierarchy,
     parent: String,
     simulated: bool,
+    /// This agent's claim on the parent (real hierarchies found by [`FsCgroups::detect`]).
+    _claim: Option<super::ParentClaim>,
 }
 
 impl FsCgroups {
     /// v2 if `/sys/fs/cgroup` is a cgroup2 mount with the cpu and memory controllers, else v1 if
     /// the v1 cpu and memory hierarchies are mounted (`/proc/self/mountinfo`), else an error
-    /// saying why neither is usable.
+    /// saying why neither is usable. Claims the parent for this agent (see [`super::claim`]).
     pub fn detect(parent: &str) -> Result<FsCgroups, CgroupError> {
         validate_parent(parent)?;
+        let claim = super::claim::claim(parent)?;
+        let mut found = Self::detect_unclaimed(parent)?;
+        found._claim = Some(claim);
+        Ok(found)
+    }
+
+    fn detect_unclaimed(parent: &str) -> Result<FsCgroups, CgroupError> {
         let unified = Path::new(hierarchies::UNIFIED_MOUNTPOINT);
         let v2_why = if hierarchies::is_cgroup2_unified_mode() {
             match Self::v2_at(unified, parent) {
@@ -123,6 +132,7 @@ impl FsCgroups {
             }),
             parent: parent.to_owned(),
             simulated,
+            _claim: None,
         })
     }
 
@@ -165,6 +175,7 @@ impl FsCgroups {
             hier: RootedHierarchy(Layout::V1 { root, mounts }),
             parent: parent.to_owned(),
             simulated: real == 0,
+            _claim: None,
         })
     }
 
@@ -309,6 +320,11 @@ impl FsCgroups {
                 let dir = comps[..n].iter().fold(base.to_path_buf(), |d, c| d.join(c));
                 if !dir.is_dir() {
                     continue;
+                }
+                // An ancestor that holds other cgroups (another agent's parent, `a/c` beside
+                // this agent's `a/b`) is not this agent's to remove.
+                if n < comps.len() && has_subdirs(&dir)? {
+                    break;
                 }
                 if self.simulated {
                     remove_files(&dir)?;
@@ -556,6 +572,21 @@ impl CgroupManager for FsCgroups {
         }
         Ok(ids.into_iter().collect())
     }
+}
+
+fn has_subdirs(dir: &Path) -> Result<bool, CgroupError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| read_err(dir, e))?;
+        if entry
+            .file_type()
+            .map_err(|e| read_err(&entry.path(), e))?
+            .is_dir()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `CgroupError::Unavailable`'s message without its prefix, others as they print.

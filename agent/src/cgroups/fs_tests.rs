@@ -219,6 +219,48 @@ fn v1_co_mounted_cpu_and_cpuacct_share_one_directory() {
 }
 
 #[test]
+fn removing_the_parent_keeps_an_ancestor_another_agents_parent_shares() {
+    for v2 in [false, true] {
+        let t = if v2 {
+            v2_tree("cpu memory pids\n")
+        } else {
+            v1_tree(false, true)
+        };
+        let at = |parent: &str| {
+            if v2 {
+                FsCgroups::v2_at(t.path(), parent).unwrap()
+            } else {
+                FsCgroups::v1_at(t.path(), parent).unwrap()
+            }
+        };
+        let (a, b) = (at("shared/a"), at("shared/b"));
+        a.create(&ServerId::from_u128(1), &CgroupLimits::UNLIMITED)
+            .unwrap();
+        b.create(&ServerId::from_u128(2), &CgroupLimits::UNLIMITED)
+            .unwrap();
+        a.remove(&ServerId::from_u128(1)).unwrap();
+        a.remove_parent().unwrap();
+        for d in a.parent_dirs() {
+            assert!(!d.exists(), "{}", d.display());
+        }
+        // b's parent and its server, in every hierarchy, are untouched.
+        assert_eq!(b.list().unwrap(), vec![ServerId::from_u128(2)]);
+        for d in b.parent_dirs() {
+            assert!(
+                d.join(ServerId::from_u128(2).to_string()).is_dir(),
+                "{}",
+                d.display()
+            );
+        }
+        b.remove(&ServerId::from_u128(2)).unwrap();
+        b.remove_parent().unwrap();
+        for d in b.parent_dirs() {
+            assert!(!d.parent().unwrap().exists(), "{}", d.display());
+        }
+    }
+}
+
+#[test]
 fn v2_lifecycle_on_a_fake_tree() {
     let t = v2_tree("cpuset cpu io memory hugetlb pids rdma misc\n");
     let root = t.path();

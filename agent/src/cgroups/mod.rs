@@ -7,12 +7,14 @@
 //!   memory so reports still show them;
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
+mod claim;
 mod devices;
 mod fake;
 mod files;
 mod fs;
 mod hierarchy;
 
+pub use claim::ParentClaim;
 pub use devices::{
     DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
 };
@@ -221,6 +223,19 @@ pub enum CgroupError {
     BadLimits {
         limits: CgroupLimits,
         why: &'static str,
+    },
+    #[error(
+        "cgroup parent {parent:?} is in use by another agent on this host ({holder}; lock {lock}): give each agent its own cgroup_parent"
+    )]
+    ParentInUse {
+        parent: String,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("locking {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("no usable cgroup hierarchy: {0}")]
     Unavailable(String),

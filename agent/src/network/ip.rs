@@ -1,13 +1,26 @@
 //! The real thing, through iproute2's `ip`.
 
-use super::{AddressPool, GuestNet, GuestNetworks, Link, NetworkError, names_for};
+use super::nsfs;
+use super::rules::{self, Rule};
+use super::{AddressPool, GuestNet, GuestNetworks, Link, NetTag, NetworkError, Restored};
 use backfill_shared::ServerId;
+use std::collections::BTreeSet;
+use std::fs::TryLockError;
+use std::io::ErrorKind;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const NETNS_DIR: &str = "/run/netns";
+const SYS_NET: &str = "/sys/class/net";
 /// Policy rules for guest interfaces sit well before the main table (32766).
-const RULE_PREF: &str = "1000";
+const RULE_PREF: u32 = 1000;
+/// Held while an agent picks and claims a slot, so that agents sharing a pool on one host do
+/// not claim the same one at once.
+const LOCK_FILE: &str = "/run/lock/backfill-agent-network.lock";
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct IpNetworks {
@@ -15,15 +28,17 @@ pub struct IpNetworks {
     /// The metadata listener's address, routed locally for guests only.
     metadata: Option<Ipv4Addr>,
     table: u32,
+    /// Marks this agent's namespaces, interfaces and rules.
+    tag: NetTag,
 }
 
-fn ip(args: &[&str]) -> Result<(), NetworkError> {
+fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
     let out = Command::new("ip")
         .args(args)
         .output()
         .map_err(NetworkError::Spawn)?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(NetworkError::Command {
             command: format!("ip {}", args.join(" ")),
@@ -33,57 +48,221 @@ fn ip(args: &[&str]) -> Result<(), NetworkError> {
     }
 }
 
+fn ip(args: &[&str]) -> Result<(), NetworkError> {
+    ip_output(args).map(drop)
+}
+
+fn list_rules() -> Result<Vec<Rule>, NetworkError> {
+    ip_output(&["-j", "-N", "rule", "show"]).map(|j| rules::parse_rules(&j))
+}
+
+fn del_rule(rule: &Rule) {
+    let args = rule.del_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Err(e) = ip(&args) {
+        tracing::warn!(error = %e, "cannot remove a policy rule");
+    }
+}
+
+/// Names of the entries of `dir` (empty when it does not exist).
+fn names_in(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn interface_exists(name: &str) -> bool {
+    Path::new(SYS_NET).join(name).exists()
+}
+
+/// The (device, inode) of an open namespace.
+fn identity(ns: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    ns.metadata().map(|m| (m.dev(), m.ino()))
+}
+
+/// The (device, inode) of a namespace file; `None` when it does not exist.
+fn ns_identity(path: &Path) -> Result<Option<(u64, u64)>, NetworkError> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some((m.dev(), m.ino()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(NetworkError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// An exclusive lock on [`LOCK_FILE`], released when dropped.
+fn host_lock() -> Result<std::fs::File, NetworkError> {
+    let path = Path::new(LOCK_FILE);
+    let io = |source| NetworkError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    // Held for a few `ip` commands; an agent frozen while holding it must not freeze this one.
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(NetworkError::Unavailable(
+                    "another agent on this host has held the network lock for 5 s",
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+    }
+}
+
 impl IpNetworks {
-    /// Installs the guests-only local route for the metadata address.
+    /// Installs the guests-only local route for the metadata address. `tag` marks what this
+    /// agent creates ([`NetTag::for_host`] of its host id).
     pub fn new(
         pool: AddressPool,
         metadata: Option<Ipv4Addr>,
         table: u32,
+        tag: NetTag,
     ) -> Result<IpNetworks, NetworkError> {
         let t = table.to_string();
         if let Some(md) = metadata {
             let dst = format!("{md}/32");
+            // Never removed: agents that share the table share this one identical route.
             ip(&["route", "replace", "local", &dst, "dev", "lo", "table", &t])?;
         }
+        tracing::info!(
+            tag = tag.as_str(),
+            table,
+            "guest networks of this agent are tagged"
+        );
         Ok(IpNetworks {
             pool,
             metadata,
             table,
+            tag,
         })
     }
 
+    pub fn tag(&self) -> &NetTag {
+        &self.tag
+    }
+
+    /// Slots that other interfaces' addresses hold, with those interfaces.
+    fn foreign(&self) -> Vec<(u32, String)> {
+        match ip_output(&["-j", "-4", "addr", "show"]) {
+            Ok(j) => rules::foreign_slots(&j, &self.pool, &self.tag),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the host's addresses");
+                Vec::new()
+            }
+        }
+    }
+
     fn try_create(&self, netns: &str, host_if: &str, link: Link) -> Result<(), NetworkError> {
-        let t = self.table.to_string();
-        let host_cidr = format!("{}/{}", link.host, super::pool::LINK_PREFIX);
-        let guest_cidr = format!("{}/{}", link.guest, super::pool::LINK_PREFIX);
-        let host = link.host.to_string();
         ip(&["netns", "add", netns])?;
+        self.make_pair(netns, host_if, link)
+    }
+
+    /// The veth pair into `netns`, configured.
+    fn make_pair(&self, netns: &str, host_if: &str, link: Link) -> Result<(), NetworkError> {
         ip(&[
             "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns,
         ])?;
-        ip(&["addr", "add", &host_cidr, "dev", host_if])?;
+        self.configure(netns, host_if, link).map(drop)
+    }
+
+    /// Addresses, routes and the rule on an existing pair. Idempotent; says whether the rule
+    /// had to be made.
+    fn configure(&self, netns: &str, host_if: &str, link: Link) -> Result<bool, NetworkError> {
+        let host_cidr = format!("{}/{}", link.host, super::pool::LINK_PREFIX);
+        let guest_cidr = format!("{}/{}", link.guest, super::pool::LINK_PREFIX);
+        let host = link.host.to_string();
+        ip(&["addr", "replace", &host_cidr, "dev", host_if])?;
         ip(&["link", "set", host_if, "up"])?;
         ip(&["-n", netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", netns, "addr", "add", &guest_cidr, "dev", "eth0"])?;
+        ip(&["-n", netns, "addr", "replace", &guest_cidr, "dev", "eth0"])?;
         ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", netns, "route", "add", "default", "via", &host])?;
+        ip(&["-n", netns, "route", "replace", "default", "via", &host])?;
+        self.ensure_rule(host_if)
+    }
+
+    /// Exactly one rule for `host_if`, into this agent's table. Says whether it was made.
+    fn ensure_rule(&self, host_if: &str) -> Result<bool, NetworkError> {
+        let all = list_rules()?;
+        let mine = rules::rules_of(&all, host_if);
+        let table = self.table.to_string();
+        let right = |r: &&Rule| r.priority == RULE_PREF && r.table.as_deref() == Some(&table);
+        if mine.len() == 1 && mine.iter().all(right) {
+            return Ok(false);
+        }
+        for r in mine {
+            del_rule(r);
+        }
+        let pref = RULE_PREF.to_string();
         ip(&[
-            "rule", "add", "iif", host_if, "lookup", &t, "pref", RULE_PREF,
+            "rule", "add", "iif", host_if, "lookup", &table, "pref", &pref,
         ])?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes the namespace `netns`, the interface `host_if` and its rules (this agent's).
+    fn remove(&self, netns: &str, host_if: &str) {
+        match list_rules() {
+            Ok(all) => rules::rules_of(&all, host_if)
+                .into_iter()
+                .for_each(del_rule),
+            Err(_) => while ip(&["rule", "del", "iif", host_if]).is_ok() {},
+        }
+        if Path::new(NETNS_DIR).join(netns).exists()
+            && let Err(e) = ip(&["netns", "del", netns])
+        {
+            tracing::warn!(%netns, error = %e, "cannot remove the network namespace");
+        }
+        // Gone with the namespace normally; only a half-made pair, or one whose namespace
+        // lives on in a process, is left over.
+        if interface_exists(host_if)
+            && let Err(e) = ip(&["link", "del", host_if])
+        {
+            tracing::warn!(%host_if, error = %e, "cannot remove the guest interface");
+        }
     }
 }
 
 impl GuestNetworks for IpNetworks {
     fn create(&self, server: &ServerId, link: Link) -> Result<GuestNet, NetworkError> {
-        let (netns, host_if) = names_for(server);
-        // Leftovers of an earlier run of the same server would make `add` fail.
-        self.destroy(server);
+        let netns = self.tag.netns(server);
+        let host_if = self.tag.host_if(link.slot);
+        let _lock = host_lock()?;
+        // Another agent sharing the pool may have claimed the slot since it was picked.
+        if let Some((_, other)) = self.foreign().into_iter().find(|(s, _)| *s == link.slot) {
+            return Err(NetworkError::InUse {
+                slot: link.slot,
+                address: link.host,
+                interface: other,
+            });
+        }
+        // Leftovers of an earlier run (this agent's own names) would make `add` fail.
+        self.remove(&netns, &host_if);
         if let Err(e) = self.try_create(&netns, &host_if, link) {
-            self.destroy(server);
+            self.remove(&netns, &host_if);
             return Err(e);
         }
-        tracing::info!(server = %server, %netns, address = %link.guest, metadata = ?self.metadata, "guest network up");
+        tracing::info!(server = %server, %netns, %host_if, address = %link.guest, metadata = ?self.metadata, "guest network up");
         Ok(GuestNet {
             slot: link.slot,
             address: link.guest,
@@ -93,40 +272,128 @@ impl GuestNetworks for IpNetworks {
         })
     }
 
-    fn destroy(&self, server: &ServerId) {
-        let (netns, host_if) = names_for(server);
-        let t = self.table.to_string();
-        // Every rule for the interface (a crash may have left more than one).
-        while ip(&["rule", "del", "iif", &host_if, "lookup", &t]).is_ok() {}
-        if std::path::Path::new(NETNS_DIR).join(&netns).exists()
-            && let Err(e) = ip(&["netns", "del", &netns])
-        {
-            tracing::warn!(server = %server, error = %e, "cannot remove the network namespace");
-        }
-        // Gone with the namespace normally; only a half-made pair is left over.
-        let _ = ip(&["link", "del", &host_if]);
+    fn destroy(&self, net: &GuestNet) {
+        self.remove(&net.netns, &net.host_if);
     }
 
-    fn list(&self) -> Vec<ServerId> {
-        let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
-            return Vec::new();
+    fn restore(&self, net: &GuestNet, pid: u32) -> Result<Restored, NetworkError> {
+        let fail = |reason: String| NetworkError::Restore {
+            netns: net.netns.clone(),
+            reason,
         };
-        dir.filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix("bf-"))
-                    .and_then(|id| id.parse().ok())
-            })
-            .collect()
+        let Some(ns) = nsfs::open_process_ns(pid)? else {
+            return Err(fail(format!("its workload (pid {pid}) is gone")));
+        };
+        let theirs = identity(&ns).map_err(|source| NetworkError::Io {
+            path: PathBuf::from(format!("/proc/{pid}/ns/net")),
+            source,
+        })?;
+        if ns_identity(Path::new("/proc/self/ns/net"))? == Some(theirs) {
+            return Err(fail(format!(
+                "its workload (pid {pid}) runs in the host's network namespace"
+            )));
+        }
+        let link = Link {
+            slot: net.slot,
+            host: net.host_address,
+            guest: net.address,
+        };
+        let mut rebuilt = false;
+        let _lock = host_lock()?;
+        let path = net.netns_path();
+        match ns_identity(&path)? {
+            Some(id) if id == theirs => {}
+            found => {
+                if found.is_some() {
+                    ip(&["netns", "del", &net.netns])?;
+                }
+                // The workload still holds its namespace: give it its name back.
+                nsfs::attach(&ns, &path)?;
+                tracing::warn!(netns = %net.netns, "the guest's namespace had lost its name; restored");
+                rebuilt = true;
+            }
+        }
+        if !interface_exists(&net.host_if) {
+            if let Some((_, other)) = self.foreign().into_iter().find(|(s, _)| *s == net.slot) {
+                return Err(fail(format!(
+                    "its veth is gone and its address {} is on {other} now",
+                    net.host_address
+                )));
+            }
+            // A veth pair dies whole: the guest end went with the host end.
+            let _ = ip(&["-n", &net.netns, "link", "del", "eth0"]);
+            ip(&[
+                "link",
+                "add",
+                &net.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &net.netns,
+            ])?;
+            tracing::warn!(netns = %net.netns, host_if = %net.host_if, "the guest's veth was gone; rebuilt");
+            rebuilt = true;
+        }
+        if self.configure(&net.netns, &net.host_if, link)? {
+            rebuilt = true;
+        }
+        Ok(if rebuilt {
+            Restored::Rebuilt
+        } else {
+            Restored::Intact
+        })
+    }
+
+    fn sweep(&self, keep: &[&GuestNet]) {
+        let keep_ns: BTreeSet<&str> = keep.iter().map(|n| n.netns.as_str()).collect();
+        let keep_if: BTreeSet<&str> = keep.iter().map(|n| n.host_if.as_str()).collect();
+        for name in names_in(NETNS_DIR) {
+            if let Some(server) = self.tag.own_netns(&name)
+                && !keep_ns.contains(name.as_str())
+            {
+                tracing::warn!(%server, netns = %name, "removing a network namespace this agent left behind");
+                if let Err(e) = ip(&["netns", "del", &name]) {
+                    tracing::warn!(netns = %name, error = %e, "cannot remove the network namespace");
+                }
+            }
+        }
+        for name in names_in(SYS_NET) {
+            if self.tag.own_if(&name).is_some() && !keep_if.contains(name.as_str()) {
+                tracing::warn!(host_if = %name, "removing a guest interface this agent left behind");
+                if let Err(e) = ip(&["link", "del", &name]) {
+                    tracing::warn!(host_if = %name, error = %e, "cannot remove the guest interface");
+                }
+            }
+        }
+        match list_rules() {
+            Ok(all) => {
+                for r in rules::own_rules(&all, &self.tag, &keep_if) {
+                    tracing::warn!(iif = ?r.iif, "removing a policy rule this agent left behind");
+                    del_rule(r);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list policy rules"),
+        }
+    }
+
+    fn looks_whole(&self, net: &GuestNet) -> bool {
+        net.netns_path().exists() && interface_exists(&net.host_if)
     }
 
     fn pool(&self) -> Option<AddressPool> {
         Some(self.pool)
     }
+
+    fn taken(&self) -> Vec<u32> {
+        self.foreign().into_iter().map(|(s, _)| s).collect()
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -139,6 +406,11 @@ mod tests {
         root && has_ip
     }
 
+    /// A tag no other test process (nor a real agent) has.
+    fn tag(name: &str) -> NetTag {
+        NetTag::for_host(&format!("{name}-{}", std::process::id()))
+    }
+
     fn in_ns(netns: &str, args: &[&str]) -> std::process::Output {
         Command::new("ip")
             .args(["netns", "exec", netns])
@@ -147,19 +419,42 @@ mod tests {
             .unwrap()
     }
 
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn rules_text() -> String {
+        let rules = Command::new("ip").args(["rule", "show"]).output().unwrap();
+        String::from_utf8_lossy(&rules.stdout).into_owned()
+    }
+
+    /// Whether `net` is whole: named namespace, both ends, addresses, rule.
+    fn whole(net: &GuestNet) -> bool {
+        let addr = in_ns(&net.netns, &["ip", "-4", "addr", "show", "eth0"]);
+        net.netns_path().exists()
+            && interface_exists(&net.host_if)
+            && String::from_utf8_lossy(&addr.stdout).contains(&format!("{}/30", net.address))
+            && rules_text().contains(&format!("iif {} lookup", net.host_if))
+    }
+
     #[test]
     fn a_guest_namespace_is_made_reachable_and_removed_without_trace() {
         if !usable() {
             return;
         }
         let pool: AddressPool = "10.250.77.0/29".parse().unwrap();
-        let nets = IpNetworks::new(pool, Some("169.254.169.254".parse().unwrap()), 25_077).unwrap();
+        let md = "169.254.169.254".parse().unwrap();
+        let nets = IpNetworks::new(pool, Some(md), 25_077, tag("reach")).unwrap();
         let id = ServerId::new_random();
         let net = nets.create(&id, pool.link(1).unwrap()).unwrap();
         assert_eq!(net.address, "10.250.77.6".parse::<Ipv4Addr>().unwrap());
-        assert!(nets.list().contains(&id));
-        let addr = in_ns(&net.netns, &["ip", "-4", "addr", "show", "eth0"]);
-        assert!(String::from_utf8_lossy(&addr.stdout).contains("10.250.77.6/30"));
+        assert_eq!(nets.tag().own_netns(&net.netns), Some(id));
+        assert_eq!(nets.tag().own_if(&net.host_if), Some(1));
+        assert!(whole(&net));
         let route = in_ns(&net.netns, &["ip", "route", "get", "169.254.169.254"]);
         assert!(String::from_utf8_lossy(&route.stdout).contains("via 10.250.77.5"));
         let ping = in_ns(&net.netns, &["ping", "-c1", "-W2", "10.250.77.5"]);
@@ -169,17 +464,16 @@ mod tests {
         // Creating it again (a new run of the same server) replaces the old one.
         let again = nets.create(&id, pool.link(1).unwrap()).unwrap();
         assert_eq!(again, net);
-        nets.destroy(&id);
-        assert!(!nets.list().contains(&id));
-        assert!(
-            !std::path::Path::new("/sys/class/net")
-                .join(&net.host_if)
-                .exists()
+        assert_eq!(
+            rules::rules_of(&list_rules().unwrap(), &net.host_if).len(),
+            1
         );
-        let rules = Command::new("ip").args(["rule", "show"]).output().unwrap();
-        assert!(!String::from_utf8_lossy(&rules.stdout).contains(&net.host_if));
+        nets.destroy(&net);
+        assert!(!net.netns_path().exists());
+        assert!(!interface_exists(&net.host_if));
+        assert!(!rules_text().contains(&net.host_if));
         // Destroying twice is harmless.
-        nets.destroy(&id);
+        nets.destroy(&net);
         let _ = ip(&[
             "route",
             "del",
@@ -188,5 +482,210 @@ mod tests {
             "table",
             "25077",
         ]);
+    }
+
+    #[test]
+    fn an_agent_sweeps_its_own_leftovers_and_nothing_of_another_agent() {
+        if !usable() {
+            return;
+        }
+        let pool_a: AddressPool = "10.250.78.0/29".parse().unwrap();
+        let pool_b: AddressPool = "10.250.79.0/29".parse().unwrap();
+        let a = IpNetworks::new(pool_a, None, 25_078, tag("sweep-a")).unwrap();
+        let b = IpNetworks::new(pool_b, None, 25_079, tag("sweep-b")).unwrap();
+        let kept = a
+            .create(&ServerId::new_random(), pool_a.link(0).unwrap())
+            .unwrap();
+        let left = a
+            .create(&ServerId::new_random(), pool_a.link(1).unwrap())
+            .unwrap();
+        let theirs = b
+            .create(&ServerId::new_random(), pool_b.link(0).unwrap())
+            .unwrap();
+        // A rule of `a`'s whose interface is already gone (as a crash leaves it).
+        ip(&[
+            "rule",
+            "add",
+            "iif",
+            &a.tag().host_if(7),
+            "lookup",
+            "25078",
+            "pref",
+            "1000",
+        ])
+        .unwrap();
+        a.sweep(&[&kept]);
+        assert!(whole(&kept), "the kept guest lost its network");
+        assert!(!left.netns_path().exists() && !interface_exists(&left.host_if));
+        assert!(!rules_text().contains(&left.host_if));
+        assert!(!rules_text().contains(&a.tag().host_if(7)));
+        assert!(whole(&theirs), "another agent's guest was touched");
+        b.sweep(&[]);
+        assert!(!theirs.netns_path().exists());
+        assert!(whole(&kept), "another agent's guest was touched");
+        a.destroy(&kept);
+        assert!(!rules_text().contains(&kept.host_if));
+    }
+
+    #[test]
+    fn a_slot_another_agent_holds_is_refused_and_skipped() {
+        if !usable() {
+            return;
+        }
+        // Two agents configured with the same pool.
+        let pool: AddressPool = "10.250.80.0/29".parse().unwrap();
+        let a = IpNetworks::new(pool, None, 25_080, tag("share-a")).unwrap();
+        let b = IpNetworks::new(pool, None, 25_081, tag("share-b")).unwrap();
+        let theirs = b
+            .create(&ServerId::new_random(), pool.link(0).unwrap())
+            .unwrap();
+        assert_eq!(a.taken(), vec![0]);
+        assert!(b.taken().is_empty(), "its own slot is not foreign to it");
+        let err = a
+            .create(&ServerId::new_random(), pool.link(0).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, NetworkError::InUse { slot: 0, .. }), "{err}");
+        assert!(err.to_string().contains(&theirs.host_if), "{err}");
+        assert!(whole(&theirs));
+        b.destroy(&theirs);
+        assert!(a.taken().is_empty());
+    }
+
+    #[test]
+    fn a_readopted_guest_whose_namespace_and_veth_were_removed_gets_them_back() {
+        if !usable() {
+            return;
+        }
+        let pool: AddressPool = "10.250.81.0/29".parse().unwrap();
+        let nets = IpNetworks::new(pool, None, 25_082, tag("restore")).unwrap();
+        let net = nets
+            .create(&ServerId::new_random(), pool.link(1).unwrap())
+            .unwrap();
+        let mut guest = Command::new("ip")
+            .args(["netns", "exec", &net.netns, "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let pid = guest.id();
+        wait_for("the guest in its namespace", || {
+            ns_identity(Path::new(&format!("/proc/{pid}/ns/net"))).unwrap()
+                == ns_identity(&net.netns_path()).unwrap()
+        });
+        assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Intact);
+        // What the second agent of the issue did: namespace name, veth (and with it the
+        // guest's eth0) gone; the rule left dangling.
+        ip(&["netns", "del", &net.netns]).unwrap();
+        ip(&["link", "del", &net.host_if]).unwrap();
+        assert!(!net.netns_path().exists());
+        assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Rebuilt);
+        assert!(whole(&net));
+        assert_eq!(
+            ns_identity(&net.netns_path()).unwrap(),
+            ns_identity(Path::new(&format!("/proc/{pid}/ns/net"))).unwrap(),
+            "the name is the workload's own namespace again"
+        );
+        let ping = in_ns(&net.netns, &["ping", "-c1", "-W2", "10.250.81.5"]);
+        if Command::new("ping").arg("-V").output().is_ok() {
+            assert!(ping.status.success(), "{ping:?}");
+        }
+        assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Intact);
+        // Only the rule gone.
+        ip(&["rule", "del", "iif", &net.host_if]).unwrap();
+        assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Rebuilt);
+        assert!(whole(&net));
+        guest.kill().unwrap();
+        guest.wait().unwrap();
+        let err = nets.restore(&net, pid).unwrap_err();
+        assert!(err.to_string().contains("is gone"), "{err}");
+        nets.destroy(&net);
+        assert!(!net.netns_path().exists() && !interface_exists(&net.host_if));
+    }
+
+    /// Drops `CAP_SYS_PTRACE` from the calling thread's effective capabilities, as the systemd
+    /// unit runs the agent (children exec'd as root get it back).
+    fn drop_ptrace_capability() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const CAP_SYS_PTRACE: u32 = 19;
+        let mut h = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let mut d = [Data::default(); 2];
+        // SAFETY: capget(2) and capset(2) with a valid header and the two data words version 3
+        // takes; pid 0 is the calling thread.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()), 0);
+            d[0].effective &= !(1 << CAP_SYS_PTRACE);
+            assert_eq!(libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()), 0);
+        }
+    }
+
+    #[test]
+    fn an_agent_without_cap_sys_ptrace_gives_another_users_guest_its_namespace_back() {
+        if !usable() || Command::new("setpriv").arg("-V").output().is_err() {
+            eprintln!("SKIP: needs root, iproute2 and setpriv");
+            return;
+        }
+        // A thread of its own: the capability is dropped for this thread only.
+        std::thread::spawn(|| {
+            let pool: AddressPool = "10.250.82.0/29".parse().unwrap();
+            let nets = IpNetworks::new(pool, None, 25_083, tag("noptrace")).unwrap();
+            let net = nets
+                .create(&ServerId::new_random(), pool.link(0).unwrap())
+                .unwrap();
+            let mut guest = Command::new("ip")
+                .args(["netns", "exec", &net.netns, "setpriv", "--reuid=65534"])
+                .args(["--regid=65534", "--clear-groups", "sleep", "60"])
+                .spawn()
+                .unwrap();
+            let pid = guest.id();
+            let ns_of = || {
+                let out = Command::new("ip")
+                    .args(["netns", "identify", &pid.to_string()])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            };
+            wait_for("the guest in its namespace as nobody", || {
+                ns_of() == net.netns && uid_of(pid) == Some(65534)
+            });
+            drop_ptrace_capability();
+            let denied = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap_err();
+            assert_eq!(denied.kind(), ErrorKind::PermissionDenied, "{denied}");
+            assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Intact);
+            ip(&["netns", "del", &net.netns]).unwrap();
+            ip(&["link", "del", &net.host_if]).unwrap();
+            assert_eq!(nets.restore(&net, pid).unwrap(), Restored::Rebuilt);
+            assert!(whole(&net));
+            assert_eq!(ns_of(), net.netns);
+            guest.kill().unwrap();
+            guest.wait().unwrap();
+            nets.destroy(&net);
+            assert!(!net.netns_path().exists());
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// The real uid of process `pid`.
+    fn uid_of(pid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 }

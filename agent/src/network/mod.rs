@@ -3,11 +3,18 @@
 //! its packets for the metadata address to the agent's listener. The host's own traffic to that
 //! address (a cloud VM's own metadata service) is left alone: only packets arriving on a guest's
 //! veth use the metadata table.
+//!
+//! An agent touches only what it made: its namespaces, interfaces and rules carry a per-agent
+//! tag (see [`naming`]), and a re-adopted server's are the ones its state file recorded.
 
 mod ip;
+mod naming;
+mod nsfs;
 mod pool;
+mod rules;
 
 pub use ip::IpNetworks;
+pub use naming::{IFNAME_MAX, NetTag};
 pub use pool::{AddressPool, Link, PoolError};
 
 use backfill_shared::ServerId;
@@ -34,6 +41,16 @@ pub enum NetworkError {
     Exhausted(u32),
     #[error("isolated network mode is not available on this host: {0}")]
     Unavailable(&'static str),
+    #[error(
+        "pool slot {slot} is in use: its address {address} is on {interface}, not this agent's (does another agent on this host share the pool?)"
+    )]
+    InUse {
+        slot: u32,
+        address: Ipv4Addr,
+        interface: String,
+    },
+    #[error("cannot restore the network of {netns}: {reason}")]
+    Restore { netns: String, reason: String },
 }
 
 /// One server's network namespace, as recorded in the agent's state file.
@@ -54,39 +71,56 @@ impl GuestNet {
     }
 }
 
-/// Names derived from the server id: a namespace `bf-<uuid>` and a host interface `bf` + the
-/// first 12 hex digits (interface names hold at most 15 bytes).
-pub fn names_for(server: &ServerId) -> (String, String) {
-    let id = server.to_string();
-    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
-    (format!("bf-{id}"), format!("bf{hex}"))
+/// What [`GuestNetworks::restore`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    /// Everything was in place.
+    Intact,
+    /// Something was missing and has been made again.
+    Rebuilt,
 }
 
 /// Sets up and tears down guests' network namespaces.
 pub trait GuestNetworks: Send + std::fmt::Debug {
     /// Creates the namespace and link for `server` on pool slot `link`.
     fn create(&self, server: &ServerId, link: Link) -> Result<GuestNet, NetworkError>;
-    /// Removes everything `create` made; missing pieces are not an error.
-    fn destroy(&self, server: &ServerId);
-    /// Servers that have a namespace on this host (to clean up after a crash).
-    fn list(&self) -> Vec<ServerId>;
+    /// Removes everything `create` made for `net`; missing pieces are not an error.
+    fn destroy(&self, net: &GuestNet);
+    /// Makes sure a re-adopted guest whose workload is the process `pid` still has its whole
+    /// network (namespace name, veth pair, addresses, default route, policy rule), making
+    /// again whatever is missing.
+    fn restore(&self, net: &GuestNet, pid: u32) -> Result<Restored, NetworkError>;
+    /// Removes this agent's own leftovers (namespaces, host interfaces, policy rules) other
+    /// than `keep`'s; what other agents made is never touched.
+    fn sweep(&self, keep: &[&GuestNet]);
+    /// A cheap look (no commands run) at whether `net`'s namespace name and host interface
+    /// are still there; when not, [`GuestNetworks::restore`] is due.
+    fn looks_whole(&self, _net: &GuestNet) -> bool {
+        true
+    }
     fn pool(&self) -> Option<AddressPool>;
+    /// Pool slots whose host address something else on this host holds already (another agent
+    /// sharing the pool): they are skipped.
+    fn taken(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// No isolated networking (not root, or not configured): such servers fail to start, saying why.
 #[derive(Debug, Default)]
 pub struct NoNetworks;
 
+const NOT_AVAILABLE: &str = "the agent is not root or has no [network] pool";
+
 impl GuestNetworks for NoNetworks {
     fn create(&self, _: &ServerId, _: Link) -> Result<GuestNet, NetworkError> {
-        Err(NetworkError::Unavailable(
-            "the agent is not root or has no [network] pool",
-        ))
+        Err(NetworkError::Unavailable(NOT_AVAILABLE))
     }
-    fn destroy(&self, _: &ServerId) {}
-    fn list(&self) -> Vec<ServerId> {
-        Vec::new()
+    fn destroy(&self, _: &GuestNet) {}
+    fn restore(&self, _: &GuestNet, _: u32) -> Result<Restored, NetworkError> {
+        Err(NetworkError::Unavailable(NOT_AVAILABLE))
     }
+    fn sweep(&self, _: &[&GuestNet]) {}
     fn pool(&self) -> Option<AddressPool> {
         None
     }

@@ -71,6 +71,13 @@ impl AddressPool {
         })
     }
 
+    /// The slot whose /30 holds `addr`, if the pool does.
+    pub fn slot_of(&self, addr: Ipv4Addr) -> Option<u32> {
+        let offset = u32::from(addr).checked_sub(self.base)?;
+        let slot = offset / 4;
+        (slot < self.capacity()).then_some(slot)
+    }
+
     /// The lowest slot not in `used`.
     pub fn first_free(&self, used: impl IntoIterator<Item = u32>) -> Option<Link> {
         let mut used: Vec<u32> = used.into_iter().collect();
@@ -106,6 +113,11 @@ mod tests {
         let last = p.link(16383).unwrap();
         assert_eq!(last.guest, "10.213.255.254".parse::<Ipv4Addr>().unwrap());
         assert_eq!(p.link(16384), None);
+        assert_eq!(p.slot_of("10.213.0.6".parse().unwrap()), Some(1));
+        assert_eq!(p.slot_of("10.213.0.4".parse().unwrap()), Some(1));
+        assert_eq!(p.slot_of("10.213.255.255".parse().unwrap()), Some(16383));
+        assert_eq!(p.slot_of("10.214.0.0".parse().unwrap()), None);
+        assert_eq!(p.slot_of("10.212.255.255".parse().unwrap()), None);
     }
 
     #[test]

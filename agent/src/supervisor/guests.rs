@@ -1,37 +1,91 @@
 //! The supervisor's side of the metadata service: guest documents from the running servers,
 //! guests' acknowledgements of their terminations, and their network namespaces.
 
-use super::{Run, Supervisor};
+use super::{Run, Supervisor, stop_process};
 use crate::metadata::GuestInfo;
 use crate::network::{GuestNet, NetworkError};
 use backfill_shared::ServerId;
 
+/// Slots [`Supervisor::make_network`] tries before it gives up.
+const CLAIM_ATTEMPTS: usize = 8;
+
 impl Supervisor {
-    /// A network namespace for an isolated server, on the lowest free slot of the pool.
+    /// A network namespace for an isolated server, on the lowest slot of the pool that neither
+    /// this agent nor anything else on the host uses.
     pub(super) fn make_network(&self, id: &ServerId) -> Result<GuestNet, NetworkError> {
         let pool = self.networks.pool().ok_or(NetworkError::Unavailable(
             "the agent is not root or has no [network] pool",
         ))?;
-        let used = self
-            .entries
-            .values()
-            .filter_map(|e| e.network.as_ref().map(|n| n.slot));
-        let link = pool
-            .first_free(used)
-            .ok_or(NetworkError::Exhausted(pool.capacity()))?;
-        self.networks.create(id, link)
+        let mut skip = self.networks.taken();
+        // Another agent sharing the pool may claim a slot between the look and the claim.
+        for _ in 0..CLAIM_ATTEMPTS {
+            let used = self
+                .entries
+                .values()
+                .filter_map(|e| e.network.as_ref().map(|n| n.slot))
+                .chain(skip.iter().copied());
+            let link = pool
+                .first_free(used)
+                .ok_or(NetworkError::Exhausted(pool.capacity()))?;
+            match self.networks.create(id, link) {
+                Err(NetworkError::InUse { slot, .. }) => skip.push(slot),
+                other => return other,
+            }
+        }
+        Err(NetworkError::Unavailable(
+            "every pool slot tried was claimed by another agent first",
+        ))
     }
 
     /// Tears down an ended workload's network namespace, if it had one.
     pub(super) fn release_network(&mut self, id: &ServerId) {
-        let had = self
-            .entries
-            .get_mut(id)
-            .and_then(|e| e.network.take())
-            .is_some();
-        if had {
-            self.networks.destroy(id);
+        if let Some(n) = self.entries.get_mut(id).and_then(|e| e.network.take()) {
+            self.networks.destroy(&n);
         }
+    }
+
+    /// Running guests whose namespace name or host interface went away while the agent runs
+    /// (another program removed them) get them back, or are stopped and failed, saying why.
+    /// Two `stat`s per isolated guest when nothing is missing. Returns whether a guest failed.
+    pub(super) fn heal_networks(&mut self) -> bool {
+        let broken: Vec<ServerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
+            .filter(|(_, e)| {
+                e.network
+                    .as_ref()
+                    .is_some_and(|n| !self.networks.looks_whole(n))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut failed = false;
+        for id in broken {
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let (Run::Running { process, child, .. }, Some(net)) = (&mut e.run, &e.network) else {
+                continue;
+            };
+            match self.networks.restore(net, process.pid) {
+                Ok(state) => {
+                    tracing::warn!(server = %id, netns = %net.netns, ?state, "a guest's network had been removed; rebuilt");
+                }
+                Err(err) => {
+                    tracing::error!(server = %id, error = %err, "a guest's network was removed and cannot be rebuilt; stopping it");
+                    stop_process(process, child.as_mut());
+                    e.run = Run::Failed {
+                        reason: format!("its network was removed: {err}"),
+                    };
+                    if let Some(n) = e.network.take() {
+                        self.networks.destroy(&n);
+                    }
+                    self.cleanup(&id);
+                    failed = true;
+                }
+            }
+        }
+        failed
     }
 
     /// Rewrites the metadata store from the running servers.

@@ -171,59 +171,6 @@ impl Supervisor {
         self.cgroups.enforcing()
     }
 
-    /// Re-adopts the workloads a previous agent process started, and cleans up cgroups of
-    /// workloads that are gone. Call once, before the first desired state.
-    pub fn adopt(&mut self) -> Result<(), StateError> {
-        for p in self.state.load()? {
-            let run = if driver::alive(&p.process) {
-                tracing::info!(server = %p.server, pid = p.process.pid, "re-adopted running workload");
-                Run::Running {
-                    process: p.process,
-                    child: None,
-                    started_at: p.started_at,
-                }
-            } else {
-                tracing::warn!(server = %p.server, pid = p.process.pid, "workload ended while the agent was away");
-                self.cleanup(&p.server);
-                Run::Exited { code: None }
-            };
-            let running = matches!(run, Run::Running { .. });
-            self.entries.insert(
-                p.server,
-                Entry {
-                    resources: p.resources,
-                    perf_factor: p.perf_factor,
-                    incarnation: p.incarnation,
-                    termination: p.termination,
-                    run,
-                    guest: p.guest,
-                    network: p.network.filter(|_| running),
-                    acknowledged: p.acknowledged,
-                    shutdown: None,
-                },
-            );
-        }
-        let owned = |e: &Entry| e.network.is_some();
-        for id in self.networks.list() {
-            if !self.entries.get(&id).is_some_and(owned) {
-                tracing::warn!(server = %id, "removing a network namespace no workload owns");
-                self.networks.destroy(&id);
-            }
-        }
-        match self.cgroups.list() {
-            Ok(ids) => {
-                for id in ids.iter().filter(|id| !self.entries.contains_key(id)) {
-                    tracing::warn!(server = %id, "removing a server cgroup no workload owns");
-                    self.cleanup(id);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list server cgroups"),
-        }
-        self.persist();
-        self.publish();
-        Ok(())
-    }
-
     /// Makes the host match `desired`: starts what is missing, re-limits what changed, stops
     /// what is no longer wanted.
     pub fn apply(&mut self, desired: &DesiredState) {
@@ -375,8 +322,8 @@ impl Supervisor {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                if network.is_some() {
-                    self.networks.destroy(&id);
+                if let Some(n) = &network {
+                    self.networks.destroy(n);
                 }
                 return Err(e.to_string());
             }
@@ -384,8 +331,8 @@ impl Supervisor {
         match ProcessIdentity::of(child.id()) {
             Some(p) => Ok((p, child, network)),
             None => {
-                if network.is_some() {
-                    self.networks.destroy(&id);
+                if let Some(n) = &network {
+                    self.networks.destroy(n);
                 }
                 // It exited at once; reap it and say how.
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
@@ -408,8 +355,8 @@ impl Supervisor {
             tracing::info!(server = %id, "workload stopped");
         }
         self.cleanup(id);
-        if entry.is_some_and(|e| e.network.is_some()) {
-            self.networks.destroy(id);
+        if let Some(n) = entry.and_then(|e| e.network) {
+            self.networks.destroy(&n);
         }
     }
 
@@ -447,6 +394,7 @@ impl Supervisor {
             self.cleanup(id);
             self.release_network(id);
         }
+        let broken = self.heal_networks();
         // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
         // power-button events are repeated); the workload decides.
         let now = self.clock.now();
@@ -475,13 +423,13 @@ impl Supervisor {
                 stop_process(process, child.as_mut());
             }
             self.cleanup(id);
-            if e.network.take().is_some() {
-                self.networks.destroy(id);
+            if let Some(n) = e.network.take() {
+                self.networks.destroy(&n);
             }
             e.run = Run::Exited { code: None };
             self.entries.insert(*id, e);
         }
-        let changed = !ended.is_empty() || !due.is_empty();
+        let changed = !ended.is_empty() || !due.is_empty() || broken;
         if changed {
             self.persist();
             self.publish();
@@ -594,6 +542,7 @@ impl Supervisor {
     }
 }
 
+mod adopt;
 mod gpus;
 mod guests;
 mod process;

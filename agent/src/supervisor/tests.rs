@@ -249,6 +249,243 @@ fn an_isolated_server_without_networking_fails_and_says_why() {
     }
 }
 
+fn isolated(generation: u64, id: ServerId) -> DesiredState {
+    let mut d = desired(generation, &[(id, 1.0)]);
+    if let Some(w) = d.servers[0].workload.as_mut() {
+        w.network = backfill_shared::NetworkMode::Isolated;
+    }
+    d
+}
+
+fn wait_dead(process: &ProcessIdentity) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while driver::alive(process) {
+        assert!(Instant::now() < deadline, "the workload survived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_readopted_isolated_server_whose_network_cannot_be_rebuilt_fails_and_stops() {
+    // The state file says the workload has a network; this agent process cannot make one
+    // (here: no isolated networking at all). It must not be reported running without it.
+    let dir = tempfile::tempdir().unwrap();
+    let id = ServerId::from_u128(7);
+    let mut first = supervisor(dir.path(), RecordingCgroups::default());
+    first.apply(&desired(1, &[(id, 1.0)]));
+    let pid = first.report().servers[0].pid.unwrap();
+    let process = ProcessIdentity::of(pid).unwrap();
+    drop(first);
+    let mut recorded = StateFile::new(dir.path()).load().unwrap();
+    recorded[0].network = Some(GuestNet {
+        slot: 0,
+        address: "10.250.90.2".parse().unwrap(),
+        host_address: "10.250.90.1".parse().unwrap(),
+        netns: "bf-000000-gone".into(),
+        host_if: "bf000000-0".into(),
+    });
+    StateFile::new(dir.path()).save(&recorded).unwrap();
+
+    let mut second = supervisor(dir.path(), RecordingCgroups::default());
+    second.adopt().unwrap();
+    match &second.report().servers[0].state {
+        WorkloadState::Failed { reason } => {
+            assert!(reason.contains("network was lost"), "{reason}");
+            assert!(reason.contains("isolated network mode"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(second.report().servers[0].network.is_none());
+    wait_dead(&process);
+    assert!(StateFile::new(dir.path()).load().unwrap().is_empty());
+}
+
+fn networks_usable() -> bool {
+    let root = crate::driver::running_as_root();
+    let has_ip = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !root || !has_ip {
+        eprintln!("SKIP: isolated networks need root and iproute2 (root={root}, ip={has_ip})");
+    }
+    root && has_ip
+}
+
+/// Real isolated networking on `pool` for the agent called `host`.
+fn ip_networks(pool: &str, table: u32, host: &str) -> Box<crate::network::IpNetworks> {
+    let tag = crate::network::NetTag::for_host(&format!("{host}-{}", std::process::id()));
+    Box::new(crate::network::IpNetworks::new(pool.parse().unwrap(), None, table, tag).unwrap())
+}
+
+#[test]
+fn agents_sharing_a_pool_give_their_guests_different_slots() {
+    if !networks_usable() {
+        return;
+    }
+    // Dev mode's local agents all use the default pool.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = supervisor(da.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_092,
+        "share-a",
+    ));
+    let mut b = supervisor(db.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_093,
+        "share-b",
+    ));
+    a.apply(&isolated(1, ServerId::from_u128(9)));
+    b.apply(&isolated(1, ServerId::from_u128(10)));
+    let address = |s: &Supervisor| {
+        let r = s.report();
+        assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+        r.servers[0].network.as_ref().unwrap().address
+    };
+    assert_eq!(address(&a).to_string(), "10.250.92.2");
+    assert_eq!(address(&b).to_string(), "10.250.92.6");
+    // A restarted agent sharing the pool keeps the other's guest, and its own.
+    drop(a);
+    let mut a = supervisor(da.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.92.0/29",
+        25_092,
+        "share-a",
+    ));
+    a.adopt().unwrap();
+    assert_eq!(address(&a).to_string(), "10.250.92.2");
+    assert_eq!(address(&b).to_string(), "10.250.92.6");
+    let netns = |s: &Supervisor| s.report().servers[0].network.clone().unwrap().netns;
+    let (na, nb) = (netns(&a), netns(&b));
+    for n in [&na, &nb] {
+        assert!(std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+    a.stop_all();
+    b.stop_all();
+    for n in [&na, &nb] {
+        assert!(!std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+}
+
+#[test]
+fn a_running_guest_whose_network_is_removed_gets_it_back_or_fails_saying_why() {
+    if !networks_usable() {
+        return;
+    }
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = supervisor(dir.path(), RecordingCgroups::default()).with_networks(ip_networks(
+        "10.250.93.0/29",
+        25_094,
+        "heal",
+    ));
+    s.apply(&isolated(1, ServerId::from_u128(11)));
+    let r = s.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    let netns = r.servers[0].network.as_ref().unwrap().netns.clone();
+    let pid = r.servers[0].pid.unwrap();
+    let process = ProcessIdentity::of(pid).unwrap();
+    let host_if = StateFile::new(dir.path()).load().unwrap()[0]
+        .network
+        .clone()
+        .unwrap()
+        .host_if;
+    // Someone removes the namespace's name while the agent runs: it is given back.
+    assert!(ip(&["netns", "del", &netns]).success());
+    assert!(!s.poll_exits(), "nothing failed");
+    let identify = std::process::Command::new("ip")
+        .args(["netns", "identify", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&identify.stdout).trim(), netns);
+    // Then its veth, and its address is taken by another interface meanwhile: the guest
+    // cannot have its network back, so it is stopped and reported failed.
+    let squatter = format!("bfh{}", std::process::id());
+    assert!(ip(&["link", "del", &host_if]).success());
+    let peer = format!("{squatter}p");
+    assert!(
+        ip(&[
+            "link", "add", &squatter, "type", "veth", "peer", "name", &peer
+        ])
+        .success()
+    );
+    assert!(ip(&["addr", "add", "10.250.93.1/30", "dev", &squatter]).success());
+    let changed = s.poll_exits();
+    let state = s.report().servers[0].state.clone();
+    ip(&["link", "del", &squatter]);
+    assert!(changed);
+    match state {
+        WorkloadState::Failed { reason } => {
+            assert!(reason.contains("network was removed"), "{reason}");
+            assert!(reason.contains(&squatter), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_dead(&process);
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    assert!(StateFile::new(dir.path()).load().unwrap().is_empty());
+}
+
+#[test]
+fn a_readopted_isolated_server_gets_its_removed_network_back() {
+    if !networks_usable() {
+        return;
+    }
+    let nets = || ip_networks("10.250.91.0/29", 25_091, "sup");
+    let dir = tempfile::tempdir().unwrap();
+    let id = ServerId::from_u128(8);
+    let mut first = supervisor(dir.path(), RecordingCgroups::default()).with_networks(nets());
+    first.apply(&isolated(1, id));
+    let r = first.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    let netns = r.servers[0].network.as_ref().unwrap().netns.clone();
+    let process = ProcessIdentity::of(r.servers[0].pid.unwrap()).unwrap();
+    drop(first);
+    // What another agent used to do to it while this one was away.
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+    };
+    assert!(ip(&["netns", "del", &netns]).success());
+    let host_if = StateFile::new(dir.path()).load().unwrap()[0]
+        .network
+        .clone()
+        .unwrap()
+        .host_if;
+    assert!(ip(&["link", "del", &host_if]).success());
+
+    let mut second = supervisor(dir.path(), RecordingCgroups::default()).with_networks(nets());
+    second.adopt().unwrap();
+    second.apply(&isolated(2, id));
+    let r = second.report();
+    assert_eq!(r.servers[0].state, WorkloadState::Running, "{r:?}");
+    assert_eq!(r.servers[0].pid, Some(process.pid));
+    let addr = std::process::Command::new("ip")
+        .args(["-n", &netns, "-4", "addr", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addr.stdout).contains("10.250.91.2/30"),
+        "{addr:?}"
+    );
+    let identify = std::process::Command::new("ip")
+        .args(["netns", "identify", &process.pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&identify.stdout).trim(), netns);
+    second.stop_all();
+    wait_dead(&process);
+    assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&host_if)
+            .exists()
+    );
+}
+
 // ---- GPUs ----
 
 use crate::discovery::{FakeGpus, GpuMonitor, GpuScan};
