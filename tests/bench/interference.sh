@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Interference benchmark: how much a normal server feels backfill neighbours, through the real
+# coordinator and agent (real cgroups: run as root on a host with cgroup v1 or v2 controllers).
+#
+#   tests/bench/interference.sh [seconds=20] [bin_dir=target/release]
+#
+# On a host of N cores at M MHz, two normal servers run alone, then next to backfill servers
+# that spin on every core they are given, then next to a memory-hungry backfill server:
+#   - "work": a CPU-bound job on one core (cpu = M MHz, 1 vCPU): units of work per second;
+#   - "tick": a latency-sensitive task (100 MHz): wakes every 10 ms for a short request (a sixteenth of a work unit); p50/p99
+#     of lateness + work.
+# The backfill servers share what the normal ones leave: (N x M - M - 100) MHz.
+# Prints each phase's figures, the throughput ratio (with backfill / alone), the p99s, and the
+# share of the cycles the normal servers left idle that backfill used (from the cgroups'
+# cpuacct). BIN_DIR may hold binaries of another commit, for a before/after comparison (build
+# them with `cargo build --release -p backfill-coordinator -p backfill-agent -p backfill-tests`).
+set -euo pipefail
+SECONDS_PER_PHASE=${1:-20}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${2:-$ROOT/target/release}
+[ "$(id -u)" = 0 ] || { echo "run as root: the agent needs real cgroups" >&2; exit 1; }
+[ "$BIN" = "$ROOT/target/release" ] &&
+    (cd "$ROOT" && cargo build --release -q -p backfill-coordinator -p backfill-agent -p backfill-tests --bin bf-load)
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+install -m 755 "$BIN/bf-load" "$WORK/bf-load"
+PARENT="backfill-bench-$$"
+cleanup() {
+    for p in ${AGENT_PID:-} ${COORD_PID:-}; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+P="$WORK/pki"
+"$BIN/backfill-coordinator" pki init --dir "$P" >/dev/null 2>&1
+"$BIN/backfill-coordinator" pki issue --dir "$P" --role coordinator --name coordinator --san localhost --san 127.0.0.1 >/dev/null 2>&1
+"$BIN/backfill-coordinator" pki issue --dir "$P" --role agent --name bench-host >/dev/null 2>&1
+"$BIN/backfill-coordinator" pki issue --dir "$P" --role account --name bench >/dev/null 2>&1
+
+cat >"$WORK/coordinator.toml" <<CONF
+api_addr = "127.0.0.1:0"
+link_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+database = "$WORK/db.sqlite"
+backfill_accounts = ["bench"]
+[tls]
+ca = "$P/ca.pem"
+cert = "$P/coordinator.pem"
+key = "$P/coordinator.key"
+CONF
+NO_COLOR=1 RUST_LOG=info "$BIN/backfill-coordinator" run --config "$WORK/coordinator.toml" >"$WORK/coordinator.log" 2>&1 &
+COORD_PID=$!
+log_value() { # FILE NEEDLE KEY
+    for _ in $(seq 300); do
+        v=$({ grep "$2" "$1" 2>/dev/null || true; } | sed -n "s/.*$3=\([^ ]*\).*/\1/p" | head -1)
+        [ -n "$v" ] && { echo "$v"; return; }
+        sleep 0.1
+    done
+    echo "no $2 in $1" >&2; cat "$1" >&2; exit 1
+}
+API=$(log_value "$WORK/coordinator.log" "API listening" api_addr)
+LINK=$(log_value "$WORK/coordinator.log" "agent link listening" link_addr)
+
+cat >"$WORK/agent.toml" <<CONF
+coordinator = "$LINK"
+coordinator_name = "localhost"
+state_dir = "$WORK/agent"
+cgroup_parent = "$PARENT"
+run_as = "nobody"
+default_command = ["sleep", "600"]
+stop_workloads_on_exit = true
+report_interval_secs = 1
+[tls]
+ca = "$P/ca.pem"
+cert = "$P/bench-host.pem"
+key = "$P/bench-host.key"
+[metadata]
+bind = "127.0.0.1:0"
+[admin]
+bind = "127.0.0.1:0"
+CONF
+NO_COLOR=1 RUST_LOG=info "$BIN/backfill-agent" --config "$WORK/agent.toml" >"$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+log_value "$WORK/agent.log" "connected to the coordinator" protocol_version >/dev/null
+CPUS=$(log_value "$WORK/agent.log" "discovered" cpus)
+MHZ=$(log_value "$WORK/agent.log" "discovered" mhz)
+
+api() { # METHOD PATH [BODY]
+    curl -sS --fail-with-body --cacert "$P/ca.pem" --cert "$P/bench.pem" --key "$P/bench.key" \
+        -X "$1" "https://$API/api/2.0/$2" -H 'content-type: application/json' ${3:+-d "$3"}
+}
+new_server() { # FAMILY NAME MHZ COMMAND_JSON
+    api POST "$1/" "{\"objects\": [{\"name\": \"$2\", \"cpu\": $3, \"mem\": 268435456, \"smp\": 1,
+        \"vnc_password\": \"x\", \"workload\": {\"command\": $4}}]}" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["objects"][0]["uuid"])'
+}
+status() { api GET "$1/$2/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'; }
+wait_status() { # FAMILY UUID STATUS
+    for _ in $(seq 600); do [ "$(status "$1" "$2")" = "$3" ] && return; sleep 0.2; done
+    echo "$2 never got to $3" >&2; exit 1
+}
+start() { api POST "$1/$2/action/?do=start" '{}' >/dev/null; wait_status "$1" "$2" running; }
+stop() { api POST "$1/$2/action/?do=stop" '{}' >/dev/null; wait_status "$1" "$2" stopped; }
+cpuacct() { # UUID: CPU ns used so far (v1 cpuacct or v2 cpu.stat)
+    local f="/sys/fs/cgroup/cpuacct/$PARENT/$1/cpuacct.usage"
+    if [ -f "$f" ]; then cat "$f"; else
+        awk '/usage_usec/ {print $2 * 1000}' "/sys/fs/cgroup/$PARENT/$1/cpu.stat"; fi
+}
+result() { tail -1 "$WORK/agent/logs/$1.log"; }
+
+WORKER=$(new_server servers work "$MHZ" "[\"$WORK/bf-load\", \"work\", \"$SECONDS_PER_PHASE\"]")
+TICKER=$(new_server servers tick 100 "[\"$WORK/bf-load\", \"tick\", \"$SECONDS_PER_PHASE\"]")
+LEFT=$((CPUS * MHZ - MHZ - 100))
+BURNERS=()
+for i in $(seq "$CPUS"); do
+    BURNERS+=("$(new_server bservers "burn$i" $((LEFT / CPUS)) "[\"$WORK/bf-load\", \"burn\", \"$CPUS\"]")")
+done
+HOG=$(new_server bservers hog $((LEFT / 2)) "[\"$WORK/bf-load\", \"hog\", \"200\"]")
+
+phase() { # NAME BACKFILL_UUIDS...
+    local name=$1; shift
+    for b in "$@"; do start bservers "$b"; done
+    local before=0 after=0
+    api POST "servers/$WORKER/action/?do=start" '{}' >/dev/null
+    api POST "servers/$TICKER/action/?do=start" '{}' >/dev/null
+    wait_status servers "$WORKER" running
+    # Backfill's CPU over the measured window: while "work" runs (it runs SECONDS exactly).
+    local t0; t0=$(date +%s%N)
+    for b in "$@"; do before=$((before + $(cpuacct "$b"))); done
+    sleep "$((SECONDS_PER_PHASE - 1))"
+    for b in "$@"; do after=$((after + $(cpuacct "$b"))); done
+    local t1; t1=$(date +%s%N)
+    wait_status servers "$WORKER" stopped
+    wait_status servers "$TICKER" stopped
+    for b in "$@"; do stop bservers "$b"; done
+    echo "$name $(result "$WORKER") $(result "$TICKER") backfill_cpu_ns=$((after - before)) wall_ns=$((t1 - t0))"
+}
+
+echo "host: $CPUS cores at $MHZ MHz; $SECONDS_PER_PHASE s per phase; binaries: $BIN"
+ALONE=$(phase alone)
+echo "$ALONE"
+CPU=$(phase cpu "${BURNERS[@]}")
+echo "$CPU"
+MEM=$(phase memory "$HOG")
+echo "$MEM"
+python3 - "$CPUS" "$ALONE" "$CPU" "$MEM" <<'PY'
+import json, re, sys
+cpus = int(sys.argv[1])
+def parse(line):
+    docs = [json.loads(m) for m in re.findall(r'\{[^}]*\}', line)]
+    work = next(d for d in docs if d["mode"] == "work")
+    tick = next(d for d in docs if d["mode"] == "tick")
+    kv = dict(re.findall(r'(\w+)=(\d+)', line))
+    return work, tick, int(kv["backfill_cpu_ns"]), int(kv["wall_ns"])
+alone, cpu, mem = (parse(l) for l in sys.argv[2:5])
+for name, (w, t, bf, wall) in (("cpu", cpu), ("memory", mem)):
+    ratio = w["units_per_s"] / alone[0]["units_per_s"]
+    # Cycles the normal servers leave idle: all cores less the one "work" keeps busy (its
+    # throughput share of a core) and the ticker's small share.
+    normal_cores = ratio * 1.0 + 0.01
+    idle_ns = max((cpus - normal_cores) * wall, 1)
+    print(f"{name}: normal throughput {ratio:.3f} of alone; tick p99 {t['p99_us']} us "
+          f"(alone {alone[1]['p99_us']} us); backfill used {bf / idle_ns:.2f} of the idle cycles "
+          f"({bf / wall:.2f} cores)")
+PY
