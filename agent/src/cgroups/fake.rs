@@ -204,7 +204,12 @@ impl CgroupManager for RecordingCgroups {
         s.check("set_limits")?;
         limits.validate()?;
         let c = s.cgroups.get_mut(id).ok_or_else(|| not_found(id))?;
-        c.limits = *limits;
+        // As the kernel does for [`super::FsCgroups`]: a hard memory limit is held just above
+        // the usage until the usage comes down.
+        c.limits = CgroupLimits {
+            mem_limit_bytes: super::hard_limit_now(limits.mem_limit_bytes, c.usage.mem_usage_bytes),
+            ..*limits
+        };
         Ok(())
     }
     fn read_limits(&self, id: &ServerId) -> Result<CgroupLimits, CgroupError> {

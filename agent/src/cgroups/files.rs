@@ -2,14 +2,11 @@
 //! errors, the kernel's behaviour on simulated trees, and signals.
 
 use super::hierarchy::Ctl;
+use super::memory::{read_memory, write};
 use super::{CgroupError, CgroupLimits, CpuWeight};
 use backfill_shared::protocol::ServerUsage;
 use std::io;
 use std::path::{Path, PathBuf};
-
-/// v1 shows "unlimited" as the largest page multiple below i64::MAX (9223372036854771712 with
-/// 4 KiB pages): anything from 4 EiB up is taken as unlimited.
-const V1_UNLIMITED_FROM: i128 = 1 << 62;
 
 /// v2: `cpu.max` ("max 100000" or "50000 100000") and `memory.max` ("max" or bytes).
 pub(super) fn read_v2_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, CgroupError> {
@@ -30,17 +27,14 @@ pub(super) fn read_v2_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
         q => Some(parse_u64(&path, q)?),
     };
     let cpu_period_us = parse_u64(&path, &period)?;
-    let path = mem.join("memory.max");
-    let content = read_string(&path)?;
-    let mem_limit_bytes = match content.trim() {
-        "max" => None,
-        m => Some(parse_u64(&path, m)?),
-    };
+    let m = read_memory(mem, true)?;
     Ok(CgroupLimits {
         cpu_quota_us,
         cpu_period_us,
-        mem_limit_bytes,
+        mem_limit_bytes: m.limit,
         cpu_weight: read_v2_weight(cpu)?,
+        mem_high_bytes: m.high,
+        mem_min_bytes: m.min,
     })
 }
 
@@ -67,37 +61,20 @@ fn read_v2_weight(cpu: &Path) -> Result<CpuWeight, CgroupError> {
 /// clears `cpu.idle` first.
 pub(super) fn write_cpu_weight(cpu: &Path, v2: bool, weight: CpuWeight) -> Result<(), CgroupError> {
     if !v2 {
-        return write_existing(&cpu.join("cpu.shares"), &weight.v1_shares().to_string());
+        return write(&cpu.join("cpu.shares"), &weight.v1_shares().to_string());
     }
     let idle = cpu.join("cpu.idle");
     let has_idle = idle.is_file();
     match weight {
-        CpuWeight::Idle if has_idle => write_existing(&idle, "1"),
-        CpuWeight::Idle => write_existing(&cpu.join("cpu.weight"), "1"),
+        CpuWeight::Idle if has_idle => write(&idle, "1"),
+        CpuWeight::Idle => write(&cpu.join("cpu.weight"), "1"),
         CpuWeight::Weight(w) => {
             if has_idle {
-                write_existing(&idle, "0")?;
+                write(&idle, "0")?;
             }
-            write_existing(&cpu.join("cpu.weight"), &w.to_string())
+            write(&cpu.join("cpu.weight"), &w.to_string())
         }
     }
-}
-
-/// Writes a control file that must exist (a misspelled name fails as on the kernel).
-fn write_existing(path: &Path, data: &str) -> Result<(), CgroupError> {
-    use std::io::Write;
-    let fail = |source| CgroupError::Write {
-        path: path.to_path_buf(),
-        data: data.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .create(false)
-        .open(path)
-        .map_err(fail)?;
-    f.write_all(data.as_bytes()).map_err(fail)
 }
 
 /// v1: `cpu.cfs_quota_us` (-1 = unlimited), `cpu.cfs_period_us`, `memory.limit_in_bytes` (-1 as
@@ -113,7 +90,7 @@ pub(super) fn read_v1_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
     let quota = read_int(&cpu.join("cpu.cfs_quota_us"))?;
     let period_path = cpu.join("cpu.cfs_period_us");
     let period = read_int(&period_path)?;
-    let mem_limit = read_int(&mem.join("memory.limit_in_bytes"))?;
+    let m = read_memory(mem, false)?;
     let shares_path = cpu.join("cpu.shares");
     let shares = parse_u64(&shares_path, &read_string(&shares_path)?)?;
     Ok(CgroupLimits {
@@ -121,11 +98,9 @@ pub(super) fn read_v1_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
         cpu_quota_us: u64::try_from(quota).ok(),
         cpu_period_us: u64::try_from(period)
             .map_err(|_| parse_err(&period_path, &period.to_string(), "negative period"))?,
-        mem_limit_bytes: if mem_limit >= V1_UNLIMITED_FROM {
-            None
-        } else {
-            u64::try_from(mem_limit).ok()
-        },
+        mem_limit_bytes: m.limit,
+        mem_high_bytes: m.high,
+        mem_min_bytes: m.min,
     })
 }
 
@@ -246,6 +221,8 @@ pub(super) fn simulate_mkdir(dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), Cgr
             ("cpu.idle", "0\n"),
             ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
             ("memory.max", "max\n"),
+            ("memory.high", "max\n"),
+            ("memory.min", "0\n"),
             ("memory.current", "0\n"),
         ]),
         Some(ctls) => {
@@ -260,6 +237,7 @@ pub(super) fn simulate_mkdir(dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), Cgr
                     Ctl::CpuAcct => &[("cpuacct.usage", "0\n")][..],
                     Ctl::Memory => &[
                         ("memory.limit_in_bytes", "9223372036854771712\n"),
+                        ("memory.soft_limit_in_bytes", "9223372036854771712\n"),
                         ("memory.usage_in_bytes", "0\n"),
                     ][..],
                     Ctl::Pids => &[("pids.max", "max\n"), ("pids.current", "0\n")][..],

@@ -21,6 +21,7 @@ use super::hierarchy::{
     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
     v1_mounts,
 };
+use super::memory::write_memory;
 use super::{CgroupError, CgroupLimits, CgroupManager, DeviceControl, DeviceRule, validate_parent};
 use backfill_shared::ServerId;
 use backfill_shared::protocol::ServerUsage;
@@ -268,7 +269,6 @@ impl FsCgroups {
             }),
         };
         let quota = to_i64(limits.cpu_quota_us)?;
-        let mem = to_i64(limits.mem_limit_bytes)?;
         let period = limits.cpu_period_us;
         let v2 = self.is_v2();
         let control = |dir: &Path, file: &str, data: String| {
@@ -297,14 +297,7 @@ impl FsCgroups {
                     ))?;
                     write_cpu_weight(c.path(), false, limits.cpu_weight)?;
                 }
-                Subsystem::Mem(m) => {
-                    let (file, data) = match (v2, limits.mem_limit_bytes) {
-                        (true, None) => ("memory.max", "max".to_owned()),
-                        (true, Some(b)) => ("memory.max", b.to_string()),
-                        (false, _) => ("memory.limit_in_bytes", mem.to_string()),
-                    };
-                    m.set_limit(mem).map_err(control(m.path(), file, data))?;
-                }
+                Subsystem::Mem(m) => write_memory(m.path(), v2, limits)?,
                 _ => {}
             }
         }

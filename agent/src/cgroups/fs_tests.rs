@@ -304,6 +304,8 @@ fn v2_lifecycle_on_a_fake_tree() {
         cpu_period_us: 10_000,
         mem_limit_bytes: Some(MIB),
         cpu_weight: CpuWeight::Weight(250),
+        mem_high_bytes: None,
+        mem_min_bytes: Some(MIB),
     };
     cg.create(&id, &other_period).unwrap();
     assert_eq!(read(&leaf.join("cpu.max")), "5000 10000");
@@ -669,7 +671,16 @@ fn real_kernel_lifecycle() {
     cg.set_limits(&id, &normal).unwrap();
     let expected = if cg.is_v2() { "150" } else { "1536" };
     assert_eq!(read(&cpu.join(weight_file)), expected);
-    assert_eq!(cg.read_limits(&id).unwrap(), normal);
+    // v2 protects all of a normal server's memory (memory.min); v1 has no such file.
+    let shown_normal = if cg.is_v2() {
+        normal
+    } else {
+        CgroupLimits {
+            mem_min_bytes: None,
+            ..normal
+        }
+    };
+    assert_eq!(cg.read_limits(&id).unwrap(), shown_normal);
     cg.set_limits(&id, &tenth).unwrap();
     assert_eq!(cg.read_limits(&id).unwrap(), tenth);
 
@@ -917,4 +928,115 @@ fn real_kernel_device_rules() {
         cg.describe(),
         rules.len()
     );
+}
+
+#[test]
+fn a_squeeze_on_v2_starts_at_memory_high_and_the_hard_limit_follows_usage_down() {
+    let t = v2_tree("cpu memory\n");
+    let root = t.path();
+    let cg = FsCgroups::v2_at(root, "backfill").unwrap();
+    let id = ServerId::from_u128(0x5e);
+    let leaf = root.join("backfill").join(id.to_string());
+    let class = ServerClass::Backfill;
+    let full = limits_for(
+        &res(1, 512 * MIB),
+        PerfFactor::FULL,
+        class,
+        &CpuPolicy::default(),
+    );
+    cg.create(&id, &full).unwrap();
+    assert_eq!(read(&leaf.join("memory.high")), (512 * MIB).to_string());
+    assert_eq!(read(&leaf.join("memory.min")), "0");
+
+    // Squeezed to 128 MiB while it uses 300 MiB: reclaim starts at 128 MiB, and the hard limit
+    // stays just above what it uses, so the kernel reclaims instead of killing it.
+    write(&leaf.join("memory.current"), &(300 * MIB).to_string());
+    let quarter = limits_for(
+        &res(1, 512 * MIB),
+        pf(1.0, 0.25),
+        class,
+        &CpuPolicy::default(),
+    );
+    cg.set_limits(&id, &quarter).unwrap();
+    assert_eq!(read(&leaf.join("memory.high")), (128 * MIB).to_string());
+    assert_eq!(read(&leaf.join("memory.max")), (301 * MIB).to_string());
+    let shown = cg.read_limits(&id).unwrap();
+    assert_eq!(shown.mem_limit_bytes, Some(301 * MIB));
+    assert_eq!(shown.mem_high_bytes, Some(128 * MIB));
+    // The next round of the reclaim loop, once it gave memory back: the target.
+    write(&leaf.join("memory.current"), &(100 * MIB).to_string());
+    cg.set_limits(&id, &quarter).unwrap();
+    assert_eq!(cg.read_limits(&id).unwrap(), quarter);
+
+    // A normal server's memory is protected, and it has no reclaim threshold.
+    let normal = limits_for(
+        &res(1, 512 * MIB),
+        PerfFactor::FULL,
+        ServerClass::Normal,
+        &CpuPolicy::default(),
+    );
+    cg.set_limits(&id, &normal).unwrap();
+    assert_eq!(read(&leaf.join("memory.min")), (512 * MIB).to_string());
+    assert_eq!(read(&leaf.join("memory.high")), "max");
+    assert_eq!(cg.read_limits(&id).unwrap(), normal);
+}
+
+#[test]
+fn real_kernel_squeeze_reclaims_instead_of_killing() {
+    let parent = format!("backfill-test-squeeze-{}", std::process::id());
+    let Some(cg) = real_or_skip(&parent) else {
+        return;
+    };
+    let id = ServerId::new_random();
+    let mut guard = Cleanup {
+        cg: &cg,
+        id,
+        children: Vec::new(),
+    };
+    let r = res(1, 256 * MIB);
+    let class = ServerClass::Backfill;
+    cg.create(
+        &id,
+        &limits_for(&r, PerfFactor::FULL, class, &CpuPolicy::default()),
+    )
+    .unwrap();
+    // A workload that holds about 60 MB of anonymous memory (there is no swap to push it to).
+    let join = cg.join_files(&id).unwrap();
+    let holder = spawn_joined(
+        &join,
+        "x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 60",
+    );
+    guard.children.push(holder);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cg.usage(&id).unwrap().mem_usage_bytes < 60_000_000 {
+        assert!(Instant::now() < deadline, "{:?}", cg.usage(&id));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Squeezed to 16 MiB: it keeps running; reclaim starts at 16 MiB, and the hard limit holds
+    // above what it cannot give back.
+    let squeezed = limits_for(&r, pf(1.0, 0.0625), class, &CpuPolicy::default());
+    cg.set_limits(&id, &squeezed).unwrap();
+    let shown = cg.read_limits(&id).unwrap();
+    assert_eq!(shown.mem_high_bytes, Some(16 * MIB));
+    let hard = shown.mem_limit_bytes.unwrap();
+    let used = cg.usage(&id).unwrap().mem_usage_bytes;
+    assert!(hard > 16 * MIB && hard >= used, "hard {hard}, used {used}");
+    assert!(
+        guard.children[0].try_wait().unwrap().is_none(),
+        "the squeeze killed the workload"
+    );
+    eprintln!(
+        "real squeeze on {}: used {used}, hard limit held at {hard}",
+        cg.describe()
+    );
+
+    // Once the memory is gone, the next round reaches the target.
+    cg.kill_all(&id).unwrap();
+    for c in &mut guard.children {
+        let _ = c.wait();
+    }
+    guard.children.clear();
+    cg.set_limits(&id, &squeezed).unwrap();
+    assert_eq!(cg.read_limits(&id).unwrap().mem_limit_bytes, Some(16 * MIB));
 }

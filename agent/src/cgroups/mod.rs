@@ -13,6 +13,7 @@ mod fake;
 mod files;
 mod fs;
 mod hierarchy;
+mod memory;
 
 pub use claim::ParentClaim;
 pub use devices::{
@@ -20,6 +21,7 @@ pub use devices::{
 };
 pub use fake::{Call, NoCgroups, RecordingCgroups};
 pub use fs::FsCgroups;
+pub use memory::{RECLAIM_SLACK_BYTES, hard_limit_now};
 
 use backfill_shared::domain::scale;
 use backfill_shared::protocol::{AppliedLimits, ServerUsage};
@@ -84,8 +86,16 @@ impl CpuWeight {
 pub struct CgroupLimits {
     pub cpu_quota_us: Option<u64>,
     pub cpu_period_us: u64,
+    /// The hard limit (v2 `memory.max`, v1 `memory.limit_in_bytes`). While a squeezed server
+    /// still uses more, the kernel holds it just above its usage ([`hard_limit_now`]).
     pub mem_limit_bytes: Option<u64>,
     pub cpu_weight: CpuWeight,
+    /// Where reclaim starts (v2 `memory.high`, v1 `memory.soft_limit_in_bytes`): backfill and
+    /// spot servers, at their downsized size.
+    pub mem_high_bytes: Option<u64>,
+    /// Memory the kernel never reclaims for others (v2 `memory.min`; v1 has none): normal
+    /// servers, all of theirs.
+    pub mem_min_bytes: Option<u64>,
 }
 
 impl CgroupLimits {
@@ -94,6 +104,8 @@ impl CgroupLimits {
         cpu_period_us: DEFAULT_CPU_PERIOD_US,
         mem_limit_bytes: None,
         cpu_weight: CpuWeight::Weight(DEFAULT_CPU_WEIGHT),
+        mem_high_bytes: None,
+        mem_min_bytes: None,
     };
 
     /// Checks the limits against what the kernel accepts, so a write never fails half-way.
@@ -114,11 +126,22 @@ impl CgroupLimits {
         {
             return bad("the CPU weight must be between 1 and 10000");
         }
-        match self.mem_limit_bytes {
-            Some(0) => bad("a memory limit of 0 bytes"),
-            Some(m) if i64::try_from(m).is_err() => bad("the memory limit is too large"),
-            _ => Ok(()),
+        for m in [
+            self.mem_limit_bytes,
+            self.mem_high_bytes,
+            self.mem_min_bytes,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if m == 0 {
+                return bad("a memory limit of 0 bytes");
+            }
+            if i64::try_from(m).is_err() {
+                return bad("the memory limit is too large");
+            }
         }
+        Ok(())
     }
 }
 
@@ -166,6 +189,9 @@ impl Default for CpuPolicy {
 /// - **Memory limit** = mem_bytes x perf_factor.mem (rounded down by [`scale`], at least
 ///   [`MIN_MEM_LIMIT_BYTES`]); `mem_bytes == 0` means no limit. The kernel keeps memory limits
 ///   in pages: a limit that is not a multiple of the page size reads back rounded down.
+///   Backfill and spot servers are squeezed there gently (`memory.high` / the soft limit at the
+///   same size, the hard limit following their usage down); normal servers' memory is
+///   protected (`memory.min`, all of it).
 pub fn limits_for(
     resources: &Resources,
     perf: PerfFactor,
@@ -205,11 +231,14 @@ pub fn limits_for(
     };
     let mem_limit_bytes = (resources.mem_bytes > 0)
         .then(|| scale(resources.mem_bytes, perf.mem).max(MIN_MEM_LIMIT_BYTES));
+    let normal = class == ServerClass::Normal;
     CgroupLimits {
         cpu_quota_us,
         cpu_period_us: period,
         mem_limit_bytes,
         cpu_weight,
+        mem_high_bytes: mem_limit_bytes.filter(|_| !normal),
+        mem_min_bytes: mem_limit_bytes.filter(|_| normal),
     }
 }
 
@@ -427,6 +456,8 @@ mod tests {
                 cpu_period_us: 100_000,
                 mem_limit_bytes: Some(512 * MIB),
                 cpu_weight: CpuWeight::Idle,
+                mem_high_bytes: Some(512 * MIB),
+                mem_min_bytes: None,
             }
         );
         l.validate().unwrap();

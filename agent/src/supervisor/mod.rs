@@ -395,6 +395,7 @@ impl Supervisor {
             self.release_network(id);
         }
         let broken = self.heal_networks();
+        self.reclaim_memory();
         // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
         // power-button events are repeated); the workload decides.
         let now = self.clock.now();
@@ -545,6 +546,7 @@ impl Supervisor {
 mod adopt;
 mod gpus;
 mod guests;
+mod memory;
 mod process;
 
 pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};

@@ -94,6 +94,47 @@ fn applies_limits_once_and_relimits_on_perf_change() {
 }
 
 #[test]
+fn a_memory_squeeze_holds_the_hard_limit_above_usage_until_it_comes_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone());
+    let id = ServerId::from_u128(11);
+    s.apply(&desired(1, &[(id, 1.0)]));
+    let using = |bytes: u64| backfill_shared::protocol::ServerUsage {
+        mem_usage_bytes: bytes,
+        ..Default::default()
+    };
+    cg.set_usage(&id, using(200 << 20));
+    // Squeezed to a quarter (64 MiB) while it uses 200 MiB: it keeps running, reclaim starts
+    // at 64 MiB, and the hard limit stays just above its usage.
+    s.apply(&desired(2, &[(id, 0.25)]));
+    let limits = cg.limits(&id).unwrap();
+    assert_eq!(limits.mem_high_bytes, Some(64 << 20));
+    assert_eq!(limits.mem_limit_bytes, Some(201 << 20));
+    assert_eq!(s.report().servers[0].state, WorkloadState::Running);
+    // Each round tries again while it still uses more.
+    cg.take_calls();
+    s.poll_exits();
+    assert!(
+        cg.take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::SetLimits(i, _) if *i == id))
+    );
+    // It gave memory back: the hard limit reaches its target, and the rounds stop.
+    cg.set_usage(&id, using(10 << 20));
+    s.poll_exits();
+    assert_eq!(cg.limits(&id).unwrap().mem_limit_bytes, Some(64 << 20));
+    cg.take_calls();
+    s.poll_exits();
+    assert!(
+        !cg.take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::SetLimits(..)))
+    );
+    s.apply(&desired(3, &[]));
+}
+
+#[test]
 fn a_new_supervisor_adopts_instead_of_restarting() {
     let dir = tempfile::tempdir().unwrap();
     let id = ServerId::from_u128(2);
