@@ -44,6 +44,7 @@ pub struct Bound {
     acceptor: Acceptors,
     tls_files: backfill_shared::tls::TlsFiles,
     drain: std::time::Duration,
+    http: crate::config::HttpSettings,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -121,6 +122,7 @@ impl Bound {
             acceptor,
             tls_files: cfg.tls.clone(),
             drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
+            http: cfg.http.clone(),
         })
     }
 
@@ -133,12 +135,13 @@ impl Bound {
             self.api_addr, self.link_addr
         ));
         let router = api::router(self.coordinator.clone());
+        let metrics = &self.coordinator.metrics;
         let api = tokio::spawn(api::serve_api(
             self.api,
             self.acceptor.clone(),
             router,
-            shutdown.clone(),
-            self.drain,
+            (shutdown.clone(), self.drain),
+            api::Listening::new("api", self.http.api(), metrics),
         ));
         let link = tokio::spawn(hosts::serve_link(
             self.link,
@@ -149,15 +152,16 @@ impl Bound {
         let admin = tokio::spawn(crate::metrics::serve_admin(
             self.admin,
             crate::metrics::admin_router(self.coordinator.clone()),
-            shutdown.clone(),
+            (shutdown.clone(), self.drain),
+            api::Listening::new("admin", self.http.admin(), metrics),
         ));
         let management = self.management.map(|(listener, acceptor)| {
             let served = tokio::spawn(api::serve_management(
                 listener,
                 acceptor.clone(),
                 api::management_router(self.coordinator.clone()),
-                shutdown.clone(),
-                self.drain,
+                (shutdown.clone(), self.drain),
+                api::Listening::new("management", self.http.management(), metrics),
             ));
             (served, acceptor)
         });

@@ -162,6 +162,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             allow_private: true,
             ..Default::default()
         },
+        http: Default::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
