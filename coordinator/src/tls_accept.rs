@@ -133,7 +133,7 @@ pub async fn serve_auth<F, Fut>(
     }
 }
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Completes the handshake (within `timeout`) and checks the role. `None` (after a log line)
 /// when refused.

@@ -140,6 +140,8 @@ pub struct ConnectionGate {
     per_client: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
     on_refused: Option<OnRefused>,
+    /// When a refusal was last logged: at most one line a second.
+    last_warning: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for ConnectionGate {
@@ -159,6 +161,7 @@ impl ConnectionGate {
             per_client: limits.max_connections_per_client.max(1),
             open: Mutex::new((0, HashMap::new())),
             on_refused: None,
+            last_warning: Mutex::new(None),
         }
     }
 
@@ -177,6 +180,20 @@ impl ConnectionGate {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a refusal may be logged now (one line a second at most).
+    fn may_warn(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pass = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if pass {
+            *last = Some(now);
+        }
+        pass
     }
 
     /// A place for one more connection from `client`, held until the [`Admission`] drops.
@@ -243,7 +260,6 @@ pub async fn accept(
     gate: &Arc<ConnectionGate>,
     name: &'static str,
 ) -> (TcpStream, SocketAddr, Admission) {
-    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -262,9 +278,7 @@ pub async fn accept(
             }
             Err(reason) => {
                 drop(tcp);
-                let now = tokio::time::Instant::now();
-                if last_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                    last_warning = Some(now);
+                if gate.may_warn() {
                     tracing::warn!(listener = name, %peer, reason = reason.as_str(), "connection refused: too many open");
                 }
             }

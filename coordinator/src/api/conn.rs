@@ -331,7 +331,8 @@ impl Body for RequestBody {
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        if let (Some(slot), Some(body)) = (&self.park, self.inner.take())
+        // A body that ran out of time is not drained: the client had its chance.
+        if let (Some(slot), Some(body), false) = (&self.park, self.inner.take(), self.done)
             && !body.is_end_stream()
         {
             *slot
