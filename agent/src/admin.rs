@@ -7,8 +7,10 @@
 //!   the result; a change of devices is reported to the coordinator at once.
 
 use crate::discovery::{GpuMonitor, GpuScan};
-use crate::metadata::{HttpRequest, HttpResponse, parse_request, request_len};
+use crate::http_conn::{Conn, End};
+use crate::metadata::{HttpRequest, HttpResponse};
 use crate::supervisor::Supervisor;
+use backfill_shared::listener::{ConnectionGate, HttpLimits};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,7 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,21 @@ const RESCAN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct FormatCode {
     pub format: String,
     pub code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: String,
+    pub reason: String,
+}
+
+impl ListenerReason {
+    pub fn new(listener: &str, reason: &str) -> ListenerReason {
+        ListenerReason {
+            listener: listener.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +73,10 @@ pub struct AgentMetrics {
     registry: Registry,
     pub cgroup_errors: Counter,
     pub metadata_requests: Family<FormatCode, Counter>,
+    /// HTTP connections closed at accept, by listener (metadata, admin) and cap.
+    pub http_refused: Family<ListenerReason, Counter>,
+    /// HTTP connections closed for time, by listener and phase.
+    pub http_timeouts: Family<ListenerReason, Counter>,
     pub link_connected: Gauge,
     pub link_sessions: Counter,
     workloads: Family<StateLabel, Gauge>,
@@ -78,6 +98,8 @@ impl Default for AgentMetrics {
             registry: Registry::default(),
             cgroup_errors: Counter::default(),
             metadata_requests: Family::default(),
+            http_refused: Family::default(),
+            http_timeouts: Family::default(),
             link_connected: Gauge::default(),
             link_sessions: Counter::default(),
             workloads: Family::default(),
@@ -100,6 +122,16 @@ impl Default for AgentMetrics {
             "metadata_requests",
             "Metadata requests by format and status code",
             m.metadata_requests.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept, by listener and reason (max_connections, max_connections_per_client)",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed for time, by listener and phase (header, body, idle, send)",
+            m.http_timeouts.clone(),
         );
         registry.register(
             "link_connected",
@@ -260,36 +292,51 @@ pub struct AdminState {
     pub changed: Arc<Notify>,
 }
 
-/// Serves the admin endpoints (see the module documentation) until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+/// Serves the admin endpoints (see the module documentation) until `shutdown`: one request
+/// per connection, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let refused = state.metrics.http_refused.clone();
+    let gate = Arc::new(ConnectionGate::new(&limits).on_refused(move |r| {
+        refused
+            .get_or_create(&ListenerReason::new("admin", r.as_str()))
+            .inc();
+    }));
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _, admission) = tokio::select! {
             () = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
+            a = backfill_shared::listener::accept(&listener, &gate, "agent admin") => a,
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let len = loop {
-                match request_len(&buf) {
-                    Ok(Some(n)) => break n,
-                    Ok(None) => {}
-                    Err(_) => return,
+            let _admission = admission;
+            let mut conn = Conn::new(stream, limits);
+            let resp = match conn.next_request().await {
+                Ok(req) => answer(&req, &state).await,
+                Err(End::Bad) => HttpResponse::text(400, "Bad Request"),
+                Err(End::TimedOut(phase)) => {
+                    state
+                        .metrics
+                        .http_timeouts
+                        .get_or_create(&ListenerReason::new("admin", phase.as_str()))
+                        .inc();
+                    return;
                 }
-                match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
-                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                    _ => return,
-                }
+                Err(End::Closed) => return,
             };
-            let Some(req) = parse_request(buf.get(..len).unwrap_or_default()) else {
+            if let Err(End::TimedOut(phase)) = conn.respond(&resp.to_bytes(false)).await {
+                state
+                    .metrics
+                    .http_timeouts
+                    .get_or_create(&ListenerReason::new("admin", phase.as_str()))
+                    .inc();
                 return;
-            };
-            let resp = answer(&req, &state).await;
-            let _ = stream.write_all(&resp.to_bytes(false)).await;
+            }
+            conn.close().await;
         });
     }
 }
@@ -374,6 +421,7 @@ mod tests {
     use crate::cgroups::RecordingCgroups;
     use crate::discovery::FakeGpus;
     use backfill_shared::clock::ManualClock;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const INVENTORY: &str = r#"{"gpus": [
         {"index": 0, "uuid": "GPU-a", "name": "T4", "memory_bytes": 16000,
@@ -397,16 +445,15 @@ mod tests {
         (status, body)
     }
 
-    #[tokio::test]
-    async fn gpu_metrics_and_rescan_on_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let inv = dir.path().join("gpus.json");
+    /// An admin state over a fake GPU inventory in `dir`.
+    fn admin_state(dir: &std::path::Path) -> (AdminState, std::path::PathBuf) {
+        let inv = dir.join("gpus.json");
         std::fs::write(&inv, INVENTORY).unwrap();
         let gpus =
             Arc::new(GpuMonitor::start(Box::new(FakeGpus::from_file(&inv).unwrap())).unwrap());
         let supervisor = Supervisor::new(
             Box::new(RecordingCgroups::default()),
-            dir.path(),
+            dir,
             None,
             vec!["sleep".into(), "1".into()],
             Arc::new(ManualClock::new(0)),
@@ -418,10 +465,22 @@ mod tests {
             gpus,
             changed: Arc::new(Notify::new()),
         };
+        (state, inv)
+    }
+
+    #[tokio::test]
+    async fn gpu_metrics_and_rescan_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, inv) = admin_state(dir.path());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            HttpLimits::ADMIN,
+            shutdown.clone(),
+        ));
 
         let (code, m) = http(addr, "GET", "/metrics").await;
         assert_eq!(code, 200);
@@ -471,5 +530,114 @@ mod tests {
 
         shutdown.cancel();
         server.await.unwrap();
+    }
+
+    const SHORT: HttpLimits = HttpLimits {
+        header_timeout: Duration::from_millis(500),
+        body_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(500),
+        max_connections: 100,
+        max_connections_per_client: 100,
+    };
+
+    /// Reads until the listener closes; fails if it keeps the connection open.
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out));
+        assert!(read.await.is_ok(), "the connection stayed open");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    async fn listening(
+        limits: HttpLimits,
+    ) -> (
+        std::net::SocketAddr,
+        AdminState,
+        tokio_util::sync::DropGuard,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = admin_state(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, state.clone(), limits, shutdown.clone()));
+        (addr, state, shutdown.drop_guard(), dir)
+    }
+
+    fn timeouts(state: &AdminState, phase: &str) -> u64 {
+        state
+            .metrics
+            .http_timeouts
+            .get_or_create(&ListenerReason::new("admin", phase))
+            .get()
+    }
+
+    #[tokio::test]
+    async fn slow_heads_and_missing_bodies_are_cut_off() {
+        let (addr, state, _stop, _dir) = listening(SHORT).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        partial
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let mut body = tokio::net::TcpStream::connect(addr).await.unwrap();
+        body.write_all(b"POST /gpus/rescan HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        assert_eq!(until_closed(&mut silent).await, "");
+        assert_eq!(until_closed(&mut partial).await, "");
+        assert_eq!(until_closed(&mut body).await, "");
+        assert_eq!(timeouts(&state, "header"), 2);
+        assert_eq!(timeouts(&state, "body"), 1);
+        // An answered request closes its connection (no keep-alive here).
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 200 "));
+        // Too large: 400, read by the client while it is still sending.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /gpus/rescan HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n{")
+            .await
+            .unwrap();
+        assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 400 "));
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_caps_are_closed_at_once() {
+        for (limits, reason) in [
+            (
+                HttpLimits {
+                    max_connections_per_client: 1,
+                    ..HttpLimits::ADMIN
+                },
+                "max_connections_per_client",
+            ),
+            (
+                HttpLimits {
+                    max_connections: 1,
+                    ..HttpLimits::ADMIN
+                },
+                "max_connections",
+            ),
+        ] {
+            let (addr, state, _stop, _dir) = listening(limits).await;
+            // The first holds its place while it sends its head slowly.
+            let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+            first.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            let refused = state
+                .metrics
+                .http_refused
+                .get_or_create(&ListenerReason::new("admin", reason));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            // Until the first is accepted, a second may get in (and is answered, or waits).
+            while refused.get() == 0 {
+                let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+                assert_eq!(until_closed(&mut extra).await, "", "{reason}");
+                assert!(tokio::time::Instant::now() < deadline, "never refused");
+            }
+            first.write_all(b"\r\n").await.unwrap();
+            assert!(until_closed(&mut first).await.starts_with("HTTP/1.1 200 "));
+        }
     }
 }

@@ -315,6 +315,7 @@ async fn run(
             gpus: gpus.clone(),
             changed: changed.clone(),
         },
+        cfg.admin.limits(),
         shutdown.clone(),
     ));
     let rescans = tokio::spawn(discovery::run_rescans(
@@ -467,7 +468,9 @@ fn start_metadata(
             acks,
             Arc::new(SystemClock),
         )
-        .with_request_counter(metrics.metadata_requests.clone()),
+        .with_request_counter(metrics.metadata_requests.clone())
+        .with_limits(m.limits())
+        .with_connection_counters(metrics.http_refused.clone(), metrics.http_timeouts.clone()),
     );
     let sup = supervisor.clone();
     let changed = changed.clone();

@@ -2,6 +2,7 @@
 
 pub use backfill_shared::config::ConfigError;
 use backfill_shared::config::{env_override, load_toml, require_absolute, validate_tls_files};
+use backfill_shared::listener::{HttpLimits, HttpLimitsConfig};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -72,13 +73,23 @@ pub struct AdminSettings {
     /// Keep it on loopback or a management network.
     #[serde(default = "default_admin_bind")]
     pub bind: SocketAddr,
+    /// `[admin.http]`: timeouts and connection caps (defaults: [`HttpLimits::ADMIN`]).
+    #[serde(default)]
+    pub http: HttpLimitsConfig,
 }
 
 impl Default for AdminSettings {
     fn default() -> AdminSettings {
         AdminSettings {
             bind: default_admin_bind(),
+            http: HttpLimitsConfig::default(),
         }
+    }
+}
+
+impl AdminSettings {
+    pub fn limits(&self) -> HttpLimits {
+        self.http.resolve(HttpLimits::ADMIN)
     }
 }
 
@@ -114,6 +125,16 @@ pub struct MetadataSettings {
     /// `metadata_proxy_shared_secret`). Absent: the header is not believed.
     #[serde(default)]
     pub proxy_secret_file: Option<PathBuf>,
+    /// `[metadata.http]`: timeouts and connection caps, per guest address too (defaults:
+    /// [`HttpLimits::METADATA`]).
+    #[serde(default)]
+    pub http: HttpLimitsConfig,
+}
+
+impl MetadataSettings {
+    pub fn limits(&self) -> HttpLimits {
+        self.http.resolve(HttpLimits::METADATA)
+    }
 }
 
 impl Default for MetadataSettings {
@@ -127,6 +148,7 @@ impl Default for MetadataSettings {
             burst: default_burst(),
             max_wait_secs: default_max_wait(),
             proxy_secret_file: None,
+            http: HttpLimitsConfig::default(),
         }
     }
 }
@@ -241,6 +263,14 @@ impl AgentConfig {
         }
         crate::cgroups::validate_parent(&self.cgroup_parent)
             .map_err(|e| invalid("cgroup_parent", &e.to_string()))?;
+        for (table, http) in [
+            ("metadata.http", &self.metadata.http),
+            ("admin.http", &self.admin.http),
+        ] {
+            http.validate().map_err(|(key, reason)| {
+                ConfigError::invalid(path, format!("{table}.{key}"), reason)
+            })?;
+        }
         let m = &self.metadata;
         if m.rate_per_second == 0 || m.burst == 0 {
             return Err(invalid(
@@ -316,6 +346,27 @@ mod tests {
         let mut example: AgentConfig = toml::from_str(text).unwrap();
         assert_eq!(example.metadata, MetadataSettings::default());
         assert_eq!(example.network, NetworkSettings::default());
+        assert_eq!(example.metadata.limits(), HttpLimits::METADATA);
+        assert_eq!(example.admin.limits(), HttpLimits::ADMIN);
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                let numeric = |l: &&str| {
+                    l.split_once(" = ").is_some_and(|(k, v)| {
+                        k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                            && v.bytes().all(|b| b.is_ascii_digit())
+                    })
+                };
+                l.strip_prefix("# ").filter(numeric).unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let shown: AgentConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(
+            shown.metadata.limits(),
+            HttpLimits::METADATA,
+            "the documented defaults"
+        );
         // Optional keys are commented out in the example; they are documented all the same.
         example.inventory_file = Some("/etc/backfill/gpus.json".into());
         example.metadata.proxy_secret_file = Some("/etc/backfill/metadata-proxy.secret".into());
@@ -331,5 +382,19 @@ mod tests {
         for k in all {
             assert!(documented(&k), "config/agent.toml does not document {k}");
         }
+    }
+
+    #[test]
+    fn http_limits_are_set_and_typos_refused() {
+        let text = include_str!("../../config/agent.toml")
+            .replace("[admin.http]", "[admin.http]\nbody_timeout_s = 7");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            cfg.admin.limits().body_timeout,
+            std::time::Duration::from_secs(7)
+        );
+        let typo = include_str!("../../config/agent.toml")
+            .replace("[metadata.http]", "[metadata.http]\nheader_timeout = 1");
+        assert!(toml::from_str::<AgentConfig>(&typo).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 pub use backfill_shared::config::ConfigError;
 use backfill_shared::config::{env_override, load_toml, require_absolute, validate_tls_files};
+use backfill_shared::listener::{HttpLimits, HttpLimitsConfig};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -55,6 +56,46 @@ pub struct CoordinatorConfig {
     /// `[link]`: when an agent is taken for lost (silence_s), how often it hears from us.
     #[serde(default)]
     pub link: crate::hosts::LinkConfig,
+    /// `[http.api]`, `[http.management]`, `[http.admin]`: timeouts and connection caps.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// Each HTTP listener's limits; a key left out takes that listener's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(default)]
+    pub api: HttpLimitsConfig,
+    #[serde(default)]
+    pub management: HttpLimitsConfig,
+    #[serde(default)]
+    pub admin: HttpLimitsConfig,
+}
+
+impl HttpSettings {
+    pub fn api(&self) -> HttpLimits {
+        self.api.resolve(HttpLimits::API)
+    }
+    pub fn management(&self) -> HttpLimits {
+        self.management.resolve(HttpLimits::API)
+    }
+    pub fn admin(&self) -> HttpLimits {
+        self.admin.resolve(HttpLimits::ADMIN)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        for (table, cfg) in [
+            ("api", &self.api),
+            ("management", &self.management),
+            ("admin", &self.admin),
+        ] {
+            cfg.validate().map_err(|(key, reason)| {
+                ConfigError::invalid(path, format!("http.{table}.{key}"), reason)
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn default_drain() -> u64 {
@@ -101,6 +142,7 @@ impl CoordinatorConfig {
         self.link
             .validate()
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
+        self.http.validate(path)?;
         let flavors = self.flavors(path)?;
         self.pools(path, &flavors)?;
         if let Some(t) = &self.operator.management_token
@@ -201,6 +243,13 @@ key = "/etc/backfill/coordinator.key"
         let example: CoordinatorConfig = toml::from_str(text).unwrap();
         assert_eq!(example.billing, crate::billing::BillingConfig::default());
         assert_eq!(example.classes, crate::scheduler::Classes::default());
+        assert_eq!(
+            example.http.api(),
+            HttpLimits::API,
+            "the documented defaults"
+        );
+        assert_eq!(example.http.management(), HttpLimits::API);
+        assert_eq!(example.http.admin(), HttpLimits::ADMIN);
         let mut all = Vec::new();
         keys(&toml::Value::try_from(&example).unwrap(), "", &mut all);
         let mut in_example = Vec::new();
@@ -293,5 +342,34 @@ key = "/etc/backfill/coordinator.key"
         assert_eq!(cfg.classes.spot.notice_s, 120);
         let typo = format!("{BASE}\n[classes.spot]\nflor = 0.5\n");
         assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err());
+    }
+
+    #[test]
+    fn http_limits_are_set_per_listener_and_checked() {
+        let text = format!(
+            "{BASE}\n[http.api]\nidle_timeout_s = 5\nmax_connections_per_client = 4\n[http.admin]\nmax_connections = 2\n"
+        );
+        let cfg: CoordinatorConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            cfg.http.api().idle_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(cfg.http.api().max_connections_per_client, 4);
+        assert_eq!(
+            cfg.http.api().header_timeout,
+            HttpLimits::API.header_timeout
+        );
+        assert_eq!(cfg.http.admin().max_connections, 2);
+        assert_eq!(cfg.http.management(), HttpLimits::API);
+        let typo = format!("{BASE}\n[http.api]\nidle_timeout = 5\n");
+        assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err());
+        let zero = format!("{BASE}\n[http.management]\nbody_timeout_s = 0\n");
+        let cfg: CoordinatorConfig = toml::from_str(&zero).unwrap();
+        let err = cfg
+            .http
+            .validate(Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.management.body_timeout_s"), "{err}");
     }
 }

@@ -45,6 +45,7 @@ pub struct Bound {
     tls_files: backfill_shared::tls::TlsFiles,
     drain: std::time::Duration,
     link_timing: hosts::LinkConfig,
+    http: crate::config::HttpSettings,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -123,6 +124,7 @@ impl Bound {
             tls_files: cfg.tls.clone(),
             drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
             link_timing: cfg.link,
+            http: cfg.http.clone(),
         })
     }
 
@@ -135,12 +137,13 @@ impl Bound {
             self.api_addr, self.link_addr
         ));
         let router = api::router(self.coordinator.clone());
+        let metrics = &self.coordinator.metrics;
         let api = tokio::spawn(api::serve_api(
             self.api,
             self.acceptor.clone(),
             router,
-            shutdown.clone(),
-            self.drain,
+            (shutdown.clone(), self.drain),
+            api::Listening::new("api", self.http.api(), metrics),
         ));
         let link = tokio::spawn(hosts::serve_link(
             self.link,
@@ -152,15 +155,16 @@ impl Bound {
         let admin = tokio::spawn(crate::metrics::serve_admin(
             self.admin,
             crate::metrics::admin_router(self.coordinator.clone()),
-            shutdown.clone(),
+            (shutdown.clone(), self.drain),
+            api::Listening::new("admin", self.http.admin(), metrics),
         ));
         let management = self.management.map(|(listener, acceptor)| {
             let served = tokio::spawn(api::serve_management(
                 listener,
                 acceptor.clone(),
                 api::management_router(self.coordinator.clone()),
-                shutdown.clone(),
-                self.drain,
+                (shutdown.clone(), self.drain),
+                api::Listening::new("management", self.http.management(), metrics),
             ));
             (served, acceptor)
         });

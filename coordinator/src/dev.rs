@@ -163,6 +163,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             allow_private: true,
             ..Default::default()
         },
+        http: Default::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
@@ -204,6 +205,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         network: Default::default(),
         admin: backfill_agent::config::AdminSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
         },
     };
     let agent_toml = l.dir.join("agent.toml");

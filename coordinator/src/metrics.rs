@@ -26,6 +26,12 @@ pub struct RouteCode {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Kind {
     pub kind: String,
 }
@@ -46,6 +52,10 @@ pub struct ClassStatus {
 pub struct Metrics {
     registry: Registry,
     pub api_requests: Family<RouteCode, Counter>,
+    /// HTTP connections closed at accept, by listener and cap.
+    pub http_refused: Family<ListenerReason, Counter>,
+    /// HTTP connections and requests out of time, by listener and phase.
+    pub http_timeouts: Family<ListenerReason, Counter>,
     /// Servers placed, by how: `place` (free room), `preempt` (room made by preemption).
     pub placements: Family<Kind, Counter>,
     /// Preemption actions: `downsize`, `terminate`.
@@ -70,6 +80,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("backfill_coordinator");
         let m = Metrics {
             api_requests: Family::default(),
+            http_refused: Family::default(),
+            http_timeouts: Family::default(),
             placements: Family::default(),
             preemptions: Family::default(),
             provision_failures: Family::default(),
@@ -89,6 +101,16 @@ impl Default for Metrics {
             "api_requests",
             "API requests by route and status code",
             m.api_requests.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept, by listener and reason (max_connections, max_connections_per_client)",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed or request bodies failed for time, by listener and phase (header, body, idle, send)",
+            m.http_timeouts.clone(),
         );
         registry.register(
             "placements",
@@ -221,11 +243,13 @@ async fn ready(State(c): State<Arc<Coordinator>>) -> Response {
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, router: Router, shutdown: CancellationToken) {
-    let r = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "admin listener stopped");
-    }
+/// Serves the admin router in plain HTTP until `shutdown`, then lets requests in flight finish
+/// for up to `drain`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    (shutdown, drain): (CancellationToken, std::time::Duration),
+    listening: crate::api::Listening,
+) {
+    crate::api::serve::serve_plain(listener, router, (shutdown, drain), listening).await;
 }

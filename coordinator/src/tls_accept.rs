@@ -1,6 +1,7 @@
 //! Accepting mutual-TLS connections: handshake with a deadline, then the peer's role and name
 //! from its verified certificate. Every refusal is logged with the reason, once per connection.
 
+use backfill_shared::listener::{ConnectionGate, HttpLimits};
 use backfill_shared::pki::{PeerIdentity, Role};
 use backfill_shared::tls::peer_identity;
 use std::future::Future;
@@ -53,6 +54,26 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// How a listener admits connections before handing them over.
+#[derive(Debug, Clone)]
+pub struct Admit {
+    /// For the logs.
+    pub name: &'static str,
+    pub auth: ClientAuth,
+    /// Connection caps, global and per client address; checked before the handshake.
+    pub gate: Arc<ConnectionGate>,
+    /// The longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// The agent link's connection caps: room for a large fleet, and for the several agents that
+/// `dev` starts on one machine, while one address cannot hold thousands of handshakes open.
+const LINK_LIMITS: HttpLimits = HttpLimits {
+    max_connections: 65_536,
+    max_connections_per_client: 256,
+    ..HttpLimits::API
+};
+
 /// Accepts connections until `shutdown`; each one that completes the handshake with an allowed
 /// role is handed to `handle` on its own task.
 pub async fn serve<F, Fut>(
@@ -74,44 +95,38 @@ pub async fn serve<F, Fut>(
             }
         }
     };
-    serve_auth(
-        listener,
-        acceptors,
+    let admit = Admit {
         name,
-        ClientAuth::Required(allowed),
-        shutdown,
-        handle,
-    )
-    .await;
+        auth: ClientAuth::Required(allowed),
+        gate: Arc::new(ConnectionGate::new(&LINK_LIMITS)),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+    };
+    serve_auth(listener, acceptors, admit, shutdown, handle).await;
 }
 
-/// As [`serve`], with the client's certificate optional when `auth` says so.
+/// As [`serve`], with the client's certificate optional when `admit.auth` says so. Accepted
+/// sockets get `TCP_NODELAY`; connections over the caps are closed before the handshake.
 pub async fn serve_auth<F, Fut>(
     listener: TcpListener,
     acceptors: Acceptors,
-    name: &'static str,
-    auth: ClientAuth,
+    admit: Admit,
     shutdown: CancellationToken,
     handle: F,
 ) where
     F: Fn(TlsStream<TcpStream>, Option<PeerIdentity>, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let (name, auth, timeout) = (admit.name, admit.auth, admit.handshake_timeout);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, peer, admission) = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    continue;
-                }
-            },
+            a = backfill_shared::listener::accept(&listener, &admit.gate, name) => a,
         };
         let acceptor = acceptors.current();
         let handle = handle.clone();
         tokio::spawn(async move {
-            if let Some((tls, id)) = accept(&acceptor, tcp, peer, name, auth).await {
+            let _admission = admission;
+            if let Some((tls, id)) = accept(&acceptor, tcp, peer, (name, timeout), auth).await {
                 handle(tls, id, peer).await;
             }
         });
@@ -120,15 +135,16 @@ pub async fn serve_auth<F, Fut>(
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Completes the handshake and checks the role. `None` (after a log line) when refused.
+/// Completes the handshake (within `timeout`) and checks the role. `None` (after a log line)
+/// when refused.
 pub async fn accept(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    listener: &'static str,
+    (listener, timeout): (&'static str, Duration),
     auth: ClientAuth,
 ) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             // rustls says why: unknown issuer (foreign CA), expired, no certificate, ...

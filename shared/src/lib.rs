@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod ids;
+pub mod listener;
 pub mod notify;
 pub mod pki;
 pub mod protocol;

@@ -109,14 +109,24 @@ pub fn parse_request(raw: &[u8]) -> Option<HttpRequest> {
 #[error("malformed, chunked or oversized request")]
 pub struct BadRequest;
 
-/// The length of the first complete request in `raw` (head plus `Content-Length` body).
-/// `Ok(None)`: more bytes are needed.
-pub fn request_len(raw: &[u8]) -> Result<Option<usize>, BadRequest> {
+/// How much of a request `raw` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The head (request line and headers) is not complete yet.
+    Head,
+    /// The head is complete, the `Content-Length` body is not.
+    Body,
+    /// A complete request of this many bytes.
+    Complete(usize),
+}
+
+/// How much of the first request `raw` holds (head plus `Content-Length` body).
+pub fn framing(raw: &[u8]) -> Result<Framing, BadRequest> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if raw.len() < MAX_REQUEST_BYTES => return Ok(None),
+        Ok(httparse::Status::Partial) if raw.len() < MAX_REQUEST_BYTES => return Ok(Framing::Head),
         _ => return Err(BadRequest),
     };
     let mut body = 0usize;
@@ -135,7 +145,20 @@ pub fn request_len(raw: &[u8]) -> Result<Option<usize>, BadRequest> {
     if total > MAX_REQUEST_BYTES {
         return Err(BadRequest);
     }
-    Ok((raw.len() >= total).then_some(total))
+    Ok(if raw.len() >= total {
+        Framing::Complete(total)
+    } else {
+        Framing::Body
+    })
+}
+
+/// The length of the first complete request in `raw` (head plus `Content-Length` body).
+/// `Ok(None)`: more bytes are needed.
+pub fn request_len(raw: &[u8]) -> Result<Option<usize>, BadRequest> {
+    framing(raw).map(|f| match f {
+        Framing::Complete(n) => Some(n),
+        Framing::Head | Framing::Body => None,
+    })
 }
 
 fn reason(status: u16) -> &'static str {

@@ -3,27 +3,22 @@
 //! channel and are answered only once they are durable; long-polls wait on the store.
 
 use super::handler::{MetadataConfig, Reply, handle};
-use super::http::{HttpRequest, HttpResponse, MAX_REQUEST_BYTES, parse_request, request_len};
+use super::http::{HttpRequest, HttpResponse};
 use super::limit::{LogGate, RateLimiter};
 use super::store::MetadataStore;
 use super::token::TokenSealer;
-use crate::admin::FormatCode;
+use crate::admin::{FormatCode, ListenerReason};
+use crate::http_conn::{Conn, End};
+use backfill_shared::listener::{ConnectionGate, HttpLimits};
 use backfill_shared::{Clock, ServerId};
-use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// A connection idle this long between requests is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// At most this many guest connections at once.
-const MAX_CONNECTIONS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -47,6 +42,9 @@ pub struct MetadataService {
     pub clock: Arc<dyn Clock>,
     logs: LogGate,
     requests: Family<FormatCode, Counter>,
+    limits: HttpLimits,
+    refused: Family<ListenerReason, Counter>,
+    timeouts: Family<ListenerReason, Counter>,
 }
 
 impl MetadataService {
@@ -67,7 +65,33 @@ impl MetadataService {
             clock,
             logs: LogGate::new(Duration::from_secs(10)),
             requests: Family::default(),
+            limits: HttpLimits::METADATA,
+            refused: Family::default(),
+            timeouts: Family::default(),
         }
+    }
+
+    /// Timeouts and connection caps (the default: [`HttpLimits::METADATA`]).
+    pub fn with_limits(mut self, limits: HttpLimits) -> MetadataService {
+        self.limits = limits;
+        self
+    }
+
+    /// Counts connections refused at accept and closed for time into these families.
+    pub fn with_connection_counters(
+        mut self,
+        refused: Family<ListenerReason, Counter>,
+        timeouts: Family<ListenerReason, Counter>,
+    ) -> MetadataService {
+        self.refused = refused;
+        self.timeouts = timeouts;
+        self
+    }
+
+    fn timed_out(&self, phase: crate::http_conn::Phase) {
+        self.timeouts
+            .get_or_create(&ListenerReason::new("metadata", phase.as_str()))
+            .inc();
     }
 
     /// Counts requests by format and status code into `family`.
@@ -188,25 +212,19 @@ fn set_ip_option(socket: &TcpSocket, option: libc::c_int) -> std::io::Result<()>
     }
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`. Connections over the caps (in all, per guest address) are closed
+/// as they arrive.
 pub async fn serve(listener: TcpListener, svc: Arc<MetadataService>, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refused = svc.refused.clone();
+    let gate = Arc::new(ConnectionGate::new(&svc.limits).on_refused(move |r| {
+        refused
+            .get_or_create(&ListenerReason::new("metadata", r.as_str()))
+            .inc();
+    }));
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer, admission) = tokio::select! {
             () = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "metadata accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            svc.warn(peer.ip(), "too many connections; refusing one");
-            continue;
+            a = backfill_shared::listener::accept(&listener, &gate, "metadata") => a,
         };
         let svc = svc.clone();
         let shutdown = shutdown.clone();
@@ -215,40 +233,29 @@ pub async fn serve(listener: TcpListener, svc: Arc<MetadataService>, shutdown: C
                 () = shutdown.cancelled() => {}
                 () = connection(stream, peer.ip(), &svc) => {}
             }
-            drop(permit);
+            drop(admission);
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: IpAddr, svc: &MetadataService) {
-    let _ = stream.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(1024);
+async fn connection(stream: TcpStream, peer: IpAddr, svc: &MetadataService) {
+    let mut conn = Conn::new(stream, svc.limits);
     loop {
-        let len = loop {
-            match request_len(&buf) {
-                Ok(Some(n)) => break n,
-                Ok(None) => {}
-                Err(super::http::BadRequest) => {
-                    svc.warn(peer, "malformed or oversized request");
-                    let r = HttpResponse::text(400, "Bad Request").to_bytes(false);
-                    let _ = stream.write_all(&r).await;
-                    return;
+        let req = match conn.next_request().await {
+            Ok(req) => req,
+            Err(End::Bad) => {
+                svc.warn(peer, "malformed or oversized request");
+                let r = HttpResponse::text(400, "Bad Request").to_bytes(false);
+                if conn.respond(&r).await.is_ok() {
+                    conn.close().await;
                 }
+                return;
             }
-            if buf.capacity() - buf.len() < 512 {
-                buf.reserve(MAX_REQUEST_BYTES.min(buf.len().max(1024)));
+            Err(End::TimedOut(phase)) => {
+                svc.timed_out(phase);
+                return;
             }
-            match tokio::time::timeout(IDLE_TIMEOUT, stream.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        };
-        let raw = buf.split_to(len);
-        let Some(req) = parse_request(&raw) else {
-            let _ = stream
-                .write_all(&HttpResponse::text(400, "Bad Request").to_bytes(false))
-                .await;
-            return;
+            Err(End::Closed) => return,
         };
         let keep_alive = req.keep_alive();
         let resp = if svc.limiter.allow(peer, Instant::now()) {
@@ -263,8 +270,17 @@ async fn connection(mut stream: TcpStream, peer: IpAddr, svc: &MetadataService) 
                 code: resp.status,
             })
             .inc();
-        if stream.write_all(&resp.to_bytes(keep_alive)).await.is_err() || !keep_alive {
-            return;
+        match conn.respond(&resp.to_bytes(keep_alive)).await {
+            Err(End::TimedOut(phase)) => {
+                svc.timed_out(phase);
+                return;
+            }
+            Err(_) => return,
+            Ok(()) if !keep_alive => {
+                conn.close().await;
+                return;
+            }
+            Ok(()) => {}
         }
     }
 }

@@ -2,11 +2,12 @@
 //! acknowledgements answered only after the agent recorded them.
 
 use super::*;
+use crate::admin::ListenerReason;
 use crate::metadata::GuestInfo;
 use backfill_shared::clock::ManualClock;
 use backfill_shared::{PerfFactor, ServerClass, Termination};
 use std::net::Ipv4Addr;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 fn guest(ip: IpAddr) -> GuestInfo {
     GuestInfo {
@@ -34,21 +35,32 @@ struct World {
     addr: SocketAddr,
     store: Arc<MetadataStore>,
     acks: mpsc::Receiver<AckRequest>,
+    refused: Family<ListenerReason, Counter>,
+    timeouts: Family<ListenerReason, Counter>,
     _stop: tokio_util::sync::DropGuard,
 }
 
 async fn world(rate: u32, burst: u32) -> World {
+    world_with(rate, burst, HttpLimits::METADATA).await
+}
+
+async fn world_with(rate: u32, burst: u32, limits: HttpLimits) -> World {
     let store = Arc::new(MetadataStore::default());
     store.put(guest(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     let (tx, acks) = mpsc::channel(4);
-    let svc = Arc::new(MetadataService::new(
-        store.clone(),
-        MetadataConfig::default(),
-        TokenSealer::with_key(b"k"),
-        RateLimiter::new(f64::from(rate), burst),
-        tx,
-        Arc::new(ManualClock::new(1_000)),
-    ));
+    let (refused, timeouts) = (Family::default(), Family::default());
+    let svc = Arc::new(
+        MetadataService::new(
+            store.clone(),
+            MetadataConfig::default(),
+            TokenSealer::with_key(b"k"),
+            RateLimiter::new(f64::from(rate), burst),
+            tx,
+            Arc::new(ManualClock::new(1_000)),
+        )
+        .with_limits(limits)
+        .with_connection_counters(refused.clone(), timeouts.clone()),
+    );
     let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -57,6 +69,8 @@ async fn world(rate: u32, burst: u32) -> World {
         addr,
         store,
         acks,
+        refused,
+        timeouts,
         _stop: stop.drop_guard(),
     }
 }
@@ -241,4 +255,152 @@ async fn strangers_get_a_bare_404() {
     )
     .await;
     assert_eq!((status, body.as_str()), (404, "Not Found"));
+}
+
+/// Timeouts short enough for a test.
+const SHORT: HttpLimits = HttpLimits {
+    header_timeout: Duration::from_millis(500),
+    body_timeout: Duration::from_millis(500),
+    idle_timeout: Duration::from_millis(500),
+    max_connections: 100,
+    max_connections_per_client: 100,
+};
+const PATIENCE: Duration = Duration::from_secs(30);
+
+impl World {
+    fn timeouts(&self, phase: &str) -> u64 {
+        self.timeouts
+            .get_or_create(&ListenerReason::new("metadata", phase))
+            .get()
+    }
+}
+
+/// Reads until the listener closes; what it sent. Fails if it keeps the connection open.
+async fn until_closed(c: &mut tokio::io::BufReader<TcpStream>) -> String {
+    let mut out = Vec::new();
+    match tokio::time::timeout(PATIENCE, c.read_to_end(&mut out)).await {
+        Err(_) => panic!(
+            "the connection stayed open: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn silent_and_slow_heads_are_cut_off() {
+    let w = world_with(1_000, 1_000, SHORT).await;
+    let mut silent = connect(&w).await;
+    let mut partial = connect(&w).await;
+    partial
+        .get_mut()
+        .write_all(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut silent).await, "");
+    assert_eq!(until_closed(&mut partial).await, "");
+    assert_eq!(w.timeouts("header"), 2);
+    // A request, then half of the next one's head.
+    let mut c = connect(&w).await;
+    let (status, _, _) = exchange(&mut c, "GET /latest/meta-data/hostname HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 200);
+    c.get_mut()
+        .write_all(b"GET /latest/meta-data/ HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut c).await, "");
+    assert_eq!(w.timeouts("header"), 3);
+}
+
+#[tokio::test]
+async fn a_declared_body_that_does_not_come_is_cut_off() {
+    let w = world_with(1_000, 1_000, SHORT).await;
+    let mut c = connect(&w).await;
+    c.get_mut()
+        .write_all(b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 1000\r\n\r\n14 bytes here.")
+        .await
+        .unwrap();
+    assert_eq!(until_closed(&mut c).await, "");
+    assert_eq!(w.timeouts("body"), 1);
+    // A body larger than allowed is refused at once, and the refusal is read (not reset).
+    let mut c = connect(&w).await;
+    c.get_mut()
+        .write_all(
+            b"PUT /latest/api/token HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n14 bytes here.",
+        )
+        .await
+        .unwrap();
+    assert!(until_closed(&mut c).await.starts_with("HTTP/1.1 400 "));
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let w = world_with(1_000, 1_000, SHORT).await;
+    let mut c = connect(&w).await;
+    let (status, headers, _) =
+        exchange(&mut c, "GET /latest/meta-data/hostname HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.iter().any(|h| h == "Connection: keep-alive"),
+        "{headers:?}"
+    );
+    assert_eq!(until_closed(&mut c).await, "");
+    assert_eq!(w.timeouts("idle"), 1);
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_are_closed_at_once() {
+    for (limits, reason) in [
+        (
+            HttpLimits {
+                max_connections_per_client: 2,
+                ..HttpLimits::METADATA
+            },
+            "max_connections_per_client",
+        ),
+        (
+            HttpLimits {
+                max_connections: 2,
+                ..HttpLimits::METADATA
+            },
+            "max_connections",
+        ),
+    ] {
+        let w = world_with(1_000, 1_000, limits).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = connect(&w).await;
+            let (status, _, _) =
+                exchange(&mut c, "GET /latest/meta-data/hostname HTTP/1.1\r\n\r\n").await;
+            assert_eq!(status, 200);
+            held.push(c);
+        }
+        let mut extra = connect(&w).await;
+        assert_eq!(until_closed(&mut extra).await, "", "{reason}");
+        let refused = w
+            .refused
+            .get_or_create(&ListenerReason::new("metadata", reason));
+        assert_eq!(refused.get(), 1, "{reason}");
+        // The ones let in still work; once one goes, a new one gets its place.
+        let (status, _, _) = exchange(
+            &mut held[0],
+            "GET /latest/meta-data/hostname HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+        drop(held.pop());
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut c = connect(&w).await;
+            c.get_mut()
+                .write_all(b"GET /latest/meta-data/hostname HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            if until_closed(&mut c).await.starts_with("HTTP/1.1 200 ") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never let in again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

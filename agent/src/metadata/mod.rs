@@ -12,7 +12,7 @@ mod tests;
 mod token;
 
 pub use handler::{MetadataConfig, Reply, etag, handle};
-pub use http::{HttpRequest, HttpResponse, parse_request, request_len};
+pub use http::{Framing, HttpRequest, HttpResponse, framing, parse_request, request_len};
 pub use limit::{LogGate, RateLimiter};
 pub use listener::{AckRequest, MetadataError, MetadataService, bind, serve};
 pub use store::{GuestInfo, MetadataStore};

@@ -4,6 +4,7 @@
 mod accounts;
 mod arvados;
 mod capabilities;
+mod conn;
 mod cyborg;
 mod cyborg_arqs;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod operator_auth;
 mod operator_tests;
 pub mod receiver_openapi;
 mod schema;
+pub mod serve;
 mod server_json;
 mod servers;
 mod tenant;
@@ -26,20 +28,13 @@ pub mod views;
 mod webhooks;
 
 pub use error::ApiError;
+pub use serve::{Listening, serve_api, serve_management};
 
 use crate::coordinator::Coordinator;
-use crate::tls_accept;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use backfill_shared::pki::{PeerIdentity, Role};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -146,97 +141,4 @@ async fn request_id(mut resp: axum::response::Response) -> axum::response::Respo
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
-}
-
-/// Serves `router` on `listener`: TLS with a client certificate of role account or admin. On
-/// `shutdown` it stops accepting, lets requests in flight finish (connections close after
-/// their current request) and returns once they have, or after `drain`.
-pub async fn serve_api(
-    listener: TcpListener,
-    acceptor: tls_accept::Acceptors,
-    router: Router,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-) {
-    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
-    serve_http(
-        listener,
-        acceptor,
-        router,
-        (shutdown, drain),
-        tls_accept::ClientAuth::Required(allowed),
-        "API",
-    )
-    .await;
-}
-
-/// The management listener: TLS whose client certificate is optional (the management token
-/// authenticates instead); the operator APIs only.
-pub async fn serve_management(
-    listener: TcpListener,
-    acceptor: tls_accept::Acceptors,
-    router: Router,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-) {
-    serve_http(
-        listener,
-        acceptor,
-        router,
-        (shutdown, drain),
-        tls_accept::ClientAuth::Optional,
-        "management",
-    )
-    .await;
-}
-
-async fn serve_http(
-    listener: TcpListener,
-    acceptor: tls_accept::Acceptors,
-    router: Router,
-    (shutdown, drain): (CancellationToken, std::time::Duration),
-    auth: tls_accept::ClientAuth,
-    name: &'static str,
-) {
-    let conn_shutdown = shutdown.clone();
-    let tracker = tokio_util::task::TaskTracker::new();
-    let conns = tracker.clone();
-    let handle = move |tls, identity: Option<PeerIdentity>, peer| {
-        let router = router.clone();
-        let shutdown = conn_shutdown.clone();
-        let token = conns.token();
-        async move {
-            let _in_flight = token;
-            let svc = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(id) = &identity {
-                    req.extensions_mut().insert(id.clone());
-                }
-                router.clone().oneshot(req)
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "API connection ended");
-                    }
-                }
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        }
-    };
-    tls_accept::serve_auth(listener, acceptor, name, auth, shutdown, handle).await;
-    tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            connections = tracker.len(),
-            "requests still in flight after the drain timeout; closing them"
-        );
-    } else {
-        tracing::info!(listener = name, "API drained");
-    }
 }
