@@ -97,6 +97,7 @@ struct FakeCgroup {
     procs: BTreeSet<u32>,
     usage: ServerUsage,
     devices: Vec<DeviceRule>,
+    oom_kills: u64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +168,13 @@ impl RecordingCgroups {
         }
     }
 
+    /// Pretends the kernel's OOM killer killed `n` of the cgroup's processes.
+    pub fn set_oom_kills(&self, id: &ServerId, n: u64) {
+        if let Some(c) = lock(&self.state).cgroups.get_mut(id) {
+            c.oom_kills = n;
+        }
+    }
+
     /// Makes the next call of `op` fail with [`CgroupError::Injected`]. `op` is a method name:
     /// "create", "set_limits", "read_limits", "join_files", "procs", "usage", "kill_all",
     /// "remove", "list" or "restrict_devices".
@@ -195,6 +203,7 @@ impl CgroupManager for RecordingCgroups {
                 procs: BTreeSet::new(),
                 usage: ServerUsage::default(),
                 devices: Vec::new(),
+                oom_kills: 0,
             });
         Ok(())
     }
@@ -240,6 +249,9 @@ impl CgroupManager for RecordingCgroups {
         let mut s = lock(&self.state);
         s.check("usage")?;
         Ok(s.cgroups.get(id).map(|c| c.usage).unwrap_or_default())
+    }
+    fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        Ok(lock(&self.state).cgroups.get(id).map_or(0, |c| c.oom_kills))
     }
     fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError> {
         let mut s = lock(&self.state);

@@ -21,7 +21,7 @@ use super::hierarchy::{
     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
     v1_mounts,
 };
-use super::memory::write_memory;
+use super::memory::{read_oom_kills, write_memory};
 use super::{CgroupError, CgroupLimits, CgroupManager, DeviceControl, DeviceRule, validate_parent};
 use backfill_shared::ServerId;
 use backfill_shared::protocol::ServerUsage;
@@ -444,6 +444,11 @@ impl CgroupManager for FsCgroups {
                 self.ctl_dir(id, Ctl::Memory),
             )
         }
+    }
+
+    fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        let dir = self.ctl_dir(id, Ctl::Memory);
+        dir.map_or(Ok(0), |d| read_oom_kills(&d, self.is_v2()))
     }
 
     fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError> {

@@ -1039,4 +1039,18 @@ fn real_kernel_squeeze_reclaims_instead_of_killing() {
     guard.children.clear();
     cg.set_limits(&id, &squeezed).unwrap();
     assert_eq!(cg.read_limits(&id).unwrap().mem_limit_bytes, Some(16 * MIB));
+
+    // Past its hard limit now, a workload meets the OOM killer, and the cgroup counts it.
+    assert_eq!(cg.oom_kills(&id).unwrap(), 0);
+    let mut greedy = spawn_joined(
+        &join,
+        "x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 60",
+    );
+    let status = greedy.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(status.signal().is_some() || !status.success(), "{status:?}");
+    assert!(
+        cg.oom_kills(&id).unwrap() >= 1,
+        "the OOM kill was not counted"
+    );
 }

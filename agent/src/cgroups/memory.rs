@@ -112,6 +112,23 @@ pub(super) fn read_memory(dir: &Path, v2: bool) -> Result<MemoryRead, CgroupErro
     })
 }
 
+/// How many processes of the cgroup the kernel's OOM killer has killed: `oom_kill` in v2's
+/// `memory.events` or v1's `memory.oom_control` (kernels from 4.13); 0 where neither says.
+pub(super) fn read_oom_kills(dir: &Path, v2: bool) -> Result<u64, CgroupError> {
+    let path = dir.join(if v2 {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    });
+    let Some(content) = read_optional(&path)? else {
+        return Ok(0);
+    };
+    match content.lines().find_map(|l| l.strip_prefix("oom_kill ")) {
+        Some(n) => parse_u64(&path, n),
+        None => Ok(0),
+    }
+}
+
 fn read_u64(path: &Path) -> Result<u64, CgroupError> {
     match read_optional(path)? {
         Some(c) => parse_u64(path, &c),

@@ -360,6 +360,11 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn procs(&self, id: &ServerId) -> Result<Vec<u32>, CgroupError>;
     /// CPU time used (usec) and memory used (bytes), zero where unknown.
     fn usage(&self, id: &ServerId) -> Result<ServerUsage, CgroupError>;
+    /// Processes of the cgroup the kernel's OOM killer has killed (0 where it cannot tell).
+    fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        let _ = id;
+        Ok(0)
+    }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
     /// short polls).
     fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError>;

@@ -384,8 +384,16 @@ impl Supervisor {
                     None => (!driver::alive(process)).then_some(None),
                 };
                 if let Some(code) = code {
-                    tracing::info!(server = %id, ?code, "workload exited");
-                    e.run = Run::Exited { code };
+                    // Read before the cgroup goes: was it the kernel's OOM killer?
+                    let oom = self.cgroups.oom_kills(id).unwrap_or(0);
+                    if oom > 0 {
+                        let reason = oom_reason(oom, &e.resources, e.perf_factor);
+                        tracing::warn!(server = %id, ?code, %reason, "workload ended by the OOM killer");
+                        e.run = Run::Failed { reason };
+                    } else {
+                        tracing::info!(server = %id, ?code, "workload exited");
+                        e.run = Run::Exited { code };
+                    }
                     ended.push(*id);
                 }
             }
@@ -541,6 +549,16 @@ impl Supervisor {
             tracing::error!(error = %e, "cannot write the agent state file");
         }
     }
+}
+
+/// What a server killed by the kernel's OOM killer is reported with (to the coordinator, and
+/// from it to the tenant), so it is not taken for a crash of the workload.
+fn oom_reason(kills: u64, resources: &Resources, perf: PerfFactor) -> String {
+    let allowed = backfill_shared::domain::scale(resources.mem_bytes, perf.clamped().mem);
+    format!(
+        "killed by the kernel's OOM killer ({kills} process(es)): it needed more than the {allowed} bytes of memory it was allowed (perf_factor.mem {})",
+        perf.mem
+    )
 }
 
 mod adopt;

@@ -135,6 +135,37 @@ fn a_memory_squeeze_holds_the_hard_limit_above_usage_until_it_comes_down() {
 }
 
 #[test]
+fn a_workload_the_oom_killer_ended_is_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone());
+    let id = ServerId::from_u128(12);
+    let mut d = desired(1, &[(id, 0.5)]);
+    // Killed with SIGKILL, as the OOM killer does.
+    d.servers[0].workload = Some(Workload {
+        command: vec!["sh".into(), "-c".into(), "sleep 0.2; kill -9 $$".into()],
+        env: Default::default(),
+        network: Default::default(),
+    });
+    s.apply(&d);
+    cg.set_oom_kills(&id, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.poll_exits() {
+        assert!(Instant::now() < deadline, "exit not noticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match &s.report().servers[0].state {
+        WorkloadState::Failed { reason } => {
+            assert!(
+                reason.contains("OOM killer") && reason.contains("134217728"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a failure naming the OOM killer, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_new_supervisor_adopts_instead_of_restarting() {
     let dir = tempfile::tempdir().unwrap();
     let id = ServerId::from_u128(2);
