@@ -3,7 +3,7 @@
 
 use super::hierarchy::Ctl;
 use super::memory::{read_memory, write};
-use super::{CgroupError, CgroupLimits, CpuWeight};
+use super::{CgroupError, CgroupLimits, CpuWeight, MIN_CPU_WEIGHT};
 use backfill_shared::protocol::ServerUsage;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,15 +32,16 @@ pub(super) fn read_v2_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
         cpu_quota_us,
         cpu_period_us,
         mem_limit_bytes: m.limit,
-        cpu_weight: read_v2_weight(cpu)?,
+        cpu_weight: read_cpu_weight(cpu, true)?,
         mem_high_bytes: m.high,
         mem_min_bytes: m.min,
     })
 }
 
-/// v2: `cpu.idle` 1 is the idle class; otherwise `cpu.weight`. A kernel without `cpu.idle`
-/// (before 5.15) keeps idle-class servers at weight 1, read back as idle.
-fn read_v2_weight(cpu: &Path) -> Result<CpuWeight, CgroupError> {
+/// A server's CPU weight as the kernel has it: `cpu.idle` 1 (v2, and v1 on kernels from 5.15)
+/// is the idle class; otherwise v2 `cpu.weight` or v1 `cpu.shares`. Without `cpu.idle`, the
+/// smallest weight (v2 1, v1 shares 2) stands for the idle class.
+pub(super) fn read_cpu_weight(cpu: &Path, v2: bool) -> Result<CpuWeight, CgroupError> {
     let idle_path = cpu.join("cpu.idle");
     let idle = read_optional(&idle_path)?;
     if let Some(i) = &idle
@@ -48,31 +49,36 @@ fn read_v2_weight(cpu: &Path) -> Result<CpuWeight, CgroupError> {
     {
         return Ok(CpuWeight::Idle);
     }
-    let path = cpu.join("cpu.weight");
+    let path = cpu.join(if v2 { "cpu.weight" } else { "cpu.shares" });
     let w = parse_u64(&path, &read_string(&path)?)?;
-    Ok(match (idle, w) {
-        (None, 1) => CpuWeight::Idle,
-        _ => CpuWeight::Weight(w),
+    Ok(match (v2, idle, w) {
+        (false, _, shares) => CpuWeight::from_v1_shares(shares),
+        (true, None, 1) => CpuWeight::Idle,
+        (true, _, w) => CpuWeight::Weight(w),
     })
 }
 
-/// Writes a server's CPU weight: v1 `cpu.shares`; v2 `cpu.idle` (where the kernel has it)
-/// and `cpu.weight`. The kernel refuses a weight for an idle group, so leaving the idle class
-/// clears `cpu.idle` first.
+/// Writes a server's CPU weight: the idle class through `cpu.idle` where the kernel has it (v2,
+/// and v1 from 5.15), else the smallest weight; others v2 `cpu.weight` or v1 `cpu.shares`. The
+/// kernel refuses a weight for an idle group, so leaving the idle class clears `cpu.idle`
+/// first.
 pub(super) fn write_cpu_weight(cpu: &Path, v2: bool, weight: CpuWeight) -> Result<(), CgroupError> {
-    if !v2 {
-        return write(&cpu.join("cpu.shares"), &weight.v1_shares().to_string());
-    }
     let idle = cpu.join("cpu.idle");
     let has_idle = idle.is_file();
+    let weight_file = cpu.join(if v2 { "cpu.weight" } else { "cpu.shares" });
+    let value = |w: CpuWeight| match (v2, w) {
+        (true, CpuWeight::Idle) => MIN_CPU_WEIGHT.to_string(),
+        (true, CpuWeight::Weight(w)) => w.to_string(),
+        (false, w) => w.v1_shares().to_string(),
+    };
     match weight {
         CpuWeight::Idle if has_idle => write(&idle, "1"),
-        CpuWeight::Idle => write(&cpu.join("cpu.weight"), "1"),
-        CpuWeight::Weight(w) => {
+        CpuWeight::Idle => write(&weight_file, &value(weight)),
+        CpuWeight::Weight(_) => {
             if has_idle {
                 write(&idle, "0")?;
             }
-            write(&cpu.join("cpu.weight"), &w.to_string())
+            write(&weight_file, &value(weight))
         }
     }
 }
@@ -91,10 +97,8 @@ pub(super) fn read_v1_limits(cpu: &Path, mem: &Path) -> Result<CgroupLimits, Cgr
     let period_path = cpu.join("cpu.cfs_period_us");
     let period = read_int(&period_path)?;
     let m = read_memory(mem, false)?;
-    let shares_path = cpu.join("cpu.shares");
-    let shares = parse_u64(&shares_path, &read_string(&shares_path)?)?;
     Ok(CgroupLimits {
-        cpu_weight: CpuWeight::from_v1_shares(shares),
+        cpu_weight: read_cpu_weight(cpu, false)?,
         cpu_quota_us: u64::try_from(quota).ok(),
         cpu_period_us: u64::try_from(period)
             .map_err(|_| parse_err(&period_path, &period.to_string(), "negative period"))?,

@@ -656,10 +656,13 @@ fn real_kernel_lifecycle() {
     } else {
         "cpu.shares"
     };
-    if cg.is_v2() {
+    if cpu.join("cpu.idle").is_file() {
         assert_eq!(read(&cpu.join("cpu.idle")), "1");
     } else {
-        assert_eq!(read(&cpu.join("cpu.shares")), "2");
+        assert_eq!(
+            read(&cpu.join(weight_file)),
+            if cg.is_v2() { "1" } else { "2" }
+        );
     }
     let host = CpuPolicy {
         mhz_per_core: 2000,
