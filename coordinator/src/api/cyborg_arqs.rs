@@ -39,7 +39,7 @@ pub(super) async fn list_arqs(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, CyborgError> {
-    let q = query(q.as_deref());
+    let q = query(q.as_deref())?;
     let resolved = match q.get("bind_state").map(String::as_str) {
         None => false,
         Some("resolved") => true,
@@ -197,7 +197,7 @@ pub(super) async fn delete_arqs(
     Who(caller): Who,
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, CyborgError> {
-    let q = query(q.as_deref());
+    let q = query(q.as_deref())?;
     match (q.get("arqs"), q.get("instance")) {
         (Some(arqs), None) => {
             state

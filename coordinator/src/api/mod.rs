@@ -11,16 +11,21 @@ mod cyborg_tests;
 mod dashboard;
 mod dynamic_cluster;
 mod error;
+#[cfg(test)]
+mod input_tests;
+mod json_body;
 mod listing;
 pub mod openapi;
 mod operator_auth;
 #[cfg(test)]
 mod operator_tests;
+mod params;
 pub mod receiver_openapi;
 mod schema;
 mod server_json;
 mod servers;
 mod tenant;
+mod text;
 mod usage;
 pub mod views;
 mod webhooks;

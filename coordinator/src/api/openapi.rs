@@ -2,6 +2,7 @@
 //! serialize, and the paths from one table that mirrors the router. Served at
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
+use super::listing;
 use super::views::*;
 use super::webhooks::{
     DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
@@ -10,7 +11,9 @@ use super::webhooks::{
 use crate::events::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, Paths,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Ref, Type};
 use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
@@ -374,7 +377,7 @@ fn error_list() -> ArrayBuilder {
     ArrayBuilder::new().items(Ref::from_schema_name("ErrorItem"))
 }
 
-fn path_params(path: &str) -> Vec<utoipa::openapi::path::Parameter> {
+fn path_params(path: &str) -> Vec<Parameter> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
@@ -386,6 +389,117 @@ fn path_params(path: &str) -> Vec<utoipa::openapi::path::Parameter> {
                 .build()
         })
         .collect()
+}
+
+/// One query parameter: name, schema, required, description.
+fn query(name: &str, schema: ObjectBuilder, required: bool, what: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(if required {
+            Required::True
+        } else {
+            Required::False
+        })
+        .description(Some(what))
+        .schema(Some(schema))
+        .build()
+}
+
+fn text() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+fn integer(min: u64, max: u64) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(min))
+        .maximum(Some(max))
+}
+
+fn paging() -> Vec<Parameter> {
+    vec![
+        query(
+            "limit",
+            integer(0, listing::MAX_LIMIT as u64),
+            false,
+            "Page size (0: all)",
+        ),
+        query(
+            "offset",
+            integer(0, listing::MAX_OFFSET as u64),
+            false,
+            "Objects to skip",
+        ),
+    ]
+}
+
+fn period() -> Vec<Parameter> {
+    let time = "RFC 3339 (2026-01-31T00:00:00Z) or Unix seconds, from 1970 to 9999";
+    vec![
+        query("start", text(), false, time),
+        query("end", text(), false, time),
+        query("account", text(), false, "One account (operator only)"),
+    ]
+}
+
+/// The query parameters an operation takes. Each may be given once.
+fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
+    let action = |actions: &[&str]| {
+        vec![query(
+            "do",
+            text().enum_values(Some(actions.iter().copied())),
+            true,
+            "The action",
+        )]
+    };
+    match (method, path) {
+        (HttpMethod::Post, p) if p.ends_with("/deliveries/{id}/action/") => action(&["redeliver"]),
+        (HttpMethod::Post, p) if p.ends_with("/action/") => {
+            action(&["start", "stop", "shutdown", "restart"])
+        }
+        (
+            HttpMethod::Get,
+            "/servers/" | "/servers/detail/" | "/bservers/" | "/bservers/detail/",
+        ) => {
+            let mut out = paging();
+            for (f, what) in [
+                (
+                    "name",
+                    "Exact names (comma-separated alternatives, \\, escapes a comma)",
+                ),
+                ("name__contains", "A part of the name"),
+                ("tag", "Tags"),
+                ("uuid", "Server uuids"),
+                ("status", "Statuses"),
+            ] {
+                out.push(query(f, text(), false, what));
+            }
+            let order = listing::SERVER_ORDERING
+                .iter()
+                .flat_map(|o| [(*o).to_owned(), format!("-{o}")]);
+            out.push(query(
+                "order_by",
+                text().enum_values(Some(order)),
+                false,
+                "Sort key (- reverses)",
+            ));
+            out
+        }
+        (HttpMethod::Get, "/usage/" | "/ledger/") => {
+            let mut out = period();
+            out.extend(paging());
+            out
+        }
+        (HttpMethod::Get, p)
+            if p == "/accounts/"
+                || p == "/subscriptions/"
+                || p.starts_with("/webhooks/") && p.ends_with("s/") =>
+        {
+            paging()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Every path the API serves, as `(path, method)`, for tests.
@@ -418,7 +532,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
     for (path, method, summary, request, code, response) in all_ops() {
         let mut op = OperationBuilder::new()
             .summary(Some(summary))
-            .parameters(Some(path_params(&path)));
+            .parameters(Some(
+                path_params(&path)
+                    .into_iter()
+                    .chain(query_params(&path, &method)),
+            ));
         if let Some(rq) = request {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
