@@ -5,6 +5,7 @@
 
 use super::operator_tests::{Fx, Who, fx_with, send};
 use crate::pools::PoolConfig;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 async fn fx() -> Fx {
@@ -483,4 +484,58 @@ async fn operator_and_cyborg_apis_refuse_the_same() {
     )
     .await;
     assert_eq!(code, 400, "{v}");
+}
+
+/// A refusal that does not need the body still reads it, so the client's keep-alive connection
+/// stays usable (hyper closes a connection whose request body was left unread).
+#[tokio::test]
+async fn early_refusals_still_read_the_body() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tower::ServiceExt;
+    let f = fx().await;
+    for (uri, who_is_admin) in [
+        ("/api/2.0/bservers/", true),
+        ("/api/2.0/accounts/", false),
+        (
+            "/api/2.0/bservers/not-a-uuid/action/?do=start&do=stop",
+            false,
+        ),
+        ("/no/such/path", false),
+    ] {
+        let body = r#"{"objects": []}"#;
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = read.clone();
+        let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            body.as_bytes().to_vec(),
+        )])
+        .chain(futures_util::stream::poll_fn(move |_| {
+            flag.store(true, Ordering::SeqCst);
+            std::task::Poll::Ready(None)
+        }));
+        let identity = if who_is_admin {
+            backfill_shared::pki::PeerIdentity {
+                role: backfill_shared::pki::Role::Admin,
+                name: "ops".into(),
+            }
+        } else {
+            backfill_shared::pki::PeerIdentity {
+                role: backfill_shared::pki::Role::Account,
+                name: "t".into(),
+            }
+        };
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("content-length", body.len())
+            .body(axum::body::Body::from_stream(chunks))
+            .unwrap();
+        req.extensions_mut().insert(identity);
+        let resp = f.router.clone().oneshot(req).await.unwrap();
+        assert!(resp.status().is_client_error(), "{uri}: {}", resp.status());
+        assert!(
+            read.load(Ordering::SeqCst),
+            "{uri}: the body was left unread"
+        );
+    }
 }

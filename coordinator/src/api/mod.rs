@@ -3,6 +3,7 @@
 
 mod accounts;
 mod arvados;
+mod body;
 mod capabilities;
 mod cyborg;
 mod cyborg_arqs;
@@ -93,7 +94,8 @@ pub fn management_router(coordinator: Arc<Coordinator>) -> Router {
     finish(routes, state)
 }
 
-/// The layers every router gets: 405s, the body limit, request ids and request counts.
+/// The layers every router gets: 405s, bodies read whole, the body limit, request ids and
+/// request counts.
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .method_not_allowed_fallback(|| async {
@@ -104,6 +106,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
                 message: "method not allowed on this path".into(),
             }
         })
+        .layer(axum::middleware::from_fn(body::read_whole))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(request_id))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
