@@ -16,8 +16,8 @@
 #   ST_VENV          where the Schemathesis virtualenv is kept between runs
 #                    (default ~/.cache/backfill/schemathesis-venv)
 #   ST_REPORT_DIR    where the JUnit reports go (default: a temporary directory)
-#   BACKFILL_COORDINATOR  the binary to test (default target/debug/backfill-coordinator,
-#                    built if missing)
+#   BACKFILL_COORDINATOR  the binary to test (default: target/debug/backfill-coordinator,
+#                    brought up to date with cargo build)
 # Arguments are passed on to `st run` (for example --include-path-regex '^/usage/').
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +28,7 @@ max_examples=${ST_MAX_EXAMPLES:-15}
 seed=${ST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 workers=${ST_WORKERS:-1}
 venv=${ST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/backfill/schemathesis-venv}
-bin=${BACKFILL_COORDINATOR:-$root/target/debug/backfill-coordinator}
+bin=${BACKFILL_COORDINATOR:-}
 
 echo "== schemathesis $SCHEMATHESIS_VERSION (virtualenv $venv)"
 if ! "$venv/bin/st" --version 2>/dev/null | grep -qx "st, version $SCHEMATHESIS_VERSION"; then
@@ -38,8 +38,10 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -qx "st, version $SCHEMATHESIS_
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-if [ ! -x "$bin" ]; then
+if [ -z "$bin" ]; then
+    # A no-op when the tests have just built it; never a stale binary.
     cargo build -p backfill-coordinator --bin backfill-coordinator
+    bin=$root/target/debug/backfill-coordinator
 fi
 
 work=$(mktemp -d)
