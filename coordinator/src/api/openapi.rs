@@ -11,32 +11,46 @@ use super::webhooks::{
 use crate::events::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::path::{
     HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn, Paths,
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Ref, Type};
+use utoipa::openapi::schema::{
+    ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, SchemaFormat, Type,
+};
 use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
 /// The fields a server create (`{"objects": [...]}`) or edit (`PUT`) may carry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerFields {
-    /// Required on create; at most 200 characters.
+    /// Required on create; 1 to 200 characters, not only spaces, without control,
+    /// bidirectional or invisible formatting characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// MHz; required on create.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub cpu: u64,
     /// Bytes, at least 64 MiB; required on create.
+    #[schema(minimum = 67_108_864_u64, maximum = 17_592_186_044_416_u64)]
     pub mem: u64,
     /// Cores (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
     pub smp: Option<u32>,
+    /// Keys of 1 to 64 bytes (no control or bidirectional characters), string values of at
+    /// most 4096 bytes (tabs and line breaks allowed); at most 100 keys.
     pub meta: Option<BTreeMap<String, String>>,
+    /// 1 to 64 bytes each, as meta keys.
+    #[schema(max_items = 100)]
     pub tags: Option<Vec<String>>,
+    #[schema(max_length = 64)]
     pub vnc_password: Option<String>,
     /// `{"command": [prog, args...], "env": {...}, "network": "host"|"isolated"}`.
     #[schema(value_type = Option<Object>)]
     pub workload: Option<serde_json::Value>,
     /// -1000 to 1000 (default 0).
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i32>,
     /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
     /// preemptible flavor makes a spot server in `/servers/`.
@@ -54,6 +68,8 @@ pub struct ServerCreate {
 /// An account to create; `quota` fields null or absent = unlimited.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountFields {
+    /// The CN of the account's certificates.
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$")]
     pub name: String,
     pub backfill: Option<bool>,
     pub quota: Option<QuotaView>,
@@ -189,7 +205,7 @@ fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
             "The runtime of a running server (null otherwise)".into(),
             None,
             "200",
-            Some("Runtime"),
+            Some("Runtime?"),
         ),
         (
             p("{uuid}/action/"),
@@ -377,15 +393,22 @@ fn error_list() -> ArrayBuilder {
     ArrayBuilder::new().items(Ref::from_schema_name("ErrorItem"))
 }
 
+/// An account's name: a certificate CN, as a host id.
+const ACCOUNT_NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$";
+
 fn path_params(path: &str) -> Vec<Parameter> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
+            let schema = match name {
+                "name" => text().pattern(Some(ACCOUNT_NAME)),
+                _ => text().format(Some(SchemaFormat::Custom("uuid".into()))),
+            };
             ParameterBuilder::new()
                 .name(name)
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .schema(Some(schema))
                 .build()
         })
         .collect()
@@ -417,6 +440,9 @@ fn integer(min: u64, max: u64) -> ObjectBuilder {
         .maximum(Some(max))
 }
 
+/// Unix seconds, or an RFC 3339 date-time.
+const TIME: &str = "^([0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$";
+
 fn paging() -> Vec<Parameter> {
     vec![
         query(
@@ -436,9 +462,10 @@ fn paging() -> Vec<Parameter> {
 
 fn period() -> Vec<Parameter> {
     let time = "RFC 3339 (2026-01-31T00:00:00Z) or Unix seconds, from 1970 to 9999";
+    let t = || text().pattern(Some(TIME));
     vec![
-        query("start", text(), false, time),
-        query("end", text(), false, time),
+        query("start", t(), false, time),
+        query("end", t(), false, time),
         query("account", text(), false, "One account (operator only)"),
     ]
 }
@@ -525,6 +552,17 @@ fn all_ops() -> Vec<FullOp> {
     ops
 }
 
+/// A response schema by name; `Name?` is that or `null` (a runtime while stopped).
+fn response_schema(name: &str) -> RefOr<Schema> {
+    match name.strip_suffix('?') {
+        None => Ref::from_schema_name(name).into(),
+        Some(name) => OneOfBuilder::new()
+            .item(Ref::from_schema_name(name))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .into(),
+    }
+}
+
 /// The whole document.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
@@ -554,7 +592,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
             Some(rs) => ResponseBuilder::new().description("Success").content(
                 "application/json",
                 ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name(rs)))
+                    .schema(Some(response_schema(rs)))
                     .build(),
             ),
             None => ResponseBuilder::new().description("Success"),
