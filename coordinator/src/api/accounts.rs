@@ -90,12 +90,21 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
         match o.get(k) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
-            Some(v) => v.as_u64().map(|n| Some(Some(n))).ok_or_else(|| {
-                ApiError::validation(
-                    format!("{at}.{k}"),
-                    format!("{k} must be a non-negative integer or null (unlimited)"),
-                )
-            }),
+            // The store keeps quotas as signed 64-bit integers: larger values would come back
+            // changed, so they are refused.
+            Some(v) => v
+                .as_u64()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .map(|n| Some(Some(n)))
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        format!("{at}.{k}"),
+                        format!(
+                            "{k} must be an integer from 0 to {} or null (unlimited)",
+                            i64::MAX
+                        ),
+                    )
+                }),
         }
     };
     Ok(QuotaChange {

@@ -486,6 +486,34 @@ async fn operator_and_cyborg_apis_refuse_the_same() {
     assert_eq!(code, 400, "{v}");
 }
 
+/// Quotas are stored as signed 64-bit integers: a larger one is refused, not clamped.
+#[tokio::test]
+async fn quotas_beyond_the_store_are_refused_not_clamped() {
+    let f = fx().await;
+    let big = "9223372036854775808";
+    let body = format!(r#"{{"objects": [{{"name": "acme", "quota": {{"servers": {big}}}}}]}}"#);
+    refused(
+        "create",
+        admin(&f, "POST", "/api/2.0/accounts/", &body).await,
+        "objects[0].quota.servers",
+    );
+    let body = format!(r#"{{"quota": {{"cpu": {big}}}}}"#);
+    refused(
+        "edit",
+        admin(&f, "PUT", "/api/2.0/accounts/t/", &body).await,
+        "quota.cpu",
+    );
+    let (_, v) = admin(&f, "GET", "/api/2.0/accounts/t/", "").await;
+    assert_eq!(v["quota"]["cpu"], Value::Null, "{v}");
+    let body = r#"{"quota": {"cpu": 9223372036854775807}}"#;
+    let (code, v) = admin(&f, "PUT", "/api/2.0/accounts/t/", body).await;
+    assert_eq!(
+        (code, v["quota"]["cpu"].as_u64()),
+        (200, Some(i64::MAX as u64)),
+        "{v}"
+    );
+}
+
 /// A refusal that does not need the body still reads it, so the client's keep-alive connection
 /// stays usable (hyper closes a connection whose request body was left unread).
 #[tokio::test]
