@@ -136,6 +136,7 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| CyborgError::bad(format!("{path} needs a value")))?;
+            super::text::check_name(value).map_err(|e| CyborgError::bad(format!("{path} {e}")))?;
             adds.insert(path.trim_start_matches('/').to_owned(), json!(value));
         }
     }

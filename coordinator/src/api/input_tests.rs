@@ -437,6 +437,24 @@ async fn operator_and_cyborg_apis_refuse_the_same() {
             .unwrap()
             .contains("more than once")
     );
+    // ARQ bindings are identifiers too.
+    let patch = json!({"00000000-0000-0000-0000-000000000001": [
+        {"op": "add", "path": "/hostname", "value": "h1\u{202e}"},
+        {"op": "add", "path": "/device_rp_uuid", "value": "GPU-A"},
+        {"op": "add", "path": "/instance_uuid", "value": "00000000-0000-0000-0000-000000000002"},
+    ]});
+    let (code, v) = admin(
+        &f,
+        "PATCH",
+        "/accelerator/v2/accelerator_requests",
+        &patch.to_string(),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error_message"].as_str().unwrap().contains("U+202E"),
+        "{v}"
+    );
     let (code, v) = admin(&f, "POST", uri, &profile("p", "Zürich\nGPUs", "A100")).await;
     assert_eq!(code, 201, "{v}");
     let (code, v) = admin(&f, "GET", &format!("{uri}?name=p"), "").await;
