@@ -17,6 +17,7 @@ mod input_tests;
 mod json_body;
 mod listing;
 pub mod openapi;
+mod openapi_params;
 mod operator_auth;
 #[cfg(test)]
 mod operator_tests;
