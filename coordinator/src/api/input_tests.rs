@@ -262,6 +262,16 @@ async fn repeated_query_parameters_are_refused() {
         admin(&f, "GET", "/api/2.0/accounts/?limit=1&limit=1", "").await,
         "limit",
     );
+    // Where no handler reads the query, too.
+    for (uri, point) in [
+        ("/api/2.0/capabilities/?limit=0&limit=0", "limit"),
+        (
+            "/api/2.0/bservers/schema/?format=json&format=json",
+            "format",
+        ),
+    ] {
+        refused(uri, tenant(&f, "GET", uri, "").await, point);
+    }
     let redeliver = "/api/2.0/webhooks/w/deliveries/d/action/?do=redeliver&do=redeliver";
     refused("redeliver", tenant(&f, "POST", redeliver, "").await, "do");
 

@@ -66,7 +66,9 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .merge(accounts::routes())
                 .merge(usage::routes())
                 .merge(webhooks::routes())
-                .route("/openapi.json", axum::routing::get(openapi_json)),
+                .route("/openapi.json", axum::routing::get(openapi_json))
+                // Also where a handler reads no parameter (capabilities, schema, one object).
+                .layer(axum::middleware::from_fn(params::refuse_repeated)),
         )
         .merge(operator_routes())
         .merge(cyborg::routes())

@@ -64,6 +64,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
+/// Middleware: a repeated query parameter is refused on every path of the CloudSigma API, not
+/// only where a handler reads the query.
+pub async fn refuse_repeated(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match parse(req.uri().query()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
