@@ -89,7 +89,8 @@ extra=("$@")
 run() {
     local who=$1 cert=$2 key=$3
     echo "== $who: at most $max_examples cases per operation, seed $seed"
-    "$venv/bin/st" run "$root/docs/openapi.json" \
+    # From the scratch directory: Schemathesis keeps its example database in ./.schemathesis.
+    (cd "$work" && "$venv/bin/st" run "$root/docs/openapi.json" \
         --url "$base" \
         --tls-verify "$BACKFILL_CA" \
         --request-cert "$cert" --request-cert-key "$key" \
@@ -102,9 +103,10 @@ run() {
         --request-timeout 30 \
         --report junit,vcr --report-junit-path "$reports/$who.xml" \
         --report-vcr-path "$reports/$who.yaml" \
-        "${extra[@]}" || status=1
+        "${extra[@]}") || status=1
 }
 mkdir -p "$reports"
+reports=$(cd "$reports" && pwd)
 run tenant "$BACKFILL_CERT" "$BACKFILL_KEY"
 run operator "$BACKFILL_ADMIN_CERT" "$BACKFILL_ADMIN_KEY"
 
