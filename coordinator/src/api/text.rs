@@ -1,7 +1,7 @@
 //! Which characters user-supplied strings may hold. Names, tags and meta keys are shown in
 //! lists, logs, dashboards and terminals: a control character there (NUL, an escape sequence)
-//! or a bidirectional override (U+202E makes `exe.txt` read as `txt.exe`) hides what the
-//! string really is, so those are refused outright. Free text (descriptions, meta values,
+//! or a bidirectional override (with U+202E, `invoice<U+202E>fdp.exe` displays as
+//! `invoiceexe.pdf`) hides what the string really is, so those are refused outright. Free text (descriptions, meta values,
 //! reasons) may hold tabs and line breaks, and nothing else of the kind.
 
 /// Why a string was refused: the offending character and where it is.
