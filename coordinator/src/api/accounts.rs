@@ -1,7 +1,9 @@
 //! `/accounts/`: the operator creates accounts, grants the backfill permission and sets quotas.
 //! Admin certificates only.
 
-use super::servers::{Params, page};
+use super::json_body::JsonBody;
+use super::listing::page;
+use super::params::Params;
 use super::tenant::Admin;
 use super::views::{
     AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, to_json,
@@ -9,8 +11,6 @@ use super::views::{
 use super::{ApiError, AppState};
 use crate::accounts::InUse;
 use crate::store::{Account, AccountChange, Quota, QuotaChange};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -54,17 +54,12 @@ pub fn account_view(a: &Account, u: &InUse) -> AccountView {
     }
 }
 
-fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ApiError::validation(
+fn body_object(body: Result<JsonBody, ApiError>) -> Result<Map<String, Value>, ApiError> {
+    match body? {
+        JsonBody(Value::Object(o)) => Ok(o),
+        JsonBody(_) => Err(ApiError::validation(
             "body",
             "the body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::validation(
-            "body",
-            format!("body is not valid JSON: {e}"),
         )),
     }
 }
@@ -95,12 +90,21 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
         match o.get(k) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
-            Some(v) => v.as_u64().map(|n| Some(Some(n))).ok_or_else(|| {
-                ApiError::validation(
-                    format!("{at}.{k}"),
-                    format!("{k} must be a non-negative integer or null (unlimited)"),
-                )
-            }),
+            // The store keeps quotas as signed 64-bit integers: larger values would come back
+            // changed, so they are refused.
+            Some(v) => v
+                .as_u64()
+                .filter(|n| i64::try_from(*n).is_ok())
+                .map(|n| Some(Some(n)))
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        format!("{at}.{k}"),
+                        format!(
+                            "{k} must be an integer from 0 to {} or null (unlimited)",
+                            i64::MAX
+                        ),
+                    )
+                }),
         }
     };
     Ok(QuotaChange {
@@ -149,7 +153,7 @@ async fn list(
 async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let o = body_object(body)?;
     let Some(list) = o.get("objects").and_then(Value::as_array) else {
@@ -236,7 +240,7 @@ async fn update(
     State(state): State<AppState>,
     Admin(admin): Admin,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let o = body_object(body)?;
     refuse_unknown(&o, &["backfill", "quota"], "")?;

@@ -119,12 +119,15 @@ impl axum::extract::FromRequest<AppState> for Form {
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|e| ArvError::new(e.status(), e.body_text()))?;
-        Ok(Form::new(query.as_deref(), &headers, &body))
+        Form::new(query.as_deref(), &headers, &body)
     }
 }
 
 impl Form {
-    fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Form {
+    /// The query string, then a form body; a parameter given twice (in either, or once in
+    /// each) is refused: which one Arvados' `FormValue` would take is not what a caller of
+    /// `kill` should have to know.
+    fn new(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Form, ArvError> {
         let mut out: Vec<(String, String)> = query
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
@@ -135,7 +138,22 @@ impl Form {
         if is_form {
             out.extend(form_urlencoded::parse(body).into_owned());
         }
-        Form(out)
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, v) in &out {
+            if !seen.insert(k.as_str()) {
+                return Err(ArvError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter {k:?} is given more than once"),
+                ));
+            }
+            if let Err(e) = super::text::check_text(v) {
+                return Err(ArvError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter {k:?} {e}"),
+                ));
+            }
+        }
+        Ok(Form(out))
     }
 
     fn get(&self, key: &str) -> Option<&str> {

@@ -7,6 +7,7 @@
 use super::AppState;
 use super::cyborg_arqs::{create_arqs, delete_arq, delete_arqs, get_arq, list_arqs, patch_arqs};
 use super::tenant::Caller as AnyCaller;
+use super::text::{check_name, check_text};
 use crate::accel::{AccelError, DeviceProfile};
 use axum::Router;
 use axum::body::Bytes;
@@ -269,9 +270,9 @@ fn profile_json(p: &DeviceProfile, base: &str) -> Value {
     })
 }
 
-pub(super) fn query(q: Option<&str>) -> BTreeMap<String, String> {
-    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+/// The query string; a repeated parameter is refused (see `params`).
+pub(super) fn query(q: Option<&str>) -> Result<BTreeMap<String, String>, CyborgError> {
+    super::params::parse(q).map_err(|e| CyborgError::bad(e.to_string()))
 }
 
 pub(super) fn list(v: &str) -> Vec<String> {
@@ -299,9 +300,9 @@ pub(super) fn owner(caller: &Caller) -> Option<&str> {
     }
 }
 
+/// A JSON body; invalid JSON and repeated keys are refused (see `json_body`).
 pub(super) fn body_json(body: &Bytes) -> Result<Value, CyborgError> {
-    serde_json::from_slice(body)
-        .map_err(|e| CyborgError::bad(format!("body is not valid JSON: {e}")))
+    super::json_body::parse(body).map_err(|e| CyborgError::bad(e.to_string()))
 }
 
 async fn list_profiles(
@@ -310,7 +311,7 @@ async fn list_profiles(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, CyborgError> {
-    let names = query(q.as_deref()).get("name").map(|n| list(n));
+    let names = query(q.as_deref())?.get("name").map(|n| list(n));
     let b = base(&headers);
     let items: Vec<Value> = state
         .coordinator
@@ -372,6 +373,7 @@ async fn create_profile(
         .and_then(Value::as_str)
         .ok_or_else(|| CyborgError::bad("name is required"))?;
     let description = o.get("description").and_then(Value::as_str).unwrap_or("");
+    check_text(description).map_err(|e| CyborgError::bad(format!("description {e}")))?;
     let groups = parse_groups(o.get("groups"))?;
     let p = state
         .coordinator
@@ -396,7 +398,12 @@ fn parse_groups(v: Option<&Value>) -> Result<Vec<BTreeMap<String, String>>, Cybo
             };
             g.iter()
                 .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::String(s) => {
+                        check_name(k)
+                            .and_then(|()| check_name(s))
+                            .map_err(|e| CyborgError::bad(format!("groups[{i}].{k:?}: {e}")))?;
+                        Ok((k.clone(), s.clone()))
+                    }
                     _ => Err(CyborgError::bad(format!(
                         "groups[{i}].{k} must be a string"
                     ))),
@@ -422,7 +429,7 @@ async fn delete_profiles_by_value(
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, CyborgError> {
     admin_only(&caller, "deleting device profiles")?;
-    let names = query(q.as_deref())
+    let names = query(q.as_deref())?
         .get("value")
         .map(|v| list(v))
         .filter(|v| !v.is_empty())

@@ -39,7 +39,7 @@ pub(super) async fn list_arqs(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, CyborgError> {
-    let q = query(q.as_deref());
+    let q = query(q.as_deref())?;
     let resolved = match q.get("bind_state").map(String::as_str) {
         None => false,
         Some("resolved") => true,
@@ -136,6 +136,7 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| CyborgError::bad(format!("{path} needs a value")))?;
+            super::text::check_name(value).map_err(|e| CyborgError::bad(format!("{path} {e}")))?;
             adds.insert(path.trim_start_matches('/').to_owned(), json!(value));
         }
     }
@@ -197,7 +198,7 @@ pub(super) async fn delete_arqs(
     Who(caller): Who,
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, CyborgError> {
-    let q = query(q.as_deref());
+    let q = query(q.as_deref())?;
     match (q.get("arqs"), q.get("instance")) {
         (Some(arqs), None) => {
             state

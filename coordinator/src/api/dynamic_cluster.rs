@@ -93,6 +93,11 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
+/// The query string; a repeated parameter is refused (see `params`).
+fn query(q: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, DcError> {
+    super::params::parse(q).map_err(|e| DcError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
 fn success() -> Response {
     axum::Json(json!({"success": true})).into_response()
 }
@@ -182,12 +187,9 @@ async fn workernodes(
     _: Operator,
     RawQuery(q): RawQuery,
 ) -> Result<Response, DcError> {
-    let filter = match q
-        .as_deref()
-        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "state"))
-    {
+    let filter = match query(q.as_deref())?.remove("state") {
         None => None,
-        Some((_, v)) => Some(
+        Some(v) => Some(
             v.parse::<u8>()
                 .ok()
                 .filter(|n| *n <= 7)
@@ -417,11 +419,7 @@ async fn launch(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, DcError> {
-    let num = q
-        .as_deref()
-        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "num"))
-        .map(|(_, v)| v.into_owned());
-    let n = match num {
+    let n = match query(q.as_deref())?.remove("num") {
         None => 1,
         Some(v) => v
             .parse::<u32>()

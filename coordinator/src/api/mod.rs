@@ -3,6 +3,7 @@
 
 mod accounts;
 mod arvados;
+mod body;
 mod capabilities;
 mod conn;
 mod cyborg;
@@ -12,17 +13,23 @@ mod cyborg_tests;
 mod dashboard;
 mod dynamic_cluster;
 mod error;
+#[cfg(test)]
+mod input_tests;
+mod json_body;
 mod listing;
 pub mod openapi;
+mod openapi_params;
 mod operator_auth;
 #[cfg(test)]
 mod operator_tests;
+mod params;
 pub mod receiver_openapi;
 mod schema;
 pub mod serve;
 mod server_json;
 mod servers;
 mod tenant;
+mod text;
 mod usage;
 pub mod views;
 mod webhooks;
@@ -54,7 +61,9 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
                 .merge(accounts::routes())
                 .merge(usage::routes())
                 .merge(webhooks::routes())
-                .route("/openapi.json", axum::routing::get(openapi_json)),
+                .route("/openapi.json", axum::routing::get(openapi_json))
+                // Also where a handler reads no parameter (capabilities, schema, one object).
+                .layer(axum::middleware::from_fn(params::refuse_repeated)),
         )
         .merge(operator_routes())
         .merge(cyborg::routes())
@@ -83,7 +92,8 @@ pub fn management_router(coordinator: Arc<Coordinator>) -> Router {
     finish(routes, state)
 }
 
-/// The layers every router gets: 405s, the body limit, request ids and request counts.
+/// The layers every router gets: 405s, bodies read whole, the body limit, request ids and
+/// request counts.
 fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .method_not_allowed_fallback(|| async {
@@ -94,6 +104,7 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
                 message: "method not allowed on this path".into(),
             }
         })
+        .layer(axum::middleware::from_fn(body::read_whole))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(request_id))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))

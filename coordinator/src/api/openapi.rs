@@ -2,6 +2,7 @@
 //! serialize, and the paths from one table that mirrors the router. Served at
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
+use super::openapi_params::{path_params, query_params};
 use super::views::*;
 use super::webhooks::{
     DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
@@ -10,30 +11,42 @@ use super::webhooks::{
 use crate::events::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, Paths};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Paths};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Ref, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
 use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
 /// The fields a server create (`{"objects": [...]}`) or edit (`PUT`) may carry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerFields {
-    /// Required on create; at most 200 characters.
+    /// Required on create; 1 to 200 characters, not only spaces, without control,
+    /// bidirectional or invisible formatting characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// MHz; required on create.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub cpu: u64,
     /// Bytes, at least 64 MiB; required on create.
+    #[schema(minimum = 67_108_864_u64, maximum = 17_592_186_044_416_u64)]
     pub mem: u64,
     /// Cores (default 1).
+    #[schema(minimum = 1, maximum = 1024)]
     pub smp: Option<u32>,
+    /// Keys of 1 to 64 bytes (no control or bidirectional characters), string values of at
+    /// most 4096 bytes (tabs and line breaks allowed); at most 100 keys.
     pub meta: Option<BTreeMap<String, String>>,
+    /// 1 to 64 bytes each, as meta keys.
+    #[schema(max_items = 100)]
     pub tags: Option<Vec<String>>,
+    #[schema(max_length = 64)]
     pub vnc_password: Option<String>,
     /// `{"command": [prog, args...], "env": {...}, "network": "host"|"isolated"}`.
     #[schema(value_type = Option<Object>)]
     pub workload: Option<serde_json::Value>,
     /// -1000 to 1000 (default 0).
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i32>,
     /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
     /// preemptible flavor makes a spot server in `/servers/`.
@@ -51,6 +64,8 @@ pub struct ServerCreate {
 /// An account to create; `quota` fields null or absent = unlimited.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountFields {
+    /// The CN of the account's certificates.
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$")]
     pub name: String,
     pub backfill: Option<bool>,
     pub quota: Option<QuotaView>,
@@ -186,7 +201,7 @@ fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
             "The runtime of a running server (null otherwise)".into(),
             None,
             "200",
-            Some("Runtime"),
+            Some("Runtime?"),
         ),
         (
             p("{uuid}/action/"),
@@ -374,20 +389,6 @@ fn error_list() -> ArrayBuilder {
     ArrayBuilder::new().items(Ref::from_schema_name("ErrorItem"))
 }
 
-fn path_params(path: &str) -> Vec<utoipa::openapi::path::Parameter> {
-    path.split('/')
-        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| {
-            ParameterBuilder::new()
-                .name(name)
-                .parameter_in(ParameterIn::Path)
-                .required(Required::True)
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
-                .build()
-        })
-        .collect()
-}
-
 /// Every path the API serves, as `(path, method)`, for tests.
 pub fn operations() -> Vec<(String, HttpMethod)> {
     all_ops().into_iter().map(|o| (o.0, o.1)).collect()
@@ -411,6 +412,17 @@ fn all_ops() -> Vec<FullOp> {
     ops
 }
 
+/// A response schema by name; `Name?` is that or `null` (a runtime while stopped).
+fn response_schema(name: &str) -> RefOr<Schema> {
+    match name.strip_suffix('?') {
+        None => Ref::from_schema_name(name).into(),
+        Some(name) => OneOfBuilder::new()
+            .item(Ref::from_schema_name(name))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .into(),
+    }
+}
+
 /// The whole document.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
@@ -418,7 +430,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
     for (path, method, summary, request, code, response) in all_ops() {
         let mut op = OperationBuilder::new()
             .summary(Some(summary))
-            .parameters(Some(path_params(&path)));
+            .parameters(Some(
+                path_params(&path)
+                    .into_iter()
+                    .chain(query_params(&path, &method)),
+            ));
         if let Some(rq) = request {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
@@ -436,7 +452,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
             Some(rs) => ResponseBuilder::new().description("Success").content(
                 "application/json",
                 ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name(rs)))
+                    .schema(Some(response_schema(rs)))
                     .build(),
             ),
             None => ResponseBuilder::new().description("Success"),

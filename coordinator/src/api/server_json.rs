@@ -1,6 +1,7 @@
 //! Servers in CloudSigma's JSON shape, and validation of create requests.
 
 use super::ApiError;
+use super::text::{check_name, check_text};
 use crate::coordinator::NewServer;
 use crate::flavors::{Flavor, Flavors};
 use crate::store::ServerRecord;
@@ -41,9 +42,7 @@ pub fn location(collection: &str, s: &ServerRecord) -> String {
 }
 
 /// Parses `{"objects": [...]}` into validated create requests.
-pub fn parse_create(body: &[u8], flavors: &Flavors) -> Result<Vec<NewServer>, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
+pub fn parse_create(v: &Value, flavors: &Flavors) -> Result<Vec<NewServer>, ApiError> {
     let Some(objects) = v.as_object().and_then(|o| o.get("objects")) else {
         return Err(ApiError::validation(
             "objects",
@@ -98,11 +97,9 @@ const READ_ONLY: &[&str] = &[
 /// Returns the whole edited server.
 pub fn parse_edit(
     current: &ServerRecord,
-    body: &[u8],
+    v: &Value,
     flavors: &Flavors,
 ) -> Result<NewServer, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::validation("body", format!("body is not valid JSON: {e}")))?;
     let Some(o) = v.as_object() else {
         return Err(ApiError::validation(
             "body",
@@ -215,6 +212,7 @@ fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiErr
         }
         None => return Err(ApiError::validation(at("name"), "This field is required")),
     };
+    check_name(&name).map_err(|e| ApiError::validation(at("name"), format!("name {e}")))?;
     let flavor = parse_flavor(o.get("flavor"), flavors)
         .map_err(|m| ApiError::validation(at("flavor"), m))?;
     // A flavor gives the size; sizes named besides it must fit in it.
@@ -245,7 +243,12 @@ fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiErr
     let tags = parse_tags(o.get("tags")).map_err(|m| ApiError::validation(at("tags"), m))?;
     let vnc_password = match o.get("vnc_password") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= 64 => Some(s.clone()),
+        Some(Value::String(s)) if s.len() <= 64 => {
+            check_text(s).map_err(|e| {
+                ApiError::validation(at("vnc_password"), format!("vnc_password {e}"))
+            })?;
+            Some(s.clone())
+        }
         Some(_) => {
             return Err(ApiError::validation(
                 at("vnc_password"),
@@ -325,6 +328,8 @@ fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
     o.iter()
         .map(|(k, v)| match v.as_str() {
             Some(s) if !k.is_empty() && k.len() <= MAX_META_KEY && s.len() <= MAX_META_VALUE => {
+                check_name(k).map_err(|e| format!("meta key {k:?} {e}"))?;
+                check_text(s).map_err(|e| format!("meta {k:?}: the value {e}"))?;
                 Ok((k.clone(), s.to_owned()))
             }
             _ => Err(format!(
@@ -344,7 +349,9 @@ fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
     }
     list.iter()
         .map(|t| match t.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= MAX_META_KEY => Ok(s.to_owned()),
+            Some(s) if !s.is_empty() && s.len() <= MAX_META_KEY => check_name(s)
+                .map(|()| s.to_owned())
+                .map_err(|e| format!("tag {s:?} {e}")),
             _ => Err(format!("tags are strings of 1 to {MAX_META_KEY} bytes")),
         })
         .collect()
@@ -390,6 +397,11 @@ fn parse_workload(v: Option<&Value>) -> Result<Option<Workload>, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The body as the handler gets it: through the strict JSON parser.
+    fn parse_create(body: &[u8], flavors: &Flavors) -> Result<Vec<NewServer>, ApiError> {
+        super::parse_create(&crate::api::json_body::parse(body)?, flavors)
+    }
 
     fn err(body: &str) -> ApiError {
         parse_create(body.as_bytes(), &Flavors::default()).unwrap_err()

@@ -2,18 +2,17 @@
 //! handlers serves both; a collection says what it shows, what it creates, and whether the
 //! account needs the backfill permission.
 
+use super::json_body::JsonBody;
 use super::listing::filter_servers;
-pub use super::listing::page;
+use super::listing::page;
+use super::params::Params;
 use super::server_json;
 use super::tenant::{Caller, Tenant};
 use super::views::{detail, summary, to_json};
 use super::{ApiError, AppState};
 use crate::coordinator::Scope;
 use crate::store::{Account, ServerRecord};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -90,19 +89,6 @@ fn collection(c: Collection) -> Router<AppState> {
         )
 }
 
-/// The query string as key/values; a malformed one is a CloudSigma-style 400.
-pub struct Params(pub BTreeMap<String, String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Params {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Query::<BTreeMap<String, String>>::try_from_uri(&parts.uri)
-            .map(|Query(q)| Params(q))
-            .map_err(|e| ApiError::validation("query", e.body_text()))
-    }
-}
-
 fn parse_id(raw: &str) -> Result<ServerId, ApiError> {
     raw.parse()
         .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
@@ -174,10 +160,10 @@ async fn create(
     c: Collection,
     State(state): State<AppState>,
     Tenant(account): Tenant,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let account = c.admit(account)?;
-    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    let JsonBody(body) = body?;
     let flavors = state.coordinator.flavors().await;
     let new = server_json::parse_create(&body, &flavors)?;
     let created = state
@@ -222,11 +208,11 @@ async fn edit(
     State(state): State<AppState>,
     Tenant(account): Tenant,
     Path(uuid): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
-    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    let JsonBody(body) = body?;
     let current = state.coordinator.get_server(&account, c.scope, id).await?;
     let flavors = state.coordinator.flavors().await;
     let edit = server_json::parse_edit(&current, &body, &flavors)?;

@@ -2,7 +2,8 @@
 //! of its class. A tenant sees its own account; the operator sees every account, or one with
 //! `?account=`.
 
-use super::servers::{Params, page};
+use super::listing::{page, page_or, period};
+use super::params::Params;
 use super::tenant::Caller;
 use super::views::{
     LedgerEntry, LedgerList, ListMeta, UsageLine, UsageReport, UsageTotals, to_json,
@@ -13,7 +14,7 @@ use crate::store::UsageFilter;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use backfill_shared::clock::{parse_time, rfc3339};
+use backfill_shared::clock::rfc3339;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -33,10 +34,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// No subscriptions are sold: every second is metered, and backfill and spot capacity is
-/// billed at the burst rate, which no CPU or memory subscription may cover.
-async fn subscriptions(caller: Caller) -> Json<Value> {
+/// billed at the burst rate, which no CPU or memory subscription may cover. The (empty) list
+/// still pages like every other.
+async fn subscriptions(caller: Caller, Params(params): Params) -> Result<Json<Value>, ApiError> {
     let _ = caller;
-    Json(json!({"meta": {"limit": 0, "offset": 0, "total_count": 0}, "objects": []}))
+    let (limit, offset) = page(&params)?;
+    Ok(Json(
+        json!({"meta": {"limit": limit, "offset": offset, "total_count": 0}, "objects": []}),
+    ))
 }
 
 async fn refuse_subscription(caller: Caller) -> ApiError {
@@ -53,23 +58,7 @@ fn filter(
     params: &BTreeMap<String, String>,
 ) -> Result<UsageFilter, ApiError> {
     let now = state.coordinator.clock.now();
-    let time = |k: &str, default: i64| match params.get(k) {
-        None => Ok(default),
-        Some(v) => parse_time(v).ok_or_else(|| {
-            ApiError::validation(
-                k,
-                format!("{k} must be RFC 3339 (2026-01-31T00:00:00Z) or Unix seconds"),
-            )
-        }),
-    };
-    let end = time("end", now)?;
-    let start = time("start", end - DEFAULT_PERIOD_S)?;
-    if start >= end || end - start > MAX_PERIOD_S {
-        return Err(ApiError::validation(
-            "start",
-            "start must be before end, and the period at most three years",
-        ));
-    }
+    let (start, end) = period(params, now, DEFAULT_PERIOD_S, MAX_PERIOD_S)?;
     let account = match (caller, params.get("account")) {
         (Caller::Tenant(a), None) => Some(a.name.clone()),
         (Caller::Tenant(a), Some(asked)) if *asked == a.name => Some(a.name.clone()),
@@ -91,31 +80,42 @@ async fn usage(
     Params(params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let f = filter(&state, &caller, &params)?;
+    // The report's lines page like a list (all by default: the report is read whole); the
+    // totals are the whole period's.
+    let (limit, offset) = page_or(&params, 0)?;
     let rows = state.coordinator.usage(&f).await?;
+    let take = if limit == 0 { usize::MAX } else { limit };
     let (mut secs, mut cpu, mut mem, mut amount) = (0u64, 0u64, 0u64, 0i128);
+    for r in &rows {
+        secs = secs.saturating_add(r.seconds);
+        cpu = cpu.saturating_add(r.cpu_mhz_seconds);
+        mem = mem.saturating_add(r.mem_byte_seconds);
+        amount = amount.saturating_add(r.amount_micro);
+    }
     let objects: Vec<UsageLine> = rows
         .iter()
-        .map(|r| {
-            secs = secs.saturating_add(r.seconds);
-            cpu = cpu.saturating_add(r.cpu_mhz_seconds);
-            mem = mem.saturating_add(r.mem_byte_seconds);
-            amount += r.amount_micro;
-            UsageLine {
-                server: r.server.clone(),
-                name: r.name.clone(),
-                account: r.account.clone(),
-                class: r.class.clone(),
-                seconds: r.seconds,
-                cpu_mhz_seconds: r.cpu_mhz_seconds,
-                mem_byte_seconds: r.mem_byte_seconds,
-                amount: format_money(r.amount_micro),
-            }
+        .skip(offset)
+        .take(take)
+        .map(|r| UsageLine {
+            server: r.server.clone(),
+            name: r.name.clone(),
+            account: r.account.clone(),
+            class: r.class.clone(),
+            seconds: r.seconds,
+            cpu_mhz_seconds: r.cpu_mhz_seconds,
+            mem_byte_seconds: r.mem_byte_seconds,
+            amount: format_money(r.amount_micro),
         })
         .collect();
     Ok(Json(to_json(&UsageReport {
         start: rfc3339(f.start),
         end: rfc3339(f.end),
         currency: state.coordinator.billing.currency.clone(),
+        meta: ListMeta {
+            limit,
+            offset,
+            total_count: rows.len(),
+        },
         objects,
         totals: UsageTotals {
             seconds: secs,

@@ -259,6 +259,9 @@ pub struct UsageReport {
     pub start: String,
     pub end: String,
     pub currency: String,
+    /// `limit` (default 0: all lines), `offset` and the number of lines in the period.
+    pub meta: ListMeta,
+    /// One line per server; `totals` cover every line of the period, not only this page.
     pub objects: Vec<UsageLine>,
     pub totals: UsageTotals,
 }

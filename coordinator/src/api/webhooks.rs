@@ -3,14 +3,14 @@
 //! creates with `{"objects": [...]}` (201), actions 202, deletes 204. The signing secret is
 //! shown once, in the create's answer.
 
-use super::servers::Params;
+use super::json_body::JsonBody;
+use super::params::Params;
 use super::tenant::Tenant;
+use super::text::{check_name, check_text};
 use super::{ApiError, AppState};
 use crate::events::{Filters, Subscription, WebhookError};
 use crate::store::{Delivery, Webhook};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -157,14 +157,14 @@ fn delivery_view(d: &Delivery) -> DeliveryView {
 }
 
 fn objects<T: for<'de> Deserialize<'de>>(
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Vec<T>, ApiError> {
-    let body = body.map_err(|e| ApiError::too_large(e.body_text()))?;
+    let JsonBody(v) = body?;
     #[derive(Deserialize)]
     struct Objects<T> {
         objects: Vec<T>,
     }
-    let o: Objects<T> = serde_json::from_slice(&body).map_err(|e| {
+    let o: Objects<T> = serde_json::from_value(v).map_err(|e| {
         ApiError::validation("objects", format!("expected {{\"objects\": [...]}}: {e}"))
     })?;
     if o.objects.is_empty() || o.objects.len() > 20 {
@@ -213,9 +213,19 @@ async fn list(
 async fn create(
     State(state): State<AppState>,
     Tenant(account): Tenant,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let fields: Vec<WebhookFields> = objects(body)?;
+    for (i, f) in fields.iter().enumerate() {
+        check_name(&f.url)
+            .map_err(|e| ApiError::validation(format!("objects[{i}].url"), format!("url {e}")))?;
+        check_text(&f.description).map_err(|e| {
+            ApiError::validation(
+                format!("objects[{i}].description"),
+                format!("description {e}"),
+            )
+        })?;
+    }
     let mut out = Vec::new();
     for f in fields {
         let w = state
@@ -263,9 +273,17 @@ async fn subscribe(
     State(state): State<AppState>,
     Tenant(account): Tenant,
     Path(uuid): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let fields: Vec<SubscriptionFields> = objects(body)?;
+    // Events, classes and servers are checked against what exists; tags are free-form.
+    for (i, f) in fields.iter().enumerate() {
+        for tag in f.filters.iter().flat_map(|f| &f.tags) {
+            check_name(tag).map_err(|e| {
+                ApiError::validation(format!("objects[{i}].filters.tags"), format!("tag {e}"))
+            })?;
+        }
+    }
     let mut out = Vec::new();
     for f in fields {
         let filters = f.filters.unwrap_or_default();
@@ -300,19 +318,13 @@ async fn deliveries(
     )
 }
 
-#[derive(Debug, Deserialize)]
-struct Do {
-    #[serde(rename = "do")]
-    action: Option<String>,
-}
-
 async fn redeliver(
     State(state): State<AppState>,
     Tenant(account): Tenant,
     Path((uuid, id)): Path<(String, String)>,
-    Query(q): Query<Do>,
+    Params(q): Params,
 ) -> Result<Response, ApiError> {
-    if q.action.as_deref() != Some("redeliver") {
+    if q.get("do").map(String::as_str) != Some("redeliver") {
         return Err(ApiError::validation(
             "do",
             "the only action is ?do=redeliver",
