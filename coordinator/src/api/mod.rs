@@ -26,6 +26,8 @@ pub mod views;
 mod webhooks;
 
 pub use error::ApiError;
+/// The create and edit bodies' parsers: pure, so the fuzz targets (`fuzz/`) call them directly.
+pub use server_json::{parse_create, parse_edit};
 
 use crate::coordinator::Coordinator;
 use crate::tls_accept;
