@@ -8,6 +8,8 @@
 #   fuzz/run.sh                   CI: each target for FUZZ_SECONDS (default 30) seconds
 #   FUZZ_RUNS=10000000 fuzz/run.sh  each target for that many executions (the long run)
 #   fuzz/run.sh metadata_request  one target only
+#   FUZZ_DEV=1 fuzz/run.sh        unoptimized build: compiles in a fraction of the time,
+#                                 runs several times slower (what CI uses for its short run)
 #
 # Inputs that found something are kept in fuzz/artifacts/<target>/ and the run fails;
 # replay one with `cargo fuzz run -s none <target> <file>` in fuzz/. New interesting inputs
@@ -32,8 +34,10 @@ else
     label="$seconds s"
 fi
 
+build=(-s none)
+[ -z "${FUZZ_DEV:-}" ] || build+=(--dev)
 for t in "${targets[@]}"; do
-    cargo fuzz build -s none "$t"
+    cargo fuzz build "${build[@]}" "$t"
 done
 for t in "${targets[@]}"; do
     echo "== fuzz $t ($label)"
@@ -41,11 +45,11 @@ for t in "${targets[@]}"; do
     # -timeout: one input taking over 10 s is a hang; -rss_limit_mb: a memory blow-up.
     log="target/fuzz-$t.log"
     mkdir -p target
-    if ! cargo fuzz run -s none "$t" "corpus/$t" "seeds/$t" -- \
+    if ! cargo fuzz run "${build[@]}" "$t" "corpus/$t" "seeds/$t" -- \
         "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/ (log: fuzz/$log)" >&2
         exit 1
     fi
-    grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb|INFO: seed corpus)' "$log" || true
+    grep -aE '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb|INFO: seed corpus)' "$log" || true
 done
