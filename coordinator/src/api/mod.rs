@@ -36,6 +36,8 @@ mod webhooks;
 
 pub use error::ApiError;
 pub use serve::{Listening, serve_api, serve_management};
+/// The create and edit bodies' parsers: pure, so the fuzz targets (`fuzz/`) call them directly.
+pub use server_json::{parse_create, parse_edit};
 
 use crate::coordinator::Coordinator;
 use axum::Router;
