@@ -19,26 +19,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// And the most it reads.
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// Which deadline passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Header,
-    Body,
-    Idle,
-    /// Writing the response stalled (the client reads nothing).
-    Send,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Header => "header",
-            Phase::Body => "body",
-            Phase::Idle => "idle",
-            Phase::Send => "send",
-        }
-    }
-}
+pub use backfill_shared::listener::Phase;
 
 /// Why no request (or no response) came of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

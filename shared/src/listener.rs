@@ -115,6 +115,30 @@ impl HttpLimitsConfig {
 }
 
 /// Why a connection was refused at accept.
+/// Which of a connection's deadlines passed (a label of the timeout metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A request's head (or a new connection's first request) took too long.
+    Header,
+    /// A request's body took too long.
+    Body,
+    /// No request for the idle timeout.
+    Idle,
+    /// A response could not be written (the client reads nothing) for the body timeout.
+    Send,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Header => "header",
+            Phase::Body => "body",
+            Phase::Idle => "idle",
+            Phase::Send => "send",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// The listener has `max_connections` open.

@@ -79,8 +79,15 @@ fn the_coordinator_and_the_agent_notify_systemd() {
     let mut coord = coord;
     coord.daemon.terminate();
     let log = coord.daemon.log_text();
-    let drained = log.find("API drained").expect("drain logged");
-    let stopped = log.find("coordinator stopped").expect("stop logged");
+    let line = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        log.lines()
+            .position(pred)
+            .unwrap_or_else(|| panic!("no {what} in\n{log}"))
+    };
+    let drained = line("drain of the API", &|l| {
+        l.contains("drained") && l.contains("listener=") && l.contains("api")
+    });
+    let stopped = line("stop", &|l| l.contains("coordinator stopped"));
     assert!(drained < stopped, "{log}");
 }
 

@@ -29,29 +29,7 @@ use tokio::time::{Instant, Sleep};
 /// The most of an unread HTTP/2 request body read and discarded after an early response.
 pub const DRAIN_BYTES: u64 = 16 << 20;
 
-/// Which deadline passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// A request's head (or a new connection's first request) took too long.
-    Header,
-    /// A request's body took too long.
-    Body,
-    /// No request for the idle timeout.
-    Idle,
-    /// A response could not be written (the client reads nothing) for the body timeout.
-    Send,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Header => "header",
-            Phase::Body => "body",
-            Phase::Idle => "idle",
-            Phase::Send => "send",
-        }
-    }
-}
+pub use backfill_shared::listener::Phase;
 
 #[derive(Debug)]
 struct State {
