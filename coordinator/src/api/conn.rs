@@ -39,6 +39,10 @@ struct State {
     idle_since: Instant,
     read_since_idle: Option<Instant>,
     write_stalled_since: Option<Instant>,
+    /// Responses being sent, and when one last moved: HTTP/2 buffers a response the client
+    /// gives no window for without the socket ever stalling, so progress is watched here.
+    responses: usize,
+    response_progress: Instant,
 }
 
 /// Told of every deadline that passes (a metrics counter).
@@ -73,6 +77,8 @@ impl Activity {
                 idle_since: Instant::now(),
                 read_since_idle: None,
                 write_stalled_since: None,
+                responses: 0,
+                response_progress: Instant::now(),
             }),
             changed: Notify::new(),
         })
@@ -101,9 +107,13 @@ impl Activity {
     fn deadline(&self) -> Option<(Instant, Phase)> {
         let l = &self.limits;
         self.update(|s| {
-            let send = s
-                .write_stalled_since
-                .map(|t| (t + l.body_timeout, Phase::Send));
+            let stalled = s.write_stalled_since.map(|t| t + l.body_timeout);
+            let unsent = (s.responses > 0).then(|| s.response_progress + l.body_timeout);
+            let send = match (stalled, unsent) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| (t, Phase::Send));
             let waiting = if s.in_flight > 0 {
                 None
             } else if s.requests == 0 {
@@ -170,6 +180,23 @@ impl Activity {
             } else {
                 ((), false)
             }
+        });
+    }
+
+    /// A response began, or moved (`started`: it began).
+    fn response(&self, started: bool) {
+        self.update(|s| {
+            s.responses += usize::from(started);
+            s.response_progress = Instant::now();
+            ((), started)
+        });
+    }
+
+    /// A response was sent, or given up.
+    fn response_done(&self) {
+        self.update(|s| {
+            s.responses = s.responses.saturating_sub(1);
+            ((), true)
         });
     }
 
@@ -320,19 +347,25 @@ impl Drop for RequestBody {
     }
 }
 
-/// A response body carrying its request's [`InFlight`] guard.
+/// A response body carrying its request's [`InFlight`] guard. While it lives, each frame it
+/// yields is progress; one that makes none for the body timeout (a client that opens no flow
+/// control window) ends the connection.
 #[derive(Debug)]
 pub struct ResponseBody<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl<B> ResponseBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> ResponseBody<B> {
-        ResponseBody {
-            inner,
-            _in_flight: in_flight,
-        }
+        in_flight.activity.response(true);
+        ResponseBody { inner, in_flight }
+    }
+}
+
+impl<B> Drop for ResponseBody<B> {
+    fn drop(&mut self) {
+        self.in_flight.activity.response_done();
     }
 }
 
@@ -344,7 +377,11 @@ impl<B: Body + Unpin> Body for ResponseBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &r {
+            self.in_flight.activity.response(false);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -459,3 +459,28 @@ async fn an_idle_http2_connection_is_sent_away() {
         .expect("the idle HTTP/2 connection stayed open");
     assert_eq!(s.timeouts("idle"), 1);
 }
+
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_is_cut_off() {
+    let s = serve(Kind::Api, SHORT).await;
+    let io = s.connect_alpn(b"h2").await;
+    // A stream window of 0: the server may send headers but no byte of a body.
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = axum::http::Request::get("https://127.0.0.1/api/2.0/capabilities/")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(PATIENCE, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body never moves; the server gives up on it and on the connection.
+    let _ = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("a connection whose response cannot move stayed open");
+    assert_eq!(s.timeouts("send"), 1);
+}
