@@ -55,9 +55,14 @@ stat -c '%a' "$conf" | grep -qx 600 || fail "agent.toml is not 0600"
 for pkg in coordinator agent; do
     rpmf=$(ls "$out"/backfill-"$pkg"-*.rpm)
     echo "== $rpmf"
-    rpm -qlvp "$rpmf" | grep -q "/usr/bin/backfill-$pkg" || fail "$rpmf: no binary"
-    rpm -qcp "$rpmf" | grep -qx "/etc/backfill/$pkg.toml" || fail "$rpmf: config is not %config"
-    rpm -qlp "$rpmf" | grep -qx "/usr/lib/systemd/system/backfill-$pkg.service" || fail "$rpmf: no unit"
-    rpm -qp --scripts "$rpmf" | grep -q "systemctl enable" || fail "$rpmf: scripts do not enable"
+    # rpm's output is taken whole first: with pipefail, `rpm | grep -q` fails whenever grep
+    # stops reading before rpm has written everything (SIGPIPE).
+    files=$(rpm -qlvp "$rpmf")
+    configs=$(rpm -qcp "$rpmf")
+    scripts=$(rpm -qp --scripts "$rpmf")
+    grep -q "/usr/bin/backfill-$pkg" <<<"$files" || fail "$rpmf: no binary"
+    grep -qx "/etc/backfill/$pkg.toml" <<<"$configs" || fail "$rpmf: config is not %config"
+    grep -q " /usr/lib/systemd/system/backfill-$pkg.service$" <<<"$files" || fail "$rpmf: no unit"
+    grep -q "systemctl enable" <<<"$scripts" || fail "$rpmf: scripts do not enable"
 done
 echo "packages ok"
