@@ -5,7 +5,7 @@
 //! JSON gives the same server (nothing is silently lost or changed on the way in).
 #![no_main]
 
-use backfill_coordinator::api::{ApiError, parse_create, parse_edit};
+use backfill_coordinator::api::{ApiError, parse_create_body, parse_edit_body};
 use backfill_coordinator::coordinator::NewServer;
 use backfill_coordinator::flavors::Flavors;
 use backfill_coordinator::store::ServerRecord;
@@ -159,7 +159,7 @@ fn same(a: &NewServer, b: &NewServer) -> bool {
 fn accepted(s: &NewServer) {
     within_bounds(s);
     let body = json!({"objects": [as_json(s)]}).to_string();
-    match parse_create(body.as_bytes(), &FLAVORS) {
+    match parse_create_body(body.as_bytes(), &FLAVORS) {
         Ok(again) => assert!(
             again.len() == 1 && same(&again[0], s),
             "accepting {s:?} again gave {again:?}"
@@ -174,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if mode & 1 == 0 {
-        match parse_create(body, &FLAVORS) {
+        match parse_create_body(body, &FLAVORS) {
             Ok(list) => {
                 assert!((1..=100).contains(&list.len()));
                 list.iter().for_each(accepted);
@@ -182,7 +182,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => refused(&e),
         }
     } else {
-        match parse_edit(&CURRENT, body, &FLAVORS) {
+        match parse_edit_body(&CURRENT, body, &FLAVORS) {
             Ok(s) => accepted(&s),
             Err(e) => refused(&e),
         }

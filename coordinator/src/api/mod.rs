@@ -36,8 +36,24 @@ mod webhooks;
 
 pub use error::ApiError;
 pub use serve::{Listening, serve_api, serve_management};
-/// The create and edit bodies' parsers: pure, so the fuzz targets (`fuzz/`) call them directly.
-pub use server_json::{parse_create, parse_edit};
+
+/// A server create body as the handler reads it: strict JSON (no repeated keys), then the
+/// fields. Pure, so the fuzz targets (`fuzz/`) call it directly.
+pub fn parse_create_body(
+    body: &[u8],
+    flavors: &crate::flavors::Flavors,
+) -> Result<Vec<crate::coordinator::NewServer>, ApiError> {
+    server_json::parse_create(&json_body::parse(body)?, flavors)
+}
+
+/// A server edit body as the handler reads it (see [`parse_create_body`]).
+pub fn parse_edit_body(
+    current: &crate::store::ServerRecord,
+    body: &[u8],
+    flavors: &crate::flavors::Flavors,
+) -> Result<crate::coordinator::NewServer, ApiError> {
+    server_json::parse_edit(current, &json_body::parse(body)?, flavors)
+}
 
 use crate::coordinator::Coordinator;
 use axum::Router;
