@@ -213,6 +213,11 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     }
 }
 
+/// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
+fn drivers(_cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
+    driver::DriverSet::new().with(Arc::new(driver::ExecDriver))
+}
+
 async fn run(
     cfg: AgentConfig,
     host_id: HostId,
@@ -228,8 +233,10 @@ async fn run(
     let gpus = Arc::new(GpuMonitor::start(discovery::gpu_backend(
         cfg.inventory_file.as_deref(),
     )?)?);
+    let drivers = drivers(&cfg, run_as);
     let mut inventory = discovery::discover(&NoGpus)?;
     inventory.gpus = gpus.current().devices.clone();
+    inventory.drivers = drivers.inventory();
     tracing::info!(
         host = %host_id,
         cpus = inventory.cpus,
@@ -237,6 +244,7 @@ async fn run(
         mem = inventory.mem_bytes,
         gpus = inventory.gpus.len(),
         gpu_backend = gpus.backend_name(),
+        drivers = ?inventory.drivers.kinds(),
         "discovered"
     );
     std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::Io {
@@ -261,6 +269,7 @@ async fn run(
     .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
     .with_cgroup_error_counter(metrics.cgroup_errors.clone())
     .with_gpus(gpus.clone())
+    .with_drivers(drivers)
     .with_cpu_policy(crate::cgroups::CpuPolicy {
         mhz_per_core: inventory.cpu_mhz_per_cpu,
         period_us: crate::cgroups::DEFAULT_CPU_PERIOD_US,

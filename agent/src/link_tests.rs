@@ -79,6 +79,7 @@ async fn heartbeats_keep_the_link_until_they_stop() {
             let state = CoordinatorMessage::DesiredState(DesiredState {
                 generation: 1,
                 servers: Vec::new(),
+                keep: Vec::new(),
             });
             sink.send(protocol::encode(&state).unwrap()).await.unwrap();
             tokio::time::sleep(Duration::from_secs(10)).await;

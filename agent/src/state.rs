@@ -4,7 +4,7 @@
 
 use crate::driver::ProcessIdentity;
 use crate::network::GuestNet;
-use backfill_shared::{GuestProfile, PerfFactor, Resources, ServerId, Termination};
+use backfill_shared::{DriverKind, GuestProfile, PerfFactor, Resources, ServerId, Termination};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,13 @@ pub struct PersistedServer {
     pub network: Option<GuestNet>,
     #[serde(default)]
     pub acknowledged: bool,
+    /// The driver that runs it (state files of earlier agents: `exec`).
+    #[serde(default = "exec")]
+    pub driver: DriverKind,
+}
+
+fn exec() -> DriverKind {
+    DriverKind::Exec
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -150,6 +157,7 @@ mod tests {
             guest: None,
             network: None,
             acknowledged: false,
+            driver: DriverKind::Vm,
         };
         f.save(std::slice::from_ref(&s)).unwrap();
         assert_eq!(f.load().unwrap(), vec![s]);

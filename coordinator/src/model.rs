@@ -268,6 +268,7 @@ impl Model {
                     gpus: s.gpus.clone(),
                 })
                 .collect(),
+            keep: Vec::new(),
         }
     }
 }

@@ -52,6 +52,7 @@ fn link() {
                 141 << 30,
                 "0000:1a:00.0",
             )],
+            drivers: backfill_shared::Drivers::exec_only(),
         },
         enforcing: true,
     });
@@ -152,6 +153,7 @@ fn link() {
             shutdown: Some(1_700_000_300),
             gpus: vec!["GPU-5d3a".into()],
         }],
+        keep: Vec::new(),
     });
     let refused = CoordinatorMessage::Refused {
         reason: "certificate is for h1, Hello says h2".into(),

@@ -231,6 +231,10 @@ pub struct HostInventory {
     pub cpu_mhz_per_cpu: u64,
     pub mem_bytes: u64,
     pub gpus: Vec<GpuDevice>,
+    /// The drivers this host's agent can run workloads with (older agents and stored rows
+    /// that do not say: `exec` only).
+    #[serde(default = "crate::workload::Drivers::exec_only")]
+    pub drivers: crate::workload::Drivers,
 }
 
 impl HostInventory {
@@ -250,30 +254,6 @@ impl HostInventory {
 pub struct Termination {
     pub scheduled_at: i64,
     pub terminate_at: i64,
-}
-
-/// What a server runs with the `exec` driver.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Workload {
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub network: NetworkMode,
-}
-
-/// Where a workload's network lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// The host's network namespace (the guest cannot be told apart by address, so it has no
-    /// metadata service of its own except through a signing proxy).
-    #[default]
-    Host,
-    /// Its own network namespace with a veth pair, an address from the host's pool and a route
-    /// to the metadata service.
-    Isolated,
 }
 
 /// Who a server is, as its guest sees it through the metadata service.
@@ -414,6 +394,7 @@ mod tests {
             cpu_mhz_per_cpu: 2500,
             mem_bytes: 8 << 30,
             gpus: vec![],
+            drivers: crate::Drivers::exec_only(),
         };
         assert_eq!(
             inv.capacity(),

@@ -11,7 +11,12 @@ pub mod notify;
 pub mod pki;
 pub mod protocol;
 pub mod tls;
+pub mod workload;
 
 pub use clock::{Clock, SystemClock};
 pub use domain::*;
 pub use ids::{HostId, IdError, ServerId};
+pub use workload::{
+    ContainerDriver, ContainerWorkload, DriverKind, Drivers, NetworkMode, VmDriver, VmImage,
+    VmWorkload, Workload, WorkloadError,
+};

@@ -8,14 +8,16 @@
 //!   may be lost or repeated, and applying the same state twice changes nothing.
 
 use crate::domain::{
-    GuestNetwork, GuestProfile, HostInventory, PerfFactor, Resources, Termination, Workload,
+    GuestNetwork, GuestProfile, HostInventory, PerfFactor, Resources, Termination,
 };
 use crate::ids::{HostId, ServerId};
+use crate::workload::Workload;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: workload kinds (`vm`, `container`) and the drivers an agent has, in its inventory.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -167,6 +169,10 @@ pub struct Ack {
 pub struct DesiredState {
     pub generation: u64,
     pub servers: Vec<DesiredServer>,
+    /// Servers not running here whose disks this host keeps (stopped, not deleted, last ran
+    /// here): a VM's disk overlay survives stop and start. Whatever a driver keeps for a
+    /// server neither in `servers` nor here may be removed.
+    pub keep: Vec<ServerId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,7 +211,7 @@ mod tests {
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello(Hello {
-            protocol_version: 3,
+            protocol_version: 4,
             host_id: "h1".parse().unwrap(),
             agent_version: "0.1.0".into(),
             inventory: HostInventory {
@@ -214,6 +220,7 @@ mod tests {
                 cpu_mhz_per_cpu: 2000,
                 mem_bytes: 1 << 30,
                 gpus: vec![GpuDevice::whole(0, "GPU-1", "T4", 16, "0:1")],
+                drivers: crate::Drivers::exec_only(),
             },
             enforcing: true,
         })
@@ -224,7 +231,7 @@ mod tests {
         let bytes = encode(&hello()).unwrap();
         let golden: &[u8] = &[
             0x00, // AgentMessage::Hello
-            0x03, // protocol_version
+            0x04, // protocol_version
             0x02, b'h', b'1', // host_id
             0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
             0x02, b'h', b'1', // hostname
@@ -235,6 +242,7 @@ mod tests {
             0x00, 0x05, b'G', b'P', b'U', b'-', b'1', 0x02, b'T', b'4', 0x10, 0x03, b'0', b':',
             b'1', // index, uuid, name, memory, PCI bus id
             0x00, 0x00, 0x01, 0x00, // not MIG, no compute capability, healthy, no reason
+            0x01, 0x00, 0x00, // drivers: exec, no vm, no container
             0x01, // enforcing
         ];
         assert_eq!(&bytes[..], golden);
@@ -270,6 +278,7 @@ mod tests {
                 shutdown: None,
                 gpus: vec!["GPU-1".into()],
             }],
+            keep: vec![ServerId::from_u128(2)],
         });
         let bytes = encode(&ds).unwrap();
         let mut golden = vec![0x01, 0xac, 0x02, 0x01, 36];
@@ -284,6 +293,8 @@ mod tests {
         golden.extend_from_slice(&[0x00, 0x00]);
         golden.push(0x00); // no shutdown
         golden.extend_from_slice(&[0x01, 0x05, b'G', b'P', b'U', b'-', b'1']); // its GPU
+        golden.extend_from_slice(&[0x01, 36]); // one kept disk
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000002");
         assert_eq!(&bytes[..], &golden[..]);
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();

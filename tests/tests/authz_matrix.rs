@@ -192,6 +192,7 @@ async fn link_hello(link: &str, ca: &std::path::Path, files: Option<&TlsFiles>, 
             cpu_mhz_per_cpu: 1000,
             mem_bytes: 1 << 30,
             gpus: vec![],
+            drivers: backfill_shared::Drivers::exec_only(),
         },
         enforcing: false,
     });

@@ -33,6 +33,7 @@ fn hello(version: u32, host: &str) -> AgentMessage {
             cpu_mhz_per_cpu: 1000,
             mem_bytes: 1 << 30,
             gpus: vec![],
+            drivers: backfill_shared::Drivers::exec_only(),
         },
         enforcing: false,
     })

@@ -346,6 +346,10 @@ impl FsCgroups {
 }
 
 impl CgroupManager for FsCgroups {
+    fn relative_path(&self, id: &ServerId) -> Option<String> {
+        Some(format!("/{}/{id}", self.parent.trim_matches('/')))
+    }
+
     fn remove_parent(&self) -> Result<(), CgroupError> {
         FsCgroups::remove_parent(self)
     }

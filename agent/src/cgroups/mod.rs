@@ -356,6 +356,11 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// cgroup (one per v1 controller hierarchy, one for v2). The driver writes them in the child
     /// between fork and exec, so the workload never runs unlimited. Empty when not enforcing.
     fn join_files(&self, id: &ServerId) -> Result<Vec<PathBuf>, CgroupError>;
+    /// The server's cgroup path below each hierarchy's root (`/<parent>/<uuid>`), as OCI
+    /// runtimes take it (`linux.cgroupsPath`). `None` when not enforcing.
+    fn relative_path(&self, _id: &ServerId) -> Option<String> {
+        None
+    }
     /// PIDs in the cgroup (empty if it does not exist).
     fn procs(&self, id: &ServerId) -> Result<Vec<u32>, CgroupError>;
     /// CPU time used (usec) and memory used (bytes), zero where unknown.

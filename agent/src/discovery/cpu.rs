@@ -42,6 +42,7 @@ pub fn discover(gpus: &dyn GpuBackend) -> Result<HostInventory, DiscoveryError> 
         cpu_mhz_per_cpu,
         mem_bytes,
         gpus: gpus.devices()?,
+        drivers: backfill_shared::Drivers::exec_only(),
     })
 }
 

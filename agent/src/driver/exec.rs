@@ -101,6 +101,55 @@ impl Yielding {
     }
 }
 
+/// The `exec` driver: the workload's command as a process on the host, as `run_as`, with
+/// its class's [`Yielding`].
+#[derive(Debug, Default)]
+pub struct ExecDriver;
+
+impl super::Driver for ExecDriver {
+    fn kind(&self) -> backfill_shared::DriverKind {
+        backfill_shared::DriverKind::Exec
+    }
+
+    fn launch(&self, l: &super::Launch<'_>) -> Result<super::Launched, DriverError> {
+        let netns = l.network.map(crate::network::GuestNet::netns_path);
+        let mut child = spawn(&ExecSpec {
+            server: l.server,
+            command: &l.workload.command,
+            env: l.env,
+            join_files: l.join_files,
+            run_as: l.run_as,
+            log_file: l.log_file,
+            netns: netns.as_deref(),
+            yielding: Yielding::for_class(l.class),
+        })?;
+        match super::ProcessIdentity::of(child.id()) {
+            Some(process) => Ok(super::Launched {
+                process,
+                child: Some(child),
+            }),
+            None => {
+                // It exited at once; reap it and say how.
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(DriverError::Failed(format!(
+                    "exited immediately ({status}); see {}",
+                    l.log_file.display()
+                )))
+            }
+        }
+    }
+
+    fn request_shutdown(&self, _server: &ServerId, process: &super::ProcessIdentity) {
+        if super::alive(process) {
+            super::terminate_group(process.pid);
+        }
+    }
+
+    fn report(&self, into: &mut backfill_shared::Drivers) {
+        into.exec = true;
+    }
+}
+
 /// Starts the workload; returns the child (its pid leads its own session and process group).
 pub fn spawn(spec: &ExecSpec<'_>) -> Result<Child, DriverError> {
     let program = spec.command.first().ok_or(DriverError::EmptyCommand)?;

@@ -37,6 +37,7 @@ impl Supervisor {
                     network,
                     acknowledged: p.acknowledged,
                     shutdown: None,
+                    driver: p.driver,
                 },
             );
         }

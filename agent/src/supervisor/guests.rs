@@ -99,7 +99,7 @@ impl Supervisor {
             .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
             .filter_map(|(id, e)| {
                 let g = e.guest.as_ref()?;
-                let limits = self.limits(&e.resources, e.perf_factor, e.guest.as_ref());
+                let limits = self.entry_limits(e);
                 Some(GuestInfo {
                     server: *id,
                     name: g.name.clone(),

@@ -11,7 +11,7 @@ impl Supervisor {
             if !matches!(e.run, Run::Running { .. }) || e.perf_factor.mem >= 1.0 {
                 continue;
             }
-            let want = self.limits(&e.resources, e.perf_factor, e.guest.as_ref());
+            let want = self.entry_limits(e);
             let Some(target) = want.mem_limit_bytes else {
                 continue;
             };

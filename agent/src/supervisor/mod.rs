@@ -3,7 +3,7 @@
 
 use crate::cgroups::{CgroupLimits, CgroupManager, CpuPolicy, limits_for};
 use crate::discovery::GpuMonitor;
-use crate::driver::{self, ExecSpec, ProcessIdentity, RunAs};
+use crate::driver::{self, DriverSet, MemoryControl, ProcessIdentity, RunAs};
 use crate::metadata::MetadataStore;
 use crate::network::{GuestNet, GuestNetworks, NoNetworks};
 use crate::state::{PersistedServer, StateError, StateFile};
@@ -11,7 +11,7 @@ use backfill_shared::protocol::{
     DesiredServer, DesiredState, ObservedServer, Report, WorkloadState,
 };
 use backfill_shared::{
-    Clock, GuestNetwork, GuestProfile, NetworkMode, PerfFactor, Resources, ServerId, Termination,
+    Clock, DriverKind, GuestNetwork, GuestProfile, PerfFactor, Resources, ServerId, Termination,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +48,8 @@ struct Entry {
     acknowledged: bool,
     /// A graceful shutdown: SIGTERM once a second until then.
     shutdown: Option<i64>,
+    /// The driver that runs it.
+    driver: DriverKind,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,8 @@ pub struct Supervisor {
     said: gpus::SaidOnce,
     /// How what a server was sold becomes CPU limits here.
     cpu: CpuPolicy,
+    /// How workloads run here.
+    drivers: DriverSet,
 }
 
 impl Supervisor {
@@ -100,7 +104,14 @@ impl Supervisor {
             proc_devices: PathBuf::from("/proc/devices"),
             said: Default::default(),
             cpu: CpuPolicy::default(),
+            drivers: DriverSet::new().with(Arc::new(driver::ExecDriver)),
         }
+    }
+
+    /// The drivers this host runs workloads with (by default: `exec` only).
+    pub fn with_drivers(mut self, drivers: DriverSet) -> Supervisor {
+        self.drivers = drivers;
+        self
     }
 
     /// Quotas by the MHz sold on this host (its MHz per core), and whether normal servers
@@ -111,15 +122,58 @@ impl Supervisor {
     }
 
     /// The limits a server gets here. A server whose class is unknown (adopted from a state
-    /// file that does not say) is treated as backfill: it yields rather than competes.
+    /// file that does not say) is treated as backfill: it yields rather than competes. A
+    /// driver that squeezes memory itself (a VM's balloon) keeps its cgroup at the full size
+    /// plus its overhead.
     fn limits(
         &self,
         resources: &Resources,
         perf: PerfFactor,
         guest: Option<&backfill_shared::GuestProfile>,
+        kind: DriverKind,
     ) -> CgroupLimits {
         let class = guest.map_or(backfill_shared::ServerClass::Backfill, |g| g.class);
-        limits_for(resources, perf, class, &self.cpu)
+        match self.memory_control(kind) {
+            MemoryControl::Cgroup => limits_for(resources, perf, class, &self.cpu),
+            MemoryControl::Driver { overhead_bytes } => {
+                let whole = PerfFactor { mem: 1.0, ..perf };
+                let mut l = limits_for(resources, whole, class, &self.cpu);
+                l.mem_limit_bytes = l.mem_limit_bytes.map(|m| m.saturating_add(overhead_bytes));
+                l.mem_high_bytes = None;
+                l
+            }
+        }
+    }
+
+    fn entry_limits(&self, e: &Entry) -> CgroupLimits {
+        self.limits(&e.resources, e.perf_factor, e.guest.as_ref(), e.driver)
+    }
+
+    fn memory_control(&self, kind: DriverKind) -> MemoryControl {
+        self.drivers
+            .get(kind)
+            .map_or(MemoryControl::Cgroup, |d| d.memory_control())
+    }
+
+    /// Gives a driver that squeezes memory itself (a VM's balloon) the server's memory at
+    /// `perf`.
+    fn resize_guest_memory(
+        &self,
+        id: &ServerId,
+        kind: DriverKind,
+        resources: &Resources,
+        perf: PerfFactor,
+    ) {
+        let Some(d) = self.drivers.get(kind) else {
+            return;
+        };
+        if d.memory_control() == MemoryControl::Cgroup {
+            return;
+        }
+        let bytes = backfill_shared::domain::scale(resources.mem_bytes, perf.clamped().mem);
+        if let Err(err) = d.resize_memory(id, bytes) {
+            tracing::warn!(server = %id, bytes, error = %err, "cannot resize the guest's memory");
+        }
     }
 
     /// Reports the GPUs `monitor` last saw, and gives workloads only the GPUs their servers
@@ -143,11 +197,7 @@ impl Supervisor {
         self.entries
             .iter()
             .map(|(id, e)| match e.run {
-                Run::Running { .. } => (
-                    *id,
-                    "running",
-                    Some(self.limits(&e.resources, e.perf_factor, e.guest.as_ref())),
-                ),
+                Run::Running { .. } => (*id, "running", Some(self.entry_limits(e))),
                 Run::Exited { .. } => (*id, "exited", None),
                 Run::Failed { .. } => (*id, "failed", None),
             })
@@ -204,13 +254,16 @@ impl Supervisor {
                     }
                     e.shutdown = d.shutdown;
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
-                        let limits =
-                            limits_for(&d.resources, d.perf_factor, d.guest.class, &self.cpu);
+                        let kind = e.driver;
+                        let limits = self.limits(&d.resources, d.perf_factor, Some(&d.guest), kind);
                         match self.cgroups.set_limits(&id, &limits) {
                             Ok(()) => {
                                 tracing::info!(server = %id, cpu = d.perf_factor.cpu, mem = d.perf_factor.mem, "limits changed");
-                                e.perf_factor = d.perf_factor;
-                                e.resources = d.resources;
+                                if let Some(e) = self.entries.get_mut(&id) {
+                                    e.perf_factor = d.perf_factor;
+                                    e.resources = d.resources;
+                                }
+                                self.resize_guest_memory(&id, kind, &d.resources, d.perf_factor);
                             }
                             Err(err) => {
                                 self.cgroup_errors.inc();
@@ -223,125 +276,19 @@ impl Supervisor {
                 Some(_) => {}
             }
         }
+        // What drivers keep between runs (VM disks) stays for these servers only.
+        let keep: Vec<ServerId> = desired
+            .servers
+            .iter()
+            .map(|d| d.server)
+            .chain(desired.keep.iter().copied())
+            .collect();
+        for d in self.drivers.all() {
+            d.sweep(&keep);
+        }
         self.applied_generation = self.applied_generation.max(desired.generation);
         self.persist();
         self.publish();
-    }
-
-    fn start(&mut self, d: &DesiredServer) {
-        let id = d.server;
-        let failed = |reason: String| Entry {
-            resources: d.resources,
-            perf_factor: d.perf_factor,
-            incarnation: d.incarnation,
-            termination: d.termination,
-            run: Run::Failed { reason },
-            guest: Some(d.guest.clone()),
-            network: None,
-            acknowledged: false,
-            shutdown: d.shutdown,
-        };
-        match self.try_start(d) {
-            Ok((process, child, network)) => {
-                tracing::info!(server = %id, pid = process.pid, "workload started");
-                let run = Run::Running {
-                    process,
-                    child: Some(child),
-                    started_at: self.clock.now(),
-                };
-                let entry = Entry {
-                    run,
-                    network,
-                    ..failed(String::new())
-                };
-                self.entries.insert(id, entry);
-                // A workload the state file does not know would be lost to a restarted agent.
-                if let Err(e) = self.save() {
-                    tracing::error!(server = %id, error = %e, "cannot record the workload; stopping it");
-                    self.stop(&id);
-                    let entry = Entry {
-                        shutdown: None,
-                        ..failed(format!("cannot record the workload: {e}"))
-                    };
-                    self.entries.insert(id, entry);
-                }
-            }
-            Err(reason) => {
-                tracing::warn!(server = %id, %reason, "workload did not start");
-                self.cleanup(&id);
-                self.entries.insert(id, failed(reason));
-            }
-        }
-    }
-
-    fn try_start(
-        &self,
-        d: &DesiredServer,
-    ) -> Result<(ProcessIdentity, Child, Option<GuestNet>), String> {
-        let id = d.server;
-        let scan = self.gpu_scan();
-        let gpus = gpus::resolve(&d.gpus, &scan)?;
-        let limits = self.limits(&d.resources, d.perf_factor, Some(&d.guest));
-        self.cgroups.create(&id, &limits).map_err(|e| {
-            self.cgroup_errors.inc();
-            e.to_string()
-        })?;
-        if !scan.devices.is_empty() {
-            self.isolate_gpus(&id, &gpus)?;
-        }
-        let join = self.cgroups.join_files(&id).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.log_dir)
-            .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
-        let empty = BTreeMap::new();
-        let (command, env) = match &d.workload {
-            Some(w) => (&w.command, &w.env),
-            None => (&self.default_command, &empty),
-        };
-        let env = &gpu_env(env, &gpus.uuids);
-        let log_file = self.log_dir.join(format!("{id}.log"));
-        let isolated = d
-            .workload
-            .as_ref()
-            .is_some_and(|w| w.network == NetworkMode::Isolated);
-        let network = if isolated {
-            Some(self.make_network(&id).map_err(|e| e.to_string())?)
-        } else {
-            None
-        };
-        let netns = network.as_ref().map(GuestNet::netns_path);
-        let spawned = driver::spawn(&ExecSpec {
-            server: id,
-            command,
-            env,
-            join_files: &join,
-            run_as: self.run_as,
-            log_file: &log_file,
-            netns: netns.as_deref(),
-            yielding: driver::Yielding::for_class(d.guest.class),
-        });
-        let mut child = match spawned {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(n) = &network {
-                    self.networks.destroy(n);
-                }
-                return Err(e.to_string());
-            }
-        };
-        match ProcessIdentity::of(child.id()) {
-            Some(p) => Ok((p, child, network)),
-            None => {
-                if let Some(n) = &network {
-                    self.networks.destroy(n);
-                }
-                // It exited at once; reap it and say how.
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-                Err(format!(
-                    "exited immediately ({status}); see {}",
-                    log_file.display()
-                ))
-            }
-        }
     }
 
     fn stop(&mut self, id: &ServerId) {
@@ -355,6 +302,9 @@ impl Supervisor {
             tracing::info!(server = %id, "workload stopped");
         }
         self.cleanup(id);
+        if let Some(e) = &entry {
+            self.release_driver(id, e.driver);
+        }
         if let Some(n) = entry.and_then(|e| e.network) {
             self.networks.destroy(&n);
         }
@@ -401,18 +351,21 @@ impl Supervisor {
         for id in &ended {
             self.cleanup(id);
             self.release_network(id);
+            if let Some(kind) = self.entries.get(id).map(|e| e.driver) {
+                self.release_driver(id, kind);
+            }
         }
         let broken = self.heal_networks();
         self.reclaim_memory();
         // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
         // power-button events are repeated); the workload decides.
         let now = self.clock.now();
-        for e in self.entries.values() {
-            if let (Run::Running { process, child, .. }, Some(until)) = (&e.run, e.shutdown)
+        for (id, e) in &self.entries {
+            if let (Run::Running { process, .. }, Some(until)) = (&e.run, e.shutdown)
                 && now < until
-                && (child.is_some() || driver::alive(process))
+                && let Some(d) = self.drivers.get(e.driver)
             {
-                driver::terminate_group(process.pid);
+                d.request_shutdown(id, process);
             }
         }
         // Scheduled terminations that are due, whether or not the coordinator is reachable.
@@ -432,6 +385,7 @@ impl Supervisor {
                 stop_process(process, child.as_mut());
             }
             self.cleanup(id);
+            self.release_driver(id, e.driver);
             if let Some(n) = e.network.take() {
                 self.networks.destroy(&n);
             }
@@ -467,12 +421,21 @@ impl Supervisor {
                     ),
                 };
                 let running = matches!(e.run, Run::Running { .. });
-                let limits = if running {
+                let mut limits = if running {
                     self.cgroups.read_limits(id).ok()
                 } else {
                     None
                 }
-                .unwrap_or_else(|| self.limits(&e.resources, e.perf_factor, e.guest.as_ref()));
+                .unwrap_or_else(|| self.entry_limits(e));
+                // A balloon's size is what the guest has, whatever its cgroup allows.
+                if running
+                    && let Some(bytes) = self
+                        .drivers
+                        .get(e.driver)
+                        .and_then(|d| d.memory_in_force(id))
+                {
+                    limits.mem_limit_bytes = Some(bytes);
+                }
                 ObservedServer {
                     network: e.network.as_ref().map(|n| GuestNetwork {
                         address: n.address.into(),
@@ -537,6 +500,7 @@ impl Supervisor {
                     guest: e.guest.clone(),
                     network: e.network.clone(),
                     acknowledged: e.acknowledged,
+                    driver: e.driver,
                 }),
                 _ => None,
             })
@@ -566,6 +530,7 @@ mod gpus;
 mod guests;
 mod memory;
 mod process;
+mod start;
 
 pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};
 use process::{host_usage, stop_process};

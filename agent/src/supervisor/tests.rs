@@ -24,6 +24,7 @@ fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
                     command: vec!["sleep".into(), "30".into()],
                     env: Default::default(),
                     network: Default::default(),
+                    ..Default::default()
                 }),
                 incarnation: 1,
                 termination: None,
@@ -32,6 +33,7 @@ fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
                 gpus: Vec::new(),
             })
             .collect(),
+        keep: Vec::new(),
     }
 }
 
@@ -146,6 +148,7 @@ fn a_workload_the_oom_killer_ended_is_reported_as_such() {
         command: vec!["sh".into(), "-c".into(), "sleep 0.2; kill -9 $$".into()],
         env: Default::default(),
         network: Default::default(),
+        ..Default::default()
     });
     s.apply(&d);
     cg.set_oom_kills(&id, 1);
@@ -201,11 +204,13 @@ fn exits_and_failures_are_reported() {
         command: vec!["sh".into(), "-c".into(), "sleep 0.2; exit 3".into()],
         env: Default::default(),
         network: Default::default(),
+        ..Default::default()
     });
     d.servers[1].workload = Some(Workload {
         command: vec!["/no/such/program".into()],
         env: Default::default(),
         network: Default::default(),
+        ..Default::default()
     });
     s.apply(&d);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -310,7 +315,7 @@ fn an_isolated_server_without_networking_fails_and_says_why() {
     let id = ServerId::from_u128(6);
     let mut d = desired(1, &[(id, 1.0)]);
     if let Some(w) = d.servers[0].workload.as_mut() {
-        w.network = backfill_shared::NetworkMode::Isolated;
+        w.network = Some(backfill_shared::NetworkMode::Isolated);
     }
     s.apply(&d);
     match &s.report().servers[0].state {
@@ -324,7 +329,7 @@ fn an_isolated_server_without_networking_fails_and_says_why() {
 fn isolated(generation: u64, id: ServerId) -> DesiredState {
     let mut d = desired(generation, &[(id, 1.0)]);
     if let Some(w) = d.servers[0].workload.as_mut() {
-        w.network = backfill_shared::NetworkMode::Isolated;
+        w.network = Some(backfill_shared::NetworkMode::Isolated);
     }
     d
 }
@@ -599,6 +604,7 @@ fn show_gpus() -> Workload {
         ]
         .into(),
         network: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -19,8 +19,6 @@ const MAX_META: usize = 100;
 const MAX_META_KEY: usize = 64;
 const MAX_META_VALUE: usize = 4096;
 const MAX_TAGS: usize = 100;
-const MAX_ARGS: usize = 256;
-const MAX_ARG: usize = 4096;
 
 /// The fields a create request may carry.
 pub(crate) const FIELDS: &[&str] = &[
@@ -363,33 +361,11 @@ fn parse_workload(v: Option<&Value>) -> Result<Option<Workload>, String> {
         Some(v) => v,
     };
     let w: Workload = serde_json::from_value(v.clone()).map_err(|e| {
-        format!("workload must be {{\"command\": [\"prog\", \"arg\", ...], \"env\": {{...}}}}: {e}")
+        format!(
+            "workload must be {{\"command\": [...]}}, {{\"vm\": {{\"image\": ...}}}} or {{\"container\": {{\"image\": ...}}}}, with optional \"env\" and \"network\": {e}"
+        )
     })?;
-    if w.command.is_empty() || w.command.len() > MAX_ARGS {
-        return Err(format!("workload.command needs 1 to {MAX_ARGS} strings"));
-    }
-    if w.command
-        .iter()
-        .any(|a| a.len() > MAX_ARG || a.contains('\0'))
-    {
-        return Err("workload.command strings are at most 4096 bytes, without NUL".into());
-    }
-    if w.command[0].is_empty() {
-        return Err("workload.command[0] must name a program".into());
-    }
-    if w.env.len() > MAX_ARGS
-        || w.env.iter().any(|(k, v)| {
-            k.is_empty()
-                || k.contains('=')
-                || k.contains('\0')
-                || v.contains('\0')
-                || v.len() > MAX_ARG
-        })
-    {
-        return Err(format!(
-            "workload.env: at most {MAX_ARGS} variables, names without '=' or NUL, values without NUL"
-        ));
-    }
+    w.validate().map_err(|e| e.0)?;
     Ok(Some(w))
 }
 

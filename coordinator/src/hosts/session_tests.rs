@@ -48,6 +48,7 @@ pub(crate) fn hello(host: &str) -> Hello {
             cpu_mhz_per_cpu: 1000,
             mem_bytes: 8 << 30,
             gpus: vec![],
+            drivers: backfill_shared::Drivers::exec_only(),
         },
         enforcing: true,
     }

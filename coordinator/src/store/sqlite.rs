@@ -465,6 +465,7 @@ mod tests {
                 cpu_mhz_per_cpu: 2000,
                 mem_bytes: 1 << 30,
                 gpus: vec![],
+                drivers: backfill_shared::Drivers::exec_only(),
             },
             enforcing: true,
             generation: 3,
