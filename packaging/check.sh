@@ -51,6 +51,12 @@ for pkg in coordinator agent; do
     lintian --fail-on error --suppress-tags statically-linked-binary "$deb"
 done
 stat -c '%a' "$conf" | grep -qx 600 || fail "agent.toml is not 0600"
+# The agent's drivers: QEMU and an OCI runtime are recommended, not required.
+agent_deb=$(ls "$out"/backfill-agent_*.deb)
+recommends=$(dpkg-deb -f "$agent_deb" Recommends)
+for want in qemu-system-x86 "runc | crun"; do
+    grep -qF "$want" <<<"$recommends" || fail "$agent_deb: does not recommend $want"
+done
 
 for pkg in coordinator agent; do
     rpmf=$(ls "$out"/backfill-"$pkg"-*.rpm)
@@ -64,5 +70,9 @@ for pkg in coordinator agent; do
     grep -qx "/etc/backfill/$pkg.toml" <<<"$configs" || fail "$rpmf: config is not %config"
     grep -q " /usr/lib/systemd/system/backfill-$pkg.service$" <<<"$files" || fail "$rpmf: no unit"
     grep -q "systemctl enable" <<<"$scripts" || fail "$rpmf: scripts do not enable"
+done
+weak=$(rpm -qp --recommends "$(ls "$out"/backfill-agent-*.rpm)")
+for want in qemu-kvm runc; do
+    grep -q "^$want" <<<"$weak" || fail "agent rpm: does not recommend $want"
 done
 echo "packages ok"

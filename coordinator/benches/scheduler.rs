@@ -27,6 +27,7 @@ fn fleet(hosts: usize) -> (Cluster, u128) {
             gpus: Vec::new(),
             schedulable: true,
             reserved: None,
+            drivers: backfill_shared::Drivers::exec_only(),
         });
     }
     let mut n: u128 = 1;
@@ -63,6 +64,8 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem: u64) -> ServerSpec {
         priority: 0,
         created_at: 0,
         owner: String::new(),
+        needs: Default::default(),
+        prefer: None,
     }
 }
 

@@ -257,6 +257,9 @@ impl Coordinator {
             }
         }
         crate::accounts::check_create(&model, owner, &new)?;
+        for n in &new {
+            check_runnable(&model, n.workload.as_ref())?;
+        }
         let records: Vec<ServerRecord> = new
             .into_iter()
             .map(|n| ServerRecord {
@@ -292,6 +295,7 @@ impl Coordinator {
                 gpu_request: n.gpu_request,
                 gpus: Vec::new(),
                 instance_type: String::new(),
+                last_host: None,
             })
             .collect();
         let mut arqs = Vec::new();
@@ -382,6 +386,9 @@ impl Coordinator {
         let idle = current.status == ServerStatus::Stopped;
         if idle {
             crate::accounts::check_size(owner, edit.cpu, edit.mem)?;
+            if edit.workload != current.workload {
+                check_runnable(&model, edit.workload.as_ref())?;
+            }
             next.cpu = edit.cpu;
             next.smp = edit.smp;
             next.mem = edit.mem;
@@ -418,9 +425,19 @@ impl Coordinator {
             .into_iter()
             .map(|a| a.uuid)
             .collect();
+        let kept_on = current
+            .last_host
+            .clone()
+            .filter(|h| model.kept.get(h).is_some_and(|k| k.contains(&id)));
         self.store.delete_arqs(&arqs).await?;
         self.store.delete_server(&id).await?;
         model.remove_server(id);
+        // The host that kept its disk hears that it may go.
+        if let Some(host) = kept_on
+            && let Err(e) = self.commit(&mut model, Vec::new(), std::slice::from_ref(&host)).await
+        {
+            tracing::warn!(server = %id, host = %host, error = %e, "the server is deleted; its host keeps its disk until its next desired state");
+        }
         Ok(())
     }
 
@@ -443,6 +460,9 @@ impl Coordinator {
         let mut usage = Vec::new();
         let mut events = Vec::new();
         for s in &mut servers {
+            if s.host.is_some() {
+                s.last_host.clone_from(&s.host);
+            }
             let old = model.servers.get(&s.uuid);
             events.extend(crate::events::derive(old, s, now));
             let perf_now = model
@@ -511,4 +531,20 @@ pub(crate) fn visible<'m>(
         .get(&id)
         .filter(|s| s.owner == owner.name && scope.sees(s.class))
         .ok_or(OpError::NotFound(id))
+}
+
+/// A workload of a kind (or VM image) that no host of the fleet has is refused up front,
+/// naming what the fleet runs. Before any host has connected, nothing is refused here.
+fn check_runnable(model: &Model, workload: Option<&Workload>) -> Result<(), OpError> {
+    let needs = backfill_shared::workload::Needs::of(workload);
+    match model.cluster.some_host_provides(&needs) {
+        Some(false) => Err(OpError::Invalid {
+            field: "workload",
+            message: format!(
+                "no host of this fleet can run a {needs} workload; it runs: {}",
+                model.cluster.driver_kinds()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }

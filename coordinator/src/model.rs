@@ -88,6 +88,16 @@ pub struct Model {
     pub auto_mode: bool,
     /// Capacity samples and preemption timeline for the dashboard.
     pub history: crate::history::History,
+    /// Stopped VMs by the host they last ran on: their disks stay there.
+    pub kept: BTreeMap<HostId, std::collections::BTreeSet<ServerId>>,
+}
+
+/// Whether a server's host keeps something of it while it is stopped (a VM's disk overlay).
+fn keeps_disk(s: &ServerRecord) -> bool {
+    s.status == ServerStatus::Stopped
+        && s.last_host.is_some()
+        && backfill_shared::workload::Needs::of(s.workload.as_ref()).driver
+            == backfill_shared::DriverKind::Vm
 }
 
 /// A server holds resources on its host in these states.
@@ -122,6 +132,11 @@ pub fn spec_of(s: &ServerRecord) -> ServerSpec {
         priority: s.priority,
         created_at: s.created_at,
         owner: s.owner.clone(),
+        needs: backfill_shared::workload::Needs::of(s.workload.as_ref()),
+        prefer: s.last_host.clone().filter(|_| {
+            backfill_shared::workload::Needs::of(s.workload.as_ref()).driver
+                == backfill_shared::DriverKind::Vm
+        }),
     }
 }
 
@@ -174,6 +189,7 @@ impl Model {
                     .collect(),
                 schedulable: h.schedulable(),
                 reserved: h.reservation.clone(),
+                drivers: h.record.inventory.drivers.clone(),
             });
         }
     }
@@ -210,6 +226,12 @@ impl Model {
             self.in_force.remove(&id);
             self.networks.remove(&id);
         }
+        self.unkeep(id);
+        if keeps_disk(&s)
+            && let Some(h) = &s.last_host
+        {
+            self.kept.entry(h.clone()).or_default().insert(id);
+        }
         self.servers.insert(id, s);
     }
 
@@ -231,7 +253,20 @@ impl Model {
             .instance_type(s.flavor.as_deref(), s.class, s.cpu, s.smp, s.mem)
     }
 
+    fn unkeep(&mut self, id: ServerId) {
+        let last = self.servers.get(&id).and_then(|s| s.last_host.clone());
+        if let Some(h) = last
+            && let Some(set) = self.kept.get_mut(&h)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.kept.remove(&h);
+            }
+        }
+    }
+
     pub fn remove_server(&mut self, id: ServerId) {
+        self.unkeep(id);
         let _ = self.cluster.remove_server(id);
         self.in_force.remove(&id);
         self.networks.remove(&id);
@@ -268,7 +303,11 @@ impl Model {
                     gpus: s.gpus.clone(),
                 })
                 .collect(),
-            keep: Vec::new(),
+            keep: self
+                .kept
+                .get(host)
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default(),
         }
     }
 }

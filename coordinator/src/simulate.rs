@@ -210,6 +210,7 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                     .collect(),
                 schedulable: true,
                 reserved: None,
+                drivers: backfill_shared::Drivers::exec_only(),
             });
         }
     }
@@ -256,6 +257,8 @@ pub fn run(args: &SimArgs, trace: Option<Vec<Arrival>>) -> Report {
                 priority: 0,
                 created_at: a.at,
                 owner: String::new(),
+                needs: Default::default(),
+                prefer: None,
             });
             queued.insert(id, a.at);
             fresh.push(id);

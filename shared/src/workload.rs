@@ -25,10 +25,13 @@ fn bad(msg: impl Into<String>) -> WorkloadError {
 }
 
 /// Which driver runs a workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     /// A process on the host, in its cgroup (development and tests).
+    #[default]
     Exec,
     /// A QEMU virtual machine.
     Vm,
@@ -116,6 +119,40 @@ pub enum NetworkMode {
     /// Its own network namespace with a veth pair, an address from the host's pool and a route
     /// to the metadata service.
     Isolated,
+}
+
+/// What a workload needs of a host: its driver and, for a VM, the files of the image
+/// directory it boots from. The scheduler places a server only where these are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Needs {
+    pub driver: DriverKind,
+    pub files: Vec<String>,
+}
+
+impl Needs {
+    /// What `workload` needs (`None`: the host's default command, `exec`). A workload that
+    /// names no valid kind needs `exec` here; validation refuses it elsewhere.
+    pub fn of(workload: Option<&Workload>) -> Needs {
+        let Some(w) = workload else {
+            return Needs::default();
+        };
+        let driver = w.kind().unwrap_or_default();
+        let files = match (&w.vm, driver) {
+            (Some(vm), DriverKind::Vm) => vm.files().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Needs { driver, files }
+    }
+}
+
+impl std::fmt::Display for Needs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.driver)?;
+        if !self.files.is_empty() {
+            write!(f, " with {}", self.files.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 impl Workload {
@@ -407,16 +444,17 @@ impl Drivers {
     /// Whether this host can run `workload` (`None`: the host's default command, `exec`):
     /// the driver is here and, for a VM, every file it names is in the image directory.
     pub fn can_run(&self, workload: Option<&Workload>) -> bool {
-        let Some(w) = workload else {
-            return self.exec;
-        };
-        match w.kind() {
-            Ok(DriverKind::Vm) => match (&self.vm, &w.vm) {
-                (Some(d), Some(vm)) => vm.files().all(|f| d.images.iter().any(|i| i.name == f)),
-                _ => false,
-            },
-            Ok(kind) => self.has(kind),
-            Err(_) => false,
+        self.provides(&Needs::of(workload))
+    }
+
+    /// Whether this host has what `needs` asks for.
+    pub fn provides(&self, needs: &Needs) -> bool {
+        match (needs.driver, &self.vm) {
+            (DriverKind::Vm, Some(d)) => needs
+                .files
+                .iter()
+                .all(|f| d.images.iter().any(|i| i.name == *f)),
+            (kind, _) => self.has(kind),
         }
     }
 }

@@ -33,6 +33,8 @@ mod text;
 mod usage;
 pub mod views;
 mod webhooks;
+#[cfg(test)]
+mod workload_tests;
 
 pub use error::ApiError;
 pub use serve::{Listening, serve_api, serve_management};

@@ -42,7 +42,13 @@ pub struct ServerFields {
     pub tags: Option<Vec<String>>,
     #[schema(max_length = 64)]
     pub vnc_password: Option<String>,
-    /// `{"command": [prog, args...], "env": {...}, "network": "host"|"isolated"}`.
+    /// What the server runs, one kind: `{"command": [prog, args...]}` (exec, a process on the
+    /// host), `{"vm": {"image": "name.qcow2"}}` or `{"vm": {"kernel": ..., "initrd": ...,
+    /// "cmdline": ...}}` (a QEMU virtual machine booted from a fleet image), or
+    /// `{"container": {"image": "registry/name:tag", "workdir": "/..."}}` (an OCI container;
+    /// `command` and `env` override the image's). Each may add `"env": {...}` (not for vm) and
+    /// `"network": "host"|"isolated"` (vm and container default to isolated, exec to host). A
+    /// kind or VM image no host of the fleet has is refused (400).
     #[schema(value_type = Option<Object>)]
     pub workload: Option<serde_json::Value>,
     /// -1000 to 1000 (default 0).

@@ -116,7 +116,7 @@ pub fn servers(collection: &str) -> Value {
             false,
             false,
             Value::Null,
-            "{\"command\": [prog, args...], \"env\": {...}, \"network\": \"host\"|\"isolated\"}; null runs the host's default command",
+            "One of {\"command\": [prog, args...]}, {\"vm\": {\"image\": name}} or {\"vm\": {\"kernel\": name, \"initrd\": name, \"cmdline\": ...}}, {\"container\": {\"image\": reference}}; optional \"env\": {...} and \"network\": \"host\"|\"isolated\"; null runs the host's default command",
         ),
     );
     for (name, kind, help) in [

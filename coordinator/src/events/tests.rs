@@ -34,6 +34,7 @@ fn server() -> ServerRecord {
         gpu_request: None,
         gpus: Vec::new(),
         instance_type: String::new(),
+        last_host: None,
         network: None,
     }
 }

@@ -21,6 +21,8 @@ pub struct HostSpec {
     pub schedulable: bool,
     /// Its pool's reservation: only matching servers land here.
     pub reserved: Option<Reservation>,
+    /// The drivers its agent has: only servers whose workload it can run land here.
+    pub drivers: backfill_shared::Drivers,
 }
 
 /// A pool's reservation (Dynamic Cluster's): an account, a class (queue), or both.
@@ -38,9 +40,10 @@ impl Reservation {
 }
 
 impl HostSpec {
-    /// Whether `spec` may land here at all (its reservation, if any, admits it).
+    /// Whether `spec` may land here at all: its reservation, if any, admits it, and its agent
+    /// can run the workload.
     pub fn admits(&self, spec: &ServerSpec) -> bool {
-        self.reserved.as_ref().is_none_or(|r| r.admits(spec))
+        self.reserved.as_ref().is_none_or(|r| r.admits(spec)) && self.drivers.provides(&spec.needs)
     }
 }
 
@@ -449,6 +452,32 @@ impl Cluster {
 
     pub fn free_gpus(&self, host: &HostId) -> usize {
         self.hosts.get(host).map(|h| h.free_gpus.len()).unwrap_or(0)
+    }
+
+    /// Whether some host (schedulable or not: a held or down host may come back) can run a
+    /// workload that needs `needs`. `None` while no host is known.
+    pub fn some_host_provides(&self, needs: &backfill_shared::workload::Needs) -> Option<bool> {
+        if self.hosts.is_empty() {
+            return None;
+        }
+        Some(self.hosts.values().any(|h| h.spec.drivers.provides(needs)))
+    }
+
+    /// The driver kinds some host has, for messages ("exec, vm"; "none" without hosts).
+    pub fn driver_kinds(&self) -> String {
+        let kinds: std::collections::BTreeSet<backfill_shared::DriverKind> = self
+            .hosts
+            .values()
+            .flat_map(|h| h.spec.drivers.kinds())
+            .collect();
+        if kinds.is_empty() {
+            return "none (no host has connected yet)".into();
+        }
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// CloudSigma's `free_resources`, from the index: O(log n), no scan.

@@ -34,6 +34,10 @@ pub struct ServerSpec {
     pub created_at: i64,
     /// The owning account (pools reserved for an account take only its servers).
     pub owner: String,
+    /// The driver (and VM images) its workload needs of a host.
+    pub needs: backfill_shared::workload::Needs,
+    /// The host it would rather land on when that host has room (a VM's disk is there).
+    pub prefer: Option<HostId>,
 }
 
 pub use backfill_shared::Termination;
@@ -149,6 +153,19 @@ pub fn plan(cluster: &Cluster, server: ServerId, policy: &Policy, now: i64) -> P
             host,
             gpus,
             downsize: Vec::new(),
+        };
+    }
+    if !cluster
+        .hosts
+        .values()
+        .any(|h| h.spec.drivers.provides(&spec.needs))
+    {
+        return Plan::Never {
+            reason: format!(
+                "no host can run a {} workload; this fleet runs: {}",
+                spec.needs,
+                cluster.driver_kinds()
+            ),
         };
     }
     if !place::could_ever_fit(cluster, spec) {

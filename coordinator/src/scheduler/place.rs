@@ -40,6 +40,9 @@ pub fn on_free(
             .filter(|h| fits(h, spec))
             .map(|h| (id.clone(), gpu::take(h, spec)))
     };
+    if let Some(found) = spec.prefer.as_ref().and_then(pick) {
+        return Some(found);
+    }
     match strategy {
         Strategy::BestFit => candidates.into_iter().find_map(pick),
         Strategy::Spread => candidates.rev().find_map(pick),

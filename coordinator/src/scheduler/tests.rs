@@ -30,6 +30,7 @@ fn host(id: &str, cpu: u64, mem_gib: u64, gpus: usize) -> HostSpec {
             .collect(),
         schedulable: true,
         reserved: None,
+        drivers: backfill_shared::Drivers::exec_only(),
     }
 }
 
@@ -47,6 +48,8 @@ fn server(n: u128, class: ServerClass, cpu: u64, mem_gib: u64, gpus: u32) -> Ser
         priority: 0,
         created_at: 0,
         owner: String::new(),
+        needs: Default::default(),
+        prefer: None,
     }
 }
 
@@ -460,4 +463,73 @@ fn reserved_hosts_take_only_matching_servers() {
         Plan::Place { host, .. } => assert_eq!(host.as_str(), "b"),
         p => panic!("{p:?}"),
     }
+}
+
+fn vm_host(id: &str, images: &[&str]) -> HostSpec {
+    let mut h = host(id, 8_000, 64, 0);
+    h.drivers.vm = Some(backfill_shared::VmDriver {
+        accel: "tcg".into(),
+        images: images
+            .iter()
+            .map(|n| backfill_shared::VmImage {
+                name: (*n).into(),
+                format: "qcow2".into(),
+                virtual_size: GIB,
+            })
+            .collect(),
+    });
+    h
+}
+
+fn vm_server(n: u128, image: &str) -> ServerSpec {
+    let mut s = server(n, ServerClass::Backfill, 1_000, 1, 0);
+    s.needs = backfill_shared::workload::Needs {
+        driver: backfill_shared::DriverKind::Vm,
+        files: vec![image.into()],
+    };
+    s
+}
+
+#[test]
+fn servers_land_only_where_their_driver_and_image_are() {
+    let mut c = Cluster::new();
+    // The exec-only host has more room: it would win on fit alone.
+    c.upsert_host(host("exec-only", 64_000, 64, 0));
+    c.upsert_host(vm_host("vm-a", &["debian.qcow2"]));
+    c.upsert_host(vm_host("vm-b", &["alpine.qcow2"]));
+    let p = run(&mut c, vm_server(1, "debian.qcow2"), 0);
+    assert_eq!(host_of(&p), "vm-a");
+    let p = run(&mut c, vm_server(2, "alpine.qcow2"), 0);
+    assert_eq!(host_of(&p), "vm-b");
+    match run(&mut c, vm_server(3, "windows.qcow2"), 0) {
+        Plan::Never { reason } => {
+            assert!(reason.contains("vm with windows.qcow2"), "{reason}");
+            assert!(reason.contains("this fleet runs: exec, vm"), "{reason}");
+        }
+        other => panic!("placed an image no host has: {other:?}"),
+    }
+    let mut container = server(4, ServerClass::Normal, 1_000, 1, 0);
+    container.needs.driver = backfill_shared::DriverKind::Container;
+    assert!(matches!(run(&mut c, container, 0), Plan::Never { .. }));
+}
+
+#[test]
+fn a_vm_goes_back_to_the_host_that_keeps_its_disk() {
+    let mut c = Cluster::new();
+    c.upsert_host(vm_host("roomy", &["d.qcow2"]));
+    let mut tight = vm_host("tight", &["d.qcow2"]);
+    tight.capacity.cpu_mhz = 4_000;
+    c.upsert_host(tight);
+    let mut s = vm_server(1, "d.qcow2");
+    s.prefer = Some("roomy".parse().unwrap());
+    // Best fit alone would take the tight host; the preference decides.
+    assert_eq!(host_of(&run(&mut c, s, 0)), "roomy");
+    let mut s = vm_server(2, "d.qcow2");
+    s.prefer = Some("tight".parse().unwrap());
+    assert_eq!(host_of(&run(&mut c, s, 0)), "tight");
+    // A preferred host without room is passed over.
+    let mut big = vm_server(3, "d.qcow2");
+    big.need.cpu_mhz = 3_500;
+    big.prefer = Some("tight".parse().unwrap());
+    assert_eq!(host_of(&run(&mut c, big, 0)), "roomy");
 }

@@ -77,6 +77,8 @@ pub struct ServerRecord {
     pub gpu_request: Option<GpuRequest>,
     /// The GPU devices (UUIDs) it holds while placed.
     pub gpus: Vec<String>,
+    /// The host it last ran on (kept after it stops): a VM's disk stays there.
+    pub last_host: Option<HostId>,
     /// Runtime only (not stored): the flavor it is scheduled as, named or the cheapest that
     /// fits (filled in by the model for the API).
     pub instance_type: String,

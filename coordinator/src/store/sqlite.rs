@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../../migrations/0007_webhooks.sql"),
     ),
+    (
+        8,
+        "last host",
+        include_str!("../../migrations/0008_last_host.sql"),
+    ),
 ];
 
 #[derive(Debug)]
@@ -161,8 +166,9 @@ impl SqliteStore {
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
                      incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                     priority, flavor, gpu_request, gpus)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     priority, flavor, gpu_request, gpus, last_host)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                         ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -191,7 +197,7 @@ impl SqliteStore {
                      term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                      mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
                      metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
-                     gpus = ?
+                     gpus = ?, last_host = ?
                  WHERE uuid = ?",
             )
             .bind(&s.name)
@@ -218,6 +224,7 @@ impl SqliteStore {
             .bind(s.shutdown_until)
             .bind(s.flavor.as_deref())
             .bind(to_json("servers", s, &s.gpus)?)
+            .bind(s.last_host.as_ref().map(HostId::as_str))
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -248,7 +255,8 @@ impl SqliteStore {
             "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                     term_scheduled_at, term_at, queued_reason, priority, metered_until,
-                    metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus
+                    metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus,
+                    last_host
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -303,7 +311,8 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
             Some(g) => Some(to_json("servers", s, g)?),
             None => None,
         })
-        .bind(to_json("servers", s, &s.gpus)?))
+        .bind(to_json("servers", s, &s.gpus)?)
+        .bind(s.last_host.as_ref().map(HostId::as_str)))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -396,6 +405,10 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
             None => None,
         },
         gpus: serde_json::from_str(&r.try_get::<String, _>("gpus")?).map_err(|e| c(&e))?,
+        last_host: match r.try_get::<Option<String>, _>("last_host")? {
+            Some(h) => Some(h.parse().map_err(|e| c(&e))?),
+            None => None,
+        },
         instance_type: String::new(),
     })
 }
@@ -436,6 +449,7 @@ mod tests {
             gpu_request: None,
             gpus: vec!["GPU-1".into()],
             instance_type: String::new(),
+            last_host: None,
         }
     }
 
