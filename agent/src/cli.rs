@@ -214,8 +214,15 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
 }
 
 /// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
-fn drivers(_cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
-    driver::DriverSet::new().with(Arc::new(driver::ExecDriver))
+fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
+    let mut set = driver::DriverSet::new();
+    if cfg.exec_driver {
+        tracing::warn!(
+            "the exec driver is enabled: workloads may run as processes on this host (exec_driver)"
+        );
+        set = set.with(Arc::new(driver::ExecDriver));
+    }
+    set
 }
 
 async fn run(

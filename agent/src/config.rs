@@ -37,6 +37,11 @@ pub struct AgentConfig {
     pub run_as: String,
     /// The command a server runs when its request names no workload.
     pub default_command: Vec<String>,
+    /// Whether this host runs `exec` workloads: processes on the host itself, for development
+    /// and tests. Off, the agent does not offer the driver (the coordinator places no such
+    /// server here) and refuses one it is sent anyway.
+    #[serde(default)]
+    pub exec_driver: bool,
     /// Stop every workload and remove its cgroup when the agent exits (dev mode). Off in
     /// production: an agent restart must not touch running workloads.
     #[serde(default)]

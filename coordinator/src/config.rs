@@ -59,6 +59,10 @@ pub struct CoordinatorConfig {
     /// `[http.api]`, `[http.management]`, `[http.admin]`: timeouts and connection caps.
     #[serde(default)]
     pub http: HttpSettings,
+    /// `[drivers]`: who may run `exec`, `vm` and `container` workloads and use the host's
+    /// network.
+    #[serde(default)]
+    pub drivers: crate::access::DriverAccess,
 }
 
 /// Each HTTP listener's limits; a key left out takes that listener's default.
@@ -128,6 +132,7 @@ impl CoordinatorConfig {
         for (key, names) in [
             ("backfill_accounts", &self.backfill_accounts),
             ("accounts", &self.accounts),
+            ("drivers.operator_accounts", &self.drivers.operator_accounts),
         ] {
             for name in names {
                 backfill_shared::pki::validate_name(name)

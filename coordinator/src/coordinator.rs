@@ -41,6 +41,10 @@ pub enum OpError {
     },
     #[error("{0}")]
     Exists(String),
+    /// The caller may not do this here (a driver or network mode the configuration keeps
+    /// from it), saying which setting.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
@@ -104,6 +108,8 @@ pub struct Coordinator {
     /// Woken when events are committed, so the webhook worker delivers at once.
     pub(crate) events_ready: Arc<tokio::sync::Notify>,
     pub(crate) webhooks: crate::events::delivery::WebhookConfig,
+    /// Who may run which driver (`[drivers]`).
+    pub(crate) access: crate::access::DriverAccess,
     next_conn: AtomicU64,
 }
 
@@ -149,6 +155,7 @@ impl Coordinator {
             link_addr: std::sync::OnceLock::new(),
             events_ready: Arc::default(),
             webhooks: crate::events::delivery::WebhookConfig::default(),
+            access: crate::access::DriverAccess::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -183,6 +190,12 @@ impl Coordinator {
     }
 
     /// The configuration shown at `/dynamiccluster/server/config`; the caller redacts secrets.
+    /// Who may run which driver.
+    pub fn with_driver_access(mut self, access: crate::access::DriverAccess) -> Coordinator {
+        self.access = access;
+        self
+    }
+
     pub fn with_config_view(mut self, view: serde_json::Value) -> Coordinator {
         self.config_view = view;
         self
@@ -258,6 +271,7 @@ impl Coordinator {
         }
         crate::accounts::check_create(&model, owner, &new)?;
         for n in &new {
+            self.access.check(owner, n.workload.as_ref())?;
             check_runnable(&model, n.workload.as_ref())?;
         }
         let records: Vec<ServerRecord> = new
@@ -387,6 +401,7 @@ impl Coordinator {
         if idle {
             crate::accounts::check_size(owner, edit.cpu, edit.mem)?;
             if edit.workload != current.workload {
+                self.access.check(owner, edit.workload.as_ref())?;
                 check_runnable(&model, edit.workload.as_ref())?;
             }
             next.cpu = edit.cpu;
@@ -434,7 +449,9 @@ impl Coordinator {
         model.remove_server(id);
         // The host that kept its disk hears that it may go.
         if let Some(host) = kept_on
-            && let Err(e) = self.commit(&mut model, Vec::new(), std::slice::from_ref(&host)).await
+            && let Err(e) = self
+                .commit(&mut model, Vec::new(), std::slice::from_ref(&host))
+                .await
         {
             tracing::warn!(server = %id, host = %host, error = %e, "the server is deleted; its host keeps its disk until its next desired state");
         }

@@ -72,6 +72,7 @@ impl Bound {
         let here = std::path::Path::new("coordinator config");
         let flavors = cfg.flavors(here)?;
         let pools = cfg.pools(here, &flavors)?;
+        cfg.drivers.warn_if_open();
         let coordinator = Arc::new(
             Coordinator::load(
                 store,
@@ -84,6 +85,7 @@ impl Bound {
             .with_flavors(flavors)
             .with_operator(pools, cfg.operator.clone())
             .await?
+            .with_driver_access(cfg.drivers.clone())
             .with_config_view(cfg.redacted())
             .with_webhooks(cfg.webhooks.clone()),
         );

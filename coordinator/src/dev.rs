@@ -164,6 +164,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             ..Default::default()
         },
         http: Default::default(),
+        // Dev mode runs commands on this machine: every driver, for everyone.
+        drivers: crate::access::DriverAccess::dev(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
@@ -190,6 +192,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         },
         run_as: run_as.clone(),
         default_command: idle_command(&run_as),
+        exec_driver: true,
         stop_workloads_on_exit: true,
         inventory_file: None,
         report_interval_secs: 5,

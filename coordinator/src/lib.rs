@@ -1,6 +1,7 @@
 //! backfill-coordinator: the API over mutual TLS, placement, the store and agent sessions.
 
 pub mod accel;
+pub mod access;
 pub mod accounts;
 pub mod api;
 pub mod auto_mode;

@@ -107,6 +107,7 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
             CgroupMode::None
         },
         default_command: crate::dev::idle_command(&run_as),
+        exec_driver: true,
         run_as,
         stop_workloads_on_exit: true,
         inventory_file: None,

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The tests run `exec` workloads as any tenant (as `dev` allows); a test whose configuration
+/// has its own `[drivers]` table (a packaged-style one) gets that instead.
+const DEFAULT_DRIVERS: Option<&str> =
+    Some("[drivers]\nexec = \"everyone\"\nhost_network = \"everyone\"\n");
+
 /// A compiled binary of the workspace, next to the test executable's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let var = format!("BACKFILL_{}_BIN", name.to_uppercase().replace('-', "_"));
@@ -240,7 +245,10 @@ impl Coordinator {
             tls.ca,
             tls.cert,
             tls.key
-        ) + extra;
+        ) + extra
+            + DEFAULT_DRIVERS
+                .filter(|_| !extra.contains("[drivers]"))
+                .unwrap_or_default();
         let path = dir.path().join("coordinator.toml");
         std::fs::write(&path, cfg).unwrap();
         let mut daemon = Daemon::spawn_env(
@@ -349,7 +357,7 @@ impl AgentSetup {
         let root = is_root();
         let cfg = self.top_toml.clone()
             + &format!(
-                "coordinator = {:?}\ncoordinator_name = \"localhost\"\nstate_dir = {:?}\ncgroup_parent = {:?}\ncgroups = {:?}\nrun_as = {:?}\ndefault_command = [\"sleep\", \"120\"]\nstop_workloads_on_exit = {stop_on_exit}\nreport_interval_secs = 1\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                "coordinator = {:?}\ncoordinator_name = \"localhost\"\nstate_dir = {:?}\ncgroup_parent = {:?}\ncgroups = {:?}\nrun_as = {:?}\ndefault_command = [\"sleep\", \"120\"]\nexec_driver = true\nstop_workloads_on_exit = {stop_on_exit}\nreport_interval_secs = 1\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
                 self.link,
                 self.state_dir(),
                 self.cgroup_parent,

@@ -52,7 +52,9 @@ impl From<OpError> for ApiError {
         let message = e.to_string();
         match e {
             OpError::NotFound(_) => ApiError::not_found(message),
-            OpError::NoAccount(_) | OpError::Quota(_) => ApiError::permission(message),
+            OpError::NoAccount(_) | OpError::Quota(_) | OpError::Forbidden(_) => {
+                ApiError::permission(message)
+            }
             OpError::Exists(_) => ApiError::validation("name", message),
             OpError::Invalid { field, .. } => ApiError::validation(field, message),
             OpError::Conflict(_) => ApiError {

@@ -43,7 +43,8 @@ async fn every_documented_path_is_served() {
         Default::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_driver_access(crate::access::DriverAccess::dev());
     let router = crate::api::router(Arc::new(c));
     for (path, method) in operations() {
         let uri = format!(

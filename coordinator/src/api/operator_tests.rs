@@ -51,6 +51,7 @@ pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let c = Coordinator::load(store, clock.clone(), &["t".into()], Default::default())
         .await
         .unwrap()
+        .with_driver_access(crate::access::DriverAccess::dev())
         .with_operator(pools, operator)
         .await
         .unwrap()

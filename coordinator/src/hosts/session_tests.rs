@@ -28,7 +28,8 @@ pub(crate) async fn fixture() -> Fixture {
         Default::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .with_driver_access(crate::access::DriverAccess::dev());
     let tenant = c.account("t").await.unwrap();
     Fixture {
         c,
@@ -456,6 +457,7 @@ async fn reopen(dir: &std::path::Path, clock: Arc<ManualClock>) -> Coordinator {
     Coordinator::load(store, clock, &["t".into()], Default::default())
         .await
         .unwrap()
+        .with_driver_access(crate::access::DriverAccess::dev())
 }
 
 #[tokio::test]
