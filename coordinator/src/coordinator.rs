@@ -310,6 +310,7 @@ impl Coordinator {
                 gpus: Vec::new(),
                 instance_type: String::new(),
                 last_host: None,
+                stop_reason: None,
             })
             .collect();
         let mut arqs = Vec::new();

@@ -267,6 +267,7 @@ impl Coordinator {
                 server.active_since = None;
                 server.termination = None;
                 server.queued_reason = None;
+                server.stop_reason = None;
                 server.incarnation = model.generation(host).saturating_add(1);
                 tracing::info!(server = %server.uuid, host = %host, downsized = downsize.len(), "placed");
                 vec![host.clone()]
@@ -361,6 +362,7 @@ impl Coordinator {
             s.status = ServerStatus::Stopping;
         } else {
             s.status = ServerStatus::Stopped;
+            s.stop_reason = Some("stopped".into());
             s.host = None;
             s.gpus = Vec::new();
             s.active_since = None;

@@ -121,6 +121,9 @@ pub struct Server {
     pub status: String,
     /// Why a started server is still waiting for capacity.
     pub pending_reason: Option<String>,
+    /// Why its last run ended (the workload's exit code, why it failed to start, the kernel's
+    /// OOM killer, its host lost), until it starts again.
+    pub stop_reason: Option<String>,
     /// -1000 to 1000: higher starts first and is preempted last.
     pub priority: i32,
     /// normal, backfill or spot.
@@ -372,6 +375,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         smp: s.smp,
         status: s.status.as_str().to_owned(),
         pending_reason: s.queued_reason.clone(),
+        stop_reason: s.stop_reason.clone(),
         priority: s.priority,
         class: s.class.as_str().to_owned(),
         flavor: s.instance_type.clone(),

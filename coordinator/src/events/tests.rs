@@ -35,6 +35,7 @@ fn server() -> ServerRecord {
         gpus: Vec::new(),
         instance_type: String::new(),
         last_host: None,
+        stop_reason: None,
         network: None,
     }
 }

@@ -117,6 +117,8 @@ impl Coordinator {
                 {
                     tracing::info!(server = %s.uuid, host = %host, "guest acknowledged its termination; ending it now");
                     next.status = ServerStatus::Stopped;
+                    next.stop_reason =
+                        Some("the guest acknowledged its scheduled termination".into());
                 }
                 (ServerStatus::Starting, Some(WorkloadState::Running)) => {
                     next.status = ServerStatus::Running;
@@ -125,15 +127,28 @@ impl Coordinator {
                 (_, Some(WorkloadState::Exited { code })) => {
                     tracing::info!(server = %s.uuid, host = %host, ?code, "workload exited");
                     next.status = ServerStatus::Stopped;
+                    next.stop_reason = Some(match (s.status, code) {
+                        (ServerStatus::Stopping, _) => "stopped".to_owned(),
+                        _ if s.termination.is_some_and(|t| t.terminate_at <= now) => {
+                            "terminated at its scheduled time (its capacity was needed)".to_owned()
+                        }
+                        (_, Some(c)) => format!("the workload exited with code {c}"),
+                        (_, None) => "the workload ended (killed by a signal, or at its scheduled termination)".to_owned(),
+                    });
                 }
                 (_, Some(WorkloadState::Failed { reason })) => {
                     tracing::warn!(server = %s.uuid, host = %host, %reason, "workload failed");
                     next.status = ServerStatus::Stopped;
+                    next.stop_reason = Some(reason.clone());
                 }
-                (ServerStatus::Stopping, None) if current => next.status = ServerStatus::Stopped,
+                (ServerStatus::Stopping, None) if current => {
+                    next.status = ServerStatus::Stopped;
+                    next.stop_reason = Some("stopped".into());
+                }
                 (ServerStatus::Running | ServerStatus::Starting, None) if current => {
                     tracing::warn!(server = %s.uuid, host = %host, "workload vanished from its host");
                     next.status = ServerStatus::Stopped;
+                    next.stop_reason = Some(format!("the workload vanished from its host {host}"));
                 }
                 _ => {}
             }

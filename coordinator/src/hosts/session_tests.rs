@@ -197,6 +197,43 @@ async fn an_exited_workload_stops_its_server_and_leaves_the_desired_state() {
 }
 
 #[tokio::test]
+async fn a_run_that_ends_says_why_on_the_server_until_it_starts_again() {
+    let f = fixture().await;
+    let (conn, mut rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    let host = "h1".parse().unwrap();
+    let id = start_one(&f).await;
+    let reason = "killed by the kernel's OOM killer (1 process(es)): it needed more";
+    let g = rx.borrow_and_update().generation;
+    let run = incarnation(&f, id).await;
+    let failed = WorkloadState::Failed {
+        reason: reason.into(),
+    };
+    f.c.apply_report(&host, conn, report(g, &[(id, run, failed)]))
+        .await
+        .unwrap();
+    let s = server(&f, id).await;
+    assert_eq!(s.status, ServerStatus::Stopped);
+    assert_eq!(s.stop_reason.as_deref(), Some(reason));
+
+    f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
+    assert_eq!(
+        server(&f, id).await.stop_reason,
+        None,
+        "a new run has no reason yet"
+    );
+    let g = rx.borrow_and_update().generation;
+    let run = incarnation(&f, id).await;
+    let exited = WorkloadState::Exited { code: Some(3) };
+    f.c.apply_report(&host, conn, report(g, &[(id, run, exited)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        server(&f, id).await.stop_reason.as_deref(),
+        Some("the workload exited with code 3")
+    );
+}
+
+#[tokio::test]
 async fn a_superseded_session_cannot_change_anything() {
     let f = fixture().await;
     let (old, _old_rx) = f.c.register_agent(&hello("h1")).await.unwrap();

@@ -79,6 +79,8 @@ pub struct ServerRecord {
     pub gpus: Vec<String>,
     /// The host it last ran on (kept after it stops): a VM's disk stays there.
     pub last_host: Option<HostId>,
+    /// Why its last run ended, until it starts again.
+    pub stop_reason: Option<String>,
     /// Runtime only (not stored): the flavor it is scheduled as, named or the cheapest that
     /// fits (filled in by the model for the API).
     pub instance_type: String,

@@ -166,9 +166,9 @@ impl SqliteStore {
                 "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                      vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
                      incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                     priority, flavor, gpu_request, gpus, last_host)
+                     priority, flavor, gpu_request, gpus, last_host, stop_reason)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                         ?)",
+                         ?, ?)",
             );
             bind_server(q, s)?.execute(&mut *tx).await?;
         }
@@ -197,7 +197,7 @@ impl SqliteStore {
                      term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                      mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
                      metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
-                     gpus = ?, last_host = ?
+                     gpus = ?, last_host = ?, stop_reason = ?
                  WHERE uuid = ?",
             )
             .bind(&s.name)
@@ -225,6 +225,7 @@ impl SqliteStore {
             .bind(s.flavor.as_deref())
             .bind(to_json("servers", s, &s.gpus)?)
             .bind(s.last_host.as_ref().map(HostId::as_str))
+            .bind(s.stop_reason.as_deref())
             .bind(s.uuid.to_string())
             .execute(&mut *tx)
             .await?;
@@ -256,7 +257,7 @@ impl SqliteStore {
                     status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                     term_scheduled_at, term_at, queued_reason, priority, metered_until,
                     metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus,
-                    last_host
+                    last_host, stop_reason
              FROM servers ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
@@ -312,7 +313,8 @@ fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, Store
             None => None,
         })
         .bind(to_json("servers", s, &s.gpus)?)
-        .bind(s.last_host.as_ref().map(HostId::as_str)))
+        .bind(s.last_host.as_ref().map(HostId::as_str))
+        .bind(s.stop_reason.as_deref()))
 }
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -409,6 +411,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
             Some(h) => Some(h.parse().map_err(|e| c(&e))?),
             None => None,
         },
+        stop_reason: r.try_get("stop_reason")?,
         instance_type: String::new(),
     })
 }
@@ -450,6 +453,7 @@ mod tests {
             gpus: vec!["GPU-1".into()],
             instance_type: String::new(),
             last_host: None,
+            stop_reason: None,
         }
     }
 
