@@ -57,6 +57,19 @@ pub struct ServerLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
+impl ResourceLabel {
+    pub fn of(r: crate::pressure::Resource) -> ResourceLabel {
+        ResourceLabel {
+            resource: r.as_str().into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GpuLabel {
     pub uuid: String,
 }
@@ -89,6 +102,13 @@ pub struct AgentMetrics {
     gpu_health: Family<HealthLabel, Gauge>,
     gpu_utilization: Family<GpuLabel, Gauge>,
     gpu_memory_used: Family<GpuLabel, Gauge>,
+    /// PSI trigger events, by resource.
+    pub pressure_events: Family<ResourceLabel, Counter>,
+    /// Squeezes of backfill the agent made on its own, by resource.
+    pub pressure_squeezes: Family<ResourceLabel, Counter>,
+    psi_avg10: Family<ResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    squeezing: Gauge,
+    cpu_throttled: Family<ServerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for AgentMetrics {
@@ -112,6 +132,11 @@ impl Default for AgentMetrics {
             gpu_health: Family::default(),
             gpu_utilization: Family::default(),
             gpu_memory_used: Family::default(),
+            pressure_events: Family::default(),
+            pressure_squeezes: Family::default(),
+            psi_avg10: Family::default(),
+            squeezing: Gauge::default(),
+            cpu_throttled: Family::default(),
         };
         registry.register(
             "cgroup_errors",
@@ -193,6 +218,31 @@ impl Default for AgentMetrics {
             "GPU memory in use, by device uuid",
             m.gpu_memory_used.clone(),
         );
+        registry.register(
+            "pressure_events",
+            "PSI trigger events ([pressure] stall thresholds crossed), by resource",
+            m.pressure_events.clone(),
+        );
+        registry.register(
+            "pressure_squeezes",
+            "Times the agent squeezed backfill servers on its own under pressure beside normal servers, by resource",
+            m.pressure_squeezes.clone(),
+        );
+        registry.register(
+            "pressure_some_avg10_percent",
+            "PSI: share of the last 10 s some task stalled, by resource (cpu, memory)",
+            m.psi_avg10.clone(),
+        );
+        registry.register(
+            "pressure_squeezing",
+            "1 while the agent holds backfill servers below what the coordinator asked",
+            m.squeezing.clone(),
+        );
+        registry.register(
+            "cpu_throttled_seconds",
+            "Time a server's tasks were throttled by its CPU quota since it started, by server",
+            m.cpu_throttled.clone(),
+        );
         AgentMetrics { registry, ..m }
     }
 }
@@ -231,6 +281,21 @@ impl AgentMetrics {
         self.cpu_quota.clear();
         self.cpu_weight.clear();
         self.mem_limit.clear();
+        self.cpu_throttled.clear();
+        let psi = crate::pressure::PsiFiles::default();
+        for r in crate::pressure::Resource::ALL {
+            self.psi_avg10
+                .get_or_create(&ResourceLabel::of(r))
+                .set(psi.avg10(r));
+        }
+        self.squeezing.set(i64::from(supervisor.squeezing()));
+        for (id, throttled_usec) in supervisor.throttled() {
+            self.cpu_throttled
+                .get_or_create(&ServerLabel {
+                    server: id.to_string(),
+                })
+                .set(throttled_usec as f64 / 1e6);
+        }
         for (id, state, limits) in supervisor.gauges() {
             self.workloads
                 .get_or_create(&StateLabel {

@@ -213,6 +213,57 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     }
 }
 
+/// PSI triggers on CPU and memory: each event may squeeze backfill at once (in the watcher's
+/// thread, not at the next round), and a squeeze is reported to the coordinator at once.
+fn watch_pressure(
+    settings: &crate::pressure::PressureSettings,
+    supervisor: &Arc<Mutex<Supervisor>>,
+    changed: &Arc<Notify>,
+    metrics: &Arc<crate::admin::AgentMetrics>,
+) {
+    use crate::pressure::{PsiFiles, Resource};
+    let psi = PsiFiles::default();
+    if !settings.enabled {
+        tracing::info!("pressure reaction disabled ([pressure] enabled = false)");
+        return;
+    }
+    if !psi.available() {
+        tracing::warn!(
+            "this kernel reports no pressure (no /proc/pressure): backfill is squeezed only by the coordinator"
+        );
+        return;
+    }
+    for r in Resource::ALL {
+        let supervisor = supervisor.clone();
+        let changed = changed.clone();
+        let metrics = metrics.clone();
+        let watched = psi.watch(r, &settings.trigger(r), move || {
+            let squeezed = match supervisor.lock() {
+                Ok(mut s) => s.on_pressure(r),
+                Err(_) => return false,
+            };
+            metrics
+                .pressure_events
+                .get_or_create(&crate::admin::ResourceLabel::of(r))
+                .inc();
+            if squeezed {
+                metrics
+                    .pressure_squeezes
+                    .get_or_create(&crate::admin::ResourceLabel::of(r))
+                    .inc();
+                changed.notify_one();
+            }
+            true
+        });
+        match watched {
+            Ok(_) => {
+                tracing::info!(resource = r.as_str(), trigger = %settings.trigger(r), "watching pressure")
+            }
+            Err(e) => tracing::warn!(resource = r.as_str(), error = %e, "cannot watch pressure"),
+        }
+    }
+}
+
 /// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
 fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
     let mut set = driver::DriverSet::new();
@@ -281,11 +332,13 @@ async fn run(
         mhz_per_core: inventory.cpu_mhz_per_cpu,
         period_us: crate::cgroups::DEFAULT_CPU_PERIOD_US,
         normal_quota: cfg.normal_cpu_quota,
-    });
+    })
+    .with_pressure_policy(cfg.pressure.floor, cfg.pressure.release_secs);
     supervisor.adopt()?;
     let supervisor = Arc::new(Mutex::new(supervisor));
     let shutdown = CancellationToken::new();
     let changed = Arc::new(Notify::new());
+    watch_pressure(&cfg.pressure, &supervisor, &changed, &metrics);
     let metadata = if cfg.metadata.enabled {
         Some(start_metadata(
             &cfg,

@@ -18,7 +18,7 @@ pub enum CgroupMode {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The coordinator's agent link address.
@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub network: NetworkSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    /// `[pressure]`: the agent's own squeeze of backfill when the kernel reports stalls.
+    #[serde(default)]
+    pub pressure: crate::pressure::PressureSettings,
 }
 
 /// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
@@ -256,6 +259,9 @@ impl AgentConfig {
         if self.default_command.first().is_none_or(|c| c.is_empty()) {
             return Err(invalid("default_command", "must name a program"));
         }
+        self.pressure
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         // The coordinator takes an agent silent for 30 s for gone.
         if !(1..=10).contains(&self.report_interval_secs) {
             return Err(invalid("report_interval_secs", "must be 1 to 10"));

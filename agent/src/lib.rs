@@ -11,5 +11,6 @@ pub mod http_conn;
 pub mod link;
 pub mod metadata;
 pub mod network;
+pub mod pressure;
 pub mod state;
 pub mod supervisor;

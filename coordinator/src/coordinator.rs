@@ -302,6 +302,7 @@ impl Coordinator {
                 priority: n.priority,
                 created_at: now,
                 network: None,
+                limits: None,
                 metered_until: None,
                 metered_perf: PerfFactor::FULL,
                 shutdown_until: None,

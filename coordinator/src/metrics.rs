@@ -73,6 +73,8 @@ pub struct Metrics {
     queue_length: Gauge,
     queue_oldest_seconds: Gauge,
     link_sessions: Gauge,
+    /// Hosts whose agent squeezes backfill on its own under pressure.
+    hosts_squeezing: Gauge,
 }
 
 impl Default for Metrics {
@@ -95,6 +97,7 @@ impl Default for Metrics {
             queue_length: Gauge::default(),
             queue_oldest_seconds: Gauge::default(),
             link_sessions: Gauge::default(),
+            hosts_squeezing: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +114,11 @@ impl Default for Metrics {
             "http_timeouts",
             "HTTP connections closed or request bodies failed for time, by listener and phase (header, body, idle, send)",
             m.http_timeouts.clone(),
+        );
+        registry.register(
+            "hosts_squeezing",
+            "Hosts whose agent holds backfill below its perf_factor under pressure (PSI) beside normal servers",
+            m.hosts_squeezing.clone(),
         );
         registry.register(
             "placements",
@@ -189,6 +197,15 @@ impl Coordinator {
                 sessions += i64::from(h.session.is_some());
             }
             m.link_sessions.set(sessions);
+            m.hosts_squeezing.set(
+                model
+                    .hosts
+                    .values()
+                    .filter(|h| h.last_report.as_ref().is_some_and(|r| r.usage.squeezing))
+                    .count()
+                    .try_into()
+                    .unwrap_or(i64::MAX),
+            );
             let mut queued = 0;
             let mut oldest = now;
             for s in model.servers.values() {

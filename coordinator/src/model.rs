@@ -243,6 +243,13 @@ impl Model {
             out.perf_factor = *pf;
         }
         out.network = self.networks.get(&s.uuid).cloned();
+        out.limits = s
+            .host
+            .as_ref()
+            .and_then(|h| self.hosts.get(h))
+            .and_then(|h| h.last_report.as_ref())
+            .and_then(|r| r.servers.iter().find(|o| o.server == s.uuid))
+            .map(|o| o.limits);
         out.instance_type = self.instance_type(s);
         out
     }

@@ -55,8 +55,11 @@ static CURRENT: LazyLock<ServerRecord> = LazyLock::new(|| ServerRecord {
     flavor: None,
     gpu_request: None,
     gpus: Vec::new(),
+    last_host: None,
+    stop_reason: None,
     instance_type: "c2m4".into(),
     network: None,
+    limits: None,
 });
 
 fn refused(e: &ApiError) {

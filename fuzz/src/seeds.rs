@@ -77,6 +77,7 @@ fn link() {
                 usage: ServerUsage {
                     cpu_usage_usec: 12_345_678,
                     mem_usage_bytes: 300 << 20,
+                    cpu_throttled_usec: 1_000,
                 },
                 incarnation: 7,
                 network: Some(GuestNetwork {
@@ -103,6 +104,9 @@ fn link() {
         usage: HostUsage {
             mem_used_bytes: 3 << 30,
             load_avg_milli: 1500,
+            cpu_pressure_x100: 250,
+            memory_pressure_x100: 0,
+            squeezing: true,
         },
         gpus: vec![GpuDevice::whole(
             0,

@@ -151,12 +151,22 @@ pub struct AppliedLimits {
 pub struct ServerUsage {
     pub cpu_usage_usec: u64,
     pub mem_usage_bytes: u64,
+    /// Time its tasks were throttled by its CPU quota (v2 `throttled_usec`, v1
+    /// `throttled_time`).
+    pub cpu_throttled_usec: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HostUsage {
     pub mem_used_bytes: u64,
     pub load_avg_milli: u64,
+    /// PSI: the share of the last 10 s some task stalled for CPU, in hundredths of a percent.
+    pub cpu_pressure_x100: u32,
+    /// The same for memory.
+    pub memory_pressure_x100: u32,
+    /// The agent squeezes backfill servers below what the coordinator asked, under pressure
+    /// (their perf_factor in force says how far).
+    pub squeezing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -223,6 +223,13 @@ async fn servers_and_bservers_follow_cloudsigma() {
     );
     let (_, rt) = get(&t, &coord.url(&format!("bservers/{uuid}/runtime/"))).await;
     assert_eq!(rt["active_since"], running["runtime"]["active_since"]);
+    // The CPU in force, in cores: 600 MHz sold, one vCPU, at full perf_factor.
+    let cores = eventually("the quota in force is shown", || async {
+        let b = status_of(&t, &coord, "bservers", &uuid).await;
+        b["runtime"]["cpu_cores"].as_f64()
+    })
+    .await;
+    assert!(cores > 0.0 && cores <= 1.0, "{cores}");
 
     // PUT while running: only name, meta and tags change; the rest is ignored (200).
     let (status, edited) = put(

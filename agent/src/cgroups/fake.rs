@@ -337,6 +337,7 @@ mod tests {
         let u = ServerUsage {
             cpu_usage_usec: 5,
             mem_usage_bytes: 6,
+            cpu_throttled_usec: 7,
         };
         cg.set_usage(&a, u);
         assert_eq!(cg.usage(&a).unwrap(), u);

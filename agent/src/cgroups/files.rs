@@ -117,6 +117,10 @@ pub(super) fn read_v2_usage(dir: &Path) -> Result<ServerUsage, CgroupError> {
         if let Some(v) = line {
             usage.cpu_usage_usec = parse_u64(&path, v)?;
         }
+        let line = stat.lines().find_map(|l| l.strip_prefix("throttled_usec "));
+        if let Some(v) = line {
+            usage.cpu_throttled_usec = parse_u64(&path, v)?;
+        }
     }
     let path = dir.join("memory.current");
     if let Some(v) = read_optional(&path)? {
@@ -127,10 +131,20 @@ pub(super) fn read_v2_usage(dir: &Path) -> Result<ServerUsage, CgroupError> {
 
 /// v1: `cpuacct.usage` (ns) and `memory.usage_in_bytes`; 0 for a missing file or hierarchy.
 pub(super) fn read_v1_usage(
+    cpu: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
     mem: Option<PathBuf>,
 ) -> Result<ServerUsage, CgroupError> {
     let mut usage = ServerUsage::default();
+    if let Some(dir) = cpu {
+        let path = dir.join("cpu.stat");
+        if let Some(stat) = read_optional(&path)? {
+            let line = stat.lines().find_map(|l| l.strip_prefix("throttled_time "));
+            if let Some(v) = line {
+                usage.cpu_throttled_usec = parse_u64(&path, v)? / 1000;
+            }
+        }
+    }
     if let Some(dir) = cpuacct {
         let path = dir.join("cpuacct.usage");
         if let Some(v) = read_optional(&path)? {

@@ -444,6 +444,7 @@ impl CgroupManager for FsCgroups {
             }
         } else {
             read_v1_usage(
+                self.ctl_dir(id, Ctl::Cpu),
                 self.ctl_dir(id, Ctl::CpuAcct),
                 self.ctl_dir(id, Ctl::Memory),
             )

@@ -38,6 +38,7 @@ impl Supervisor {
                     acknowledged: p.acknowledged,
                     shutdown: None,
                     driver: p.driver,
+                    squeezed: None,
                 },
             );
         }

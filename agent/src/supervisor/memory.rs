@@ -8,7 +8,7 @@ impl Supervisor {
     /// One round. Only servers squeezed below their memory size can be above their target.
     pub(super) fn reclaim_memory(&self) {
         for (id, e) in &self.entries {
-            if !matches!(e.run, Run::Running { .. }) || e.perf_factor.mem >= 1.0 {
+            if !matches!(e.run, Run::Running { .. }) || super::pressure::effective(e).mem >= 1.0 {
                 continue;
             }
             let want = self.entry_limits(e);

@@ -8,7 +8,7 @@ use crate::metadata::MetadataStore;
 use crate::network::{GuestNet, GuestNetworks, NoNetworks};
 use crate::state::{PersistedServer, StateError, StateFile};
 use backfill_shared::protocol::{
-    DesiredServer, DesiredState, ObservedServer, Report, WorkloadState,
+    DesiredServer, DesiredState, HostUsage, ObservedServer, Report, WorkloadState,
 };
 use backfill_shared::{
     Clock, DriverKind, GuestNetwork, GuestProfile, PerfFactor, Resources, ServerId, Termination,
@@ -50,6 +50,8 @@ struct Entry {
     shutdown: Option<i64>,
     /// The driver that runs it.
     driver: DriverKind,
+    /// The agent's own squeeze under pressure, below what the coordinator asked.
+    squeezed: Option<PerfFactor>,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,8 @@ pub struct Supervisor {
     cpu: CpuPolicy,
     /// How workloads run here.
     drivers: DriverSet,
+    /// The host's pressure and the agent's reaction to it.
+    pressure: pressure::PressureState,
 }
 
 impl Supervisor {
@@ -105,6 +109,7 @@ impl Supervisor {
             said: Default::default(),
             cpu: CpuPolicy::default(),
             drivers: DriverSet::new().with(Arc::new(driver::ExecDriver)),
+            pressure: Default::default(),
         }
     }
 
@@ -146,7 +151,12 @@ impl Supervisor {
     }
 
     fn entry_limits(&self, e: &Entry) -> CgroupLimits {
-        self.limits(&e.resources, e.perf_factor, e.guest.as_ref(), e.driver)
+        self.limits(
+            &e.resources,
+            pressure::effective(e),
+            e.guest.as_ref(),
+            e.driver,
+        )
     }
 
     fn memory_control(&self, kind: DriverKind) -> MemoryControl {
@@ -255,7 +265,8 @@ impl Supervisor {
                     e.shutdown = d.shutdown;
                     if e.perf_factor != d.perf_factor || e.resources != d.resources {
                         let kind = e.driver;
-                        let limits = self.limits(&d.resources, d.perf_factor, Some(&d.guest), kind);
+                        let perf = pressure::squeezed(d.perf_factor, e.squeezed);
+                        let limits = self.limits(&d.resources, perf, Some(&d.guest), kind);
                         match self.cgroups.set_limits(&id, &limits) {
                             Ok(()) => {
                                 tracing::info!(server = %id, cpu = d.perf_factor.cpu, mem = d.perf_factor.mem, "limits changed");
@@ -263,7 +274,7 @@ impl Supervisor {
                                     e.perf_factor = d.perf_factor;
                                     e.resources = d.resources;
                                 }
-                                self.resize_guest_memory(&id, kind, &d.resources, d.perf_factor);
+                                self.resize_guest_memory(&id, kind, &d.resources, perf);
                             }
                             Err(err) => {
                                 self.cgroup_errors.inc();
@@ -356,6 +367,7 @@ impl Supervisor {
             }
         }
         let broken = self.heal_networks();
+        let released = self.release_pressure();
         self.reclaim_memory();
         // Graceful shutdowns: ask again every second until the grace period ends (as ACPI
         // power-button events are repeated); the workload decides.
@@ -392,7 +404,7 @@ impl Supervisor {
             e.run = Run::Exited { code: None };
             self.entries.insert(*id, e);
         }
-        let changed = !ended.is_empty() || !due.is_empty() || broken;
+        let changed = !ended.is_empty() || !due.is_empty() || broken || released;
         if changed {
             self.persist();
             self.publish();
@@ -447,7 +459,7 @@ impl Supervisor {
                     state,
                     pid,
                     started_at,
-                    perf_factor: e.perf_factor,
+                    perf_factor: pressure::effective(e),
                     limits: limits.into(),
                     usage: if running {
                         self.cgroups.usage(id).unwrap_or_default()
@@ -461,7 +473,10 @@ impl Supervisor {
         Report {
             applied_generation: self.applied_generation,
             servers,
-            usage: host_usage(),
+            usage: HostUsage {
+                squeezing: self.squeezing(),
+                ..host_usage()
+            },
             gpus: gpus.devices.clone(),
             gpu_usage: gpus.usage.clone(),
         }
@@ -529,10 +544,13 @@ mod adopt;
 mod gpus;
 mod guests;
 mod memory;
+mod pressure;
 mod process;
 mod start;
 
 pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};
 use process::{host_usage, stop_process};
+#[cfg(test)]
+mod pressure_tests;
 #[cfg(test)]
 mod tests;

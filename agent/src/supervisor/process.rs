@@ -52,8 +52,13 @@ pub(super) fn host_usage() -> HostUsage {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .unwrap_or(0.0);
+    let psi = crate::pressure::PsiFiles::default();
+    let x100 = |r| (psi.avg10(r) * 100.0).round() as u32;
     HostUsage {
         mem_used_bytes: field("MemTotal:").saturating_sub(field("MemAvailable:")),
         load_avg_milli: (load * 1000.0) as u64,
+        cpu_pressure_x100: x100(crate::pressure::Resource::Cpu),
+        memory_pressure_x100: x100(crate::pressure::Resource::Memory),
+        squeezing: false,
     }
 }

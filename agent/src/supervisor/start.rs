@@ -25,6 +25,7 @@ impl Supervisor {
             acknowledged: false,
             shutdown: d.shutdown,
             driver: kind,
+            squeezed: None,
         };
         match self.try_start(d, kind) {
             Ok((launched, network)) => {

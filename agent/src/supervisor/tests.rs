@@ -7,7 +7,7 @@ use backfill_shared::Workload;
 use backfill_shared::clock::ManualClock;
 use std::time::{Duration, Instant};
 
-fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
+pub(super) fn desired(generation: u64, servers: &[(ServerId, f64)]) -> DesiredState {
     DesiredState {
         generation,
         servers: servers
@@ -49,7 +49,7 @@ fn profile(id: ServerId) -> backfill_shared::GuestProfile {
     }
 }
 
-fn supervisor(dir: &std::path::Path, cg: RecordingCgroups) -> Supervisor {
+pub(super) fn supervisor(dir: &std::path::Path, cg: RecordingCgroups) -> Supervisor {
     Supervisor::new(
         Box::new(cg),
         dir,

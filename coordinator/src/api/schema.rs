@@ -131,12 +131,17 @@ pub fn servers(collection: &str) -> Value {
         (
             "runtime",
             "dict",
-            "active_since, nics, perf_factor {cpu, mem}, host, netns and termination while running; null otherwise",
+            "active_since, nics, perf_factor {cpu, mem}, host, netns, termination, cpu_cores (the quota in force: cpu MHz / the host's MHz per core, at most smp, times perf_factor.cpu) and mem_limit while running; null otherwise",
         ),
         (
             "pending_reason",
             "string",
             "Why a started server is still waiting for capacity",
+        ),
+        (
+            "stop_reason",
+            "string",
+            "Why its last run ended (exit code, a start that failed, the OOM killer, a lost host), until it starts again",
         ),
         ("class", "string", "normal, backfill or spot"),
         (

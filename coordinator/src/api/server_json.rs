@@ -88,6 +88,7 @@ const READ_ONLY: &[&str] = &[
     "resource_uri",
     "runtime",
     "status",
+    "stop_reason",
     "uuid",
 ];
 

@@ -68,6 +68,13 @@ pub struct Runtime {
     pub perf_factor: PerfFactorView,
     pub host: String,
     pub termination: Option<TerminationView>,
+    /// The CPU its agent lets it use now, in cores: its quota per period, as read back from
+    /// its cgroup. The quota follows what was sold: `cpu` MHz / the host's MHz per core, at
+    /// most `smp` cores, times `perf_factor.cpu` (normal servers may run without a quota:
+    /// then null). Null also until its agent has reported.
+    pub cpu_cores: Option<f64>,
+    /// The memory limit in force, in bytes (a VM's balloon size), as its agent reports it.
+    pub mem_limit: Option<u64>,
 }
 
 /// The list summary: `name, owner, resource_uri, runtime, status, uuid`.
@@ -334,6 +341,12 @@ pub fn runtime(s: &ServerRecord) -> Option<Runtime> {
             scheduled_at: rfc3339(t.scheduled_at),
             terminate_at: rfc3339(t.terminate_at),
         }),
+        cpu_cores: s.limits.and_then(|l| {
+            let q = l.cpu_quota_us?;
+            (l.cpu_period_us > 0)
+                .then(|| (q as f64 / l.cpu_period_us as f64 * 1000.0).round() / 1000.0)
+        }),
+        mem_limit: s.limits.and_then(|l| l.mem_limit_bytes),
     })
 }
 

@@ -37,6 +37,7 @@ fn server() -> ServerRecord {
         last_host: None,
         stop_reason: None,
         network: None,
+        limits: None,
     }
 }
 

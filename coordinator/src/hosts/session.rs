@@ -224,6 +224,19 @@ impl Coordinator {
                 };
                 entry.set_state(state, now);
             }
+            let was = entry
+                .last_report
+                .as_ref()
+                .is_some_and(|r| r.usage.squeezing);
+            match (was, report.usage.squeezing) {
+                (false, true) => {
+                    tracing::warn!(host = %host, cpu_psi = report.usage.cpu_pressure_x100, memory_psi = report.usage.memory_pressure_x100, "the host's agent squeezes backfill under pressure beside normal servers")
+                }
+                (true, false) => {
+                    tracing::info!(host = %host, "the host's agent lifted its squeeze")
+                }
+                _ => {}
+            }
             entry.last_report = Some(report);
         }
         Ok(())

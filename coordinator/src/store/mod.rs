@@ -86,6 +86,8 @@ pub struct ServerRecord {
     pub instance_type: String,
     /// Runtime only, as its agent reports it (not stored): its own network namespace.
     pub network: Option<backfill_shared::GuestNetwork>,
+    /// Runtime only, as its agent last reported them (not stored): the limits in force.
+    pub limits: Option<backfill_shared::protocol::AppliedLimits>,
 }
 
 impl ServerRecord {

@@ -395,6 +395,7 @@ fn server_from_row(r: &SqliteRow) -> Result<ServerRecord, StoreError> {
         priority: r.try_get("priority")?,
         created_at: r.try_get("created_at")?,
         network: None,
+        limits: None,
         metered_until: r.try_get("metered_until")?,
         metered_perf: PerfFactor {
             cpu: r.try_get("metered_perf_cpu")?,
@@ -445,6 +446,7 @@ mod tests {
             priority: 3,
             created_at: 5,
             network: None,
+            limits: None,
             metered_until: None,
             metered_perf: PerfFactor::FULL,
             shutdown_until: None,

@@ -1,0 +1,180 @@
+//! The agent's own reaction to pressure: when the kernel says tasks stall for CPU or memory
+//! while normal servers run beside backfill servers, the backfill servers are squeezed to the
+//! configured floor at once (before any coordinator decision), reported with the perf_factor
+//! in force, and given their own limits back once the pressure has been gone for a while.
+
+use super::{Entry, Run, Supervisor};
+use crate::pressure::Resource;
+use backfill_shared::{PerfFactor, ServerClass, ServerId};
+
+/// What the supervisor knows of the host's pressure.
+#[derive(Debug, Clone)]
+pub(super) struct PressureState {
+    /// The perf_factor backfill servers are squeezed to.
+    pub floor: f64,
+    /// Seconds without a trigger before the squeeze is lifted.
+    pub release_secs: i64,
+    /// When the last trigger fired (the supervisor's clock, seconds).
+    pub last_event: Option<i64>,
+    /// Squeezes since the agent started, by resource.
+    pub squeezes: [u64; 2],
+}
+
+impl Default for PressureState {
+    fn default() -> PressureState {
+        PressureState {
+            floor: 0.1,
+            release_secs: 30,
+            last_event: None,
+            squeezes: [0, 0],
+        }
+    }
+}
+
+/// The perf_factor in force: what the coordinator asked for, lowered by a local squeeze.
+pub(super) fn effective(e: &Entry) -> PerfFactor {
+    squeezed(e.perf_factor, e.squeezed)
+}
+
+/// `asked`, lowered by `squeeze` where it is lower.
+pub(super) fn squeezed(asked: PerfFactor, squeeze: Option<PerfFactor>) -> PerfFactor {
+    match squeeze {
+        Some(s) => PerfFactor {
+            cpu: asked.cpu.min(s.cpu),
+            mem: asked.mem.min(s.mem),
+        },
+        None => asked,
+    }
+}
+
+fn is_backfill(e: &Entry) -> bool {
+    e.guest
+        .as_ref()
+        .is_none_or(|g| g.class == ServerClass::Backfill)
+}
+
+impl Supervisor {
+    /// Squeezes with `floor` and lifts after `release_secs` quiet seconds.
+    pub fn with_pressure_policy(mut self, floor: f64, release_secs: u64) -> Supervisor {
+        self.pressure.floor = PerfFactor::clamp_one(floor);
+        self.pressure.release_secs = i64::try_from(release_secs).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// A PSI trigger fired for `r`. When normal servers run here, every running backfill
+    /// server's `r` is squeezed to the floor now. Returns whether any limit changed (the
+    /// coordinator should hear of it at once).
+    pub fn on_pressure(&mut self, r: Resource) -> bool {
+        self.pressure.last_event = Some(self.clock.now());
+        let running = |e: &Entry| matches!(e.run, Run::Running { .. });
+        let normal_here = self.entries.values().any(|e| running(e) && !is_backfill(e));
+        if !normal_here {
+            return false;
+        }
+        let floor = self.pressure.floor;
+        let targets: Vec<ServerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| running(e) && is_backfill(e))
+            .filter(|(_, e)| {
+                let now = effective(e);
+                match r {
+                    Resource::Cpu => now.cpu > floor,
+                    Resource::Memory => now.mem > floor,
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &targets {
+            if let Some(e) = self.entries.get_mut(id) {
+                let mut s = e.squeezed.unwrap_or(PerfFactor::FULL);
+                match r {
+                    Resource::Cpu => s.cpu = s.cpu.min(floor),
+                    Resource::Memory => s.mem = s.mem.min(floor),
+                }
+                e.squeezed = Some(s);
+            }
+            self.enforce(id);
+        }
+        if !targets.is_empty() {
+            let i = usize::from(r == Resource::Memory);
+            self.pressure.squeezes[i] = self.pressure.squeezes[i].saturating_add(1);
+            tracing::warn!(
+                resource = r.as_str(),
+                servers = targets.len(),
+                floor,
+                "pressure beside normal servers: backfill squeezed"
+            );
+        }
+        !targets.is_empty()
+    }
+
+    /// Lifts the squeeze once no trigger has fired for `release_secs`. Returns whether any
+    /// limit changed.
+    pub(super) fn release_pressure(&mut self) -> bool {
+        let quiet = self
+            .pressure
+            .last_event
+            .is_none_or(|t| self.clock.now().saturating_sub(t) >= self.pressure.release_secs);
+        if !quiet {
+            return false;
+        }
+        let squeezed: Vec<ServerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.squeezed.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &squeezed {
+            if let Some(e) = self.entries.get_mut(id) {
+                e.squeezed = None;
+            }
+            self.enforce(id);
+        }
+        if !squeezed.is_empty() {
+            tracing::info!(
+                servers = squeezed.len(),
+                "pressure gone: backfill gets its limits back"
+            );
+        }
+        !squeezed.is_empty()
+    }
+
+    /// Writes a running server's limits as they stand now (its perf_factor in force).
+    fn enforce(&self, id: &ServerId) {
+        let Some(e) = self.entries.get(id) else {
+            return;
+        };
+        if !matches!(e.run, Run::Running { .. }) {
+            return;
+        }
+        let limits = self.entry_limits(e);
+        if let Err(err) = self.cgroups.set_limits(id, &limits) {
+            self.cgroup_errors.inc();
+            tracing::warn!(server = %id, error = %err, "cannot change limits");
+        }
+        self.resize_guest_memory(id, e.driver, &e.resources, effective(e));
+    }
+
+    /// Whether some server is squeezed by the agent itself now.
+    pub fn squeezing(&self) -> bool {
+        self.entries.values().any(|e| e.squeezed.is_some())
+    }
+
+    /// Each running server's time throttled by its CPU quota (microseconds).
+    pub fn throttled(&self) -> Vec<(ServerId, u64)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }))
+            .filter_map(|(id, _)| {
+                let u = self.cgroups.usage(id).ok()?;
+                Some((*id, u.cpu_throttled_usec))
+            })
+            .collect()
+    }
+
+    /// Squeezes so far: (cpu, memory).
+    pub fn squeezes(&self) -> (u64, u64) {
+        (self.pressure.squeezes[0], self.pressure.squeezes[1])
+    }
+}
