@@ -213,6 +213,33 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
     }
 }
 
+/// The kernel mechanisms this agent protects normal servers with, for the inventory.
+fn mechanisms(
+    cgroups: &dyn CgroupManager,
+    pressure: &crate::pressure::PressureSettings,
+) -> Vec<String> {
+    let mut m = cgroups.mechanisms();
+    if cgroups.enforcing() {
+        m.push("sched_idle".into());
+        m.push("oom_score_adj".into());
+    }
+    if crate::pressure::PsiFiles::default().available() {
+        m.push("psi".into());
+        if pressure.enabled {
+            let privileged = crate::pressure::has_cap_sys_resource();
+            m.push(
+                if privileged {
+                    "psi-triggers"
+                } else {
+                    "psi-triggers-2s"
+                }
+                .into(),
+            );
+        }
+    }
+    m
+}
+
 /// PSI triggers on CPU and memory: each event may squeeze backfill at once (in the watcher's
 /// thread, not at the next round), and a squeeze is reported to the coordinator at once.
 fn watch_pressure(
@@ -295,6 +322,7 @@ async fn run(
     let mut inventory = discovery::discover(&NoGpus)?;
     inventory.gpus = gpus.current().devices.clone();
     inventory.drivers = drivers.inventory();
+    inventory.mechanisms = mechanisms(cgroups.as_ref(), &cfg.pressure);
     tracing::info!(
         host = %host_id,
         cpus = inventory.cpus,

@@ -162,6 +162,22 @@ pub fn some_avg10(text: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Whether this process has CAP_SYS_RESOURCE (PSI triggers with windows under 2 s need it).
+pub fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// Where the host's PSI files are.
 #[derive(Debug, Clone)]
 pub struct PsiFiles {

@@ -53,6 +53,7 @@ fn link() {
                 "0000:1a:00.0",
             )],
             drivers: backfill_shared::Drivers::exec_only(),
+            mechanisms: Vec::new(),
         },
         enforcing: true,
     });

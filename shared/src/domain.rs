@@ -235,6 +235,11 @@ pub struct HostInventory {
     /// that do not say: `exec` only).
     #[serde(default = "crate::workload::Drivers::exec_only")]
     pub drivers: crate::workload::Drivers,
+    /// The kernel mechanisms its agent protects normal servers with (`cgroup-v1`, `cpu.idle`,
+    /// `sched_idle`, `memory.min`, `memory.soft_limit_in_bytes`, `psi`, `psi-triggers` or
+    /// `psi-triggers-2s` ...).
+    #[serde(default)]
+    pub mechanisms: Vec<String>,
 }
 
 impl HostInventory {
@@ -395,6 +400,7 @@ mod tests {
             mem_bytes: 8 << 30,
             gpus: vec![],
             drivers: crate::Drivers::exec_only(),
+            mechanisms: Vec::new(),
         };
         assert_eq!(
             inv.capacity(),

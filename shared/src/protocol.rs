@@ -231,6 +231,7 @@ mod tests {
                 mem_bytes: 1 << 30,
                 gpus: vec![GpuDevice::whole(0, "GPU-1", "T4", 16, "0:1")],
                 drivers: crate::Drivers::exec_only(),
+                mechanisms: Vec::new(),
             },
             enforcing: true,
         })
@@ -253,6 +254,7 @@ mod tests {
             b'1', // index, uuid, name, memory, PCI bus id
             0x00, 0x00, 0x01, 0x00, // not MIG, no compute capability, healthy, no reason
             0x01, 0x00, 0x00, // drivers: exec, no vm, no container
+            0x00, // no mechanisms named
             0x01, // enforcing
         ];
         assert_eq!(&bytes[..], golden);

@@ -193,6 +193,7 @@ async fn link_hello(link: &str, ca: &std::path::Path, files: Option<&TlsFiles>, 
             mem_bytes: 1 << 30,
             gpus: vec![],
             drivers: backfill_shared::Drivers::exec_only(),
+            mechanisms: Vec::new(),
         },
         enforcing: false,
     });

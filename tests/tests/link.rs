@@ -34,6 +34,7 @@ fn hello(version: u32, host: &str) -> AgentMessage {
             mem_bytes: 1 << 30,
             gpus: vec![],
             drivers: backfill_shared::Drivers::exec_only(),
+            mechanisms: Vec::new(),
         },
         enforcing: false,
     })

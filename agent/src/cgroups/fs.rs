@@ -346,6 +346,37 @@ impl FsCgroups {
 }
 
 impl CgroupManager for FsCgroups {
+    fn mechanisms(&self) -> Vec<String> {
+        let mut m = Vec::new();
+        let parent = |ctl| {
+            let base = match &self.hier.0 {
+                Layout::V1 { mounts, .. } => {
+                    mounts.iter().find(|m| m.ctls.contains(&ctl))?.dir.clone()
+                }
+                Layout::V2 { root } => root.clone(),
+            };
+            Some(base.join(&self.parent))
+        };
+        let has = |ctl, file: &str| parent(ctl).is_some_and(|d| d.join(file).exists());
+        if self.is_v2() {
+            m.push("cgroup-v2".into());
+            for f in ["memory.min", "memory.high"] {
+                if has(Ctl::Memory, f) {
+                    m.push(f.into());
+                }
+            }
+        } else {
+            m.push("cgroup-v1".into());
+            if has(Ctl::Memory, "memory.soft_limit_in_bytes") {
+                m.push("memory.soft_limit_in_bytes".into());
+            }
+        }
+        if has(Ctl::Cpu, "cpu.idle") {
+            m.push("cpu.idle".into());
+        }
+        m
+    }
+
     fn relative_path(&self, id: &ServerId) -> Option<String> {
         Some(format!("/{}/{id}", self.parent.trim_matches('/')))
     }

@@ -1057,3 +1057,29 @@ fn real_kernel_squeeze_reclaims_instead_of_killing() {
         "the OOM kill was not counted"
     );
 }
+
+#[test]
+fn mechanisms_are_what_the_parent_cgroups_offer() {
+    let t = v2_tree("cpu memory\n");
+    let cg = FsCgroups::v2_at(t.path(), "backfill").unwrap();
+    let parent = t.path().join("backfill");
+    fs::create_dir_all(&parent).unwrap();
+    assert_eq!(cg.mechanisms(), vec!["cgroup-v2".to_string()]);
+    for f in ["memory.min", "memory.high", "cpu.idle"] {
+        write(&parent.join(f), "0\n");
+    }
+    assert_eq!(
+        cg.mechanisms(),
+        ["cgroup-v2", "memory.min", "memory.high", "cpu.idle"].map(String::from)
+    );
+
+    let t = v1_tree(false, false);
+    let cg = FsCgroups::v1_at(t.path(), "backfill").unwrap();
+    let mem = t.path().join("memory").join("backfill");
+    fs::create_dir_all(&mem).unwrap();
+    write(&mem.join("memory.soft_limit_in_bytes"), "0\n");
+    assert_eq!(
+        cg.mechanisms(),
+        ["cgroup-v1", "memory.soft_limit_in_bytes"].map(String::from)
+    );
+}

@@ -356,6 +356,12 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// cgroup (one per v1 controller hierarchy, one for v2). The driver writes them in the child
     /// between fork and exec, so the workload never runs unlimited. Empty when not enforcing.
     fn join_files(&self, id: &ServerId) -> Result<Vec<PathBuf>, CgroupError>;
+    /// The kernel's mechanisms this manager uses to protect normal servers (for the inventory):
+    /// `cgroup-v1`/`cgroup-v2`, `cpu.idle`, `memory.min`, `memory.high`,
+    /// `memory.soft_limit_in_bytes`. Empty when not enforcing.
+    fn mechanisms(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The server's cgroup path below each hierarchy's root (`/<parent>/<uuid>`), as OCI
     /// runtimes take it (`linux.cgroupsPath`). `None` when not enforcing.
     fn relative_path(&self, _id: &ServerId) -> Option<String> {

@@ -43,6 +43,7 @@ pub fn discover(gpus: &dyn GpuBackend) -> Result<HostInventory, DiscoveryError> 
         mem_bytes,
         gpus: gpus.devices()?,
         drivers: backfill_shared::Drivers::exec_only(),
+        mechanisms: Vec::new(),
     })
 }
 

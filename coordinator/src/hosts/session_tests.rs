@@ -50,6 +50,7 @@ pub(crate) fn hello(host: &str) -> Hello {
             mem_bytes: 8 << 30,
             gpus: vec![],
             drivers: backfill_shared::Drivers::exec_only(),
+            mechanisms: Vec::new(),
         },
         enforcing: true,
     }

@@ -486,6 +486,7 @@ mod tests {
                 mem_bytes: 1 << 30,
                 gpus: vec![],
                 drivers: backfill_shared::Drivers::exec_only(),
+                mechanisms: Vec::new(),
             },
             enforcing: true,
             generation: 3,
