@@ -33,6 +33,11 @@ pub struct DevArgs {
     /// certificate needed.
     #[arg(long, default_value = "127.0.0.1:8445")]
     pub management_addr: SocketAddr,
+    /// Where the local agent's metadata service listens (as root; guests in isolated mode
+    /// reach it at 169.254.169.254 only when it listens there). Another address leaves this
+    /// host's 169.254.169.254:80 to another agent.
+    #[arg(long, default_value = "169.254.169.254:80")]
+    pub metadata_addr: SocketAddr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,13 +153,13 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         billing: Default::default(),
         tls: l.files("coordinator"),
         scheduler: Default::default(),
-        classes: Default::default(),
+        classes: dev_classes(),
         operator: crate::operator::OperatorConfig {
             management_token: Some(token.clone()),
             management_addr: Some(args.management_addr),
             ..Default::default()
         },
-        flavors: Vec::new(),
+        flavors: dev_flavors(),
         pools: vec![local_pool(&l)?],
         link: Default::default(),
         // Receivers on this machine, over plain HTTP, for trying webhooks out.
@@ -203,6 +208,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         // As root: the metadata service on 169.254.169.254:80 for isolated-network guests.
         metadata: MetadataSettings {
             enabled: root,
+            bind: args.metadata_addr,
             ..MetadataSettings::default()
         },
         network: Default::default(),
@@ -235,6 +241,16 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         }
     }
     tracing::info!("stopping the agents and their workloads");
+    // The store says what is true: dev's servers are stopped while dev is down (and are not
+    // billed), and a later `dev` does not restart them behind the tenant's back.
+    let dev_hosts = coordinator.hosts_in_pool_or(&host, "local").await;
+    match coordinator
+        .stop_for_exit(&dev_hosts, "dev mode was stopped (Ctrl-C)")
+        .await
+    {
+        Ok(n) => println!("stopped {n} server(s): dev mode stops its workloads on exit"),
+        Err(e) => tracing::error!(error = %e, "cannot mark dev's servers stopped"),
+    }
     let pool_dir = l.dir.join("pool");
     let pool_agents = tokio::task::spawn_blocking(move || {
         crate::local_provisioner::delete_all(&pool_dir);
@@ -244,6 +260,33 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     shutdown.cancel();
     let _ = server.await;
     Ok(())
+}
+
+/// Dev-only spot timers, short enough to watch a termination notice arrive and expire: a minute
+/// of notice, no minimum uptime. Packaged defaults are 15 and 30 minutes.
+pub const DEV_SPOT_NOTICE_S: i64 = 60;
+
+fn dev_classes() -> crate::scheduler::Classes {
+    let mut c = crate::scheduler::Classes::default();
+    c.spot.notice_s = DEV_SPOT_NOTICE_S;
+    c.spot.min_uptime_s = 0;
+    c
+}
+
+/// `dev-preemptible` (spot capacity: `"flavor": "dev-preemptible"` on `/servers/`) and
+/// `dev-small` (a normal server of the same size, to preempt it with).
+fn dev_flavors() -> Vec<crate::flavors::Flavor> {
+    let flavor = |name: &str, preemptible| crate::flavors::Flavor {
+        name: name.into(),
+        vcpus: 1,
+        cpu: Some(1_000),
+        ram: 256 << 20,
+        scratch: 0,
+        gpus: 0,
+        price: if preemptible { 0.01 } else { 0.04 },
+        preemptible: Some(preemptible),
+    };
+    vec![flavor("dev-preemptible", true), flavor("dev-small", false)]
 }
 
 fn spawn_agent(config: &Path) -> Result<Child, DevError> {
@@ -361,6 +404,12 @@ fn announce(
         "env:   {} (source it: . {})",
         env_path.display(),
         env_path.display()
+    );
+    println!(
+        "dev only: flavors dev-preemptible (spot) and dev-small (normal), 1000 MHz and 256 MiB; spot notice {DEV_SPOT_NOTICE_S} s, no minimum uptime (packaged: 900 s and 1800 s)"
+    );
+    println!(
+        "dev only: every driver is open to every account ([drivers] exec = \"everyone\"); Ctrl-C stops dev's servers and says so on each"
     );
     Ok(())
 }

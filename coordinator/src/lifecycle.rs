@@ -96,3 +96,47 @@ impl Coordinator {
         Ok(())
     }
 }
+
+impl Coordinator {
+    /// Every server placed on `hosts` is stopped now, saying `reason`: dev mode's exit, which
+    /// stops those hosts' workloads. Their metering ends now, so nothing is billed while they
+    /// are down, and the store agrees with what runs. Returns how many were stopped.
+    /// `host` and the hosts of pool `pool` (dev mode's own agents).
+    pub async fn hosts_in_pool_or(&self, host: &HostId, pool: &str) -> Vec<HostId> {
+        let model = self.model.lock().await;
+        model
+            .hosts
+            .iter()
+            .filter(|(id, h)| *id == host || h.record.pool.as_deref() == Some(pool))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub async fn stop_for_exit(&self, hosts: &[HostId], reason: &str) -> Result<usize, OpError> {
+        let mut model = self.model.lock().await;
+        let stopped: Vec<ServerRecord> = model
+            .servers
+            .values()
+            .filter(|s| s.host.as_ref().is_some_and(|h| hosts.contains(h)))
+            .filter(|s| s.status != ServerStatus::Stopped)
+            .map(|s| {
+                let mut n = s.clone();
+                n.status = ServerStatus::Stopped;
+                n.stop_reason = Some(reason.to_owned());
+                n.host = None;
+                n.gpus = Vec::new();
+                n.active_since = None;
+                n.termination = None;
+                n.shutdown_until = None;
+                n.perf_factor = backfill_shared::PerfFactor::FULL;
+                n
+            })
+            .collect();
+        let count = stopped.len();
+        if count > 0 {
+            tracing::info!(servers = count, %reason, "servers stopped");
+            self.commit(&mut model, stopped, hosts).await?;
+        }
+        Ok(count)
+    }
+}

@@ -117,7 +117,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn_env(exe: &Path, args: &[&str], log: PathBuf, env: &[(String, String)]) -> Daemon {
+    pub fn spawn_env(exe: &Path, args: &[&str], log: PathBuf, env: &[(String, String)]) -> Daemon {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(exe)
             .args(args)

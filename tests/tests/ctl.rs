@@ -606,3 +606,73 @@ fn rfc3339_helper_counts_days_right() {
     assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
 }
+
+/// `backfillctl webhook listen`: the tour's receiver verifies each delivery with the webhook's
+/// secret and prints its event; a delivery signed with another secret is refused (401).
+#[test]
+fn webhook_listen_prints_verified_events_and_refuses_forged_ones() {
+    let pki = Pki::new();
+    let coord = Coordinator::start_with(&pki, &["tenant"], WEBHOOKS);
+    let setup = AgentSetup::new(&pki, &coord, "listen-host");
+    let _agent = setup.start(true, "1");
+    let tenant = Ctl::new(coord.url(""), Some(pki.issue(Role::Account, "tenant")));
+
+    // The webhook is created first (its secret is the receiver's), for a free port.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    let created = tenant.ok(&format!("webhook create {url}"));
+    let secret = field(&created, "secret:").to_owned();
+    let hook = field(&created, "uuid").to_owned();
+    tenant.ok(&format!(
+        "webhook subscribe {hook} --event server_state_changed"
+    ));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut listener = Command::new(bin("backfillctl"))
+        .args(["webhook", "listen", "--port", &port.to_string()])
+        .env("BACKFILL_WEBHOOK_SECRET", &secret)
+        .stdin(Stdio::null())
+        .stdout(log.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    wait_until("the receiver listens", || {
+        text().contains("listening on http://")
+    });
+
+    tenant.ok(&format!(
+        "bserver create --name heard --cpu 500 --mem 64M --start --wait --timeout {WAIT_SECS} -- sleep 300"
+    ));
+    wait_until("a verified event is printed", || {
+        text()
+            .lines()
+            .any(|l| l.starts_with("server_state_changed ") && l.contains(" verified {"))
+    });
+
+    // A forged delivery: the right headers, a signature that is not the secret's.
+    let body = br#"{"forged":true}"#;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = format!("sha256={}", "0".repeat(64));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Backfill-Event: server_state_changed\r\nX-Backfill-Event-Id: forged\r\nX-Backfill-Timestamp: {ts}\r\nX-Backfill-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    wait_until("the forgery is printed as refused", || {
+        text().contains("server_state_changed forged REFUSED")
+    });
+    let _ = listener.kill();
+    let _ = listener.wait();
+}

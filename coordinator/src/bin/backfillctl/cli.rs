@@ -329,6 +329,22 @@ pub enum WebhookCmd {
     Deliveries { uuid: String },
     /// Sends a delivery again now, whatever its status.
     Redeliver { uuid: String, delivery: String },
+    /// Receives webhook deliveries on this machine, verifies their signature and prints each
+    /// event (for trying webhooks out; `dev` allows http receivers on loopback).
+    Listen(ListenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// The port to listen on (0: any free one, printed at start).
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// The webhook's signing secret (else $BACKFILL_WEBHOOK_SECRET).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod config;
 mod error;
+mod listen;
 mod output;
 mod report;
 mod servers;
@@ -42,6 +43,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
+    // The receiver needs no coordinator settings.
+    if let Command::Webhook(cli::WebhookCmd::Listen(args)) = cli.command {
+        return listen::run(args).await;
+    }
     let settings = config::resolve(&cli.global)?;
     let api = api::Api::new(&settings)?;
     let out = Out {

@@ -74,6 +74,8 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
                 format!("{delivery}: redeliver {result}\n")
             })
         }
+        // Handled before the API settings are read (it needs none).
+        WebhookCmd::Listen(args) => crate::listen::run(args).await,
     }
 }
 
