@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub network: NetworkSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    /// `[container]`: the `container` driver (OCI runtime, image cache).
+    #[serde(default)]
+    pub container: crate::driver::container::ContainerConfig,
 }
 
 /// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
@@ -296,6 +299,9 @@ impl AgentConfig {
             .pool
             .parse::<crate::network::AddressPool>()
             .map_err(|e| invalid("network.pool", &e.to_string()))?;
+        self.container
+            .validate()
+            .map_err(|(key, reason)| invalid(key, &reason))?;
         if matches!(self.network.route_table, 0 | 253..=255) {
             return Err(invalid(
                 "network.route_table",

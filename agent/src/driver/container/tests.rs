@@ -1,0 +1,163 @@
+//! The driver against the real runtime (root and runc only; skipped otherwise, saying why).
+
+#![allow(clippy::unwrap_used)]
+
+use super::cache::{ImageRecord, sha256_hex};
+use super::*;
+use crate::driver::Driver;
+use backfill_shared::{ContainerWorkload, GuestProfile, ServerClass, Workload};
+use std::collections::BTreeMap;
+
+#[test]
+fn loopback_name_servers_are_left_out() {
+    let r = resolv_conf();
+    assert!(!r.contains("nameserver 127."), "{r}");
+}
+
+/// Why this host cannot run the real-runtime test, if it cannot.
+fn cannot_run() -> Option<&'static str> {
+    if !crate::driver::running_as_root() {
+        return Some("not root");
+    }
+    if !Path::new("/usr/sbin/runc").exists() {
+        return Some("no /usr/sbin/runc");
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("no /bin/busybox (busybox-static)");
+    }
+    None
+}
+
+/// An image put straight into the cache: busybox and a shell.
+fn seed_image(driver: &ContainerDriver, reference: &str) -> String {
+    let manifest = sha256_hex(reference.as_bytes());
+    let tmp = driver.cache.tmp_path("rootfs");
+    std::fs::create_dir_all(tmp.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", tmp.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", tmp.join("bin/sh")).unwrap();
+    driver
+        .cache
+        .commit_image(
+            &tmp,
+            &ImageRecord {
+                references: vec![reference.into()],
+                manifest: manifest.clone(),
+                config: spec::ImageConfig {
+                    cmd: vec!["/bin/sh".into(), "-c".into(), "echo from-image".into()],
+                    env: vec!["FROM_IMAGE=1".into()],
+                    ..Default::default()
+                },
+                blobs: vec![],
+                unpacked_bytes: 1,
+            },
+        )
+        .unwrap();
+    manifest
+}
+
+#[test]
+fn a_container_runs_is_asked_to_stop_and_leaves_nothing() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ContainerConfig::default();
+    let driver = ContainerDriver::new(&cfg, dir.path()).unwrap();
+    let mut inv = backfill_shared::Drivers::default();
+    driver.report(&mut inv);
+    assert!(inv.container.unwrap().runtime.starts_with("runc "));
+    seed_image(&driver, "example.invalid/demo:1");
+    let id = ServerId::from_u128(0xc0ffee);
+    let workload = Workload {
+        container: Some(ContainerWorkload {
+            image: "example.invalid/demo:1".into(),
+            workdir: Some("/tmp".into()),
+        }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "trap 'echo got-term; exit 0' TERM; echo uid=$(id -u) pwd=$(pwd) host=$(hostname) img=$FROM_IMAGE wl=$WL; touch /ro 2>/dev/null || echo read-only; while true; do sleep 0.1; done".into(),
+        ],
+        ..Workload::default()
+    };
+    let env: BTreeMap<String, String> = [("WL".into(), "yes".into())].into();
+    let guest = GuestProfile {
+        name: "c".into(),
+        hostname: "box-1".into(),
+        account: "t".into(),
+        class: ServerClass::Backfill,
+        instance_type: "x".into(),
+        meta: Default::default(),
+        user_data: None,
+    };
+    let log = dir.path().join("c.log");
+    let launch = Launch {
+        server: id,
+        workload: &workload,
+        resources: Default::default(),
+        perf_factor: Default::default(),
+        class: ServerClass::Backfill,
+        env: &env,
+        gpus: &[],
+        join_files: &[],
+        cgroup_path: None,
+        log_file: &log,
+        network: None,
+        guest: &guest,
+        run_as: Some(crate::driver::RunAs {
+            uid: 65534,
+            gid: 65534,
+        }),
+    };
+    let launched = driver.launch(&launch).unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !read().contains("read-only") {
+        assert!(std::time::Instant::now() < deadline, "log: {}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        read().contains("uid=65534 pwd=/tmp host=box-1 img=1 wl=yes"),
+        "{}",
+        read()
+    );
+    driver.request_shutdown(&id, &launched.process);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::driver::alive(&launched.process) {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM ignored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(read().contains("got-term"), "{}", read());
+    driver.release(&id);
+    assert!(!dir.path().join("containers").join(id.to_string()).exists());
+    assert!(!dir.path().join("runc").join(id.to_string()).exists());
+    // A command that does not exist: a clear error and nothing left.
+    let bad = Workload {
+        command: vec!["/nope".into()],
+        ..workload.clone()
+    };
+    let err = driver
+        .launch(&Launch {
+            workload: &bad,
+            ..launch.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("/nope"), "{err}");
+    assert!(!dir.path().join("containers").join(id.to_string()).exists());
+    // An image the cache does not have, from a registry that does not exist.
+    let missing = Workload {
+        container: Some(ContainerWorkload {
+            image: "127.0.0.1:1/missing:1".into(),
+            workdir: None,
+        }),
+        ..workload.clone()
+    };
+    let err = driver
+        .launch(&Launch {
+            workload: &missing,
+            ..launch.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("127.0.0.1:1/missing:1"), "{err}");
+}
