@@ -362,17 +362,23 @@ impl BlobWriter {
         }
     }
 
-    /// Verifies and commits the blob.
-    pub fn finish(mut self, cache: &Cache) -> Result<(), ContainerError> {
+    /// Whether what was written so far is the whole blob, with its digest.
+    pub fn verify(&self) -> Result<(), ContainerError> {
         let actual = hex_of(self.hash.clone().finish().as_ref());
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(io(&self.tmp))?;
-        }
         if actual != self.hex || self.written != self.size {
             return Err(ContainerError::Digest {
                 expected: format!("sha256:{} ({} bytes)", self.hex, self.size),
                 actual: format!("sha256:{actual} ({} bytes)", self.written),
             });
+        }
+        Ok(())
+    }
+
+    /// Verifies and commits the blob.
+    pub fn finish(mut self, cache: &Cache) -> Result<(), ContainerError> {
+        self.verify()?;
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(io(&self.tmp))?;
         }
         cache.commit_blob(&self.tmp, &self.hex)
     }

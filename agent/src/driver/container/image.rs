@@ -294,8 +294,14 @@ async fn pull(
             .await
             .map_err(|e| registry_err(reference, e))?;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| registry_err(reference, e))?;
-            w.write(&chunk)?;
+            match chunk {
+                Ok(chunk) => w.write(&chunk)?,
+                // oci-client checks digests too, at the end: say it as we do.
+                Err(e) => {
+                    w.verify()?;
+                    return Err(registry_err(reference, e));
+                }
+            }
         }
         w.finish(cache)?;
         fresh.blobs.push(h);

@@ -1,0 +1,485 @@
+//! The `container` driver end to end, as root: a local registry (Debian's docker-registry)
+//! gets a tiny busybox image pushed from here; a backfill server runs it in its cgroup and
+//! network namespace, reads its own metadata, is downsized by a normal server's arrival
+//! (its CPU quota and soft memory limit), and stops on SIGTERM by itself. A corrupt layer, an
+//! unknown image and an image larger than the cache are refused, leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use backfill_shared::pki::Role;
+use backfill_tests::*;
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+const RUNC: &str = "/usr/sbin/runc";
+const REGISTRY: &str = "/usr/bin/docker-registry";
+const BUSYBOX: &str = "/bin/busybox";
+/// The image cache's bound: the demo image fits (about 1 MiB compressed, 2 MiB unpacked);
+/// the big one (10 MiB of noise) does not.
+const CACHE_MAX: u64 = 8 << 20;
+
+fn usable() -> bool {
+    let missing: Vec<&str> = [RUNC, REGISTRY, BUSYBOX]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    let ok = is_root() && missing.is_empty();
+    if !ok {
+        eprintln!(
+            "SKIP: the container end-to-end test needs root (root={}) and runc, docker-registry, busybox-static (missing: {missing:?})",
+            is_root()
+        );
+    }
+    ok
+}
+
+/// docker-registry on a free loopback port, storing in a temp dir; killed on drop.
+struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let r = Registry { child, dir, addr };
+        wait_until("the registry answers", || {
+            std::net::TcpStream::connect(&r.addr).is_ok()
+        });
+        r
+    }
+
+    /// The file the registry serves a blob from.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    format!(
+        "sha256:{}",
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// The demo program: says who and where it is, asks the metadata service, and exits when
+/// told to stop.
+const DEMO: &str = r#"#!/bin/sh
+echo "demo: uid $(id -u) host $(hostname) image_var $IMAGE_VAR"
+trap 'echo "demo: got SIGTERM"; exit 0' TERM
+# The agent publishes the guest's document once the start is recorded: ask until it is there.
+i=0
+while [ $i -lt 100 ]; do
+    r=$(printf 'GET /openstack/latest/meta_data.json HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' | nc -w 5 "$MD" 80)
+    case "$r" in *'"uuid"'*) break ;; esac
+    i=$((i+1)); sleep 0.1
+done
+echo "$r"
+echo "demo: metadata done"
+while true; do sleep 1 & wait $!; done
+"#;
+
+/// One gzip layer: busybox, its applets as symlinks, the demo script and `extra` files.
+fn layer(extra: &[(&str, Vec<u8>)]) -> (Vec<u8>, String) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("bin/busybox", &std::fs::read(BUSYBOX).unwrap(), 0o755);
+    add("bin/demo", DEMO.as_bytes(), 0o755);
+    for (p, d) in extra {
+        add(p, d, 0o644);
+    }
+    for applet in [
+        "sh", "id", "hostname", "nc", "sleep", "echo", "printf", "cat", "touch",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let diff_id = sha256(&tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+/// Pushes an image of one layer as `<registry>/<name>`; answers the layer's digest.
+async fn push(registry: &Registry, name: &str, extra: &[(&str, Vec<u8>)]) -> String {
+    let (data, diff_id) = layer(extra);
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "IMAGE_VAR=from-image"], "Cmd": ["/bin/demo"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let reference: Reference = format!("{}/{name}", registry.addr).parse().unwrap();
+    let layer = ImageLayer::oci_v1_gzip(data, None);
+    let digest = layer.sha256_digest();
+    client
+        .push(
+            &reference,
+            &[layer],
+            Config::oci_v1(serde_json::to_vec(&config).unwrap(), None),
+            &RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .unwrap();
+    digest
+}
+
+async fn status(c: &reqwest::Client, coord: &Coordinator, uuid: &str) -> Value {
+    get(c, &coord.url(&format!("bservers/{uuid}/"))).await.1
+}
+
+/// Creates and starts a backfill server running `image`; its uuid.
+async fn start_container(
+    c: &reqwest::Client,
+    coord: &Coordinator,
+    name: &str,
+    cpu: u64,
+    mem: u64,
+    image: &str,
+) -> String {
+    let id = create(
+        c,
+        &coord.url("bservers/"),
+        json!({"name": name, "cpu": cpu, "mem": mem,
+               "workload": {"container": {"image": image}}}),
+    )
+    .await;
+    let (s, body) = post(
+        c,
+        &coord.url(&format!("bservers/{id}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    id
+}
+
+/// Waits for a server that must fail to start: stopped, with the agent's reason in the
+/// coordinator's log. Answers that reason's line.
+async fn refused(c: &reqwest::Client, coord: &Coordinator, uuid: &str, needle: &str) -> String {
+    eventually("the server stopped", || async {
+        (status(c, coord, uuid).await["status"] == "stopped").then_some(())
+    })
+    .await;
+    let line = coord
+        .daemon
+        .log_text()
+        .lines()
+        .find(|l| l.contains("workload failed") && l.contains(uuid))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(line.contains(needle), "want {needle:?} in: {line}");
+    line
+}
+
+fn read_i64(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A namespace file's identity (`/proc/PID/ns/net` and `/run/netns/NAME` alike).
+fn netns_inode(path: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_from_a_registry_and_bad_images_are_refused() {
+    if !usable() {
+        return;
+    }
+    backfill_shared::tls::install_default_provider();
+    // A metadata address of this test's own: tests of other checkouts may hold
+    // 169.254.169.254:80 on a shared machine. The guest is told it in $MD.
+    let md = format!("169.254.171.{}", std::process::id() % 250 + 1);
+    let registry = Registry::start();
+    push(&registry, "demo:1", &[]).await;
+    let pki = Pki::new();
+    let coord = Coordinator::start_with(&pki, &["tenant"], "");
+    let mut setup = AgentSetup::new(&pki, &coord, "host-ctr");
+    setup.extra_toml = format!(
+        "[metadata]\nbind = \"{md}:80\"\n[network]\npool = \"10.213.241.0/24\"\nroute_table = 2171\n[container]\ninsecure_registries = [{:?}]\ncache_max_bytes = {CACHE_MAX}\npull_timeout_secs = 60\n",
+        registry.addr
+    );
+    let mut agent = setup.start(true, "1");
+    let runtime = agent.wait_log_value("container driver ready", "runtime");
+    assert!(runtime.starts_with("runc"), "{runtime}");
+    let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
+    let (_, caps) = get(&tenant, &coord.url("capabilities/")).await;
+    let total = &caps["free_resources"]["total"];
+    let (host_cpu, host_mem) = (
+        total["cpu"].as_u64().unwrap(),
+        total["mem"].as_u64().unwrap(),
+    );
+    assert!(host_cpu >= 2_000, "this test needs 2,000 MHz: {caps}");
+    let mhz_per_core: i64 = agent.wait_log_value("discovered", "mhz").parse().unwrap();
+
+    // A backfill container that takes most of the host.
+    let image = format!("{}/demo:1", registry.addr);
+    let (bf_cpu, bf_mem) = (host_cpu - 500, host_mem - (256 << 20));
+    let started = Instant::now();
+    let ctr = create(
+        &tenant,
+        &coord.url("bservers/"),
+        json!({"name": "ctr", "cpu": bf_cpu, "mem": bf_mem,
+               "workload": {"container": {"image": image}, "env": {"MD": md}}}),
+    )
+    .await;
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{ctr}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    let rt = eventually("the container running", || async {
+        let b = status(&tenant, &coord, &ctr).await;
+        (b["status"] == "running").then(|| b["runtime"].clone())
+    })
+    .await;
+    let to_running = started.elapsed();
+    let log = setup.state_dir().join("logs").join(format!("{ctr}.log"));
+    let out = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the container read its metadata", || {
+        out().contains("demo: metadata done")
+    });
+    let text = out();
+    assert!(
+        text.contains("demo: uid 65534 host ctr image_var from-image"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\"uuid\": \"{ctr}\""))
+            || text.contains(&format!("\"uuid\":\"{ctr}\"")),
+        "{text}"
+    );
+    let agent_line = agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("container started"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "MEASURED: start action to running {} ms; agent: {agent_line}",
+        to_running.as_millis()
+    );
+
+    // In its cgroup (with the agent's limits, not runc's) and its network namespace.
+    let pid = setup.recorded_pid(&ctr).unwrap();
+    let procs = std::fs::read_to_string(setup.v1_cgroup("cpu", &ctr).join("cgroup.procs"))
+        .unwrap_or_default();
+    assert!(
+        procs.lines().any(|p| p == pid.to_string()),
+        "{pid} not in {procs}"
+    );
+    let full_quota = (i64::try_from(bf_cpu).unwrap() * 100_000 / mhz_per_core).min(100_000);
+    let quota = || read_i64(&setup.v1_cgroup("cpu", &ctr).join("cpu.cfs_quota_us"));
+    let soft = || {
+        read_i64(
+            &setup
+                .v1_cgroup("memory", &ctr)
+                .join("memory.soft_limit_in_bytes"),
+        )
+    };
+    assert_eq!(quota(), Some(full_quota));
+    let full_soft = soft().unwrap();
+    assert!(full_soft > 0 && full_soft <= bf_mem as i64, "{full_soft}");
+    let netns = rt["netns"].as_str().unwrap();
+    assert!(netns_inode(&format!("/proc/{pid}/ns/net")).is_some());
+    assert_eq!(
+        netns_inode(&format!("/proc/{pid}/ns/net")),
+        netns_inode(&format!("/run/netns/{netns}"))
+    );
+    assert_ne!(
+        netns_inode(&format!("/proc/{pid}/ns/net")),
+        netns_inode("/proc/self/ns/net")
+    );
+
+    // A normal server arrives: the container is downsized, CPU and memory.
+    let normal = create(
+        &tenant,
+        &coord.url("servers/"),
+        json!({"name": "paying", "cpu": 1_500, "mem": 768u64 << 20,
+               "workload": {"command": ["sleep", "120"]}}),
+    )
+    .await;
+    post(
+        &tenant,
+        &coord.url(&format!("servers/{normal}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    let pf = eventually("the container downsized", || async {
+        let b = status(&tenant, &coord, &ctr).await;
+        let pf = &b["runtime"]["perf_factor"];
+        (pf["cpu"].as_f64()? < 1.0 && pf["mem"].as_f64()? < 1.0).then(|| pf.clone())
+    })
+    .await;
+    wait_until("quota and soft limit lowered", || {
+        quota().is_some_and(|q| q < full_quota) && soft().is_some_and(|s| s < full_soft)
+    });
+    eprintln!(
+        "downsized to {pf}: quota {:?}, soft limit {:?}",
+        quota(),
+        soft()
+    );
+    assert!(
+        std::fs::read_to_string(setup.v1_cgroup("cpu", &ctr).join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|p| p == pid.to_string()),
+        "still running in its cgroup"
+    );
+    post(
+        &tenant,
+        &coord.url(&format!("servers/{normal}/action/?do=stop")),
+        json!({}),
+    )
+    .await;
+
+    // A graceful shutdown: SIGTERM reaches the container's init, which exits by itself.
+    let (s, body) = post(
+        &tenant,
+        &coord.url(&format!("bservers/{ctr}/action/?do=shutdown")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    eventually("the container stopped", || async {
+        (status(&tenant, &coord, &ctr).await["status"] == "stopped").then_some(())
+    })
+    .await;
+    assert!(out().contains("demo: got SIGTERM"), "{}", out());
+    let bundle = setup.state_dir().join("containers").join(&ctr);
+    wait_until("its bundle removed", || !bundle.exists());
+    assert!(!setup.state_dir().join("runc").join(&ctr).exists());
+
+    // A corrupt layer: the registry serves bytes that do not match the manifest's digest.
+    let cached_blobs = || -> Vec<String> {
+        std::fs::read_dir(setup.state_dir().join("images/blobs/sha256"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = cached_blobs();
+    assert_eq!(
+        before.len(),
+        2,
+        "the demo image's config and layer: {before:?}"
+    );
+    let bad_layer = push(&registry, "bad:1", &[("etc/bad", b"bad".to_vec())]).await;
+    let file = registry.blob_file(&bad_layer);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let bad = start_container(
+        &tenant,
+        &coord,
+        "bad",
+        500,
+        64 << 20,
+        &format!("{}/bad:1", registry.addr),
+    )
+    .await;
+    let why = refused(&tenant, &coord, &bad, "is corrupt").await;
+    eprintln!("REFUSED (corrupt): {why}");
+    assert!(!setup.state_dir().join("containers").join(&bad).exists());
+    assert_eq!(cached_blobs(), before, "nothing of the bad image is cached");
+    let tmp: Vec<_> = std::fs::read_dir(setup.state_dir().join("images/tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+
+    // An image the registry does not have.
+    let unknown = start_container(
+        &tenant,
+        &coord,
+        "unknown",
+        500,
+        64 << 20,
+        &format!("{}/nope:1", registry.addr),
+    )
+    .await;
+    let why = refused(&tenant, &coord, &unknown, "nope:1").await;
+    eprintln!("REFUSED (unknown): {why}");
+
+    // An image larger than the whole cache.
+    let mut noise = vec![0u8; 10 << 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut noise).unwrap();
+    push(&registry, "big:1", &[("noise", noise)]).await;
+    let big = start_container(
+        &tenant,
+        &coord,
+        "big",
+        500,
+        64 << 20,
+        &format!("{}/big:1", registry.addr),
+    )
+    .await;
+    let why = refused(&tenant, &coord, &big, "cache_max_bytes").await;
+    eprintln!("REFUSED (too large): {why}");
+    assert_eq!(cached_blobs(), before);
+    drop(agent);
+}
