@@ -262,7 +262,8 @@ async fn containers_run_from_a_registry_and_bad_images_are_refused() {
         "[metadata]\nbind = \"{md}:80\"\n[network]\npool = \"10.213.241.0/24\"\nroute_table = 2171\n[container]\ninsecure_registries = [{:?}]\ncache_max_bytes = {CACHE_MAX}\npull_timeout_secs = 60\n",
         registry.addr
     );
-    let mut agent = setup.start(true, "1");
+    // Not stopped on exit: the container must outlive an agent restart.
+    let mut agent = setup.start(false, "1");
     let runtime = agent.wait_log_value("container driver ready", "runtime");
     assert!(runtime.starts_with("runc"), "{runtime}");
     let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
@@ -396,6 +397,29 @@ async fn containers_run_from_a_registry_and_bad_images_are_refused() {
         json!({}),
     )
     .await;
+
+    // Backfill yields: SCHED_IDLE (field 41 of stat) and first to die on OOM.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let policy = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(38);
+    assert_eq!(policy, Some("5"), "SCHED_IDLE: {stat}");
+    let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(adj.trim(), "1000");
+    let rss = |a: &Daemon| {
+        std::fs::read_to_string(format!("/proc/{}/status", a.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    eprintln!("MEASURED: agent with one container: {}", rss(&agent));
+
+    // The agent restarts; the new one re-adopts the running container (same init).
+    agent.terminate();
+    let mut agent = setup.start(true, "2");
+    agent.wait_log_value("re-adopted running workload", "pid");
+    assert_eq!(setup.recorded_pid(&ctr), Some(pid));
+    assert_eq!(status(&tenant, &coord, &ctr).await["status"], "running");
 
     // A graceful shutdown: SIGTERM reaches the container's init, which exits by itself.
     let (s, body) = post(
