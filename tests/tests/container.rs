@@ -507,3 +507,85 @@ async fn containers_run_from_a_registry_and_bad_images_are_refused() {
     assert_eq!(cached_blobs(), before);
     drop(agent);
 }
+
+/// Many containers on one agent: how long until all run, and the agent's memory. A
+/// measurement, not a check: `cargo test -p backfill-tests --test container -- --ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn many_containers_measured() {
+    if !usable() {
+        return;
+    }
+    backfill_shared::tls::install_default_provider();
+    let n: u64 = std::env::var("BACKFILL_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let registry = Registry::start();
+    push(&registry, "demo:1", &[]).await;
+    let pki = Pki::new();
+    let coord = Coordinator::start_with(&pki, &["tenant"], "");
+    let mut setup = AgentSetup::new(&pki, &coord, "host-many");
+    setup.extra_toml = format!(
+        "[metadata]\nbind = \"127.0.0.1:0\"\n[network]\npool = \"10.213.64.0/18\"\nroute_table = 2172\n[container]\ninsecure_registries = [{:?}]\n",
+        registry.addr
+    );
+    let agent = setup.start(true, "1");
+    let tenant = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
+    let (_, caps) = get(&tenant, &coord.url("capabilities/")).await;
+    let host_cpu = caps["free_resources"]["total"]["cpu"].as_u64().unwrap();
+    let image = format!("{}/demo:1", registry.addr);
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            start_container(
+                &tenant,
+                &coord,
+                &format!("c{i}"),
+                host_cpu / (n + 1),
+                64 << 20,
+                &image,
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        eventually("running", || async {
+            (status(&tenant, &coord, id).await["status"] == "running").then_some(())
+        })
+        .await;
+    }
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "MEASURED: {n} containers running {} ms after the first start; agent {rss}",
+        started.elapsed().as_millis()
+    );
+    for id in &ids {
+        post(
+            &tenant,
+            &coord.url(&format!("bservers/{id}/action/?do=stop")),
+            json!({}),
+        )
+        .await;
+    }
+    for id in &ids {
+        eventually("stopped", || async {
+            (status(&tenant, &coord, id).await["status"] == "stopped").then_some(())
+        })
+        .await;
+    }
+    assert!(
+        std::fs::read_dir(setup.state_dir().join("containers"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "every bundle removed"
+    );
+}

@@ -171,6 +171,22 @@ impl ContainerDriver {
         self.bundles.join(id.to_string())
     }
 
+    /// Whether the init of the server's container (its pid file) still runs.
+    fn init_alive(&self, id: &ServerId) -> bool {
+        let pid_file = self.bundle(id).join("init.pid");
+        match std::fs::read_to_string(&pid_file) {
+            Ok(text) => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(ProcessIdentity::of)
+                .is_some(),
+            // No pid file yet: a bundle being made (launch holds the supervisor's lock, so
+            // not now) or a create that failed; either way nothing runs.
+            Err(_) => false,
+        }
+    }
+
     /// Images that bundles use (never evicted).
     fn images_in_use(&self) -> BTreeSet<String> {
         std::fs::read_dir(&self.bundles)
@@ -394,19 +410,24 @@ impl super::Driver for ContainerDriver {
 
     fn sweep(&self, keep: &[ServerId]) {
         let keep: BTreeSet<String> = keep.iter().map(ToString::to_string).collect();
+        // Bundles of servers no longer here, and of runs that ended while no agent watched
+        // (a restarted agent does not release those). The supervisor calls this under its
+        // lock, after starting what it starts: every live run's init is alive.
         let stale: Vec<ServerId> = std::fs::read_dir(&self.bundles)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !keep.contains(n))
-            .filter_map(|n| n.parse().ok())
+            .filter_map(|n| Some((n.parse::<ServerId>().ok()?, n)))
+            .filter(|(id, n)| !keep.contains(n) || !self.init_alive(id))
+            .map(|(id, _)| id)
             .collect();
         for id in stale {
-            tracing::info!(server = %id, "removing a container no server wants");
+            tracing::info!(server = %id, "removing a container that no longer runs");
             self.remove_run(&id);
         }
-        self.cache.sweep();
+        // The image cache's own leftovers are swept when the driver starts, not here: a
+        // pull in flight owns its scratch files.
     }
 
     fn report(&self, into: &mut backfill_shared::Drivers) {

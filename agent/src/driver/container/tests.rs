@@ -122,6 +122,9 @@ fn a_container_runs_is_asked_to_stop_and_leaves_nothing() {
         "{}",
         read()
     );
+    let bundle = dir.path().join("containers").join(id.to_string());
+    driver.sweep(&[id]);
+    assert!(bundle.exists(), "a running container is kept");
     driver.request_shutdown(&id, &launched.process);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while crate::driver::alive(&launched.process) {
