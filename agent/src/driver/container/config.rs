@@ -18,6 +18,9 @@ pub struct ContainerConfig {
     /// every registry is HTTPS.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// OCI image layout directories: `layout.invalid/NAME:TAG` is `<layouts_dir>/NAME`.
+    #[serde(default)]
+    pub layouts_dir: Option<PathBuf>,
     /// The image cache's bound (compressed blobs plus unpacked images), in bytes. Least
     /// recently used images not in use are evicted to make room; an image larger than this
     /// is refused.
@@ -39,6 +42,7 @@ impl Default for ContainerConfig {
             enabled: true,
             runtime: default_runtime(),
             insecure_registries: Vec::new(),
+            layouts_dir: None,
             cache_max_bytes: default_cache_max(),
             pull_timeout_secs: default_pull_timeout(),
             readonly_rootfs: true,
@@ -64,6 +68,9 @@ impl ContainerConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !self.runtime.is_absolute() {
             return Err(("container.runtime", "must be an absolute path".into()));
+        }
+        if self.layouts_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(("container.layouts_dir", "must be an absolute path".into()));
         }
         if !(1..=3600).contains(&self.pull_timeout_secs) {
             return Err(("container.pull_timeout_secs", "must be 1 to 3600".into()));

@@ -12,7 +12,7 @@
 use super::ContainerError;
 use super::cache::{BlobWriter, Cache, ImageRecord, digest_hex};
 use super::spec::ImageConfig;
-use super::unpack;
+use super::{layout, unpack};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -56,6 +56,16 @@ pub fn parse_reference(reference: &str) -> Result<ImageRef, ContainerError> {
     })
 }
 
+/// How pulls reach images.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Registries spoken to in plain HTTP.
+    pub insecure: Vec<String>,
+    /// Where `layout.invalid/NAME` images live.
+    pub layouts_dir: Option<std::path::PathBuf>,
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     result: Mutex<Option<Result<ImageRecord, String>>>,
@@ -70,16 +80,11 @@ pub struct Puller {
     _stop: tokio::sync::oneshot::Sender<()>,
     inflight: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
     cache: Arc<Cache>,
-    insecure: Vec<String>,
-    timeout: Duration,
+    opts: PullOptions,
 }
 
 impl Puller {
-    pub fn new(
-        cache: Arc<Cache>,
-        insecure: Vec<String>,
-        timeout: Duration,
-    ) -> Result<Puller, ContainerError> {
+    pub fn new(cache: Arc<Cache>, opts: PullOptions) -> Result<Puller, ContainerError> {
         // reqwest is built without a crypto provider of its own: ring, the process default.
         backfill_shared::tls::install_default_provider();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -117,8 +122,7 @@ impl Puller {
             _stop: stop,
             inflight: Arc::default(),
             cache,
-            insecure,
-            timeout,
+            opts,
         })
     }
 
@@ -168,8 +172,8 @@ impl Puller {
 
     fn spawn(&self, reference: &str, slot: Arc<Slot>, in_use: BTreeSet<String>) {
         let cache = self.cache.clone();
-        let insecure = self.insecure.clone();
-        let timeout = self.timeout;
+        let opts = self.opts.clone();
+        let timeout = opts.timeout;
         let inflight = self.inflight.clone();
         let reference = reference.to_owned();
         self.handle.spawn(async move {
@@ -177,7 +181,7 @@ impl Puller {
             let started = std::time::Instant::now();
             let r = tokio::time::timeout(
                 timeout,
-                pull(&cache, &insecure, &reference, &in_use, cancel.clone()),
+                pull(&cache, &opts, &reference, &in_use, cancel.clone()),
             )
             .await
             .unwrap_or_else(|_| {
@@ -227,28 +231,58 @@ fn registry_err(reference: &str, e: impl std::fmt::Display) -> ContainerError {
     ContainerError::Registry(format!("cannot pull {reference}: {e}"))
 }
 
+/// Where an image's blobs come from.
+enum Source {
+    Registry(Box<Client>, Reference),
+    Layout(std::path::PathBuf),
+}
+
 async fn pull(
     cache: &Arc<Cache>,
-    insecure: &[String],
+    opts: &PullOptions,
     reference: &str,
     in_use: &BTreeSet<String>,
     cancel: Arc<AtomicBool>,
 ) -> Result<ImageRecord, ContainerError> {
-    parse_reference(reference)?;
-    let r = Reference::try_from(reference).map_err(|e| registry_err(reference, e))?;
-    // try_from, not new: `new` falls back to a default client (HTTPS only) on error.
-    let client = Client::try_from(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
-        connect_timeout: Some(Duration::from_secs(10)),
-        read_timeout: Some(Duration::from_secs(60)),
-        ..ClientConfig::default()
-    })
-    .map_err(|e| registry_err(reference, e))?;
-    let (manifest, digest) = client
-        .pull_image_manifest(&r, &RegistryAuth::Anonymous)
-        .await
+    let parsed = parse_reference(reference)?;
+    let (source, hex, descriptors) = if parsed.registry == layout::LAYOUT_REGISTRY {
+        let root = opts.layouts_dir.as_ref().ok_or_else(|| {
+            registry_err(
+                reference,
+                "this agent has no [container] layouts_dir for layout.invalid/ images",
+            )
+        })?;
+        let dir = layout::dir_for(root, &parsed.repository);
+        let (hex, blobs) = layout::resolve(&dir, parsed.tag.as_deref(), parsed.digest.as_deref())
+            .map_err(|e| registry_err(reference, e))?;
+        (Source::Layout(dir), hex, blobs)
+    } else {
+        let r = Reference::try_from(reference).map_err(|e| registry_err(reference, e))?;
+        // try_from, not new: `new` falls back to a default client (HTTPS only) on error.
+        let client = Client::try_from(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(opts.insecure.clone()),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        })
         .map_err(|e| registry_err(reference, e))?;
-    let hex = digest_hex(&digest)?.to_owned();
+        let (manifest, digest) = client
+            .pull_image_manifest(&r, &RegistryAuth::Anonymous)
+            .await
+            .map_err(|e| registry_err(reference, e))?;
+        let mut blobs = Vec::new();
+        for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            let size = u64::try_from(d.size).map_err(|_| {
+                registry_err(reference, format!("blob {} has a negative size", d.digest))
+            })?;
+            blobs.push(layout::Desc {
+                digest: d.digest.clone(),
+                size,
+            });
+        }
+        let hex = digest_hex(&digest)?.to_owned();
+        (Source::Registry(Box::new(client), r), hex, blobs)
+    };
     if cache.record(&hex).is_some() {
         cache.add_reference(&hex, reference)?;
         cache.touch(&hex);
@@ -262,19 +296,12 @@ async fn pull(
         blobs: Vec::new(),
         manifest: Some(hex.clone()),
     };
-    let descriptors: Vec<_> = std::iter::once(&manifest.config)
-        .chain(&manifest.layers)
-        .collect();
-    let mut need = 0u64;
-    for d in &descriptors {
-        let size = u64::try_from(d.size).map_err(|_| {
-            registry_err(reference, format!("blob {} has a negative size", d.digest))
-        })?;
-        need = need.saturating_add(size);
-    }
+    let need = descriptors
+        .iter()
+        .fold(0u64, |n, d| n.saturating_add(d.size));
     // Unpacked layers take about three times their compressed size: room for that if it can
     // be made, else for the blobs at least.
-    let layers: u64 = need.saturating_sub(u64::try_from(manifest.config.size).unwrap_or(0));
+    let layers = need.saturating_sub(descriptors.first().map_or(0, |d| d.size));
     if cache
         .make_room(need.saturating_add(layers.saturating_mul(3)), in_use)
         .is_err()
@@ -288,22 +315,32 @@ async fn pull(
         if cache.blob_path(&h).exists() {
             continue;
         }
-        let mut w = BlobWriter::new(cache, &h, u64::try_from(d.size).unwrap_or(0))?;
-        let mut stream = client
-            .pull_blob_stream(&r, *d)
-            .await
-            .map_err(|e| registry_err(reference, e))?;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => w.write(&chunk)?,
-                // oci-client checks digests too, at the end: say it as we do.
-                Err(e) => {
-                    w.verify()?;
-                    return Err(registry_err(reference, e));
+        let mut w = BlobWriter::new(cache, &h, d.size)?;
+        match &source {
+            Source::Layout(dir) => layout::copy_blob(dir, &h, cache, w)?,
+            Source::Registry(client, r) => {
+                let desc = oci_client::manifest::OciDescriptor {
+                    digest: d.digest.clone(),
+                    size: i64::try_from(d.size).unwrap_or(i64::MAX),
+                    ..Default::default()
+                };
+                let mut stream = client
+                    .pull_blob_stream(r, &desc)
+                    .await
+                    .map_err(|e| registry_err(reference, e))?;
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(chunk) => w.write(&chunk)?,
+                        // oci-client checks digests too, at the end: say it as we do.
+                        Err(e) => {
+                            w.verify()?;
+                            return Err(registry_err(reference, e));
+                        }
+                    }
                 }
+                w.finish(cache)?;
             }
         }
-        w.finish(cache)?;
         fresh.blobs.push(h);
     }
     let config_path = cache.blob_path(&blobs[0]);

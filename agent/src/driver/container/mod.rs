@@ -1,7 +1,8 @@
 //! The `container` driver: OCI images pulled from a registry, run by an OCI runtime (runc) as
 //! a program.
 //!
-//! - Images: pulled by reference into a content-addressed cache under `<state_dir>/images`
+//! - Images: pulled by reference (or copied from an OCI layout directory, [`layout`]) into a
+//!   content-addressed cache under `<state_dir>/images`
 //!   (layer digests verified, size-bounded, LRU eviction; [`cache`], [`image`]), unpacked once
 //!   per image, safely ([`unpack`]).
 //! - Each run: a bundle `<state_dir>/containers/<uuid>/` with an overlayfs root (the shared
@@ -23,12 +24,13 @@
 //!
 //! Not here (yet): user namespaces (runc 1.1 cannot id-map the shared image; the container
 //! runs as the unprivileged workload user instead), GPU device nodes inside containers (the
-//! GPU variables are passed; the device cgroup allows only the usual nodes), OCI image layout
-//! directories, registry credentials.
+//! GPU variables are passed; the device cgroup allows only the usual nodes), registry
+//! credentials.
 
 mod cache;
 mod config;
 mod image;
+mod layout;
 mod runtime;
 mod spec;
 mod unpack;
@@ -133,8 +135,11 @@ impl ContainerDriver {
         cache.sweep();
         let puller = image::Puller::new(
             cache.clone(),
-            cfg.insecure_registries.clone(),
-            Duration::from_secs(cfg.pull_timeout_secs),
+            image::PullOptions {
+                insecure: cfg.insecure_registries.clone(),
+                layouts_dir: cfg.layouts_dir.clone(),
+                timeout: Duration::from_secs(cfg.pull_timeout_secs),
+            },
         )?;
         Ok(ContainerDriver {
             runtime: Runtime {

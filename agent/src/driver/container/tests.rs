@@ -164,3 +164,116 @@ fn a_container_runs_is_asked_to_stop_and_leaves_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:1/missing:1"), "{err}");
 }
+
+/// A one-layer OCI layout of busybox under `root/NAME`, tagged `1`.
+fn write_layout(root: &Path, name: &str) {
+    use std::io::Write;
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |data: &[u8]| {
+        let hex = sha256_hex(data);
+        std::fs::write(dir.join("blobs/sha256").join(&hex), data).unwrap();
+        (format!("sha256:{hex}"), data.len())
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    h.set_size(busybox.len() as u64);
+    h.set_mode(0o755);
+    b.append_data(&mut h, "bin/busybox", busybox.as_slice())
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "bin/sh", "busybox").unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&b.into_inner().unwrap()).unwrap();
+    let (layer, lsize) = put(&gz.finish().unwrap());
+    let (config, csize) = put(br#"{"config":{"Cmd":["/bin/sh","-c","echo from-layout"]}}"#);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{csize}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":{lsize}}}]}}"#
+    );
+    let (m, msize) = put(manifest.as_bytes());
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{msize},"annotations":{{"org.opencontainers.image.ref.name":"1"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_image_from_an_oci_layout_runs_its_own_command() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(&dir.path().join("oci"), "demo");
+    let cfg = ContainerConfig {
+        layouts_dir: Some(dir.path().join("oci")),
+        ..ContainerConfig::default()
+    };
+    let driver = ContainerDriver::new(&cfg, &dir.path().join("state")).unwrap();
+    let workload = Workload {
+        container: Some(ContainerWorkload {
+            image: "layout.invalid/demo:1".into(),
+            workdir: None,
+        }),
+        ..Workload::default()
+    };
+    let guest = GuestProfile {
+        name: "c".into(),
+        hostname: "box-2".into(),
+        account: "t".into(),
+        class: ServerClass::Normal,
+        instance_type: "x".into(),
+        meta: Default::default(),
+        user_data: None,
+    };
+    let log = dir.path().join("c.log");
+    let id = ServerId::from_u128(0x1a70);
+    let env = BTreeMap::new();
+    let launched = driver.launch(&Launch {
+        server: id,
+        workload: &workload,
+        resources: Default::default(),
+        perf_factor: Default::default(),
+        class: ServerClass::Normal,
+        env: &env,
+        gpus: &[],
+        join_files: &[],
+        cgroup_path: None,
+        log_file: &log,
+        network: None,
+        guest: &guest,
+        run_as: None,
+    });
+    // It may have printed and exited before the start was checked: either is fine.
+    if let Err(e) = &launched {
+        assert!(e.to_string().contains("exited at once"), "{e}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("from-layout")
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    driver.release(&id);
+    let cached = driver.cache.find("layout.invalid/demo:1").unwrap();
+    assert_eq!(cached.blobs.len(), 2);
+    assert!(cached.unpacked_bytes > 1_000_000, "busybox unpacked");
+    // Unknown tags and agents without layouts are clear errors.
+    let err = driver
+        .puller
+        .get(
+            "layout.invalid/demo:2",
+            Duration::from_secs(10),
+            BTreeSet::new(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no manifest for 2"), "{err}");
+}
