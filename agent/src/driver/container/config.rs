@@ -29,6 +29,12 @@ pub struct ContainerConfig {
     /// The longest one image pull (manifest, blobs, unpacking) may take.
     #[serde(default = "default_pull_timeout")]
     pub pull_timeout_secs: u64,
+    /// Run each container in a user namespace: its ids 0..65536 are host ids from this one
+    /// (its root an unprivileged host user). Unset: no user namespace; the container runs as
+    /// the agent's `run_as` user. Needs `state_dir` traversable by others (o+x): runc enters
+    /// the bundle as the mapped root.
+    #[serde(default)]
+    pub userns_base: Option<u32>,
     /// The container's root filesystem is read-only (writable: `/tmp`, `/dev/shm`, `/run`).
     /// When false, writes go to the server's own overlay layer, which is dropped when the
     /// run ends.
@@ -46,6 +52,7 @@ impl Default for ContainerConfig {
             cache_max_bytes: default_cache_max(),
             pull_timeout_secs: default_pull_timeout(),
             readonly_rootfs: true,
+            userns_base: None,
         }
     }
 }
@@ -71,6 +78,14 @@ impl ContainerConfig {
         }
         if self.layouts_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(("container.layouts_dir", "must be an absolute path".into()));
+        }
+        if let Some(b) = self.userns_base
+            && (b < 65536 || b.checked_add(super::spec::USERNS_SIZE).is_none())
+        {
+            return Err((
+                "container.userns_base",
+                "must be at least 65536 (above real users) and leave room for 65536 ids".into(),
+            ));
         }
         if !(1..=3600).contains(&self.pull_timeout_secs) {
             return Err(("container.pull_timeout_secs", "must be 1 to 3600".into()));
@@ -129,6 +144,8 @@ mod tests {
             "pull_timeout_secs = 0",
             "cache_max_bytes = 10",
             "insecure_registries = [\"http://x\"]",
+            "userns_base = 1000",
+            "layouts_dir = \"oci\"",
         ] {
             let c: ContainerConfig = toml::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

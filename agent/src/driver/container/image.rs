@@ -394,6 +394,7 @@ fn unpack_image(
             }
         }
     }
+    unpack::mount_points(&tmp);
     Ok((tmp, total))
 }
 

@@ -22,10 +22,18 @@
 //!   (`runc kill <id> TERM`) and `release` (`runc delete --force`, unmount, remove the
 //!   bundle) find what an earlier agent process started.
 //!
-//! Not here (yet): user namespaces (runc 1.1 cannot id-map the shared image; the container
-//! runs as the unprivileged workload user instead), GPU device nodes inside containers (the
-//! GPU variables are passed; the device cgroup allows only the usual nodes), registry
-//! credentials.
+//! - Users: by default no user namespace; the container runs as the agent's `run_as` user
+//!   (an image's numeric non-root user is kept), holding no capabilities. With
+//!   `[container] userns_base` each container gets a user namespace mapping its ids 0..65536
+//!   to host ids from there: its root is root of its namespace only. runc 1.1 has no
+//!   id-mapped mounts, so the shared image stays owned by host root (readable, and the
+//!   mount points runc needs are made at unpack time); the bundle must be reachable (o+x)
+//!   by the mapped root; and such containers have no /sys (sysfs cannot be mounted from a
+//!   user namespace that does not own the network namespace the agent made).
+//!
+//! Not here (yet): GPU device nodes inside containers (the GPU variables are passed; the
+//! device cgroup allows only the usual nodes), registry credentials, a writable layer size
+//! bound (it lives in the state directory, dropped with the run).
 
 mod cache;
 mod config;
@@ -107,6 +115,7 @@ pub struct ContainerDriver {
     bundles: PathBuf,
     readonly: bool,
     launch_wait: Duration,
+    userns_base: Option<u32>,
 }
 
 impl ContainerDriver {
@@ -152,6 +161,7 @@ impl ContainerDriver {
             bundles,
             readonly: cfg.readonly_rootfs,
             launch_wait: image::LAUNCH_WAIT.min(Duration::from_secs(cfg.pull_timeout_secs)),
+            userns_base: cfg.userns_base,
         })
     }
 
@@ -289,6 +299,22 @@ impl ContainerDriver {
             etc.join("hostname"),
             etc.join("resolv.conf"),
         );
+        if let Some(base) = self.userns_base {
+            // runc sets the container up as its mapped root: it must reach the bundle, and
+            // own the writable layer.
+            if !super::others_can_execute(bundle) {
+                return Err(ContainerError::Runtime {
+                    command: "user namespace".into(),
+                    reason: format!(
+                        "{} and every directory above it must be o+x for the container's mapped root ([container] userns_base)",
+                        bundle.display()
+                    ),
+                });
+            }
+            for d in [&upper, &work] {
+                std::os::unix::fs::chown(d, Some(base), Some(base)).map_err(io(d))?;
+            }
+        }
         runtime::mount_overlay(&self.cache.rootfs(&image.manifest), &upper, &work, &rootfs)?;
         let run_as = l.run_as.unwrap_or(super::RunAs {
             uid: 65534,
@@ -315,6 +341,7 @@ impl ContainerDriver {
                 ("/etc/resolv.conf", &resolv),
             ],
             server: &server,
+            userns_base: self.userns_base,
         });
         let cfg = bundle.join("config.json");
         let text = serde_json::to_vec_pretty(&json).map_err(|e| ContainerError::Io {

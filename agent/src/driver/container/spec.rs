@@ -73,7 +73,12 @@ pub struct RunSpec<'a> {
     /// Files bind-mounted read-only over `/etc/...`: (path in the container, host file).
     pub etc_files: &'a [(&'a str, &'a Path)],
     pub server: &'a str,
+    /// A user namespace: container ids 0..[`USERNS_SIZE`] are host ids from this one.
+    pub userns_base: Option<u32>,
 }
+
+/// How many ids a container's user namespace maps.
+pub const USERNS_SIZE: u32 = 65536;
 
 const SAFE_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -232,9 +237,31 @@ pub fn user(image_user: &str, uid: u32, gid: u32) -> (u32, u32) {
     }
 }
 
+/// The image's user inside its own user namespace: numeric `uid[:gid]`; root for names
+/// (no lookup in the image's /etc/passwd) and for an empty user.
+pub fn image_user_in_userns(image_user: &str) -> (u32, u32) {
+    let (u, g) = image_user.split_once(':').unwrap_or((image_user, ""));
+    let uid = u
+        .parse::<u32>()
+        .ok()
+        .filter(|u| *u < USERNS_SIZE)
+        .unwrap_or(0);
+    let gid = g
+        .parse::<u32>()
+        .ok()
+        .filter(|g| *g < USERNS_SIZE)
+        .unwrap_or(uid);
+    (uid, gid)
+}
+
 /// The bundle's `config.json`.
 pub fn config_json(s: &RunSpec<'_>) -> Value {
-    let (uid, gid) = user(&s.image.user, s.uid, s.gid);
+    // In its own user namespace the image's user is itself (its root is an unprivileged
+    // host id); without one, never root.
+    let (uid, gid) = match s.userns_base {
+        Some(_) => image_user_in_userns(&s.image.user),
+        None => user(&s.image.user, s.uid, s.gid),
+    };
     let cwd = s
         .workdir
         .or(Some(s.image.working_dir.as_str()).filter(|w| w.starts_with('/')))
@@ -248,6 +275,9 @@ pub fn config_json(s: &RunSpec<'_>) -> Value {
     if let Some(ns) = s.netns {
         namespaces.push(json!({"type": "network", "path": ns}));
     }
+    if s.userns_base.is_some() {
+        namespaces.push(json!({"type": "user"}));
+    }
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -258,6 +288,11 @@ pub fn config_json(s: &RunSpec<'_>) -> Value {
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
         json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"]}),
     ];
+    if s.userns_base.is_some() {
+        // sysfs cannot be mounted from a user namespace that does not own the network
+        // namespace (the agent's): no /sys then, rather than the host's.
+        mounts.retain(|m| m["destination"] != "/sys");
+    }
     for (dst, src) in s.etc_files {
         mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
     }
@@ -273,6 +308,18 @@ pub fn config_json(s: &RunSpec<'_>) -> Value {
     if let (Some(p), Some(obj)) = (s.cgroups_path, linux.as_object_mut()) {
         obj.insert("cgroupsPath".into(), json!(p));
     }
+    if let (Some(base), Some(obj)) = (s.userns_base, linux.as_object_mut()) {
+        let map = json!([{"containerID": 0, "hostID": base, "size": USERNS_SIZE}]);
+        obj.insert("uidMappings".into(), map.clone());
+        obj.insert("gidMappings".into(), map);
+    }
+    // A root inside a user namespace holds the bounding set (over its own namespace only);
+    // anyone else holds nothing.
+    let held: &[&str] = if s.userns_base.is_some() && uid == 0 {
+        BOUNDING_CAPS.as_slice()
+    } else {
+        &[]
+    };
     let mut process = json!({
         "terminal": false,
         "user": {"uid": uid, "gid": gid, "additionalGids": [gid]},
@@ -281,9 +328,9 @@ pub fn config_json(s: &RunSpec<'_>) -> Value {
         "cwd": cwd,
         "capabilities": {
             "bounding": BOUNDING_CAPS.as_slice(),
-            "effective": [],
+            "effective": held,
             "inheritable": [],
-            "permitted": [],
+            "permitted": held,
             "ambient": [],
         },
         "noNewPrivileges": true,
@@ -336,6 +383,7 @@ mod tests {
             oom_score_adj: Some(1000),
             etc_files: &[("/etc/hosts", hosts)],
             server: "x",
+            userns_base: None,
         });
         let p = &v["process"];
         assert_eq!(p["args"], json!(["/bin/sh", "-c", "echo hi"]));
@@ -432,6 +480,7 @@ mod tests {
             oom_score_adj: None,
             etc_files: &[],
             server: "x",
+            userns_base: None,
         });
         assert_eq!(v["process"]["args"], json!(cmd));
         assert_eq!(v["process"]["cwd"], "/w");
@@ -451,6 +500,48 @@ mod tests {
         assert_eq!(user("root", 65534, 65534), (65534, 65534));
         assert_eq!(user("", 65534, 65534), (65534, 65534));
         assert_eq!(user("app", 65534, 65534), (65534, 65534));
+        let v = config_json(&RunSpec {
+            image: &img,
+            command: &cmd,
+            env: &[],
+            workdir: None,
+            rootfs: Path::new("/r"),
+            readonly: true,
+            hostname: "h",
+            netns: None,
+            cgroups_path: None,
+            uid: 65534,
+            gid: 65534,
+            oom_score_adj: None,
+            etc_files: &[],
+            server: "x",
+            userns_base: Some(200_000),
+        });
+        assert_eq!(v["process"]["user"]["uid"], 0, "root, of its own namespace");
+        assert_eq!(
+            v["linux"]["uidMappings"],
+            json!([{"containerID": 0, "hostID": 200_000, "size": 65536}])
+        );
+        assert!(
+            v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "user"}))
+        );
+        assert_eq!(
+            v["process"]["capabilities"]["effective"],
+            v["process"]["capabilities"]["bounding"]
+        );
+        assert!(
+            !v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/sys")
+        );
+        assert_eq!(image_user_in_userns("1000:1001"), (1000, 1001));
+        assert_eq!(image_user_in_userns("app"), (0, 0));
+        assert_eq!(image_user_in_userns("70000"), (0, 0), "outside the map");
         assert!(ImageConfig::parse(b"nope").is_err());
         assert_eq!(ImageConfig::parse(b"{}").unwrap(), ImageConfig::default());
     }

@@ -14,6 +14,15 @@ fn loopback_name_servers_are_left_out() {
     assert!(!r.contains("nameserver 127."), "{r}");
 }
 
+/// Removes the run however the test ends (a failed assertion must not leave a container).
+struct Cleanup<'a>(&'a ContainerDriver, ServerId);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.0.release(&self.1);
+    }
+}
+
 /// Why this host cannot run the real-runtime test, if it cannot.
 fn cannot_run() -> Option<&'static str> {
     if !crate::driver::running_as_root() {
@@ -110,6 +119,7 @@ fn a_container_runs_is_asked_to_stop_and_leaves_nothing() {
             gid: 65534,
         }),
     };
+    let _cleanup = Cleanup(&driver, id);
     let launched = driver.launch(&launch).unwrap();
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -235,6 +245,7 @@ fn an_image_from_an_oci_layout_runs_its_own_command() {
     let log = dir.path().join("c.log");
     let id = ServerId::from_u128(0x1a70);
     let env = BTreeMap::new();
+    let _cleanup = Cleanup(&driver, id);
     let launched = driver.launch(&Launch {
         server: id,
         workload: &workload,
@@ -276,4 +287,95 @@ fn an_image_from_an_oci_layout_runs_its_own_command() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("no manifest for 2"), "{err}");
+}
+
+#[test]
+fn in_a_user_namespace_the_image_root_is_an_unprivileged_host_user() {
+    if let Some(why) = cannot_run() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // runc enters the bundle as the mapped root: the state directory must be o+x.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_layout(&dir.path().join("oci"), "demo");
+    let cfg = ContainerConfig {
+        layouts_dir: Some(dir.path().join("oci")),
+        userns_base: Some(300_000),
+        ..ContainerConfig::default()
+    };
+    let driver = ContainerDriver::new(&cfg, &dir.path().join("state")).unwrap();
+    let workload = Workload {
+        container: Some(ContainerWorkload {
+            image: "layout.invalid/demo:1".into(),
+            workdir: None,
+        }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo uid=$(/bin/busybox id -u) map=$(/bin/busybox cat /proc/self/uid_map); trap 'exit 0' TERM; while true; do /bin/busybox sleep 0.1; done".into(),
+        ],
+        ..Workload::default()
+    };
+    let guest = GuestProfile {
+        name: "c".into(),
+        hostname: "box-3".into(),
+        account: "t".into(),
+        class: ServerClass::Backfill,
+        instance_type: "x".into(),
+        meta: Default::default(),
+        user_data: None,
+    };
+    let log = dir.path().join("c.log");
+    let id = ServerId::from_u128(0x5e5);
+    let env = BTreeMap::new();
+    let _cleanup = Cleanup(&driver, id);
+    let launched = driver
+        .launch(&Launch {
+            server: id,
+            workload: &workload,
+            resources: Default::default(),
+            perf_factor: Default::default(),
+            class: ServerClass::Backfill,
+            env: &env,
+            gpus: &[],
+            join_files: &[],
+            cgroup_path: None,
+            log_file: &log,
+            network: None,
+            guest: &guest,
+            run_as: None,
+        })
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !read().contains("map=") {
+        assert!(std::time::Instant::now() < deadline, "log: {}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = read();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("uid="))
+        .unwrap_or_default();
+    // uid_map pads its columns: "map=         0     300000      65536".
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words, ["uid=0", "map=", "0", "300000", "65536"], "{text}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", launched.process.pid)).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.contains("300000"), "{uid_line}");
+    driver.request_shutdown(&id, &launched.process);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::driver::alive(&launched.process) {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM ignored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    driver.release(&id);
+    assert!(
+        !dir.path()
+            .join("state/containers")
+            .join(id.to_string())
+            .exists()
+    );
 }

@@ -280,6 +280,29 @@ fn unpack_tar(
     Ok(written)
 }
 
+/// Creates what the runtime mounts over, where the image lacks it (directories `/proc`,
+/// `/sys`, `/dev`, `/tmp`, `/run`, `/etc`; files `/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`): a container in a user namespace may not create them in the image's
+/// root-owned directories. What the image has (even a symlink) is left alone.
+pub fn mount_points(root: &Path) {
+    for d in ["proc", "sys", "dev", "tmp", "run", "etc"] {
+        let p = root.join(d);
+        if std::fs::symlink_metadata(&p).is_err() {
+            let _ = std::fs::create_dir(&p);
+            let mode = if d == "tmp" { 0o1777 } else { 0o755 };
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+        }
+    }
+    if std::fs::symlink_metadata(root.join("etc")).is_ok_and(|m| m.is_dir()) {
+        for f in ["hosts", "hostname", "resolv.conf"] {
+            let p = root.join("etc").join(f);
+            if std::fs::symlink_metadata(&p).is_err() {
+                let _ = std::fs::File::create_new(&p);
+            }
+        }
+    }
+}
+
 fn set_perm(path: &Path, mode: u32) -> Result<(), ContainerError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))
 }
