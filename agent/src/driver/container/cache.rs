@@ -109,6 +109,15 @@ impl Cache {
             .remove(hex);
     }
 
+    /// Whether any pull is in flight.
+    pub fn any_pinned(&self) -> bool {
+        !self
+            .pinned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
     pub fn record(&self, hex: &str) -> Option<ImageRecord> {
         if !valid_hex(hex) {
             return None;

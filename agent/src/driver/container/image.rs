@@ -218,11 +218,23 @@ struct Fresh<'a> {
 
 impl Drop for Fresh<'_> {
     fn drop(&mut self) {
-        for b in &self.blobs {
-            let _ = std::fs::remove_file(self.cache.blob_path(b));
-        }
         if let Some(m) = &self.manifest {
             self.cache.unpin(m);
+        }
+        if self.blobs.is_empty() {
+            return;
+        }
+        // Another pull in flight may have found one of these blobs in place and be about to
+        // unpack it: then they stay, and the next sweep (at the driver's start) takes them.
+        if self.cache.any_pinned() {
+            tracing::info!(
+                blobs = self.blobs.len(),
+                "a failed pull's blobs stay while another pull runs"
+            );
+            return;
+        }
+        for b in &self.blobs {
+            let _ = std::fs::remove_file(self.cache.blob_path(b));
         }
     }
 }
