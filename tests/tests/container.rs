@@ -344,6 +344,21 @@ async fn containers_run_from_a_registry_and_bad_images_are_refused() {
     };
     assert_eq!(quota(), Some(full_quota));
     let full_soft = soft().unwrap();
+    // runc was given no CPU or memory resources: the agent's idle-class weight and hard
+    // limit stand too.
+    let cpu_dir = setup.v1_cgroup("cpu", &ctr);
+    if cpu_dir.join("cpu.idle").exists() {
+        assert_eq!(read_i64(&cpu_dir.join("cpu.idle")), Some(1));
+    } else {
+        assert_eq!(read_i64(&cpu_dir.join("cpu.shares")), Some(2));
+    }
+    let hard = read_i64(
+        &setup
+            .v1_cgroup("memory", &ctr)
+            .join("memory.limit_in_bytes"),
+    )
+    .unwrap();
+    assert!((hard - bf_mem as i64).abs() < 4096, "{hard} vs {bf_mem}");
     assert!(full_soft > 0 && full_soft <= bf_mem as i64, "{full_soft}");
     let netns = rt["netns"].as_str().unwrap();
     assert!(netns_inode(&format!("/proc/{pid}/ns/net")).is_some());
