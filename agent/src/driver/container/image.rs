@@ -434,6 +434,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_slow_pull_goes_on_in_the_background_until_its_timeout() {
+        // A registry that accepts connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(dir.path(), 1 << 20).unwrap());
+        let puller = Puller::new(
+            cache,
+            PullOptions {
+                insecure: vec![addr.clone()],
+                layouts_dir: None,
+                timeout: Duration::from_secs(2),
+            },
+        )
+        .unwrap();
+        let image = format!("{addr}/slow:1");
+        let err = puller
+            .get(&image, Duration::from_millis(200), BTreeSet::new())
+            .unwrap_err();
+        assert!(matches!(err, ContainerError::StillPulling { .. }), "{err}");
+        assert!(err.to_string().contains("start the server again"), "{err}");
+        // The same pull, still in flight, ends at its timeout.
+        let err = puller
+            .get(&image, Duration::from_secs(10), BTreeSet::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("pull_timeout_secs"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
     fn references_split_into_registry_repository_tag() {
         let r = parse_reference("127.0.0.1:5000/demo:1").unwrap();
         assert_eq!(
