@@ -355,10 +355,13 @@ async fn pull(
         }
         fresh.blobs.push(h);
     }
-    let config_path = cache.blob_path(&blobs[0]);
+    let Some((config_hex, layer_hexes)) = blobs.split_first() else {
+        return Err(registry_err(reference, "the manifest names no config"));
+    };
+    let config_path = cache.blob_path(config_hex);
     let config_blob = std::fs::read(&config_path).map_err(super::cache::io(&config_path))?;
     let config = ImageConfig::parse(&config_blob).map_err(ContainerError::Config)?;
-    let layer_hexes: Vec<String> = blobs[1..].to_vec();
+    let layer_hexes: Vec<String> = layer_hexes.to_vec();
     let c2 = cache.clone();
     let unpacked = tokio::task::spawn_blocking(move || unpack_image(&c2, &layer_hexes, &cancel))
         .await
