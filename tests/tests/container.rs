@@ -98,6 +98,31 @@ impl Drop for Registry {
     }
 }
 
+/// Deletes whatever containers an agent left (a failed assertion while a container runs and
+/// its agent does not stop workloads on exit): runc's record, the process, the mount.
+struct LeftContainers(PathBuf);
+
+impl Drop for LeftContainers {
+    fn drop(&mut self) {
+        let bundles = self.0.join("containers");
+        for e in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
+            let _ = Command::new(RUNC)
+                .arg("--root")
+                .arg(self.0.join("runc"))
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(e.path().join("rootfs"))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 fn sha256(data: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, data);
     format!(
@@ -262,6 +287,7 @@ async fn containers_run_from_a_registry_and_bad_images_are_refused() {
         "[metadata]\nbind = \"{md}:80\"\n[network]\npool = \"10.213.241.0/24\"\nroute_table = 2171\n[container]\ninsecure_registries = [{:?}]\ncache_max_bytes = {CACHE_MAX}\npull_timeout_secs = 60\n",
         registry.addr
     );
+    let _left = LeftContainers(setup.state_dir());
     // Not stopped on exit: the container must outlive an agent restart.
     let mut agent = setup.start(false, "1");
     let runtime = agent.wait_log_value("container driver ready", "runtime");
