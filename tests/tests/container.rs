@@ -256,6 +256,15 @@ async fn refused(c: &reqwest::Client, coord: &Coordinator, uuid: &str, needle: &
         .map(str::to_owned)
         .unwrap_or_default();
     assert!(line.contains(needle), "want {needle:?} in: {line}");
+    // The tenant sees it too.
+    let shown = status(c, coord, uuid).await["pending_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        shown.contains("failed") && shown.contains(needle),
+        "pending_reason: {shown}"
+    );
     line
 }
 

@@ -119,7 +119,8 @@ pub struct Server {
     /// Number of virtual cores.
     pub smp: u32,
     pub status: String,
-    /// Why a started server is still waiting for capacity.
+    /// Why a started server is still waiting for capacity, or why its last start failed (a
+    /// stopped server: its host's reason, such as an image that could not be pulled).
     pub pending_reason: Option<String>,
     /// -1000 to 1000: higher starts first and is preempted last.
     pub priority: i32,

@@ -129,6 +129,8 @@ impl Coordinator {
                 (_, Some(WorkloadState::Failed { reason })) => {
                     tracing::warn!(server = %s.uuid, host = %host, %reason, "workload failed");
                     next.status = ServerStatus::Stopped;
+                    // The tenant sees why (`pending_reason`) until the server is placed again.
+                    next.queued_reason = Some(failure_reason(host, reason));
                 }
                 (ServerStatus::Stopping, None) if current => next.status = ServerStatus::Stopped,
                 (ServerStatus::Running | ServerStatus::Starting, None) if current => {
@@ -306,4 +308,18 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// What a server whose workload failed is shown: the agent's reason, bounded.
+fn failure_reason(host: &HostId, reason: &str) -> String {
+    const MAX: usize = 1024;
+    let mut r = reason.trim();
+    if r.len() > MAX {
+        let mut end = MAX;
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        r = &r[..end];
+    }
+    format!("its last start on {host} failed: {r}")
 }
