@@ -363,6 +363,7 @@ impl ContainerDriver {
         if !bundle.exists() {
             return;
         }
+        reap_if_ours(&bundle.join("init.pid"));
         let rootfs = bundle.join("rootfs");
         match runtime::unmount(&rootfs) {
             Ok(()) if !runtime::is_mounted(&rootfs) => {
@@ -394,6 +395,24 @@ fn resolv_conf() -> String {
         })
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// The container's init is re-parented when runc exits: to the host's init, or to the
+/// nearest subreaper, which could be this agent's process (a service manager may make it
+/// one). Then it is ours to reap; otherwise waitpid answers ECHILD and nothing happens.
+fn reap_if_ours(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    let mut status = 0;
+    // SAFETY: waitpid writes only `status`, a live local; WNOHANG never blocks.
+    unsafe {
+        libc::waitpid(pid, &mut status, libc::WNOHANG);
+    }
 }
 
 /// Backfill and spot yield the CPU: SCHED_IDLE for the container's init before it runs the
