@@ -617,6 +617,27 @@ async fn many_containers_measured() {
         "MEASURED: {n} containers running {} ms after the first start; agent {rss}",
         started.elapsed().as_millis()
     );
+    // The driver's own time per start (pull included for the first): from the agent's log.
+    let mut ms: Vec<u64> = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("container started"))
+        .filter_map(|l| {
+            l.split(" ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ms.sort_unstable();
+    if let (Some(min), Some(max)) = (ms.first(), ms.last()) {
+        eprintln!(
+            "MEASURED: launch ms min {min} median {} max {max}",
+            ms[ms.len() / 2]
+        );
+    }
     for id in &ids {
         post(
             &tenant,
