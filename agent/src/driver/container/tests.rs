@@ -379,3 +379,20 @@ fn in_a_user_namespace_the_image_root_is_an_unprivileged_host_user() {
             .exists()
     );
 }
+
+#[test]
+fn a_missing_runtime_means_no_driver_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ContainerConfig {
+        runtime: "/nonexistent/runc".into(),
+        ..ContainerConfig::default()
+    };
+    assert!(ContainerDriver::detect(&cfg, dir.path()).is_none());
+    let err = ContainerDriver::new(&cfg, dir.path()).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+    let off = ContainerConfig {
+        enabled: false,
+        ..ContainerConfig::default()
+    };
+    assert!(ContainerDriver::detect(&off, dir.path()).is_none());
+}
