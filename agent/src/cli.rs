@@ -300,6 +300,9 @@ fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
         );
         set = set.with(Arc::new(driver::ExecDriver));
     }
+    if let Some(c) = driver::container::ContainerDriver::detect(&cfg.container, &cfg.state_dir) {
+        set = set.with(Arc::new(c));
+    }
     set
 }
 

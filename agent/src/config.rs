@@ -72,6 +72,9 @@ pub struct AgentConfig {
     /// `[pressure]`: the agent's own squeeze of backfill when the kernel reports stalls.
     #[serde(default)]
     pub pressure: crate::pressure::PressureSettings,
+    /// `[container]`: the `container` driver (OCI runtime, image cache).
+    #[serde(default)]
+    pub container: crate::driver::container::ContainerConfig,
 }
 
 /// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
@@ -307,6 +310,9 @@ impl AgentConfig {
             .pool
             .parse::<crate::network::AddressPool>()
             .map_err(|e| invalid("network.pool", &e.to_string()))?;
+        self.container
+            .validate()
+            .map_err(|(key, reason)| invalid(key, &reason))?;
         if matches!(self.network.route_table, 0 | 253..=255) {
             return Err(invalid(
                 "network.route_table",

@@ -3,6 +3,8 @@
 //! deadline instead of sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod registry;
+
 use backfill_shared::pki::{Ca, IssueRequest, Role};
 use backfill_shared::tls::TlsFiles;
 use std::future::Future;

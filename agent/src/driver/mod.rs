@@ -8,6 +8,7 @@
 //! The supervisor owns the lifecycle (cgroups, networks, the state file, re-adoption) and
 //! calls a driver through [`Driver`]; a driver never touches another server's files.
 
+pub mod container;
 mod exec;
 mod proc;
 

@@ -139,7 +139,7 @@ impl Coordinator {
                 (_, Some(WorkloadState::Failed { reason })) => {
                     tracing::warn!(server = %s.uuid, host = %host, %reason, "workload failed");
                     next.status = ServerStatus::Stopped;
-                    next.stop_reason = Some(reason.clone());
+                    next.stop_reason = Some(failure_reason(host, reason));
                 }
                 (ServerStatus::Stopping, None) if current => {
                     next.status = ServerStatus::Stopped;
@@ -334,4 +334,18 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// What a server whose workload failed is shown (`stop_reason`): the agent's reason, bounded.
+fn failure_reason(host: &HostId, reason: &str) -> String {
+    const MAX: usize = 1024;
+    let mut r = reason.trim();
+    if r.len() > MAX {
+        let mut end = MAX;
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        r = &r[..end];
+    }
+    format!("its last start on {host} failed: {r}")
 }

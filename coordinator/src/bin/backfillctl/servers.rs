@@ -213,6 +213,7 @@ async fn wait_for(
         }
         let pending = v["pending_reason"]
             .as_str()
+            .or_else(|| v["stop_reason"].as_str())
             .map(|r| format!(", {r}"))
             .unwrap_or_default();
         spinner.tick(&format!(
