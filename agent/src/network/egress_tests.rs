@@ -484,3 +484,44 @@ fn two_agents_each_remove_only_their_own_rules() {
     a.sweep(&[]);
     b.sweep(&[]);
 }
+
+#[test]
+fn rules_removed_by_something_else_are_put_back() {
+    if !usable() {
+        return;
+    }
+    let pool: AddressPool = "10.250.88.0/30".parse().unwrap();
+    let nets = IpNetworks::new(pool, None, 25_088, tag("enforce"))
+        .unwrap()
+        .with_egress(EgressPolicy::default(), None)
+        .unwrap();
+    let g = Made::new(&nets, 0);
+    let wildcard = Echo::at("0.0.0.0:0");
+    let to_host = sock(g.host_address, wildcard.port());
+    assert!(!connects(&g.netns_path(), to_host));
+    // An operator's `iptables -D`: the guest would reach the host.
+    let t = nets.tag().as_str().to_owned();
+    let jump = format!("-i bf{t}-+ -j BF-{t}-IN");
+    let del = Command::new("sh")
+        .arg("-c")
+        .arg(format!("iptables -D INPUT {jump}"))
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{del:?}");
+    assert!(connects(&g.netns_path(), to_host), "the control");
+    nets.enforce(&[&g]);
+    assert!(!connects(&g.netns_path(), to_host));
+    assert!(save().contains(&jump));
+    // Looked at again only after a while.
+    let del = Command::new("sh")
+        .arg("-c")
+        .arg(format!("iptables -D INPUT {jump}"))
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{del:?}");
+    nets.enforce(&[&g]);
+    assert!(!save().contains(&jump));
+    *nets.enforced.lock().unwrap() = None;
+    nets.enforce(&[&g]);
+    assert!(save().contains(&jump));
+}

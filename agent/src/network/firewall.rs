@@ -172,6 +172,19 @@ impl Firewall {
         )
     }
 
+    /// Puts back whatever of the agent's chains, jumps and `guests`' rules something else
+    /// removed or changed. Says whether anything had to change.
+    pub fn enforce(&self, guests: &[GuestLink<'_>]) -> Result<bool, NetworkError> {
+        let filter = list(Table::Filter)?;
+        let nat = list(Table::Nat)?;
+        let mut script = self.rules.base_plan(&filter, &nat);
+        for g in guests {
+            script.append(self.rules.guest_plan(&filter, *g));
+        }
+        apply(&script)?;
+        Ok(!script.is_empty())
+    }
+
     /// Removes every rule and chain of this agent.
     pub fn teardown(&self) -> Result<(), NetworkError> {
         let filter = list(Table::Filter)?;

@@ -23,6 +23,8 @@ const RULE_PREF: u32 = 1000;
 /// not claim the same one at once.
 const LOCK_FILE: &str = "/run/lock/backfill-agent-network.lock";
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often running guests' egress rules are checked (two `iptables -S`).
+const ENFORCE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct IpNetworks {
@@ -34,6 +36,8 @@ pub struct IpNetworks {
     tag: NetTag,
     /// The egress policy's rules, when the agent installs them.
     firewall: Option<Firewall>,
+    /// When [`GuestNetworks::enforce`] last looked at the rules.
+    enforced: std::sync::Mutex<Option<Instant>>,
 }
 
 fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
@@ -160,6 +164,7 @@ impl IpNetworks {
             table,
             tag,
             firewall: None,
+            enforced: std::sync::Mutex::new(None),
         })
     }
 
@@ -429,6 +434,39 @@ impl GuestNetworks for IpNetworks {
             if let Err(e) = f.sweep(&keep_if) {
                 tracing::warn!(error = %e, "cannot remove egress rules this agent left behind");
             }
+        }
+    }
+
+    fn enforce(&self, running: &[&GuestNet]) {
+        let Some(f) = &self.firewall else { return };
+        if running.is_empty() {
+            return;
+        }
+        {
+            let mut last = self
+                .enforced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < ENFORCE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let links: Vec<GuestLink<'_>> = running
+            .iter()
+            .map(|n| GuestLink {
+                host_if: &n.host_if,
+                address: n.address,
+            })
+            .collect();
+        let _lock = host_lock().ok();
+        match f.enforce(&links) {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
+                guests = links.len(),
+                "the guests' egress rules had been removed or changed by something else; restored"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot check the guests' egress rules"),
         }
     }
 

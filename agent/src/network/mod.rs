@@ -112,6 +112,10 @@ pub trait GuestNetworks: Send + std::fmt::Debug {
     fn looks_whole(&self, _net: &GuestNet) -> bool {
         true
     }
+    /// Called about once a second with every running guest's network: puts back, at most
+    /// every few seconds, the egress rules something else removed or changed (an
+    /// `iptables -F`, a firewall reload), so that guests are not left unconfined.
+    fn enforce(&self, _running: &[&GuestNet]) {}
     fn pool(&self) -> Option<AddressPool>;
     /// Pool slots whose host address something else on this host holds already (another agent
     /// sharing the pool): they are skipped.
