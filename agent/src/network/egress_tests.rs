@@ -525,3 +525,45 @@ fn rules_removed_by_something_else_are_put_back() {
     nets.enforce(&[&g]);
     assert!(save().contains(&jump));
 }
+
+#[test]
+fn a_guest_sending_faster_than_its_packet_rate_is_held_to_it() {
+    if !usable() {
+        return;
+    }
+    let outside = Outside::new("bfrl", addr("198.51.100.9"), addr("198.51.100.10"), &[]);
+    let sink = in_netns(&outside.path(), || {
+        std::net::UdpSocket::bind("0.0.0.0:0").unwrap()
+    });
+    sink.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let to = sock(addr("198.51.100.10"), sink.local_addr().unwrap().port());
+    let pool: AddressPool = "10.250.89.0/30".parse().unwrap();
+    let policy = EgressPolicy {
+        packets_per_second: 20,
+        ..EgressPolicy::default()
+    };
+    let nets = IpNetworks::new(pool, None, 25_089, tag("rate"))
+        .unwrap()
+        .with_egress(policy, None)
+        .unwrap();
+    let g = Made::new(&nets, 0);
+    const SENT: usize = 300;
+    in_netns(&g.netns_path(), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..SENT {
+            s.send_to(b"x", to).unwrap();
+        }
+    });
+    let mut got = 0;
+    let mut buf = [0u8; 16];
+    while sink.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    eprintln!("{got} of {SENT} datagrams got through at 20 packets/s");
+    // A burst of 20, and 20 a second while the guest sends (well under a second).
+    assert!(
+        (10..=80).contains(&got),
+        "{got} of {SENT} datagrams got through"
+    );
+}
