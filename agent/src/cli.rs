@@ -428,6 +428,7 @@ async fn reload_on_sighup(
 
 /// Isolated network mode when the agent is root and iproute2 works; otherwise such servers fail
 /// to start and say why.
+///
 /// With `[network] egress_policy` (the default), guests' traffic follows the egress policy, and
 /// isolated mode is unavailable where the policy cannot be enforced: a guest never runs
 /// unconfined because iptables is missing.

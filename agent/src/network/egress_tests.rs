@@ -395,6 +395,27 @@ fn a_guest_reaches_metadata_and_the_outside_but_never_the_host_link_local_or_oth
         "a spoofed connection reached the outside"
     );
 
+    // Without its own rules a guest is cut off, not let loose: the outside and the metadata
+    // service are out of reach until the rules are back.
+    let t = nets.tag().as_str().to_owned();
+    for (chain, target) in [("FWD-G", "EGRESS"), ("IN-G", "HOST")] {
+        let del = Command::new("iptables")
+            .args(["-D", &format!("BF-{t}-{chain}"), "-s"])
+            .arg(format!("{}/32", a.address))
+            .args(["-i", &a.host_if, "-j", &format!("BF-{t}-{target}")])
+            .output()
+            .unwrap();
+        assert!(del.status.success(), "{del:?}");
+    }
+    assert!(!connects(&pa, sock(addr("198.51.100.2"), far.port())));
+    assert!(!connects(&pa, sock(md, metadata.port())));
+    assert!(!connects(&pa, sock(a.host_address, wildcard.port())));
+    assert!(
+        fw.add_guest(link_of(&a)).unwrap(),
+        "the rules were put back"
+    );
+    assert!(connects(&pa, sock(addr("198.51.100.2"), far.port())));
+
     // Control: a guest of an agent without the policy reaches the host's wildcard port, so the
     // refusals above are the policy's.
     let open_pool: AddressPool = "10.250.85.0/30".parse().unwrap();
@@ -413,7 +434,6 @@ fn a_guest_reaches_metadata_and_the_outside_but_never_the_host_link_local_or_oth
 
     // Guests go: first A (B keeps its rules and its reach), then B, and nothing of this agent's
     // is left.
-    let t = nets.tag().as_str().to_owned();
     nets.destroy(&a);
     let rules = save();
     assert!(!rules.contains(&format!("-i {} ", a.host_if)), "{rules}");

@@ -156,8 +156,8 @@ impl Firewall {
     }
 
     /// Removes the rules of this agent's guests other than `keep` (host interfaces), and
-    /// everything of this agent when none is kept.
-    pub fn sweep(&self, keep: &BTreeSet<&str>) -> Result<(), NetworkError> {
+    /// everything of this agent when none is kept and `drop_base`.
+    pub fn sweep(&self, keep: &BTreeSet<&str>, drop_base: bool) -> Result<(), NetworkError> {
         let filter = list(Table::Filter)?;
         let nat = list(Table::Nat)?;
         for i in self.rules.guests_with_rules(&filter) {
@@ -168,7 +168,7 @@ impl Firewall {
         apply(
             &self
                 .rules
-                .removal_plan(&filter, &nat, |i| !keep.contains(i), true),
+                .removal_plan(&filter, &nat, |i| !keep.contains(i), drop_base),
         )
     }
 

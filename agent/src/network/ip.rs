@@ -267,11 +267,6 @@ impl IpNetworks {
     /// Removes the namespace `netns`, the interface `host_if` and its rules (this agent's);
     /// with `last_goes`, also the agent's egress chains if no guest has rules left.
     fn remove(&self, netns: &str, host_if: &str, last_goes: bool) {
-        if let Some(f) = &self.firewall
-            && let Err(e) = f.remove_guest(host_if, last_goes)
-        {
-            tracing::warn!(%host_if, error = %e, "cannot remove the guest's egress rules");
-        }
         match list_rules() {
             Ok(all) => rules::rules_of(&all, host_if)
                 .into_iter()
@@ -289,6 +284,14 @@ impl IpNetworks {
             && let Err(e) = ip(&["link", "del", host_if])
         {
             tracing::warn!(%host_if, error = %e, "cannot remove the guest interface");
+        }
+        // Last, so that the interface is never without rules: without its own it is cut off,
+        // but without the agent's chains it would be let loose.
+        let gone = !interface_exists(host_if);
+        if let Some(f) = &self.firewall
+            && let Err(e) = f.remove_guest(host_if, last_goes && gone)
+        {
+            tracing::warn!(%host_if, error = %e, "cannot remove the guest's egress rules");
         }
     }
 }
@@ -430,8 +433,13 @@ impl GuestNetworks for IpNetworks {
             Err(e) => tracing::warn!(error = %e, "cannot list policy rules"),
         }
         if let Some(f) = &self.firewall {
+            // The agent's chains stay while an interface of its own that could not be removed
+            // is still there.
+            let lingering = names_in(SYS_NET)
+                .iter()
+                .any(|n| self.tag.own_if(n).is_some() && !keep_if.contains(n.as_str()));
             let _lock = host_lock().ok();
-            if let Err(e) = f.sweep(&keep_if) {
+            if let Err(e) = f.sweep(&keep_if, !lingering) {
                 tracing::warn!(error = %e, "cannot remove egress rules this agent left behind");
             }
         }
