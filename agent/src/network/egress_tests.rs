@@ -597,3 +597,32 @@ fn a_guest_sending_faster_than_its_packet_rate_is_held_to_it() {
         "{got} of {SENT} datagrams got through"
     );
 }
+
+#[test]
+fn an_agent_started_without_the_policy_removes_its_own_rules_only() {
+    if !usable() {
+        return;
+    }
+    let pool: AddressPool = "10.250.90.0/30".parse().unwrap();
+    let other_pool: AddressPool = "10.250.91.0/30".parse().unwrap();
+    let t = tag("off");
+    let before = IpNetworks::new(pool, None, 25_090, t.clone())
+        .unwrap()
+        .with_egress(EgressPolicy::default(), None)
+        .unwrap();
+    let other = IpNetworks::new(other_pool, None, 25_091, tag("off-other"))
+        .unwrap()
+        .with_egress(EgressPolicy::default(), None)
+        .unwrap();
+    let g = Made::new(&before, 0);
+    let kept = Made::new(&other, 0);
+    assert!(save().contains(&format!("BF-{}-", t.as_str())));
+    // The same agent, restarted with egress_policy = false.
+    let after = IpNetworks::new(pool, None, 25_090, t.clone()).unwrap();
+    after.remove_egress_rules(EgressPolicy::default());
+    let rules = save();
+    assert!(!rules.contains(&format!("BF-{}-", t.as_str())), "{rules}");
+    assert!(rules.contains(&format!("-i {} ", kept.host_if)), "{rules}");
+    drop(g);
+    drop(kept);
+}
