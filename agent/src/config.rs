@@ -223,6 +223,16 @@ impl NetworkSettings {
             packets_per_second: self.egress_packets_per_second,
             kib_per_second: self.egress_kib_per_second,
         };
+        for (i, a) in policy.allow.iter().enumerate() {
+            if let Some(n) = a.never_reachable() {
+                return Err((
+                    format!("network.egress_allow[{i}]"),
+                    format!(
+                        "{a} is in {n}: guests never reach loopback or link-local addresses (the metadata service is the agent's own, not forwarded)"
+                    ),
+                ));
+            }
+        }
         if policy.packets_per_second > crate::network::MAX_PACKETS_PER_SECOND {
             return Err((
                 "network.egress_packets_per_second".into(),
@@ -245,15 +255,13 @@ impl NetworkSettings {
     }
 }
 
-/// Loopback, "this network", private, shared (CGNAT), link-local (a cloud's own metadata
-/// service), multicast and reserved ranges.
+/// "This network", private, shared (CGNAT), multicast and reserved ranges. Loopback and
+/// link-local are refused whatever the lists say (`network::NEVER`).
 fn default_egress_deny() -> Vec<String> {
     [
         "0.0.0.0/8",
         "10.0.0.0/8",
         "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
         "172.16.0.0/12",
         "192.168.0.0/16",
         "224.0.0.0/4",
@@ -477,7 +485,7 @@ mod tests {
         let example: AgentConfig = toml::from_str(include_str!("../../config/agent.toml")).unwrap();
         let policy = example.network.egress().unwrap();
         assert!(policy.allow.is_empty());
-        assert_eq!(policy.deny.len(), 9);
+        assert_eq!(policy.deny.len(), 7);
         assert!(example.network.egress_policy);
         let mut n = example.network.clone();
         n.egress_allow = vec!["10.0.0.2".into(), "10.1.0.0/16".into()];
@@ -488,6 +496,11 @@ mod tests {
         assert!(reason.contains("did you mean 172.16.0.0/12"), "{reason}");
         n.egress_deny = vec!["fd00::/8".into()];
         assert!(n.egress().unwrap_err().1.contains("IPv4 only"));
+        let mut n = example.network.clone();
+        n.egress_allow = vec!["10.0.0.0/8".into(), "169.254.169.0/24".into()];
+        let (key, reason) = n.egress().unwrap_err();
+        assert_eq!(key, "network.egress_allow[1]");
+        assert!(reason.contains("in 169.254.0.0/16"), "{reason}");
         let mut n = example.network.clone();
         n.egress_packets_per_second = 2_000_000;
         assert_eq!(

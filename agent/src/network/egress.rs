@@ -18,8 +18,8 @@
 //! BF-<tag>-HOST   the metadata listener (its address and port), ping of the guest's gateway
 //! BF-<tag>-FWD    BF-<tag>-FWD-G; drop (a spoofed source, or an interface without rules)
 //! BF-<tag>-FWD-G  per guest: -s <address> -i <host_if> -j BF-<tag>-EGRESS
-//! BF-<tag>-EGRESS rate limits; replies; egress_allow -> accept; egress_deny and the pool ->
-//!                 reject; accept
+//! BF-<tag>-EGRESS rate limits; replies; loopback and link-local -> reject; egress_allow ->
+//!                 accept; egress_deny and the pool -> reject; accept
 //! BF-<tag>-TO     replies -> accept; drop
 //! BF-<tag>-REJECT TCP reset, else ICMP administratively prohibited
 //! ```
@@ -27,8 +27,12 @@
 //! A guest whose per-guest rules are missing is cut off, not let loose: its interface carries
 //! the agent's prefix, so its packets take the jumps and end in a reject or a drop.
 //!
-//! **Order.** `egress_allow` is checked before `egress_deny`: an address in both is allowed, so
-//! an exception (an internal mirror in 10.0.0.0/8) goes in `egress_allow`. The host's own
+//! **Order.** Loopback (127.0.0.0/8) and link-local (169.254.0.0/16: the underlying cloud's
+//! metadata service, whose credentials are the host's) are refused first, whatever the lists
+//! say; our own metadata service is local to the host and never forwarded. Then `egress_allow`
+//! is checked before `egress_deny`: an address in both is allowed, so an exception (an internal
+//! mirror in 10.0.0.0/8) goes in `egress_allow`, as does the pool for guests that may talk to
+//! each other. The host's own
 //! addresses are never reached through `FORWARD` (they go to `INPUT`), so no allow entry opens
 //! the host; the only host service a guest reaches is the metadata listener.
 
@@ -91,7 +95,27 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Ranges guests never reach, before and whatever `egress_allow` says: loopback and
+/// link-local.
+pub const NEVER: [Cidr; 2] = [
+    Cidr {
+        addr: Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    },
+    Cidr {
+        addr: Ipv4Addr::new(169, 254, 0, 0),
+        prefix: 16,
+    },
+];
+
 impl Cidr {
+    /// The range of [`NEVER`] that holds all of this one, if any.
+    pub fn never_reachable(&self) -> Option<Cidr> {
+        NEVER
+            .into_iter()
+            .find(|n| n.prefix <= self.prefix && n.contains(self.addr))
+    }
+
     /// `-d <range>` as iptables prints it (nothing for 0.0.0.0/0, which matches everything).
     fn dst(&self) -> String {
         if self.prefix == 0 {
@@ -354,6 +378,9 @@ impl Rules {
             ));
         }
         egress.push(replies.clone());
+        for n in NEVER {
+            egress.push(format!("{}{reject}", n.dst()));
+        }
         for a in &p.allow {
             egress.push(format!("{}-j ACCEPT", a.dst()));
         }
@@ -682,6 +709,11 @@ mod tests {
             "fd00::/8".parse::<Cidr>(),
             Err(CidrError::Ipv6(_))
         ));
+        assert_eq!(cidr("169.254.169.254").never_reachable(), Some(NEVER[1]));
+        assert_eq!(cidr("127.0.0.0/8").never_reachable(), Some(NEVER[0]));
+        assert_eq!(cidr("169.0.0.0/8").never_reachable(), None);
+        assert_eq!(cidr("0.0.0.0/0").never_reachable(), None);
+        assert_eq!(cidr("10.0.0.2").never_reachable(), None);
         let e = "10.0.0.1/8".parse::<Cidr>().unwrap_err().to_string();
         assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
     }
@@ -698,7 +730,7 @@ mod tests {
     fn policy() -> EgressPolicy {
         EgressPolicy {
             allow: vec![cidr("10.9.9.0/24")],
-            deny: vec![cidr("10.0.0.0/8"), cidr("169.254.0.0/16")],
+            deny: vec![cidr("10.0.0.0/8"), cidr("100.64.0.0/10")],
             packets_per_second: 0,
             kib_per_second: 0,
         }
@@ -788,9 +820,11 @@ mod tests {
 -A BF-c151e3-FWD -j BF-c151e3-FWD-G
 -A BF-c151e3-FWD -j DROP
 -A BF-c151e3-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A BF-c151e3-EGRESS -d 127.0.0.0/8 -j BF-c151e3-REJECT
+-A BF-c151e3-EGRESS -d 169.254.0.0/16 -j BF-c151e3-REJECT
 -A BF-c151e3-EGRESS -d 10.9.9.0/24 -j ACCEPT
 -A BF-c151e3-EGRESS -d 10.0.0.0/8 -j BF-c151e3-REJECT
--A BF-c151e3-EGRESS -d 169.254.0.0/16 -j BF-c151e3-REJECT
+-A BF-c151e3-EGRESS -d 100.64.0.0/10 -j BF-c151e3-REJECT
 -A BF-c151e3-EGRESS -d 10.213.0.0/16 -j BF-c151e3-REJECT
 -A BF-c151e3-EGRESS -j ACCEPT
 -A BF-c151e3-TO -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT

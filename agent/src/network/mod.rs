@@ -19,7 +19,9 @@ mod nsfs;
 mod pool;
 mod rules;
 
-pub use egress::{Cidr, CidrError, EgressPolicy, MAX_KIB_PER_SECOND, MAX_PACKETS_PER_SECOND};
+pub use egress::{
+    Cidr, CidrError, EgressPolicy, MAX_KIB_PER_SECOND, MAX_PACKETS_PER_SECOND, NEVER,
+};
 pub use ip::IpNetworks;
 pub use naming::{IFNAME_MAX, NetTag};
 pub use pool::{AddressPool, Link, PoolError};
