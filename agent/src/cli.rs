@@ -347,6 +347,16 @@ async fn run(
         .set(i64::try_from(inventory.mem_bytes).unwrap_or(i64::MAX));
     metrics.set_gpus(&gpus.current());
     let store = Arc::new(MetadataStore::default());
+    // Bound before the guests' networks: the egress policy lets guests reach its port only.
+    let metadata_listener = if cfg.metadata.enabled {
+        Some(metadata::bind(cfg.metadata.bind)?)
+    } else {
+        None
+    };
+    let metadata_port = metadata_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let mut supervisor = Supervisor::new(
         cgroups,
         &cfg.state_dir,
@@ -354,7 +364,7 @@ async fn run(
         cfg.default_command.clone(),
         Arc::new(SystemClock),
     )
-    .with_networks(guest_networks(&cfg, &host_id))
+    .with_networks(guest_networks(&cfg, &host_id, metadata_port))
     .with_metadata(store.clone(), cfg.metadata.availability_zone.clone())
     .with_cgroup_error_counter(metrics.cgroup_errors.clone())
     .with_gpus(gpus.clone())
@@ -370,17 +380,17 @@ async fn run(
     let shutdown = CancellationToken::new();
     let changed = Arc::new(Notify::new());
     watch_pressure(&cfg.pressure, &supervisor, &changed, &metrics);
-    let metadata = if cfg.metadata.enabled {
-        Some(start_metadata(
+    let metadata = match metadata_listener {
+        Some(listener) => Some(start_metadata(
             &cfg,
+            listener,
             store,
             &supervisor,
             &changed,
             &shutdown,
             &metrics,
-        )?)
-    } else {
-        None
+        )?),
+        None => None,
     };
     let params = LinkParams {
         addr: cfg.coordinator,
@@ -502,7 +512,15 @@ async fn reload_on_sighup(
 
 /// Isolated network mode when the agent is root and iproute2 works; otherwise such servers fail
 /// to start and say why.
-fn guest_networks(cfg: &AgentConfig, host: &HostId) -> Box<dyn GuestNetworks> {
+///
+/// With `[network] egress_policy` (the default), guests' traffic follows the egress policy, and
+/// isolated mode is unavailable where the policy cannot be enforced: a guest never runs
+/// unconfined because iptables is missing.
+fn guest_networks(
+    cfg: &AgentConfig,
+    host: &HostId,
+    metadata_port: Option<u16>,
+) -> Box<dyn GuestNetworks> {
     if !driver::running_as_root() {
         return Box::new(NoNetworks);
     }
@@ -516,7 +534,23 @@ fn guest_networks(cfg: &AgentConfig, host: &HostId) -> Box<dyn GuestNetworks> {
         _ => None,
     };
     let tag = NetTag::for_host(host.as_str());
-    match IpNetworks::new(pool, metadata, cfg.network.route_table, tag) {
+    let nets = IpNetworks::new(pool, metadata, cfg.network.route_table, tag);
+    let policy = match cfg.network.egress() {
+        Ok(p) => p,
+        Err(_) => return Box::new(NoNetworks), // validated at load
+    };
+    let nets = match nets {
+        Ok(n) if cfg.network.egress_policy => n.with_egress(policy, metadata_port),
+        Ok(n) => {
+            tracing::warn!(
+                "[network] egress_policy is off: isolated guests reach whatever the host's firewall allows"
+            );
+            n.remove_egress_rules(policy);
+            Ok(n)
+        }
+        Err(e) => Err(e),
+    };
+    match nets {
         Ok(n) => Box::new(n),
         Err(e) => {
             tracing::warn!(error = %e, "isolated network mode unavailable");
@@ -525,10 +559,11 @@ fn guest_networks(cfg: &AgentConfig, host: &HostId) -> Box<dyn GuestNetworks> {
     }
 }
 
-/// Binds the metadata listener (before anything else is announced) and serves it; guests'
+/// Serves the metadata listener (bound before anything else is announced); guests'
 /// acknowledgements are recorded by the supervisor and trigger a report at once.
 fn start_metadata(
     cfg: &AgentConfig,
+    listener: tokio::net::TcpListener,
     store: Arc<MetadataStore>,
     supervisor: &Arc<Mutex<Supervisor>>,
     changed: &Arc<Notify>,
@@ -555,7 +590,6 @@ fn start_metadata(
         path: PathBuf::from("token key"),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let listener = metadata::bind(m.bind)?;
     let local = listener.local_addr().map_or(m.bind, |a| a);
     tracing::info!(addr = %local, imdsv1 = m.imdsv1, proxy = mcfg.proxy_key.is_some(), "metadata service listening");
     let (acks, mut ack_rx) = tokio::sync::mpsc::channel::<AckRequest>(64);

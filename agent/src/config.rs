@@ -178,6 +178,23 @@ pub struct NetworkSettings {
     /// to it are each agent's own, by interface name (see `network::naming`).
     #[serde(default = "default_table")]
     pub route_table: u32,
+    /// Whether the agent installs the guests' egress policy (iptables rules per agent and per
+    /// guest, see `network::egress`) and turns on IPv4 forwarding. Off, guests reach whatever
+    /// the host's own firewall lets them, the host's services included.
+    #[serde(default = "yes")]
+    pub egress_policy: bool,
+    /// IPv4 ranges guests may always reach, checked before `egress_deny`.
+    #[serde(default)]
+    pub egress_allow: Vec<String>,
+    /// IPv4 ranges guests may not reach unless allowed; the pool (other guests) is added.
+    #[serde(default = "default_egress_deny")]
+    pub egress_deny: Vec<String>,
+    /// Per guest, packets per second out beyond which packets are dropped; 0: no limit.
+    #[serde(default)]
+    pub egress_packets_per_second: u32,
+    /// Per guest, KiB per second out beyond which packets are dropped; 0: no limit.
+    #[serde(default)]
+    pub egress_kib_per_second: u32,
 }
 
 impl Default for NetworkSettings {
@@ -185,8 +202,79 @@ impl Default for NetworkSettings {
         NetworkSettings {
             pool: default_pool(),
             route_table: default_table(),
+            egress_policy: true,
+            egress_allow: Vec::new(),
+            egress_deny: default_egress_deny(),
+            egress_packets_per_second: 0,
+            egress_kib_per_second: 0,
         }
     }
+}
+
+impl NetworkSettings {
+    /// The egress policy, or the first entry that is not a range, with its key.
+    pub fn egress(&self) -> Result<crate::network::EgressPolicy, (String, String)> {
+        let ranges = |key: &str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.parse::<crate::network::Cidr>()
+                        .map_err(|e| (format!("network.{key}[{i}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let policy = crate::network::EgressPolicy {
+            allow: ranges("egress_allow", &self.egress_allow)?,
+            deny: ranges("egress_deny", &self.egress_deny)?,
+            packets_per_second: self.egress_packets_per_second,
+            kib_per_second: self.egress_kib_per_second,
+        };
+        for (i, a) in policy.allow.iter().enumerate() {
+            if let Some(n) = a.never_reachable() {
+                return Err((
+                    format!("network.egress_allow[{i}]"),
+                    format!(
+                        "{a} is in {n}: guests never reach loopback or link-local addresses (the metadata service is the agent's own, not forwarded)"
+                    ),
+                ));
+            }
+        }
+        if policy.packets_per_second > crate::network::MAX_PACKETS_PER_SECOND {
+            return Err((
+                "network.egress_packets_per_second".into(),
+                format!(
+                    "must be 0 (no limit) to {}",
+                    crate::network::MAX_PACKETS_PER_SECOND
+                ),
+            ));
+        }
+        if policy.kib_per_second > crate::network::MAX_KIB_PER_SECOND {
+            return Err((
+                "network.egress_kib_per_second".into(),
+                format!(
+                    "must be 0 (no limit) to {} (1 GiB/s)",
+                    crate::network::MAX_KIB_PER_SECOND
+                ),
+            ));
+        }
+        Ok(policy)
+    }
+}
+
+/// "This network", private, shared (CGNAT), multicast and reserved ranges. Loopback and
+/// link-local are refused whatever the lists say (`network::NEVER`).
+fn default_egress_deny() -> Vec<String> {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn yes() -> bool {
@@ -319,6 +407,9 @@ impl AgentConfig {
                 "0, 253, 254 and 255 are the kernel's own tables; pick another",
             ));
         }
+        self.network
+            .egress()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         Ok(())
     }
 
@@ -399,6 +490,47 @@ mod tests {
         for k in all {
             assert!(documented(&k), "config/agent.toml does not document {k}");
         }
+    }
+
+    #[test]
+    fn egress_ranges_are_checked_and_name_the_bad_entry() {
+        let example: AgentConfig = toml::from_str(include_str!("../../config/agent.toml")).unwrap();
+        let policy = example.network.egress().unwrap();
+        assert!(policy.allow.is_empty());
+        assert_eq!(policy.deny.len(), 7);
+        assert!(example.network.egress_policy);
+        let mut n = example.network.clone();
+        n.egress_allow = vec!["10.0.0.2".into(), "10.1.0.0/16".into()];
+        assert_eq!(n.egress().unwrap().allow[0].to_string(), "10.0.0.2/32");
+        n.egress_deny = vec!["10.0.0.0/8".into(), "172.16.0.1/12".into()];
+        let (key, reason) = n.egress().unwrap_err();
+        assert_eq!(key, "network.egress_deny[1]");
+        assert!(reason.contains("did you mean 172.16.0.0/12"), "{reason}");
+        n.egress_deny = vec!["fd00::/8".into()];
+        assert!(n.egress().unwrap_err().1.contains("IPv4 only"));
+        let mut n = example.network.clone();
+        n.egress_allow = vec!["10.0.0.0/8".into(), "169.254.169.0/24".into()];
+        let (key, reason) = n.egress().unwrap_err();
+        assert_eq!(key, "network.egress_allow[1]");
+        assert!(reason.contains("in 169.254.0.0/16"), "{reason}");
+        let mut n = example.network.clone();
+        n.egress_packets_per_second = 2_000_000;
+        assert_eq!(
+            n.egress().unwrap_err().0,
+            "network.egress_packets_per_second"
+        );
+        let mut n = example.network.clone();
+        n.egress_kib_per_second = (1 << 20) + 1;
+        assert_eq!(n.egress().unwrap_err().0, "network.egress_kib_per_second");
+        let text = include_str!("../../config/agent.toml")
+            .replace("egress_allow = []", "egress_allow = [\"mirror\"]");
+        let cfg: AgentConfig = toml::from_str(&text).unwrap();
+        let (key, reason) = cfg.network.egress().unwrap_err();
+        assert_eq!(key, "network.egress_allow[0]");
+        assert!(
+            reason.contains("\"mirror\" is not an IPv4 range"),
+            "{reason}"
+        );
     }
 
     #[test]

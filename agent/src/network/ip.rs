@@ -1,5 +1,7 @@
 //! The real thing, through iproute2's `ip`.
 
+use super::egress::{EgressPolicy, GuestLink, Rules as EgressRules};
+use super::firewall::Firewall;
 use super::nsfs;
 use super::rules::{self, Rule};
 use super::{AddressPool, GuestNet, GuestNetworks, Link, NetTag, NetworkError, Restored};
@@ -7,7 +9,7 @@ use backfill_shared::ServerId;
 use std::collections::BTreeSet;
 use std::fs::TryLockError;
 use std::io::ErrorKind;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +23,8 @@ const RULE_PREF: u32 = 1000;
 /// not claim the same one at once.
 const LOCK_FILE: &str = "/run/lock/backfill-agent-network.lock";
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often running guests' egress rules are checked (two `iptables -S`).
+const ENFORCE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct IpNetworks {
@@ -30,6 +34,10 @@ pub struct IpNetworks {
     table: u32,
     /// Marks this agent's namespaces, interfaces and rules.
     tag: NetTag,
+    /// The egress policy's rules, when the agent installs them.
+    firewall: Option<Firewall>,
+    /// When [`GuestNetworks::enforce`] last looked at the rules.
+    enforced: std::sync::Mutex<Option<Instant>>,
 }
 
 fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
@@ -155,7 +163,35 @@ impl IpNetworks {
             metadata,
             table,
             tag,
+            firewall: None,
+            enforced: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Guests' traffic follows `policy` (see `network::egress`): rules per guest, installed
+    /// with its network and removed with it. `metadata_port` is the metadata listener's bound
+    /// port, the one host port guests may reach. Fails when iptables cannot run here.
+    pub fn with_egress(
+        mut self,
+        policy: EgressPolicy,
+        metadata_port: Option<u16>,
+    ) -> Result<IpNetworks, NetworkError> {
+        let metadata = self
+            .metadata
+            .zip(metadata_port)
+            .map(|(ip, port)| SocketAddrV4::new(ip, port));
+        let rules = EgressRules::new(&self.tag, self.pool, metadata, policy);
+        self.firewall = Some(Firewall::new(rules)?);
+        tracing::info!(?metadata, "guests' egress policy enforced (iptables)");
+        Ok(self)
+    }
+
+    /// Removes every egress rule and chain of this agent (it no longer installs them).
+    pub fn remove_egress_rules(&self, policy: EgressPolicy) {
+        let rules = EgressRules::new(&self.tag, self.pool, None, policy);
+        if let Err(e) = Firewall::new(rules).and_then(|f| f.teardown()) {
+            tracing::debug!(error = %e, "no egress rules to remove");
+        }
     }
 
     pub fn tag(&self) -> &NetTag {
@@ -198,7 +234,15 @@ impl IpNetworks {
         ip(&["-n", netns, "addr", "replace", &guest_cidr, "dev", "eth0"])?;
         ip(&["-n", netns, "link", "set", "eth0", "up"])?;
         ip(&["-n", netns, "route", "replace", "default", "via", &host])?;
-        self.ensure_rule(host_if)
+        let rule_made = self.ensure_rule(host_if)?;
+        let fw_changed = match &self.firewall {
+            Some(f) => f.add_guest(GuestLink {
+                host_if,
+                address: link.guest,
+            })?,
+            None => false,
+        };
+        Ok(rule_made || fw_changed)
     }
 
     /// Exactly one rule for `host_if`, into this agent's table. Says whether it was made.
@@ -220,8 +264,9 @@ impl IpNetworks {
         Ok(true)
     }
 
-    /// Removes the namespace `netns`, the interface `host_if` and its rules (this agent's).
-    fn remove(&self, netns: &str, host_if: &str) {
+    /// Removes the namespace `netns`, the interface `host_if` and its rules (this agent's);
+    /// with `last_goes`, also the agent's egress chains if no guest has rules left.
+    fn remove(&self, netns: &str, host_if: &str, last_goes: bool) {
         match list_rules() {
             Ok(all) => rules::rules_of(&all, host_if)
                 .into_iter()
@@ -240,6 +285,14 @@ impl IpNetworks {
         {
             tracing::warn!(%host_if, error = %e, "cannot remove the guest interface");
         }
+        // Last, so that the interface is never without rules: without its own it is cut off,
+        // but without the agent's chains it would be let loose.
+        let gone = !interface_exists(host_if);
+        if let Some(f) = &self.firewall
+            && let Err(e) = f.remove_guest(host_if, last_goes && gone)
+        {
+            tracing::warn!(%host_if, error = %e, "cannot remove the guest's egress rules");
+        }
     }
 }
 
@@ -257,9 +310,9 @@ impl GuestNetworks for IpNetworks {
             });
         }
         // Leftovers of an earlier run (this agent's own names) would make `add` fail.
-        self.remove(&netns, &host_if);
+        self.remove(&netns, &host_if, false);
         if let Err(e) = self.try_create(&netns, &host_if, link) {
-            self.remove(&netns, &host_if);
+            self.remove(&netns, &host_if, true);
             return Err(e);
         }
         tracing::info!(server = %server, %netns, %host_if, address = %link.guest, metadata = ?self.metadata, "guest network up");
@@ -273,7 +326,9 @@ impl GuestNetworks for IpNetworks {
     }
 
     fn destroy(&self, net: &GuestNet) {
-        self.remove(&net.netns, &net.host_if);
+        // Agents sharing the host change the built-in chains one at a time.
+        let _lock = self.firewall.as_ref().and_then(|_| host_lock().ok());
+        self.remove(&net.netns, &net.host_if, true);
     }
 
     fn restore(&self, net: &GuestNet, pid: u32) -> Result<Restored, NetworkError> {
@@ -377,6 +432,50 @@ impl GuestNetworks for IpNetworks {
             }
             Err(e) => tracing::warn!(error = %e, "cannot list policy rules"),
         }
+        if let Some(f) = &self.firewall {
+            // The agent's chains stay while an interface of its own that could not be removed
+            // is still there.
+            let lingering = names_in(SYS_NET)
+                .iter()
+                .any(|n| self.tag.own_if(n).is_some() && !keep_if.contains(n.as_str()));
+            let _lock = host_lock().ok();
+            if let Err(e) = f.sweep(&keep_if, !lingering) {
+                tracing::warn!(error = %e, "cannot remove egress rules this agent left behind");
+            }
+        }
+    }
+
+    fn enforce(&self, running: &[&GuestNet]) {
+        let Some(f) = &self.firewall else { return };
+        if running.is_empty() {
+            return;
+        }
+        {
+            let mut last = self
+                .enforced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < ENFORCE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let links: Vec<GuestLink<'_>> = running
+            .iter()
+            .map(|n| GuestLink {
+                host_if: &n.host_if,
+                address: n.address,
+            })
+            .collect();
+        let _lock = host_lock().ok();
+        match f.enforce(&links) {
+            Ok(false) => {}
+            Ok(true) => tracing::warn!(
+                guests = links.len(),
+                "the guests' egress rules had been removed or changed by something else; restored"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot check the guests' egress rules"),
+        }
     }
 
     fn looks_whole(&self, net: &GuestNet) -> bool {
@@ -391,6 +490,11 @@ impl GuestNetworks for IpNetworks {
         self.foreign().into_iter().map(|(s, _)| s).collect()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "egress_tests.rs"]
+mod egress_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

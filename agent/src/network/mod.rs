@@ -4,15 +4,24 @@
 //! address (a cloud VM's own metadata service) is left alone: only packets arriving on a guest's
 //! veth use the metadata table.
 //!
+//! Guests' traffic follows the egress policy (see [`egress`]): the metadata service and, through
+//! NAT, the outside, but never the host itself, link-local addresses, other guests or the
+//! denied ranges.
+//!
 //! An agent touches only what it made: its namespaces, interfaces and rules carry a per-agent
 //! tag (see [`naming`]), and a re-adopted server's are the ones its state file recorded.
 
+mod egress;
+mod firewall;
 mod ip;
 mod naming;
 mod nsfs;
 mod pool;
 mod rules;
 
+pub use egress::{
+    Cidr, CidrError, EgressPolicy, MAX_KIB_PER_SECOND, MAX_PACKETS_PER_SECOND, NEVER,
+};
 pub use ip::IpNetworks;
 pub use naming::{IFNAME_MAX, NetTag};
 pub use pool::{AddressPool, Link, PoolError};
@@ -32,6 +41,13 @@ pub enum NetworkError {
     },
     #[error("cannot run `ip`: {0}")]
     Spawn(std::io::Error),
+    #[error(
+        "cannot run `{program}`: {source} (the egress policy needs iptables; install it, or set [network] egress_policy = false)"
+    )]
+    Firewall {
+        program: &'static str,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -98,6 +114,10 @@ pub trait GuestNetworks: Send + std::fmt::Debug {
     fn looks_whole(&self, _net: &GuestNet) -> bool {
         true
     }
+    /// Called about once a second with every running guest's network: puts back, at most
+    /// every few seconds, the egress rules something else removed or changed (an
+    /// `iptables -F`, a firewall reload), so that guests are not left unconfined.
+    fn enforce(&self, _running: &[&GuestNet]) {}
     fn pool(&self) -> Option<AddressPool>;
     /// Pool slots whose host address something else on this host holds already (another agent
     /// sharing the pool): they are skipped.

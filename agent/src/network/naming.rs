@@ -59,7 +59,8 @@ impl NetTag {
         format!("bf-{}-", self.0)
     }
 
-    fn if_prefix(&self) -> String {
+    /// `bf<tag>-`: the start of every host interface of this agent's guests.
+    pub(super) fn if_prefix(&self) -> String {
         format!("bf{}-", self.0)
     }
 

@@ -71,6 +71,11 @@ impl AddressPool {
         })
     }
 
+    /// The pool's network address and prefix length.
+    pub fn network(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::from(self.base), self.prefix)
+    }
+
     /// The slot whose /30 holds `addr`, if the pool does.
     pub fn slot_of(&self, addr: Ipv4Addr) -> Option<u32> {
         let offset = u32::from(addr).checked_sub(self.base)?;

@@ -85,6 +85,13 @@ impl Supervisor {
                 }
             }
         }
+        let running: Vec<&GuestNet> = self
+            .entries
+            .values()
+            .filter(|e| matches!(e.run, Run::Running { .. }))
+            .filter_map(|e| e.network.as_ref())
+            .collect();
+        self.networks.enforce(&running);
         failed
     }
 
