@@ -6,7 +6,7 @@ use backfill_shared::listener::{HttpLimits, HttpLimitsConfig};
 use backfill_shared::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,8 +19,8 @@ pub struct CoordinatorConfig {
     /// network.
     #[serde(default = "default_admin_addr")]
     pub admin_addr: SocketAddr,
-    /// The SQLite database file.
-    pub database: PathBuf,
+    /// The store: a SQLite file (an absolute path) or a `postgres://` URL.
+    pub database: crate::store::Database,
     /// Accounts created at startup (if missing) with the backfill permission. Accounts are
     /// otherwise managed through the admin API (`backfillctl account ...`).
     #[serde(default)]
@@ -127,7 +127,9 @@ impl CoordinatorConfig {
 
     /// Catches what would otherwise fail later: relative paths, missing files, bad names.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        require_absolute(path, "database", &self.database)?;
+        if let crate::store::Database::Sqlite(file) = &self.database {
+            require_absolute(path, "database", file)?;
+        }
         validate_tls_files(path, &self.tls)?;
         for (key, names) in [
             ("backfill_accounts", &self.backfill_accounts),
@@ -185,6 +187,9 @@ impl CoordinatorConfig {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(t) = v.pointer_mut("/operator/management_token") {
             *t = serde_json::Value::String("<redacted>".into());
+        }
+        if let Some(d) = v.pointer_mut("/database") {
+            *d = serde_json::Value::String(self.database.redacted());
         }
         v
     }

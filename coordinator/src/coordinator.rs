@@ -6,7 +6,7 @@ use crate::billing::{Billing, settle};
 use crate::model::{HostEntry, Model, Session};
 use crate::schedule::SchedulerSettings;
 use crate::scheduler::{Cluster, FreeResources};
-use crate::store::{Account, ServerRecord, SqliteStore, StoreError};
+use crate::store::{Account, ServerRecord, Store, StoreError};
 use backfill_shared::protocol::DesiredState;
 use backfill_shared::{
     Clock, HostId, PerfFactor, ServerClass, ServerId, ServerStatus, WorkerState, Workload,
@@ -92,7 +92,7 @@ pub struct NewServer {
 
 #[derive(Debug)]
 pub struct Coordinator {
-    pub(crate) store: SqliteStore,
+    pub(crate) store: Store,
     pub(crate) model: Mutex<Model>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: SchedulerSettings,
@@ -117,11 +117,12 @@ impl Coordinator {
     /// Loads the model from the store. Hosts start `down` until their agent reconnects; servers
     /// keep the state they had (a lost coordinator stops nothing).
     pub async fn load(
-        store: SqliteStore,
+        store: impl Into<Store>,
         clock: Arc<dyn Clock>,
         backfill_accounts: &[String],
         settings: SchedulerSettings,
     ) -> Result<Coordinator, StoreError> {
+        let store: Store = store.into();
         let now = clock.now();
         store.seed_accounts(backfill_accounts, &[], now).await?;
         let mut model = Model::with_cluster(Cluster::with_classes(settings.classes));

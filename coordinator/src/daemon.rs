@@ -5,7 +5,7 @@ use crate::api;
 use crate::config::CoordinatorConfig;
 use crate::coordinator::Coordinator;
 use crate::hosts;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{Store, StoreError};
 use crate::tls_accept::Acceptors;
 use backfill_shared::tls::{self, TlsError};
 use backfill_shared::{Clock, SystemClock};
@@ -61,11 +61,14 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
 impl Bound {
     pub async fn new(cfg: &CoordinatorConfig) -> Result<Bound, DaemonError> {
         let acceptor = Acceptors::new(TlsAcceptor::from(tls::server_config(&cfg.tls)?));
-        if let Some(dir) = cfg.database.parent() {
+        if let crate::store::Database::Sqlite(path) = &cfg.database
+            && let Some(dir) = path.parent()
+        {
             // The store reports a clearer error than this would if it fails.
             let _ = std::fs::create_dir_all(dir);
         }
-        let store = SqliteStore::open(&cfg.database).await?;
+        let store = Store::open(&cfg.database, std::time::Duration::from_secs(30)).await?;
+        tracing::info!(backend = store.backend(), database = %cfg.database, "store open");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         store.seed_accounts(&[], &cfg.accounts, clock.now()).await?;
         let billing = cfg.billing()?;

@@ -2,8 +2,7 @@
 //! coordinator-wide settings, pool limits an operator rewrote, and hosts a provisioner launched.
 //! Each change is written with its audit entry in one transaction.
 
-use super::{HostRecord, SqliteStore, StoreError};
-use sqlx::Row;
+use super::{HostRecord, StoreError};
 use std::collections::BTreeMap;
 
 /// One admin action: who did what to which target, when, and why.
@@ -26,221 +25,246 @@ pub struct LaunchRecord {
     pub launched_at: i64,
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
-
-async fn insert_action(tx: &mut Tx<'_>, a: &AdminAction) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO admin_actions (at, actor, target_kind, target, action, reason)
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(a.at)
-    .bind(&a.actor)
-    .bind(a.target_kind)
-    .bind(&a.target)
-    .bind(&a.action)
-    .bind(a.reason.as_deref())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-impl SqliteStore {
-    /// Records an action on its own (the change it describes is committed separately).
-    pub async fn record_action(&self, a: &AdminAction) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The newest `limit` actions on a target, newest first.
-    pub async fn actions(
-        &self,
-        target_kind: &'static str,
-        target: &str,
-        limit: u32,
-    ) -> Result<Vec<AdminAction>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT at, actor, target_kind, target, action, reason FROM admin_actions
-             WHERE target_kind = ? AND target = ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(target_kind)
-        .bind(target)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AdminAction {
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    target_kind,
-                    target: r.try_get("target")?,
-                    action: r.try_get("action")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
-    }
-
-    /// A host's admin settings (`idle_behavior`, `pool`) and the action that changed them.
-    pub async fn set_host_admin(&self, h: &HostRecord, a: &AdminAction) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE hosts SET idle_behavior = ?, pool = ? WHERE id = ?")
-            .bind(h.idle_behavior.as_str())
-            .bind(h.pool.as_deref())
-            .bind(h.id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Forgets a host (and any launch of it). Servers that still name it as their host are
-    /// refused by the foreign key, so nothing is orphaned.
-    pub async fn delete_host(&self, id: &str, a: &AdminAction) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM hosts WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM launches WHERE host = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        let rows = sqlx::query("SELECT key, value FROM settings")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
-            .collect()
-    }
-
-    pub async fn set_setting(
-        &self,
-        key: &str,
-        value: &str,
-        a: &AdminAction,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES (?, ?)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Pool limits in force where an operator rewrote them (freeze, drain).
-    pub async fn pool_limits(&self) -> Result<BTreeMap<String, (u32, u32)>, StoreError> {
-        let rows = sqlx::query("SELECT name, min, max FROM pool_limits")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let name: String = r.try_get("name")?;
-                let min: i64 = r.try_get("min")?;
-                let max: i64 = r.try_get("max")?;
-                let bad = |e: std::num::TryFromIntError| StoreError::Corrupt {
-                    table: "pool_limits",
-                    key: name.clone(),
-                    reason: e.to_string(),
-                };
-                Ok((
-                    name.clone(),
-                    (
-                        u32::try_from(min).map_err(bad)?,
-                        u32::try_from(max).map_err(bad)?,
-                    ),
-                ))
-            })
-            .collect()
-    }
-
-    /// Sets (`Some`) or clears (`None`: back to the configured limits) a pool's limits.
-    pub async fn set_pool_limits(
-        &self,
-        name: &str,
-        limits: Option<(u32, u32)>,
-        a: &AdminAction,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        match limits {
-            Some((min, max)) => {
-                sqlx::query(
-                    "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
-                     ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
-                )
-                .bind(name)
-                .bind(i64::from(min))
-                .bind(i64::from(max))
-                .execute(&mut *tx)
-                .await?;
+/// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
+/// that backend's types (the SQL is shared; see `super::Backend` for placeholders).
+macro_rules! backend {
+    ($m:ident, $Store:ident, $DB:ty) => {
+        pub(in crate::store) mod $m {
+            #[allow(unused_imports)]
+            use super::*;
+            use crate::store::$Store;
+            #[allow(unused_imports)]
+            use sqlx::Row;
+            #[allow(dead_code)]
+            type DbRow = <$DB as sqlx::Database>::Row;
+            #[allow(dead_code)]
+            fn q<'a>(
+                sql: impl Into<std::borrow::Cow<'static, str>>,
+            ) -> sqlx::query::Query<'a, $DB, <$DB as sqlx::Database>::Arguments> {
+                crate::store::query::<$DB>(sql)
             }
-            None => {
-                sqlx::query("DELETE FROM pool_limits WHERE name = ?")
-                    .bind(name)
+
+        type Tx<'a> = sqlx::Transaction<'a, $DB>;
+
+        async fn insert_action(tx: &mut Tx<'_>, a: &AdminAction) -> Result<(), StoreError> {
+            q(
+                "INSERT INTO admin_actions (at, actor, target_kind, target, action, reason)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(a.at)
+            .bind(&a.actor)
+            .bind(a.target_kind)
+            .bind(&a.target)
+            .bind(&a.action)
+            .bind(a.reason.as_deref())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        impl $Store {
+            /// Records an action on its own (the change it describes is committed separately).
+            pub async fn record_action(&self, a: &AdminAction) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// The newest `limit` actions on a target, newest first.
+            pub async fn actions(
+                &self,
+                target_kind: &'static str,
+                target: &str,
+                limit: u32,
+            ) -> Result<Vec<AdminAction>, StoreError> {
+                let rows = q(
+                    "SELECT at, actor, target_kind, target, action, reason FROM admin_actions
+                     WHERE target_kind = ? AND target = ? ORDER BY id DESC LIMIT ?",
+                )
+                .bind(target_kind)
+                .bind(target)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(AdminAction {
+                            at: r.try_get("at")?,
+                            actor: r.try_get("actor")?,
+                            target_kind,
+                            target: r.try_get("target")?,
+                            action: r.try_get("action")?,
+                            reason: r.try_get("reason")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// A host's admin settings (`idle_behavior`, `pool`) and the action that changed them.
+            pub async fn set_host_admin(&self, h: &HostRecord, a: &AdminAction) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                q("UPDATE hosts SET idle_behavior = ?, pool = ? WHERE id = ?")
+                    .bind(h.idle_behavior.as_str())
+                    .bind(h.pool.as_deref())
+                    .bind(h.id.as_str())
                     .execute(&mut *tx)
                     .await?;
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
             }
-        }
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 
-    pub async fn launches(&self) -> Result<Vec<LaunchRecord>, StoreError> {
-        let rows = sqlx::query("SELECT host, pool, launched_at FROM launches ORDER BY host")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LaunchRecord {
-                    host: r.try_get("host")?,
-                    pool: r.try_get("pool")?,
-                    launched_at: r.try_get("launched_at")?,
-                })
-            })
-            .collect()
-    }
+            /// Forgets a host (and any launch of it). Servers that still name it as their host are
+            /// refused by the foreign key, so nothing is orphaned.
+            pub async fn delete_host(&self, id: &str, a: &AdminAction) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                q("DELETE FROM hosts WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                q("DELETE FROM launches WHERE host = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
+            }
 
-    /// Records launches before their provisioner runs, so a crash in between is seen.
-    pub async fn insert_launches(
-        &self,
-        launches: &[LaunchRecord],
-        a: &AdminAction,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for l in launches {
-            sqlx::query("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
-                .bind(&l.host)
-                .bind(&l.pool)
-                .bind(l.launched_at)
+            pub async fn settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
+                let rows = q("SELECT key, value FROM settings")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+                    .collect()
+            }
+
+            pub async fn set_setting(
+                &self,
+                key: &str,
+                value: &str,
+                a: &AdminAction,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                q(
+                    "INSERT INTO settings (key, value) VALUES (?, ?)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
                 .execute(&mut *tx)
                 .await?;
-        }
-        insert_action(&mut tx, a).await?;
-        tx.commit().await?;
-        Ok(())
-    }
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
+            }
 
-    pub async fn delete_launch(&self, host: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM launches WHERE host = ?")
-            .bind(host)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
+            /// Pool limits in force where an operator rewrote them (freeze, drain).
+            pub async fn pool_limits(&self) -> Result<BTreeMap<String, (u32, u32)>, StoreError> {
+                let rows = q("SELECT name, min, max FROM pool_limits")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let name: String = r.try_get("name")?;
+                        let min: i64 = r.try_get("min")?;
+                        let max: i64 = r.try_get("max")?;
+                        let bad = |e: std::num::TryFromIntError| StoreError::Corrupt {
+                            table: "pool_limits",
+                            key: name.clone(),
+                            reason: e.to_string(),
+                        };
+                        Ok((
+                            name.clone(),
+                            (
+                                u32::try_from(min).map_err(bad)?,
+                                u32::try_from(max).map_err(bad)?,
+                            ),
+                        ))
+                    })
+                    .collect()
+            }
+
+            /// Sets (`Some`) or clears (`None`: back to the configured limits) a pool's limits.
+            pub async fn set_pool_limits(
+                &self,
+                name: &str,
+                limits: Option<(u32, u32)>,
+                a: &AdminAction,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                match limits {
+                    Some((min, max)) => {
+                        q(
+                            "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
+                             ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
+                        )
+                        .bind(name)
+                        .bind(i64::from(min))
+                        .bind(i64::from(max))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    None => {
+                        q("DELETE FROM pool_limits WHERE name = ?")
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn launches(&self) -> Result<Vec<LaunchRecord>, StoreError> {
+                let rows = q("SELECT host, pool, launched_at FROM launches ORDER BY host")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(LaunchRecord {
+                            host: r.try_get("host")?,
+                            pool: r.try_get("pool")?,
+                            launched_at: r.try_get("launched_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Records launches before their provisioner runs, so a crash in between is seen.
+            pub async fn insert_launches(
+                &self,
+                launches: &[LaunchRecord],
+                a: &AdminAction,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for l in launches {
+                    q("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
+                        .bind(&l.host)
+                        .bind(&l.pool)
+                        .bind(l.launched_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                insert_action(&mut tx, a).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn delete_launch(&self, host: &str) -> Result<(), StoreError> {
+                q("DELETE FROM launches WHERE host = ?")
+                    .bind(host)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+        }
+    };
 }
+
+backend!(sqlite, SqliteStore, sqlx::Sqlite);
+backend!(postgres, PgStore, sqlx::Postgres);

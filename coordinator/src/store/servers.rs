@@ -1,0 +1,342 @@
+//! Hosts and servers: the rows the live model is loaded from, and `commit`, the one
+//! transaction every scheduling change goes through (servers, usage, events, host generations).
+
+use super::{HostRecord, ServerRecord, StoreError};
+use crate::scheduler::Termination;
+use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId, ServerStatus};
+
+/// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
+/// that backend's types (the SQL is shared; see `super::Backend` for placeholders).
+macro_rules! backend {
+    ($m:ident, $Store:ident, $DB:ty) => {
+        pub(in crate::store) mod $m {
+            #[allow(unused_imports)]
+            use super::*;
+            use crate::store::$Store;
+            #[allow(unused_imports)]
+            use sqlx::Row;
+            #[allow(dead_code)]
+            type DbRow = <$DB as sqlx::Database>::Row;
+            #[allow(dead_code)]
+            fn q<'a>(
+                sql: impl Into<std::borrow::Cow<'static, str>>,
+            ) -> sqlx::query::Query<'a, $DB, <$DB as sqlx::Database>::Arguments> {
+                crate::store::query::<$DB>(sql)
+            }
+
+        impl $Store {
+            /// The store answers (readiness).
+            pub async fn ping(&self) -> Result<(), StoreError> {
+                q("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            pub async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            // ----- hosts -----
+
+            pub async fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError> {
+                let inventory = serde_json::to_string(&h.inventory).map_err(|e| StoreError::Corrupt {
+                    table: "hosts",
+                    key: h.id.to_string(),
+                    reason: e.to_string(),
+                })?;
+                q(
+                    "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen,
+                         idle_behavior, pool)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT(id) DO UPDATE SET inventory = excluded.inventory,
+                         enforcing = excluded.enforcing, generation = excluded.generation,
+                         last_seen = excluded.last_seen, idle_behavior = excluded.idle_behavior,
+                         pool = excluded.pool",
+                )
+                .bind(h.id.as_str())
+                .bind(inventory)
+                .bind(h.enforcing)
+                .bind(i64::try_from(h.generation).unwrap_or(i64::MAX))
+                .bind(h.first_seen)
+                .bind(h.last_seen)
+                .bind(h.idle_behavior.as_str())
+                .bind(h.pool.as_deref())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+                let rows = q(
+                    "SELECT id, inventory, enforcing, generation, first_seen, last_seen, idle_behavior, pool
+                     FROM hosts ORDER BY id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(host_from_row).collect()
+            }
+
+            // ----- servers -----
+
+            pub async fn insert_servers(&self, servers: &[ServerRecord]) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for s in servers {
+                    let q = q(
+                        "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
+                             vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
+                             incarnation, created_at, term_scheduled_at, term_at, queued_reason,
+                             priority, flavor, gpu_request, gpus, last_host, stop_reason)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                                 ?, ?)",
+                    );
+                    bind_server(q, s)?.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Writes the mutable fields of `servers` and the new generations of `hosts` in one
+            /// transaction: a host's desired state and its generation never disagree on disk.
+            pub async fn commit(
+                &self,
+                servers: &[ServerRecord],
+                hosts: &[(HostId, u64)],
+                usage: &[crate::store::UsageSegment],
+                events: &[crate::events::Event],
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for s in servers {
+                    let workload = match &s.workload {
+                        Some(w) => Some(to_json("servers", s, w)?),
+                        None => None,
+                    };
+                    q(
+                        "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
+                             perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
+                             term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
+                             mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
+                             metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
+                             gpus = ?, last_host = ?, stop_reason = ?
+                         WHERE uuid = ?",
+                    )
+                    .bind(&s.name)
+                    .bind(to_json("servers", s, &s.meta)?)
+                    .bind(to_json("servers", s, &s.tags)?)
+                    .bind(s.status.as_str())
+                    .bind(s.host.as_ref().map(HostId::as_str))
+                    .bind(s.perf_factor.cpu)
+                    .bind(s.perf_factor.mem)
+                    .bind(s.active_since)
+                    .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
+                    .bind(s.termination.map(|t| t.scheduled_at))
+                    .bind(s.termination.map(|t| t.terminate_at))
+                    .bind(s.queued_reason.as_deref())
+                    .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
+                    .bind(i64::from(s.smp))
+                    .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
+                    .bind(s.vnc_password.as_deref())
+                    .bind(workload)
+                    .bind(s.priority)
+                    .bind(s.metered_until)
+                    .bind(s.metered_perf.cpu)
+                    .bind(s.metered_perf.mem)
+                    .bind(s.shutdown_until)
+                    .bind(s.flavor.as_deref())
+                    .bind(to_json("servers", s, &s.gpus)?)
+                    .bind(s.last_host.as_ref().map(HostId::as_str))
+                    .bind(s.stop_reason.as_deref())
+                    .bind(s.uuid.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                crate::store::usage::$m::insert_segments(&mut tx, usage).await?;
+                crate::store::webhooks::$m::insert_events(&mut tx, events).await?;
+                for (id, generation) in hosts {
+                    q("UPDATE hosts SET generation = ? WHERE id = ?")
+                        .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
+                        .bind(id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn delete_server(&self, id: &ServerId) -> Result<(), StoreError> {
+                q("DELETE FROM servers WHERE uuid = ?")
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+                let rows = q(
+                    "SELECT uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, workload,
+                            status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
+                            term_scheduled_at, term_at, queued_reason, priority, metered_until,
+                            metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus,
+                            last_host, stop_reason
+                     FROM servers ORDER BY created_at, uuid",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(server_from_row).collect()
+            }
+        }
+
+        type Query<'q> = sqlx::query::Query<'q, $DB, <$DB as sqlx::Database>::Arguments>;
+
+        fn to_json<T: serde::Serialize>(
+            table: &'static str,
+            s: &ServerRecord,
+            v: &T,
+        ) -> Result<String, StoreError> {
+            serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+                table,
+                key: s.uuid.to_string(),
+                reason: e.to_string(),
+            })
+        }
+
+        fn bind_server<'q>(q: Query<'q>, s: &'q ServerRecord) -> Result<Query<'q>, StoreError> {
+            let workload = match &s.workload {
+                Some(w) => Some(to_json("servers", s, w)?),
+                None => None,
+            };
+            Ok(q.bind(s.uuid.to_string())
+                .bind(&s.owner)
+                .bind(&s.name)
+                .bind(s.class.as_str())
+                .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
+                .bind(i64::from(s.smp))
+                .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
+                .bind(to_json("servers", s, &s.meta)?)
+                .bind(to_json("servers", s, &s.tags)?)
+                .bind(s.vnc_password.as_deref())
+                .bind(workload)
+                .bind(s.status.as_str())
+                .bind(s.host.as_ref().map(HostId::as_str))
+                .bind(s.perf_factor.cpu)
+                .bind(s.perf_factor.mem)
+                .bind(s.active_since)
+                .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
+                .bind(s.created_at)
+                .bind(s.termination.map(|t| t.scheduled_at))
+                .bind(s.termination.map(|t| t.terminate_at))
+                .bind(s.queued_reason.as_deref())
+                .bind(s.priority)
+                .bind(s.flavor.as_deref())
+                .bind(match &s.gpu_request {
+                    Some(g) => Some(to_json("servers", s, g)?),
+                    None => None,
+                })
+                .bind(to_json("servers", s, &s.gpus)?)
+                .bind(s.last_host.as_ref().map(HostId::as_str))
+                .bind(s.stop_reason.as_deref()))
+        }
+
+        fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
+            StoreError::Corrupt {
+                table,
+                key: key.to_owned(),
+                reason: reason.to_string(),
+            }
+        }
+
+        fn host_from_row(r: &DbRow) -> Result<HostRecord, StoreError> {
+            let id: String = r.try_get("id")?;
+            let inventory: String = r.try_get("inventory")?;
+            let generation: i64 = r.try_get("generation")?;
+            let idle: String = r.try_get("idle_behavior")?;
+            Ok(HostRecord {
+                idle_behavior: idle.parse().map_err(|e: String| corrupt("hosts", &id, e))?,
+                pool: r.try_get("pool")?,
+                id: id.parse().map_err(|e| corrupt("hosts", &id, e))?,
+                inventory: serde_json::from_str(&inventory).map_err(|e| corrupt("hosts", &id, e))?,
+                enforcing: r.try_get("enforcing")?,
+                generation: u64::try_from(generation).unwrap_or(0),
+                first_seen: r.try_get("first_seen")?,
+                last_seen: r.try_get("last_seen")?,
+            })
+        }
+
+        fn server_from_row(r: &DbRow) -> Result<ServerRecord, StoreError> {
+            let key: String = r.try_get("uuid")?;
+            let c = |e: &dyn std::fmt::Display| corrupt("servers", &key, e.to_string());
+            let class: String = r.try_get("class")?;
+            let status: String = r.try_get("status")?;
+            let meta: String = r.try_get("meta")?;
+            let tags: String = r.try_get("tags")?;
+            let workload: Option<String> = r.try_get("workload")?;
+            let host: Option<String> = r.try_get("host")?;
+            let cpu: i64 = r.try_get("cpu")?;
+            let smp: i64 = r.try_get("smp")?;
+            let mem: i64 = r.try_get("mem")?;
+            let incarnation: i64 = r.try_get("incarnation")?;
+            let term_scheduled_at: Option<i64> = r.try_get("term_scheduled_at")?;
+            let term_at: Option<i64> = r.try_get("term_at")?;
+            Ok(ServerRecord {
+                uuid: key.parse().map_err(|e| c(&e))?,
+                owner: r.try_get("owner")?,
+                name: r.try_get("name")?,
+                class: ServerClass::parse(&class).ok_or_else(|| c(&format!("class {class:?}")))?,
+                cpu: u64::try_from(cpu).map_err(|e| c(&e))?,
+                smp: u32::try_from(smp).map_err(|e| c(&e))?,
+                mem: u64::try_from(mem).map_err(|e| c(&e))?,
+                meta: serde_json::from_str(&meta).map_err(|e| c(&e))?,
+                tags: serde_json::from_str(&tags).map_err(|e| c(&e))?,
+                vnc_password: r.try_get("vnc_password")?,
+                workload: match workload {
+                    Some(w) => Some(serde_json::from_str(&w).map_err(|e| c(&e))?),
+                    None => None,
+                },
+                status: ServerStatus::parse(&status).ok_or_else(|| c(&format!("status {status:?}")))?,
+                host: match host {
+                    Some(h) => Some(h.parse().map_err(|e| c(&e))?),
+                    None => None,
+                },
+                perf_factor: PerfFactor {
+                    cpu: r.try_get("perf_cpu")?,
+                    mem: r.try_get("perf_mem")?,
+                }
+                .clamped(),
+                active_since: r.try_get("active_since")?,
+                incarnation: u64::try_from(incarnation).map_err(|e| c(&e))?,
+                termination: match (term_scheduled_at, term_at) {
+                    (Some(scheduled_at), Some(terminate_at)) => Some(Termination {
+                        scheduled_at,
+                        terminate_at,
+                    }),
+                    _ => None,
+                },
+                queued_reason: r.try_get("queued_reason")?,
+                priority: r.try_get("priority")?,
+                created_at: r.try_get("created_at")?,
+                network: None,
+                limits: None,
+                metered_until: r.try_get("metered_until")?,
+                metered_perf: PerfFactor {
+                    cpu: r.try_get("metered_perf_cpu")?,
+                    mem: r.try_get("metered_perf_mem")?,
+                },
+                shutdown_until: r.try_get("shutdown_until")?,
+                flavor: r.try_get("flavor")?,
+                gpu_request: match r.try_get::<Option<String>, _>("gpu_request")? {
+                    Some(g) => Some(serde_json::from_str(&g).map_err(|e| c(&e))?),
+                    None => None,
+                },
+                gpus: serde_json::from_str(&r.try_get::<String, _>("gpus")?).map_err(|e| c(&e))?,
+                last_host: match r.try_get::<Option<String>, _>("last_host")? {
+                    Some(h) => Some(h.parse().map_err(|e| c(&e))?),
+                    None => None,
+                },
+                stop_reason: r.try_get("stop_reason")?,
+                instance_type: String::new(),
+            })
+        }
+        }
+    };
+}
+
+backend!(sqlite, SqliteStore, sqlx::Sqlite);
+backend!(postgres, PgStore, sqlx::Postgres);
