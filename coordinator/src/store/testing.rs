@@ -4,7 +4,7 @@
 //! `BACKFILL_TEST_POSTGRES=postgres://...` uses that server instead (it must allow `CREATE
 //! DATABASE`). Otherwise PostgreSQL's binaries are looked for in `BACKFILL_PG_BIN` or
 //! `/usr/lib/postgresql/*/bin`; without them the PostgreSQL half of a test is skipped, and
-//! says so.
+//! says so (`BACKFILL_TEST_REQUIRE_POSTGRES=1`, as CI sets it, makes that a failure).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -103,6 +103,9 @@ fn server() -> Option<&'static str> {
             }
             match start() {
                 Ok(url) => Some(url),
+                Err(why) if std::env::var_os("BACKFILL_TEST_REQUIRE_POSTGRES").is_some() => {
+                    panic!("BACKFILL_TEST_REQUIRE_POSTGRES is set, but: {why}")
+                }
                 Err(why) => {
                     eprintln!("skipping the PostgreSQL backend: {why}");
                     None

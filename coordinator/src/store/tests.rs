@@ -296,3 +296,236 @@ async fn the_outbox_on(store: Store) {
     );
     assert_eq!(store.due_deliveries(100, 10).await.unwrap().len(), 1);
 }
+
+fn arq(uuid: &str, profile: &str, server: Option<&str>) -> crate::accel::Arq {
+    crate::accel::Arq {
+        uuid: uuid.into(),
+        owner: "tenant".into(),
+        state: crate::accel::ArqState::Initial,
+        device_profile_name: profile.into(),
+        device_profile_group_id: 0,
+        hostname: None,
+        device_rp_uuid: None,
+        instance_uuid: None,
+        project_id: None,
+        attach_handle_type: String::new(),
+        attach_handle_uuid: None,
+        attach_handle_info: Default::default(),
+        server: server.map(Into::into),
+        created_at: 1,
+        updated_at: None,
+    }
+}
+
+fn profile(name: &str) -> crate::accel::DeviceProfile {
+    crate::accel::DeviceProfile {
+        uuid: format!("uuid-{name}"),
+        name: name.into(),
+        description: String::new(),
+        groups: vec![[("resources:GPU".to_string(), "1".to_string())].into()],
+        created_at: 1,
+        updated_at: None,
+    }
+}
+
+#[tokio::test]
+async fn profiles_and_arqs_round_trip_and_refuse_deleting_what_is_used() {
+    for db in testing::backends().await {
+        let store = db.open().await;
+        store
+            .seed_accounts(&["tenant".into()], &[], 0)
+            .await
+            .unwrap();
+        assert!(store.insert_profile(&profile("a_b")).await.unwrap());
+        assert!(
+            !store.insert_profile(&profile("a_b")).await.unwrap(),
+            "name taken"
+        );
+        assert!(store.insert_profile(&profile("free")).await.unwrap());
+        assert!(store.insert_profile(&profile("held")).await.unwrap());
+        // A server that asks for "held" keeps it; "a_b" must not match "a%b"-like names.
+        let mut s = server("tenant");
+        s.gpu_request = Some(GpuRequest {
+            device_profile: "held".into(),
+            count: 1,
+            matcher: Default::default(),
+        });
+        store.insert_servers(&[s.clone()]).await.unwrap();
+        let mut a = arq("q1", "a_b", Some(&s.uuid.to_string()));
+        store.put_arqs(&[a.clone()], &[]).await.unwrap();
+        a.state = crate::accel::ArqState::Bound;
+        a.hostname = Some("h1".into());
+        a.attach_handle_info = [("bus".to_string(), "0000:01:00.0".to_string())].into();
+        a.updated_at = Some(2);
+        store.put_arqs(&[], &[a.clone()]).await.unwrap();
+        assert_eq!(store.arqs().await.unwrap(), vec![a.clone()]);
+        assert_eq!(
+            store.arqs_of_server(&s.uuid.to_string()).await.unwrap(),
+            vec![a.clone()]
+        );
+        let used = store
+            .delete_profiles(&[profile("free"), profile("a_b")])
+            .await
+            .unwrap();
+        assert_eq!(used.as_deref(), Some("a_b"));
+        assert_eq!(store.profiles().await.unwrap().len(), 3, "all or nothing");
+        let held = store.delete_profiles(&[profile("held")]).await.unwrap();
+        assert_eq!(held.as_deref(), Some("held"));
+        store.delete_arqs(&["q1".into()]).await.unwrap();
+        assert!(store.arqs().await.unwrap().is_empty());
+        let none = store
+            .delete_profiles(&[profile("free"), profile("a_b")])
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+        let left: Vec<String> = store
+            .profiles()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(left, vec!["held".to_string()]);
+    }
+}
+
+#[tokio::test]
+async fn admin_changes_are_written_with_their_audit_entry() {
+    for db in testing::backends().await {
+        let store = db.open().await;
+        let act = |action: &str| AdminAction {
+            at: 7,
+            actor: "admin".into(),
+            target_kind: "pool",
+            target: "p".into(),
+            action: action.into(),
+            reason: Some("why".into()),
+        };
+        store
+            .set_pool_limits("p", Some((1, 3)), &act("freeze"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pool_limits().await.unwrap(),
+            [("p".into(), (1, 3))].into()
+        );
+        store
+            .set_pool_limits("p", None, &act("thaw"))
+            .await
+            .unwrap();
+        assert!(store.pool_limits().await.unwrap().is_empty());
+        store
+            .set_setting("auto_mode", "on", &act("auto"))
+            .await
+            .unwrap();
+        store
+            .set_setting("auto_mode", "off", &act("auto"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.settings().await.unwrap(),
+            [("auto_mode".into(), "off".into())].into()
+        );
+        let launch = LaunchRecord {
+            host: "h9".into(),
+            pool: "p".into(),
+            launched_at: 5,
+        };
+        store
+            .insert_launches(std::slice::from_ref(&launch), &act("launch"))
+            .await
+            .unwrap();
+        assert_eq!(store.launches().await.unwrap(), vec![launch]);
+        store.delete_launch("h9").await.unwrap();
+        assert!(store.launches().await.unwrap().is_empty());
+        let actions = store.actions("pool", "p", 2).await.unwrap();
+        let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+        assert_eq!(names, ["launch", "auto"], "newest first, limited");
+        assert_eq!(actions[0], act("launch"));
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_writes_nothing() {
+    for db in testing::backends().await {
+        let store = db.open().await;
+        store
+            .seed_accounts(&["tenant".into()], &[], 0)
+            .await
+            .unwrap();
+        let mut s = server("tenant");
+        store.insert_servers(&[s.clone()]).await.unwrap();
+        let seg = UsageSegment {
+            server: s.uuid,
+            account: "tenant".into(),
+            name: "s".into(),
+            class: ServerClass::Backfill,
+            start: 0,
+            end: 10,
+            cpu: 1_000,
+            mem: 1 << 30,
+            perf: PerfFactor::FULL,
+            prices: Prices { cpu: 1, mem: 1 },
+        };
+        // The server names a host that does not exist: the foreign key fails the commit, and
+        // the usage and the event before it in the same transaction must not be written.
+        s.status = ServerStatus::Running;
+        s.host = Some("nowhere".parse().unwrap());
+        let e = event("e1", 1);
+        assert!(store.commit(&[s.clone()], &[], &[seg], &[e]).await.is_err());
+        let all = UsageFilter {
+            account: None,
+            start: 0,
+            end: 100,
+        };
+        assert!(store.usage(&all).await.unwrap().is_empty());
+        assert!(store.unfanned_events(10).await.unwrap().is_empty());
+        assert_eq!(
+            store.servers().await.unwrap()[0].status,
+            ServerStatus::Stopped
+        );
+    }
+}
+
+#[test]
+fn placeholders_are_numbered_outside_quotes() {
+    assert_eq!(
+        numbered("UPDATE t SET \"end\" = ? WHERE a = '?' AND b LIKE ? ESCAPE '\\'"),
+        "UPDATE t SET \"end\" = $1 WHERE a = '?' AND b LIKE $2 ESCAPE '\\'"
+    );
+    assert_eq!(numbered("(? IS NULL OR x = ?)"), "($1 IS NULL OR x = $2)");
+}
+
+#[test]
+fn database_is_a_path_or_a_postgres_url() {
+    let d: Database = "/var/lib/backfill/c.sqlite".parse().unwrap();
+    assert_eq!(d, Database::Sqlite("/var/lib/backfill/c.sqlite".into()));
+    let d: Database = "postgres://backfill:pw@db.example:5432/backfill"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        d.to_string(),
+        "postgres://backfill:<redacted>@db.example:5432/backfill"
+    );
+    assert!("mysql://x/y".parse::<Database>().is_err());
+    assert!("".parse::<Database>().is_err());
+    assert!("postgres://h:notaport/db".parse::<Database>().is_err());
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_fails_clearly() {
+    // Nothing listens on a socket directory that does not exist.
+    let db: Database = "postgres://u:secret@localhost/x?host=/nonexistent-backfill-test"
+        .parse()
+        .unwrap();
+    let e = Store::open(&db, std::time::Duration::from_millis(500))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("PostgreSQL at postgres://u:<redacted>@localhost"),
+        "{e}"
+    );
+    assert!(!e.contains("secret"), "{e}");
+}
