@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::coordinator::Coordinator;
-use crate::store::SqliteStore;
 use backfill_shared::clock::ManualClock;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -35,7 +34,7 @@ fn server_fields_are_the_accepted_ones() {
 #[tokio::test]
 async fn every_documented_path_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let store = crate::store::testing::open_in(dir.path()).await;
     let c = Coordinator::load(
         store,
         Arc::new(ManualClock::new(1)),

@@ -4,7 +4,7 @@
 use crate::coordinator::{Coordinator, Scope};
 use crate::hosts::session_tests::{hello, new_server, report};
 use crate::pools::{PoolConfig, Pools, ProvisionerConfig};
-use crate::store::{Account, SqliteStore};
+use crate::store::Account;
 use axum::Router;
 use axum::http::Request;
 use backfill_shared::clock::ManualClock;
@@ -41,7 +41,7 @@ fn pool(name: &str, min: u32, max: u32, hosts: &[&str]) -> PoolConfig {
 
 pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let store = crate::store::testing::open_in(dir.path()).await;
     let clock = Arc::new(ManualClock::new(1_000));
     let operator = crate::operator::OperatorConfig {
         management_token: token.map(str::to_owned),

@@ -3,7 +3,7 @@
 use crate::coordinator::{Coordinator, NewServer, OpError, Scope};
 use crate::schedule::Outcome;
 use crate::scheduler::Plan;
-use crate::store::{Account, SqliteStore};
+use crate::store::Account;
 use backfill_shared::Clock;
 use backfill_shared::clock::ManualClock;
 use backfill_shared::protocol::{
@@ -20,7 +20,7 @@ pub(crate) struct Fixture {
 
 pub(crate) async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let store = crate::store::testing::open_in(dir.path()).await;
     let c = Coordinator::load(
         store,
         Arc::new(ManualClock::new(1_000)),
@@ -256,11 +256,10 @@ async fn a_superseded_session_cannot_change_anything() {
 #[tokio::test]
 async fn generations_survive_a_coordinator_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
     let clock = Arc::new(ManualClock::new(1_000));
     let first = {
         let c = Coordinator::load(
-            SqliteStore::open(&path).await.unwrap(),
+            crate::store::testing::open_in(dir.path()).await,
             clock.clone(),
             &[],
             Default::default(),
@@ -273,7 +272,7 @@ async fn generations_survive_a_coordinator_restart() {
         g
     };
     let c = Coordinator::load(
-        SqliteStore::open(&path).await.unwrap(),
+        crate::store::testing::open_in(dir.path()).await,
         clock,
         &[],
         Default::default(),
@@ -491,7 +490,7 @@ async fn usage_of(c: &Coordinator) -> Vec<crate::store::UsageRow> {
 
 /// A coordinator over an existing database directory (a restart).
 async fn reopen(dir: &std::path::Path, clock: Arc<ManualClock>) -> Coordinator {
-    let store = SqliteStore::open(&dir.join("db")).await.unwrap();
+    let store = crate::store::testing::open_in(dir).await;
     Coordinator::load(store, clock, &["t".into()], Default::default())
         .await
         .unwrap()

@@ -36,20 +36,51 @@ pub(crate) fn sqlite() -> TestDb {
     }
 }
 
+/// The store of a test fixture whose state lives in `dir`: SQLite in `dir/db`, or with
+/// `BACKFILL_TEST_STORE=postgres` a database on the test PostgreSQL server named after `dir`
+/// (so opening it again is a restart). CI runs the coordinator's tests both ways.
+pub(crate) async fn open_in(dir: &Path) -> Store {
+    if std::env::var("BACKFILL_TEST_STORE").as_deref() == Ok("postgres") {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        let db = postgres_named(&format!("d_{:016x}", h.finish()))
+            .await
+            .expect("BACKFILL_TEST_STORE=postgres, but no PostgreSQL to test on");
+        return db.open().await;
+    }
+    super::SqliteStore::open(&dir.join("db"))
+        .await
+        .unwrap()
+        .into()
+}
+
 /// A new, empty database on the test PostgreSQL server; `None` (said on stderr) without one.
 pub(crate) async fn postgres() -> Option<TestDb> {
+    postgres_named(&format!("t_{}", uuid::Uuid::new_v4().simple())).await
+}
+
+/// Database `name` on the test PostgreSQL server, created if it is not there.
+async fn postgres_named(name: &str) -> Option<TestDb> {
     let base = server()?;
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let admin = url_for(base, "postgres");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The server may still be starting: retry until the deadline.
         match sqlx::PgPool::connect(&admin).await {
             Ok(pool) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&pool)
+                let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(name)
+                    .fetch_optional(&pool)
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .is_some();
+                if !exists {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
                 pool.close().await;
                 break;
             }
@@ -58,7 +89,7 @@ pub(crate) async fn postgres() -> Option<TestDb> {
         }
     }
     Some(TestDb {
-        database: Database::Postgres(url_for(base, &name)),
+        database: Database::Postgres(url_for(base, name)),
         _dir: None,
     })
 }
