@@ -382,4 +382,36 @@ key = "/etc/backfill/coordinator.key"
             .to_string();
         assert!(err.contains("http.management.body_timeout_s"), "{err}");
     }
+
+    #[test]
+    fn the_database_is_a_path_or_a_postgres_url_and_its_password_stays_hidden() {
+        let with = |db: &str| BASE.replace("/var/lib/backfill/coordinator.sqlite", db);
+        let cfg: CoordinatorConfig =
+            toml::from_str(&with("postgres://backfill:hunter2@db:5432/backfill")).unwrap();
+        assert!(matches!(
+            cfg.database,
+            crate::store::Database::Postgres(ref u) if u.contains("hunter2")
+        ));
+        let view = cfg.redacted().to_string();
+        assert!(!view.contains("hunter2"), "{view}");
+        assert!(view.contains("postgres://backfill:<redacted>@db:5432/backfill"));
+        // A relative SQLite path is refused at load, a URL is not a path.
+        // (validate checks the database before the TLS files, which do not exist here)
+        let cfg: CoordinatorConfig = toml::from_str(&with("db.sqlite")).unwrap();
+        let err = cfg.validate(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("database") && err.contains("absolute"),
+            "{err}"
+        );
+        let cfg: CoordinatorConfig = toml::from_str(&with("postgres://db/backfill")).unwrap();
+        let err = cfg.validate(Path::new("c.toml")).unwrap_err().to_string();
+        assert!(!err.contains("database"), "{err}");
+        // An unknown scheme or a malformed URL fails to parse, naming the key.
+        for bad in ["mysql://db/backfill", "postgres://db:port/x"] {
+            let err = toml::from_str::<CoordinatorConfig>(&with(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("database"), "{bad}: {err}");
+        }
+    }
 }

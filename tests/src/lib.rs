@@ -241,7 +241,7 @@ impl Coordinator {
         };
         let cfg = format!(
             "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\naccounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            dir.path().join("db.sqlite"),
+            test_database(dir.path()),
             list(backfill_accounts),
             list(plain_accounts),
             tls.ca,
@@ -501,4 +501,50 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The coordinator's `database` for a test whose files live in `dir`: a SQLite file there, or
+/// with `BACKFILL_E2E_POSTGRES=postgres://...` (a server URL without a database, whose user may
+/// create databases) a new database on that server, so the end-to-end tests run on PostgreSQL.
+pub fn test_database(dir: &Path) -> String {
+    let Ok(server) = std::env::var("BACKFILL_E2E_POSTGRES") else {
+        return dir.join("db.sqlite").display().to_string();
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "e2e_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let with_db = |db: &str| match server.split_once('?') {
+        Some((s, q)) => format!("{}/{db}?{q}", s.trim_end_matches('/')),
+        None => format!("{}/{db}", server.trim_end_matches('/')),
+    };
+    let createdb = postgres_bin("createdb");
+    let out = std::process::Command::new(&createdb)
+        .arg(format!("--maintenance-db={}", with_db("postgres")))
+        .arg(&name)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", createdb.display()));
+    assert!(
+        out.status.success(),
+        "createdb {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    with_db(&name)
+}
+
+/// A PostgreSQL client program: from `BACKFILL_PG_BIN`, Debian's versioned directory, or PATH.
+fn postgres_bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("BACKFILL_PG_BIN") {
+        return Path::new(&dir).join(name);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from(name))
 }
