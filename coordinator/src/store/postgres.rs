@@ -2,8 +2,9 @@
 //! migration history in `migrations/postgres/` (BIGINT for i64, DOUBLE PRECISION for f64,
 //! BOOLEAN for flags, TEXT for JSON), for several coordinators on one database.
 //!
-//! Connections are plain TCP or a Unix socket: no TLS is compiled in (keep the database on
-//! loopback, a Unix socket or a trusted network; `sslmode=require` is refused).
+//! Connections go over a Unix socket or TCP, with TLS when the URL asks for it
+//! (`sslmode=verify-full&sslrootcert=/etc/backfill/pki/ca.pem`): rustls on the ring provider,
+//! the system's roots or the given CA, as everywhere else in backfill.
 
 use super::StoreError;
 use sqlx::migrate::Migrator;
