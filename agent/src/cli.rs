@@ -214,8 +214,12 @@ fn cgroups(cfg: &AgentConfig) -> Result<Box<dyn CgroupManager>, AgentError> {
 }
 
 /// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
-fn drivers(_cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
-    driver::DriverSet::new().with(Arc::new(driver::ExecDriver))
+fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
+    let mut set = driver::DriverSet::new().with(Arc::new(driver::ExecDriver));
+    if let Some(vm) = driver::vm::VmDriver::detect(&cfg.vm, &cfg.state_dir) {
+        set = set.with(Arc::new(vm));
+    }
+    set
 }
 
 async fn run(

@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub network: NetworkSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    #[serde(default)]
+    pub vm: crate::driver::vm::VmConfig,
 }
 
 /// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
@@ -296,6 +298,9 @@ impl AgentConfig {
             .pool
             .parse::<crate::network::AddressPool>()
             .map_err(|e| invalid("network.pool", &e.to_string()))?;
+        self.vm
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         if matches!(self.network.route_table, 0 | 253..=255) {
             return Err(invalid(
                 "network.route_table",

@@ -10,6 +10,7 @@
 
 mod exec;
 mod proc;
+pub mod vm;
 
 pub use exec::{ExecDriver, ExecSpec, RunAs, Yielding, spawn};
 pub use proc::{
@@ -114,6 +115,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// The run ended or was killed (its cgroup is empty): release what the driver held for it
     /// (control sockets, the runtime's record of it). The server's disk stays.
     fn release(&self, _server: &ServerId) {}
+
+    /// A run a previous agent process started is this agent's again (its network, if any,
+    /// already restored): rebuild what the driver keeps beside it (a VM's bridge and DHCP
+    /// responder). Also called when a running guest's network had to be rebuilt.
+    fn adopt(&self, _server: &ServerId, _network: Option<&GuestNet>) {}
 
     fn memory_control(&self) -> MemoryControl {
         MemoryControl::Cgroup
