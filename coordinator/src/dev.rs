@@ -203,6 +203,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             ..MetadataSettings::default()
         },
         network: Default::default(),
+        vm: Default::default(),
         admin: backfill_agent::config::AdminSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()

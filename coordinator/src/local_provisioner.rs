@@ -125,6 +125,7 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
             ..MetadataSettings::default()
         },
         network: Default::default(),
+        vm: Default::default(),
         admin: AdminSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()

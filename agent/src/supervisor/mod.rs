@@ -197,7 +197,18 @@ impl Supervisor {
         self.entries
             .iter()
             .map(|(id, e)| match e.run {
-                Run::Running { .. } => (*id, "running", Some(self.entry_limits(e))),
+                Run::Running { .. } => {
+                    let mut l = self.entry_limits(e);
+                    // A balloon's size is what the guest has, whatever its cgroup allows.
+                    if let Some(bytes) = self
+                        .drivers
+                        .get(e.driver)
+                        .and_then(|d| d.memory_in_force(id))
+                    {
+                        l.mem_limit_bytes = Some(bytes);
+                    }
+                    (*id, "running", Some(l))
+                }
                 Run::Exited { .. } => (*id, "exited", None),
                 Run::Failed { .. } => (*id, "failed", None),
             })
