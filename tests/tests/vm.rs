@@ -156,6 +156,7 @@ fn make_images(dir: &Path, kernel: &Path, modules: &Path) -> PathBuf {
         .unwrap();
     assert!(ok.success());
     std::fs::copy(kernel, images.join("vmlinuz")).unwrap();
+    std::fs::write(images.join("vmlinuz-broken"), b"not a kernel").unwrap();
     images
 }
 
@@ -223,6 +224,42 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
     let host_mem = caps["free_resources"]["total"]["mem"].as_u64().unwrap();
     let vm_mem = 256 * MIB;
     let bf_cpu = host_cpu - 500;
+    let rss = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    eprintln!("agent RSS without VMs: {}", rss(agent.child.id()));
+
+    // A kernel QEMU cannot load: the server fails at once (stopped, never stuck starting),
+    // with QEMU's own words in the reason.
+    let broken = create(
+        &tenant,
+        &coord.url("bservers/"),
+        json!({"name": "broken", "cpu": 500, "mem": vm_mem,
+               "workload": {"vm": {"kernel": "vmlinuz-broken"}}}),
+    )
+    .await;
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{broken}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    within("the broken vm stopped", BOOT, || async {
+        let (_, b) = get(&tenant, &coord.url(&format!("bservers/{broken}/"))).await;
+        (b["status"] == "stopped").then_some(())
+    })
+    .await;
+    let said = coord.daemon.log_text();
+    assert!(
+        said.lines().any(|l| l.contains("workload failed")
+            && l.contains(&broken)
+            && l.contains("QEMU exited at once")),
+        "{said}"
+    );
     let vm = create(
         &tenant,
         &coord.url("bservers/"),
@@ -246,6 +283,7 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
     .await;
     eprintln!("running after {:?}", started.elapsed());
     let ip = rt["nics"][0]["ip_v4"]["uuid"].as_str().unwrap().to_owned();
+    let netns = rt["netns"].as_str().unwrap().to_owned();
     let log = setup.state_dir().join("logs").join(format!("{vm}.log"));
     let console = || std::fs::read_to_string(&log).unwrap_or_default();
     // The guest took exactly its address, and the metadata service knows it by it.
@@ -326,6 +364,35 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
     })
     .await;
 
+    eprintln!("agent RSS with one VM: {}", rss(agent.child.id()));
+
+    // The agent dies and comes back: it re-adopts the VM, checks its bridge and answers for
+    // its balloon again (the balloon's size, not the cgroup's, is its memory limit).
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let mut agent = setup.start(true, "2");
+    let admin = agent.wait_log_value("admin listening", "admin_addr");
+    agent.wait_log_value("VM re-adopted", "server");
+    within("the balloon reported again", BOOT, || async {
+        metric(&admin, "backfill_agent_memory_limit_bytes", &vm)
+            .filter(|m| (*m as u64) >= vm_mem - MIB && (*m as u64) <= vm_mem)
+    })
+    .await;
+    let link = Command::new("ip")
+        .args(["-n", &netns, "-o", "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("master br0"));
+    let addrs = Command::new("ip")
+        .args(["-n", &netns, "-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout).into_owned();
+    assert!(
+        !addrs.contains(&ip),
+        "the namespace keeps no guest address: {addrs}"
+    );
+
     // A normal server that needs the whole host: a termination notice, which the guest reads.
     let big = create(
         &tenant,
@@ -356,12 +423,18 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
         (b["status"] == "stopped").then_some(())
     })
     .await;
-    assert!(console().contains("GUEST-POWER-BUTTON"), "{}", console());
-    let exited = agent
-        .log_text()
-        .lines()
-        .any(|l| l.contains("workload exited") && l.contains(&vm) && l.contains("Some(0)"));
-    assert!(exited, "QEMU exited by itself:\n{}", agent.log_text());
+    // The guest powered itself off (QEMU ends when its guest does).
+    let text = console();
+    assert!(text.contains("GUEST-POWER-BUTTON"), "{text}");
+    assert!(text.contains("reboot: Power down"), "{text}");
+    assert!(
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("workload exited") && l.contains(&vm)),
+        "{}",
+        agent.log_text()
+    );
     post(
         &tenant,
         &coord.url(&format!("servers/{big}/action/?do=stop")),
