@@ -396,3 +396,153 @@ impl Driver for VmDriver {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use backfill_shared::{GuestProfile, PerfFactor, Resources, ServerClass, VmWorkload, Workload};
+    use std::net::Ipv4Addr;
+
+    fn driver(root: &Path) -> VmDriver {
+        let images = root.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("vmlinuz"), b"k").unwrap();
+        VmDriver {
+            cfg: VmConfig {
+                images_dir: images,
+                ..VmConfig::default()
+            },
+            dir: root.join("vm"),
+            accel: "tcg",
+            runs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn launch_error(d: &VmDriver, vm: VmWorkload, network: Option<&GuestNet>) -> DriverError {
+        let workload = Workload {
+            vm: Some(vm),
+            ..Workload::default()
+        };
+        let guest = GuestProfile {
+            name: "g".into(),
+            hostname: "g".into(),
+            account: "a".into(),
+            class: ServerClass::Backfill,
+            instance_type: "t".into(),
+            meta: BTreeMap::new(),
+            user_data: None,
+        };
+        let log = d.dir.join("x.log");
+        let l = Launch {
+            server: ServerId::from_u128(9),
+            workload: &workload,
+            resources: Resources {
+                cpu_mhz: 1000,
+                vcpus: 1,
+                mem_bytes: 256 << 20,
+            },
+            perf_factor: PerfFactor::FULL,
+            class: ServerClass::Backfill,
+            env: &BTreeMap::new(),
+            gpus: &[],
+            join_files: &[],
+            cgroup_path: None,
+            log_file: &log,
+            network,
+            guest: &guest,
+            run_as: None,
+        };
+        d.launch(&l).unwrap_err()
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error_before_anything_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let d = driver(root.path());
+        let net = GuestNet {
+            slot: 0,
+            address: Ipv4Addr::new(10, 0, 0, 2),
+            host_address: Ipv4Addr::new(10, 0, 0, 1),
+            netns: "bf-test-none".into(),
+            host_if: "bftest-0".into(),
+        };
+        let unknown = VmWorkload {
+            image: Some("missing.qcow2".into()),
+            ..VmWorkload::default()
+        };
+        let e = launch_error(&d, unknown, Some(&net));
+        assert!(
+            matches!(&e, DriverError::Unsupported(m) if m.contains("missing.qcow2")),
+            "{e}"
+        );
+        let escape = VmWorkload {
+            kernel: Some("../vmlinuz".into()),
+            ..VmWorkload::default()
+        };
+        assert!(matches!(
+            launch_error(&d, escape, Some(&net)),
+            DriverError::Unsupported(_)
+        ));
+        let no_net = VmWorkload {
+            kernel: Some("vmlinuz".into()),
+            ..VmWorkload::default()
+        };
+        let e = launch_error(&d, no_net, None);
+        assert!(e.to_string().contains("network namespace"), "{e}");
+        // Nothing was left behind for the server.
+        assert!(!d.server_dir(&ServerId::from_u128(9)).exists());
+    }
+
+    #[test]
+    fn no_qemu_or_no_images_means_no_driver() {
+        let root = tempfile::tempdir().unwrap();
+        let images = root.path().join("images");
+        std::fs::create_dir(&images).unwrap();
+        let cfg = VmConfig {
+            qemu: root.path().join("no-qemu"),
+            images_dir: images.clone(),
+            accel: Accel::Tcg,
+            ..VmConfig::default()
+        };
+        assert!(VmDriver::detect(&cfg, root.path()).is_none());
+        let disabled = VmConfig {
+            enabled: false,
+            ..cfg.clone()
+        };
+        assert!(VmDriver::detect(&disabled, root.path()).is_none());
+        if Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+            let no_images = VmConfig {
+                qemu: "/usr/bin/qemu-system-x86_64".into(),
+                images_dir: root.path().join("none"),
+                ..cfg.clone()
+            };
+            assert!(VmDriver::detect(&no_images, root.path()).is_none());
+            let ok = VmConfig {
+                qemu: "/usr/bin/qemu-system-x86_64".into(),
+                ..cfg
+            };
+            let d = VmDriver::detect(&ok, root.path()).unwrap();
+            let mut inv = backfill_shared::Drivers::default();
+            d.report(&mut inv);
+            assert_eq!(inv.vm.unwrap().accel, "tcg");
+        } else {
+            eprintln!("SKIP (part): no /usr/bin/qemu-system-x86_64");
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_what_is_kept_and_running() {
+        let root = tempfile::tempdir().unwrap();
+        let d = driver(root.path());
+        let (a, b) = (ServerId::from_u128(1), ServerId::from_u128(2));
+        for id in [a, b] {
+            std::fs::create_dir_all(d.server_dir(&id)).unwrap();
+        }
+        std::fs::create_dir_all(d.dir.join("not-a-uuid")).unwrap();
+        d.sweep(&[a]);
+        assert!(d.server_dir(&a).exists());
+        assert!(!d.server_dir(&b).exists());
+        assert!(d.dir.join("not-a-uuid").exists());
+    }
+}
