@@ -157,6 +157,11 @@ fn make_images(dir: &Path, kernel: &Path, modules: &Path) -> PathBuf {
     assert!(ok.success());
     std::fs::copy(kernel, images.join("vmlinuz")).unwrap();
     std::fs::write(images.join("vmlinuz-broken"), b"not a kernel").unwrap();
+    // A root disk for the VM (its overlay is what the test looks at; the guest runs from RAM).
+    std::fs::File::create(images.join("scratch.raw"))
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
     images
 }
 
@@ -264,7 +269,7 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
         &tenant,
         &coord.url("bservers/"),
         json!({"name": "vm", "cpu": bf_cpu, "mem": vm_mem,
-               "workload": {"vm": {"kernel": "vmlinuz", "initrd": "initrd.cpio",
+               "workload": {"vm": {"image": "scratch.raw", "kernel": "vmlinuz", "initrd": "initrd.cpio",
                                    "cmdline": "console=ttyS0 panic=-1 loglevel=4"}}}),
     )
     .await;
@@ -284,6 +289,9 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
     eprintln!("running after {:?}", started.elapsed());
     let ip = rt["nics"][0]["ip_v4"]["uuid"].as_str().unwrap().to_owned();
     let netns = rt["netns"].as_str().unwrap().to_owned();
+    // Its disk is a copy-on-write overlay of the image, under the agent's state directory.
+    let overlay = setup.state_dir().join("vm").join(&vm).join("disk.qcow2");
+    assert!(overlay.is_file(), "{}", overlay.display());
     let log = setup.state_dir().join("logs").join(format!("{vm}.log"));
     let console = || std::fs::read_to_string(&log).unwrap_or_default();
     // The guest took exactly its address, and the metadata service knows it by it.
