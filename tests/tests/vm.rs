@@ -62,6 +62,8 @@ while true; do
     get /latest/meta-data/spot/instance-action > /tmp/sa 2>/dev/null
     if head -n 1 /tmp/sa | grep -q ' 200 '; then
         echo "GUEST-SPOT $(tail -n 1 /tmp/sa)"
+        # DHCP again: the agent that answers now re-adopted this VM.
+        udhcpc -i eth0 -n -q -t 10 -T 1 -s /udhcpc.sh && echo "GUEST-REDHCP $(ip -4 -o addr show eth0)"
         break
     fi
     sleep 1
@@ -417,6 +419,8 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
     .await;
     let spot = console_line(&log, &agent, "GUEST-SPOT").await;
     assert!(spot.contains("terminate"), "{spot}");
+    let again = console_line(&log, &agent, "GUEST-REDHCP").await;
+    assert!(again.contains(&format!("inet {ip}/30")), "{again}");
 
     // Shut down: the power button, and the guest powers itself off.
     let (status, body) = post(
