@@ -453,4 +453,42 @@ async fn a_vm_boots_learns_who_it_is_is_squeezed_and_powers_off_by_acpi() {
         json!({}),
     )
     .await;
+
+    // Started again, and stopped: QEMU is asked to quit (flushing its disk) before the kill.
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{vm}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    within("the vm booted again", BOOT, || async {
+        (console()
+            .lines()
+            .filter(|l| l.starts_with("GUEST-ADDR"))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    post(
+        &tenant,
+        &coord.url(&format!("bservers/{vm}/action/?do=stop")),
+        json!({}),
+    )
+    .await;
+    within("the vm stopped again", BOOT, || async {
+        let (_, b) = get(&tenant, &coord.url(&format!("bservers/{vm}/"))).await;
+        (b["status"] == "stopped").then_some(())
+    })
+    .await;
+    eprintln!("stopped in {:?}", stopping.elapsed());
+    assert!(
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("VM quit through QMP") && l.contains(&vm)),
+        "{}",
+        agent.log_text()
+    );
 }

@@ -112,6 +112,11 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// a second during a graceful shutdown.
     fn request_shutdown(&self, server: &ServerId, process: &ProcessIdentity);
 
+    /// The run is about to be killed (stopped, or terminated at its time): a last, short
+    /// chance to end cleanly (a VM's QMP `quit`, which flushes its disk). Bounded by the
+    /// driver to a few seconds; the supervisor kills the run's process group right after.
+    fn stop(&self, _server: &ServerId, _process: &ProcessIdentity) {}
+
     /// The run ended or was killed (its cgroup is empty): release what the driver held for it
     /// (control sockets, the runtime's record of it). The server's disk stays.
     fn release(&self, _server: &ServerId) {}

@@ -306,9 +306,13 @@ impl Supervisor {
         let mut entry = self.entries.remove(id);
         if let Some(Entry {
             run: Run::Running { process, child, .. },
+            driver: kind,
             ..
         }) = entry.as_mut()
         {
+            if let Some(d) = self.drivers.get(*kind) {
+                d.stop(id, process);
+            }
             stop_process(process, child.as_mut());
             tracing::info!(server = %id, "workload stopped");
         }
@@ -393,6 +397,9 @@ impl Supervisor {
                 continue;
             };
             if let Run::Running { process, child, .. } = &mut e.run {
+                if let Some(d) = self.drivers.get(e.driver) {
+                    d.stop(id, process);
+                }
                 stop_process(process, child.as_mut());
             }
             self.cleanup(id);

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 /// How long QEMU has to answer on QMP after it starts.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a stopped VM has to exit after QMP `quit` before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -312,6 +314,24 @@ impl Driver for VmDriver {
             QMP_TIMEOUT,
         ) {
             tracing::debug!(server = %server, error = %e, "cannot press the VM's power button");
+        }
+    }
+
+    fn stop(&self, server: &ServerId, process: &ProcessIdentity) {
+        if !super::alive(process) {
+            return;
+        }
+        // `quit` flushes the overlay's metadata; QEMU exits right after answering.
+        if let Err(e) = qmp::execute(&self.qmp_path(server), "quit", None, QMP_TIMEOUT) {
+            tracing::debug!(server = %server, error = %e, "QMP quit failed; the VM is killed");
+            return;
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        while super::alive(process) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !super::alive(process) {
+            tracing::info!(server = %server, "VM quit through QMP");
         }
     }
 
