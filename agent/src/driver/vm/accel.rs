@@ -3,10 +3,13 @@
 //! kernel. So `auto` boots a probe guest on KVM once, at agent start, and takes KVM only
 //! when the guest shows it runs before a deadline:
 //! - with a Linux kernel (the first kernel of the image directory, else the host's own
-//!   `/boot/vmlinuz-$(uname -r)`): its first console line (`Linux version`, through
-//!   `earlyprintk`) must appear;
+//!   `/boot/vmlinuz-$(uname -r)`, else the newest `/boot/vmlinuz-*`): its first console line
+//!   (`Linux version`, through `earlyprintk`) must appear;
 //! - without one: a 64 KiB firmware that enters long mode and writes to QEMU's
-//!   `isa-debug-exit` port, which makes QEMU exit with status 3.
+//!   `isa-debug-exit` port, which makes QEMU exit with status 3 (weaker: a host whose KVM
+//!   runs this firmware but no Linux kernel passes it).
+//!
+//! The probe guest gets the machine and CPU model VMs get (`q35`, `-cpu host` on KVM).
 
 use super::config::Accel;
 use std::path::{Path, PathBuf};
@@ -95,9 +98,26 @@ pub fn probe_kernel(images_dir: &Path) -> Option<PathBuf> {
     {
         return Some(p);
     }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let host = PathBuf::from(format!("/boot/vmlinuz-{}", release.trim()));
-    host.is_file().then_some(host)
+    if host.is_file() {
+        return Some(host);
+    }
+    // In a container the running kernel's may be absent; any of /boot's will do.
+    let mut boot: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+                && p.is_file()
+        })
+        .collect();
+    boot.sort();
+    boot.pop()
 }
 
 /// Boots the probe guest with `accel` in `work` (a scratch directory of the agent's).
@@ -114,7 +134,10 @@ pub fn probe(qemu: &Path, accel: &str, kernel: Option<&Path>, work: &Path) -> Re
         "-m",
         "256",
     ])
-    .args(["-machine", "pc", "-accel", accel, "-no-reboot"])
+    // The machine and CPU model VMs get (see argv.rs): `-cpu host` is what fails on some
+    // hosts whose KVM runs simpler guests.
+    .args(["-machine", "q35", "-accel", accel, "-no-reboot"])
+    .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
