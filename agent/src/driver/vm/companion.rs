@@ -57,7 +57,9 @@ impl Drop for Companion {
 fn run(s: Setup, stop: &AtomicBool, actual: &AtomicU64) {
     let fd = s.socket.as_raw_fd();
     let mut buf = vec![0u8; 2048];
-    let mut last = Instant::now() - TICK;
+    let mut last = Instant::now()
+        .checked_sub(TICK)
+        .unwrap_or_else(Instant::now);
     let mut leased = false;
     while !stop.load(Ordering::Relaxed) {
         let mut pfd = libc::pollfd {

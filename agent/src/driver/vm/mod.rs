@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 /// How long QEMU has to answer on QMP after it starts.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 const QMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Repeated once a second during a graceful shutdown: a hung QEMU must not hold the loop.
+const POWERDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a stopped VM has to exit after QMP `quit` before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
@@ -311,7 +313,7 @@ impl Driver for VmDriver {
             &self.qmp_path(server),
             "system_powerdown",
             None,
-            QMP_TIMEOUT,
+            POWERDOWN_TIMEOUT,
         ) {
             tracing::debug!(server = %server, error = %e, "cannot press the VM's power button");
         }
