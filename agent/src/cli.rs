@@ -303,6 +303,9 @@ fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
     if let Some(c) = driver::container::ContainerDriver::detect(&cfg.container, &cfg.state_dir) {
         set = set.with(Arc::new(c));
     }
+    if let Some(vm) = driver::vm::VmDriver::detect(&cfg.vm, &cfg.state_dir) {
+        set = set.with(Arc::new(vm));
+    }
     set
 }
 

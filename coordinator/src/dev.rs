@@ -214,6 +214,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         network: Default::default(),
         pressure: Default::default(),
         container: Default::default(),
+        vm: Default::default(),
         admin: backfill_agent::config::AdminSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()
