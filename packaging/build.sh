@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked
 command -v cargo-generate-rpm >/dev/null 2>&1 || cargo install cargo-generate-rpm --locked
 
-cargo build --release --locked -p backfill-coordinator -p backfill-agent
+# The packaged coordinator leaves out `dev` (which links the whole agent: cgroups, NVML,
+# drivers); `cargo run -p backfill-coordinator -- dev` keeps it (a default feature).
+cargo build --release --locked -p backfill-coordinator --no-default-features
+cargo build --release --locked -p backfill-agent
 out=target/packages
 rm -rf "$out"
 mkdir -p "$out"

@@ -48,6 +48,10 @@ for pkg in coordinator agent; do
     conf="$root/etc/backfill/$pkg.toml"
     [ -f "$conf" ] || conf="$conf.dpkg-new"
     test -f "$conf" || fail "$deb: config not installed"
+    # The packaged coordinator is the coordinator only: no dev mode, so no agent inside.
+    if [ "$pkg" = coordinator ] && "$root/usr/bin/backfill-coordinator" dev --help >/dev/null 2>&1; then
+        fail "$deb: the packaged coordinator has dev mode (and links the agent)"
+    fi
     lintian --fail-on error --suppress-tags statically-linked-binary "$deb"
 done
 stat -c '%a' "$conf" | grep -qx 600 || fail "agent.toml is not 0600"

@@ -159,6 +159,9 @@ fn main_exec(cli: &Cli) -> Result<(), AgentError> {
     let run_as = resolve_run_as(&cfg)?;
     if cli.check_config {
         println!("{}: ok (host {host_id})", cli.config.display());
+        for line in driver_warnings(&cfg) {
+            println!("warning: {line}");
+        }
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -291,6 +294,35 @@ fn watch_pressure(
     }
 }
 
+/// What `--check-config` says of the drivers: a missing QEMU, image directory or OCI runtime
+/// disables that driver (a warning, not an error), and an enabled exec driver is named.
+fn driver_warnings(cfg: &AgentConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    if cfg.exec_driver {
+        w.push("exec_driver = true: workloads may run as processes on this host (development and tests only)".into());
+    }
+    if cfg.vm.enabled {
+        if !cfg.vm.qemu.is_file() {
+            w.push(format!(
+                "no QEMU at {}: the vm driver will not be offered (install qemu-system-x86 or set [vm] qemu)",
+                cfg.vm.qemu.display()
+            ));
+        } else if !cfg.vm.images_dir.is_dir() {
+            w.push(format!(
+                "no image directory {}: the vm driver will not be offered",
+                cfg.vm.images_dir.display()
+            ));
+        }
+    }
+    if cfg.container.enabled && !cfg.container.runtime.is_file() {
+        w.push(format!(
+            "no OCI runtime at {}: the container driver will not be offered (install runc or set [container] runtime)",
+            cfg.container.runtime.display()
+        ));
+    }
+    w
+}
+
 /// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
 fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
     let mut set = driver::DriverSet::new();
@@ -302,6 +334,9 @@ fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
     }
     if let Some(c) = driver::container::ContainerDriver::detect(&cfg.container, &cfg.state_dir) {
         set = set.with(Arc::new(c));
+    }
+    if let Some(vm) = driver::vm::VmDriver::detect(&cfg.vm, &cfg.state_dir) {
+        set = set.with(Arc::new(vm));
     }
     set
 }

@@ -75,6 +75,8 @@ pub struct AgentConfig {
     /// `[container]`: the `container` driver (OCI runtime, image cache).
     #[serde(default)]
     pub container: crate::driver::container::ContainerConfig,
+    #[serde(default)]
+    pub vm: crate::driver::vm::VmConfig,
 }
 
 /// `[admin]`: `/metrics`, `/healthz`, `/ready` in plain HTTP.
@@ -401,6 +403,9 @@ impl AgentConfig {
         self.container
             .validate()
             .map_err(|(key, reason)| invalid(key, &reason))?;
+        self.vm
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         if matches!(self.network.route_table, 0 | 253..=255) {
             return Err(invalid(
                 "network.route_table",

@@ -40,6 +40,24 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("host node-1"));
 
+    // A missing QEMU or OCI runtime is a warning that disables that driver, not an error.
+    let out = check(
+        &format!(
+            "{good}[vm]\nqemu = \"/nonexistent/qemu\"\n[container]\nruntime = \"/nonexistent/runc\"\n"
+        ),
+        dir.path(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("warning: no QEMU at /nonexistent/qemu"),
+        "{said}"
+    );
+    assert!(
+        said.contains("warning: no OCI runtime at /nonexistent/runc"),
+        "{said}"
+    );
+
     let out = check(
         &good.replace("state_dir = \"/var/lib/backfill\"", "state_dir = \"rel\""),
         dir.path(),

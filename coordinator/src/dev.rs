@@ -214,6 +214,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         network: Default::default(),
         pressure: Default::default(),
         container: Default::default(),
+        vm: Default::default(),
         admin: backfill_agent::config::AdminSettings {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()
@@ -234,6 +235,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         return Err(e);
     }
     announce(&l, api, management, &token)?;
+    println!("{}", drivers_line(&coordinator, &host).await);
 
     tokio::select! {
         () = wait_for_signal() => {}
@@ -288,6 +290,28 @@ fn dev_flavors() -> Vec<crate::flavors::Flavor> {
         preemptible: Some(preemptible),
     };
     vec![flavor("dev-preemptible", true), flavor("dev-small", false)]
+}
+
+/// What dev's agent can run, as it reported it: `drivers: exec, vm (tcg, 2 images), container
+/// (runc 1.1.5)`, or why a kind is missing.
+async fn drivers_line(coordinator: &crate::coordinator::Coordinator, host: &HostId) -> String {
+    let model = coordinator.model.lock().await;
+    let Some(d) = model.hosts.get(host).map(|h| &h.record.inventory.drivers) else {
+        return "drivers: unknown (the agent has not reported)".into();
+    };
+    let mut parts = Vec::new();
+    if d.exec {
+        parts.push("exec".to_owned());
+    }
+    match &d.vm {
+        Some(vm) => parts.push(format!("vm ({}, {} image(s))", vm.accel, vm.images.len())),
+        None => parts.push("no vm (needs root, QEMU and [vm] images_dir)".into()),
+    }
+    match &d.container {
+        Some(c) => parts.push(format!("container ({})", c.runtime)),
+        None => parts.push("no container (needs root and runc)".into()),
+    }
+    format!("drivers: {}", parts.join(", "))
 }
 
 fn spawn_agent(config: &Path) -> Result<Child, DevError> {

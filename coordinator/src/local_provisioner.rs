@@ -128,6 +128,7 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
         network: Default::default(),
         pressure: Default::default(),
         container: Default::default(),
+        vm: Default::default(),
         admin: AdminSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()

@@ -11,6 +11,7 @@
 pub mod container;
 mod exec;
 mod proc;
+pub mod vm;
 
 pub use exec::{ExecDriver, ExecSpec, RunAs, Yielding, spawn};
 pub use proc::{
@@ -112,9 +113,19 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     /// a second during a graceful shutdown.
     fn request_shutdown(&self, server: &ServerId, process: &ProcessIdentity);
 
+    /// The run is about to be killed (stopped, or terminated at its time): a last, short
+    /// chance to end cleanly (a VM's QMP `quit`, which flushes its disk). Bounded by the
+    /// driver to a few seconds; the supervisor kills the run's process group right after.
+    fn stop(&self, _server: &ServerId, _process: &ProcessIdentity) {}
+
     /// The run ended or was killed (its cgroup is empty): release what the driver held for it
     /// (control sockets, the runtime's record of it). The server's disk stays.
     fn release(&self, _server: &ServerId) {}
+
+    /// A run a previous agent process started is this agent's again (its network, if any,
+    /// already restored): rebuild what the driver keeps beside it (a VM's bridge and DHCP
+    /// responder). Also called when a running guest's network had to be rebuilt.
+    fn adopt(&self, _server: &ServerId, _network: Option<&GuestNet>) {}
 
     fn memory_control(&self) -> MemoryControl {
         MemoryControl::Cgroup

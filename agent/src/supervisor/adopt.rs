@@ -16,7 +16,13 @@ impl Supervisor {
         for p in self.state.load()? {
             let mut network = p.network;
             let run = if driver::alive(&p.process) {
-                self.readopt(&p.server, &p.process, &mut network, p.started_at)
+                let run = self.readopt(&p.server, &p.process, &mut network, p.started_at);
+                if matches!(run, Run::Running { .. })
+                    && let Some(d) = self.drivers.get(p.driver)
+                {
+                    d.adopt(&p.server, network.as_ref());
+                }
+                run
             } else {
                 tracing::warn!(server = %p.server, pid = p.process.pid, "workload ended while the agent was away");
                 self.cleanup(&p.server);

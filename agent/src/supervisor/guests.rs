@@ -70,6 +70,9 @@ impl Supervisor {
             match self.networks.restore(net, process.pid) {
                 Ok(state) => {
                     tracing::warn!(server = %id, netns = %net.netns, ?state, "a guest's network had been removed; rebuilt");
+                    if let Some(d) = self.drivers.get(e.driver) {
+                        d.adopt(&id, Some(net));
+                    }
                 }
                 Err(err) => {
                     tracing::error!(server = %id, error = %err, "a guest's network was removed and cannot be rebuilt; stopping it");

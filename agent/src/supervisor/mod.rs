@@ -207,7 +207,18 @@ impl Supervisor {
         self.entries
             .iter()
             .map(|(id, e)| match e.run {
-                Run::Running { .. } => (*id, "running", Some(self.entry_limits(e))),
+                Run::Running { .. } => {
+                    let mut l = self.entry_limits(e);
+                    // A balloon's size is what the guest has, whatever its cgroup allows.
+                    if let Some(bytes) = self
+                        .drivers
+                        .get(e.driver)
+                        .and_then(|d| d.memory_in_force(id))
+                    {
+                        l.mem_limit_bytes = Some(bytes);
+                    }
+                    (*id, "running", Some(l))
+                }
                 Run::Exited { .. } => (*id, "exited", None),
                 Run::Failed { .. } => (*id, "failed", None),
             })
@@ -306,9 +317,13 @@ impl Supervisor {
         let mut entry = self.entries.remove(id);
         if let Some(Entry {
             run: Run::Running { process, child, .. },
+            driver: kind,
             ..
         }) = entry.as_mut()
         {
+            if let Some(d) = self.drivers.get(*kind) {
+                d.stop(id, process);
+            }
             stop_process(process, child.as_mut());
             tracing::info!(server = %id, "workload stopped");
         }
@@ -394,6 +409,9 @@ impl Supervisor {
                 continue;
             };
             if let Run::Running { process, child, .. } = &mut e.run {
+                if let Some(d) = self.drivers.get(e.driver) {
+                    d.stop(id, process);
+                }
                 stop_process(process, child.as_mut());
             }
             self.cleanup(id);

@@ -18,6 +18,9 @@ pub(super) struct PressureState {
     pub last_event: Option<i64>,
     /// Squeezes since the agent started, by resource.
     pub squeezes: [u64; 2],
+    /// Each backfill server's CPU time at the last round: only a server that used the CPU
+    /// since is squeezed for CPU pressure (the stall is then partly its doing).
+    pub cpu_seen: std::collections::BTreeMap<ServerId, u64>,
 }
 
 impl Default for PressureState {
@@ -27,6 +30,7 @@ impl Default for PressureState {
             release_secs: 30,
             last_event: None,
             squeezes: [0, 0],
+            cpu_seen: Default::default(),
         }
     }
 }
@@ -47,6 +51,28 @@ pub(super) fn squeezed(asked: PerfFactor, squeeze: Option<PerfFactor>) -> PerfFa
     }
 }
 
+/// Memory pressure is backfill's doing only when the host is short of memory: under this
+/// share of it available (MemAvailable), backfill's memory is what normal servers need. A
+/// backfill server's own reclaim under its squeeze stalls too, and must not squeeze it further.
+pub const LOW_MEMORY_PERCENT: u64 = 10;
+
+fn host_low_on_memory() -> bool {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(avail)) if total > 0 => avail * 100 < total * LOW_MEMORY_PERCENT,
+        _ => false,
+    }
+}
+
 fn is_backfill(e: &Entry) -> bool {
     e.guest
         .as_ref()
@@ -61,14 +87,20 @@ impl Supervisor {
         self
     }
 
-    /// A PSI trigger fired for `r`. When normal servers run here, every running backfill
-    /// server's `r` is squeezed to the floor now. Returns whether any limit changed (the
-    /// coordinator should hear of it at once).
+    /// A PSI trigger fired for `r`. When normal servers run here and backfill servers are the
+    /// likely cause (for CPU: they used the CPU since the last round; for memory: the host is
+    /// short of it, under [`LOW_MEMORY_PERCENT`] available, and they hold more than their
+    /// floor), those backfill servers' `r` is squeezed to the floor now. Pressure without
+    /// normal servers here is nobody's concern: backfill may use the host. Returns whether any
+    /// limit changed (the coordinator should hear of it at once).
     pub fn on_pressure(&mut self, r: Resource) -> bool {
-        self.pressure.last_event = Some(self.clock.now());
         let running = |e: &Entry| matches!(e.run, Run::Running { .. });
         let normal_here = self.entries.values().any(|e| running(e) && !is_backfill(e));
         if !normal_here {
+            return false;
+        }
+        self.pressure.last_event = Some(self.clock.now());
+        if r == Resource::Memory && !host_low_on_memory() {
             return false;
         }
         let floor = self.pressure.floor;
@@ -76,10 +108,10 @@ impl Supervisor {
             .entries
             .iter()
             .filter(|(_, e)| running(e) && is_backfill(e))
-            .filter(|(_, e)| {
+            .filter(|(id, e)| {
                 let now = effective(e);
                 match r {
-                    Resource::Cpu => now.cpu > floor,
+                    Resource::Cpu => now.cpu > floor && self.used_cpu_lately(id),
                     Resource::Memory => now.mem > floor,
                 }
             })
@@ -109,13 +141,39 @@ impl Supervisor {
         !targets.is_empty()
     }
 
-    /// Lifts the squeeze once no trigger has fired for `release_secs`. Returns whether any
-    /// limit changed.
+    /// Whether backfill server `id` used the CPU since the last round.
+    fn used_cpu_lately(&self, id: &ServerId) -> bool {
+        let now = self.cgroups.usage(id).map_or(0, |u| u.cpu_usage_usec);
+        self.pressure
+            .cpu_seen
+            .get(id)
+            .is_none_or(|&before| now > before)
+    }
+
+    /// Notes each running backfill server's CPU time (once a round).
+    fn note_cpu(&mut self) {
+        let seen: std::collections::BTreeMap<ServerId, u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.run, Run::Running { .. }) && is_backfill(e))
+            .map(|(id, _)| (*id, self.cgroups.usage(id).map_or(0, |u| u.cpu_usage_usec)))
+            .collect();
+        self.pressure.cpu_seen = seen;
+    }
+
+    /// Lifts the squeeze once no trigger has fired for `release_secs`, or at once when no
+    /// normal server runs here any more. Returns whether any limit changed.
     pub(super) fn release_pressure(&mut self) -> bool {
-        let quiet = self
-            .pressure
-            .last_event
-            .is_none_or(|t| self.clock.now().saturating_sub(t) >= self.pressure.release_secs);
+        self.note_cpu();
+        let normal_here = self
+            .entries
+            .values()
+            .any(|e| matches!(e.run, Run::Running { .. }) && !is_backfill(e));
+        let quiet = !normal_here
+            || self
+                .pressure
+                .last_event
+                .is_none_or(|t| self.clock.now().saturating_sub(t) >= self.pressure.release_secs);
         if !quiet {
             return false;
         }

@@ -110,3 +110,46 @@ fn pressure_without_normal_servers_changes_nothing() {
     assert_eq!(cg.calls().len(), before, "backfill alone may use the host");
     s.stop_all();
 }
+
+#[test]
+fn the_squeeze_lifts_when_the_normal_servers_leave_and_idle_backfill_is_not_blamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = super::tests::supervisor(dir.path(), cg.clone()).with_pressure_policy(0.1, 3600);
+    let (normal, backfill) = (ServerId::from_u128(1), ServerId::from_u128(2));
+    let d = host(&[
+        (normal, ServerClass::Normal),
+        (backfill, ServerClass::Backfill),
+    ]);
+    s.apply(&d);
+    let full = quota_of(&cg, backfill).unwrap();
+    if !s.on_pressure(Resource::Memory) {
+        // This host has memory to spare: memory stalls are not backfill's doing.
+        assert!(!s.squeezing());
+    }
+    assert!(s.on_pressure(Resource::Cpu));
+    assert_eq!(quota_of(&cg, backfill), Some(full / 10));
+
+    // The normal server leaves: nothing to protect, the squeeze lifts at the next round.
+    let mut only_backfill = host(&[(backfill, ServerClass::Backfill)]);
+    only_backfill.generation = 2;
+    s.apply(&only_backfill);
+    s.poll_exits();
+    assert!(!s.squeezing());
+    assert_eq!(quota_of(&cg, backfill), Some(full));
+
+    // With a normal server again: a backfill server that did not touch the CPU since the last
+    // round is not squeezed for CPU stalls (someone else caused them).
+    let mut again = d.clone();
+    again.generation = 3;
+    s.apply(&again);
+    s.poll_exits();
+    assert!(!s.on_pressure(Resource::Cpu), "idle backfill is not blamed");
+    let busy = backfill_shared::protocol::ServerUsage {
+        cpu_usage_usec: 1_000_000,
+        ..Default::default()
+    };
+    cg.set_usage(&backfill, busy);
+    assert!(s.on_pressure(Resource::Cpu), "busy backfill is");
+    s.stop_all();
+}

@@ -214,7 +214,10 @@ async fn a_run_that_ends_says_why_on_the_server_until_it_starts_again() {
         .unwrap();
     let s = server(&f, id).await;
     assert_eq!(s.status, ServerStatus::Stopped);
-    assert_eq!(s.stop_reason.as_deref(), Some(reason));
+    assert_eq!(
+        s.stop_reason,
+        Some(format!("its last start on h1 failed: {reason}"))
+    );
 
     f.c.start(&f.tenant, Scope::BServers, id).await.unwrap();
     assert_eq!(
