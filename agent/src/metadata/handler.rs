@@ -351,7 +351,8 @@ fn network_data(g: &GuestInfo) -> serde_json::Value {
         return json!({"links": [], "networks": [], "services": []});
     };
     json!({
-        "links": [{"id": "eth0", "name": "eth0", "type": "veth", "mtu": 1500,
+        // "vif": a link type cloud-init knows (it warns about others, such as "veth").
+        "links": [{"id": "eth0", "name": "eth0", "type": "vif", "mtu": 1500,
                    "ethernet_mac_address": null}],
         "networks": [{
             "id": "network0",

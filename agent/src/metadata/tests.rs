@@ -143,6 +143,9 @@ fn openstack_shapes_and_termination_keys_as_strings() {
     let n = json(&get(&w, A, "/openstack/latest/network_data.json"));
     assert_eq!(n["networks"][0]["ip_address"], A);
     assert_eq!(n["networks"][0]["routes"][0]["gateway"], "10.77.0.1");
+    // A link type among cloud-init's physical ones, named as the guest sees it.
+    assert_eq!(n["links"][0]["type"], "vif");
+    assert_eq!(n["links"][0]["name"], "eth0");
     assert_eq!(get(&w, A, "/openstack/latest/user_data").status, 404);
 }
 

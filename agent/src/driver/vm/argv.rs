@@ -10,6 +10,9 @@ pub const TAP: &str = "tap0";
 pub const BRIDGE: &str = "br0";
 /// TCG's translation cache (MiB): QEMU's default of 1 GiB would count against the cgroup.
 pub const TCG_TB_MIB: u64 = 64;
+/// The guest's DMI system information: an OpenStack Nova instance, as the metadata service
+/// answers in OpenStack's format (among others).
+pub const SMBIOS: &str = "type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova";
 
 /// Everything the command line says.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +94,10 @@ impl QemuPlan {
             "none".into(),
             "-machine".into(),
             "q35".into(),
+            // What Nova puts there: cloud-init (ds-identify and its OpenStack datasource)
+            // looks for the OpenStack metadata service only when the DMI product name says so.
+            "-smbios".into(),
+            SMBIOS.into(),
         ];
         match self.accel {
             "kvm" => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
@@ -211,6 +218,7 @@ mod tests {
             "virtio-balloon-pci",
             "-runas 65534:65534",
             "ifname=tap0",
+            "-smbios type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova",
         ] {
             assert!(t.contains(part), "{part} in {t}");
         }
