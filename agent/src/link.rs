@@ -196,13 +196,19 @@ async fn session(
     welcomed: &mut bool,
 ) -> Result<(), LinkError> {
     let mut link: Link = connect(p).await?;
-    let (enforcing, gpus) = with_supervisor(supervisor, |s| {
-        (s.enforcing(), s.gpu_scan().devices.clone())
+    let (enforcing, gpus, drivers) = with_supervisor(supervisor, |s| {
+        (
+            s.enforcing(),
+            s.gpu_scan().devices.clone(),
+            s.driver_inventory(),
+        )
     })
     .await?;
-    // The GPUs as last read, not as they were when the agent started.
+    // The GPUs as last read and the drivers as they are now (a VM image added to the image
+    // directory counts from the next connection), not as they were when the agent started.
     let mut inventory = p.inventory.clone();
     inventory.gpus = gpus;
+    inventory.drivers = drivers;
     send(
         &mut link,
         &AgentMessage::Hello(Hello {

@@ -149,6 +149,11 @@ impl Supervisor {
         }
     }
 
+    /// What this host's drivers can run now (each hello re-reads it: VM images come and go).
+    pub fn driver_inventory(&self) -> backfill_shared::Drivers {
+        self.drivers.inventory()
+    }
+
     /// Tells the run's driver that the run is over.
     pub(super) fn release_driver(&self, id: &ServerId, kind: DriverKind) {
         if let Some(d) = self.drivers.get(kind) {
