@@ -43,12 +43,21 @@ pub fn is_root() -> bool {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + DEADLINE;
+    within(what, DEADLINE, f).await
+}
+
+/// [`eventually`] with a deadline of `limit` (slow guests: a VM booting on TCG).
+pub async fn within<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
             return v;

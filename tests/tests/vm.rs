@@ -7,7 +7,6 @@
 use backfill_shared::pki::Role;
 use backfill_tests::*;
 use serde_json::json;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,21 +164,6 @@ fn make_images(dir: &Path, kernel: &Path, modules: &Path) -> PathBuf {
         .set_len(16 * MIB)
         .unwrap();
     images
-}
-
-async fn within<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The first console line that starts with `prefix`, waiting for it (the console and the
