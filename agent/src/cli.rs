@@ -428,7 +428,7 @@ async fn run(
         None => None,
     };
     let params = LinkParams {
-        addr: cfg.coordinator,
+        addrs: cfg.coordinator_addrs(),
         server_name: LinkParams::server_name(&cfg.coordinator_name)?,
         connector: Arc::new(std::sync::RwLock::new(tokio_rustls::TlsConnector::from(
             tls::client_config(&cfg.tls)?,
@@ -471,7 +471,12 @@ async fn run(
     ));
     let notifier = backfill_shared::notify::Notifier::from_env();
     let host_label = params.host_id.to_string();
-    let coordinator_addr = params.addr;
+    let coordinator_addr = params
+        .addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let watcher = tokio::spawn(watch_exits(
         supervisor.clone(),
         changed.clone(),

@@ -21,8 +21,14 @@ pub enum CgroupMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The coordinator's agent link address.
-    pub coordinator: SocketAddr,
+    /// The coordinator's agent link address (one coordinator; `coordinators` for several).
+    #[serde(default)]
+    pub coordinator: Option<SocketAddr>,
+    /// The agent link addresses of several coordinators sharing one PostgreSQL: the agent
+    /// connects to any of them and is redirected to the leader (docs/ha.md). Every one's
+    /// certificate must carry `coordinator_name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinators: Vec<SocketAddr>,
     /// The name in the coordinator's certificate to verify (a DNS name or an IP address).
     pub coordinator_name: String,
     /// Durable state, per-server logs. Must be absolute.
@@ -330,10 +336,25 @@ fn default_coordinator_silence() -> u64 {
 }
 
 impl AgentConfig {
+    /// Every coordinator to try, `coordinator` first, each once.
+    pub fn coordinator_addrs(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self.coordinator.into_iter().collect();
+        for a in &self.coordinators {
+            if !all.contains(a) {
+                all.push(*a);
+            }
+        }
+        all
+    }
+
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let mut cfg: AgentConfig = load_toml(path)?;
         // The few keys a container sets from its environment.
-        env_override("BACKFILL_COORDINATOR", &mut cfg.coordinator)?;
+        if std::env::var_os("BACKFILL_COORDINATOR").is_some() {
+            let mut one = SocketAddr::from(([127, 0, 0, 1], 0));
+            env_override("BACKFILL_COORDINATOR", &mut one)?;
+            cfg.coordinator = Some(one);
+        }
         env_override("BACKFILL_COORDINATOR_NAME", &mut cfg.coordinator_name)?;
         env_override("BACKFILL_STATE_DIR", &mut cfg.state_dir)?;
         env_override("BACKFILL_METADATA_BIND", &mut cfg.metadata.bind)?;
@@ -348,6 +369,16 @@ impl AgentConfig {
         validate_tls_files(path, &self.tls)?;
         if let Some(f) = &self.inventory_file {
             require_absolute(path, "inventory_file", f)?;
+        }
+        if self.coordinator_addrs().is_empty() {
+            return Err(invalid(
+                "coordinator",
+                "name the coordinator's agent link (`coordinator = \"ip:port\"`) or several \
+                 (`coordinators = [\"ip:port\", ...]`)",
+            ));
+        }
+        if self.coordinators.len() > 16 {
+            return Err(invalid("coordinators", "at most 16 addresses"));
         }
         if self.default_command.first().is_none_or(|c| c.is_empty()) {
             return Err(invalid("default_command", "must name a program"));

@@ -42,6 +42,10 @@ pub enum LinkError {
     BadName(String),
     #[error("the coordinator refused this agent: {0}")]
     Refused(String),
+    #[error("this coordinator does not lead; the leader's agent link is {0}")]
+    Redirect(SocketAddr),
+    #[error("the coordinator redirected to {0:?}, which is not an ip:port")]
+    BadRedirect(String),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("the coordinator said nothing for {0:?}")]
@@ -53,7 +57,9 @@ pub enum LinkError {
 type Link = Framed<TlsStream<TcpStream>, LengthDelimitedCodec>;
 
 pub struct LinkParams {
-    pub addr: SocketAddr,
+    /// The coordinators to try, in turn (one, or several sharing a PostgreSQL: any of them
+    /// redirects to the leader).
+    pub addrs: Vec<SocketAddr>,
     pub server_name: ServerName<'static>,
     /// Replaced by a certificate reload (SIGHUP); each new connection uses the current one.
     pub connector: Arc<std::sync::RwLock<TlsConnector>>,
@@ -79,21 +85,46 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
+    // Which of `addrs` to dial next, unless a coordinator redirected us to the leader.
+    let mut next = 0usize;
+    let mut redirected: Option<SocketAddr> = None;
     loop {
         let mut welcomed = false;
+        let addr = match redirected.take() {
+            Some(a) => a,
+            None => {
+                let a = p.addrs.get(next % p.addrs.len().max(1)).copied();
+                next = next.wrapping_add(1);
+                match a {
+                    Some(a) => a,
+                    None => return,
+                }
+            }
+        };
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&p, &supervisor, &changed, &mut welcomed) => r,
+            r = session(&p, addr, &supervisor, &changed, &mut welcomed) => r,
         };
         p.metrics.link_connected.set(0);
         match result {
-            Ok(()) => tracing::warn!("coordinator closed the link"),
-            Err(e) => tracing::warn!(error = %e, "coordinator link down; workloads keep running"),
+            Ok(()) => tracing::warn!(coordinator = %addr, "coordinator closed the link"),
+            Err(LinkError::Redirect(leader)) => {
+                tracing::info!(coordinator = %addr, %leader, "redirected to the leading coordinator");
+                // Once: if the leader is gone by the time we dial, the list is tried again.
+                if leader != addr {
+                    redirected = Some(leader);
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(coordinator = %addr, error = %e, "coordinator link down; workloads keep running"),
         }
         // A coordinator that took us in is worth redialling at once: it was restarted, or
-        // the link broke; only failed dials back off.
+        // the link broke (with several, the leader moved: the next one redirects); only
+        // failed dials back off.
         if welcomed {
             attempt = 0;
+            // Dial the same coordinator first again.
+            next = next.wrapping_sub(1);
         }
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
@@ -126,15 +157,15 @@ async fn within<T>(
         .map_err(|source| LinkError::Connect { addr, source })
 }
 
-async fn connect(p: &LinkParams) -> Result<Link, LinkError> {
-    let tcp = within(p.addr, TcpStream::connect(p.addr)).await?;
+async fn connect(p: &LinkParams, addr: SocketAddr) -> Result<Link, LinkError> {
+    let tcp = within(addr, TcpStream::connect(addr)).await?;
     let _ = tcp.set_nodelay(true);
     let connector = p
         .connector
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let tls = within(p.addr, connector.connect(p.server_name.clone(), tcp)).await?;
+    let tls = within(addr, connector.connect(p.server_name.clone(), tcp)).await?;
     Ok(Framed::new(tls, protocol::codec()))
 }
 
@@ -191,11 +222,12 @@ where
 /// exchange until an error or silence.
 async fn session(
     p: &LinkParams,
+    addr: SocketAddr,
     supervisor: &Arc<Mutex<Supervisor>>,
     changed: &Notify,
     welcomed: &mut bool,
 ) -> Result<(), LinkError> {
-    let mut link: Link = connect(p).await?;
+    let mut link: Link = connect(p, addr).await?;
     let (enforcing, gpus, drivers) = with_supervisor(supervisor, |s| {
         (
             s.enforcing(),
@@ -223,12 +255,18 @@ async fn session(
     let deadline = Instant::now() + p.silence_limit.min(CONNECT_TIMEOUT);
     match recv_until(&mut link, deadline, p.silence_limit).await? {
         CoordinatorMessage::Welcome { protocol_version } => {
-            tracing::info!(coordinator = %p.addr, protocol_version, "connected to the coordinator");
+            tracing::info!(coordinator = %addr, protocol_version, "connected to the coordinator");
             *welcomed = true;
             p.metrics.link_connected.set(1);
             p.metrics.link_sessions.inc();
         }
         CoordinatorMessage::Refused { reason } => return Err(LinkError::Refused(reason)),
+        CoordinatorMessage::Redirect { link } => {
+            return Err(match link.parse() {
+                Ok(leader) => LinkError::Redirect(leader),
+                Err(_) => LinkError::BadRedirect(link.chars().take(100).collect()),
+            });
+        }
         CoordinatorMessage::DesiredState(_) => {
             return Err(ProtocolError::Unexpected("desired state before Welcome").into());
         }
@@ -280,6 +318,9 @@ where
                     CoordinatorMessage::Refused { reason } => return Err(LinkError::Refused(reason)),
                     CoordinatorMessage::Welcome { .. } => {
                         return Err(ProtocolError::Unexpected("second Welcome").into());
+                    }
+                    CoordinatorMessage::Redirect { .. } => {
+                        return Err(ProtocolError::Unexpected("Redirect after Welcome").into());
                     }
                 }
             }

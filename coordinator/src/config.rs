@@ -63,6 +63,9 @@ pub struct CoordinatorConfig {
     /// network.
     #[serde(default)]
     pub drivers: crate::access::DriverAccess,
+    /// `[ha]`: several coordinators on one PostgreSQL (name, advertised addresses, lease).
+    #[serde(default)]
+    pub ha: crate::ha::HaConfig,
 }
 
 /// Each HTTP listener's limits; a key left out takes that listener's default.
@@ -150,6 +153,9 @@ impl CoordinatorConfig {
             .validate()
             .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         self.http.validate(path)?;
+        if let Err(crate::ha::HaError::Config { key, reason }) = self.ha.validate() {
+            return Err(ConfigError::invalid(path, key, reason));
+        }
         let flavors = self.flavors(path)?;
         self.pools(path, &flavors)?;
         if let Some(t) = &self.operator.management_token

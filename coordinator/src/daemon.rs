@@ -37,15 +37,17 @@ pub struct Bound {
     /// The management listener (optional client certificates, token authentication).
     pub management_addr: Option<SocketAddr>,
     pub coordinator: Arc<Coordinator>,
-    management: Option<(TcpListener, Acceptors)>,
-    api: TcpListener,
-    link: TcpListener,
-    admin: TcpListener,
-    acceptor: Acceptors,
-    tls_files: backfill_shared::tls::TlsFiles,
-    drain: std::time::Duration,
-    link_timing: hosts::LinkConfig,
-    http: crate::config::HttpSettings,
+    pub(crate) management: Option<(TcpListener, Acceptors)>,
+    pub(crate) api: TcpListener,
+    pub(crate) link: TcpListener,
+    pub(crate) admin: TcpListener,
+    pub(crate) acceptor: Acceptors,
+    pub(crate) tls_files: backfill_shared::tls::TlsFiles,
+    pub(crate) drain: std::time::Duration,
+    pub(crate) link_timing: hosts::LinkConfig,
+    pub(crate) http: crate::config::HttpSettings,
+    /// The configuration, for coordinators on PostgreSQL that rebuild their model (`ha`).
+    pub(crate) cfg: CoordinatorConfig,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -71,27 +73,8 @@ impl Bound {
         tracing::info!(backend = store.backend(), database = %cfg.database, "store open");
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         store.seed_accounts(&[], &cfg.accounts, clock.now()).await?;
-        let billing = cfg.billing()?;
-        let here = std::path::Path::new("coordinator config");
-        let flavors = cfg.flavors(here)?;
-        let pools = cfg.pools(here, &flavors)?;
         cfg.drivers.warn_if_open();
-        let coordinator = Arc::new(
-            Coordinator::load(
-                store,
-                clock,
-                &cfg.backfill_accounts,
-                crate::schedule::SchedulerSettings::new(cfg.scheduler, cfg.classes),
-            )
-            .await?
-            .with_billing(billing)
-            .with_flavors(flavors)
-            .with_operator(pools, cfg.operator.clone())
-            .await?
-            .with_driver_access(cfg.drivers.clone())
-            .with_config_view(cfg.redacted())
-            .with_webhooks(cfg.webhooks.clone()),
-        );
+        let coordinator = Arc::new(build(cfg, store, clock, &cfg.backfill_accounts).await?);
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
         let admin = bind(cfg.admin_addr).await?;
@@ -130,11 +113,16 @@ impl Bound {
             drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
             link_timing: cfg.link,
             http: cfg.http.clone(),
+            cfg: cfg.clone(),
         })
     }
 
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
+        if self.coordinator.store.shared().is_some() {
+            // PostgreSQL: several coordinators may share it; one leads (docs/ha.md).
+            return crate::ha::serve::run(self, shutdown).await;
+        }
         // Listeners are bound: tell systemd (Type=notify) we are ready.
         let notifier = backfill_shared::notify::Notifier::from_env();
         notifier.ready(&format!(
@@ -205,9 +193,37 @@ impl Bound {
     }
 }
 
+/// The coordinator `cfg` describes, its model loaded from `store` (`seed`: the accounts to
+/// create with the backfill permission if missing).
+pub(crate) async fn build(
+    cfg: &CoordinatorConfig,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    seed: &[String],
+) -> Result<Coordinator, DaemonError> {
+    let billing = cfg.billing()?;
+    let here = std::path::Path::new("coordinator config");
+    let flavors = cfg.flavors(here)?;
+    let pools = cfg.pools(here, &flavors)?;
+    Ok(Coordinator::load(
+        store,
+        clock,
+        seed,
+        crate::schedule::SchedulerSettings::new(cfg.scheduler, cfg.classes),
+    )
+    .await?
+    .with_billing(billing)
+    .with_flavors(flavors)
+    .with_operator(pools, cfg.operator.clone())
+    .await?
+    .with_driver_access(cfg.drivers.clone())
+    .with_config_view(cfg.redacted())
+    .with_webhooks(cfg.webhooks.clone()))
+}
+
 /// The scheduler's clock: due terminations, queued servers, growing back, once a second. It is
 /// the main loop: the systemd watchdog is fed from here, so a stuck loop gets restarted.
-async fn tick(
+pub(crate) async fn tick(
     coordinator: Arc<Coordinator>,
     notifier: backfill_shared::notify::Notifier,
     shutdown: CancellationToken,
@@ -229,7 +245,7 @@ async fn tick(
 
 /// SIGHUP re-reads the CA, certificate and key: connections accepted afterwards use them, so a
 /// rotation needs no restart. A broken set is refused and the old one kept.
-async fn reload_on_sighup(
+pub(crate) async fn reload_on_sighup(
     acceptors: Acceptors,
     management: Option<Acceptors>,
     files: backfill_shared::tls::TlsFiles,

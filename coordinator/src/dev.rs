@@ -171,6 +171,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         http: Default::default(),
         // Dev mode runs commands on this machine: every driver, for everyone.
         drivers: crate::access::DriverAccess::dev(),
+        ha: Default::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);
@@ -186,7 +187,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         tracing::warn!("not root: workloads run without cgroups, limits are NOT enforced");
     }
     let agent_cfg = AgentConfig {
-        coordinator: link,
+        coordinator: Some(link),
+        coordinators: Vec::new(),
         coordinator_name: "localhost".into(),
         state_dir: l.dir.join("agent"),
         cgroup_parent: "backfill-dev".into(),

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dev;
 pub mod events;
 pub mod flavors;
+pub mod ha;
 pub mod history;
 pub mod hosts;
 pub mod lifecycle;

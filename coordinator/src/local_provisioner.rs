@@ -97,7 +97,8 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
     let root = backfill_agent::driver::running_as_root();
     let run_as = if root { "nobody" } else { "" }.to_string();
     let cfg = AgentConfig {
-        coordinator: link,
+        coordinator: Some(link),
+        coordinators: Vec::new(),
         coordinator_name: "localhost".into(),
         state_dir: home.join("state"),
         cgroup_parent: format!("backfill-local-{host}"),

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// 4: workload kinds (`vm`, `container`) and the drivers an agent has, in its inventory.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `CoordinatorMessage::Redirect` (several coordinators: a follower sends agents to the
+/// leader).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -77,6 +79,11 @@ pub enum CoordinatorMessage {
     /// The coordinator refuses this agent; the link closes after this message.
     Refused {
         reason: String,
+    },
+    /// Answer to `Hello` from a coordinator that does not lead: connect to the leader's agent
+    /// link at `link` (`ip:port`) instead. The link closes after this message.
+    Redirect {
+        link: String,
     },
 }
 
@@ -221,7 +228,7 @@ mod tests {
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello(Hello {
-            protocol_version: 4,
+            protocol_version: 5,
             host_id: "h1".parse().unwrap(),
             agent_version: "0.1.0".into(),
             inventory: HostInventory {
@@ -242,7 +249,7 @@ mod tests {
         let bytes = encode(&hello()).unwrap();
         let golden: &[u8] = &[
             0x00, // AgentMessage::Hello
-            0x04, // protocol_version
+            0x05, // protocol_version
             0x02, b'h', b'1', // host_id
             0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
             0x02, b'h', b'1', // hostname
@@ -311,6 +318,16 @@ mod tests {
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();
         assert_eq!(&ack[..], &[0x02, 0x07]);
+
+        // Variant 3, appended in protocol 5.
+        let redirect = encode(&CoordinatorMessage::Redirect {
+            link: "10.0.0.2:7443".into(),
+        })
+        .unwrap();
+        let mut golden = vec![0x03, 12];
+        golden.extend_from_slice(b"10.0.0.2:7443");
+        golden[1] = 13;
+        assert_eq!(&redirect[..], &golden[..]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod pg;
+
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The tests run `exec` workloads as any tenant (as `dev` allows); a test whose configuration
@@ -239,6 +241,27 @@ impl Coordinator {
         extra: &str,
         env: &[(String, String)],
     ) -> Coordinator {
+        Coordinator::start_full(pki, backfill_accounts, plain_accounts, extra, env, None)
+    }
+
+    /// A coordinator on `database` (several may share a PostgreSQL one: `ha.rs`).
+    pub fn start_db(
+        pki: &Pki,
+        backfill_accounts: &[&str],
+        database: &str,
+        extra: &str,
+    ) -> Coordinator {
+        Coordinator::start_full(pki, backfill_accounts, &[], extra, &[], Some(database))
+    }
+
+    fn start_full(
+        pki: &Pki,
+        backfill_accounts: &[&str],
+        plain_accounts: &[&str],
+        extra: &str,
+        env: &[(String, String)],
+        database: Option<&str>,
+    ) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
         let tls = pki.issue(Role::Coordinator, "coordinator");
         let list = |names: &[&str]| {
@@ -250,7 +273,7 @@ impl Coordinator {
         };
         let cfg = format!(
             "api_addr = \"127.0.0.1:0\"\nlink_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\ndatabase = {:?}\nbackfill_accounts = [{}]\naccounts = [{}]\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            test_database(dir.path()),
+            database.map_or_else(|| test_database(dir.path()), str::to_owned),
             list(backfill_accounts),
             list(plain_accounts),
             tls.ca,

@@ -70,6 +70,16 @@ impl From<OpError> for ApiError {
                 point: None,
                 message,
             },
+            OpError::Store(err) if err.is_fenced() => {
+                tracing::error!(error = %err, "commit fenced: another coordinator leads now");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error_type: "backend",
+                    point: None,
+                    message: "this coordinator no longer leads; nothing was changed (retry)"
+                        .into(),
+                }
+            }
             OpError::Store(err) => {
                 tracing::error!(error = %err, "store failed");
                 ApiError {

@@ -75,7 +75,7 @@ pub async fn serve_api(
     (shutdown, drain): (CancellationToken, Duration),
     listening: Listening,
 ) {
-    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
+    let allowed: &'static [Role] = &[Role::Account, Role::Admin, Role::Coordinator];
     let auth = tls_accept::ClientAuth::Required(allowed);
     serve_tls(
         listener,

@@ -8,3 +8,4 @@ mod session;
 pub(crate) mod session_tests;
 
 pub use listener::{LinkConfig, LinkError, serve_link};
+pub(crate) use listener::session;

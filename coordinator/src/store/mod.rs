@@ -14,6 +14,7 @@
 mod accel;
 mod accounts;
 mod admin;
+pub mod leader;
 mod postgres;
 mod servers;
 mod sqlite;
@@ -320,6 +321,15 @@ impl Store {
             Database::Sqlite(path) => Store::Sqlite(SqliteStore::open(path).await?),
             Database::Postgres(url) => Store::Postgres(PgStore::open(url, connect_timeout).await?),
         })
+    }
+
+    /// The PostgreSQL backend, where several coordinators may share the database (and one
+    /// leads); `None` on SQLite, where the one coordinator always leads.
+    pub fn shared(&self) -> Option<&PgStore> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(s) => Some(s),
+        }
     }
 
     /// `sqlite` or `postgres`.

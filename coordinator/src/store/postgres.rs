@@ -54,12 +54,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "last host",
         include_str!("../../migrations/postgres/0008_last_host.sql"),
     ),
+    (
+        10,
+        "leader",
+        include_str!("../../migrations/postgres/0010_leader.sql"),
+    ),
 ];
 
 /// A store on a PostgreSQL server.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(super) pool: PgPool,
+    /// The leadership epoch this coordinator writes under (0: none; see `store::leader`).
+    pub(super) epoch: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// `url` with any password replaced, for logs and errors.
@@ -106,15 +113,27 @@ impl PgStore {
             .await?
             .run(&pool)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            epoch: std::sync::Arc::default(),
+        })
     }
 
-    /// Starts a transaction that writes. Every atomic change goes through here, so a later
-    /// leader check (a lease epoch read `FOR SHARE` in this transaction) fences them all.
+    /// Starts a transaction that writes. Every atomic change goes through here: it carries the
+    /// epoch this coordinator leads under, which the database checks at COMMIT against the
+    /// lease (migration 0010), so a deposed leader's commit fails (see `store::leader`).
     pub(super) async fn begin_write(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+        let mut tx = self.pool.begin().await?;
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        if epoch > 0 {
+            sqlx::query("SELECT set_config('backfill.epoch', $1, true)")
+                .bind(epoch.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 }
 

@@ -43,6 +43,8 @@ macro_rules! backend {
                     key: h.id.to_string(),
                     reason: e.to_string(),
                 })?;
+                // A transaction of its own, begun by begin_write: the leader's epoch fences it.
+                let mut tx = self.begin_write().await?;
                 q(
                     "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen,
                          idle_behavior, pool)
@@ -60,8 +62,9 @@ macro_rules! backend {
                 .bind(h.last_seen)
                 .bind(h.idle_behavior.as_str())
                 .bind(h.pool.as_deref())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -162,10 +165,12 @@ macro_rules! backend {
             }
 
             pub async fn delete_server(&self, id: &ServerId) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
                 q("DELETE FROM servers WHERE uuid = ?")
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "last host",
         include_str!("../../migrations/0008_last_host.sql"),
     ),
+    (
+        10,
+        "leader",
+        include_str!("../../migrations/0010_leader.sql"),
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.
