@@ -150,7 +150,14 @@ impl PgServer {
             if !out.trim().is_empty() {
                 return out;
             }
-            assert!(Instant::now() < deadline, "nothing from {sql:?} in {limit:?}");
+            if Instant::now() >= deadline {
+                let activity = self.psql(
+                    db,
+                    "SELECT pid, state, wait_event_type, wait_event, left(query, 80) \
+                     FROM pg_stat_activity",
+                );
+                panic!("nothing from {sql:?} in {limit:?}; sessions:\n{activity}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -168,7 +168,7 @@ async fn load(
             }
         };
         let body = json!({"objects": [{"name": format!("load-{i}"), "cpu": 100,
-            "mem": 32u64 << 20, "workload": {"command": ["sleep", "300"]}}]});
+            "mem": 64u64 << 20, "workload": {"command": ["sleep", "300"]}}]});
         let (s, b) = send("create", tenant.post(url("bservers/")).json(&body)).await;
         if s == Some(201)
             && let Some(uuid) = b["objects"][0]["uuid"].as_str()
@@ -249,7 +249,8 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     let (h1, _a1) = cl.agent("ha-h1");
     let (h2, _a2) = cl.agent("ha-h2");
     let tenant = cl.tenant();
-    let api = |i: usize| cl.coords[i].api.clone();
+    let apis: Vec<String> = cl.coords.iter().map(|c| c.api.clone()).collect();
+    let api = |i: usize| apis[i].clone();
     let (_, caps) = get(&tenant, &format!("https://{}/api/2.0/capabilities/", api(old))).await;
     eventually("both hosts registered", || async {
         let (_, c) = get(&tenant, &format!("https://{}/api/2.0/capabilities/", api(old))).await;
@@ -264,8 +265,12 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Load::default()));
-    let apis: Vec<String> = (0..3).map(api).collect();
-    let loader = tokio::spawn(load(tenant.clone(), apis, stop.clone(), seen.clone()));
+    let loader = tokio::spawn(load(
+        tenant.clone(),
+        apis.clone(),
+        stop.clone(),
+        seen.clone(),
+    ));
     eventually("some servers running", || async {
         let n = agent_runs(&h1).len() + agent_runs(&h2).len();
         (n >= 6).then_some(())
@@ -373,7 +378,10 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     // table, so the create's INSERT waits.
     let mut lock = cl.pg.session("backfill");
     lock.run("BEGIN; LOCK TABLE servers IN EXCLUSIVE MODE;");
-    let body = json!({"objects": [{"name": "fenced-write", "cpu": 100, "mem": 32u64 << 20}]});
+    let held = "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                WHERE c.relname = 'servers' AND l.mode = 'ExclusiveLock' AND l.granted";
+    cl.pg.wait_for("backfill", held, DEADLINE);
+    let body = json!({"objects": [{"name": "fenced-write", "cpu": 100, "mem": 64u64 << 20}]});
     let pending = tokio::spawn({
         let tenant = tenant.clone();
         async move {
@@ -384,7 +392,18 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     });
     let blocked = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
                    AND query LIKE 'INSERT INTO servers%'";
-    let pid = cl.pg.wait_for("backfill", blocked, DEADLINE);
+    let deadline = Instant::now() + DEADLINE;
+    let pid = loop {
+        if pending.is_finished() {
+            panic!("the create did not wait: {:?}", pending.await);
+        }
+        let out = cl.pg.psql("backfill", blocked);
+        if !out.trim().is_empty() {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "the create's INSERT never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     // Paused past its lease: the other coordinator takes over.
     let paused = Instant::now();
     let os_pid = cl.coords[old].daemon.child.id() as i32;
@@ -422,7 +441,7 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     let made = create(
         &tenant,
         &format!("https://{}/api/2.0/bservers/", cl.coords[old].api),
-        json!({"name": "after", "cpu": 100, "mem": 32u64 << 20}),
+        json!({"name": "after", "cpu": 100, "mem": 64u64 << 20}),
     )
     .await;
     assert!(
@@ -511,7 +530,7 @@ async fn measure_failover_and_throughput() {
                 create(
                     &tenant,
                     &format!("https://{api}/api/2.0/bservers/"),
-                    json!({"name": format!("m-{i}"), "cpu": 100, "mem": 32u64 << 20}),
+                    json!({"name": format!("m-{i}"), "cpu": 100, "mem": 64u64 << 20}),
                 )
                 .await;
             }
@@ -545,7 +564,7 @@ async fn measure_failover_and_throughput() {
         create(
             &tenant_single,
             &single.url("bservers/"),
-            json!({"name": format!("s-{i}"), "cpu": 100, "mem": 32u64 << 20}),
+            json!({"name": format!("s-{i}"), "cpu": 100, "mem": 64u64 << 20}),
         )
         .await;
     }

@@ -130,6 +130,9 @@ pub enum Command {
     /// and deliveries.
     #[command(subcommand)]
     Webhook(WebhookCmd),
+    /// The coordinators sharing this deployment's PostgreSQL and which one leads (admin
+    /// certificate; docs/ha.md).
+    Status,
 }
 
 #[derive(Debug, Subcommand)]

@@ -60,5 +60,6 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Account(cmd) => accounts::run(&api, out, cmd).await,
         Command::Usage(args) => report::usage(&api, out, args).await,
         Command::Webhook(cmd) => webhooks::run(&api, out, cmd).await,
+        Command::Status => report::status(&api, out).await,
     }
 }

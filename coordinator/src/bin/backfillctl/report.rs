@@ -38,6 +38,50 @@ fn capabilities_table(v: &Value) -> String {
     text
 }
 
+/// `status`: the coordinators and the leader (`GET coordinators/`). A coordinator on SQLite
+/// has no such path: it is the only one and always leads.
+pub async fn status(api: &Api, out: Out) -> Result<(), CtlError> {
+    match api.get(&["coordinators"], &[]).await {
+        Ok(v) => out.show(&v, status_table),
+        Err(CtlError::Api { code: 404, .. }) => out.say(
+            "one coordinator (SQLite): it always leads; several need PostgreSQL (docs/ha.md)",
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+fn status_table(v: &Value) -> String {
+    let leader = v["leader"]["holder"].as_str();
+    let mut text = match leader {
+        Some(l) => format!("leader: {l} (epoch {})
+", cell(&v["epoch"])),
+        None => format!(
+            "leader: none at the moment (last epoch {})
+",
+            cell(&v["epoch"])
+        ),
+    };
+    text.push_str(&format!(
+        "answered by: {} ({})
+
+",
+        v["this"].as_str().unwrap_or("-"),
+        v["role"].as_str().unwrap_or("-")
+    ));
+    let mut t = Table::new(&["COORDINATOR", "ROLE", "API", "AGENT LINK"]);
+    for c in v["coordinators"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("-");
+        t.row(vec![
+            name.into(),
+            if Some(name) == leader { "leader" } else { "follower" }.into(),
+            cell(&c["api_url"]),
+            cell(&c["link_addr"]),
+        ]);
+    }
+    text.push_str(&t.render());
+    text
+}
+
 pub async fn usage(api: &Api, out: Out, a: UsageArgs) -> Result<(), CtlError> {
     let mut query: Vec<(&str, &str)> = Vec::new();
     if let Some(s) = &a.start {
