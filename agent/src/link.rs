@@ -116,7 +116,9 @@ pub async fn run(
                     continue;
                 }
             }
-            Err(e) => tracing::warn!(coordinator = %addr, error = %e, "coordinator link down; workloads keep running"),
+            Err(e) => {
+                tracing::warn!(coordinator = %addr, error = %e, "coordinator link down; workloads keep running")
+            }
         }
         // A coordinator that took us in is worth redialling at once: it was restarted, or
         // the link broke (with several, the leader moved: the next one redirects); only

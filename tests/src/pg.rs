@@ -53,10 +53,14 @@ impl PgServer {
         if crate::is_root() {
             std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
         }
-        let out = as_postgres(Command::new(bin.join("initdb")).arg("-D").arg(dir.join("data")))
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .output()
-            .unwrap();
+        let out = as_postgres(
+            Command::new(bin.join("initdb"))
+                .arg("-D")
+                .arg(dir.join("data")),
+        )
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .output()
+        .unwrap();
         assert!(
             out.status.success(),
             "initdb: {}",

@@ -76,7 +76,11 @@ impl Cluster {
     /// An agent that knows every coordinator's link.
     fn agent(&self, host: &str) -> (AgentSetup, Daemon) {
         let mut setup = AgentSetup::new(&self.pki, &self.coords[0], host);
-        let list: Vec<String> = self.coords.iter().map(|c| format!("{:?}", c.link)).collect();
+        let list: Vec<String> = self
+            .coords
+            .iter()
+            .map(|c| format!("{:?}", c.link))
+            .collect();
         setup.top_toml = format!("coordinators = [{}]\n", list.join(", "));
         let agent = setup.start(true, "1");
         (setup, agent)
@@ -88,7 +92,10 @@ impl Cluster {
     }
 
     fn tenant(&self) -> reqwest::Client {
-        client(&self.pki.ca(), Some(&self.pki.issue(Role::Account, "tenant")))
+        client(
+            &self.pki.ca(),
+            Some(&self.pki.issue(Role::Account, "tenant")),
+        )
     }
 }
 
@@ -176,7 +183,10 @@ async fn load(
             out.lock().unwrap().created.insert(uuid.to_owned());
             let start = tenant.post(url(&format!("bservers/{uuid}/action/?do=start")));
             if send("start", start.json(&json!({}))).await.0 == Some(202) {
-                out.lock().unwrap().last_action.insert(uuid.to_owned(), "start");
+                out.lock()
+                    .unwrap()
+                    .last_action
+                    .insert(uuid.to_owned(), "start");
                 started.push(uuid.to_owned());
             }
         }
@@ -251,14 +261,26 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     let tenant = cl.tenant();
     let apis: Vec<String> = cl.coords.iter().map(|c| c.api.clone()).collect();
     let api = |i: usize| apis[i].clone();
-    let (_, caps) = get(&tenant, &format!("https://{}/api/2.0/capabilities/", api(old))).await;
+    let (_, caps) = get(
+        &tenant,
+        &format!("https://{}/api/2.0/capabilities/", api(old)),
+    )
+    .await;
     eventually("both hosts registered", || async {
-        let (_, c) = get(&tenant, &format!("https://{}/api/2.0/capabilities/", api(old))).await;
+        let (_, c) = get(
+            &tenant,
+            &format!("https://{}/api/2.0/capabilities/", api(old)),
+        )
+        .await;
         let one = caps["free_resources"]["most_free_by_cpu"]["cpu"].as_u64()?;
         (c["free_resources"]["total"]["cpu"].as_u64()? >= 2 * one && one > 0).then_some(())
     })
     .await;
-    let (_, caps) = get(&tenant, &format!("https://{}/api/2.0/capabilities/", api(old))).await;
+    let (_, caps) = get(
+        &tenant,
+        &format!("https://{}/api/2.0/capabilities/", api(old)),
+    )
+    .await;
     let host_cpu = caps["free_resources"]["most_free_by_cpu"]["cpu"]
         .as_u64()
         .unwrap();
@@ -287,7 +309,10 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     .await;
     let (status, _) = post(
         &tenant,
-        &format!("https://{}/api/2.0/servers/{normal}/action/?do=start", api(old)),
+        &format!(
+            "https://{}/api/2.0/servers/{normal}/action/?do=start",
+            api(old)
+        ),
         json!({}),
     )
     .await;
@@ -299,7 +324,11 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     let failover = killed_at.elapsed();
     assert_ne!(new, old);
     assert!(new_epoch > old_epoch, "{new_epoch} after {old_epoch}");
-    eprintln!("failover: c{} took over from c{} in {failover:?}", new + 1, old + 1);
+    eprintln!(
+        "failover: c{} took over from c{} in {failover:?}",
+        new + 1,
+        old + 1
+    );
     // More load under the new leader, then quiet.
     let more = Instant::now();
     eventually("writes through the new leader", || async {
@@ -323,7 +352,10 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     // Every acknowledged create is there, and every acknowledged stop holds.
     let servers = all_servers(&tenant, &api(new)).await;
     for uuid in &load.created {
-        assert!(servers.contains_key(uuid), "acknowledged create {uuid} lost");
+        assert!(
+            servers.contains_key(uuid),
+            "acknowledged create {uuid} lost"
+        );
     }
     let stopped: Vec<&String> = load
         .last_action
@@ -362,7 +394,11 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
     })
     .await;
     let (r1, r2) = (agent_runs(&h1), agent_runs(&h2));
-    assert!(r1.is_disjoint(&r2), "placed twice: {:?}", r1.intersection(&r2));
+    assert!(
+        r1.is_disjoint(&r2),
+        "placed twice: {:?}",
+        r1.intersection(&r2)
+    );
     assert!(r1.len() + r2.len() > 1);
 }
 
@@ -401,7 +437,10 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
         if !out.trim().is_empty() {
             break out;
         }
-        assert!(Instant::now() < deadline, "the create's INSERT never waited");
+        assert!(
+            Instant::now() < deadline,
+            "the create's INSERT never waited"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // Paused past its lease: the other coordinator takes over.
@@ -456,7 +495,7 @@ async fn postgres_restarts_under_load_and_nothing_is_lost() {
     let Some(cl) = Cluster::start(3, 2000) else {
         return;
     };
-    let (first, _) = cl.leader().await;
+    let (first, first_epoch) = cl.leader().await;
     let (_h1, _a1) = cl.agent("ha-pg-h1");
     let tenant = cl.tenant();
     let stop = Arc::new(AtomicBool::new(false));
@@ -471,7 +510,6 @@ async fn postgres_restarts_under_load_and_nothing_is_lost() {
     let pg = &cl.pg;
     tokio::task::block_in_place(|| pg.restart());
     eprintln!("pg_ctl restart took {:?}", restarted.elapsed());
-    let (leader, _) = cl.leader().await;
     eventually("creates after the restart", || async {
         let l = seen.lock().unwrap();
         let ok = l
@@ -485,19 +523,22 @@ async fn postgres_restarts_under_load_and_nothing_is_lost() {
     stop.store(true, Ordering::SeqCst);
     loader.await.unwrap();
     let load = std::mem::take(&mut *seen.lock().unwrap());
+    // Whoever leads now (the same coordinator renewing its lease, or another that saw its
+    // database session gone): read from it, not from a follower's half-second-old model.
+    let (leader, epoch) = cl.leader().await;
     eprintln!(
-        "leader c{} before, c{} after; the client around the restart: {}",
+        "leader c{} (epoch {first_epoch}) before, c{} (epoch {epoch}) after; the client around \
+         the restart: {}",
         first + 1,
         leader + 1,
-        summary(
-            &load.seen,
-            restarted,
-            restarted + Duration::from_secs(5)
-        )
+        summary(&load.seen, restarted, restarted + Duration::from_secs(5))
     );
     let servers = all_servers(&tenant, &cl.coords[leader].api).await;
     for uuid in &load.created {
-        assert!(servers.contains_key(uuid), "acknowledged create {uuid} lost");
+        assert!(
+            servers.contains_key(uuid),
+            "acknowledged create {uuid} lost"
+        );
     }
     // The agent is back with the leader.
     eventually("the agent is back", || async {

@@ -76,7 +76,17 @@ impl From<OpError> for ApiError {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     error_type: "backend",
                     point: None,
-                    message: "this coordinator no longer leads; nothing was changed (retry)"
+                    message: "this coordinator no longer leads; nothing was changed (retry)".into(),
+                }
+            }
+            OpError::Store(err) if err.is_unavailable() => {
+                tracing::error!(error = %err, "store unreachable");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error_type: "database",
+                    point: None,
+                    message: "the database is unreachable at the moment (restarting or \
+                              failing over); the change was not confirmed: read, then retry"
                         .into(),
                 }
             }

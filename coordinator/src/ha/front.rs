@@ -96,7 +96,12 @@ fn served(r: Result<Response, std::convert::Infallible>, by: &'static str) -> Re
 
 /// A read a follower may answer from its reloaded model.
 fn is_read(req: &Request) -> bool {
-    let live = ["/api/2.0/capabilities", "/arvados/", "/dynamiccluster/", "/dashboard"];
+    let live = [
+        "/api/2.0/capabilities",
+        "/arvados/",
+        "/dynamiccluster/",
+        "/dashboard",
+    ];
     (req.method() == Method::GET || req.method() == Method::HEAD)
         && !live.iter().any(|p| req.uri().path().starts_with(p))
 }
@@ -111,7 +116,10 @@ fn trust_forwarded(mut req: Request) -> Request {
         .get::<PeerIdentity>()
         .is_some_and(|id| id.role == Role::Coordinator);
     if from_coordinator {
-        match header.as_ref().and_then(|h| parse_identity(h.to_str().ok()?)) {
+        match header
+            .as_ref()
+            .and_then(|h| parse_identity(h.to_str().ok()?))
+        {
             Some(id) => {
                 req.extensions_mut().insert(id);
             }
@@ -143,8 +151,10 @@ fn unavailable(message: &str) -> Response {
         message: message.into(),
     }
     .into_response();
-    resp.headers_mut()
-        .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
     resp
 }
 
@@ -166,11 +176,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-async fn forward(
-    ha: &Ha,
-    req: Request,
-    pick: impl Fn(&super::serve::Views) -> Router,
-) -> Response {
+async fn forward(ha: &Ha, req: Request, pick: impl Fn(&super::serve::Views) -> Router) -> Response {
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, crate::api::MAX_BODY_BYTES).await else {
         return ApiError {
@@ -205,7 +211,10 @@ async fn forward(
         if let Some(leader) = leader {
             let mut headers = HeaderMap::new();
             copy_headers(&parts.headers, &mut headers);
-            if let Some(id) = identity.as_deref().and_then(|i| HeaderValue::from_str(i).ok()) {
+            if let Some(id) = identity
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i).ok())
+            {
                 headers.insert(FORWARDED_IDENTITY, id);
             }
             if let Ok(me) = HeaderValue::from_str(&ha.name) {
@@ -285,7 +294,13 @@ mod tests {
         let id = parse_identity("account/alice").unwrap();
         assert_eq!((id.role, id.name.as_str()), (Role::Account, "alice"));
         assert_eq!(parse_identity("admin/ops").unwrap().role, Role::Admin);
-        for bad in ["coordinator/c2", "account/", "nobody/x", "account", "account/../x"] {
+        for bad in [
+            "coordinator/c2",
+            "account/",
+            "nobody/x",
+            "account",
+            "account/../x",
+        ] {
             assert!(parse_identity(bad).is_none(), "{bad}");
         }
     }
@@ -322,6 +337,9 @@ mod tests {
         assert!(is_read(&req(Method::GET, "/api/2.0/servers/")));
         assert!(!is_read(&req(Method::POST, "/api/2.0/servers/")));
         assert!(!is_read(&req(Method::GET, "/api/2.0/capabilities/")));
-        assert!(!is_read(&req(Method::GET, "/arvados/v1/dispatch/instances")));
+        assert!(!is_read(&req(
+            Method::GET,
+            "/arvados/v1/dispatch/instances"
+        )));
     }
 }

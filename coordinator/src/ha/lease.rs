@@ -81,8 +81,8 @@ pub async fn run(
                 role.send_replace(Role::Leader { epoch });
             }
             Ok(Step::Follows(row)) => {
-                let leader = (!row.holder.is_empty() && row.deadline_ms >= row.now_ms)
-                    .then_some(row);
+                let leader =
+                    (!row.holder.is_empty() && row.deadline_ms >= row.now_ms).then_some(row);
                 role.send_if_modified(|r| match r {
                     Role::Follower { leader: old, .. } => {
                         let changed = old.as_ref().map(|o| (o.epoch, &o.holder))

@@ -64,6 +64,8 @@ pub struct Ha {
     snapshot: RwLock<Option<(Arc<Views>, Instant)>>,
     takeovers: AtomicU64,
     store: PgStore,
+    /// Shared by every model this coordinator builds, and by its listeners.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Ha {
@@ -73,29 +75,43 @@ impl Ha {
     }
 
     pub fn leading_term(&self) -> Option<(Arc<Views>, CancellationToken)> {
-        let t = self.term.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self
+            .term
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.as_ref().map(|t| (t.views.clone(), t.token.clone()))
     }
 
     fn epoch(&self) -> Option<i64> {
-        let t = self.term.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self
+            .term
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         t.as_ref().map(|t| t.epoch)
     }
 
     /// The follower's model and its age.
     pub fn snapshot(&self) -> Option<(Arc<Views>, Duration)> {
-        let s = self.snapshot.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self
+            .snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.as_ref().map(|(v, at)| (v.clone(), at.elapsed()))
     }
 
     fn set_snapshot(&self, views: Arc<Views>, at: Instant) {
-        *self.snapshot.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((views, at));
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((views, at));
     }
 
     fn begin(&self, epoch: i64, views: Arc<Views>, token: CancellationToken) {
         self.takeovers.fetch_add(1, Ordering::Relaxed);
-        *self.term.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Term {
+        *self
+            .term
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Term {
             epoch,
             views,
             token,
@@ -175,6 +191,7 @@ pub async fn run(b: Bound, shutdown: CancellationToken) {
         snapshot: RwLock::new(None),
         takeovers: AtomicU64::new(0),
         store: pg.clone(),
+        metrics: b.coordinator.metrics.clone(),
     });
     ha.set_snapshot(Views::new(b.coordinator.clone()), Instant::now());
     notifier.ready(&format!(
@@ -258,7 +275,9 @@ async fn terms(
                 let started = Instant::now();
                 match crate::daemon::build(cfg, store.clone(), clock, &cfg.backfill_accounts).await
                 {
-                    Ok(c) => {
+                    Ok(mut c) => {
+                        // One set of metrics across terms: counters keep counting.
+                        c.metrics = ha.metrics.clone();
                         let c = Arc::new(c);
                         let _ = c.link_addr.set(crate::cli::client_addr(link_addr));
                         let token = shutdown.child_token();
@@ -319,7 +338,8 @@ async fn snapshots(
         let at = Instant::now();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         match crate::daemon::build(&cfg, store.clone(), clock, &[]).await {
-            Ok(c) => {
+            Ok(mut c) => {
+                c.metrics = ha.metrics.clone();
                 ha.set_snapshot(Views::new(Arc::new(c)), at);
                 failing = false;
             }
@@ -348,7 +368,13 @@ fn describe(ha: &Ha) -> String {
         (Role::Leader { epoch }, None) => {
             format!("leader epoch={epoch} name={} (loading the model)", ha.name)
         }
-        (Role::Follower { leader, stepped_down }, _) => {
+        (
+            Role::Follower {
+                leader,
+                stepped_down,
+            },
+            _,
+        ) => {
             let mut s = match leader {
                 Some(l) => format!(
                     "follower name={} leader={} epoch={} leader_api={}",
@@ -410,10 +436,7 @@ async fn metrics(State(ha): State<Arc<Ha>>) -> Response {
 
 /// `GET /api/2.0/coordinators/` (admin certificates): the coordinators seen in the last ten
 /// seconds, the leader and this one's view, for `backfillctl status`.
-pub async fn coordinators(
-    State(ha): State<Arc<Ha>>,
-    req: axum::extract::Request,
-) -> Response {
+pub async fn coordinators(State(ha): State<Arc<Ha>>, req: axum::extract::Request) -> Response {
     let admin = req
         .extensions()
         .get::<PeerIdentity>()

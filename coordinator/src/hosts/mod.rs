@@ -7,5 +7,5 @@ mod session;
 #[cfg(test)]
 pub(crate) mod session_tests;
 
-pub use listener::{LinkConfig, LinkError, serve_link};
 pub(crate) use listener::session;
+pub use listener::{LinkConfig, LinkError, serve_link};

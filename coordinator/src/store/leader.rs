@@ -70,6 +70,21 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// The database could not be reached (or the connection broke): nothing was changed, and
+    /// the same request may succeed in a moment (a PostgreSQL restart, a failover).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Protocol(_)
+            )
+        ) || matches!(self, StoreError::Sql(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
 }
 
 impl PgStore {

@@ -43,9 +43,8 @@ fn capabilities_table(v: &Value) -> String {
 pub async fn status(api: &Api, out: Out) -> Result<(), CtlError> {
     match api.get(&["coordinators"], &[]).await {
         Ok(v) => out.show(&v, status_table),
-        Err(CtlError::Api { code: 404, .. }) => out.say(
-            "one coordinator (SQLite): it always leads; several need PostgreSQL (docs/ha.md)",
-        ),
+        Err(CtlError::Api { code: 404, .. }) => out
+            .say("one coordinator (SQLite): it always leads; several need PostgreSQL (docs/ha.md)"),
         Err(e) => Err(e),
     }
 }
@@ -53,8 +52,11 @@ pub async fn status(api: &Api, out: Out) -> Result<(), CtlError> {
 fn status_table(v: &Value) -> String {
     let leader = v["leader"]["holder"].as_str();
     let mut text = match leader {
-        Some(l) => format!("leader: {l} (epoch {})
-", cell(&v["epoch"])),
+        Some(l) => format!(
+            "leader: {l} (epoch {})
+",
+            cell(&v["epoch"])
+        ),
         None => format!(
             "leader: none at the moment (last epoch {})
 ",
@@ -73,7 +75,12 @@ fn status_table(v: &Value) -> String {
         let name = c["name"].as_str().unwrap_or("-");
         t.row(vec![
             name.into(),
-            if Some(name) == leader { "leader" } else { "follower" }.into(),
+            if Some(name) == leader {
+                "leader"
+            } else {
+                "follower"
+            }
+            .into(),
             cell(&c["api_url"]),
             cell(&c["link_addr"]),
         ]);
