@@ -238,3 +238,7 @@ impl LeaseSession {
         let _ = self.conn.close().await;
     }
 }
+
+#[cfg(test)]
+#[path = "leader_tests.rs"]
+mod tests;
