@@ -491,6 +491,87 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_knows_only_a_follower_is_redirected_and_clients_may_use_any() {
+    let Some(cl) = Cluster::start(2, 2000) else {
+        return;
+    };
+    let (leader, epoch) = cl.leader().await;
+    let follower = 1 - leader;
+    // The follower says who leads.
+    let ready = eventually("the follower knows the leader", || async {
+        cl.ready(follower)
+            .filter(|r| r.contains(&format!("leader=c{} epoch={epoch}", leader + 1)))
+    })
+    .await;
+    assert!(ready.starts_with("ready: follower"), "{ready}");
+    let (_, metrics) = http_get(&cl.coords[follower].admin, "/metrics");
+    assert!(metrics.contains("backfill_ha_leader 0"), "{metrics}");
+    assert!(metrics.contains(&format!("backfill_ha_epoch {epoch}")), "{metrics}");
+    // An agent configured with the follower's link alone ends up with the leader.
+    let setup = AgentSetup::new(&cl.pki, &cl.coords[follower], "ha-r-h1");
+    let agent = setup.start(true, "1");
+    assert!(
+        agent.log_text().contains("redirected to the leading coordinator"),
+        "{}",
+        agent.log_text()
+    );
+    // A tenant using the follower: writes are forwarded (with the tenant's identity), reads
+    // are answered by the follower and say so.
+    let tenant = cl.tenant();
+    let via = |p: &str| format!("https://{}/api/2.0/{p}", cl.coords[follower].api);
+    let uuid = create(
+        &tenant,
+        &via("bservers/"),
+        json!({"name": "via-follower", "cpu": 100, "mem": 64u64 << 20,
+               "workload": {"command": ["sleep", "300"]}}),
+    )
+    .await;
+    let (status, _) = post(
+        &tenant,
+        &via(&format!("bservers/{uuid}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let leader_view = all_servers(&tenant, &cl.coords[leader].api).await;
+    assert_eq!(leader_view[&uuid]["name"], "via-follower");
+    eventually("the follower reads it, running", || async {
+        let r = tenant.get(via(&format!("bservers/{uuid}/"))).send().await.ok()?;
+        let served = r.headers().get("x-backfill-served-by")?.to_str().ok()? == "follower";
+        let age = r.headers().get("x-backfill-data-age-ms").is_some();
+        let body: Value = r.json().await.ok()?;
+        (served && age && body["status"] == "running").then_some(())
+    })
+    .await;
+    // Only operators see the coordinators.
+    let (status, _) = get(&tenant, &via("coordinators/")).await;
+    assert_eq!(status, 403);
+    let admin = client(&cl.pki.ca(), Some(&cl.pki.issue(Role::Admin, "ops")));
+    let (status, st) = get(&admin, &via("coordinators/")).await;
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(st["leader"]["holder"], format!("c{}", leader + 1));
+    assert_eq!(st["coordinators"].as_array().unwrap().len(), 2, "{st}");
+    // A tenant cannot pose as another through the forwarding header.
+    let r = tenant
+        .post(format!("https://{}/api/2.0/bservers/", cl.coords[leader].api))
+        .header("x-backfill-forwarded-identity", "admin/root")
+        .json(&json!({"objects": [{"name": "x", "cpu": 100, "mem": 64u64 << 20}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "still the tenant, who may create");
+    let r = tenant
+        .post(format!("https://{}/api/2.0/accounts/", cl.coords[leader].api))
+        .header("x-backfill-forwarded-identity", "admin/root")
+        .json(&json!({"name": "intruder"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "the header made nobody an admin");
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_under_load_and_nothing_is_lost() {
     let Some(cl) = Cluster::start(3, 2000) else {
         return;
