@@ -70,12 +70,15 @@ TOML
     echo "c$i: API https://127.0.0.1:95${i}0, /ready http://127.0.0.1:95${i}2/ready, pid $!, log $dir/c$i.log"
 done
 
+# Workloads never run as root: as root they run as nobody (no cgroups here either way).
+run_as=""
+[ "$(id -u)" = 0 ] && run_as="nobody"
 cat >"$dir/agent.toml" <<TOML
 coordinators = [$(IFS=,; echo "${links[*]}")]
 coordinator_name = "localhost"
 state_dir = "$dir/agent"
 cgroups = "none"
-run_as = ""
+run_as = "$run_as"
 default_command = ["sleep", "infinity"]
 exec_driver = true
 stop_workloads_on_exit = true

@@ -639,6 +639,27 @@ async fn postgres_restarts_under_load_and_nothing_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn measure_failover_and_throughput() {
+    // One coordinator on PostgreSQL first: what leadership itself costs (no followers).
+    {
+        let Some(one) = Cluster::start(1, 3000) else {
+            return;
+        };
+        one.leader().await;
+        let tenant = one.tenant();
+        let t = Instant::now();
+        for i in 0..200 {
+            create(
+                &tenant,
+                &format!("https://{}/api/2.0/bservers/", one.coords[0].api),
+                json!({"name": format!("o-{i}"), "cpu": 100, "mem": 64u64 << 20}),
+            )
+            .await;
+        }
+        eprintln!(
+            "sequential creates/s, PostgreSQL, one coordinator (no followers): {:.0}",
+            200.0 / t.elapsed().as_secs_f64()
+        );
+    }
     let Some(mut cl) = Cluster::start(3, 3000) else {
         return;
     };
