@@ -404,7 +404,7 @@ async fn the_leader_is_killed_under_load_and_another_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_cannot_commit_after_another_took_over() {
-    let Some(cl) = Cluster::start(2, 2000) else {
+    let Some(mut cl) = Cluster::start(2, 2000) else {
         return;
     };
     let (old, old_epoch) = cl.leader().await;
@@ -421,7 +421,14 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     let pending = tokio::spawn({
         let tenant = tenant.clone();
         async move {
-            let r = tenant.post(&url).json(&body).send().await.unwrap();
+            // Longer than the client's default: it waits out the pause and the takeover.
+            let r = tenant
+                .post(&url)
+                .timeout(Duration::from_secs(120))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             (status, r.text().await.unwrap_or_default())
         }
@@ -448,6 +455,8 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     let os_pid = cl.coords[old].daemon.child.id() as i32;
     // SAFETY: signals to our own child.
     unsafe { libc::kill(os_pid, libc::SIGSTOP) };
+    // A stopped process's listeners still accept: do not ask it while it is stopped.
+    cl.alive[old] = false;
     let (new, new_epoch) = cl.leader().await;
     assert_ne!(new, old);
     assert!(new_epoch > old_epoch);
@@ -460,6 +469,7 @@ async fn a_paused_leader_cannot_commit_after_another_took_over() {
     );
     cl.pg.wait_for("backfill", &idle, DEADLINE);
     unsafe { libc::kill(os_pid, libc::SIGCONT) };
+    cl.alive[old] = true;
     let (status, text) = pending.await.unwrap();
     assert_eq!(status, 503, "a deposed leader's commit landed: {text}");
     assert!(text.contains("no longer leads"), "{text}");
