@@ -516,12 +516,17 @@ async fn an_agent_that_knows_only_a_follower_is_redirected_and_clients_may_use_a
     assert!(ready.starts_with("ready: follower"), "{ready}");
     let (_, metrics) = http_get(&cl.coords[follower].admin, "/metrics");
     assert!(metrics.contains("backfill_ha_leader 0"), "{metrics}");
-    assert!(metrics.contains(&format!("backfill_ha_epoch {epoch}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("backfill_ha_epoch {epoch}")),
+        "{metrics}"
+    );
     // An agent configured with the follower's link alone ends up with the leader.
     let setup = AgentSetup::new(&cl.pki, &cl.coords[follower], "ha-r-h1");
     let agent = setup.start(true, "1");
     assert!(
-        agent.log_text().contains("redirected to the leading coordinator"),
+        agent
+            .log_text()
+            .contains("redirected to the leading coordinator"),
         "{}",
         agent.log_text()
     );
@@ -546,7 +551,11 @@ async fn an_agent_that_knows_only_a_follower_is_redirected_and_clients_may_use_a
     let leader_view = all_servers(&tenant, &cl.coords[leader].api).await;
     assert_eq!(leader_view[&uuid]["name"], "via-follower");
     eventually("the follower reads it, running", || async {
-        let r = tenant.get(via(&format!("bservers/{uuid}/"))).send().await.ok()?;
+        let r = tenant
+            .get(via(&format!("bservers/{uuid}/")))
+            .send()
+            .await
+            .ok()?;
         let served = r.headers().get("x-backfill-served-by")?.to_str().ok()? == "follower";
         let age = r.headers().get("x-backfill-data-age-ms").is_some();
         let body: Value = r.json().await.ok()?;
@@ -563,7 +572,10 @@ async fn an_agent_that_knows_only_a_follower_is_redirected_and_clients_may_use_a
     assert_eq!(st["coordinators"].as_array().unwrap().len(), 2, "{st}");
     // A tenant cannot pose as another through the forwarding header.
     let r = tenant
-        .post(format!("https://{}/api/2.0/bservers/", cl.coords[leader].api))
+        .post(format!(
+            "https://{}/api/2.0/bservers/",
+            cl.coords[leader].api
+        ))
         .header("x-backfill-forwarded-identity", "admin/root")
         .json(&json!({"objects": [{"name": "x", "cpu": 100, "mem": 64u64 << 20}]}))
         .send()
@@ -571,7 +583,10 @@ async fn an_agent_that_knows_only_a_follower_is_redirected_and_clients_may_use_a
         .unwrap();
     assert_eq!(r.status().as_u16(), 201, "still the tenant, who may create");
     let r = tenant
-        .post(format!("https://{}/api/2.0/accounts/", cl.coords[leader].api))
+        .post(format!(
+            "https://{}/api/2.0/accounts/",
+            cl.coords[leader].api
+        ))
         .header("x-backfill-forwarded-identity", "admin/root")
         .json(&json!({"name": "intruder"}))
         .send()

@@ -59,7 +59,10 @@ async fn take_soon(s: &mut LeaseSession, c: &Claim) -> i64 {
         if let Some(epoch) = s.try_take(c).await.unwrap() {
             return epoch;
         }
-        assert!(std::time::Instant::now() < deadline, "the lease stayed taken");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease stayed taken"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -77,7 +80,10 @@ async fn one_leader_at_a_time_and_a_deposed_one_cannot_commit() {
     let Some((store, pg)) = open().await else {
         return;
     };
-    store.create_account("t", true, Default::default(), 1).await.unwrap();
+    store
+        .create_account("t", true, Default::default(), 1)
+        .await
+        .unwrap();
     // Before anyone leads, nothing is fenced (the store used without leadership).
     store.insert_servers(&[server()]).await.unwrap();
 
