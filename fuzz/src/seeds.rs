@@ -184,6 +184,10 @@ fn link() {
     );
     write("link_frames", "desired", &frames(16, &[enc_c(&desired)]));
     write("link_frames", "refused", &frames(255, &[enc_c(&refused)]));
+    let redirect = CoordinatorMessage::Redirect {
+        link: "10.0.0.2:8444".into(),
+    };
+    write("link_frames", "redirect", &frames(255, &[enc_c(&redirect)]));
     let mut oversize = vec![255];
     oversize.extend_from_slice(&u32::MAX.to_be_bytes());
     oversize.extend_from_slice(b"\x00\x03");
