@@ -209,6 +209,7 @@ pub async fn run(b: Bound, shutdown: CancellationToken) {
         (shutdown.clone(), b.drain),
         api::Listening::new("api", b.http.api(), &metrics),
     ));
+    let management_acceptor = b.management.as_ref().map(|(_, a)| a.clone());
     if let Some((listener, acceptor)) = b.management {
         tasks.spawn(api::serve_management(
             listener,
@@ -233,7 +234,7 @@ pub async fn run(b: Bound, shutdown: CancellationToken) {
     ));
     tasks.spawn(crate::daemon::reload_on_sighup(
         b.acceptor.clone(),
-        None,
+        management_acceptor,
         b.tls_files.clone(),
         shutdown.clone(),
     ));
