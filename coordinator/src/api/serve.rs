@@ -75,6 +75,28 @@ pub async fn serve_api(
     (shutdown, drain): (CancellationToken, Duration),
     listening: Listening,
 ) {
+    let allowed: &'static [Role] = &[Role::Account, Role::Admin];
+    let auth = tls_accept::ClientAuth::Required(allowed);
+    serve_tls(
+        listener,
+        acceptor,
+        router,
+        (shutdown, drain),
+        auth,
+        listening,
+    )
+    .await;
+}
+
+/// As [`serve_api`], for one of several coordinators (`crate::ha`): the other coordinators'
+/// certificates are admitted too, to forward their clients' writes.
+pub async fn serve_api_among_coordinators(
+    listener: TcpListener,
+    acceptor: tls_accept::Acceptors,
+    router: Router,
+    (shutdown, drain): (CancellationToken, Duration),
+    listening: Listening,
+) {
     let allowed: &'static [Role] = &[Role::Account, Role::Admin, Role::Coordinator];
     let auth = tls_accept::ClientAuth::Required(allowed);
     serve_tls(

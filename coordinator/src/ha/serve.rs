@@ -202,7 +202,7 @@ pub async fn run(b: Bound, shutdown: CancellationToken) {
     let metrics = b.coordinator.metrics.clone();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(lease::run(pg, claim, role_tx, shutdown.clone()));
-    tasks.spawn(api::serve_api(
+    tasks.spawn(api::serve::serve_api_among_coordinators(
         b.api,
         b.acceptor.clone(),
         front::api_router(ha.clone()),
