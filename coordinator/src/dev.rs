@@ -1,9 +1,8 @@
 //! `backfill-coordinator dev`: a coordinator, one local agent (a child process running the agent
 //! library's entry point) and a throwaway CA, on loopback, in one command.
 
-use crate::cli::client_addr;
 use crate::config::CoordinatorConfig;
-use crate::daemon::{Bound, DaemonError};
+use crate::daemon::{Bound, DaemonError, client_addr};
 use backfill_agent::config::{AgentConfig, CgroupMode, MetadataSettings};
 use backfill_shared::HostId;
 use backfill_shared::daemon::wait_for_signal;
@@ -119,20 +118,6 @@ fn ensure_pki(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
     Ok(())
 }
 
-/// The agent's idle workload: this binary's hidden `agent idle`, when the workload user can
-/// execute it; otherwise `sleep infinity`.
-pub(crate) fn idle_command(run_as: &str) -> Vec<String> {
-    let fallback = vec!["sleep".to_string(), "infinity".into()];
-    let Ok(exe) = std::env::current_exe() else {
-        return fallback;
-    };
-    if backfill_agent::driver::others_can_execute(&exe) || run_as == "root" {
-        vec![exe.display().to_string(), "agent".into(), "idle".into()]
-    } else {
-        fallback
-    }
-}
-
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
     std::fs::create_dir_all(&args.data_dir).map_err(io(&args.data_dir))?;
     let dir = std::fs::canonicalize(&args.data_dir).map_err(io(&args.data_dir))?;
@@ -196,7 +181,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             CgroupMode::None
         },
         run_as: run_as.clone(),
-        default_command: idle_command(&run_as),
+        default_command: crate::local_provisioner::idle_command(&run_as),
         exec_driver: true,
         stop_workloads_on_exit: true,
         inventory_file: None,
