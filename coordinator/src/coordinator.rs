@@ -245,7 +245,7 @@ impl Coordinator {
         new: Vec<NewServer>,
     ) -> Result<Vec<ServerRecord>, OpError> {
         let now = self.clock.now();
-        let mut model = self.lock_model().await;
+        // Device profiles are read before the model is locked (nothing here needs it).
         let mut new = new;
         for n in &mut new {
             if let Some(name) = &n.device_profile {
@@ -265,6 +265,7 @@ impl Coordinator {
                     );
             }
         }
+        let mut model = self.lock_model().await;
         crate::accounts::check_create(&model, owner, &new)?;
         for n in &new {
             self.access.check(owner, n.workload.as_ref())?;
