@@ -292,4 +292,27 @@ mod tests {
         assert_eq!(s[2].command, "curl \\\n  y   # eventually → running");
         assert_eq!(s[2].expect, Expect::Eventually(vec!["running".into()]));
     }
+
+    #[test]
+    fn steps_share_one_shell_and_a_failing_step_names_its_line() {
+        let work = tempfile::tempdir().unwrap();
+        let mut sh = Shell::start(work.path(), Path::new("/nonexistent"), work.path());
+        let md = "```sh tour\nX=4; echo started > bg.txt &\necho $((X + 1))   # → 5\ncat bg.txt   # eventually → started\necho nope   # → yes\n```\n";
+        let s = steps(md);
+        assert!(sh.step("T.md", &s[0]).is_ok());
+        assert!(sh.step("T.md", &s[1]).is_ok(), "variables carry over");
+        assert!(sh.step("T.md", &s[2]).is_ok(), "background jobs too");
+        let why = sh.step("T.md", &s[3]).unwrap_err();
+        assert!(why.starts_with("T.md:5: `echo nope"), "{why}");
+        assert!(
+            why.contains("should print [\"yes\"]") && why.contains("nope"),
+            "{why}"
+        );
+        let failing = Step {
+            line: 9,
+            command: "false".into(),
+            expect: Expect::Nothing,
+        };
+        assert!(sh.step("T.md", &failing).unwrap_err().contains("exited 1"));
+    }
 }

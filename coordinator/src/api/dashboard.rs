@@ -166,10 +166,16 @@ async fn data(
             let active = crate::model::holds_resources(s.status) || crate::model::is_queued(s);
             (!active, std::cmp::Reverse(s.created_at), s.uuid)
         });
+        // The server a server's view asks for is there even when it is not among the newest.
+        let asked = params.get("server");
+        let shown = |i: usize, s: &crate::store::ServerRecord| {
+            i < MAX_SERVERS || asked.is_some_and(|a| *a == s.uuid.to_string())
+        };
         let servers: Vec<Value> = list
             .into_iter()
-            .take(MAX_SERVERS)
-            .map(|s| server_json(&model.as_seen(s)))
+            .enumerate()
+            .filter(|(i, s)| shown(*i, s))
+            .map(|(_, s)| server_json(&model.as_seen(s)))
             .collect();
         (current, servers)
     };
