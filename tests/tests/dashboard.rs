@@ -81,8 +81,9 @@ async fn the_dashboard_renders_live_data_in_headless_chromium() {
         return;
     };
     let pki = Pki::new();
+    // Backfill servers get ten minutes of notice, so that a termination stays on show.
     let extra = format!(
-        "\n[operator]\nmanagement_token = \"{TOKEN}\"\nmanagement_addr = \"127.0.0.1:0\"\n"
+        "\n[operator]\nmanagement_token = \"{TOKEN}\"\nmanagement_addr = \"127.0.0.1:0\"\n[classes.backfill]\ndownsizable = true\nfloor = 0.1\nmin_uptime_s = 0\nnotice_s = 600\n"
     );
     let mut coord = Coordinator::start_with(&pki, &["tenant"], &extra);
     let mgmt = coord
@@ -134,6 +135,27 @@ async fn the_dashboard_renders_live_data_in_headless_chromium() {
     eventually("the backfill server downsized", || async {
         let (_, s) = get(&tenant, &coord.url(&format!("bservers/{bf}/"))).await;
         (s["runtime"]["perf_factor"]["cpu"].as_f64() < Some(1.0)).then_some(())
+    })
+    .await;
+    // A bigger normal server than downsizing to the floor makes room for: the backfill
+    // server gets its termination notice, and the big one waits for it.
+    let big_cpu = (host_cpu - 1000 - (host_cpu - 500) / 10) + 200;
+    let big = create(
+        &tenant,
+        &coord.url("servers/"),
+        json!({"name": "big", "cpu": big_cpu, "mem": 128u64 << 20,
+               "workload": {"command": ["sleep", "300"]}}),
+    )
+    .await;
+    post(
+        &tenant,
+        &coord.url(&format!("servers/{big}/action/?do=start")),
+        json!({}),
+    )
+    .await;
+    eventually("the backfill server's termination notice", || async {
+        let (_, s) = get(&tenant, &coord.url(&format!("bservers/{bf}/"))).await;
+        (!s["runtime"]["termination"].is_null()).then_some(())
     })
     .await;
     // The host on hold: a third server waits in the queue.
@@ -200,6 +222,9 @@ async fn the_dashboard_renders_live_data_in_headless_chromium() {
     assert!(dom.contains("data-change=\"created\""), "{dom}");
     assert!(dom.contains("data-change=\"running\""), "{dom}");
     assert!(dom.contains("data-change=\"downsized\""), "{dom}");
+    assert!(dom.contains("data-change=\"noticed\""), "{dom}");
+    assert!(dom.contains("data-change=\"terminating\""), "{dom}");
+    assert!(dom.contains("data-termination=\""), "{dom}");
     assert!(dom.contains("data-fact=\"amount\""), "{dom}");
     assert!(dom.contains("href=\"#host/dash-host\""), "{dom}");
 
