@@ -137,7 +137,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         accounts: Vec::new(),
         billing: Default::default(),
         tls: l.files("coordinator"),
-        scheduler: Default::default(),
+        scheduler: dev_scheduler(),
         classes: dev_classes(),
         operator: crate::operator::OperatorConfig {
             management_token: Some(token.clone()),
@@ -253,6 +253,20 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
 /// Dev-only spot timers, short enough to watch a termination notice arrive and expire: a minute
 /// of notice, no minimum uptime. Packaged defaults are 15 and 30 minutes.
 pub const DEV_SPOT_NOTICE_S: i64 = 60;
+
+/// Dev-only grow-back hysteresis: a downsized server may grow back 10 s after its last change
+/// (packaged: 60 s), so the tour watches it without waiting a minute.
+pub const DEV_GROW_AFTER_S: i64 = 10;
+
+fn dev_scheduler() -> crate::schedule::SchedulerConfig {
+    crate::schedule::SchedulerConfig {
+        grow: crate::scheduler::GrowPolicy {
+            min_interval_s: DEV_GROW_AFTER_S,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
 
 fn dev_classes() -> crate::scheduler::Classes {
     let mut c = crate::scheduler::Classes::default();
@@ -416,7 +430,7 @@ fn announce(
         env_path.display()
     );
     println!(
-        "dev only: flavors dev-preemptible (spot) and dev-small (normal), 1000 MHz and 256 MiB; spot notice {DEV_SPOT_NOTICE_S} s, no minimum uptime (packaged: 900 s and 1800 s)"
+        "dev only: flavors dev-preemptible (spot) and dev-small (normal), 1000 MHz and 256 MiB; spot notice {DEV_SPOT_NOTICE_S} s, no minimum uptime, downsized servers grow back after {DEV_GROW_AFTER_S} s (packaged: 900 s, 1800 s and 60 s)"
     );
     println!(
         "dev only: every driver is open to every account ([drivers] exec = \"everyone\"); Ctrl-C stops dev's servers and says so on each"
