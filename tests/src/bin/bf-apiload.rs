@@ -141,7 +141,8 @@ struct Samples(Vec<u64>);
 
 impl Samples {
     fn add(&mut self, d: Duration) {
-        self.0.push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.0
+            .push(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
     fn merge(&mut self, other: Samples) {
         self.0.extend(other.0);
@@ -282,11 +283,7 @@ async fn run_client(
 
 /// Runs `kinds` (one client each) for `seconds`: the tallies per kind and the wall time from
 /// the start until the last request in flight at the end finished.
-async fn timed(
-    o: &Options,
-    t: &Arc<Target>,
-    kinds: &[Kind],
-) -> Result<(Tally, Tally, f64), Error> {
+async fn timed(o: &Options, t: &Arc<Target>, kinds: &[Kind]) -> Result<(Tally, Tally, f64), Error> {
     let mut clients = Vec::with_capacity(kinds.len());
     for _ in kinds {
         let c = client(&o.tls)?;
@@ -366,7 +363,9 @@ async fn prefill(o: &Options, t: &Arc<Target>) -> Result<Value, Error> {
             let collection = t.collection();
             let mut seq: u64 = 0;
             loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) || errors.load(Ordering::Relaxed) > 100 {
+                if deadline.is_some_and(|d| Instant::now() >= d)
+                    || errors.load(Ordering::Relaxed) > 100
+                {
                     return;
                 }
                 let Ok(n) = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
