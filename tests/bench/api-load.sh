@@ -106,6 +106,9 @@ admin_addr = "127.0.0.1:0"
 database = "$db"
 backfill_accounts = ["bench"]
 drain_timeout_s = 1
+# A server without a workload is an exec one; the default lets nobody run exec.
+[drivers]
+exec = "everyone"
 [tls]
 ca = "$P/ca.pem"
 cert = "$P/coordinator.pem"
