@@ -22,10 +22,19 @@
 # with its defaults (fsync on: creates are durable on both backends; SQLite runs WAL with
 # synchronous = FULL).
 #
-# Baseline (main at b6845a6, 2 shared cores; see the load average each run prints):
-#   tests/bench/api-load.sh                       (SQLite)
-#   tests/bench/api-load.sh target/release postgres
-#   BASELINE_FIGURES
+# Baseline: main at b6845a6, 2026-11-30, 2 cores shared with other builds (load average 8-13
+# throughout: the figures are low and noisy), binaries kept in /work/bench-baseline:
+#   PREFILL_MAX_S=120 tests/bench/api-load.sh /work/bench-baseline sqlite   (then ... postgres)
+#   phase (servers at start)   SQLite: per_s  p50 ms  p99 ms   PostgreSQL: per_s  p50 ms  p99 ms
+#   create 1 client (0)              521.6    1.0     15.1                360.5    1.5     10.9
+#   create 16 (0)                    639.6   15.8    112.7                271.9   48.1    168.3
+#   create 64 (0)                    299.9   79.2   1202.5                303.5  188.1    540.3
+#   list 64, limit 20 (100)         1906.6   23.5    131.8               2184.9   28.5     60.1
+#   prefill to 100,000 (batches)    3076/s, 32.5 s                       1951/s, 51.3 s
+#   list 64 (100,000)                  1.2  33632   54300                   1.7  24224   39535
+#   create 64 (100,000)               33.8   1523    3119                  47.5   1416    1596
+#   mixed 64: reads (100,420)          1.4  18551   25045                   2.7  11074   12604
+#             creates                  0.9  p99 34930                       1.5  p99 21639
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release}
