@@ -479,6 +479,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(line) => {
             println!("{line}");
+            // Every request refused (a wrong certificate, configuration or body): no figure.
+            let some = |k: &str| line[k].as_u64().is_some_and(|n| n > 0);
+            if some("errors") && !["creates", "reads", "created"].iter().any(|k| some(k)) {
+                eprintln!("bf-apiload: every request of the phase failed");
+                return std::process::ExitCode::from(2);
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
