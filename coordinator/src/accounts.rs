@@ -1,31 +1,14 @@
 //! Accounts (the operator's), quotas (checked at create and start) and usage.
 
 use crate::coordinator::{Coordinator, NewServer, OpError};
-use crate::model::{Model, holds_resources};
+use crate::model::Model;
 use crate::store::{Account, AccountChange, Quota, UsageFilter, UsageRow, usage_charge};
 
-/// What an account holds now, in the units of its quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InUse {
-    /// MHz of servers that hold resources.
-    pub cpu: u64,
-    pub mem: u64,
-    pub gpus: u64,
-    /// Servers that exist.
-    pub servers: u64,
-}
+pub use crate::server_index::InUse;
 
+/// What `account` holds now (kept by the model as its servers change).
 pub fn in_use(model: &Model, account: &str) -> InUse {
-    let mut u = InUse::default();
-    for s in model.servers.values().filter(|s| s.owner == account) {
-        u.servers += 1;
-        if holds_resources(s.status) || s.host.is_some() {
-            u.cpu = u.cpu.saturating_add(s.cpu);
-            u.mem = u.mem.saturating_add(s.mem);
-            u.gpus = u.gpus.saturating_add(gpus_of(s.gpu_request.as_ref()));
-        }
-    }
-    u
+    model.index().in_use(account)
 }
 
 /// The GPUs a server asks for.
@@ -104,7 +87,7 @@ impl Coordinator {
 
     pub async fn accounts(&self) -> Result<Vec<(Account, InUse)>, OpError> {
         let list = self.store.accounts().await?;
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         Ok(list
             .into_iter()
             .map(|a| {
@@ -116,7 +99,7 @@ impl Coordinator {
 
     pub async fn account_in_use(&self, name: &str) -> Result<(Account, InUse), OpError> {
         let a = self.account(name).await?;
-        let u = in_use(&*self.model.lock().await, name);
+        let u = in_use(&*self.lock_model().await, name);
         Ok((a, u))
     }
 
@@ -145,7 +128,7 @@ impl Coordinator {
 
     /// Deletes an account that owns no servers.
     pub async fn delete_account(&self, name: &str) -> Result<(), OpError> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let owned = in_use(&model, name).servers;
         if owned > 0 {
             return Err(OpError::Conflict(format!(
@@ -163,7 +146,7 @@ impl Coordinator {
     pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, OpError> {
         let mut rows = self.store.usage(filter).await?;
         let now = self.clock.now();
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let open = model.servers.values().filter(|s| {
             filter.account.as_ref().is_none_or(|a| *a == s.owner) && s.metered_until.is_some()
         });

@@ -113,7 +113,7 @@ impl Coordinator {
     /// One round of auto mode at `now` (nothing when it is off).
     pub async fn auto_round(&self, now: i64) {
         let (pools, pending) = {
-            let model = self.model.lock().await;
+            let model = self.lock_model().await;
             if !model.auto_mode {
                 return;
             }

@@ -4,7 +4,6 @@ use crate::config::{ConfigError, CoordinatorConfig};
 use crate::daemon::{Bound, DaemonError};
 use backfill_shared::pki::{Ca, IssueRequest, PkiError, Role};
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -227,14 +226,5 @@ pub fn main() -> ExitCode {
             eprintln!("backfill-coordinator: {e}");
             ExitCode::from(e.exit_code())
         }
-    }
-}
-
-/// Where a client should connect for a listener bound to `addr`.
-pub fn client_addr(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
     }
 }

@@ -51,23 +51,7 @@ pub enum OpError {
     Store(#[from] StoreError),
 }
 
-/// Which servers an API family sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// `/bservers/`: backfill servers only.
-    BServers,
-    /// `/servers/`: every server of the account (backfill servers are a subset).
-    Servers,
-}
-
-impl Scope {
-    fn sees(self, class: ServerClass) -> bool {
-        match self {
-            Scope::BServers => class == ServerClass::Backfill,
-            Scope::Servers => true,
-        }
-    }
-}
+pub use crate::server_index::Scope;
 
 /// A validated create request.
 #[derive(Debug, Clone)]
@@ -110,6 +94,8 @@ pub struct Coordinator {
     pub(crate) webhooks: crate::events::delivery::WebhookConfig,
     /// Who may run which driver (`[drivers]`).
     pub(crate) access: crate::access::DriverAccess,
+    /// Writes the model's changes to the store, grouped (see `crate::committer`).
+    pub(crate) committer: crate::committer::Committer,
     next_conn: AtomicU64,
 }
 
@@ -142,19 +128,28 @@ impl Coordinator {
         model.pool_limits = store.pool_limits().await?;
         model.auto_mode =
             store.settings().await?.get("auto_mode").map(String::as_str) == Some("on");
+        let metrics: Arc<crate::metrics::Metrics> = Arc::default();
+        let events_ready: Arc<tokio::sync::Notify> = Arc::default();
+        let committer = crate::committer::Committer::start(
+            store.clone(),
+            metrics.clone(),
+            events_ready.clone(),
+        );
+        model.epoch = committer.epoch();
         Ok(Coordinator {
+            committer,
             store,
             model: Mutex::new(model),
             clock,
             settings,
             billing: Billing::default(),
-            metrics: Arc::default(),
+            metrics,
             pools: crate::pools::Pools::default(),
             operator: crate::operator::OperatorConfig::default(),
             provision_log: Arc::default(),
             config_view: serde_json::Value::Null,
             link_addr: std::sync::OnceLock::new(),
-            events_ready: Arc::default(),
+            events_ready,
             webhooks: crate::events::delivery::WebhookConfig::default(),
             access: crate::access::DriverAccess::default(),
             next_conn: AtomicU64::new(1),
@@ -217,7 +212,7 @@ impl Coordinator {
     }
 
     pub async fn flavors(&self) -> Arc<crate::flavors::Flavors> {
-        self.model.lock().await.flavors.clone()
+        self.lock_model().await.flavors.clone()
     }
 
     /// Prices and the metering interval (the defaults otherwise).
@@ -231,7 +226,7 @@ impl Coordinator {
     }
 
     pub async fn free_resources(&self) -> FreeResources {
-        self.model.lock().await.free_resources()
+        self.lock_model().await.free_resources()
     }
 
     pub async fn host_connected(&self, host: &HostId) -> bool {
@@ -250,7 +245,7 @@ impl Coordinator {
         new: Vec<NewServer>,
     ) -> Result<Vec<ServerRecord>, OpError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        // Device profiles are read before the model is locked (nothing here needs it).
         let mut new = new;
         for n in &mut new {
             if let Some(name) = &n.device_profile {
@@ -270,6 +265,7 @@ impl Coordinator {
                     );
             }
         }
+        let mut model = self.lock_model().await;
         crate::accounts::check_create(&model, owner, &new)?;
         for n in &new {
             self.access.check(owner, n.workload.as_ref())?;
@@ -326,37 +322,43 @@ impl Coordinator {
                     })?,
             );
         }
-        self.store.insert_servers(&records).await?;
-        self.store.put_arqs(&arqs, &[]).await?;
-        for r in &records {
-            model.put_server(r.clone(), now);
-        }
-        Ok(records.iter().map(|r| model.as_seen(r)).collect())
+        let ids: Vec<ServerId> = records.iter().map(|r| r.uuid).collect();
+        let batch = crate::store::WriteBatch {
+            inserts: records,
+            arqs_new: arqs,
+            ..Default::default()
+        };
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        let created = ids
+            .iter()
+            .filter_map(|id| model.servers.get(id))
+            .map(|r| model.as_seen(r))
+            .collect();
+        drop(model);
+        durable.wait().await?;
+        Ok(created)
     }
 
-    pub async fn list_servers(&self, owner: &Account, scope: Scope) -> Vec<ServerRecord> {
-        let model = self.model.lock().await;
-        let mut out: Vec<ServerRecord> = model
-            .servers
-            .values()
-            .filter(|s| s.owner == owner.name && scope.sees(s.class))
+    /// One page of `owner`'s servers (every account's for the operator's view, `None`) in
+    /// `scope` that match `query`, as the API shows them, and how many match in all. Copies
+    /// only the page.
+    pub async fn page_servers(
+        &self,
+        owner: Option<&Account>,
+        scope: Scope,
+        query: &crate::server_index::ServerQuery,
+    ) -> (usize, Vec<ServerRecord>) {
+        let model = self.lock_model().await;
+        let (total, ids) =
+            model
+                .index()
+                .page(&model.servers, owner.map(|a| a.name.as_str()), scope, query);
+        let page = ids
+            .iter()
+            .filter_map(|id| model.servers.get(id))
             .map(|s| model.as_seen(s))
             .collect();
-        out.sort_by_key(|s| (s.created_at, s.uuid));
-        out
-    }
-
-    /// The operator's view: every account's servers in `scope`.
-    pub async fn list_all_servers(&self, scope: Scope) -> Vec<ServerRecord> {
-        let model = self.model.lock().await;
-        let mut out: Vec<ServerRecord> = model
-            .servers
-            .values()
-            .filter(|s| scope.sees(s.class))
-            .map(|s| model.as_seen(s))
-            .collect();
-        out.sort_by_key(|s| (s.created_at, s.uuid));
-        out
+        (total, page)
     }
 
     /// The operator's view of one server, whoever owns it.
@@ -365,7 +367,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         model
             .servers
             .get(&id)
@@ -380,7 +382,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 
@@ -394,7 +396,7 @@ impl Coordinator {
         id: ServerId,
         edit: NewServer,
     ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?.clone();
         let mut next = current.clone();
         next.name = edit.name;
@@ -421,13 +423,17 @@ impl Coordinator {
                 Some(h) if guest_changed => vec![h.clone()],
                 _ => Vec::new(),
             };
-            self.commit(&mut model, vec![next], &hosts).await?;
+            let durable = self.commit(&mut model, vec![next], &hosts).await?;
+            let seen = visible(&model, owner, scope, id).map(|s| model.as_seen(s));
+            drop(model);
+            durable.wait().await?;
+            return seen;
         }
         visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 
     pub async fn delete(&self, owner: &Account, scope: Scope, id: ServerId) -> Result<(), OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?;
         if current.status != ServerStatus::Stopped {
             return Err(OpError::InvalidState {
@@ -436,83 +442,87 @@ impl Coordinator {
                 what: "stop it before deleting it",
             });
         }
-        let arqs: Vec<String> = self
-            .store
-            .arqs_of_server(&id.to_string())
-            .await?
-            .into_iter()
-            .map(|a| a.uuid)
-            .collect();
-        let kept_on = current
+        // The host that kept its disk hears that it may go, through a new generation written
+        // with the delete. The server's ARQs go with it.
+        let kept_on: Vec<HostId> = current
             .last_host
             .clone()
-            .filter(|h| model.kept.get(h).is_some_and(|k| k.contains(&id)));
-        self.store.delete_arqs(&arqs).await?;
-        self.store.delete_server(&id).await?;
-        model.remove_server(id);
-        // The host that kept its disk hears that it may go.
-        if let Some(host) = kept_on
-            && let Err(e) = self
-                .commit(&mut model, Vec::new(), std::slice::from_ref(&host))
-                .await
-        {
-            tracing::warn!(server = %id, host = %host, error = %e, "the server is deleted; its host keeps its disk until its next desired state");
-        }
-        Ok(())
+            .filter(|h| model.kept.get(h).is_some_and(|k| k.contains(&id)))
+            .into_iter()
+            .collect();
+        let batch = crate::store::WriteBatch {
+            deletes: vec![id],
+            ..Default::default()
+        };
+        let durable = self.commit_batch(&mut model, batch, &kept_on).await?;
+        drop(model);
+        Ok(durable.wait().await?)
     }
 
-    /// Commits changed servers and a new generation for each host in `hosts` in one
-    /// transaction, then updates the model and hands each host's session its new desired state.
-    /// Nothing changes in memory if the store fails.
+    /// Applies changed servers and a new generation for each host in `hosts` to the model
+    /// and queues their write (one transaction: servers, usage, events, ARQs, generations).
+    /// The caller releases the model's lock, then waits on the answer before it answers
+    /// anyone; each host's session gets its new desired state once it is durable. Callers
+    /// that answer no one may drop it: a failed write reloads the model from the store.
     pub(crate) async fn commit(
         &self,
-        model: &mut MutexGuard<'_, Model>,
+        model: &mut Model,
         servers: Vec<ServerRecord>,
         hosts: &[HostId],
-    ) -> Result<(), StoreError> {
-        let generations: Vec<(HostId, u64)> = hosts
+    ) -> Result<crate::committer::Durable, StoreError> {
+        let batch = crate::store::WriteBatch {
+            servers,
+            ..Default::default()
+        };
+        self.commit_batch(model, batch, hosts).await
+    }
+
+    /// [`Coordinator::commit`] with new and deleted servers and ARQs too. Awaits nothing
+    /// unless a changed server has GPUs (its ARQs are read to bring them in line).
+    pub(crate) async fn commit_batch(
+        &self,
+        model: &mut Model,
+        mut batch: crate::store::WriteBatch,
+        hosts: &[HostId],
+    ) -> Result<crate::committer::Durable, StoreError> {
+        batch.hosts = hosts
             .iter()
             .filter(|h| model.hosts.contains_key(*h))
             .map(|h| (h.clone(), model.generation(h).saturating_add(1)))
             .collect();
         let now = self.clock.now();
-        let mut servers = servers;
-        let mut usage = Vec::new();
-        let mut events = Vec::new();
-        for s in &mut servers {
+        for s in &mut batch.servers {
             if s.host.is_some() {
                 s.last_host.clone_from(&s.host);
             }
             let old = model.servers.get(&s.uuid);
-            events.extend(crate::events::derive(old, s, now));
+            batch.events.extend(crate::events::derive(old, s, now));
             let perf_now = model
                 .in_force
                 .get(&s.uuid)
                 .copied()
                 .unwrap_or(s.perf_factor);
-            usage.extend(settle(old, s, perf_now, now, &self.billing));
+            batch
+                .usage
+                .extend(settle(old, s, perf_now, now, &self.billing));
         }
-        let start = std::time::Instant::now();
-        let stored = self
-            .store
-            .commit(&servers, &generations, &usage, &events)
-            .await;
-        if !events.is_empty() {
-            self.events_ready.notify_one();
-        }
-        crate::metrics::observe(&self.metrics.commit_seconds, start, stored)?;
-        let with_gpus: Vec<ServerRecord> = servers
+        let with_gpus: Vec<ServerRecord> = batch
+            .servers
             .iter()
             .filter(|s| s.gpu_request.is_some())
             .cloned()
             .collect();
-        for s in servers {
-            model.put_server(s, now);
-        }
         if !with_gpus.is_empty() {
-            self.sync_server_arqs(model, &with_gpus).await?;
+            batch.arqs_changed = self.arq_changes(model, &with_gpus).await?;
         }
-        for (host, generation) in &generations {
+        for s in batch.inserts.iter().chain(&batch.servers) {
+            model.put_server(s.clone(), now);
+        }
+        for id in &batch.deletes {
+            model.remove_server(*id);
+        }
+        let mut pushes = Vec::new();
+        for (host, generation) in &batch.hosts {
             if let Some(entry) = model.hosts.get_mut(host) {
                 entry.record.generation = *generation;
             }
@@ -520,9 +530,59 @@ impl Coordinator {
             if let Some(Session { desired: tx, .. }) =
                 model.hosts.get(host).and_then(|h| h.session.as_ref())
             {
-                tx.send_replace(desired);
+                pushes.push((tx.clone(), desired));
             }
         }
+        Ok(self.committer.submit(batch, model.epoch, pushes))
+    }
+
+    /// The model, locked; reloaded from the store first if a write failed since it was made
+    /// (it may hold changes that never reached the disk).
+    pub(crate) async fn lock_model(&self) -> MutexGuard<'_, Model> {
+        let mut model = self.model.lock().await;
+        let epoch = self.committer.epoch();
+        if model.epoch != epoch {
+            match self.reload(&mut model).await {
+                Ok(()) => model.epoch = epoch,
+                Err(e) => {
+                    tracing::error!(error = %e, "the model could not be reloaded from the store; writes are refused until it is");
+                }
+            }
+        }
+        model
+    }
+
+    /// Puts the model's servers and host generations back to what the store holds, and hands
+    /// every connected agent its desired state again.
+    async fn reload(&self, model: &mut Model) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let stored = self.store.servers().await?;
+        let keep: std::collections::BTreeSet<ServerId> = stored.iter().map(|s| s.uuid).collect();
+        let gone: Vec<ServerId> = model
+            .servers
+            .keys()
+            .filter(|id| !keep.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            model.remove_server(id);
+        }
+        for s in stored {
+            model.put_server(s, now);
+        }
+        for h in self.store.hosts().await? {
+            if let Some(e) = model.hosts.get_mut(&h.id) {
+                e.record.generation = h.generation;
+            }
+        }
+        let ids: Vec<HostId> = model.hosts.keys().cloned().collect();
+        for id in ids {
+            let desired = Arc::new(model.desired_state(&id));
+            if let Some(session) = model.hosts.get(&id).and_then(|h| h.session.as_ref()) {
+                session.desired.send_replace(desired);
+            }
+        }
+        tracing::warn!("the model was reloaded from the store after a failed write");
         Ok(())
     }
 

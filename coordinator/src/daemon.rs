@@ -80,9 +80,7 @@ impl Bound {
         let admin = bind(cfg.admin_addr).await?;
         let api_addr = local(&api, cfg.api_addr);
         let link_addr = local(&link, cfg.link_addr);
-        let _ = coordinator
-            .link_addr
-            .set(crate::cli::client_addr(link_addr));
+        let _ = coordinator.link_addr.set(client_addr(link_addr));
         let admin_addr = local(&admin, cfg.admin_addr);
         let management = match cfg.operator.management_addr {
             Some(addr) => {
@@ -277,5 +275,14 @@ pub(crate) async fn reload_on_sighup(
                 tracing::error!(error = %e, "certificate reload failed; keeping the certificates in use");
             }
         }
+    }
+}
+
+/// Where a client should connect for a listener bound to `addr`.
+pub fn client_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
     }
 }

@@ -1,9 +1,8 @@
 //! `backfill-coordinator dev`: a coordinator, one local agent (a child process running the agent
 //! library's entry point) and a throwaway CA, on loopback, in one command.
 
-use crate::cli::client_addr;
 use crate::config::CoordinatorConfig;
-use crate::daemon::{Bound, DaemonError};
+use crate::daemon::{Bound, DaemonError, client_addr};
 use backfill_agent::config::{AgentConfig, CgroupMode, MetadataSettings};
 use backfill_shared::HostId;
 use backfill_shared::daemon::wait_for_signal;
@@ -119,20 +118,6 @@ fn ensure_pki(l: &Layout, api: SocketAddr) -> Result<(), DevError> {
     Ok(())
 }
 
-/// The agent's idle workload: this binary's hidden `agent idle`, when the workload user can
-/// execute it; otherwise `sleep infinity`.
-pub(crate) fn idle_command(run_as: &str) -> Vec<String> {
-    let fallback = vec!["sleep".to_string(), "infinity".into()];
-    let Ok(exe) = std::env::current_exe() else {
-        return fallback;
-    };
-    if backfill_agent::driver::others_can_execute(&exe) || run_as == "root" {
-        vec![exe.display().to_string(), "agent".into(), "idle".into()]
-    } else {
-        fallback
-    }
-}
-
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
     std::fs::create_dir_all(&args.data_dir).map_err(io(&args.data_dir))?;
     let dir = std::fs::canonicalize(&args.data_dir).map_err(io(&args.data_dir))?;
@@ -152,7 +137,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         accounts: Vec::new(),
         billing: Default::default(),
         tls: l.files("coordinator"),
-        scheduler: Default::default(),
+        scheduler: dev_scheduler(),
         classes: dev_classes(),
         operator: crate::operator::OperatorConfig {
             management_token: Some(token.clone()),
@@ -198,7 +183,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             CgroupMode::None
         },
         run_as: run_as.clone(),
-        default_command: idle_command(&run_as),
+        default_command: crate::local_provisioner::idle_command(&run_as),
         exec_driver: true,
         stop_workloads_on_exit: true,
         inventory_file: None,
@@ -270,6 +255,20 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
 /// Dev-only spot timers, short enough to watch a termination notice arrive and expire: a minute
 /// of notice, no minimum uptime. Packaged defaults are 15 and 30 minutes.
 pub const DEV_SPOT_NOTICE_S: i64 = 60;
+
+/// Dev-only grow-back hysteresis: a downsized server may grow back 10 s after its last change
+/// (packaged: 60 s), so the tour watches it without waiting a minute.
+pub const DEV_GROW_AFTER_S: i64 = 10;
+
+fn dev_scheduler() -> crate::schedule::SchedulerConfig {
+    crate::schedule::SchedulerConfig {
+        grow: crate::scheduler::GrowPolicy {
+            min_interval_s: DEV_GROW_AFTER_S,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
 
 fn dev_classes() -> crate::scheduler::Classes {
     let mut c = crate::scheduler::Classes::default();
@@ -433,7 +432,7 @@ fn announce(
         env_path.display()
     );
     println!(
-        "dev only: flavors dev-preemptible (spot) and dev-small (normal), 1000 MHz and 256 MiB; spot notice {DEV_SPOT_NOTICE_S} s, no minimum uptime (packaged: 900 s and 1800 s)"
+        "dev only: flavors dev-preemptible (spot) and dev-small (normal), 1000 MHz and 256 MiB; spot notice {DEV_SPOT_NOTICE_S} s, no minimum uptime, downsized servers grow back after {DEV_GROW_AFTER_S} s (packaged: 900 s, 1800 s and 60 s)"
     );
     println!(
         "dev only: every driver is open to every account ([drivers] exec = \"everyone\"); Ctrl-C stops dev's servers and says so on each"

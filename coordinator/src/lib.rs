@@ -8,6 +8,9 @@ pub mod auto_mode;
 pub mod autoscale;
 pub mod billing;
 pub mod cli;
+pub mod committer;
+#[cfg(test)]
+mod committer_tests;
 pub mod config;
 pub mod coordinator;
 pub mod daemon;
@@ -28,6 +31,7 @@ pub mod pools;
 pub mod provision;
 pub mod schedule;
 pub mod scheduler;
+pub mod server_index;
 pub mod simulate;
 pub mod store;
 pub mod tls_accept;

@@ -25,7 +25,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?.clone();
         match current.status {
             ServerStatus::Stopped | ServerStatus::Stopping => return Ok(current),
@@ -40,7 +40,9 @@ impl Coordinator {
         next.shutdown_until = Some(self.clock.now() + self.settings.shutdown_grace_s);
         let hosts: Vec<HostId> = next.host.iter().cloned().collect();
         tracing::info!(server = %id, until = next.shutdown_until, "graceful shutdown");
-        self.commit(&mut model, vec![next.clone()], &hosts).await?;
+        let durable = self.commit(&mut model, vec![next.clone()], &hosts).await?;
+        drop(model);
+        durable.wait().await?;
         Ok(next)
     }
 
@@ -52,7 +54,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?.clone();
         let Some(host) = current.host.clone().filter(|_| {
             current.status == ServerStatus::Running && current.shutdown_until.is_none()
@@ -68,7 +70,9 @@ impl Coordinator {
         next.status = ServerStatus::Starting;
         next.active_since = None;
         tracing::info!(server = %id, host = %host, "restart");
-        self.commit(&mut model, vec![next.clone()], &[host]).await?;
+        let durable = self.commit(&mut model, vec![next.clone()], &[host]).await?;
+        drop(model);
+        durable.wait().await?;
         Ok(next)
     }
 
@@ -77,6 +81,7 @@ impl Coordinator {
         &self,
         model: &mut MutexGuard<'_, Model>,
         now: i64,
+        writes: &mut Vec<crate::committer::Durable>,
     ) -> Result<(), OpError> {
         let expired: Vec<ServerRecord> = model
             .servers
@@ -91,7 +96,7 @@ impl Coordinator {
                 s.status = ServerStatus::Running;
             }
             let hosts: Vec<HostId> = s.host.iter().cloned().collect();
-            self.commit(model, vec![s], &hosts).await?;
+            writes.push(self.commit(model, vec![s], &hosts).await?);
         }
         Ok(())
     }
@@ -103,7 +108,7 @@ impl Coordinator {
     /// are down, and the store agrees with what runs. Returns how many were stopped.
     /// `host` and the hosts of pool `pool` (dev mode's own agents).
     pub async fn hosts_in_pool_or(&self, host: &HostId, pool: &str) -> Vec<HostId> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         model
             .hosts
             .iter()
@@ -113,7 +118,7 @@ impl Coordinator {
     }
 
     pub async fn stop_for_exit(&self, hosts: &[HostId], reason: &str) -> Result<usize, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let stopped: Vec<ServerRecord> = model
             .servers
             .values()
@@ -135,7 +140,9 @@ impl Coordinator {
         let count = stopped.len();
         if count > 0 {
             tracing::info!(servers = count, %reason, "servers stopped");
-            self.commit(&mut model, stopped, hosts).await?;
+            let durable = self.commit(&mut model, stopped, hosts).await?;
+            drop(model);
+            durable.wait().await?;
         }
         Ok(count)
     }

@@ -107,7 +107,7 @@ fn launch(dir: &Path, pki: &Path, link: SocketAddr, host: &str) -> Result<(), Lo
         } else {
             CgroupMode::None
         },
-        default_command: crate::dev::idle_command(&run_as),
+        default_command: idle_command(&run_as),
         exec_driver: true,
         run_as,
         stop_workloads_on_exit: true,
@@ -231,4 +231,18 @@ fn delete(dir: &Path, host: &str) -> Result<(), LocalError> {
         }
     }
     Ok(())
+}
+
+/// The agent's idle workload: this binary's hidden `agent idle`, when the workload user can
+/// execute it; otherwise `sleep infinity`.
+pub(crate) fn idle_command(run_as: &str) -> Vec<String> {
+    let fallback = vec!["sleep".to_string(), "infinity".into()];
+    let Ok(exe) = std::env::current_exe() else {
+        return fallback;
+    };
+    if backfill_agent::driver::others_can_execute(&exe) || run_as == "root" {
+        vec![exe.display().to_string(), "agent".into(), "idle".into()]
+    } else {
+        fallback
+    }
 }

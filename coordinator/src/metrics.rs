@@ -68,6 +68,8 @@ pub struct Metrics {
     pub webhook_attempts: Family<Kind, Counter>,
     pub plan_seconds: Histogram,
     pub commit_seconds: Histogram,
+    /// Changes per group commit (one transaction, one fsync).
+    pub commit_batches: Histogram,
     hosts: Family<State_, Gauge>,
     servers: Family<ClassStatus, Gauge>,
     queue_length: Gauge,
@@ -92,6 +94,7 @@ impl Default for Metrics {
             // 10 µs to ~20 s.
             plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 3.0, 12)),
+            commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             hosts: Family::default(),
             servers: Family::default(),
             queue_length: Gauge::default(),
@@ -155,6 +158,11 @@ impl Default for Metrics {
             "Time to commit a change to the store",
             m.commit_seconds.clone(),
         );
+        registry.register(
+            "store_commit_batch_size",
+            "Changes written by one group commit (one transaction)",
+            m.commit_batches.clone(),
+        );
         registry.register("hosts", "Hosts by worker state", m.hosts.clone());
         registry.register("servers", "Servers by class and status", m.servers.clone());
         registry.register(
@@ -183,7 +191,7 @@ impl Coordinator {
     pub async fn metrics_text(&self) -> String {
         let now = self.clock.now();
         {
-            let model = self.model.lock().await;
+            let model = self.lock_model().await;
             let m = &self.metrics;
             m.hosts.clear();
             m.servers.clear();

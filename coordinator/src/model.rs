@@ -10,7 +10,6 @@ use backfill_shared::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct HostEntry {
@@ -65,7 +64,7 @@ impl HostEntry {
 #[derive(Debug)]
 pub struct Session {
     pub conn: u64,
-    pub desired: watch::Sender<Arc<DesiredState>>,
+    pub desired: crate::committer::DesiredTx,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +89,10 @@ pub struct Model {
     pub history: crate::history::History,
     /// Stopped VMs by the host they last ran on: their disks stay there.
     pub kept: BTreeMap<HostId, std::collections::BTreeSet<ServerId>>,
+    /// Servers in creation order, for lists that cost what their page holds.
+    index: crate::server_index::ServerIndex,
+    /// The committer's epoch this model was made at (see `crate::committer`).
+    pub epoch: u64,
 }
 
 /// Whether a server's host keeps something of it while it is stopped (a VM's disk overlay).
@@ -102,10 +105,7 @@ fn keeps_disk(s: &ServerRecord) -> bool {
 
 /// A server holds resources on its host in these states.
 pub fn holds_resources(s: ServerStatus) -> bool {
-    matches!(
-        s,
-        ServerStatus::Starting | ServerStatus::Running | ServerStatus::Stopping
-    )
+    s.holds_resources()
 }
 
 /// A server is in its host's desired state in these states.
@@ -194,9 +194,18 @@ impl Model {
         }
     }
 
+    /// Servers in creation order and each account's holdings, kept as servers change.
+    pub fn index(&self) -> &crate::server_index::ServerIndex {
+        &self.index
+    }
+
     /// Stores a server record in the model and mirrors it into the scheduler's view.
     pub fn put_server(&mut self, s: ServerRecord, now: i64) {
         let id = s.uuid;
+        if let Some(old) = self.servers.get(&id) {
+            self.index.remove(old);
+        }
+        self.index.add(&s);
         self.cluster.add_server(spec_of(&s));
         let want = placed_of(&s, now);
         let have = self.cluster.placed(id).cloned();
@@ -273,6 +282,9 @@ impl Model {
     }
 
     pub fn remove_server(&mut self, id: ServerId) {
+        if let Some(old) = self.servers.get(&id) {
+            self.index.remove(old);
+        }
         self.unkeep(id);
         let _ = self.cluster.remove_server(id);
         self.in_force.remove(&id);

@@ -193,7 +193,7 @@ impl Coordinator {
 
     /// Every host, sorted by id, with hosts being launched (not registered yet) among them.
     pub async fn hosts(&self) -> Vec<HostView> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let mut out: Vec<HostView> = model
             .hosts
             .keys()
@@ -238,7 +238,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let Some(entry) = model.hosts.get(&host) else {
             return Err(AdminError::UnknownHost(id.to_owned()));
@@ -287,7 +287,11 @@ impl Coordinator {
             .collect();
         let n = stops.len();
         if n > 0 {
+            // An operator's action on a whole host: rare, answered once durable; the lock is
+            // held until then so the host's next action sees this one.
             self.commit(model, stops, std::slice::from_ref(host))
+                .await?
+                .wait()
                 .await?;
         }
         Ok(n)
@@ -301,7 +305,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<usize, AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "vacate", reason);
         self.store.record_action(&a).await?;
@@ -321,7 +325,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "kill", reason);
         self.store.record_action(&a).await?;
@@ -359,7 +363,7 @@ impl Coordinator {
         deprovision: bool,
     ) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         if self.forget_launch(&mut model, id, actor, reason).await? {
             return Ok(());
         }
@@ -401,7 +405,7 @@ impl Coordinator {
         reason: Option<&str>,
     ) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let s = model
             .servers
             .get(&id)
@@ -431,14 +435,16 @@ impl Coordinator {
             n
         };
         tracing::warn!(server = %id, host = %host, %actor, reason = reason.unwrap_or(""), status = next.status.as_str(), "admin action: kill server");
-        self.commit(&mut model, vec![next], &[host]).await?;
+        let durable = self.commit(&mut model, vec![next], &[host]).await?;
+        drop(model);
+        durable.wait().await?;
         Ok(())
     }
 
     /// The drain rule, run from the tick: a draining host with nothing on it shuts down (and
     /// its pool's provisioner deletes it).
     pub(crate) async fn finish_drains(&self, now: i64) {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let done: Vec<HostId> = model
             .hosts
             .iter()
@@ -473,7 +479,7 @@ pub struct QueueEntry {
 impl Coordinator {
     /// Servers waiting for or holding a host, in the scheduler's order: priority, then age.
     pub async fn queue(&self) -> Vec<QueueEntry> {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let mut list: Vec<ServerRecord> = model
             .servers
             .values()
@@ -494,13 +500,13 @@ impl Coordinator {
     }
 
     pub async fn auto_mode(&self) -> bool {
-        self.model.lock().await.auto_mode
+        self.lock_model().await.auto_mode
     }
 
     /// Turns auto mode on or off (stored, so it survives a restart).
     pub async fn set_auto_mode(&self, actor: &str, on: bool) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let what = if on { "auto on" } else { "auto off" };
         let a = action(now, actor, "coordinator", "auto_mode", what, None);
         let value = if on { "on" } else { "off" };
@@ -518,7 +524,7 @@ impl Coordinator {
         Vec<crate::history::Sample>,
         Vec<crate::history::PreemptionEvent>,
     ) {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         (
             model.history.samples().copied().collect(),
             model.history.events().cloned().collect(),
@@ -527,7 +533,7 @@ impl Coordinator {
 
     /// Hosts with a connected agent.
     pub async fn connected_hosts(&self) -> usize {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         model.hosts.values().filter(|h| h.session.is_some()).count()
     }
 }

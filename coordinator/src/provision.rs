@@ -228,7 +228,7 @@ impl Coordinator {
 
     pub async fn pools_view(&self) -> Vec<PoolView> {
         let hosts = self.hosts().await;
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let failures = self
             .provision_log
             .lock()
@@ -283,7 +283,7 @@ impl Coordinator {
                 "pool {pool} has no provisioner; its hosts join by starting their agents"
             )));
         };
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let (_, max) = Self::limits(&model, p);
         let current = Self::pool_current(&model, pool);
         if n == 0 || current.saturating_add(n) > max {
@@ -327,7 +327,7 @@ impl Coordinator {
             .pools
             .get(pool)
             .ok_or_else(|| AdminError::UnknownPool(pool.to_owned()))?;
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = Self::pool_current(&model, pool);
         let limits = match what {
             "freeze" => Some((current, current)),

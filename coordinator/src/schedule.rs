@@ -4,6 +4,7 @@
 //! construction; the commit (servers and host generations in one transaction) comes before
 //! the model changes and before the agents hear of it.
 
+use crate::committer::Durable;
 use crate::coordinator::{Coordinator, OpError, Scope, visible};
 use crate::history::PreemptionEvent;
 use crate::model::{Model, is_queued};
@@ -151,7 +152,7 @@ impl Coordinator {
 
     /// Plans a start for a server without committing it (the applier below decides).
     pub async fn plan_start(&self, id: ServerId) -> Planned {
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         self.make_plan(&model, id, self.clock.now())
     }
 
@@ -165,9 +166,12 @@ impl Coordinator {
         id: ServerId,
         planned: Planned,
     ) -> Result<Outcome, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let server = visible(&model, owner, scope, id)?.clone();
-        self.apply_checked(&mut model, server, planned).await
+        let (outcome, durable) = self.apply_checked(&mut model, server, planned).await?;
+        drop(model);
+        durable.wait().await?;
+        Ok(outcome)
     }
 
     async fn apply_checked(
@@ -175,24 +179,22 @@ impl Coordinator {
         model: &mut MutexGuard<'_, Model>,
         server: ServerRecord,
         planned: Planned,
-    ) -> Result<Outcome, OpError> {
+    ) -> Result<(Outcome, Durable), OpError> {
         let fresh = planned
             .fence
             .as_ref()
             .is_none_or(|(host, g)| model.generation(host) == *g);
         if fresh {
-            return Ok(Outcome::Applied(
-                self.apply_plan(model, server, planned.plan).await?,
-            ));
+            let (s, durable) = self.apply_plan(model, server, planned.plan).await?;
+            return Ok((Outcome::Applied(s), durable));
         }
         tracing::info!(server = %server.uuid, "stale plan: the host changed; re-planning");
         let again = self.make_plan(model, server.uuid, self.clock.now());
         if let Plan::Never { reason } = &again.plan {
             return Err(OpError::NeverFits(reason.clone()));
         }
-        Ok(Outcome::Replanned(
-            self.apply_plan(model, server, again.plan).await?,
-        ))
+        let (s, durable) = self.apply_plan(model, server, again.plan).await?;
+        Ok((Outcome::Replanned(s), durable))
     }
 
     /// `start`: the scheduler places the server (downsizing backfill for a normal server if
@@ -204,7 +206,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?.clone();
         if is_queued(&current) {
             return Ok(current); // already waiting: starting again changes nothing
@@ -230,10 +232,10 @@ impl Coordinator {
                 fence: None,
             };
         }
-        Ok(self
-            .apply_checked(&mut model, current, planned)
-            .await?
-            .server())
+        let (outcome, durable) = self.apply_checked(&mut model, current, planned).await?;
+        drop(model);
+        durable.wait().await?;
+        Ok(outcome.server())
     }
 
     /// Commits a plan for `server` (stopped or queued). Returns the server as committed.
@@ -242,7 +244,7 @@ impl Coordinator {
         model: &mut MutexGuard<'_, Model>,
         mut server: ServerRecord,
         plan: Plan,
-    ) -> Result<ServerRecord, OpError> {
+    ) -> Result<(ServerRecord, Durable), OpError> {
         let mut changed: Vec<ServerRecord> = Vec::new();
         let squeeze = |changed: &mut Vec<ServerRecord>, downsize: &[(ServerId, PerfFactor)]| {
             for (victim, pf) in downsize {
@@ -313,7 +315,7 @@ impl Coordinator {
             }
         };
         changed.push(server.clone());
-        self.commit(model, changed, &hosts).await?;
+        let durable = self.commit(model, changed, &hosts).await?;
         record_preemptions(model, &plan, self.clock.now());
         if let (Plan::Place { host, .. }, Some(entry)) = (&plan, server.host.as_ref()) {
             if let Some(h) = model.hosts.get_mut(entry) {
@@ -322,7 +324,7 @@ impl Coordinator {
             debug_assert_eq!(host, entry);
         }
         self.count(&plan);
-        Ok(server)
+        Ok((server, durable))
     }
 
     /// `stop`: hard stop. The server leaves its host's desired state; it is `stopped` once the
@@ -334,7 +336,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = visible(&model, owner, scope, id)?.clone();
         let graceful = current.shutdown_until.is_some();
         if current.status == ServerStatus::Stopped
@@ -346,7 +348,9 @@ impl Coordinator {
         let mut next = self.stopping(&model, current);
         next.shutdown_until = None;
         let hosts: Vec<HostId> = next.host.iter().cloned().collect();
-        self.commit(&mut model, vec![next.clone()], &hosts).await?;
+        let durable = self.commit(&mut model, vec![next.clone()], &hosts).await?;
+        drop(model);
+        durable.wait().await?;
         Ok(next)
     }
 
@@ -375,7 +379,17 @@ impl Coordinator {
     /// The scheduler's periodic work at `now`: terminations that are due, queued servers by
     /// age, then growing downsized servers back.
     pub async fn tick(&self, now: i64) -> Result<(), OpError> {
-        let mut model = self.model.lock().await;
+        let mut writes = Vec::new();
+        let ticked = self.tick_in(now, &mut writes).await;
+        for w in writes {
+            w.wait().await?;
+        }
+        ticked
+    }
+
+    /// The tick's work; its writes are waited on by `tick` once the model's lock is released.
+    async fn tick_in(&self, now: i64, writes: &mut Vec<Durable>) -> Result<(), OpError> {
+        let mut model = self.lock_model().await;
         // 1. Terminations that are due (the agent enforces them too).
         let due: Vec<ServerRecord> = model
             .servers
@@ -398,14 +412,14 @@ impl Coordinator {
             });
             let next = self.stopping(&model, s);
             let hosts: Vec<HostId> = next.host.iter().cloned().collect();
-            self.commit(&mut model, vec![next], &hosts).await?;
+            writes.push(self.commit(&mut model, vec![next], &hosts).await?);
         }
         // Graceful shutdowns the workload ignored: back to running.
-        self.expire_shutdowns(&mut model, now).await?;
+        self.expire_shutdowns(&mut model, now, writes).await?;
         // GPU bindings an operator asked for.
         drop(model);
         self.resolve_bindings().await?;
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         // 2. Queued servers by priority, then age; only plans that change something are
         //    committed.
         let mut queued: Vec<ServerRecord> = model
@@ -429,7 +443,7 @@ impl Coordinator {
                 }
             };
             if changes {
-                self.apply_checked(&mut model, s, planned).await?;
+                writes.push(self.apply_checked(&mut model, s, planned).await?.1);
             }
         }
         // 3. Growing back, host by host.
@@ -448,8 +462,10 @@ impl Coordinator {
                 })
                 .collect();
             tracing::info!(host = %host, servers = changed.len(), "growing back");
-            self.commit(&mut model, changed, std::slice::from_ref(&host))
-                .await?;
+            writes.push(
+                self.commit(&mut model, changed, std::slice::from_ref(&host))
+                    .await?,
+            );
         }
         // 4. A capacity sample for the dashboard.
         if model.history.due(now) {
@@ -460,7 +476,7 @@ impl Coordinator {
         drop(model);
         self.finish_drains(now).await;
         self.auto_round(now).await;
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         // 6. Usage of running servers, flushed to the store every `interval_s`.
         let stale = now - self.billing.interval_s;
         let flush: Vec<ServerRecord> = model
@@ -474,7 +490,7 @@ impl Coordinator {
             })
             .collect();
         if !flush.is_empty() {
-            self.commit(&mut model, flush, &[]).await?;
+            writes.push(self.commit(&mut model, flush, &[]).await?);
         }
         Ok(())
     }

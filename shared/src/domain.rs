@@ -133,6 +133,14 @@ pub enum ServerStatus {
 }
 
 impl ServerStatus {
+    /// A server holds resources on its host in these states.
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            ServerStatus::Starting | ServerStatus::Running | ServerStatus::Stopping
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ServerStatus::Stopped => "stopped",

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod registry;
+pub mod tour;
 
 use backfill_shared::pki::{Ca, IssueRequest, Role};
 use backfill_shared::tls::TlsFiles;

@@ -77,7 +77,7 @@ impl Coordinator {
 
     /// Deletes the named (or uuid'd) profiles, all or none; a profile in use is refused.
     pub async fn delete_profiles(&self, keys: &[String]) -> Result<(), AccelError> {
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let all = self.store.profiles().await?;
         let mut chosen = Vec::new();
         for k in keys {
@@ -104,7 +104,7 @@ impl Coordinator {
         profile_name: &str,
         server: Option<&str>,
     ) -> Result<Vec<Arq>, AccelError> {
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let arqs = self.new_arqs(owner, profile_name, server).await?;
         self.store.put_arqs(&arqs, &[]).await?;
         Ok(arqs)
@@ -197,7 +197,7 @@ impl Coordinator {
         patches: &BTreeMap<String, BindPatch>,
     ) -> Result<(), AccelError> {
         let now = self.clock.now();
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let all = self.store.arqs().await?;
         let mut changed = Vec::new();
         for (uuid, patch) in patches {
@@ -252,7 +252,7 @@ impl Coordinator {
     /// healthy GPU, not already bound elsewhere; `BindFailed` otherwise.
     pub(crate) async fn resolve_bindings(&self) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let model = self.model.lock().await;
+        let model = self.lock_model().await;
         let all = self.store.arqs().await?;
         let mut changed = Vec::new();
         for a in all.iter().filter(|a| a.state == ArqState::BindStarted) {
@@ -298,7 +298,7 @@ impl Coordinator {
         owner: Option<&str>,
         uuids: &[String],
     ) -> Result<(), AccelError> {
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let all = self.store.arqs().await?;
         for u in uuids {
             let a = all
@@ -320,7 +320,7 @@ impl Coordinator {
 
     /// Deletes every ARQ bound to `instance` (idempotent).
     pub async fn delete_arqs_of_instance(&self, instance: &str) -> Result<(), AccelError> {
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let uuids: Vec<String> = self
             .store
             .arqs()
@@ -348,13 +348,14 @@ impl Coordinator {
         }
     }
 
-    /// Brings the ARQs of servers with GPUs in line with them: bound to their devices while
-    /// placed, unbound otherwise. Called with every commit (under the model's lock).
-    pub(crate) async fn sync_server_arqs(
+    /// The ARQ changes that bring those of servers with GPUs in line with them: bound to their
+    /// devices while placed, unbound otherwise. Made with every commit that changes a server
+    /// with GPUs (under the model's lock) and written in the same transaction.
+    pub(crate) async fn arq_changes(
         &self,
         model: &Model,
         servers: &[ServerRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Arq>, StoreError> {
         let now = self.clock.now();
         let mut changed = Vec::new();
         for s in servers.iter().filter(|s| s.gpu_request.is_some()) {
@@ -398,10 +399,7 @@ impl Coordinator {
                 }
             }
         }
-        if !changed.is_empty() {
-            self.store.put_arqs(&[], &changed).await?;
-        }
-        Ok(())
+        Ok(changed)
     }
 }
 

@@ -2,17 +2,30 @@
 //! with its style and script inline (no CDN, no other request than its data), fed by
 //! `/dashboard/data.json`. Both need an operator: an admin certificate, or the management token
 //! (a browser passes it as `?api_token=`, which the page hands on to its data requests).
+//!
+//! The page has three views, chosen by its URL's fragment: the fleet (`#`), one host
+//! (`#host/ID`: its servers, the limits in force, its recent preemptions) and one server
+//! (`#server/UUID`: its state changes, its perf_factor over time, its termination, its usage).
+//! They are drawn from what the coordinator already keeps: hosts, servers, the capacity
+//! samples and preemption timeline of `history`, and usage; nothing is recorded for the page.
 
 use super::AppState;
 use super::operator_auth::{Refused, authorize};
 use crate::operator::{HostView, QueueEntry};
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The most servers the data lists: every one that holds or waits for a host, then the newest
+/// of the rest.
+const MAX_SERVERS: usize = 500;
+/// The period of the usage a server's view shows.
+const USAGE_PERIOD_S: i64 = 30 * 86_400;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -61,6 +74,11 @@ fn host_json(h: &HostView) -> Value {
         "worker_state": h.worker_state.as_str(),
         "idle_behavior": h.idle_behavior.as_str(),
         "pool": h.pool,
+        "address": h.address.map(|a| a.to_string()),
+        "instance_type": h.instance_type,
+        "state_since": h.state_since,
+        "gpus": h.gpus,
+        "vcpus": h.capacity.vcpus,
         "launching": h.launching,
         "error": h.error,
         "cpu_total": h.capacity.cpu_mhz,
@@ -88,7 +106,46 @@ fn queue_json(e: &QueueEntry, now: i64) -> Value {
     })
 }
 
-async fn data(State(state): State<AppState>, _: Operator) -> Response {
+/// A server as the dashboard shows it (times in Unix seconds, for the charts).
+fn server_json(s: &crate::store::ServerRecord) -> Value {
+    let rt = super::views::runtime(s);
+    json!({
+        "uuid": s.uuid.to_string(),
+        "name": s.name,
+        "owner": s.owner,
+        "class": s.class.as_str(),
+        "status": s.status.as_str(),
+        "host": s.host.as_ref().or(s.last_host.as_ref()).map(ToString::to_string),
+        "placed": s.host.is_some(),
+        "cpu": s.cpu,
+        "mem": s.mem,
+        "flavor": s.flavor,
+        "created_at": s.created_at,
+        "active_since": s.active_since,
+        "perf_factor": {"cpu": s.perf_factor.cpu, "mem": s.perf_factor.mem},
+        "cpu_cores": rt.as_ref().and_then(|r| r.cpu_cores),
+        "mem_limit": rt.as_ref().and_then(|r| r.mem_limit),
+        "termination": s.termination.map(|t| json!({
+            "scheduled_at": t.scheduled_at, "terminate_at": t.terminate_at,
+        })),
+        "stop_reason": s.stop_reason,
+        "queued_reason": s.queued_reason,
+    })
+}
+
+/// The perf_factor a `downsized` event's detail names (`perf_factor cpu 0.50, mem 1.00`).
+fn detail_perf_factor(detail: &str) -> Option<Value> {
+    let rest = detail.strip_prefix("perf_factor cpu ")?;
+    let (cpu, mem) = rest.split_once(", mem ")?;
+    let (cpu, mem): (f64, f64) = (cpu.trim().parse().ok()?, mem.trim().parse().ok()?);
+    Some(json!({"cpu": cpu, "mem": mem}))
+}
+
+async fn data(
+    State(state): State<AppState>,
+    _: Operator,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
     let c = &state.coordinator;
     let now = c.now();
     let hosts: Vec<Value> = c.hosts().await.iter().map(host_json).collect();
@@ -100,8 +157,28 @@ async fn data(State(state): State<AppState>, _: Operator) -> Response {
         .map(|e| queue_json(e, now))
         .collect();
     let (samples, events) = c.history().await;
-    let mut current = crate::history::take_sample(&*c.model.lock().await, now);
-    current.at = now;
+    let (current, servers) = {
+        let model = c.model.lock().await;
+        let mut current = crate::history::take_sample(&model, now);
+        current.at = now;
+        let mut list: Vec<&crate::store::ServerRecord> = model.servers.values().collect();
+        list.sort_by_key(|s| {
+            let active = crate::model::holds_resources(s.status) || crate::model::is_queued(s);
+            (!active, std::cmp::Reverse(s.created_at), s.uuid)
+        });
+        // The server a server's view asks for is there even when it is not among the newest.
+        let asked = params.get("server");
+        let shown = |i: usize, s: &crate::store::ServerRecord| {
+            i < MAX_SERVERS || asked.is_some_and(|a| *a == s.uuid.to_string())
+        };
+        let servers: Vec<Value> = list
+            .into_iter()
+            .enumerate()
+            .filter(|(i, s)| shown(*i, s))
+            .map(|(_, s)| server_json(&model.as_seen(s)))
+            .collect();
+        (current, servers)
+    };
     let share = |v: u64| {
         if current.cpu_total == 0 {
             0.0
@@ -109,10 +186,43 @@ async fn data(State(state): State<AppState>, _: Operator) -> Response {
             v as f64 / current.cpu_total as f64
         }
     };
+    // One server's usage, for its view: its account's report, this server's line.
+    let usage = match params.get("server") {
+        Some(uuid) => {
+            let owner = servers
+                .iter()
+                .find(|s| s["uuid"] == uuid.as_str())
+                .and_then(|s| s["owner"].as_str().map(str::to_owned));
+            let filter = crate::store::UsageFilter {
+                account: owner,
+                start: now.saturating_sub(USAGE_PERIOD_S),
+                end: now,
+            };
+            match c.usage(&filter).await {
+                Ok(rows) => rows.iter().find(|r| r.server == *uuid).map(|r| {
+                    json!({
+                        "seconds": r.seconds,
+                        "cpu_mhz_seconds": r.cpu_mhz_seconds,
+                        "mem_byte_seconds": r.mem_byte_seconds,
+                        "amount": crate::billing::format_money(r.amount_micro),
+                        "currency": c.billing.currency,
+                        "period_s": USAGE_PERIOD_S,
+                    })
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dashboard: cannot read usage");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let body = json!({
         "now": now,
         "auto_mode": c.auto_mode().await,
+        "sample_every_s": crate::history::SAMPLE_EVERY_S,
         "hosts": hosts,
+        "servers": servers,
         "capacity": samples,
         "current": current,
         "share": {
@@ -128,7 +238,27 @@ async fn data(State(state): State<AppState>, _: Operator) -> Response {
             "server": e.server.to_string(),
             "host": e.host.as_ref().map(ToString::to_string),
             "detail": e.detail,
+            "perf_factor": detail_perf_factor(&e.detail),
         })).collect::<Vec<_>>(),
+        "usage": usage,
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_downsized_events_detail_gives_its_perf_factor() {
+        assert_eq!(
+            detail_perf_factor("perf_factor cpu 0.50, mem 1.00"),
+            Some(json!({"cpu": 0.5, "mem": 1.0}))
+        );
+        assert_eq!(
+            detail_perf_factor("terminates at 2026-11-30T00:00:00Z"),
+            None
+        );
+        assert_eq!(detail_perf_factor("perf_factor cpu x, mem 1"), None);
+    }
 }

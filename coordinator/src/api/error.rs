@@ -70,6 +70,14 @@ impl From<OpError> for ApiError {
                 point: None,
                 message,
             },
+            OpError::Store(crate::store::StoreError::Stale | crate::store::StoreError::Closed) => {
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error_type: "backend",
+                    point: None,
+                    message,
+                }
+            }
             OpError::Store(err) if err.is_fenced() => {
                 tracing::error!(error = %err, "commit fenced: another coordinator leads now");
                 ApiError {

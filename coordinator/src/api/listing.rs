@@ -3,7 +3,7 @@
 //! `order_by`.
 
 use super::ApiError;
-use crate::store::ServerRecord;
+use crate::server_index::{FilterKey, OrderKey, ServerQuery};
 use backfill_shared::clock::{UnixSeconds, parse_time};
 use std::collections::BTreeMap;
 
@@ -104,64 +104,62 @@ fn alternatives(v: &str) -> Vec<String> {
     out
 }
 
-/// The servers that match every filter in `params`, ordered as asked.
-pub fn filter_servers(
-    servers: Vec<ServerRecord>,
-    params: &BTreeMap<String, String>,
-) -> Result<Vec<ServerRecord>, ApiError> {
+/// A server list's query from its GET parameters: filters, order and page, validated.
+pub fn server_query(params: &BTreeMap<String, String>) -> Result<ServerQuery, ApiError> {
+    let (limit, offset) = page(params)?;
     let mut filters = Vec::new();
     for (k, v) in params {
         if CONTROL.contains(&k.as_str()) {
             continue;
         }
-        if !SERVER_FILTERS.contains(&k.as_str()) {
-            return Err(ApiError::validation(
-                k.clone(),
-                format!(
-                    "unknown filter {k:?}; servers filter by {}",
-                    SERVER_FILTERS.join(", ")
-                ),
-            ));
-        }
-        filters.push((k.as_str(), alternatives(v)));
-    }
-    let matches = |s: &ServerRecord| {
-        filters.iter().all(|(k, alts)| {
-            alts.iter().any(|a| match *k {
-                "name" => s.name == *a,
-                "name__contains" => s.name.contains(a.as_str()),
-                "tag" => s.tags.iter().any(|t| t == a),
-                "uuid" => s.uuid.to_string() == *a,
-                "status" => s.status.as_str() == a,
-                _ => false,
-            })
-        })
-    };
-    let mut out: Vec<ServerRecord> = servers.into_iter().filter(|s| matches(s)).collect();
-    if let Some(order) = params.get("order_by") {
-        let (desc, key) = match order.strip_prefix('-') {
-            Some(k) => (true, k),
-            None => (false, order.as_str()),
-        };
-        match key {
-            "name" => out.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid))),
-            "uuid" => out.sort_by_key(|s| s.uuid),
-            "created" => out.sort_by_key(|s| (s.created_at, s.uuid)),
+        let key = match k.as_str() {
+            "name" => FilterKey::Name,
+            "name__contains" => FilterKey::NameContains,
+            "tag" => FilterKey::Tag,
+            "uuid" => FilterKey::Uuid,
+            "status" => FilterKey::Status,
             _ => {
                 return Err(ApiError::validation(
-                    "order_by",
+                    k.clone(),
                     format!(
-                        "order_by takes {} (prefix - to reverse)",
-                        SERVER_ORDERING.join(", ")
+                        "unknown filter {k:?}; servers filter by {}",
+                        SERVER_FILTERS.join(", ")
                     ),
                 ));
             }
-        }
-        if desc {
-            out.reverse();
-        }
+        };
+        filters.push((key, alternatives(v)));
     }
-    Ok(out)
+    let order = match params.get("order_by") {
+        None => None,
+        Some(order) => {
+            let (desc, key) = match order.strip_prefix('-') {
+                Some(k) => (true, k),
+                None => (false, order.as_str()),
+            };
+            let key = match key {
+                "name" => OrderKey::Name,
+                "uuid" => OrderKey::Uuid,
+                "created" => OrderKey::Created,
+                _ => {
+                    return Err(ApiError::validation(
+                        "order_by",
+                        format!(
+                            "order_by takes {} (prefix - to reverse)",
+                            SERVER_ORDERING.join(", ")
+                        ),
+                    ));
+                }
+            };
+            Some((key, desc))
+        }
+    };
+    Ok(ServerQuery {
+        filters,
+        order,
+        limit,
+        offset,
+    })
 }
 
 #[cfg(test)]

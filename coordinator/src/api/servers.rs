@@ -3,8 +3,7 @@
 //! account needs the backfill permission.
 
 use super::json_body::JsonBody;
-use super::listing::filter_servers;
-use super::listing::page;
+use super::listing::server_query;
 use super::params::Params;
 use super::server_json;
 use super::tenant::{Caller, Tenant};
@@ -125,22 +124,21 @@ async fn listing(
     Params(params): Params,
     full: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let servers = match &caller {
+    let query = server_query(&params)?;
+    let (total, page) = match &caller {
         Caller::Tenant(account) => {
             let account = c.admit(account.clone())?;
-            state.coordinator.list_servers(&account, c.scope).await
+            state
+                .coordinator
+                .page_servers(Some(&account), c.scope, &query)
+                .await
         }
-        Caller::Admin => state.coordinator.list_all_servers(c.scope).await,
+        Caller::Admin => state.coordinator.page_servers(None, c.scope, &query).await,
     };
     let owners = owners(&state, &caller).await?;
-    let (limit, offset) = page(&params)?;
-    let all = filter_servers(servers, &params)?;
-    let total = all.len();
-    let take = if limit == 0 { usize::MAX } else { limit };
-    let objects: Vec<_> = all
+    let (limit, offset) = (query.limit, query.offset);
+    let objects: Vec<_> = page
         .iter()
-        .skip(offset)
-        .take(take)
         .map(|s| {
             let account = owner_of(&owners, s)?;
             Ok(if full {

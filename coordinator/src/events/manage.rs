@@ -38,7 +38,7 @@ impl Coordinator {
         if description.chars().count() > 255 {
             return Err(invalid("description", "at most 255 characters"));
         }
-        let _serial = self.model.lock().await;
+        let _serial = self.lock_model().await;
         let have = self.store.webhooks_of(&owner.name).await?.len();
         if have >= usize::try_from(self.webhooks.max_per_account).unwrap_or(usize::MAX) {
             return Err(invalid(

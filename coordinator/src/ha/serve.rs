@@ -138,7 +138,10 @@ impl Ha {
 
 /// What this coordinator claims the lease with.
 fn claim(cfg: &HaConfig, api: SocketAddr, link: SocketAddr) -> Claim {
-    let (api, link) = (crate::cli::client_addr(api), crate::cli::client_addr(link));
+    let (api, link) = (
+        crate::daemon::client_addr(api),
+        crate::daemon::client_addr(link),
+    );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "coordinator".into());
@@ -280,7 +283,7 @@ async fn terms(
                         // One set of metrics across terms: counters keep counting.
                         c.metrics = ha.metrics.clone();
                         let c = Arc::new(c);
-                        let _ = c.link_addr.set(crate::cli::client_addr(link_addr));
+                        let _ = c.link_addr.set(crate::daemon::client_addr(link_addr));
                         let token = shutdown.child_token();
                         ha.begin(epoch, Views::new(c.clone()), token.clone());
                         tokio::spawn(crate::daemon::tick(

@@ -28,7 +28,7 @@ impl Coordinator {
     ) -> Result<(u64, watch::Receiver<Arc<DesiredState>>), OpError> {
         let now = self.clock.now();
         let conn = self.new_conn_id();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let host = hello.host_id.clone();
         let record = match model.hosts.get(&host) {
             Some(h) => HostRecord {
@@ -68,7 +68,10 @@ impl Coordinator {
         entry.address = address;
         let (tx, rx) = Coordinator::desired_channel(&model, &host);
         if let Some(h) = model.hosts.get_mut(&host) {
-            h.session = Some(Session { conn, desired: tx });
+            h.session = Some(Session {
+                conn,
+                desired: Arc::new(tx),
+            });
         }
         model.sync_host(&host);
         tracing::info!(
@@ -86,14 +89,30 @@ impl Coordinator {
     /// Reconciles the servers placed on `host` with what its agent sees. An observation counts
     /// only for the run (incarnation) the server is on now: a late report about an earlier run
     /// cannot stop a server that was started again.
+    /// Answers once what it changed is durable (the model's lock is released before that).
     pub(crate) async fn apply_report(
         &self,
         host: &HostId,
         conn: u64,
         report: Report,
     ) -> Result<(), OpError> {
+        let mut writes = Vec::new();
+        let applied = self.apply_report_in(host, conn, report, &mut writes).await;
+        for w in writes {
+            w.wait().await?;
+        }
+        applied
+    }
+
+    async fn apply_report_in(
+        &self,
+        host: &HostId,
+        conn: u64,
+        report: Report,
+        writes: &mut Vec<crate::committer::Durable>,
+    ) -> Result<(), OpError> {
         let now = self.clock.now();
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let Some(entry) = model.hosts.get(host) else {
             return Ok(());
         };
@@ -171,7 +190,7 @@ impl Coordinator {
             Vec::new()
         };
         if !changed.is_empty() || !hosts.is_empty() {
-            self.commit(&mut model, changed, &hosts).await?;
+            writes.push(self.commit(&mut model, changed, &hosts).await?);
         }
         // What the agent has in force, for the servers' current runs.
         let in_force: Vec<_> = report
@@ -201,7 +220,7 @@ impl Coordinator {
             model.in_force.insert(*id, *pf);
         }
         if !flush.is_empty() {
-            self.commit(&mut model, flush, &[]).await?;
+            writes.push(self.commit(&mut model, flush, &[]).await?);
         }
         for (id, pf, network) in in_force {
             model.in_force.insert(id, pf);
@@ -293,7 +312,7 @@ impl Coordinator {
     /// given); servers placed there that the agent never confirmed go back to the queue, so
     /// they start elsewhere instead of waiting on a host that may not return.
     pub(crate) async fn agent_gone(&self, host: &HostId, conn: u64) {
-        let mut model = self.model.lock().await;
+        let mut model = self.lock_model().await;
         let current = model
             .hosts
             .get_mut(host)
@@ -326,7 +345,8 @@ impl Coordinator {
             .commit(&mut model, requeued, std::slice::from_ref(host))
             .await
         {
-            Ok(()) => {
+            Ok(durable) => {
+                durable.detach();
                 tracing::warn!(host = %host, servers = ?ids, "unconfirmed servers back in the queue")
             }
             Err(e) => {

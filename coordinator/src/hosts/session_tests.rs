@@ -453,6 +453,9 @@ async fn an_acknowledged_termination_ends_the_server_early_and_durably() {
         });
         f.c.commit(&mut model, vec![s], std::slice::from_ref(&h1))
             .await
+            .unwrap()
+            .wait()
+            .await
             .unwrap();
     }
     f.c.apply_report(&h1, conn, r.clone()).await.unwrap();

@@ -392,9 +392,18 @@ proptest! {
                     prop_assert_eq!(&plan(&c, id, &policy, now), &p);
                     apply(&mut c, id, &p, now).unwrap();
                     if matches!(p, Plan::Place { .. }) {
-                        // Re-planning a committed state plans nothing.
+                        // Re-planning a committed state plans nothing: the server is placed,
+                        // and the same plan applied again is refused, never a second place.
                         let again = plan(&c, id, &policy, now);
-                        prop_assert!(matches!(again, Plan::Never { .. }), "{:?}", again);
+                        prop_assert!(
+                            matches!(&again, Plan::Never { reason } if reason.contains("already placed")),
+                            "{:?}", again
+                        );
+                        let mut twice = c.clone();
+                        prop_assert_eq!(
+                            apply(&mut twice, id, &p, now),
+                            Err(ClusterError::AlreadyPlaced(id))
+                        );
                         ids.push(id);
                     }
                 }

@@ -81,6 +81,72 @@ macro_rules! backend {
             };
         }
 
+        /// ARQ inserts and changes inside a transaction another write owns.
+        pub(in crate::store) async fn put_arqs_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            new: &[Arq],
+            changed: &[Arq],
+        ) -> Result<(), StoreError> {
+            for a in new {
+                q(concat!(
+                    "INSERT INTO arqs (",
+                    arq_columns!(),
+                    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .bind(&a.uuid)
+                .bind(&a.owner)
+                .bind(a.state.as_str())
+                .bind(&a.device_profile_name)
+                .bind(i64::from(a.device_profile_group_id))
+                .bind(a.hostname.as_deref())
+                .bind(a.device_rp_uuid.as_deref())
+                .bind(a.instance_uuid.as_deref())
+                .bind(a.project_id.as_deref())
+                .bind(&a.attach_handle_type)
+                .bind(a.attach_handle_uuid.as_deref())
+                .bind(json("arqs", &a.uuid, &a.attach_handle_info)?)
+                .bind(a.server.as_deref())
+                .bind(a.created_at)
+                .bind(a.updated_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            for a in changed {
+                q(
+                    "UPDATE arqs SET state = ?, hostname = ?, device_rp_uuid = ?, instance_uuid = ?,
+                         project_id = ?, attach_handle_type = ?, attach_handle_uuid = ?,
+                         attach_handle_info = ?, updated_at = ?
+                     WHERE uuid = ?",
+                )
+                .bind(a.state.as_str())
+                .bind(a.hostname.as_deref())
+                .bind(a.device_rp_uuid.as_deref())
+                .bind(a.instance_uuid.as_deref())
+                .bind(a.project_id.as_deref())
+                .bind(&a.attach_handle_type)
+                .bind(a.attach_handle_uuid.as_deref())
+                .bind(json("arqs", &a.uuid, &a.attach_handle_info)?)
+                .bind(a.updated_at)
+                .bind(&a.uuid)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        pub(in crate::store) async fn delete_arqs_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            uuids: &[String],
+        ) -> Result<(), StoreError> {
+            for u in uuids {
+                q("DELETE FROM arqs WHERE uuid = ?")
+                    .bind(u)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
         impl $Store {
             /// Inserts a profile; `false` when its name is taken.
             pub async fn insert_profile(&self, p: &DeviceProfile) -> Result<bool, StoreError> {
@@ -150,62 +216,15 @@ macro_rules! backend {
             /// Inserts new ARQs and writes changed ones, in one transaction.
             pub async fn put_arqs(&self, new: &[Arq], changed: &[Arq]) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for a in new {
-                    q(concat!(
-                        "INSERT INTO arqs (",
-                        arq_columns!(),
-                        ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    ))
-                    .bind(&a.uuid)
-                    .bind(&a.owner)
-                    .bind(a.state.as_str())
-                    .bind(&a.device_profile_name)
-                    .bind(i64::from(a.device_profile_group_id))
-                    .bind(a.hostname.as_deref())
-                    .bind(a.device_rp_uuid.as_deref())
-                    .bind(a.instance_uuid.as_deref())
-                    .bind(a.project_id.as_deref())
-                    .bind(&a.attach_handle_type)
-                    .bind(a.attach_handle_uuid.as_deref())
-                    .bind(json("arqs", &a.uuid, &a.attach_handle_info)?)
-                    .bind(a.server.as_deref())
-                    .bind(a.created_at)
-                    .bind(a.updated_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for a in changed {
-                    q(
-                        "UPDATE arqs SET state = ?, hostname = ?, device_rp_uuid = ?, instance_uuid = ?,
-                             project_id = ?, attach_handle_type = ?, attach_handle_uuid = ?,
-                             attach_handle_info = ?, updated_at = ?
-                         WHERE uuid = ?",
-                    )
-                    .bind(a.state.as_str())
-                    .bind(a.hostname.as_deref())
-                    .bind(a.device_rp_uuid.as_deref())
-                    .bind(a.instance_uuid.as_deref())
-                    .bind(a.project_id.as_deref())
-                    .bind(&a.attach_handle_type)
-                    .bind(a.attach_handle_uuid.as_deref())
-                    .bind(json("arqs", &a.uuid, &a.attach_handle_info)?)
-                    .bind(a.updated_at)
-                    .bind(&a.uuid)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                put_arqs_in(&mut tx, new, changed).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
+
             pub async fn delete_arqs(&self, uuids: &[String]) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for u in uuids {
-                    q("DELETE FROM arqs WHERE uuid = ?")
-                        .bind(u)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                delete_arqs_in(&mut tx, uuids).await?;
                 tx.commit().await?;
                 Ok(())
             }

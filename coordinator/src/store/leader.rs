@@ -67,6 +67,7 @@ impl StoreError {
             StoreError::Sql(sqlx::Error::Database(db)) => {
                 db.code().as_deref() == Some(FENCED_SQLSTATE)
             }
+            StoreError::Group(e) => e.is_fenced(),
             _ => false,
         }
     }
@@ -74,6 +75,9 @@ impl StoreError {
     /// The database could not be reached (or the connection broke): nothing was changed, and
     /// the same request may succeed in a moment (a PostgreSQL restart, a failover).
     pub fn is_unavailable(&self) -> bool {
+        if let StoreError::Group(e) = self {
+            return e.is_unavailable();
+        }
         matches!(
             self,
             StoreError::Sql(

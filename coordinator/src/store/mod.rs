@@ -54,12 +54,53 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// The write was queued on state an earlier failed write had changed; nothing of it was
+    /// written, and the coordinator reloads its state from the store.
+    #[error(
+        "an earlier write failed, so this one was not made; the coordinator reloads its state from the store; retry"
+    )]
+    Stale,
+    #[error("the coordinator is shutting down; the write was not made")]
+    Closed,
+    /// A group commit failed: every write of the group gets the same cause.
+    #[error("{0}")]
+    Group(std::sync::Arc<StoreError>),
     #[error("corrupt row in {table} ({key}): {reason}")]
     Corrupt {
         table: &'static str,
         key: String,
         reason: String,
     },
+}
+
+/// One change the coordinator answers for, as the store writes it: new servers, changed
+/// servers, usage, events, ARQs, host generations and deleted servers, all or nothing.
+/// Batches that arrive together share one transaction ([`Store::write_batches`]).
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub inserts: Vec<ServerRecord>,
+    pub servers: Vec<ServerRecord>,
+    pub usage: Vec<UsageSegment>,
+    pub events: Vec<Event>,
+    pub arqs_new: Vec<Arq>,
+    pub arqs_changed: Vec<Arq>,
+    pub arqs_deleted: Vec<String>,
+    pub hosts: Vec<(HostId, u64)>,
+    pub deletes: Vec<ServerId>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty()
+            && self.servers.is_empty()
+            && self.usage.is_empty()
+            && self.events.is_empty()
+            && self.arqs_new.is_empty()
+            && self.arqs_changed.is_empty()
+            && self.arqs_deleted.is_empty()
+            && self.hosts.is_empty()
+            && self.deletes.is_empty()
+    }
 }
 
 /// A server as stored and as the in-memory model holds it.
@@ -373,6 +414,8 @@ dispatch! {
         usage: &[UsageSegment],
         events: &[Event]
     ) -> Result<(), StoreError>;
+    /// Batches in order, in one transaction (group commit).
+    fn write_batches(&self, batches: &[&WriteBatch]) -> Result<(), StoreError>;
     fn delete_server(&self, id: &ServerId) -> Result<(), StoreError>;
     fn servers(&self) -> Result<Vec<ServerRecord>, StoreError>;
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;

@@ -82,17 +82,7 @@ macro_rules! backend {
 
             pub async fn insert_servers(&self, servers: &[ServerRecord]) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for s in servers {
-                    let q = q(
-                        "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
-                             vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
-                             incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                             priority, flavor, gpu_request, gpus, last_host, stop_reason)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                                 ?, ?)",
-                    );
-                    bind_server(q, s)?.execute(&mut *tx).await?;
-                }
+                insert_servers_in(&mut tx, servers).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -107,58 +97,42 @@ macro_rules! backend {
                 events: &[crate::events::Event],
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for s in servers {
-                    let workload = match &s.workload {
-                        Some(w) => Some(to_json("servers", s, w)?),
-                        None => None,
-                    };
-                    q(
-                        "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
-                             perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
-                             term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
-                             mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
-                             metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
-                             gpus = ?, last_host = ?, stop_reason = ?
-                         WHERE uuid = ?",
-                    )
-                    .bind(&s.name)
-                    .bind(to_json("servers", s, &s.meta)?)
-                    .bind(to_json("servers", s, &s.tags)?)
-                    .bind(s.status.as_str())
-                    .bind(s.host.as_ref().map(HostId::as_str))
-                    .bind(s.perf_factor.cpu)
-                    .bind(s.perf_factor.mem)
-                    .bind(s.active_since)
-                    .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
-                    .bind(s.termination.map(|t| t.scheduled_at))
-                    .bind(s.termination.map(|t| t.terminate_at))
-                    .bind(s.queued_reason.as_deref())
-                    .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
-                    .bind(i64::from(s.smp))
-                    .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
-                    .bind(s.vnc_password.as_deref())
-                    .bind(workload)
-                    .bind(s.priority)
-                    .bind(s.metered_until)
-                    .bind(s.metered_perf.cpu)
-                    .bind(s.metered_perf.mem)
-                    .bind(s.shutdown_until)
-                    .bind(s.flavor.as_deref())
-                    .bind(to_json("servers", s, &s.gpus)?)
-                    .bind(s.last_host.as_ref().map(HostId::as_str))
-                    .bind(s.stop_reason.as_deref())
-                    .bind(s.uuid.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                update_servers_in(&mut tx, servers).await?;
                 crate::store::usage::$m::insert_segments(&mut tx, usage).await?;
                 crate::store::webhooks::$m::insert_events(&mut tx, events).await?;
-                for (id, generation) in hosts {
-                    q("UPDATE hosts SET generation = ? WHERE id = ?")
-                        .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
-                        .bind(id.as_str())
-                        .execute(&mut *tx)
+                set_generations_in(&mut tx, hosts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Writes `batches` in order in one transaction (group commit): each batch's new
+            /// servers, changed servers, usage, events, ARQs, host generations and deleted
+            /// servers (with their ARQs), in that order. All land, or none.
+            pub async fn write_batches(
+                &self,
+                batches: &[&crate::store::WriteBatch],
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                for b in batches {
+                    insert_servers_in(&mut tx, &b.inserts).await?;
+                    update_servers_in(&mut tx, &b.servers).await?;
+                    crate::store::usage::$m::insert_segments(&mut tx, &b.usage).await?;
+                    crate::store::webhooks::$m::insert_events(&mut tx, &b.events).await?;
+                    crate::store::accel::$m::put_arqs_in(&mut tx, &b.arqs_new, &b.arqs_changed)
                         .await?;
+                    crate::store::accel::$m::delete_arqs_in(&mut tx, &b.arqs_deleted).await?;
+                    set_generations_in(&mut tx, &b.hosts).await?;
+                    for id in &b.deletes {
+                        // A deleted server's ARQs (from its device profile) go with it.
+                        q("DELETE FROM arqs WHERE server = ?")
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        q("DELETE FROM servers WHERE uuid = ?")
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(())
@@ -187,6 +161,90 @@ macro_rules! backend {
                 .await?;
                 rows.iter().map(server_from_row).collect()
             }
+        }
+
+        async fn insert_servers_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            servers: &[ServerRecord],
+        ) -> Result<(), StoreError> {
+            for s in servers {
+                let q = q(
+                    "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
+                         vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
+                         incarnation, created_at, term_scheduled_at, term_at, queued_reason,
+                         priority, flavor, gpu_request, gpus, last_host, stop_reason)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+                             ?, ?)",
+                );
+                bind_server(q, s)?.execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// Writes the mutable fields of `servers`.
+        async fn update_servers_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            servers: &[ServerRecord],
+        ) -> Result<(), StoreError> {
+            for s in servers {
+                let workload = match &s.workload {
+                    Some(w) => Some(to_json("servers", s, w)?),
+                    None => None,
+                };
+                q(
+                    "UPDATE servers SET name = ?, meta = ?, tags = ?, status = ?, host = ?,
+                         perf_cpu = ?, perf_mem = ?, active_since = ?, incarnation = ?,
+                         term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
+                         mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
+                         metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
+                         gpus = ?, last_host = ?, stop_reason = ?
+                     WHERE uuid = ?",
+                )
+                .bind(&s.name)
+                .bind(to_json("servers", s, &s.meta)?)
+                .bind(to_json("servers", s, &s.tags)?)
+                .bind(s.status.as_str())
+                .bind(s.host.as_ref().map(HostId::as_str))
+                .bind(s.perf_factor.cpu)
+                .bind(s.perf_factor.mem)
+                .bind(s.active_since)
+                .bind(i64::try_from(s.incarnation).unwrap_or(i64::MAX))
+                .bind(s.termination.map(|t| t.scheduled_at))
+                .bind(s.termination.map(|t| t.terminate_at))
+                .bind(s.queued_reason.as_deref())
+                .bind(i64::try_from(s.cpu).unwrap_or(i64::MAX))
+                .bind(i64::from(s.smp))
+                .bind(i64::try_from(s.mem).unwrap_or(i64::MAX))
+                .bind(s.vnc_password.as_deref())
+                .bind(workload)
+                .bind(s.priority)
+                .bind(s.metered_until)
+                .bind(s.metered_perf.cpu)
+                .bind(s.metered_perf.mem)
+                .bind(s.shutdown_until)
+                .bind(s.flavor.as_deref())
+                .bind(to_json("servers", s, &s.gpus)?)
+                .bind(s.last_host.as_ref().map(HostId::as_str))
+                .bind(s.stop_reason.as_deref())
+                .bind(s.uuid.to_string())
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        async fn set_generations_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            hosts: &[(HostId, u64)],
+        ) -> Result<(), StoreError> {
+            for (id, generation) in hosts {
+                q("UPDATE hosts SET generation = ? WHERE id = ?")
+                    .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
         }
 
         type Query<'q> = sqlx::query::Query<'q, $DB, <$DB as sqlx::Database>::Arguments>;

@@ -236,3 +236,40 @@ fn wait_for_socket(dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A stopped backfill server of `owner`, for tests.
+pub(crate) fn sample_server(owner: &str) -> crate::store::ServerRecord {
+    crate::store::ServerRecord {
+        uuid: backfill_shared::ServerId::new_random(),
+        owner: owner.into(),
+        name: "s".into(),
+        class: backfill_shared::ServerClass::Backfill,
+        cpu: 1000,
+        smp: 1,
+        mem: 1 << 29,
+        meta: [("k".to_string(), "v".to_string())].into(),
+        tags: vec!["t".into()],
+        vnc_password: None,
+        workload: None,
+        status: backfill_shared::ServerStatus::Stopped,
+        host: None,
+        perf_factor: backfill_shared::PerfFactor::FULL,
+        active_since: None,
+        incarnation: 0,
+        termination: None,
+        queued_reason: None,
+        priority: 3,
+        created_at: 5,
+        network: None,
+        limits: None,
+        metered_until: None,
+        metered_perf: backfill_shared::PerfFactor::FULL,
+        shutdown_until: None,
+        flavor: None,
+        gpu_request: None,
+        gpus: vec!["GPU-1".into()],
+        instance_type: String::new(),
+        last_host: None,
+        stop_reason: None,
+    }
+}

@@ -7,42 +7,7 @@ use super::*;
 use crate::events::Event;
 use crate::scheduler::Termination;
 use backfill_shared::HostInventory;
-
-fn server(owner: &str) -> ServerRecord {
-    ServerRecord {
-        uuid: ServerId::new_random(),
-        owner: owner.into(),
-        name: "s".into(),
-        class: ServerClass::Backfill,
-        cpu: 1000,
-        smp: 1,
-        mem: 1 << 29,
-        meta: [("k".to_string(), "v".to_string())].into(),
-        tags: vec!["t".into()],
-        vnc_password: None,
-        workload: None,
-        status: ServerStatus::Stopped,
-        host: None,
-        perf_factor: PerfFactor::FULL,
-        active_since: None,
-        incarnation: 0,
-        termination: None,
-        queued_reason: None,
-        priority: 3,
-        created_at: 5,
-        network: None,
-        limits: None,
-        metered_until: None,
-        metered_perf: PerfFactor::FULL,
-        shutdown_until: None,
-        flavor: None,
-        gpu_request: None,
-        gpus: vec!["GPU-1".into()],
-        instance_type: String::new(),
-        last_host: None,
-        stop_reason: None,
-    }
-}
+use testing::sample_server as server;
 
 #[tokio::test]
 async fn survives_reopen() {

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# API load benchmark (issue 16, "Measured"): durable bserver creates/s and `?limit=20` list
+# reads/s over mutual TLS, through the real coordinator (no agent: nothing is placed, so a create
+# is the API's and the store's work), as the store grows.
+#
+#   tests/bench/api-load.sh [bin_dir=target/release] [sqlite|postgres]
+#
+# Environment: SECONDS_PER_PHASE (10), PREFILL_TOTAL (100000), PREFILL_MAX_S (300: the prefill
+# stops there and says how far it got), CLIENTS (64: the concurrency of the big phases).
+#
+# Segments, each on a fresh coordinator and an empty store (a new SQLite file or a new PostgreSQL
+# database), so that each phase starts from the store size it names:
+#   create at 1, 16 and 64 clients (from 0 servers);
+#   list at 64 clients with 100 servers;
+#   prefill to PREFILL_TOTAL (batches of 100, 4 in flight), then list at 64, create at 64 and
+#   mixed at 64 (32 list readers beside 32 creators: compare its read p99 with list alone).
+# Each phase prints bf-apiload's JSON line; a table follows. BIN_DIR may hold binaries of another
+# commit (backfill-coordinator and bf-apiload), for a before/after comparison; the default
+# builds them (`cargo build --release -p backfill-coordinator -p backfill-tests --bin
+# backfill-coordinator --bin bf-apiload`: --bin filters every package named, so both are named).
+# With `postgres`, a throwaway PostgreSQL (Debian's postgresql package) runs on a loopback port
+# with its defaults (fsync on: creates are durable on both backends; SQLite runs WAL with
+# synchronous = FULL).
+#
+# Baseline: main at b6845a6, 2026-11-30, 2 cores shared with other builds (load average 8-13
+# throughout: the figures are low and noisy), binaries kept in /work/bench-baseline:
+#   PREFILL_MAX_S=120 tests/bench/api-load.sh /work/bench-baseline sqlite   (then ... postgres)
+#   phase (servers at start)   SQLite: per_s  p50 ms  p99 ms   PostgreSQL: per_s  p50 ms  p99 ms
+#   create 1 client (0)              521.6    1.0     15.1                360.5    1.5     10.9
+#   create 16 (0)                    639.6   15.8    112.7                271.9   48.1    168.3
+#   create 64 (0)                    299.9   79.2   1202.5                303.5  188.1    540.3
+#   list 64, limit 20 (100)         1906.6   23.5    131.8               2184.9   28.5     60.1
+#   prefill to 100,000 (batches)    3076/s, 32.5 s                       1951/s, 51.3 s
+#   list 64 (100,000)                  1.2  33632   54300                   1.7  24224   39535
+#   create 64 (100,000)               33.8   1523    3119                  47.5   1416    1596
+#   mixed 64: reads (100,420)          1.4  18551   25045                   2.7  11074   12604
+#             creates                  0.9  p99 34930                       1.5  p99 21639
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${1:-$ROOT/target/release}
+BACKEND=${2:-sqlite}
+SECS=${SECONDS_PER_PHASE:-10}
+TOTAL=${PREFILL_TOTAL:-100000}
+PREFILL_MAX_S=${PREFILL_MAX_S:-300}
+CLIENTS=${CLIENTS:-64}
+case "$BACKEND" in sqlite | postgres) ;; *)
+    echo "usage: $0 [bin_dir] [sqlite|postgres]" >&2
+    exit 64
+    ;;
+esac
+[ "$BIN" = "$ROOT/target/release" ] &&
+    (cd "$ROOT" && cargo build --release -q -p backfill-coordinator -p backfill-tests \
+        --bin backfill-coordinator --bin bf-apiload)
+BIN=$(cd "$BIN" && pwd)
+
+WORK=$(mktemp -d /tmp/backfill-apiload.XXXXXX)
+chmod 755 "$WORK"
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+PG_BIN=
+as_pg=()
+cleanup() {
+    [ -n "${COORD_PID:-}" ] && kill "$COORD_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    [ -n "$PG_BIN" ] && "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+P="$WORK/pki"
+"$BIN/backfill-coordinator" pki init --dir "$P" >/dev/null 2>&1
+"$BIN/backfill-coordinator" pki issue --dir "$P" --role coordinator --name coordinator --san localhost --san 127.0.0.1 >/dev/null 2>&1
+"$BIN/backfill-coordinator" pki issue --dir "$P" --role account --name bench >/dev/null 2>&1
+
+if [ "$BACKEND" = postgres ]; then
+    # As .ci/run: initdb in a temp dir as an unprivileged user (PostgreSQL will not run as
+    # root), trust auth, listening on a loopback port only.
+    PG_BIN=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -1)
+    [ -n "$PG_BIN" ] || { echo "no PostgreSQL (apt-get install postgresql)" >&2; exit 1; }
+    mkdir "$WORK/pg"
+    if [ "$(id -u)" = 0 ]; then
+        chown nobody "$WORK/pg"
+        as_pg=(setpriv --reuid=nobody --regid="$(id -g nobody)" --clear-groups)
+    fi
+    PG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "${as_pg[@]}" "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w \
+        -o "-k $WORK/pg -c listen_addresses=127.0.0.1 -p $PG_PORT" start >/dev/null
+fi
+
+SEGMENT=0
+log_value() { # FILE NEEDLE KEY
+    for _ in $(seq 300); do
+        v=$({ grep "$2" "$1" 2>/dev/null || true; } | sed -n "s/.*$3=\([^ ]*\).*/\1/p" | head -1)
+        [ -n "$v" ] && { echo "$v"; return; }
+        sleep 0.1
+    done
+    echo "no $2 in $1" >&2
+    cat "$1" >&2
+    exit 1
+}
+# A coordinator on an empty store.
+fresh() {
+    stop_coordinator
+    SEGMENT=$((SEGMENT + 1))
+    local db="$WORK/db$SEGMENT.sqlite"
+    if [ "$BACKEND" = postgres ]; then
+        "${as_pg[@]}" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "bench$SEGMENT"
+        db="postgres://postgres@127.0.0.1:$PG_PORT/bench$SEGMENT"
+    fi
+    cat >"$WORK/coordinator.toml" <<CONF
+api_addr = "127.0.0.1:0"
+link_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+database = "$db"
+backfill_accounts = ["bench"]
+drain_timeout_s = 1
+# A server without a workload is an exec one; the default lets nobody run exec.
+[drivers]
+exec = "everyone"
+[tls]
+ca = "$P/ca.pem"
+cert = "$P/coordinator.pem"
+key = "$P/coordinator.key"
+CONF
+    local log="$WORK/coordinator$SEGMENT.log"
+    NO_COLOR=1 RUST_LOG=info "$BIN/backfill-coordinator" run --config "$WORK/coordinator.toml" >"$log" 2>&1 &
+    COORD_PID=$!
+    API=$(log_value "$log" "API listening" api_addr)
+}
+stop_coordinator() {
+    if [ -n "${COORD_PID:-}" ]; then
+        kill "$COORD_PID" 2>/dev/null || true
+        wait "$COORD_PID" 2>/dev/null || true
+        COORD_PID=
+    fi
+}
+phase() { # LABEL PHASE ARGS...
+    local label=$1
+    shift
+    local line
+    line=$("$BIN/bf-apiload" --api "https://$API" --ca "$P/ca.pem" --cert "$P/bench.pem" \
+        --key "$P/bench.key" "$@")
+    echo "$label $line"
+    printf '{"label": "%s", "load": "%s", "result": %s}\n' "$label" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" "$line" >>"$RESULTS"
+}
+
+echo "api-load: $BACKEND; $SECS s per phase; prefill to $TOTAL (at most $PREFILL_MAX_S s);" \
+    "binaries: $BIN; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for n in 1 16 "$CLIENTS"; do
+    fresh
+    phase "create-$n" create --clients "$n" --seconds "$SECS"
+done
+fresh
+phase "prefill-100" prefill --total 100
+phase "list-$CLIENTS@100" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
+fresh
+phase "prefill-$TOTAL" prefill --total "$TOTAL" --max-seconds "$PREFILL_MAX_S"
+phase "list-$CLIENTS@big" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
+phase "create-$CLIENTS@big" create --clients "$CLIENTS" --seconds "$SECS"
+phase "mixed-$CLIENTS@big" mixed --clients "$CLIENTS" --seconds "$SECS" --limit 20
+stop_coordinator
+
+python3 - "$RESULTS" "$BACKEND" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"\nsummary ({sys.argv[2]}):")
+head = ("phase", "servers", "clients", "per_s", "p50_ms", "p99_ms", "errors", "note", "load")
+fmt = "{:<18} {:>8} {:>7} {:>9} {:>8} {:>9} {:>6}  {:<34} {}"
+print(fmt.format(*head))
+for row in rows:
+    r = row["result"]
+    p = r["phase"]
+    note = ""
+    if p == "create":
+        per_s, p50, p99 = r["creates_per_s"], r["p50_ms"], r["p99_ms"]
+    elif p == "list":
+        per_s, p50, p99 = r["reads_per_s"], r["p50_ms"], r["p99_ms"]
+    elif p == "mixed":
+        per_s, p50, p99 = r["reads_per_s"], r["read_p50_ms"], r["read_p99_ms"]
+        note = (f"reads; creates {r['creates_per_s']}/s "
+                f"p99 {r['create_p99_ms']} ms")
+    else:
+        per_s, p50, p99 = r["creates_per_s"], "", ""
+        note = (f"{r['created']} in {r['seconds']} s, now {r['after']}"
+                + ("" if r["reached"] else " (target not reached)"))
+    servers = r.get("servers_at_start", r.get("before", ""))
+    print(fmt.format(row["label"], servers, r["clients"], per_s, p50, p99, r["errors"], note,
+                     row["load"]))
+PY
