@@ -103,10 +103,15 @@ wait_status() { # FAMILY UUID STATUS
 }
 start() { api POST "$1/$2/action/?do=start" '{}' >/dev/null; wait_status "$1" "$2" running; }
 stop() { api POST "$1/$2/action/?do=stop" '{}' >/dev/null; wait_status "$1" "$2" stopped; }
-cpuacct() { # UUID: CPU ns used so far (v1 cpuacct or v2 cpu.stat)
-    local f="/sys/fs/cgroup/cpuacct/$PARENT/$1/cpuacct.usage"
-    if [ -f "$f" ]; then cat "$f"; else
-        awk '/usage_usec/ {print $2 * 1000}' "/sys/fs/cgroup/$PARENT/$1/cpu.stat"; fi
+cpuacct() { # UUID: CPU ns used so far (v1 cpuacct or v2 cpu.stat), in its class parent
+    local d
+    for d in "$PARENT/idle/$1" "$PARENT/normal/$1" "$PARENT/$1"; do
+        if [ -f "/sys/fs/cgroup/cpuacct/$d/cpuacct.usage" ]; then
+            cat "/sys/fs/cgroup/cpuacct/$d/cpuacct.usage"; return; fi
+        if [ -f "/sys/fs/cgroup/$d/cpu.stat" ]; then
+            awk '/usage_usec/ {print $2 * 1000}' "/sys/fs/cgroup/$d/cpu.stat"; return; fi
+    done
+    echo 0
 }
 result() { tail -1 "$WORK/agent/logs/$1.log"; }
 

@@ -1,5 +1,5 @@
-//! One cgroup per server, under a configurable parent (default `backfill`), named by the server's
-//! id. The limits come from the server's resources and its perf_factor ([`limits_for`]); the
+//! One cgroup per server, under a configurable parent (default `backfill`) and its class parent
+//! (`normal/` or `idle/`, see [`CgroupClass`]), named by the server's id. The limits come from the server's resources and its perf_factor ([`limits_for`]); the
 //! [`CgroupManager`] trait has three implementations:
 //!
 //! - [`FsCgroups`]: the kernel's cgroup v1 or v2 filesystem, through cgroups-rs;
@@ -8,6 +8,7 @@
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
 mod claim;
+mod classes;
 mod devices;
 mod fake;
 mod files;
@@ -16,6 +17,7 @@ mod hierarchy;
 mod memory;
 
 pub use claim::ParentClaim;
+pub use classes::{CgroupClass, V1_MAX_SHARES};
 pub use devices::{
     DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
 };
