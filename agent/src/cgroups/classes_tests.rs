@@ -69,6 +69,37 @@ fn v2_tree() -> tempfile::TempDir {
     t
 }
 
+/// Spawns `sh -c script` that joins the cgroup between fork and exec (so every process it
+/// forks is inside, and `kill_all` reaches them all).
+fn spawn_joined(join: &[PathBuf], script: &str) -> std::process::Child {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let paths: Vec<std::ffi::CString> = join
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap())
+        .collect();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", script]);
+    // SAFETY: the hook only calls open, write and close on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &paths {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
 #[test]
 fn the_class_follows_the_weight() {
     assert_eq!(
@@ -426,31 +457,7 @@ fn real_kernel_class_parents() {
     }
     // A process joined to a backfill server is in its class parent in every hierarchy.
     let join = cg.join_files(&backfill[0]).unwrap();
-    let paths: Vec<std::ffi::CString> = join
-        .iter()
-        .map(|p| std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap())
-        .collect();
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("30");
-    // SAFETY: the hook only calls open, write and close on memory prepared before the fork.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            for p in &paths {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if n != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
+    let child = spawn_joined(&join, "exec sleep 30");
     let pid = child.id();
     guard.2 = Some(child);
     let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -473,5 +480,83 @@ fn real_kernel_class_parents() {
     eprintln!(
         "real class parents ran on {}: normal/ weighed the sum of its servers, idle/ had {idle_kind}",
         cg.describe()
+    );
+}
+
+/// The real kernel, as root: a server with more busy threads than the host has CPUs stalls,
+/// and its own stall (v2 cpu.pressure, v1 its threads' run-queue wait) says so.
+#[test]
+fn real_kernel_stall_of_a_crowded_server() {
+    use crate::pressure::Resource;
+    use std::time::{Duration, Instant};
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: not running as root");
+        return;
+    }
+    let parent = format!("backfill-stalltest-{}", std::process::id());
+    let cg = match FsCgroups::detect(&parent) {
+        Ok(c) if !c.is_simulated() => c,
+        Ok(c) => {
+            eprintln!("skipping: {} is not a cgroup filesystem", c.describe());
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let id = ServerId::new_random();
+    struct Cleanup<'a>(&'a FsCgroups, ServerId, Option<std::process::Child>);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.2 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = self.0.kill_all(&self.1);
+            let _ = self.0.remove(&self.1);
+            let _ = self.0.remove_parent();
+        }
+    }
+    let mut guard = Cleanup(&cg, id, None);
+    cg.create(&id, &limits(ServerClass::Normal, 2000, 0))
+        .unwrap();
+    let Some(before) = cg.stall_usec(&id, Resource::Cpu).unwrap() else {
+        eprintln!("skipping: this kernel shows no stall for {}", cg.describe());
+        return;
+    };
+    // A quota-free normal server with 3 busy threads per CPU.
+    cg.set_limits(
+        &id,
+        &CgroupLimits {
+            cpu_quota_us: None,
+            ..limits(ServerClass::Normal, 2000, 0)
+        },
+    )
+    .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let script = format!(
+        "for i in $(seq {}); do (while :; do :; done) & done; wait",
+        cpus * 3
+    );
+    guard.2 = Some(spawn_joined(&cg.join_files(&id).unwrap(), &script));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let now = cg.stall_usec(&id, Resource::Cpu).unwrap().unwrap_or(0);
+        if now >= before + 50_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stall seen: {before} -> {now}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "real stall on {}: 50 ms of the server's own stall seen after {:?}",
+        cg.describe(),
+        started.elapsed()
     );
 }

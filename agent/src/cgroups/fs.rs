@@ -465,6 +465,28 @@ impl CgroupManager for FsCgroups {
         }
     }
 
+    fn stall_usec(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        use crate::pressure::Resource;
+        let ctl = match r {
+            Resource::Cpu => Ctl::Cpu,
+            Resource::Memory => Ctl::Memory,
+        };
+        let Some(dir) = self.ctl_dir(id, ctl).filter(|d| d.is_dir()) else {
+            return Ok(None);
+        };
+        match (self.is_v2(), r) {
+            (true, _) => super::stall::read_v2(&dir, r),
+            (false, Resource::Cpu) if !self.simulated => {
+                super::stall::read_v1_cpu(&dir, Path::new("/proc"))
+            }
+            (false, _) => Ok(None),
+        }
+    }
+
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         let dir = self.ctl_dir(id, Ctl::Memory);
         dir.map_or(Ok(0), |d| read_oom_kills(&d, self.is_v2()))

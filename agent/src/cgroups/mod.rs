@@ -15,6 +15,7 @@ mod files;
 mod fs;
 mod hierarchy;
 mod memory;
+mod stall;
 
 pub use claim::ParentClaim;
 pub use classes::{CgroupClass, V1_MAX_SHARES};
@@ -377,6 +378,18 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         let _ = id;
         Ok(0)
+    }
+    /// How long the server's own tasks have stalled for `r` so far (microseconds, only ever
+    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 (CPU only) the
+    /// run-queue wait of its threads. None where the kernel cannot tell; the host's PSI stands
+    /// in then.
+    fn stall_usec(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        let _ = (id, r);
+        Ok(None)
     }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
     /// short polls).
