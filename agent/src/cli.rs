@@ -311,29 +311,23 @@ fn poll_stall(
         std::time::Duration::from_millis(settings.poll_ms),
         settings.stall_policy(),
     );
-    let started = std::time::Instant::now();
-    let spawned = std::thread::Builder::new()
-        .name("stall-poll".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let (fired, squeezed) = match supervisor.lock() {
-                    Ok(mut s) => s.poll_stall(now_ms, policy),
-                    Err(_) => return,
-                };
-                for r in &fired {
-                    let label = crate::admin::ResourceLabel::of(*r);
-                    metrics.pressure_events.get_or_create(&label).inc();
-                    if squeezed {
-                        metrics.pressure_squeezes.get_or_create(&label).inc();
-                    }
-                }
-                if squeezed {
-                    changed.notify_one();
-                }
+    let spawned = crate::pressure::poll_every(every, move |now_ms| {
+        let (fired, squeezed) = match supervisor.lock() {
+            Ok(mut s) => s.poll_stall(now_ms, policy),
+            Err(_) => return false,
+        };
+        for r in &fired {
+            let label = crate::admin::ResourceLabel::of(*r);
+            metrics.pressure_events.get_or_create(&label).inc();
+            if squeezed {
+                metrics.pressure_squeezes.get_or_create(&label).inc();
             }
-        });
+        }
+        if squeezed {
+            changed.notify_one();
+        }
+        true
+    });
     match spawned {
         Ok(_) => tracing::info!(
             every_ms = settings.poll_ms,

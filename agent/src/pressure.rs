@@ -233,6 +233,26 @@ pub fn has_cap_sys_resource() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
+/// Calls `tick` with the milliseconds since the start (a monotonic clock) every `every`, from
+/// a thread of its own, until it answers false.
+pub fn poll_every(
+    every: std::time::Duration,
+    mut tick: impl FnMut(u64) -> bool + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let started = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name("stall-poll".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if !tick(now_ms) {
+                    return;
+                }
+            }
+        })
+}
+
 /// Where the host's PSI files are.
 #[derive(Debug, Clone)]
 pub struct PsiFiles {

@@ -141,6 +141,32 @@ impl FsCgroups {
         }
     }
 
+    /// What the parent cgroups offer to protect normal servers: [`super::CgroupManager::mechanisms`].
+    pub(super) fn offered(&self) -> Vec<String> {
+        let mut m = Vec::new();
+        let has = |ctl, file: &str| {
+            self.hier_dir(ctl)
+                .is_some_and(|d| d.join(&self.parent).join(file).exists())
+        };
+        if self.is_v2() {
+            m.push("cgroup-v2".into());
+            for f in ["memory.min", "memory.high"] {
+                if has(Ctl::Memory, f) {
+                    m.push(f.into());
+                }
+            }
+        } else {
+            m.push("cgroup-v1".into());
+            if has(Ctl::Memory, "memory.soft_limit_in_bytes") {
+                m.push("memory.soft_limit_in_bytes".into());
+            }
+        }
+        if has(Ctl::Cpu, "cpu.idle") {
+            m.push("cpu.idle".into());
+        }
+        m
+    }
+
     /// Where a server's cgroup is below the parent (`normal/<uuid>`, `idle/<uuid>` or, made
     /// before class parents, `<uuid>`), if it exists.
     pub(super) fn locate(&self, id: &ServerId) -> Option<String> {

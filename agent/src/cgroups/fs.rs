@@ -221,7 +221,7 @@ impl FsCgroups {
     }
 
     /// The server's directory in the hierarchy carrying `ctl` (v2: the only one).
-    fn ctl_dir(&self, id: &ServerId, ctl: Ctl) -> Option<PathBuf> {
+    pub(super) fn ctl_dir(&self, id: &ServerId, ctl: Ctl) -> Option<PathBuf> {
         Some(self.hier_dir(ctl)?.join(&self.parent).join(self.place(id)))
     }
 
@@ -318,28 +318,7 @@ impl FsCgroups {
 
 impl CgroupManager for FsCgroups {
     fn mechanisms(&self) -> Vec<String> {
-        let mut m = Vec::new();
-        let has = |ctl, file: &str| {
-            self.hier_dir(ctl)
-                .is_some_and(|d| d.join(&self.parent).join(file).exists())
-        };
-        if self.is_v2() {
-            m.push("cgroup-v2".into());
-            for f in ["memory.min", "memory.high"] {
-                if has(Ctl::Memory, f) {
-                    m.push(f.into());
-                }
-            }
-        } else {
-            m.push("cgroup-v1".into());
-            if has(Ctl::Memory, "memory.soft_limit_in_bytes") {
-                m.push("memory.soft_limit_in_bytes".into());
-            }
-        }
-        if has(Ctl::Cpu, "cpu.idle") {
-            m.push("cpu.idle".into());
-        }
-        m
+        self.offered()
     }
 
     fn relative_path(&self, id: &ServerId) -> Option<String> {
@@ -470,21 +449,7 @@ impl CgroupManager for FsCgroups {
         id: &ServerId,
         r: crate::pressure::Resource,
     ) -> Result<Option<u64>, CgroupError> {
-        use crate::pressure::Resource;
-        let ctl = match r {
-            Resource::Cpu => Ctl::Cpu,
-            Resource::Memory => Ctl::Memory,
-        };
-        let Some(dir) = self.ctl_dir(id, ctl).filter(|d| d.is_dir()) else {
-            return Ok(None);
-        };
-        match (self.is_v2(), r) {
-            (true, _) => super::stall::read_v2(&dir, r),
-            (false, Resource::Cpu) if !self.simulated => {
-                super::stall::read_v1_cpu(&dir, Path::new("/proc"))
-            }
-            (false, _) => Ok(None),
-        }
+        self.stall_of(id, r)
     }
 
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {

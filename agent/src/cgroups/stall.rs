@@ -6,7 +6,10 @@
 
 use super::CgroupError;
 use super::files::{read_err, read_optional};
+use super::fs::FsCgroups;
+use super::hierarchy::Ctl;
 use crate::pressure::{Resource, some_total_us};
+use backfill_shared::ServerId;
 use std::path::Path;
 
 /// v2: the "some" total of `<dir>/<resource>.pressure`; None where the kernel has no such file.
@@ -54,6 +57,29 @@ pub(super) fn read_v1_cpu(dir: &Path, proc: &Path) -> Result<Option<u64>, Cgroup
         return Ok(None);
     }
     Ok(Some(total_ns / 1000))
+}
+
+impl FsCgroups {
+    /// [`super::CgroupManager::stall_usec`] for the kernel's cgroups.
+    pub(super) fn stall_of(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        use crate::pressure::Resource;
+        let ctl = match r {
+            Resource::Cpu => Ctl::Cpu,
+            Resource::Memory => Ctl::Memory,
+        };
+        let Some(dir) = self.ctl_dir(id, ctl).filter(|d| d.is_dir()) else {
+            return Ok(None);
+        };
+        match (self.is_v2(), r) {
+            (true, _) => read_v2(&dir, r),
+            (false, Resource::Cpu) if !self.simulated => read_v1_cpu(&dir, Path::new("/proc")),
+            (false, _) => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
