@@ -25,6 +25,8 @@ link_addr = "127.0.0.1:0"
 admin_addr = "127.0.0.1:0"
 database = "$WORK/db.sqlite"
 backfill_accounts = ["bench"]
+[drivers]
+exec = "everyone"
 [tls]
 ca = "$P/ca.pem"
 cert = "$P/coordinator.pem"
@@ -52,6 +54,7 @@ run_as = "nobody"
 default_command = ["sleep", "600"]
 stop_workloads_on_exit = true
 report_interval_secs = 1
+exec_driver = true
 ${AGENT_TOP:-}
 [tls]
 ca = "$P/ca.pem"

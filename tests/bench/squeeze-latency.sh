@@ -8,7 +8,7 @@
 # three times the host's cores (no quota: normal_cpu_quota = false), so it stalls at once; the
 # agent's stall poller (every POLL_MS) or, with POLL_MS = 0, the kernel's PSI trigger alone
 # (2 s windows without CAP_SYS_RESOURCE) sees it, and the agent squeezes the backfill server to
-# its floor. The figure is the time between the agent's "workload started" line for the normal
+# its floor (POLL_MS "-": an agent from before the poller, without the setting). The figure is the time between the agent's "workload started" line for the normal
 # server and its "backfill squeezed" line (both the agent's own clock), and, from the cgroup,
 # the backfill quota in force afterwards. The normal server is stopped between runs, which
 # lifts the squeeze.
@@ -21,8 +21,9 @@ BIN=${3:-$ROOT/target/release}
 [ "$BIN" = "$ROOT/target/release" ] &&
     (cd "$ROOT" && cargo build --release -q -p backfill-coordinator -p backfill-agent -p backfill-tests --bin bf-load)
 AGENT_TOP="normal_cpu_quota = false"
+# POLL_MS "-" leaves poll_ms out (an agent from before the poller).
 AGENT_TABLES="[pressure]
-poll_ms = $POLL_MS
+$([ "$POLL_MS" = - ] || echo "poll_ms = $POLL_MS")
 release_secs = 1"
 . "$ROOT/tests/bench/lib.sh"
 
