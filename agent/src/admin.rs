@@ -70,6 +70,12 @@ impl ResourceLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerResourceLabel {
+    pub server: String,
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GpuLabel {
     pub uuid: String,
 }
@@ -109,6 +115,7 @@ pub struct AgentMetrics {
     psi_avg10: Family<ResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     squeezing: Gauge,
     cpu_throttled: Family<ServerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    server_stall: Family<ServerResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for AgentMetrics {
@@ -137,6 +144,7 @@ impl Default for AgentMetrics {
             psi_avg10: Family::default(),
             squeezing: Gauge::default(),
             cpu_throttled: Family::default(),
+            server_stall: Family::default(),
         };
         registry.register(
             "cgroup_errors",
@@ -243,6 +251,11 @@ impl Default for AgentMetrics {
             "Time a server's tasks were throttled by its CPU quota since it started, by server",
             m.cpu_throttled.clone(),
         );
+        registry.register(
+            "server_stall_seconds",
+            "A normal server's own stall so far (cgroup v2 PSI some total; v1 CPU: its threads' run-queue wait), by server and resource, where the kernel tells",
+            m.server_stall.clone(),
+        );
         AgentMetrics { registry, ..m }
     }
 }
@@ -282,6 +295,15 @@ impl AgentMetrics {
         self.cpu_weight.clear();
         self.mem_limit.clear();
         self.cpu_throttled.clear();
+        self.server_stall.clear();
+        for (id, r, usec) in supervisor.stalls() {
+            self.server_stall
+                .get_or_create(&ServerResourceLabel {
+                    server: id.to_string(),
+                    resource: r.as_str().into(),
+                })
+                .set(usec as f64 / 1e6);
+        }
         let psi = crate::pressure::PsiFiles::default();
         for r in crate::pressure::Resource::ALL {
             self.psi_avg10

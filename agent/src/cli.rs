@@ -257,6 +257,7 @@ fn watch_pressure(
         tracing::info!("pressure reaction disabled ([pressure] enabled = false)");
         return;
     }
+    poll_stall(settings, supervisor, changed, metrics);
     if !psi.available() {
         tracing::warn!(
             "this kernel reports no pressure (no /proc/pressure): backfill is squeezed only by the coordinator"
@@ -291,6 +292,50 @@ fn watch_pressure(
             }
             Err(e) => tracing::warn!(resource = r.as_str(), error = %e, "cannot watch pressure"),
         }
+    }
+}
+
+/// Every `poll_ms`, the normal servers' own stall (see `supervisor::stall`): backfill is
+/// squeezed within a poll of a normal server stalling, privileged or not.
+fn poll_stall(
+    settings: &crate::pressure::PressureSettings,
+    supervisor: &Arc<Mutex<Supervisor>>,
+    changed: &Arc<Notify>,
+    metrics: &Arc<crate::admin::AgentMetrics>,
+) {
+    if settings.poll_ms == 0 {
+        return;
+    }
+    let (supervisor, changed, metrics) = (supervisor.clone(), changed.clone(), metrics.clone());
+    let (every, policy) = (
+        std::time::Duration::from_millis(settings.poll_ms),
+        settings.stall_policy(),
+    );
+    let spawned = crate::pressure::poll_every(every, move |now_ms| {
+        let (fired, squeezed) = match supervisor.lock() {
+            Ok(mut s) => s.poll_stall(now_ms, policy),
+            Err(_) => return false,
+        };
+        for r in &fired {
+            let label = crate::admin::ResourceLabel::of(*r);
+            metrics.pressure_events.get_or_create(&label).inc();
+            if squeezed {
+                metrics.pressure_squeezes.get_or_create(&label).inc();
+            }
+        }
+        if squeezed {
+            changed.notify_one();
+        }
+        true
+    });
+    match spawned {
+        Ok(_) => tracing::info!(
+            every_ms = settings.poll_ms,
+            stall_ms = settings.server_stall_ms,
+            window_ms = settings.server_window_ms,
+            "watching the normal servers' own stall"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot poll the normal servers' stall"),
     }
 }
 

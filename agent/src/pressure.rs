@@ -61,6 +61,18 @@ pub struct PressureSettings {
     /// Seconds without a trigger after which squeezed servers get their own limits back.
     #[serde(default = "default_release")]
     pub release_secs: u64,
+    /// How often (milliseconds) the normal servers' own stall is read (their cgroup's PSI on
+    /// v2, their threads' run-queue wait on v1); 0 turns the poller off and leaves the
+    /// host's PSI triggers alone.
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+    /// Milliseconds a normal server may stall within `server_window_ms` before backfill is
+    /// squeezed.
+    #[serde(default = "default_server_stall")]
+    pub server_stall_ms: u64,
+    /// The poller's window, 10 to 10000 ms.
+    #[serde(default = "default_server_window")]
+    pub server_window_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -81,6 +93,15 @@ fn default_floor() -> f64 {
 fn default_release() -> u64 {
     30
 }
+fn default_poll() -> u64 {
+    10
+}
+fn default_server_stall() -> u64 {
+    10
+}
+fn default_server_window() -> u64 {
+    100
+}
 
 impl Default for PressureSettings {
     fn default() -> PressureSettings {
@@ -91,6 +112,9 @@ impl Default for PressureSettings {
             window_ms: default_window(),
             floor: default_floor(),
             release_secs: default_release(),
+            poll_ms: default_poll(),
+            server_stall_ms: default_server_stall(),
+            server_window_ms: default_server_window(),
         }
     }
 }
@@ -118,7 +142,30 @@ impl PressureSettings {
         if !(1..=3600).contains(&self.release_secs) {
             return Err(("pressure.release_secs", "must be 1 to 3600".into()));
         }
+        if self.poll_ms > 1_000 {
+            return Err(("pressure.poll_ms", "must be 0 (off) to 1000".into()));
+        }
+        if !(10..=MAX_WINDOW_MS).contains(&self.server_window_ms) {
+            return Err((
+                "pressure.server_window_ms",
+                format!("must be 10 to {MAX_WINDOW_MS}"),
+            ));
+        }
+        if self.server_stall_ms == 0 || self.server_stall_ms > self.server_window_ms {
+            return Err((
+                "pressure.server_stall_ms",
+                "must be 1 to server_window_ms".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The stall poller's policy (see [`crate::supervisor::StallPolicy`]).
+    pub fn stall_policy(&self) -> crate::supervisor::StallPolicy {
+        crate::supervisor::StallPolicy {
+            stall_us: self.server_stall_ms.saturating_mul(1000),
+            window_ms: self.server_window_ms,
+        }
     }
 
     /// What is written to `/proc/pressure/<resource>` to register a trigger.
@@ -162,6 +209,14 @@ pub fn some_avg10(text: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The "some" line's total (microseconds stalled since boot) of a PSI file's text.
+pub fn some_total_us(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Whether this process has CAP_SYS_RESOURCE (PSI triggers with windows under 2 s need it).
 pub fn has_cap_sys_resource() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
@@ -176,6 +231,26 @@ pub fn has_cap_sys_resource() -> bool {
             u64::from_str_radix(&hex, 16).ok()
         })
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Calls `tick` with the milliseconds since the start (a monotonic clock) every `every`, from
+/// a thread of its own, until it answers false.
+pub fn poll_every(
+    every: std::time::Duration,
+    mut tick: impl FnMut(u64) -> bool + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let started = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name("stall-poll".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if !tick(now_ms) {
+                    return;
+                }
+            }
+        })
 }
 
 /// Where the host's PSI files are.
@@ -299,6 +374,8 @@ mod tests {
     fn parses_the_kernels_lines() {
         let text = "some avg10=68.16 avg60=80.79 avg300=82.36 total=5816818162\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=0\n";
         assert_eq!(some_avg10(text), Some(68.16));
+        assert_eq!(some_total_us(text), Some(5_816_818_162));
+        assert_eq!(some_total_us("full total=1"), None);
         assert_eq!(some_avg10("full avg10=1.00"), None);
         assert_eq!(some_avg10(""), None);
     }
@@ -338,6 +415,18 @@ mod tests {
             },
             PressureSettings {
                 release_secs: 0,
+                ..PressureSettings::default()
+            },
+            PressureSettings {
+                poll_ms: 5_000,
+                ..PressureSettings::default()
+            },
+            PressureSettings {
+                server_window_ms: 5,
+                ..PressureSettings::default()
+            },
+            PressureSettings {
+                server_stall_ms: 200,
                 ..PressureSettings::default()
             },
         ] {

@@ -428,21 +428,31 @@ impl AgentSetup {
             .map(|p| p as u32)
     }
 
-    /// `<v1 controller root>/<parent>/<server>` for a v1 controller (this machine's layout).
+    /// `<v1 controller root>/<parent>/<class>/<server>` for a v1 controller (this machine's
+    /// layout): the server's cgroup in its class parent (`normal` or `idle`), or the normal
+    /// one's place while it does not exist.
     pub fn v1_cgroup(&self, controller: &str, server: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
+        let parent = Path::new("/sys/fs/cgroup")
             .join(controller)
-            .join(&self.cgroup_parent)
-            .join(server)
+            .join(&self.cgroup_parent);
+        ["idle", "normal"]
+            .iter()
+            .map(|class| parent.join(class).join(server))
+            .find(|d| d.is_dir())
+            .unwrap_or_else(|| parent.join("normal").join(server))
     }
 }
 
 impl Drop for AgentSetup {
     fn drop(&mut self) {
-        // Remove the (empty) per-test parent cgroups the agent made.
+        // Remove the (empty) per-test parent cgroups the agent made, class parents first.
         if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in entries.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
+                let parent = e.path().join(&self.cgroup_parent);
+                for class in ["idle", "normal"] {
+                    let _ = std::fs::remove_dir(parent.join(class));
+                }
+                let _ = std::fs::remove_dir(parent);
             }
         }
     }

@@ -98,6 +98,8 @@ struct FakeCgroup {
     usage: ServerUsage,
     devices: Vec<DeviceRule>,
     oom_kills: u64,
+    /// What `stall_usec` says: (cpu, memory).
+    stall: [Option<u64>; 2],
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +170,13 @@ impl RecordingCgroups {
         }
     }
 
+    /// Sets what `stall_usec` reports for the cgroup's `r` (ignored if it does not exist).
+    pub fn set_stall(&self, id: &ServerId, r: crate::pressure::Resource, usec: Option<u64>) {
+        if let Some(c) = lock(&self.state).cgroups.get_mut(id) {
+            c.stall[usize::from(r == crate::pressure::Resource::Memory)] = usec;
+        }
+    }
+
     /// Pretends the kernel's OOM killer killed `n` of the cgroup's processes.
     pub fn set_oom_kills(&self, id: &ServerId, n: u64) {
         if let Some(c) = lock(&self.state).cgroups.get_mut(id) {
@@ -204,6 +213,7 @@ impl CgroupManager for RecordingCgroups {
                 usage: ServerUsage::default(),
                 devices: Vec::new(),
                 oom_kills: 0,
+                stall: [None, None],
             });
         Ok(())
     }
@@ -252,6 +262,14 @@ impl CgroupManager for RecordingCgroups {
     }
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         Ok(lock(&self.state).cgroups.get(id).map_or(0, |c| c.oom_kills))
+    }
+    fn stall_usec(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        let i = usize::from(r == crate::pressure::Resource::Memory);
+        Ok(lock(&self.state).cgroups.get(id).and_then(|c| c.stall[i]))
     }
     fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError> {
         let mut s = lock(&self.state);

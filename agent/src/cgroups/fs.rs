@@ -12,6 +12,7 @@
 //! the module writes the control files the kernel would show, before an rmdir it deletes them,
 //! and `kill_all` empties `cgroup.procs` instead of signalling the PIDs listed there.
 
+use super::CgroupClass;
 use super::files::{
     enable_controllers, read_err, read_procs, read_string, read_v1_limits, read_v1_usage,
     read_v2_limits, read_v2_usage, remove_files, sigkill, simulate_mkdir, write_cpu_weight,
@@ -42,9 +43,9 @@ const POLL: Duration = Duration::from_millis(10);
 /// [`CgroupManager::join_files`] still returns the paths, so tests can check them.
 #[derive(Debug)]
 pub struct FsCgroups {
-    hier: RootedHierarchy,
-    parent: String,
-    simulated: bool,
+    pub(super) hier: RootedHierarchy,
+    pub(super) parent: String,
+    pub(super) simulated: bool,
     /// This agent's claim on the parent (real hierarchies found by [`FsCgroups::detect`]).
     _claim: Option<super::ParentClaim>,
 }
@@ -194,7 +195,7 @@ impl FsCgroups {
     }
 
     /// The hierarchy directories: one per v1 mount in use, or the v2 root.
-    fn bases(&self) -> Vec<&Path> {
+    pub(super) fn bases(&self) -> Vec<&Path> {
         match &self.hier.0 {
             Layout::V1 { mounts, .. } => mounts.iter().map(|m| m.dir.as_path()).collect(),
             Layout::V2 { root } => vec![root.as_path()],
@@ -209,22 +210,19 @@ impl FsCgroups {
             .collect()
     }
 
-    /// A server's cgroup directories, one per hierarchy (they may not exist).
+    /// A server's cgroup directories, one per hierarchy (they may not exist): in its class
+    /// parent (see [`super::classes`]).
     pub fn cgroup_dirs(&self, id: &ServerId) -> Vec<PathBuf> {
-        let name = id.to_string();
+        let rel = self.place(id);
         self.parent_dirs()
             .into_iter()
-            .map(|p| p.join(&name))
+            .map(|p| p.join(&rel))
             .collect()
     }
 
-    /// The directory of the hierarchy carrying `ctl` (v2: the only one).
-    fn ctl_dir(&self, id: &ServerId, ctl: Ctl) -> Option<PathBuf> {
-        let base = match &self.hier.0 {
-            Layout::V1 { mounts, .. } => &mounts.iter().find(|m| m.ctls.contains(&ctl))?.dir,
-            Layout::V2 { root } => root,
-        };
-        Some(base.join(&self.parent).join(id.to_string()))
+    /// The server's directory in the hierarchy carrying `ctl` (v2: the only one).
+    pub(super) fn ctl_dir(&self, id: &ServerId, ctl: Ctl) -> Option<PathBuf> {
+        Some(self.hier_dir(ctl)?.join(&self.parent).join(self.place(id)))
     }
 
     fn existing_dir(&self, id: &ServerId) -> Result<PathBuf, CgroupError> {
@@ -242,7 +240,7 @@ impl FsCgroups {
     fn cgroup(&self, id: &ServerId) -> Cgroup {
         Cgroup::load(
             Box::new(self.hier.clone()),
-            format!("{}/{}", self.parent, id),
+            format!("{}/{}", self.parent, self.place(id)),
         )
     }
 
@@ -304,33 +302,6 @@ impl FsCgroups {
         Ok(())
     }
 
-    /// Removes the parent cgroup directories (every component of the parent's path, deepest
-    /// first). Fails if server cgroups are still inside; Ok if they do not exist.
-    pub fn remove_parent(&self) -> Result<(), CgroupError> {
-        let comps: Vec<&str> = self.parent.split('/').collect();
-        for base in self.bases() {
-            for n in (1..=comps.len()).rev() {
-                let dir = comps[..n].iter().fold(base.to_path_buf(), |d, c| d.join(c));
-                if !dir.is_dir() {
-                    continue;
-                }
-                // An ancestor that holds other cgroups (another agent's parent, `a/c` beside
-                // this agent's `a/b`) is not this agent's to remove.
-                if n < comps.len() && has_subdirs(&dir)? {
-                    break;
-                }
-                if self.simulated {
-                    remove_files(&dir)?;
-                }
-                std::fs::remove_dir(&dir).map_err(|source| CgroupError::Remove {
-                    path: dir.clone(),
-                    source,
-                })?;
-            }
-        }
-        Ok(())
-    }
-
     fn wait_empty(&self, id: &ServerId, timeout: Duration) -> Result<bool, CgroupError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -347,38 +318,15 @@ impl FsCgroups {
 
 impl CgroupManager for FsCgroups {
     fn mechanisms(&self) -> Vec<String> {
-        let mut m = Vec::new();
-        let parent = |ctl| {
-            let base = match &self.hier.0 {
-                Layout::V1 { mounts, .. } => {
-                    mounts.iter().find(|m| m.ctls.contains(&ctl))?.dir.clone()
-                }
-                Layout::V2 { root } => root.clone(),
-            };
-            Some(base.join(&self.parent))
-        };
-        let has = |ctl, file: &str| parent(ctl).is_some_and(|d| d.join(file).exists());
-        if self.is_v2() {
-            m.push("cgroup-v2".into());
-            for f in ["memory.min", "memory.high"] {
-                if has(Ctl::Memory, f) {
-                    m.push(f.into());
-                }
-            }
-        } else {
-            m.push("cgroup-v1".into());
-            if has(Ctl::Memory, "memory.soft_limit_in_bytes") {
-                m.push("memory.soft_limit_in_bytes".into());
-            }
-        }
-        if has(Ctl::Cpu, "cpu.idle") {
-            m.push("cpu.idle".into());
-        }
-        m
+        self.offered()
     }
 
     fn relative_path(&self, id: &ServerId) -> Option<String> {
-        Some(format!("/{}/{id}", self.parent.trim_matches('/')))
+        Some(format!(
+            "/{}/{}",
+            self.parent.trim_matches('/'),
+            self.place(id)
+        ))
     }
 
     fn remove_parent(&self) -> Result<(), CgroupError> {
@@ -402,14 +350,22 @@ impl CgroupManager for FsCgroups {
         !self.simulated
     }
 
+    /// Makes `<parent>/<class>/<uuid>` in each hierarchy, or keeps the server's cgroup where it
+    /// already is (also `<parent>/<uuid>`, from an agent before class parents).
     fn create(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
-        let name = id.to_string();
+        let class = CgroupClass::of(limits);
+        let rel = self
+            .locate(id)
+            .unwrap_or_else(|| format!("{}/{id}", class.dir_name()));
+        let class_dir = self.parent_dirs().first().map(|p| p.join(class.dir_name()));
+        let new_class = class_dir.is_some_and(|d| !d.is_dir());
+        let comps: Vec<&str> = self.parent.split('/').chain(rel.split('/')).collect();
         match &self.hier.0 {
             Layout::V1 { mounts, .. } => {
                 for m in mounts {
                     let mut dir = m.dir.clone();
-                    for comp in self.parent.split('/').chain([name.as_str()]) {
+                    for comp in &comps {
                         dir.push(comp);
                         self.mkdir(&dir, Some(&m.ctls))?;
                     }
@@ -418,22 +374,28 @@ impl CgroupManager for FsCgroups {
             Layout::V2 { root } => {
                 enable_controllers(root, self.simulated)?;
                 let mut dir = root.clone();
-                for comp in self.parent.split('/') {
+                let (leaf, above) = comps.split_last().unwrap_or((&"", &[]));
+                for comp in above {
                     dir.push(comp);
                     self.mkdir(&dir, None)?;
                     enable_controllers(&dir, self.simulated)?;
                 }
-                dir.push(&name);
+                dir.push(leaf);
                 self.mkdir(&dir, None)?;
             }
         }
-        self.write_limits(id, limits)
+        if new_class {
+            self.init_class(class)?;
+        }
+        self.write_limits(id, limits)?;
+        self.refresh_after(id)
     }
 
     fn set_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         self.existing_dir(id)?;
-        self.write_limits(id, limits)
+        self.write_limits(id, limits)?;
+        self.refresh_after(id)
     }
 
     fn read_limits(&self, id: &ServerId) -> Result<CgroupLimits, CgroupError> {
@@ -480,6 +442,14 @@ impl CgroupManager for FsCgroups {
                 self.ctl_dir(id, Ctl::Memory),
             )
         }
+    }
+
+    fn stall_usec(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        self.stall_of(id, r)
     }
 
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
@@ -550,6 +520,9 @@ impl CgroupManager for FsCgroups {
                 remove_files(dir)?;
             }
         }
+        let normal = self
+            .locate(id)
+            .is_some_and(|rel| rel.starts_with(CgroupClass::Normal.dir_name()));
         let cg = self.cgroup(id);
         for sub in cg.subsystems() {
             let c = sub.to_controller();
@@ -557,6 +530,9 @@ impl CgroupManager for FsCgroups {
                 path: c.path().to_path_buf(),
                 source,
             })?;
+        }
+        if normal {
+            self.refresh_normal()?;
         }
         Ok(())
     }
@@ -587,7 +563,9 @@ impl CgroupManager for FsCgroups {
 
     fn list(&self) -> Result<Vec<ServerId>, CgroupError> {
         let mut ids = BTreeSet::new();
-        for dir in self.parent_dirs() {
+        let parents = self.parent_dirs();
+        let classes = CgroupClass::ALL.iter().flat_map(|c| self.class_dirs(*c));
+        for dir in parents.iter().cloned().chain(classes) {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -606,21 +584,6 @@ impl CgroupManager for FsCgroups {
         }
         Ok(ids.into_iter().collect())
     }
-}
-
-fn has_subdirs(dir: &Path) -> Result<bool, CgroupError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| read_err(dir, e))?;
-        if entry
-            .file_type()
-            .map_err(|e| read_err(&entry.path(), e))?
-            .is_dir()
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// `CgroupError::Unavailable`'s message without its prefix, others as they print.

@@ -86,7 +86,7 @@ fn v1_lifecycle_on_a_fake_tree() {
     assert!(cg.is_simulated() && !cg.enforcing() && !cg.is_v2());
     assert!(cg.describe().starts_with("cgroup v1 (simulated at "));
     let id = ServerId::from_u128(0xabc);
-    let leaf = |ctl: &str| root.join(ctl).join("backfill").join(id.to_string());
+    let leaf = |ctl: &str| root.join(ctl).join("backfill/idle").join(id.to_string());
 
     // 2 vCPUs at 0.5 of a 100 ms period = 100 ms; 512 MiB at 0.25 = 128 MiB.
     let half = limits_for(
@@ -193,7 +193,7 @@ fn v1_co_mounted_cpu_and_cpuacct_share_one_directory() {
     let cg = FsCgroups::v1_at(t.path(), "a/b").unwrap();
     let id = ServerId::from_u128(1);
     cg.create(&id, &CgroupLimits::UNLIMITED).unwrap();
-    let leaf = |h: &str| root.join(h).join("a/b").join(id.to_string());
+    let leaf = |h: &str| root.join(h).join("a/b/normal").join(id.to_string());
     assert_eq!(
         cg.join_files(&id).unwrap(),
         vec![
@@ -247,7 +247,9 @@ fn removing_the_parent_keeps_an_ancestor_another_agents_parent_shares() {
         assert_eq!(b.list().unwrap(), vec![ServerId::from_u128(2)]);
         for d in b.parent_dirs() {
             assert!(
-                d.join(ServerId::from_u128(2).to_string()).is_dir(),
+                d.join("normal")
+                    .join(ServerId::from_u128(2).to_string())
+                    .is_dir(),
                 "{}",
                 d.display()
             );
@@ -268,7 +270,7 @@ fn v2_lifecycle_on_a_fake_tree() {
     assert!(cg.is_simulated() && cg.is_v2());
     assert!(cg.describe().starts_with("cgroup v2"));
     let id = ServerId::from_u128(0xdef);
-    let leaf = root.join("backfill").join(id.to_string());
+    let leaf = root.join("backfill/idle").join(id.to_string());
 
     let half = limits_for(
         &res(2, 512 * MIB),
@@ -353,7 +355,7 @@ fn v2_nested_parent_enables_controllers_all_the_way_down() {
     assert_eq!(read(&root.join("a/cgroup.subtree_control")), "cpu memory");
     assert_eq!(read(&root.join("a/b/cgroup.subtree_control")), "cpu memory");
     assert!(
-        root.join("a/b")
+        root.join("a/b/normal")
             .join(id.to_string())
             .join("cpu.max")
             .is_file()
@@ -419,7 +421,7 @@ fn bad_limits_and_bad_files_are_errors_with_paths() {
     cg.create(&id, &CgroupLimits::UNLIMITED).unwrap();
     let leaf = fs::canonicalize(t.path())
         .unwrap()
-        .join("cpu/backfill")
+        .join("cpu/backfill/normal")
         .join(id.to_string());
     write(&leaf.join("cgroup.procs"), "12\nnot-a-pid\n");
     let e = cg.procs(&id).unwrap_err();
@@ -600,7 +602,7 @@ fn real_kernel_lifecycle() {
         "{procs:?}"
     );
     let own = fs::read_to_string(format!("/proc/{joined_pid}/cgroup")).unwrap();
-    let rel = format!("/{parent}/{id}");
+    let rel = format!("/{parent}/idle/{id}");
     let joined_hierarchies = own.lines().filter(|l| l.ends_with(&rel)).count();
     assert_eq!(joined_hierarchies, join.len(), "{own}");
 
@@ -767,7 +769,7 @@ fn v1_device_rules_on_a_fake_tree() {
     let root = fs::canonicalize(t.path()).unwrap();
     let cg = FsCgroups::v1_at(t.path(), "backfill").unwrap();
     let id = ServerId::from_u128(0xd1);
-    let leaf = root.join("devices/backfill").join(id.to_string());
+    let leaf = root.join("devices/backfill/idle").join(id.to_string());
     let limits = limits_for(
         &res(1, 64 * MIB),
         PerfFactor::FULL,
@@ -939,7 +941,7 @@ fn a_squeeze_on_v2_starts_at_memory_high_and_the_hard_limit_follows_usage_down()
     let root = t.path();
     let cg = FsCgroups::v2_at(root, "backfill").unwrap();
     let id = ServerId::from_u128(0x5e);
-    let leaf = root.join("backfill").join(id.to_string());
+    let leaf = root.join("backfill/idle").join(id.to_string());
     let class = ServerClass::Backfill;
     let full = limits_for(
         &res(1, 512 * MIB),

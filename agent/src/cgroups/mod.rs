@@ -1,5 +1,5 @@
-//! One cgroup per server, under a configurable parent (default `backfill`), named by the server's
-//! id. The limits come from the server's resources and its perf_factor ([`limits_for`]); the
+//! One cgroup per server, under a configurable parent (default `backfill`) and its class parent
+//! (`normal/` or `idle/`, see [`CgroupClass`]), named by the server's id. The limits come from the server's resources and its perf_factor ([`limits_for`]); the
 //! [`CgroupManager`] trait has three implementations:
 //!
 //! - [`FsCgroups`]: the kernel's cgroup v1 or v2 filesystem, through cgroups-rs;
@@ -8,14 +8,17 @@
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
 mod claim;
+mod classes;
 mod devices;
 mod fake;
 mod files;
 mod fs;
 mod hierarchy;
 mod memory;
+mod stall;
 
 pub use claim::ParentClaim;
+pub use classes::{CgroupClass, V1_MAX_SHARES};
 pub use devices::{
     DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
 };
@@ -375,6 +378,18 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         let _ = id;
         Ok(0)
+    }
+    /// How long the server's own tasks have stalled for `r` so far (microseconds, only ever
+    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 (CPU only) the
+    /// run-queue wait of its threads. None where the kernel cannot tell; the host's PSI stands
+    /// in then.
+    fn stall_usec(
+        &self,
+        id: &ServerId,
+        r: crate::pressure::Resource,
+    ) -> Result<Option<u64>, CgroupError> {
+        let _ = (id, r);
+        Ok(None)
     }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
     /// short polls).

@@ -81,6 +81,8 @@ pub struct Supervisor {
     drivers: DriverSet,
     /// The host's pressure and the agent's reaction to it.
     pressure: pressure::PressureState,
+    /// The normal servers' own stall, polled.
+    stall: stall::StallWatch,
 }
 
 impl Supervisor {
@@ -110,6 +112,7 @@ impl Supervisor {
             cpu: CpuPolicy::default(),
             drivers: DriverSet::new().with(Arc::new(driver::ExecDriver)),
             pressure: Default::default(),
+            stall: Default::default(),
         }
     }
 
@@ -564,10 +567,12 @@ mod guests;
 mod memory;
 mod pressure;
 mod process;
+mod stall;
 mod start;
 
 pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};
 use process::{host_usage, stop_process};
+pub use stall::StallPolicy;
 #[cfg(test)]
 mod pressure_tests;
 #[cfg(test)]

@@ -93,7 +93,18 @@ impl Supervisor {
     /// floor), those backfill servers' `r` is squeezed to the floor now. Pressure without
     /// normal servers here is nobody's concern: backfill may use the host. Returns whether any
     /// limit changed (the coordinator should hear of it at once).
+    /// Where the stall poller reads every normal server's own stall for `r`
+    /// ([`Supervisor::poll_stall`]), the host's trigger is left to it and changes nothing.
     pub fn on_pressure(&mut self, r: Resource) -> bool {
+        if self.stall.attributed[super::stall::index(r)] {
+            return false;
+        }
+        self.squeeze_for(r)
+    }
+
+    /// Squeezes the backfill servers to blame for pressure on `r` (see
+    /// [`Supervisor::on_pressure`]).
+    pub(super) fn squeeze_for(&mut self, r: Resource) -> bool {
         let running = |e: &Entry| matches!(e.run, Run::Running { .. });
         let normal_here = self.entries.values().any(|e| running(e) && !is_backfill(e));
         if !normal_here {

@@ -153,3 +153,84 @@ fn the_squeeze_lifts_when_the_normal_servers_leave_and_idle_backfill_is_not_blam
     assert!(s.on_pressure(Resource::Cpu), "busy backfill is");
     s.stop_all();
 }
+
+const POLICY: super::StallPolicy = super::StallPolicy {
+    stall_us: 10_000,
+    window_ms: 100,
+};
+
+/// The poller: a normal server's own stall (its cgroup's PSI, or its threads' wait) squeezes
+/// backfill at the poll that sees it pass the threshold within the window; stall spread
+/// thinner than that does not; and once every normal server's stall is known, the host's
+/// trigger (which counts backfill's own waiting) leaves the decision to the poller.
+#[test]
+fn a_normal_servers_own_stall_squeezes_backfill_at_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = super::tests::supervisor(dir.path(), cg.clone()).with_pressure_policy(0.1, 3600);
+    let (normal, backfill) = (ServerId::from_u128(1), ServerId::from_u128(2));
+    s.apply(&host(&[
+        (normal, ServerClass::Normal),
+        (backfill, ServerClass::Backfill),
+    ]));
+    let full = quota_of(&cg, backfill).unwrap();
+
+    // Unknown stall (v1 memory, a kernel without PSI): nothing fires, and the host's trigger
+    // still decides (the tests above).
+    assert_eq!(s.poll_stall(0, POLICY), (vec![], false));
+
+    // Known stall: 1 ms per 10 ms poll is 10% over 100 ms... just under the threshold.
+    let mut t = 1_000;
+    let mut stall = 0;
+    for _ in 0..20 {
+        cg.set_stall(&normal, Resource::Cpu, Some(stall));
+        cg.set_stall(&normal, Resource::Memory, Some(0));
+        assert_eq!(s.poll_stall(t, POLICY), (vec![], false), "at {t} ms");
+        t += 10;
+        stall += 900;
+    }
+    assert!(!s.squeezing());
+    // The host's trigger no longer squeezes: the normal server's own figures say no.
+    assert!(!s.on_pressure(Resource::Cpu));
+    assert!(!s.squeezing());
+    assert_eq!(
+        s.stalls(),
+        vec![
+            (normal, Resource::Cpu, stall - 900),
+            (normal, Resource::Memory, 0)
+        ]
+    );
+
+    // 12 ms of stall between two polls: squeezed at that poll.
+    stall += 12_000;
+    cg.set_stall(&normal, Resource::Cpu, Some(stall));
+    assert_eq!(s.poll_stall(t, POLICY), (vec![Resource::Cpu], true));
+    assert_eq!(quota_of(&cg, backfill), Some(full / 10));
+    assert_eq!(s.squeezes(), (1, 0));
+    // The next poll starts over: no event without new stall.
+    t += 10;
+    assert_eq!(s.poll_stall(t, POLICY), (vec![], false));
+
+    // Held back by its own quota (throttled within the window): its own doing, not backfill's.
+    let throttled = |usec| backfill_shared::protocol::ServerUsage {
+        cpu_throttled_usec: usec,
+        ..Default::default()
+    };
+    cg.set_usage(&normal, throttled(5_000));
+    stall += 50_000;
+    cg.set_stall(&normal, Resource::Cpu, Some(stall));
+    t += 10;
+    assert_eq!(s.poll_stall(t, POLICY), (vec![], false), "throttled");
+
+    // Threads that ended take their wait with them: a lower total is no stall.
+    cg.set_stall(&normal, Resource::Cpu, Some(0));
+    t += 10;
+    assert_eq!(s.poll_stall(t, POLICY), (vec![], false));
+
+    // Backfill's own stall is not looked at: only normal servers are polled.
+    cg.set_stall(&backfill, Resource::Cpu, Some(u64::MAX / 2));
+    t += 10;
+    assert_eq!(s.poll_stall(t, POLICY), (vec![], false));
+    assert!(s.stalls().iter().all(|(id, _, _)| *id == normal));
+    s.stop_all();
+}
