@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// 4: workload kinds (`vm`, `container`) and the drivers an agent has, in its inventory.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5 (drives): `CoordinatorMessage::Drives`, `AgentMessage::Drives`, and a VM's attached
+/// drives at the end of `VmWorkload`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -64,6 +66,8 @@ pub enum AgentMessage {
     Hello(Hello),
     Report(Report),
     Ack(Ack),
+    /// The drives this host holds (after every `Drives` order, and when one changes).
+    Drives(crate::drive::DriveReport),
 }
 
 /// Coordinator -> agent.
@@ -78,6 +82,9 @@ pub enum CoordinatorMessage {
     Refused {
         reason: String,
     },
+    /// Every drive this host should hold, and those to delete (sent after `Welcome`, on each
+    /// change and with the heartbeat).
+    Drives(crate::drive::DriveOrders),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,7 +228,7 @@ mod tests {
 
     fn hello() -> AgentMessage {
         AgentMessage::Hello(Hello {
-            protocol_version: 4,
+            protocol_version: 5,
             host_id: "h1".parse().unwrap(),
             agent_version: "0.1.0".into(),
             inventory: HostInventory {
@@ -242,7 +249,7 @@ mod tests {
         let bytes = encode(&hello()).unwrap();
         let golden: &[u8] = &[
             0x00, // AgentMessage::Hello
-            0x04, // protocol_version
+            0x05, // protocol_version
             0x02, b'h', b'1', // host_id
             0x05, b'0', b'.', b'1', b'.', b'0', // agent_version
             0x02, b'h', b'1', // hostname
@@ -311,6 +318,57 @@ mod tests {
 
         let ack = encode(&AgentMessage::Ack(Ack { generation: 7 })).unwrap();
         assert_eq!(&ack[..], &[0x02, 0x07]);
+    }
+
+    #[test]
+    fn golden_drives() {
+        use crate::drive::*;
+        let orders = CoordinatorMessage::Drives(DriveOrders {
+            drives: vec![DesiredDrive {
+                id: DriveId::from_u128(3),
+                size: 300,
+                source: DriveSource::Library {
+                    image: "d".into(),
+                    sha256: None,
+                },
+            }],
+            delete: vec![DriveId::from_u128(4)],
+        });
+        let mut golden = vec![0x03, 0x01, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0xac, 0x02, 0x01, 0x01, b'd', 0x00, 0x01, 36]);
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000004");
+        assert_eq!(&encode(&orders).unwrap()[..], &golden[..]);
+        let report = AgentMessage::Drives(DriveReport {
+            drives: vec![ObservedDrive {
+                id: DriveId::from_u128(3),
+                size: 1,
+                state: ObservedDriveState::Failed { reason: "x".into() },
+            }],
+        });
+        let mut golden = vec![0x03, 0x01, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0x01, 0x01, 0x01, b'x']);
+        assert_eq!(&encode(&report).unwrap()[..], &golden[..]);
+        // A VM's drives ride at the end of its workload.
+        let w = Workload {
+            vm: Some(crate::VmWorkload {
+                drives: vec![DriveAttachment {
+                    drive: DriveId::from_u128(3),
+                    boot_order: Some(1),
+                    dev_channel: "0:0".into(),
+                    device: DriveDevice::Virtio,
+                    media: Media::Cdrom,
+                }],
+                ..crate::VmWorkload::default()
+            }),
+            ..Workload::default()
+        };
+        let bytes = encode(&w).unwrap();
+        let mut tail = vec![0x01, 36];
+        tail.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        tail.extend_from_slice(&[0x01, 0x01, 0x03, b'0', b':', b'0', 0x00, 0x01, 0x00]);
+        assert!(bytes.ends_with(&tail), "{bytes:x?}");
     }
 
     #[test]
