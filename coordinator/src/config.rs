@@ -63,6 +63,9 @@ pub struct CoordinatorConfig {
     /// network.
     #[serde(default)]
     pub drivers: crate::access::DriverAccess,
+    /// `[drives]`: the storage quota per account and the declared library drives.
+    #[serde(default)]
+    pub drives: crate::library::DrivesConfig,
 }
 
 /// Each HTTP listener's limits; a key left out takes that listener's default.
@@ -131,6 +134,9 @@ impl CoordinatorConfig {
             require_absolute(path, "database", file)?;
         }
         validate_tls_files(path, &self.tls)?;
+        self.drives
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         for (key, names) in [
             ("backfill_accounts", &self.backfill_accounts),
             ("accounts", &self.accounts),

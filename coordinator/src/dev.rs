@@ -171,6 +171,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         http: Default::default(),
         // Dev mode runs commands on this machine: every driver, for everyone.
         drivers: crate::access::DriverAccess::dev(),
+        drives: crate::library::DrivesConfig::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

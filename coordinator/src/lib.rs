@@ -13,10 +13,12 @@ pub mod coordinator;
 pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod drives;
 pub mod events;
 pub mod flavors;
 pub mod history;
 pub mod hosts;
+pub mod library;
 pub mod lifecycle;
 #[cfg(feature = "dev")]
 pub mod local_provisioner;

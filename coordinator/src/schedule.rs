@@ -217,6 +217,7 @@ impl Coordinator {
             });
         }
         crate::accounts::check_start(&model, owner, &current)?;
+        crate::drives::check_startable(&model, &current)?;
         let mut planned = self.make_plan(&model, id, self.clock.now());
         if let Plan::Never { reason } = &planned.plan {
             // No host has room for it, but auto mode may launch one that has.

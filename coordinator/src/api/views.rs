@@ -295,7 +295,7 @@ fn resource_uri(collection: &str, s: &ServerRecord) -> String {
     format!("/api/2.0/{collection}/{}/", s.uuid)
 }
 
-fn owner(account: &Account) -> Owner {
+pub(super) fn owner(account: &Account) -> Owner {
     Owner {
         resource_uri: format!("/api/2.0/user/{}/", account.uuid),
         uuid: account.uuid.clone(),
@@ -368,7 +368,10 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         cpu_model: None,
         cpu_type: "amd".into(),
         cpus_instead_of_cores: false,
-        drives: Vec::new(),
+        drives: match super::server_json::drives_json(&s.drives) {
+            serde_json::Value::Array(v) => v,
+            _ => Vec::new(),
+        },
         enable_numa: false,
         grantees: Vec::new(),
         hv_relaxed: false,

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "last host",
         include_str!("../../migrations/postgres/0008_last_host.sql"),
     ),
+    (
+        9,
+        "drives",
+        include_str!("../../migrations/postgres/0009_drives.sql"),
+    ),
 ];
 
 /// A store on a PostgreSQL server.

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "last host",
         include_str!("../../migrations/0008_last_host.sql"),
     ),
+    (
+        9,
+        "drives",
+        include_str!("../../migrations/0009_drives.sql"),
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.

@@ -41,6 +41,7 @@ fn server(owner: &str) -> ServerRecord {
         instance_type: String::new(),
         last_host: None,
         stop_reason: None,
+        drives: Vec::new(),
     }
 }
 

@@ -1,0 +1,162 @@
+//! Drives: a tenant's disks, each on the host whose agent made it.
+
+use super::StoreError;
+use backfill_shared::HostId;
+use backfill_shared::drive::{DriveId, DriveSource, Media};
+use std::collections::BTreeMap;
+
+/// Where a drive is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriveStatus {
+    /// Asked of its host, not reported made yet.
+    Creating,
+    Ready,
+    /// Its host could not make it (`error` says why).
+    Failed,
+    /// Deleted by its owner; gone from the API, kept until its host reports the file gone.
+    Deleting,
+}
+
+impl DriveStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveStatus::Creating => "creating",
+            DriveStatus::Ready => "ready",
+            DriveStatus::Failed => "failed",
+            DriveStatus::Deleting => "deleting",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DriveStatus> {
+        Some(match s {
+            "creating" => DriveStatus::Creating,
+            "ready" => DriveStatus::Ready,
+            "failed" => DriveStatus::Failed,
+            "deleting" => DriveStatus::Deleting,
+            _ => return None,
+        })
+    }
+}
+
+/// A drive as stored and as the live model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveRecord {
+    pub uuid: DriveId,
+    pub owner: String,
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    pub media: Media,
+    /// The host that holds it.
+    pub host: HostId,
+    pub source: DriveSource,
+    pub status: DriveStatus,
+    pub error: Option<String>,
+    pub meta: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub created_at: i64,
+}
+
+/// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
+/// that backend's types (the SQL is shared; see `super::Backend` for placeholders).
+macro_rules! backend {
+    ($m:ident, $Store:ident, $DB:ty) => {
+        pub(in crate::store) mod $m {
+            #[allow(unused_imports)]
+            use super::*;
+            use crate::store::$Store;
+            use sqlx::Row;
+            type DbRow = <$DB as sqlx::Database>::Row;
+            fn q<'a>(
+                sql: impl Into<std::borrow::Cow<'static, str>>,
+            ) -> sqlx::query::Query<'a, $DB, <$DB as sqlx::Database>::Arguments> {
+                crate::store::query::<$DB>(sql)
+            }
+
+            impl $Store {
+                /// Writes a drive (new or changed) durably.
+                pub async fn put_drive(&self, d: &DriveRecord) -> Result<(), StoreError> {
+                    let json = |v: serde_json::Result<String>| {
+                        v.map_err(|e| StoreError::Corrupt {
+                            table: "drives",
+                            key: d.uuid.to_string(),
+                            reason: e.to_string(),
+                        })
+                    };
+                    q("INSERT INTO drives (uuid, owner, name, size, media, host, source, status,
+                           error, meta, tags, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(uuid) DO UPDATE SET name = excluded.name,
+                           size = excluded.size, media = excluded.media, host = excluded.host,
+                           status = excluded.status, error = excluded.error,
+                           meta = excluded.meta, tags = excluded.tags")
+                    .bind(d.uuid.to_string())
+                    .bind(&d.owner)
+                    .bind(&d.name)
+                    .bind(i64::try_from(d.size).unwrap_or(i64::MAX))
+                    .bind(d.media.as_str())
+                    .bind(d.host.as_str())
+                    .bind(json(serde_json::to_string(&d.source))?)
+                    .bind(d.status.as_str())
+                    .bind(d.error.as_deref())
+                    .bind(json(serde_json::to_string(&d.meta))?)
+                    .bind(json(serde_json::to_string(&d.tags))?)
+                    .bind(d.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                pub async fn delete_drive(&self, id: &DriveId) -> Result<(), StoreError> {
+                    q("DELETE FROM drives WHERE uuid = ?")
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                pub async fn drives(&self) -> Result<Vec<DriveRecord>, StoreError> {
+                    let rows = q("SELECT uuid, owner, name, size, media, host, source, status, error,
+                                         meta, tags, created_at
+                                  FROM drives ORDER BY created_at, uuid")
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(drive_from_row).collect()
+                }
+            }
+
+            fn drive_from_row(r: &DbRow) -> Result<DriveRecord, StoreError> {
+                let key: String = r.try_get("uuid")?;
+                let c = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+                    table: "drives",
+                    key: key.clone(),
+                    reason: e.to_string(),
+                };
+                let size: i64 = r.try_get("size")?;
+                let media: String = r.try_get("media")?;
+                let host: String = r.try_get("host")?;
+                let status: String = r.try_get("status")?;
+                Ok(DriveRecord {
+                    uuid: key.parse().map_err(|e| c(&e))?,
+                    owner: r.try_get("owner")?,
+                    name: r.try_get("name")?,
+                    size: u64::try_from(size).map_err(|e| c(&e))?,
+                    media: Media::parse(&media).ok_or_else(|| c(&format!("media {media:?}")))?,
+                    host: host.parse().map_err(|e| c(&e))?,
+                    source: serde_json::from_str(&r.try_get::<String, _>("source")?)
+                        .map_err(|e| c(&e))?,
+                    status: DriveStatus::parse(&status)
+                        .ok_or_else(|| c(&format!("status {status:?}")))?,
+                    error: r.try_get("error")?,
+                    meta: serde_json::from_str(&r.try_get::<String, _>("meta")?)
+                        .map_err(|e| c(&e))?,
+                    tags: serde_json::from_str(&r.try_get::<String, _>("tags")?)
+                        .map_err(|e| c(&e))?,
+                    created_at: r.try_get("created_at")?,
+                })
+            }
+        }
+    };
+}
+
+backend!(sqlite, SqliteStore, sqlx::Sqlite);
+backend!(postgres, PgStore, sqlx::Postgres);
