@@ -3,6 +3,7 @@
 //! deadline instead of sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod guest;
 pub mod registry;
 
 use backfill_shared::pki::{Ca, IssueRequest, Role};
