@@ -25,6 +25,7 @@ fn library_image(images: &Path, name: &str) -> bool {
         .arg(&root)
         .arg(images.join(name))
         .arg("32M")
+        .stdout(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
