@@ -160,3 +160,82 @@ macro_rules! backend {
 
 backend!(sqlite, SqliteStore, sqlx::Sqlite);
 backend!(postgres, PgStore, sqlx::Postgres);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::testing;
+
+    fn drive(n: u128, source: DriveSource) -> DriveRecord {
+        DriveRecord {
+            uuid: DriveId::from_u128(n),
+            owner: "acme".into(),
+            name: format!("d{n}"),
+            size: 1 << 30,
+            media: Media::Disk,
+            host: "h1".parse().unwrap(),
+            source,
+            status: DriveStatus::Creating,
+            error: None,
+            meta: [("k".to_string(), "v".to_string())].into(),
+            tags: vec!["t".into()],
+            created_at: n as i64,
+        }
+    }
+
+    #[tokio::test]
+    async fn drives_and_attachments_round_trip() {
+        for db in testing::backends().await {
+            drives_on(db.open().await).await;
+        }
+    }
+
+    async fn drives_on(store: Store) {
+        let a = drive(1, DriveSource::Blank);
+        let b = drive(
+            2,
+            DriveSource::Library {
+                image: "debian.qcow2".into(),
+                sha256: Some("ab".repeat(32)),
+            },
+        );
+        let c = drive(3, DriveSource::Clone { drive: a.uuid });
+        for d in [&a, &b, &c] {
+            store.put_drive(d).await.unwrap();
+        }
+        assert_eq!(
+            store.drives().await.unwrap(),
+            vec![a.clone(), b.clone(), c.clone()]
+        );
+        // A change rewrites what may change; the owner and source stay.
+        let mut a2 = a.clone();
+        a2.status = DriveStatus::Failed;
+        a2.error = Some("no space".into());
+        a2.size = 2 << 30;
+        a2.name = "renamed".into();
+        store.put_drive(&a2).await.unwrap();
+        store.delete_drive(&b.uuid).await.unwrap();
+        assert_eq!(store.drives().await.unwrap(), vec![a2, c.clone()]);
+        // A server's drives are stored with it.
+        store.seed_accounts(&["acme".into()], &[], 0).await.unwrap();
+        let mut s = crate::store::tests::server("acme");
+        s.drives = vec![backfill_shared::DriveAttachment {
+            drive: c.uuid,
+            boot_order: Some(1),
+            dev_channel: "0:0".into(),
+            device: backfill_shared::drive::DriveDevice::Ide,
+            media: Media::Cdrom,
+        }];
+        store
+            .insert_servers(std::slice::from_ref(&s))
+            .await
+            .unwrap();
+        let back = store.servers().await.unwrap();
+        assert_eq!(back[0].drives, s.drives);
+        s.drives.clear();
+        store.commit(&[s.clone()], &[], &[], &[]).await.unwrap();
+        assert!(store.servers().await.unwrap()[0].drives.is_empty());
+    }
+}

@@ -8,7 +8,7 @@ use crate::events::Event;
 use crate::scheduler::Termination;
 use backfill_shared::HostInventory;
 
-fn server(owner: &str) -> ServerRecord {
+pub(crate) fn server(owner: &str) -> ServerRecord {
     ServerRecord {
         uuid: ServerId::new_random(),
         owner: owner.into(),
