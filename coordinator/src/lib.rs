@@ -14,6 +14,8 @@ pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod drives;
+#[cfg(test)]
+mod drives_tests;
 pub mod events;
 pub mod flavors;
 pub mod history;
