@@ -14,7 +14,9 @@ CREATE TABLE drives (
     error       TEXT,
     meta        TEXT NOT NULL,
     tags        TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
+    created_at  BIGINT NOT NULL,
+    -- Storage is metered (usage rows of class 'drive', bytes in `mem`) up to here.
+    metered_until BIGINT
 );
 CREATE INDEX drives_owner ON drives(owner);
 ALTER TABLE servers ADD COLUMN drives TEXT;

@@ -221,3 +221,45 @@ async fn drives_are_ordered_reported_pinned_and_kept_apart() {
         ("failed", Some("no space"))
     );
 }
+
+#[tokio::test]
+async fn storage_is_metered_per_gib_hour_until_the_drive_is_deleted() {
+    let f = fixture().await;
+    let (_conn, _rx) = f.c.register_agent(&vm_hello("h1")).await.unwrap();
+    let d =
+        f.c.create_drives(&f.tenant, vec![blank("b")])
+            .await
+            .unwrap()
+            .remove(0);
+    let id = d.record.uuid;
+    f.c.apply_drive_report(&d.record.host, ready(&[id]))
+        .await
+        .unwrap();
+    // The fixture's clock says 1000; a tick an hour later records the hour.
+    f.c.tick(1_000 + 3_600).await.unwrap();
+    let usage = |end: i64| {
+        let c = &f.c;
+        async move {
+            c.store
+                .usage(&crate::store::UsageFilter {
+                    account: None,
+                    start: 0,
+                    end,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.server == id.to_string())
+                .unwrap()
+        }
+    };
+    let row = usage(10_000).await;
+    assert_eq!(row.class, "drive");
+    assert_eq!(row.mem_byte_seconds, (1u64 << 30) * 3_600);
+    // 1 GiB for an hour at the default 0.0001 per GiB-hour.
+    assert_eq!(row.amount_micro, 100);
+    // Deleting stops the meter (after the part up to the delete, here none).
+    f.c.delete_drive(&f.tenant, id).await.unwrap();
+    f.c.tick(1_000 + 4 * 3_600).await.unwrap();
+    assert_eq!(usage(100_000).await.seconds, 3_600);
+}

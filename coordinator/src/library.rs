@@ -46,8 +46,12 @@ fn default_image_type() -> String {
     "preinst".into()
 }
 
+fn default_storage_price() -> String {
+    "0.0001".into()
+}
+
 /// `[drives]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrivesConfig {
     /// The bytes of drives one account may hold (unlimited when absent).
@@ -56,13 +60,36 @@ pub struct DrivesConfig {
     /// Offer only the declared library images (else every disk image of the hosts).
     #[serde(default)]
     pub only_declared: bool,
+    /// The price of storage per GiB-hour (a decimal string, like `[billing]` prices): drives
+    /// are metered as usage rows of class `drive`.
+    #[serde(default = "default_storage_price")]
+    pub storage_gib_hour: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub library: Vec<LibraryImage>,
 }
 
+impl Default for DrivesConfig {
+    fn default() -> DrivesConfig {
+        DrivesConfig {
+            storage_quota_bytes: None,
+            only_declared: false,
+            storage_gib_hour: default_storage_price(),
+            library: Vec::new(),
+        }
+    }
+}
+
 impl DrivesConfig {
+    /// The storage price in micro-currency per GiB-hour (0 if it does not parse; `validate`
+    /// refuses such a configuration).
+    pub fn storage_price(&self) -> i64 {
+        crate::billing::parse_money(&self.storage_gib_hour).unwrap_or(0)
+    }
+
     /// What is wrong with it: `(key, reason)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        crate::billing::parse_money(&self.storage_gib_hour)
+            .map_err(|e| ("drives.storage_gib_hour".to_owned(), e))?;
         for (i, l) in self.library.iter().enumerate() {
             backfill_shared::workload::check_file_name(&l.image)
                 .map_err(|e| (format!("drives.library[{i}].image"), e))?;

@@ -477,6 +477,8 @@ impl Coordinator {
         if !flush.is_empty() {
             self.commit(&mut model, flush, &[]).await?;
         }
+        // 7. Drives' storage, likewise.
+        self.meter_drives(&mut model, None, now).await?;
         Ok(())
     }
 }

@@ -216,6 +216,7 @@ impl Coordinator {
             meta: n.meta,
             tags: n.tags,
             created_at: self.clock.now(),
+            metered_until: Some(self.clock.now()),
         }
     }
 
@@ -382,6 +383,10 @@ impl Coordinator {
                 )));
             }
             self.check_storage(&model, owner, edit.size - current.size)?;
+            // The old size is charged up to now, the new one from now.
+            let now = self.clock.now();
+            self.meter_drives(&mut model, Some(id), now).await?;
+            next.metered_until = model.drives.get(&id).and_then(|d| d.metered_until);
             next.size = edit.size;
         }
         if next != current {
@@ -417,12 +422,57 @@ impl Coordinator {
         if !detached.is_empty() {
             self.commit(&mut model, detached, &[]).await?;
         }
-        let mut gone = current;
+        let now = self.clock.now();
+        self.meter_drives(&mut model, Some(id), now).await?;
+        let mut gone = model.drives.get(&id).cloned().unwrap_or(current);
         gone.status = DriveStatus::Deleting;
+        gone.metered_until = None;
         self.store.put_drive(&gone).await?;
         let host = gone.host.clone();
         model.drives.insert(id, gone);
         model.push_drive_orders(&host);
+        Ok(())
+    }
+
+    /// Records the storage of drives as usage up to `now`: those in `only` (before a resize or
+    /// a delete), or else every metered drive last recorded `interval_s` ago or earlier.
+    pub(crate) async fn meter_drives(
+        &self,
+        model: &mut Model,
+        only: Option<DriveId>,
+        now: i64,
+    ) -> Result<(), OpError> {
+        let stale = now - self.billing.interval_s;
+        let price = self.drive_config.storage_price();
+        let usage: Vec<crate::store::DriveUsage> = model
+            .drives
+            .values()
+            .filter(|d| match only {
+                Some(id) => d.uuid == id,
+                None => d.metered_until.is_some_and(|t| t <= stale),
+            })
+            .filter_map(|d| {
+                let start = d.metered_until?;
+                (now > start).then(|| crate::store::DriveUsage {
+                    drive: d.uuid,
+                    account: d.owner.clone(),
+                    name: d.name.clone(),
+                    start,
+                    end: now,
+                    size: d.size,
+                    price,
+                })
+            })
+            .collect();
+        if usage.is_empty() {
+            return Ok(());
+        }
+        self.store.meter_drives(&usage).await?;
+        for u in &usage {
+            if let Some(d) = model.drives.get_mut(&u.drive) {
+                d.metered_until = Some(u.end);
+            }
+        }
         Ok(())
     }
 
@@ -479,6 +529,7 @@ impl Coordinator {
                     tracing::warn!(drive = %d.uuid, host = %host, reason, "drive could not be made");
                     next.status = DriveStatus::Failed;
                     next.error = Some(reason.clone());
+                    next.metered_until = None;
                 }
                 _ => {}
             }

@@ -54,6 +54,21 @@ pub struct DriveRecord {
     pub meta: BTreeMap<String, String>,
     pub tags: Vec<String>,
     pub created_at: i64,
+    /// Its storage is metered up to here (usage rows of class `drive`).
+    pub metered_until: Option<i64>,
+}
+
+/// A stretch of a drive's storage to record as usage: `size` bytes over `[start, end)` at
+/// `price` micro-currency per GiB-hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveUsage {
+    pub drive: DriveId,
+    pub account: String,
+    pub name: String,
+    pub start: i64,
+    pub end: i64,
+    pub size: u64,
+    pub price: i64,
 }
 
 /// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
@@ -83,12 +98,13 @@ macro_rules! backend {
                         })
                     };
                     q("INSERT INTO drives (uuid, owner, name, size, media, host, source, status,
-                           error, meta, tags, created_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           error, meta, tags, created_at, metered_until)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT(uuid) DO UPDATE SET name = excluded.name,
                            size = excluded.size, media = excluded.media, host = excluded.host,
                            status = excluded.status, error = excluded.error,
-                           meta = excluded.meta, tags = excluded.tags")
+                           meta = excluded.meta, tags = excluded.tags,
+                           metered_until = excluded.metered_until")
                     .bind(d.uuid.to_string())
                     .bind(&d.owner)
                     .bind(&d.name)
@@ -101,8 +117,36 @@ macro_rules! backend {
                     .bind(json(serde_json::to_string(&d.meta))?)
                     .bind(json(serde_json::to_string(&d.tags))?)
                     .bind(d.created_at)
+                    .bind(d.metered_until)
                     .execute(&self.pool)
                     .await?;
+                    Ok(())
+                }
+
+                /// Records stretches of drives' storage as usage and moves each drive's
+                /// `metered_until` to its stretch's end, in one transaction.
+                pub async fn meter_drives(&self, usage: &[DriveUsage]) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    for u in usage.iter().filter(|u| u.end > u.start) {
+                        q("INSERT INTO usage (server, account, name, class, start, \"end\", cpu, mem,
+                               perf_cpu, perf_mem, price_cpu, price_mem)
+                           VALUES (?, ?, ?, 'drive', ?, ?, 0, ?, 1.0, 1.0, 0, ?)")
+                        .bind(u.drive.to_string())
+                        .bind(&u.account)
+                        .bind(&u.name)
+                        .bind(u.start)
+                        .bind(u.end)
+                        .bind(i64::try_from(u.size).unwrap_or(i64::MAX))
+                        .bind(u.price)
+                        .execute(&mut *tx)
+                        .await?;
+                        q("UPDATE drives SET metered_until = ? WHERE uuid = ?")
+                            .bind(u.end)
+                            .bind(u.drive.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -116,7 +160,7 @@ macro_rules! backend {
 
                 pub async fn drives(&self) -> Result<Vec<DriveRecord>, StoreError> {
                     let rows = q("SELECT uuid, owner, name, size, media, host, source, status, error,
-                                         meta, tags, created_at
+                                         meta, tags, created_at, metered_until
                                   FROM drives ORDER BY created_at, uuid")
                     .fetch_all(&self.pool)
                     .await?;
@@ -152,6 +196,7 @@ macro_rules! backend {
                     tags: serde_json::from_str(&r.try_get::<String, _>("tags")?)
                         .map_err(|e| c(&e))?,
                     created_at: r.try_get("created_at")?,
+                    metered_until: r.try_get("metered_until")?,
                 })
             }
         }
@@ -182,6 +227,7 @@ mod tests {
             meta: [("k".to_string(), "v".to_string())].into(),
             tags: vec!["t".into()],
             created_at: n as i64,
+            metered_until: Some(n as i64),
         }
     }
 
@@ -237,5 +283,41 @@ mod tests {
         s.drives.clear();
         store.commit(&[s.clone()], &[], &[], &[]).await.unwrap();
         assert!(store.servers().await.unwrap()[0].drives.is_empty());
+        // Storage usage: rows of class drive, and the drive's metered_until moves with them.
+        let u = DriveUsage {
+            drive: c.uuid,
+            account: "acme".into(),
+            name: "d3".into(),
+            start: 0,
+            end: 3_600,
+            size: 2 << 30,
+            price: 100,
+        };
+        store.meter_drives(&[u]).await.unwrap();
+        let d = store.drives().await.unwrap();
+        assert_eq!(
+            d.iter().find(|d| d.uuid == c.uuid).unwrap().metered_until,
+            Some(3_600)
+        );
+        let rows = store
+            .usage(&crate::store::UsageFilter {
+                account: Some("acme".into()),
+                start: 0,
+                end: 3_600,
+            })
+            .await
+            .unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.server == c.uuid.to_string())
+            .unwrap();
+        assert_eq!(
+            (row.class.as_str(), row.mem_byte_seconds),
+            ("drive", (2u64 << 30) * 3_600)
+        );
+        assert_eq!(
+            row.amount_micro, 200,
+            "2 GiB for an hour at 100 per GiB-hour"
+        );
     }
 }

@@ -27,7 +27,7 @@ mod webhooks;
 
 pub use accounts::{Account, AccountChange, Quota, QuotaChange};
 pub use admin::{AdminAction, LaunchRecord};
-pub use drives::{DriveRecord, DriveStatus};
+pub use drives::{DriveRecord, DriveStatus, DriveUsage};
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 pub use usage::{Prices, UsageFilter, UsageRow, UsageSegment, charge as usage_charge};
@@ -426,4 +426,6 @@ dispatch! {
     fn put_drive(&self, d: &DriveRecord) -> Result<(), StoreError>;
     fn delete_drive(&self, id: &backfill_shared::DriveId) -> Result<(), StoreError>;
     fn drives(&self) -> Result<Vec<DriveRecord>, StoreError>;
+    /// Drives' storage as usage, with their `metered_until`, in one transaction.
+    fn meter_drives(&self, usage: &[DriveUsage]) -> Result<(), StoreError>;
 }
