@@ -430,7 +430,9 @@ impl Coordinator {
         let idle = current.status == ServerStatus::Stopped;
         if idle {
             crate::accounts::check_size(owner, edit.cpu, edit.mem)?;
-            if edit.workload != current.workload || edit.drives != current.drives {
+            if edit.workload != current.workload
+                || !crate::drives::same_attachments(&edit.drives, &current.drives)
+            {
                 let w = crate::drives::runs_with_drives(edit.workload.as_ref(), &edit.drives)?;
                 self.access.check(owner, w.as_ref())?;
                 check_runnable(&model, w.as_ref())?;
@@ -442,11 +444,11 @@ impl Coordinator {
             next.workload = edit.workload;
             next.priority = edit.priority;
             next.flavor = edit.flavor;
-            if edit.drives != current.drives {
+            if !crate::drives::same_attachments(&edit.drives, &current.drives) {
                 next.drives =
                     crate::drives::check_attachments(&model, owner, Some(id), edit.drives)?;
             }
-        } else if edit.drives != current.drives {
+        } else if !crate::drives::same_attachments(&edit.drives, &current.drives) {
             return Err(OpError::InvalidState {
                 id,
                 status: current.status.as_str(),

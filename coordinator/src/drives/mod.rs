@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 mod rules;
-pub use rules::{check_attachments, check_startable, runs_with_drives};
+pub use rules::{check_attachments, check_startable, runs_with_drives, same_attachments};
 
 /// A drive as the API shows it: the record, what it is mounted on, and its CloudSigma status.
 #[derive(Debug, Clone, PartialEq)]

@@ -145,3 +145,43 @@ pub fn check_startable(model: &Model, s: &ServerRecord) -> Result<(), OpError> {
     }
     Ok(())
 }
+
+/// Whether two lists attach the same drives the same way (the media is the coordinator's to
+/// fill in, so a client sending a GET back does not change it).
+pub fn same_attachments(a: &[DriveAttachment], b: &[DriveAttachment]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            (x.drive, x.boot_order, &x.dev_channel, x.device)
+                == (y.drive, y.boot_order, &y.dev_channel, y.device)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_shared::Media;
+    use backfill_shared::drive::{DriveDevice, DriveId};
+
+    #[test]
+    fn a_get_sent_back_attaches_the_same_drives() {
+        let a = DriveAttachment {
+            drive: DriveId::from_u128(1),
+            boot_order: Some(2),
+            dev_channel: "0:1".into(),
+            device: DriveDevice::Ide,
+            media: Media::Cdrom,
+        };
+        // A PUT body does not carry the media: parsed as a disk, still the same attachment.
+        let parsed = DriveAttachment {
+            media: Media::Disk,
+            ..a.clone()
+        };
+        assert!(same_attachments(std::slice::from_ref(&a), &[parsed]));
+        let moved = DriveAttachment {
+            boot_order: Some(1),
+            ..a.clone()
+        };
+        assert!(!same_attachments(std::slice::from_ref(&a), &[moved]));
+        assert!(!same_attachments(&[a], &[]));
+    }
+}
