@@ -585,5 +585,10 @@ mod tests {
         assert!(d.server_dir(&a).exists());
         assert!(!d.server_dir(&b).exists());
         assert!(d.dir.join("not-a-uuid").exists());
+        // A stopped or preempted VM's drives are not its overlay: sweeping never touches them.
+        std::fs::create_dir_all(&d.drives_dir).unwrap();
+        std::fs::write(d.drives_dir.join(format!("{b}.qcow2")), b"drive").unwrap();
+        d.sweep(&[]);
+        assert!(d.drives_dir.join(format!("{b}.qcow2")).exists());
     }
 }
