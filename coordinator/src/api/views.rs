@@ -401,9 +401,15 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         tags: s.tags.clone(),
         uuid: s.uuid.to_string(),
         vnc_password: s.vnc_password.clone(),
-        workload: s
-            .workload
-            .as_ref()
-            .and_then(|w| serde_json::to_value(w).ok()),
+        workload: s.workload.as_ref().and_then(workload_json),
     }
+}
+
+/// A workload as the tenant gave it: a VM's drives are the server's `drives`, not shown here.
+fn workload_json(w: &backfill_shared::Workload) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(w).ok()?;
+    if let Some(vm) = v.get_mut("vm").and_then(serde_json::Value::as_object_mut) {
+        vm.remove("drives");
+    }
+    Some(v)
 }
