@@ -386,6 +386,11 @@ fn drivers(cfg: &AgentConfig, _run_as: Option<RunAs>) -> driver::DriverSet {
     set
 }
 
+/// This host's drives: `<state_dir>/drives`, made from `[vm] images_dir` with `[vm] qemu_img`.
+fn backfill_agent_drives(cfg: &AgentConfig) -> crate::drives::DriveStore {
+    crate::drives::DriveStore::new(&cfg.state_dir, &cfg.vm.images_dir, &cfg.vm.qemu_img)
+}
+
 async fn run(
     cfg: AgentConfig,
     host_id: HostId,
@@ -483,6 +488,8 @@ async fn run(
         report_interval: Duration::from_secs(cfg.report_interval_secs),
         silence_limit: Duration::from_secs(cfg.coordinator_silence_secs),
         metrics: metrics.clone(),
+        drives: (cfg.vm.enabled && cfg.vm.qemu_img.is_file())
+            .then(|| Arc::new(backfill_agent_drives(&cfg))),
     };
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin.bind)
         .await

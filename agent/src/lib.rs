@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod driver;
+pub mod drives;
 pub mod http_conn;
 pub mod link;
 pub mod metadata;

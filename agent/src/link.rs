@@ -69,6 +69,8 @@ pub struct LinkParams {
     /// Silence from the coordinator this long drops the link (it is then redialled).
     pub silence_limit: Duration,
     pub metrics: Arc<crate::admin::AgentMetrics>,
+    /// The drives of this host, when it runs VMs.
+    pub drives: Option<Arc<crate::drives::DriveStore>>,
 }
 
 impl LinkParams {
@@ -269,16 +271,17 @@ async fn session(
                 Err(_) => LinkError::BadRedirect(link.chars().take(100).collect()),
             });
         }
-        CoordinatorMessage::DesiredState(_) => {
+        CoordinatorMessage::DesiredState(_) | CoordinatorMessage::Drives(_) => {
             return Err(ProtocolError::Unexpected("desired state before Welcome").into());
         }
     }
-    exchange(
+    exchange_with(
         &mut link,
         supervisor,
         changed,
         p.report_interval,
         p.silence_limit,
+        p.drives.as_ref(),
     )
     .await
 }
@@ -286,6 +289,7 @@ async fn session(
 /// After the handshake: applies desired states and reports, until the link fails or the
 /// coordinator has said nothing for `silence`. Only a received frame moves the deadline; the
 /// agent's own reports do not.
+#[cfg(test)]
 async fn exchange<L>(
     link: &mut L,
     supervisor: &Arc<Mutex<Supervisor>>,
@@ -296,6 +300,26 @@ async fn exchange<L>(
 where
     L: Stream<Item = std::io::Result<BytesMut>> + Sink<Bytes, Error = std::io::Error> + Unpin,
 {
+    exchange_with(link, supervisor, changed, report_interval, silence, None).await
+}
+
+/// [`exchange`], with this host's drives: drive orders are carried out off the async threads
+/// (a copy may take a while), one at a time, and each answers with a drive report.
+async fn exchange_with<L>(
+    link: &mut L,
+    supervisor: &Arc<Mutex<Supervisor>>,
+    changed: &Notify,
+    report_interval: Duration,
+    silence: Duration,
+    drives: Option<&Arc<crate::drives::DriveStore>>,
+) -> Result<(), LinkError>
+where
+    L: Stream<Item = std::io::Result<BytesMut>> + Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let (drive_tx, mut drive_rx) =
+        tokio::sync::mpsc::channel::<backfill_shared::drive::DriveReport>(4);
+    // The latest orders not yet taken up: a newer order replaces an older one that waits.
+    let pending: Arc<Mutex<Option<backfill_shared::drive::DriveOrders>>> = Arc::default();
     report(link, supervisor).await?;
     let mut deadline = Instant::now() + silence;
     let mut ticker = tokio::time::interval(report_interval);
@@ -324,11 +348,69 @@ where
                     CoordinatorMessage::Redirect { .. } => {
                         return Err(ProtocolError::Unexpected("Redirect after Welcome").into());
                     }
+                    CoordinatorMessage::Drives(orders) => match drives {
+                        Some(store) => apply_drives(store, &pending, orders, &drive_tx),
+                        None => {
+                            let failed = no_drives_here(&orders);
+                            send(link, &AgentMessage::Drives(failed)).await?;
+                        }
+                    },
                 }
             }
+            Some(r) = drive_rx.recv() => send(link, &AgentMessage::Drives(r)).await?,
             () = changed.notified() => report(link, supervisor).await?,
             _ = ticker.tick() => report(link, supervisor).await?,
         }
+    }
+}
+
+/// Hands `orders` to a blocking task unless one is already waiting (it then takes these
+/// instead): a burst of orders costs one pass, and passes never overlap.
+fn apply_drives(
+    store: &Arc<crate::drives::DriveStore>,
+    pending: &Arc<Mutex<Option<backfill_shared::drive::DriveOrders>>>,
+    orders: backfill_shared::drive::DriveOrders,
+    tx: &tokio::sync::mpsc::Sender<backfill_shared::drive::DriveReport>,
+) {
+    let waiting = {
+        let mut p = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.replace(orders).is_some()
+    };
+    if waiting {
+        return;
+    }
+    let (store, pending, tx) = (store.clone(), pending.clone(), tx.clone());
+    tokio::task::spawn_blocking(move || {
+        let next = pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(orders) = next {
+            let _ = tx.blocking_send(store.apply(&orders));
+        }
+    });
+}
+
+/// The answer of a host without the vm driver: every drive it is asked to hold fails.
+fn no_drives_here(
+    orders: &backfill_shared::drive::DriveOrders,
+) -> backfill_shared::drive::DriveReport {
+    use backfill_shared::drive::{ObservedDrive, ObservedDriveState};
+    backfill_shared::drive::DriveReport {
+        drives: orders
+            .drives
+            .iter()
+            .map(|d| ObservedDrive {
+                id: d.id,
+                size: 0,
+                state: ObservedDriveState::Failed {
+                    reason: "this host does not run VMs (no vm driver), so it holds no drives"
+                        .into(),
+                },
+            })
+            .collect(),
     }
 }
 

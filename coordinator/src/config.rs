@@ -66,6 +66,9 @@ pub struct CoordinatorConfig {
     /// `[ha]`: several coordinators on one PostgreSQL (name, advertised addresses, lease).
     #[serde(default)]
     pub ha: crate::ha::HaConfig,
+    /// `[drives]`: the storage quota per account and the declared library drives.
+    #[serde(default)]
+    pub drives: crate::library::DrivesConfig,
 }
 
 /// Each HTTP listener's limits; a key left out takes that listener's default.
@@ -134,6 +137,9 @@ impl CoordinatorConfig {
             require_absolute(path, "database", file)?;
         }
         validate_tls_files(path, &self.tls)?;
+        self.drives
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(path, key, reason))?;
         for (key, names) in [
             ("backfill_accounts", &self.backfill_accounts),
             ("accounts", &self.accounts),

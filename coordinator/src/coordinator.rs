@@ -20,6 +20,11 @@ use tokio::sync::{Mutex, MutexGuard, watch};
 pub enum OpError {
     #[error("server {0} does not exist")]
     NotFound(ServerId),
+    #[error("drive {0} does not exist")]
+    DriveNotFound(backfill_shared::DriveId),
+    /// A drive a running server uses cannot be deleted, resized or cloned.
+    #[error("{0}")]
+    DriveInUse(String),
     #[error("server {id} is {status}; {what}")]
     InvalidState {
         id: ServerId,
@@ -72,6 +77,9 @@ pub struct NewServer {
     /// The device profile it names (its GPUs), resolved by the coordinator at create.
     pub device_profile: Option<String>,
     pub gpu_request: Option<crate::store::GpuRequest>,
+    /// Its drives (CloudSigma's `drives`), checked against the owner's drives at create and
+    /// edit.
+    pub drives: Vec<backfill_shared::DriveAttachment>,
 }
 
 #[derive(Debug)]
@@ -96,6 +104,8 @@ pub struct Coordinator {
     pub(crate) access: crate::access::DriverAccess,
     /// Writes the model's changes to the store, grouped (see `crate::committer`).
     pub(crate) committer: crate::committer::Committer,
+    /// `[drives]`: storage quota and library drives.
+    pub(crate) drive_config: crate::library::DrivesConfig,
     next_conn: AtomicU64,
 }
 
@@ -152,6 +162,7 @@ impl Coordinator {
             events_ready,
             webhooks: crate::events::delivery::WebhookConfig::default(),
             access: crate::access::DriverAccess::default(),
+            drive_config: crate::library::DrivesConfig::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -189,6 +200,12 @@ impl Coordinator {
     /// Who may run which driver.
     pub fn with_driver_access(mut self, access: crate::access::DriverAccess) -> Coordinator {
         self.access = access;
+        self
+    }
+
+    /// `[drives]`: storage quota and library drives.
+    pub fn with_drives(mut self, cfg: crate::library::DrivesConfig) -> Coordinator {
+        self.drive_config = cfg;
         self
     }
 
@@ -267,9 +284,18 @@ impl Coordinator {
         }
         let mut model = self.lock_model().await;
         crate::accounts::check_create(&model, owner, &new)?;
+        for n in &mut new {
+            n.drives = crate::drives::check_attachments(
+                &model,
+                owner,
+                None,
+                std::mem::take(&mut n.drives),
+            )?;
+        }
         for n in &new {
-            self.access.check(owner, n.workload.as_ref())?;
-            check_runnable(&model, n.workload.as_ref())?;
+            let w = crate::drives::runs_with_drives(n.workload.as_ref(), &n.drives)?;
+            self.access.check(owner, w.as_ref())?;
+            check_runnable(&model, w.as_ref())?;
         }
         let records: Vec<ServerRecord> = new
             .into_iter()
@@ -309,6 +335,7 @@ impl Coordinator {
                 instance_type: String::new(),
                 last_host: None,
                 stop_reason: None,
+                drives: n.drives,
             })
             .collect();
         let mut arqs = Vec::new();
@@ -405,9 +432,12 @@ impl Coordinator {
         let idle = current.status == ServerStatus::Stopped;
         if idle {
             crate::accounts::check_size(owner, edit.cpu, edit.mem)?;
-            if edit.workload != current.workload {
-                self.access.check(owner, edit.workload.as_ref())?;
-                check_runnable(&model, edit.workload.as_ref())?;
+            if edit.workload != current.workload
+                || !crate::drives::same_attachments(&edit.drives, &current.drives)
+            {
+                let w = crate::drives::runs_with_drives(edit.workload.as_ref(), &edit.drives)?;
+                self.access.check(owner, w.as_ref())?;
+                check_runnable(&model, w.as_ref())?;
             }
             next.cpu = edit.cpu;
             next.smp = edit.smp;
@@ -416,6 +446,16 @@ impl Coordinator {
             next.workload = edit.workload;
             next.priority = edit.priority;
             next.flavor = edit.flavor;
+            if !crate::drives::same_attachments(&edit.drives, &current.drives) {
+                next.drives =
+                    crate::drives::check_attachments(&model, owner, Some(id), edit.drives)?;
+            }
+        } else if !crate::drives::same_attachments(&edit.drives, &current.drives) {
+            return Err(OpError::InvalidState {
+                id,
+                status: current.status.as_str(),
+                what: "drives are attached and detached only while the server is stopped",
+            });
         }
         if next != current {
             let guest_changed = next.name != current.name || next.meta != current.meta;

@@ -215,6 +215,7 @@ pub(crate) async fn build(
     .with_operator(pools, cfg.operator.clone())
     .await?
     .with_driver_access(cfg.drivers.clone())
+    .with_drives(cfg.drives.clone())
     .with_config_view(cfg.redacted())
     .with_webhooks(cfg.webhooks.clone()))
 }

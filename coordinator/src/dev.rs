@@ -157,6 +157,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         // Dev mode runs commands on this machine: every driver, for everyone.
         drivers: crate::access::DriverAccess::dev(),
         ha: Default::default(),
+        drives: crate::library::DrivesConfig::default(),
     };
     let bound = Bound::new(&cfg).await?;
     let api = client_addr(bound.api_addr);

@@ -16,11 +16,15 @@ pub mod coordinator;
 pub mod daemon;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod drives;
+#[cfg(test)]
+mod drives_tests;
 pub mod events;
 pub mod flavors;
 pub mod ha;
 pub mod history;
 pub mod hosts;
+pub mod library;
 pub mod lifecycle;
 #[cfg(feature = "dev")]
 pub mod local_provisioner;

@@ -4,12 +4,14 @@
 
 use crate::scheduler::{Cluster, FreeResources, HostSpec, Placed, ServerSpec};
 use crate::store::{HostRecord, ServerRecord};
+use backfill_shared::drive::{DesiredDrive, DriveOrders};
 use backfill_shared::protocol::{DesiredServer, DesiredState, Report};
 use backfill_shared::{
     GuestNetwork, GuestProfile, HostId, PerfFactor, ServerId, ServerStatus, WorkerState,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct HostEntry {
@@ -93,6 +95,10 @@ pub struct Model {
     index: crate::server_index::ServerIndex,
     /// The committer's epoch this model was made at (see `crate::committer`).
     pub epoch: u64,
+    /// Every drive, deleted ones until their host reports them gone.
+    pub drives: BTreeMap<backfill_shared::DriveId, crate::store::DriveRecord>,
+    /// Each connected agent's drive orders (by its session's `conn`).
+    pub drive_links: BTreeMap<HostId, (u64, watch::Sender<Arc<DriveOrders>>)>,
 }
 
 /// Whether a server's host keeps something of it while it is stopped (a VM's disk overlay).
@@ -101,6 +107,30 @@ fn keeps_disk(s: &ServerRecord) -> bool {
         && s.last_host.is_some()
         && backfill_shared::workload::Needs::of(s.workload.as_ref()).driver
             == backfill_shared::DriverKind::Vm
+}
+
+/// What a server's agent runs: its workload with its drives attached (a server with drives and
+/// no workload is a VM that boots from its drive with boot order 1).
+pub fn effective_workload(s: &ServerRecord) -> Option<backfill_shared::Workload> {
+    with_drives(s.workload.as_ref(), &s.drives)
+}
+
+/// `workload` with `drives` attached (see [`effective_workload`]).
+pub fn with_drives(
+    workload: Option<&backfill_shared::Workload>,
+    drives: &[backfill_shared::DriveAttachment],
+) -> Option<backfill_shared::Workload> {
+    if drives.is_empty() {
+        return workload.cloned();
+    }
+    let mut w = workload.cloned().unwrap_or_default();
+    let mut vm = w.vm.take().unwrap_or_default();
+    vm.drives = backfill_shared::drive::boot_sequence(drives)
+        .into_iter()
+        .cloned()
+        .collect();
+    w.vm = Some(vm);
+    Some(w)
 }
 
 /// A server holds resources on its host in these states.
@@ -132,7 +162,7 @@ pub fn spec_of(s: &ServerRecord) -> ServerSpec {
         priority: s.priority,
         created_at: s.created_at,
         owner: s.owner.clone(),
-        needs: backfill_shared::workload::Needs::of(s.workload.as_ref()),
+        needs: backfill_shared::workload::Needs::of(effective_workload(s).as_ref()),
         prefer: s.last_host.clone().filter(|_| {
             backfill_shared::workload::Needs::of(s.workload.as_ref()).driver
                 == backfill_shared::DriverKind::Vm
@@ -206,7 +236,9 @@ impl Model {
             self.index.remove(old);
         }
         self.index.add(&s);
-        self.cluster.add_server(spec_of(&s));
+        let mut spec = spec_of(&s);
+        spec.needs.host = self.drive_host(&s);
+        self.cluster.add_server(spec);
         let want = placed_of(&s, now);
         let have = self.cluster.placed(id).cloned();
         match (have, want) {
@@ -292,6 +324,39 @@ impl Model {
         self.servers.remove(&id);
     }
 
+    /// The host that holds a server's drives (all of them are on one host), if it has any.
+    pub fn drive_host(&self, s: &ServerRecord) -> Option<HostId> {
+        s.drives
+            .iter()
+            .find_map(|a| self.drives.get(&a.drive))
+            .map(|d| d.host.clone())
+    }
+
+    /// What `host` should hold: its drives being made or made, and its deleted ones to remove.
+    pub fn drive_orders(&self, host: &HostId) -> DriveOrders {
+        use crate::store::DriveStatus;
+        let mut orders = DriveOrders::default();
+        for d in self.drives.values().filter(|d| d.host == *host) {
+            match d.status {
+                DriveStatus::Creating | DriveStatus::Ready => orders.drives.push(DesiredDrive {
+                    id: d.uuid,
+                    size: d.size,
+                    source: d.source.clone(),
+                }),
+                DriveStatus::Deleting => orders.delete.push(d.uuid),
+                DriveStatus::Failed => {}
+            }
+        }
+        orders
+    }
+
+    /// Hands `host`'s agent its current drive orders, if it is connected.
+    pub fn push_drive_orders(&self, host: &HostId) {
+        if let Some((_, tx)) = self.drive_links.get(host) {
+            tx.send_replace(Arc::new(self.drive_orders(host)));
+        }
+    }
+
     /// CloudSigma's `free_resources`, from the scheduler's index.
     pub fn free_resources(&self) -> FreeResources {
         self.cluster.free_resources()
@@ -314,7 +379,7 @@ impl Model {
                     server: s.uuid,
                     resources: s.resources(),
                     perf_factor: s.perf_factor,
-                    workload: s.workload.clone(),
+                    workload: effective_workload(s),
                     incarnation: s.incarnation,
                     termination: s.termination,
                     guest: guest_profile(s, &self.flavors),

@@ -219,6 +219,7 @@ impl Coordinator {
             });
         }
         crate::accounts::check_start(&model, owner, &current)?;
+        crate::drives::check_startable(&model, &current)?;
         let mut planned = self.make_plan(&model, id, self.clock.now());
         if let Plan::Never { reason } = &planned.plan {
             // No host has room for it, but auto mode may launch one that has.
@@ -492,6 +493,8 @@ impl Coordinator {
         if !flush.is_empty() {
             writes.push(self.commit(&mut model, flush, &[]).await?);
         }
+        // 7. Drives' storage, likewise.
+        self.meter_drives(&mut model, None, now).await?;
         Ok(())
     }
 }

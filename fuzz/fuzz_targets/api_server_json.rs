@@ -57,6 +57,7 @@ static CURRENT: LazyLock<ServerRecord> = LazyLock::new(|| ServerRecord {
     gpus: Vec::new(),
     last_host: None,
     stop_reason: None,
+    drives: Vec::new(),
     instance_type: "c2m4".into(),
     network: None,
     limits: None,

@@ -15,6 +15,10 @@ pub enum IdError {
         "host id {0:?} is invalid: use 1 to 63 characters from a-z, A-Z, 0-9, '.', '-', '_', not starting with '.' or '-'"
     )]
     BadHostId(String),
+    #[error(
+        "drive id {0:?} is not a UUID (expected the form 0f0e0d0c-0b0a-4988-8776-655443322110)"
+    )]
+    BadDriveId(String),
 }
 
 /// A server's UUID. Always printed lower-case and hyphenated, so it is a safe path component.

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod drive;
 pub mod ids;
 pub mod listener;
 pub mod notify;
@@ -15,6 +16,7 @@ pub mod workload;
 
 pub use clock::{Clock, SystemClock};
 pub use domain::*;
+pub use drive::{DriveAttachment, DriveId, Media};
 pub use ids::{HostId, IdError, ServerId};
 pub use workload::{
     ContainerDriver, ContainerWorkload, DriverKind, Drivers, NetworkMode, VmDriver, VmImage,

@@ -18,7 +18,8 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 /// 4: workload kinds (`vm`, `container`) and the drivers an agent has, in its inventory.
 /// 5: `CoordinatorMessage::Redirect` (several coordinators: a follower sends agents to the
-/// leader).
+/// leader); drives: `CoordinatorMessage::Drives`, `AgentMessage::Drives`, and a VM's attached
+/// drives at the end of `VmWorkload`.
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
@@ -66,6 +67,8 @@ pub enum AgentMessage {
     Hello(Hello),
     Report(Report),
     Ack(Ack),
+    /// The drives this host holds (after every `Drives` order, and when one changes).
+    Drives(crate::drive::DriveReport),
 }
 
 /// Coordinator -> agent.
@@ -85,6 +88,9 @@ pub enum CoordinatorMessage {
     Redirect {
         link: String,
     },
+    /// Every drive this host should hold, and those to delete (sent after `Welcome`, on each
+    /// change and with the heartbeat).
+    Drives(crate::drive::DriveOrders),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +334,58 @@ mod tests {
         golden.extend_from_slice(b"10.0.0.2:7443");
         golden[1] = 13;
         assert_eq!(&redirect[..], &golden[..]);
+    }
+
+    #[test]
+    fn golden_drives() {
+        use crate::drive::*;
+        let orders = CoordinatorMessage::Drives(DriveOrders {
+            drives: vec![DesiredDrive {
+                id: DriveId::from_u128(3),
+                size: 300,
+                source: DriveSource::Library {
+                    image: "d".into(),
+                    sha256: None,
+                },
+            }],
+            delete: vec![DriveId::from_u128(4)],
+        });
+        // Variant 4: Redirect (several coordinators) is 3.
+        let mut golden = vec![0x04, 0x01, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0xac, 0x02, 0x01, 0x01, b'd', 0x00, 0x01, 36]);
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000004");
+        assert_eq!(&encode(&orders).unwrap()[..], &golden[..]);
+        let report = AgentMessage::Drives(DriveReport {
+            drives: vec![ObservedDrive {
+                id: DriveId::from_u128(3),
+                size: 1,
+                state: ObservedDriveState::Failed { reason: "x".into() },
+            }],
+        });
+        let mut golden = vec![0x03, 0x01, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0x01, 0x01, 0x01, b'x']);
+        assert_eq!(&encode(&report).unwrap()[..], &golden[..]);
+        // A VM's drives ride at the end of its workload.
+        let w = Workload {
+            vm: Some(crate::VmWorkload {
+                drives: vec![DriveAttachment {
+                    drive: DriveId::from_u128(3),
+                    boot_order: Some(1),
+                    dev_channel: "0:0".into(),
+                    device: DriveDevice::Virtio,
+                    media: Media::Cdrom,
+                }],
+                ..crate::VmWorkload::default()
+            }),
+            ..Workload::default()
+        };
+        let bytes = encode(&w).unwrap();
+        let mut tail = vec![0x01, 36];
+        tail.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        tail.extend_from_slice(&[0x01, 0x01, 0x03, b'0', b':', b'0', 0x00, 0x01, 0x00]);
+        assert!(bytes.ends_with(&tail), "{bytes:x?}");
     }
 
     #[test]

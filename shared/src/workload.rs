@@ -96,6 +96,10 @@ pub struct VmWorkload {
     /// The kernel command line (direct kernel boot only).
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// The server's drives, in boot order. The API does not take them here (a server attaches
+    /// drives through its own `drives`); the coordinator fills them in for the agent.
+    #[serde(default)]
+    pub drives: Vec<crate::drive::DriveAttachment>,
 }
 
 /// An OCI container: an image by reference (`registry[:port]/name[:tag]` or `...@sha256:...`).
@@ -127,6 +131,8 @@ pub enum NetworkMode {
 pub struct Needs {
     pub driver: DriverKind,
     pub files: Vec<String>,
+    /// The host that holds its drives: it runs there or nowhere.
+    pub host: Option<crate::ids::HostId>,
 }
 
 impl Needs {
@@ -141,7 +147,11 @@ impl Needs {
             (Some(vm), DriverKind::Vm) => vm.files().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Needs { driver, files }
+        Needs {
+            driver,
+            files,
+            host: None,
+        }
     }
 }
 
@@ -150,6 +160,9 @@ impl std::fmt::Display for Needs {
         write!(f, "{}", self.driver)?;
         if !self.files.is_empty() {
             write!(f, " with {}", self.files.join(", "))?;
+        }
+        if let Some(h) = &self.host {
+            write!(f, " on host {h} (where its drives are)")?;
         }
         Ok(())
     }
@@ -249,7 +262,12 @@ impl VmWorkload {
                 check_file_name(n).map_err(|e| bad(format!("workload.vm.{field}: {e}")))?;
             }
         }
-        if self.image.is_none() && self.kernel.is_none() {
+        if self.image.is_some() && !self.drives.is_empty() {
+            return Err(bad(
+                "a vm boots from its drive with boot_order 1 or from workload.vm.image, not both",
+            ));
+        }
+        if self.image.is_none() && self.kernel.is_none() && self.drives.is_empty() {
             return Err(bad(
                 "workload.vm needs an \"image\" (a disk image of the fleet) or a \"kernel\" to boot directly",
             ));
@@ -447,7 +465,8 @@ impl Drivers {
         self.provides(&Needs::of(workload))
     }
 
-    /// Whether this host has what `needs` asks for.
+    /// Whether this host's drivers have what `needs` asks for (the host a server's drives
+    /// pin it to is the scheduler's to check).
     pub fn provides(&self, needs: &Needs) -> bool {
         match (needs.driver, &self.vm) {
             (DriverKind::Vm, Some(d)) => needs

@@ -3,6 +3,7 @@
 //! deadline instead of sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod guest;
 pub mod registry;
 pub mod tour;
 

@@ -676,3 +676,63 @@ fn webhook_listen_prints_verified_events_and_refuses_forged_ones() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+#[test]
+fn a_tenant_manages_drives_with_backfillctl() {
+    if !std::path::Path::new("/usr/bin/qemu-img").is_file() {
+        eprintln!("SKIP: no /usr/bin/qemu-img (install qemu-utils)");
+        return;
+    }
+    let pki = Pki::new();
+    let coord = Coordinator::start(&pki, &["tenant"]);
+    let mut setup = AgentSetup::new(&pki, &coord, "host-d");
+    let images = setup.dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::File::create(images.join("lib.raw"))
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    setup
+        .extra_toml
+        .push_str(&format!("[vm]\nimages_dir = {images:?}\naccel = \"tcg\"\n"));
+    let _agent = setup.start(true, "1");
+    let tenant = Ctl::new(coord.url(""), Some(pki.issue(Role::Account, "tenant")));
+
+    let libs = tenant.ok("libdrive list");
+    assert!(libs.contains("lib.raw"), "{libs}");
+    let lib = tenant.json("libdrive list")["objects"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cloned = tenant.json(&format!("libdrive clone {lib} --name root"));
+    let root = cloned["objects"][0]["uuid"].as_str().unwrap().to_owned();
+    let made = tenant.json("drive create --name data --size 8M");
+    let data = made["objects"][0]["uuid"].as_str().unwrap().to_owned();
+    eventually("both drives made", || {
+        let v = tenant.json("drive list");
+        v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "unmounted")
+    });
+    let resized = tenant.json(&format!("drive resize {data} --size 16M"));
+    assert_eq!(resized["objects"][0]["size"], 16u64 << 20);
+    let copy = tenant.json(&format!("drive clone {data} --name copy"));
+    let copy = copy["objects"][0]["uuid"].as_str().unwrap().to_owned();
+    let server = tenant.json(&format!(
+        "server create --name with-drives --cpu 500 --mem 256M --drive {root} --drive {data}"
+    ));
+    let drives = &server["objects"][0]["drives"];
+    assert_eq!(drives[0]["drive"]["uuid"], root.as_str(), "{server}");
+    assert_eq!(drives[1]["boot_order"], 2, "{server}");
+    let shown = tenant.ok(&format!("drive show {root}"));
+    assert!(shown.contains("mounted"), "{shown}");
+    let table = tenant.ok("drive list");
+    assert!(
+        table.contains("MOUNTED ON") && table.contains("copy"),
+        "{table}"
+    );
+    tenant.ok(&format!("drive delete {copy}"));
+    tenant.fails(66, &format!("drive show {copy}"));
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use backfill_shared::pki::Role;
+use backfill_tests::guest;
 use backfill_tests::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -80,83 +81,28 @@ case "$1" in
 esac
 "#;
 
-fn cloud_kernel() -> Option<(PathBuf, PathBuf)> {
-    let mut k: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-") && n.ends_with("-cloud-amd64"))
-        })
-        .collect();
-    k.sort();
-    let kernel = k.pop()?;
-    let release = kernel
-        .file_name()?
-        .to_str()?
-        .strip_prefix("vmlinuz-")?
-        .to_owned();
-    let modules = PathBuf::from("/lib/modules").join(release).join("kernel");
-    MODULES
-        .iter()
-        .all(|m| modules.join(format!("{m}.ko")).is_file())
-        .then_some((kernel, modules))
-}
-
 fn usable() -> Option<(PathBuf, PathBuf)> {
-    let has = |p: &str| Path::new(p).is_file();
-    let why = if !is_root() {
-        "not root"
-    } else if !has("/usr/bin/qemu-system-x86_64") || !has("/usr/bin/qemu-img") {
-        "no qemu-system-x86_64/qemu-img (install qemu-system-x86)"
-    } else if !has("/bin/busybox") {
-        "no /bin/busybox (install busybox-static)"
-    } else if Command::new("cpio").arg("--version").output().is_err() {
-        "no cpio"
-    } else if cloud_kernel().is_none() {
-        "no /boot/vmlinuz-*-cloud-amd64 with uncompressed virtio modules (install linux-image-cloud-amd64)"
-    } else {
-        return cloud_kernel();
-    };
-    eprintln!("SKIP: the vm end-to-end test needs root, QEMU, a cloud kernel and busybox: {why}");
-    None
+    match guest::usable(&MODULES) {
+        Ok(k) => Some(k),
+        Err(why) => {
+            eprintln!(
+                "SKIP: the vm end-to-end test needs root, QEMU, a cloud kernel and busybox: {why}"
+            );
+            None
+        }
+    }
 }
 
-/// `images/vmlinuz` and `images/initrd.cpio` for the guest.
+/// `images/vmlinuz` and `images/initrd.cpio` for the guest, a broken kernel and a root disk.
 fn make_images(dir: &Path, kernel: &Path, modules: &Path) -> PathBuf {
-    let stage = dir.join("stage");
-    for d in ["bin", "modules", "dev", "proc", "sys", "tmp"] {
-        std::fs::create_dir_all(stage.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).unwrap();
-    for m in MODULES {
-        let name = Path::new(m).file_name().unwrap().to_str().unwrap();
-        std::fs::copy(
-            modules.join(format!("{m}.ko")),
-            stage.join(format!("modules/{name}.ko")),
-        )
-        .unwrap();
-    }
-    use std::os::unix::fs::PermissionsExt;
-    for (name, text) in [("init", INIT), ("udhcpc.sh", UDHCPC)] {
-        let p = stage.join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    std::os::unix::fs::symlink("busybox", stage.join("bin/sh")).unwrap();
-    let images = dir.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let out = std::fs::File::create(images.join("initrd.cpio")).unwrap();
-    let ok = Command::new("sh")
-        .args(["-c", "find . | cpio -o -H newc --quiet"])
-        .current_dir(&stage)
-        .stdout(out)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::copy(kernel, images.join("vmlinuz")).unwrap();
+    let images = guest::make_images(
+        dir,
+        kernel,
+        modules,
+        &MODULES,
+        INIT,
+        &[("udhcpc.sh", UDHCPC)],
+    );
     std::fs::write(images.join("vmlinuz-broken"), b"not a kernel").unwrap();
     // A root disk for the VM (its overlay is what the test looks at; the guest runs from RAM).
     std::fs::File::create(images.join("scratch.raw"))
@@ -166,22 +112,9 @@ fn make_images(dir: &Path, kernel: &Path, modules: &Path) -> PathBuf {
     images
 }
 
-/// The first console line that starts with `prefix`, waiting for it (the console and the
-/// agent's log in the panic message when it does not come).
+/// The first console line that starts with `prefix`, waiting for it.
 async fn console_line(log: &Path, agent: &Daemon, prefix: &str) -> String {
-    let deadline = Instant::now() + BOOT;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(l) = text.lines().find(|l| l.starts_with(prefix)) {
-            return l.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {prefix} on the console:\n{text}\n--- agent:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    guest::console_line(log, agent, prefix, 1, BOOT).await
 }
 
 fn metric(admin: &str, name: &str, server: &str) -> Option<f64> {

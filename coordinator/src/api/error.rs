@@ -51,7 +51,8 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> ApiError {
         let message = e.to_string();
         match e {
-            OpError::NotFound(_) => ApiError::not_found(message),
+            OpError::NotFound(_) | OpError::DriveNotFound(_) => ApiError::not_found(message),
+            OpError::DriveInUse(_) => ApiError::permission(message),
             OpError::NoAccount(_) | OpError::Quota(_) | OpError::Forbidden(_) => {
                 ApiError::permission(message)
             }

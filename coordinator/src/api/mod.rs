@@ -11,6 +11,7 @@ mod cyborg_arqs;
 #[cfg(test)]
 mod cyborg_tests;
 mod dashboard;
+mod drives;
 mod dynamic_cluster;
 mod error;
 #[cfg(test)]
@@ -78,6 +79,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
             "/api/2.0",
             capabilities::routes()
                 .merge(servers::routes())
+                .merge(drives::routes())
                 .merge(accounts::routes())
                 .merge(usage::routes())
                 .merge(webhooks::routes())

@@ -60,6 +60,12 @@ pub struct ServerFields {
     /// A device profile's name (`/accelerator/v2/device_profiles`): the server gets the GPUs
     /// its groups ask for, and accelerator requests bound to them while it is placed.
     pub device_profile: Option<String>,
+    /// The tenant's drives (`/drives/`), changed only while the server is stopped:
+    /// `[{"boot_order": 1, "dev_channel": "0:0", "device": "virtio"|"ide", "drive": "<uuid>"}]`.
+    /// The server then runs as a VM booting from its drive with boot_order 1 on the host that
+    /// holds its drives; a `cdrom` drive attaches as a CD.
+    #[schema(value_type = Option<Vec<Object>>, max_items = 16)]
+    pub drives: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

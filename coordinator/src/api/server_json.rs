@@ -6,6 +6,7 @@ use crate::coordinator::NewServer;
 use crate::flavors::{Flavor, Flavors};
 use crate::store::ServerRecord;
 use backfill_shared::Workload;
+use backfill_shared::drive::{DriveAttachment, DriveDevice, DriveId};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "priority",
     "flavor",
     "device_profile",
+    "drives",
 ];
 
 pub fn location(collection: &str, s: &ServerRecord) -> String {
@@ -70,7 +72,6 @@ const READ_ONLY: &[&str] = &[
     "cpu_model",
     "cpu_type",
     "cpus_instead_of_cores",
-    "drives",
     "enable_numa",
     "gpus",
     "grantees",
@@ -122,6 +123,7 @@ pub fn parse_edit(
         "priority": current.priority,
         "flavor": current.flavor,
         "device_profile": current.gpu_request.as_ref().map(|g| g.device_profile.clone()),
+        "drives": drives_json(&current.drives),
     });
     for (k, val) in o {
         if READ_ONLY.contains(&k.as_str()) {
@@ -280,7 +282,10 @@ fn parse_one(i: usize, v: &Value, flavors: &Flavors) -> Result<NewServer, ApiErr
             ));
         }
     };
+    let drives =
+        parse_drives(o.get("drives")).map_err(|m| ApiError::validation(at("drives"), m))?;
     Ok(NewServer {
+        drives,
         name,
         cpu,
         smp: u32::try_from(smp).unwrap_or(1),
@@ -314,7 +319,7 @@ fn int(
     }
 }
 
-fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+pub(super) fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
     let Some(v) = v else {
         return Ok(BTreeMap::new());
     };
@@ -338,7 +343,7 @@ fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
+pub(super) fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
     let Some(v) = v else {
         return Ok(Vec::new());
     };
@@ -356,6 +361,103 @@ fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// A server's drives as CloudSigma shows them: `drive` as `{resource_uri, uuid}`.
+pub fn drives_json(drives: &[DriveAttachment]) -> Value {
+    Value::Array(
+        drives
+            .iter()
+            .map(|a| {
+                json!({
+                    "boot_order": a.boot_order,
+                    "dev_channel": a.dev_channel,
+                    "device": a.device.as_str(),
+                    "drive": {
+                        "resource_uri": format!("/api/2.0/drives/{}/", a.drive),
+                        "uuid": a.drive.to_string(),
+                    },
+                    "runtime": null,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `drives`: `[{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": "<uuid>"}]`
+/// (`drive` may be the `{uuid, resource_uri}` a GET shows). Whether the drives may be attached
+/// is the coordinator's to check.
+fn parse_drives(v: Option<&Value>) -> Result<Vec<DriveAttachment>, String> {
+    let list =
+        match v {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(l)) => l,
+            Some(_) => return Err(
+                "drives must be a list of {\"boot_order\", \"dev_channel\", \"device\", \"drive\"}"
+                    .into(),
+            ),
+        };
+    if list.len() > backfill_shared::drive::MAX_ATTACHED {
+        return Err(format!(
+            "a server has at most {} drives",
+            backfill_shared::drive::MAX_ATTACHED
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let o = d
+                .as_object()
+                .ok_or_else(|| format!("drives[{i}] must be an object"))?;
+            if let Some(k) = o.keys().find(|k| {
+                !["boot_order", "dev_channel", "device", "drive", "runtime"].contains(&k.as_str())
+            }) {
+                return Err(format!(
+                    "drives[{i}]: unknown field {k:?}; fields: boot_order, dev_channel, device, drive"
+                ));
+            }
+            let uuid = match o.get("drive") {
+                Some(Value::String(u)) => u.as_str(),
+                Some(Value::Object(d)) => d.get("uuid").and_then(Value::as_str).unwrap_or(""),
+                _ => "",
+            };
+            let drive = uuid
+                .parse::<DriveId>()
+                .map_err(|e| format!("drives[{i}].drive: {e}"))?;
+            let boot_order = match o.get("boot_order") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .filter(|b| (1..=100).contains(b))
+                        .and_then(|b| u32::try_from(b).ok())
+                        .ok_or_else(|| format!("drives[{i}].boot_order must be 1 to 100 or null"))?,
+                ),
+            };
+            let dev_channel = match o.get("dev_channel") {
+                None | Some(Value::Null) => format!("0:{i}"),
+                Some(Value::String(c)) if backfill_shared::drive::check_dev_channel(c) => c.clone(),
+                Some(_) => {
+                    return Err(format!(
+                        "drives[{i}].dev_channel must be \"controller:unit\", e.g. \"0:0\""
+                    ));
+                }
+            };
+            let device = match o.get("device") {
+                None | Some(Value::Null) => DriveDevice::Virtio,
+                Some(v) => v
+                    .as_str()
+                    .and_then(DriveDevice::parse)
+                    .ok_or_else(|| format!("drives[{i}].device must be \"virtio\" or \"ide\""))?,
+            };
+            Ok(DriveAttachment {
+                drive,
+                boot_order,
+                dev_channel,
+                device,
+                media: backfill_shared::Media::Disk,
+            })
+        })
+        .collect()
+}
+
 fn parse_workload(v: Option<&Value>) -> Result<Option<Workload>, String> {
     let v = match v {
         None | Some(Value::Null) => return Ok(None),
@@ -366,6 +468,11 @@ fn parse_workload(v: Option<&Value>) -> Result<Option<Workload>, String> {
             "workload must be {{\"command\": [...]}}, {{\"vm\": {{\"image\": ...}}}} or {{\"container\": {{\"image\": ...}}}}, with optional \"env\" and \"network\": {e}"
         )
     })?;
+    if w.vm.as_ref().is_some_and(|vm| !vm.drives.is_empty()) {
+        return Err(
+            "workload.vm.drives is not taken: attach drives through the server's \"drives\"".into(),
+        );
+    }
     w.validate().map_err(|e| e.0)?;
     Ok(Some(w))
 }
@@ -464,7 +571,7 @@ mod tests {
             Some("objects[0].cpu")
         );
         assert_eq!(
-            err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","drives":[]}]}"#)
+            err(r#"{"objects":[{"cpu":1,"mem":536870912,"name":"a","drives":[{"drive":"x"}]}]}"#)
                 .point
                 .as_deref(),
             Some("objects[0].drives")

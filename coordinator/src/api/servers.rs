@@ -75,7 +75,7 @@ fn collection(c: Collection) -> Router<AppState> {
             &format!("/{n}/{{uuid}}/"),
             get(move |s, t, id| show(c, s, t, id))
                 .put(move |s, t, id, b| edit(c, s, t, id, b))
-                .delete(move |s, t, id| remove(c, s, t, id)),
+                .delete(move |s, t, id, p| remove(c, s, t, id, p)),
         )
         .route(&format!("/{n}/schema/"), get(move |t| schema(c, t)))
         .route(
@@ -218,15 +218,42 @@ async fn edit(
     Ok(Json(to_json(&detail(c.name, &account, &s))))
 }
 
+/// `DELETE`, with CloudSigma's `?recurse=all_drives|disks|cdroms`: the server's drives of that
+/// kind go with it (without it, its drives stay, detached).
 async fn remove(
     c: Collection,
     State(state): State<AppState>,
     Tenant(account): Tenant,
     Path(uuid): Path<String>,
+    Params(params): Params,
 ) -> Result<Response, ApiError> {
     let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
+    let media: &[backfill_shared::Media] = match params.get("recurse").map(String::as_str) {
+        None => &[],
+        Some("all_drives") => &[backfill_shared::Media::Disk, backfill_shared::Media::Cdrom],
+        Some("disks") => &[backfill_shared::Media::Disk],
+        Some("cdroms") => &[backfill_shared::Media::Cdrom],
+        Some(_) => {
+            return Err(ApiError::validation(
+                "recurse",
+                "recurse takes all_drives, disks or cdroms",
+            ));
+        }
+    };
+    if let Some(k) = params.keys().find(|k| *k != "recurse") {
+        return Err(ApiError::validation(
+            k.clone(),
+            "a delete takes only ?recurse=all_drives|disks|cdroms",
+        ));
+    }
+    let server = state.coordinator.get_server(&account, c.scope, id).await?;
     state.coordinator.delete(&account, c.scope, id).await?;
+    for a in server.drives.iter().filter(|a| media.contains(&a.media)) {
+        if let Err(e) = state.coordinator.delete_drive(&account, a.drive).await {
+            tracing::warn!(server = %id, drive = %a.drive, error = %e, "the server is deleted; its drive could not be");
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -141,6 +141,7 @@ async fn ledger(
         .skip(offset)
         .take(take)
         .map(|r| {
+            let drive = r.class == "drive";
             let rate = if r.class == "normal" {
                 "usage"
             } else {
@@ -153,10 +154,14 @@ async fn ledger(
                 end: rfc3339(f.end),
                 amount: format_money(-r.amount_micro),
                 currency: state.coordinator.billing.currency.clone(),
-                resource: "server".into(),
+                resource: if drive { "drive" } else { "server" }.into(),
                 resource_uuid: r.server.clone(),
                 user: r.account.clone(),
-                reason: format!("{rate} of {} server {:?}", r.class, r.name),
+                reason: if drive {
+                    format!("storage of drive {:?}", r.name)
+                } else {
+                    format!("{rate} of {} server {:?}", r.class, r.name)
+                },
             }
         })
         .collect();

@@ -295,7 +295,7 @@ fn resource_uri(collection: &str, s: &ServerRecord) -> String {
     format!("/api/2.0/{collection}/{}/", s.uuid)
 }
 
-fn owner(account: &Account) -> Owner {
+pub(super) fn owner(account: &Account) -> Owner {
     Owner {
         resource_uri: format!("/api/2.0/user/{}/", account.uuid),
         uuid: account.uuid.clone(),
@@ -368,7 +368,10 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         cpu_model: None,
         cpu_type: "amd".into(),
         cpus_instead_of_cores: false,
-        drives: Vec::new(),
+        drives: match super::server_json::drives_json(&s.drives) {
+            serde_json::Value::Array(v) => v,
+            _ => Vec::new(),
+        },
         enable_numa: false,
         grantees: Vec::new(),
         hv_relaxed: false,
@@ -398,9 +401,15 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         tags: s.tags.clone(),
         uuid: s.uuid.to_string(),
         vnc_password: s.vnc_password.clone(),
-        workload: s
-            .workload
-            .as_ref()
-            .and_then(|w| serde_json::to_value(w).ok()),
+        workload: s.workload.as_ref().and_then(workload_json),
     }
+}
+
+/// A workload as the tenant gave it: a VM's drives are the server's `drives`, not shown here.
+fn workload_json(w: &backfill_shared::Workload) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(w).ok()?;
+    if let Some(vm) = v.get_mut("vm").and_then(serde_json::Value::as_object_mut) {
+        vm.remove("drives");
+    }
+    Some(v)
 }

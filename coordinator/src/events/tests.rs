@@ -36,6 +36,7 @@ fn server() -> ServerRecord {
         instance_type: String::new(),
         last_host: None,
         stop_reason: None,
+        drives: Vec::new(),
         network: None,
         limits: None,
     }

@@ -213,6 +213,28 @@ where
     .await?;
     let first = desired.borrow_and_update().clone();
     send(link, &CoordinatorMessage::DesiredState((*first).clone())).await?;
+    let mut drives = coordinator.drive_channel(host, conn).await;
+    let result = run_drives(link, host, conn, desired, &mut drives, coordinator, timing).await;
+    coordinator.drive_channel_gone(host, conn).await;
+    result
+}
+
+/// The exchange after the first desired state: desired states and drive orders out (each on
+/// change and with every heartbeat), reports in.
+async fn run_drives<L>(
+    link: &mut L,
+    host: &HostId,
+    conn: u64,
+    desired: &mut tokio::sync::watch::Receiver<Arc<protocol::DesiredState>>,
+    drives: &mut tokio::sync::watch::Receiver<Arc<backfill_shared::drive::DriveOrders>>,
+    coordinator: &Coordinator,
+    timing: LinkConfig,
+) -> Result<(), LinkError>
+where
+    L: Stream<Item = std::io::Result<BytesMut>> + Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let orders = drives.borrow_and_update().clone();
+    send(link, &CoordinatorMessage::Drives((*orders).clone())).await?;
     let (silence, beat) = (timing.silence(), timing.heartbeat());
     let mut deadline = Instant::now() + silence;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
@@ -227,6 +249,15 @@ where
                 // Idempotent by design: the same state again is the heartbeat.
                 let state = desired.borrow().clone();
                 send(link, &CoordinatorMessage::DesiredState((*state).clone())).await?;
+                let orders = drives.borrow().clone();
+                send(link, &CoordinatorMessage::Drives((*orders).clone())).await?;
+            }
+            changed = drives.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let orders = drives.borrow_and_update().clone();
+                send(link, &CoordinatorMessage::Drives((*orders).clone())).await?;
             }
             changed = desired.changed() => {
                 if changed.is_err() {
@@ -245,6 +276,7 @@ where
                 match msg {
                     AgentMessage::Report(r) => coordinator.apply_report(host, conn, r).await?,
                     AgentMessage::Ack(a) => tracing::debug!(host = %host, generation = a.generation, "ack"),
+                    AgentMessage::Drives(r) => coordinator.apply_drive_report(host, r).await?,
                     AgentMessage::Hello(_) => {
                         return Err(ProtocolError::Unexpected("Hello after registration").into());
                     }

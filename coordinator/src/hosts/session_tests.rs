@@ -58,6 +58,7 @@ pub(crate) fn hello(host: &str) -> Hello {
 
 pub(crate) fn new_server() -> NewServer {
     NewServer {
+        drives: Vec::new(),
         name: "s".into(),
         cpu: 1000,
         smp: 1,

@@ -40,10 +40,12 @@ impl Reservation {
 }
 
 impl HostSpec {
-    /// Whether `spec` may land here at all: its reservation, if any, admits it, and its agent
-    /// can run the workload.
+    /// Whether `spec` may land here at all: its reservation, if any, admits it, its agent
+    /// can run the workload, and its drives (if any) are here.
     pub fn admits(&self, spec: &ServerSpec) -> bool {
-        self.reserved.as_ref().is_none_or(|r| r.admits(spec)) && self.drivers.provides(&spec.needs)
+        self.reserved.as_ref().is_none_or(|r| r.admits(spec))
+            && self.drivers.provides(&spec.needs)
+            && spec.needs.host.as_ref().is_none_or(|h| *h == self.id)
     }
 }
 

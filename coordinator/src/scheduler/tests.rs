@@ -435,6 +435,63 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A server with drives lands on the host that holds them or nowhere, whatever the other
+    /// hosts offer; the fleet's promises hold as before.
+    #[test]
+    fn servers_with_drives_land_only_where_their_drives_are(
+        hosts in prop::collection::vec((1_000u64..16_000, 1u64..64, any::<bool>()), 1..6),
+        servers in prop::collection::vec(
+            (prop_oneof![Just(ServerClass::Normal), Just(ServerClass::Backfill)],
+             1u64..12_000, 1u64..48, prop::option::of(0usize..8)),
+            1..40,
+        ),
+    ) {
+        let policy = Policy::default();
+        let mut c = Cluster::new();
+        for (i, (cpu, mem, sched)) in hosts.iter().enumerate() {
+            let mut h = host(&format!("h{i}"), *cpu, *mem, 0);
+            h.schedulable = *sched || i == 0;
+            c.upsert_host(h);
+        }
+        for (n, (class, cpu, mem, pin)) in servers.into_iter().enumerate() {
+            let mut s = server(n as u128 + 1, class, cpu, mem, 0);
+            // Some pins name a host that is not there (gone with its drives).
+            let pinned: Option<HostId> = pin.map(|i| format!("h{i}").parse().unwrap());
+            s.needs.host = pinned.clone();
+            let id = s.id;
+            c.add_server(s);
+            let p = plan(&c, id, &policy, 0);
+            prop_assert_eq!(&plan(&c, id, &policy, 0), &p);
+            apply(&mut c, id, &p, 0).unwrap();
+            if let (Some(want), Some(placed)) = (&pinned, c.placed(id)) {
+                prop_assert_eq!(&placed.host, want, "{} placed away from its drives", id);
+            }
+            check_invariants(&c)?;
+        }
+    }
+}
+
+#[test]
+fn a_vm_with_drives_runs_only_on_their_host() {
+    let mut c = Cluster::new();
+    c.upsert_host(vm_host("roomy", &[]));
+    let mut tight = vm_host("holder", &[]);
+    tight.capacity.cpu_mhz = 2_000;
+    c.upsert_host(tight);
+    let mut s = server(1, ServerClass::Backfill, 1_000, 1, 0);
+    s.needs.driver = backfill_shared::DriverKind::Vm;
+    s.needs.host = Some("holder".parse().unwrap());
+    assert_eq!(host_of(&run(&mut c, s.clone(), 0)), "holder");
+    // No room there: it waits or is refused, never placed elsewhere.
+    let mut big = s;
+    big.id = ServerId::from_u128(2);
+    big.need.cpu_mhz = 1_500;
+    assert!(!matches!(run(&mut c, big, 0), Plan::Place { .. }));
+}
+
 #[test]
 fn reserved_hosts_take_only_matching_servers() {
     let mut c = Cluster::new();
@@ -495,6 +552,7 @@ fn vm_server(n: u128, image: &str) -> ServerSpec {
     s.needs = backfill_shared::workload::Needs {
         driver: backfill_shared::DriverKind::Vm,
         files: vec![image.into()],
+        host: None,
     };
     s
 }

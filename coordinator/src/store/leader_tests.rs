@@ -5,7 +5,6 @@
 use super::*;
 use crate::store::testing;
 use crate::store::{ServerRecord, Store};
-use backfill_shared::{PerfFactor, ServerClass, ServerId, ServerStatus};
 
 fn claim(name: &str, lease_ms: u64) -> Claim {
     Claim {
@@ -17,39 +16,7 @@ fn claim(name: &str, lease_ms: u64) -> Claim {
 }
 
 fn server() -> ServerRecord {
-    ServerRecord {
-        uuid: ServerId::new_random(),
-        owner: "t".into(),
-        name: "s".into(),
-        class: ServerClass::Backfill,
-        cpu: 1000,
-        smp: 1,
-        mem: 1 << 29,
-        meta: Default::default(),
-        tags: Vec::new(),
-        vnc_password: None,
-        workload: None,
-        status: ServerStatus::Stopped,
-        host: None,
-        perf_factor: PerfFactor::FULL,
-        active_since: None,
-        incarnation: 0,
-        termination: None,
-        queued_reason: None,
-        priority: 0,
-        created_at: 5,
-        network: None,
-        limits: None,
-        metered_until: None,
-        metered_perf: PerfFactor::FULL,
-        shutdown_until: None,
-        flavor: None,
-        gpu_request: None,
-        gpus: Vec::new(),
-        instance_type: String::new(),
-        last_host: None,
-        stop_reason: None,
-    }
+    crate::store::testing::sample_server("t")
 }
 
 /// Takes the lease as soon as it is free (within 10 s).

@@ -14,6 +14,7 @@
 mod accel;
 mod accounts;
 mod admin;
+mod drives;
 pub mod leader;
 mod postgres;
 mod servers;
@@ -27,6 +28,7 @@ mod webhooks;
 
 pub use accounts::{Account, AccountChange, Quota, QuotaChange};
 pub use admin::{AdminAction, LaunchRecord};
+pub use drives::{DriveRecord, DriveStatus, DriveUsage};
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
 pub use usage::{Prices, UsageFilter, UsageRow, UsageSegment, charge as usage_charge};
@@ -146,6 +148,8 @@ pub struct ServerRecord {
     pub last_host: Option<HostId>,
     /// Why its last run ended, until it starts again.
     pub stop_reason: Option<String>,
+    /// Its drives, as attached (CloudSigma's `drives`).
+    pub drives: Vec<backfill_shared::DriveAttachment>,
     /// Runtime only (not stored): the flavor it is scheduled as, named or the cheapest that
     /// fits (filled in by the model for the API).
     pub instance_type: String,
@@ -472,4 +476,9 @@ dispatch! {
     fn deliveries_of(&self, webhook: &str, limit: u32) -> Result<Vec<Delivery>, StoreError>;
     fn prune_outbox(&self, before: i64) -> Result<u64, StoreError>;
     fn redeliver(&self, delivery: &str, now: i64) -> Result<(), StoreError>;
+    fn put_drive(&self, d: &DriveRecord) -> Result<(), StoreError>;
+    fn delete_drive(&self, id: &backfill_shared::DriveId) -> Result<(), StoreError>;
+    fn drives(&self) -> Result<Vec<DriveRecord>, StoreError>;
+    /// Drives' storage as usage, with their `metered_until`, in one transaction.
+    fn meter_drives(&self, usage: &[DriveUsage]) -> Result<(), StoreError>;
 }

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0008_last_host.sql"),
     ),
     (
+        9,
+        "drives",
+        include_str!("../../migrations/postgres/0009_drives.sql"),
+    ),
+    (
         10,
         "leader",
         include_str!("../../migrations/postgres/0010_leader.sql"),

@@ -154,7 +154,7 @@ macro_rules! backend {
                             status, host, perf_cpu, perf_mem, active_since, incarnation, created_at,
                             term_scheduled_at, term_at, queued_reason, priority, metered_until,
                             metered_perf_cpu, metered_perf_mem, shutdown_until, flavor, gpu_request, gpus,
-                            last_host, stop_reason
+                            last_host, stop_reason, drives
                      FROM servers ORDER BY created_at, uuid",
                 )
                 .fetch_all(&self.pool)
@@ -172,9 +172,9 @@ macro_rules! backend {
                     "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
                          vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
                          incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                         priority, flavor, gpu_request, gpus, last_host, stop_reason)
+                         priority, flavor, gpu_request, gpus, last_host, stop_reason, drives)
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                             ?, ?)",
+                             ?, ?, ?)",
                 );
                 bind_server(q, s)?.execute(&mut **tx).await?;
             }
@@ -197,7 +197,7 @@ macro_rules! backend {
                          term_scheduled_at = ?, term_at = ?, queued_reason = ?, cpu = ?, smp = ?,
                          mem = ?, vnc_password = ?, workload = ?, priority = ?, metered_until = ?,
                          metered_perf_cpu = ?, metered_perf_mem = ?, shutdown_until = ?, flavor = ?,
-                         gpus = ?, last_host = ?, stop_reason = ?
+                         gpus = ?, last_host = ?, stop_reason = ?, drives = ?
                      WHERE uuid = ?",
                 )
                 .bind(&s.name)
@@ -226,6 +226,7 @@ macro_rules! backend {
                 .bind(to_json("servers", s, &s.gpus)?)
                 .bind(s.last_host.as_ref().map(HostId::as_str))
                 .bind(s.stop_reason.as_deref())
+                .bind(drives_json(s)?)
                 .bind(s.uuid.to_string())
                 .execute(&mut **tx)
                 .await?;
@@ -295,7 +296,17 @@ macro_rules! backend {
                 })
                 .bind(to_json("servers", s, &s.gpus)?)
                 .bind(s.last_host.as_ref().map(HostId::as_str))
-                .bind(s.stop_reason.as_deref()))
+                .bind(s.stop_reason.as_deref())
+                .bind(drives_json(s)?))
+        }
+
+        /// A server's drives: NULL when it has none.
+        fn drives_json(s: &ServerRecord) -> Result<Option<String>, StoreError> {
+            if s.drives.is_empty() {
+                Ok(None)
+            } else {
+                to_json("servers", s, &s.drives).map(Some)
+            }
         }
 
         fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
@@ -394,6 +405,10 @@ macro_rules! backend {
                     None => None,
                 },
                 stop_reason: r.try_get("stop_reason")?,
+                drives: match r.try_get::<Option<String>, _>("drives")? {
+                    Some(d) => serde_json::from_str(&d).map_err(|e| c(&e))?,
+                    None => Vec::new(),
+                },
                 instance_type: String::new(),
             })
         }

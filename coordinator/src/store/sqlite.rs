@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/0008_last_host.sql"),
     ),
     (
+        9,
+        "drives",
+        include_str!("../../migrations/0009_drives.sql"),
+    ),
+    (
         10,
         "leader",
         include_str!("../../migrations/0010_leader.sql"),

@@ -271,5 +271,6 @@ pub(crate) fn sample_server(owner: &str) -> crate::store::ServerRecord {
         instance_type: String::new(),
         last_host: None,
         stop_reason: None,
+        drives: Vec::new(),
     }
 }

@@ -25,6 +25,12 @@ pub struct QemuPlan {
     pub mem_bytes: u64,
     /// The per-server qcow2 overlay.
     pub disk: Option<PathBuf>,
+    /// The server's drives in boot order (the first boots), each a qcow2 file.
+    pub drives: Vec<(
+        PathBuf,
+        backfill_shared::Media,
+        backfill_shared::drive::DriveDevice,
+    )>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
@@ -140,6 +146,25 @@ impl QemuPlan {
                 "virtio-blk-pci,drive=disk0,bootindex=1".into(),
             ]);
         }
+        for (i, (path, media, device)) in self.drives.iter().enumerate() {
+            use backfill_shared::Media;
+            use backfill_shared::drive::DriveDevice;
+            let boot = i + 1;
+            let (cd, dev) = match (media, device) {
+                (Media::Cdrom, _) => (",media=cdrom,readonly=on", "ide-cd"),
+                (Media::Disk, DriveDevice::Ide) => ("", "ide-hd"),
+                (Media::Disk, DriveDevice::Virtio) => ("", "virtio-blk-pci"),
+            };
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=drive{i},format=qcow2{cd}",
+                    opt_path(path)
+                ),
+                "-device".into(),
+                format!("{dev},drive=drive{i},bootindex={boot}"),
+            ]);
+        }
         if let Some(k) = &self.kernel {
             a.extend(["-kernel".into(), k.to_string_lossy().into_owned()]);
             if let Some(i) = &self.initrd {
@@ -182,6 +207,7 @@ mod tests {
             vcpus: 2,
             mem_bytes: 256 << 20,
             disk: Some("/var/lib/a,b/disk.qcow2".into()),
+            drives: Vec::new(),
             kernel: None,
             initrd: None,
             cmdline: None,
@@ -237,6 +263,7 @@ mod tests {
     fn direct_kernel_boot_gets_a_serial_console() {
         let p = QemuPlan {
             disk: None,
+            drives: Vec::new(),
             kernel: Some("/img/vmlinuz".into()),
             initrd: Some("/img/initrd.img".into()),
             cmdline: Some("quiet".into()),
@@ -254,6 +281,37 @@ mod tests {
         assert!(argv.iter().any(|a| a == "console=hvc0 rw"));
         let orphan = QemuPlan { kernel: None, ..p };
         assert!(orphan.argv().is_err());
+    }
+
+    #[test]
+    fn drives_attach_in_boot_order_and_a_cdrom_as_a_cd() {
+        use backfill_shared::Media;
+        use backfill_shared::drive::DriveDevice;
+        let p = QemuPlan {
+            disk: None,
+            drives: vec![
+                (
+                    "/s/drives/a,b.qcow2".into(),
+                    Media::Disk,
+                    DriveDevice::Virtio,
+                ),
+                (
+                    "/s/drives/c.qcow2".into(),
+                    Media::Cdrom,
+                    DriveDevice::Virtio,
+                ),
+                ("/s/drives/d.qcow2".into(), Media::Disk, DriveDevice::Ide),
+            ],
+            ..plan()
+        };
+        let t = text(&p);
+        for part in [
+            "-drive file=/s/drives/a,,b.qcow2,if=none,id=drive0,format=qcow2 -device virtio-blk-pci,drive=drive0,bootindex=1",
+            "-drive file=/s/drives/c.qcow2,if=none,id=drive1,format=qcow2,media=cdrom,readonly=on -device ide-cd,drive=drive1,bootindex=2",
+            "-device ide-hd,drive=drive2,bootindex=3",
+        ] {
+            assert!(t.contains(part), "{part} in {t}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod argv;
 mod companion;
 mod config;
 mod dhcp;
-mod images;
+pub(crate) mod images;
 mod netns;
 mod qmp;
 
@@ -90,6 +90,8 @@ pub struct VmDriver {
     cfg: VmConfig,
     /// `<state_dir>/vm`.
     dir: PathBuf,
+    /// `<state_dir>/drives`: the host's drives (see [`crate::drives`]).
+    drives_dir: PathBuf,
     accel: &'static str,
     runs: Mutex<BTreeMap<ServerId, Companion>>,
 }
@@ -120,6 +122,7 @@ impl VmDriver {
         tracing::info!(accel = chosen.accel, qemu = %cfg.qemu.display(), images_dir = %cfg.images_dir.display(), "vm driver ready");
         Some(VmDriver {
             cfg: cfg.clone(),
+            drives_dir: state_dir.join("drives"),
             dir,
             accel: chosen.accel,
             runs: Mutex::new(BTreeMap::new()),
@@ -193,6 +196,20 @@ impl VmDriver {
             }
             _ => None,
         };
+        let drives = backfill_shared::drive::boot_sequence(&vm.drives)
+            .into_iter()
+            .map(|d| {
+                let path = self.drives_dir.join(format!("{}.qcow2", d.drive));
+                if path.is_file() {
+                    Ok((path, d.media, d.device))
+                } else {
+                    Err(VmError::Image(format!(
+                        "drive {} is not on this host (drives live on the host that made them)",
+                        d.drive
+                    )))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         netns::plumb(&net.netns)?;
         let record = RunRecord {
             log_file: l.log_file.to_owned(),
@@ -210,6 +227,7 @@ impl VmDriver {
             vcpus: l.resources.vcpus,
             mem_bytes: l.resources.mem_bytes,
             disk,
+            drives,
             kernel,
             initrd,
             cmdline: vm.cmdline.clone(),
@@ -436,6 +454,7 @@ mod tests {
                 ..VmConfig::default()
             },
             dir: root.join("vm"),
+            drives_dir: root.join("drives"),
             accel: "tcg",
             runs: Mutex::new(BTreeMap::new()),
         }
@@ -566,5 +585,10 @@ mod tests {
         assert!(d.server_dir(&a).exists());
         assert!(!d.server_dir(&b).exists());
         assert!(d.dir.join("not-a-uuid").exists());
+        // A stopped or preempted VM's drives are not its overlay: sweeping never touches them.
+        std::fs::create_dir_all(&d.drives_dir).unwrap();
+        std::fs::write(d.drives_dir.join(format!("{b}.qcow2")), b"drive").unwrap();
+        d.sweep(&[]);
+        assert!(d.drives_dir.join(format!("{b}.qcow2")).exists());
     }
 }

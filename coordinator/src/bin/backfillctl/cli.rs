@@ -133,6 +133,12 @@ pub enum Command {
     /// The coordinators sharing this deployment's PostgreSQL and which one leads (admin
     /// certificate; docs/ha.md).
     Status,
+    /// Drives (/drives/): this account's disks; attach them with `server create --drive`.
+    #[command(subcommand)]
+    Drive(crate::drive_cli::DriveCmd),
+    /// Library drives (/libdrives/): the images the fleet offers, to clone.
+    #[command(subcommand)]
+    Libdrive(crate::drive_cli::LibdriveCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +202,10 @@ pub struct CreateArgs {
     /// Environment of the command (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = units::parse_kv, requires = "command")]
     pub env: Vec<(String, String)>,
+    /// A drive to attach (repeatable): the first boots (boot order 1), the rest follow in
+    /// order. A server with drives runs as a VM on the host that holds them.
+    #[arg(long = "drive", value_name = "UUID")]
+    pub drives: Vec<String>,
     /// Start it once created.
     #[arg(long)]
     pub start: bool,

@@ -6,6 +6,8 @@ mod accounts;
 mod api;
 mod cli;
 mod config;
+mod drive_cli;
+mod drives;
 mod error;
 mod listen;
 mod output;
@@ -61,5 +63,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Usage(args) => report::usage(&api, out, args).await,
         Command::Webhook(cmd) => webhooks::run(&api, out, cmd).await,
         Command::Status => report::status(&api, out).await,
+        Command::Drive(cmd) => drives::run(&api, out, cmd).await,
+        Command::Libdrive(cmd) => drives::run_lib(&api, out, cmd).await,
     }
 }

@@ -79,6 +79,16 @@ pub fn create_body(c: &CreateArgs) -> Value {
     if let Some(p) = c.priority {
         o["priority"] = p.into();
     }
+    if !c.drives.is_empty() {
+        o["drives"] = c
+            .drives
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                json!({"boot_order": i + 1, "dev_channel": format!("0:{i}"), "device": "virtio", "drive": d})
+            })
+            .collect();
+    }
     if !c.command.is_empty() {
         let env: Map<String, Value> = c
             .env
@@ -282,6 +292,7 @@ mod tests {
             meta: vec![("k".into(), "v".into())],
             tags: vec!["t".into()],
             priority: None,
+            drives: Vec::new(),
             isolated: true,
             env: vec![("A".into(), "1".into())],
             start: false,
@@ -305,6 +316,14 @@ mod tests {
         let body = create_body(&a);
         assert_eq!(body["objects"][0]["priority"], -3);
         assert!(body["objects"][0].get("workload").is_none());
+        // Drives boot in the order given.
+        a.drives = vec!["d1".into(), "d2".into()];
+        let body = create_body(&a);
+        assert_eq!(
+            body["objects"][0]["drives"],
+            json!([{"boot_order": 1, "dev_channel": "0:0", "device": "virtio", "drive": "d1"},
+                   {"boot_order": 2, "dev_channel": "0:1", "device": "virtio", "drive": "d2"}])
+        );
     }
 
     #[test]

@@ -1,0 +1,498 @@
+//! `/drives/` and `/libdrives/`: CloudSigma's drives (a tenant's disks) and library drives
+//! (the images the fleet offers), in CloudSigma's shapes. A tenant sees only its own drives:
+//! another's is "not found" on every path.
+
+use super::json_body::JsonBody;
+use super::listing::page;
+use super::params::Params;
+use super::server_json::{parse_meta, parse_tags};
+use super::tenant::Tenant;
+use super::text::check_name;
+use super::views::owner;
+use super::{ApiError, AppState};
+use crate::drives::{CloneOpts, DriveView, LibDrive, NewDrive};
+use crate::store::Account;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backfill_shared::drive::{DriveId, MAX_DRIVE_BYTES, MIN_DRIVE_BYTES, Media};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+const MAX_NAME: usize = 200;
+const MAX_OBJECTS: usize = 100;
+/// What a drive create or edit may name.
+const FIELDS: &[&str] = &["name", "size", "media", "meta", "tags", "allow_multimount"];
+/// Fields of the full object a client may send back in a `PUT` or an action body (ignored).
+const READ_ONLY: &[&str] = &[
+    "affinities",
+    "grantees",
+    "jobs",
+    "licenses",
+    "mounted_on",
+    "owner",
+    "permissions",
+    "remote_snapshots",
+    "resource_uri",
+    "runtime",
+    "snapshots",
+    "status",
+    "storage_type",
+    "uuid",
+];
+/// Filters of the drive list (CloudSigma's `name`, `tag`, `uuid`, and `status`, `media`).
+const FILTERS: &[&str] = &["name", "tag", "uuid", "status", "media"];
+const LIB_FILTERS: &[&str] = &["name", "os", "uuid", "version", "arch", "image_type"];
+const CONTROL: &[&str] = &["limit", "offset", "format", "fields", "order_by"];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/drives/", get(|s, t, p| list(s, t, p, false)).post(create))
+        .route("/drives/detail/", get(|s, t, p| list(s, t, p, true)))
+        .route("/drives/{uuid}/", get(show).put(edit).delete(remove))
+        .route("/drives/{uuid}/action/", post(action))
+        .route("/libdrives/", get(libs))
+        .route("/libdrives/detail/", get(libs))
+        .route("/libdrives/{uuid}/", get(lib_show))
+        .route("/libdrives/{uuid}/action/", post(lib_action))
+}
+
+fn parse_id(raw: &str) -> Result<DriveId, ApiError> {
+    raw.parse()
+        .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
+}
+
+fn uri(id: impl std::fmt::Display) -> String {
+    format!("/api/2.0/drives/{id}/")
+}
+
+/// The full drive object.
+pub fn drive_json(account: &Account, d: &DriveView) -> Value {
+    let r = &d.record;
+    json!({
+        "affinities": [],
+        "allow_multimount": false,
+        "grantees": [],
+        "jobs": [],
+        "licenses": [],
+        "media": r.media.as_str(),
+        "meta": r.meta,
+        "mounted_on": d.mounted_on.iter().map(|s| json!({
+            "resource_uri": format!("/api/2.0/servers/{s}/"),
+            "uuid": s.to_string(),
+        })).collect::<Vec<_>>(),
+        "name": r.name,
+        "owner": owner(account),
+        "permissions": [],
+        "remote_snapshots": [],
+        "resource_uri": uri(r.uuid),
+        "runtime": {
+            "is_snapshotable": false,
+            "snapshots_allocated_size": 0,
+            "storage_type": "dssd",
+        },
+        "size": r.size,
+        "snapshots": [],
+        "status": d.status,
+        "storage_type": "dssd",
+        "tags": r.tags,
+        "uuid": r.uuid.to_string(),
+        "error": r.error,
+    })
+}
+
+fn summary_json(account: &Account, d: &DriveView) -> Value {
+    json!({
+        "media": d.record.media.as_str(),
+        "name": d.record.name,
+        "owner": owner(account),
+        "resource_uri": uri(d.record.uuid),
+        "size": d.record.size,
+        "status": d.status,
+        "uuid": d.record.uuid.to_string(),
+    })
+}
+
+/// CloudSigma's list envelope over a page of `items`.
+fn envelope(items: Vec<Value>, params: &BTreeMap<String, String>) -> Result<Value, ApiError> {
+    let (limit, offset) = page(params)?;
+    let total = items.len();
+    let take = if limit == 0 { usize::MAX } else { limit };
+    let objects: Vec<Value> = items.into_iter().skip(offset).take(take).collect();
+    Ok(json!({
+        "meta": {"limit": limit, "offset": offset, "total_count": total},
+        "objects": objects,
+    }))
+}
+
+/// Whether `v` (a drive's or library drive's JSON) passes every filter of `params` (comma-
+/// separated alternatives; a tag filter matches any tag).
+fn matches(
+    v: &Value,
+    params: &BTreeMap<String, String>,
+    allowed: &[&str],
+) -> Result<bool, ApiError> {
+    for (k, want) in params {
+        if CONTROL.contains(&k.as_str()) {
+            continue;
+        }
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::validation(
+                k.clone(),
+                format!("unknown filter {k:?}; filters: {}", allowed.join(", ")),
+            ));
+        }
+        let alts: Vec<&str> = want.split(',').collect();
+        let ok = match (k.as_str(), &v[if k == "tag" { "tags" } else { k.as_str() }]) {
+            ("tag", Value::Array(tags)) => tags
+                .iter()
+                .any(|t| t.as_str().is_some_and(|t| alts.contains(&t))),
+            (_, Value::String(s)) => alts.contains(&s.as_str()),
+            _ => false,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Params(params): Params,
+    full: bool,
+) -> Result<Json<Value>, ApiError> {
+    let mut items = Vec::new();
+    for d in state.coordinator.list_drives(&account).await {
+        let v = drive_json(&account, &d);
+        if matches(&v, &params, FILTERS)? {
+            items.push(if full { v } else { summary_json(&account, &d) });
+        }
+    }
+    Ok(Json(envelope(items, &params)?))
+}
+
+fn object<'v>(v: &'v Value, point: &str) -> Result<&'v Map<String, Value>, ApiError> {
+    v.as_object()
+        .ok_or_else(|| ApiError::validation(point, "must be a JSON object"))
+}
+
+/// A drive's fields from `o`, over `base` (an edit's current drive; `None` for a create,
+/// where name, size and media are required).
+fn parse_drive(
+    o: &Map<String, Value>,
+    at: &str,
+    base: Option<&NewDrive>,
+) -> Result<NewDrive, ApiError> {
+    let p = |f: &str| format!("{at}{f}");
+    for k in o.keys() {
+        if !FIELDS.contains(&k.as_str()) && !READ_ONLY.contains(&k.as_str()) {
+            return Err(ApiError::validation(
+                p(k),
+                format!("unknown field {k:?}; drive fields: {}", FIELDS.join(", ")),
+            ));
+        }
+    }
+    let required = |f: &str| ApiError::validation(p(f), "This field is required");
+    let name = match (o.get("name"), base) {
+        (Some(Value::String(s)), _) if !s.trim().is_empty() && s.chars().count() <= MAX_NAME => {
+            check_name(s).map_err(|e| ApiError::validation(p("name"), format!("name {e}")))?;
+            s.clone()
+        }
+        (None, Some(b)) => b.name.clone(),
+        (None, None) => return Err(required("name")),
+        (Some(_), _) => {
+            return Err(ApiError::validation(
+                p("name"),
+                format!("name must be a non-empty string of at most {MAX_NAME} characters"),
+            ));
+        }
+    };
+    let size = match (o.get("size"), base) {
+        (Some(v), _) => v
+            .as_u64()
+            .filter(|s| (MIN_DRIVE_BYTES..=MAX_DRIVE_BYTES).contains(s))
+            .ok_or_else(|| {
+                ApiError::validation(
+                    p("size"),
+                    format!("size must be bytes, from {MIN_DRIVE_BYTES} to {MAX_DRIVE_BYTES}"),
+                )
+            })?,
+        (None, Some(b)) => b.size,
+        (None, None) => return Err(required("size")),
+    };
+    let media = match (o.get("media"), base) {
+        (Some(v), _) => v.as_str().and_then(Media::parse).ok_or_else(|| {
+            ApiError::validation(p("media"), "media must be \"disk\" or \"cdrom\"")
+        })?,
+        (None, Some(b)) => b.media,
+        (None, None) => return Err(required("media")),
+    };
+    if o.get("allow_multimount")
+        .is_some_and(|v| v != &Value::Bool(false))
+    {
+        return Err(ApiError::validation(
+            p("allow_multimount"),
+            "a drive is mounted on one server at a time: allow_multimount must be false",
+        ));
+    }
+    let meta = match (o.get("meta"), base) {
+        (None, Some(b)) => b.meta.clone(),
+        (v, _) => parse_meta(v).map_err(|m| ApiError::validation(p("meta"), m))?,
+    };
+    let tags = match (o.get("tags"), base) {
+        (None, Some(b)) => b.tags.clone(),
+        (v, _) => parse_tags(v).map_err(|m| ApiError::validation(p("tags"), m))?,
+    };
+    Ok(NewDrive {
+        name,
+        size,
+        media,
+        meta,
+        tags,
+    })
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    let JsonBody(body) = body?;
+    let list = object(&body, "body")?
+        .get("objects")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty() && l.len() <= MAX_OBJECTS)
+        .ok_or_else(|| {
+            ApiError::validation(
+                "objects",
+                format!("expected {{\"objects\": [...]}} with 1 to {MAX_OBJECTS} drives"),
+            )
+        })?;
+    let new = list
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let at = format!("objects[{i}].");
+            parse_drive(object(o, &format!("objects[{i}]"))?, &at, None)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let made = state.coordinator.create_drives(&account, new).await?;
+    let objects: Vec<Value> = made.iter().map(|d| drive_json(&account, d)).collect();
+    Ok((StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let d = state
+        .coordinator
+        .get_drive(&account, parse_id(&uuid)?)
+        .await?;
+    Ok(Json(drive_json(&account, &d)))
+}
+
+fn current(d: &DriveView) -> NewDrive {
+    NewDrive {
+        name: d.record.name.clone(),
+        size: d.record.size,
+        media: d.record.media,
+        meta: d.record.meta.clone(),
+        tags: d.record.tags.clone(),
+    }
+}
+
+async fn edit(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&uuid)?;
+    let JsonBody(body) = body?;
+    let d = state.coordinator.get_drive(&account, id).await?;
+    let edit = parse_drive(object(&body, "body")?, "", Some(&current(&d)))?;
+    let d = state.coordinator.edit_drive(&account, id, edit).await?;
+    Ok(Json(drive_json(&account, &d)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .coordinator
+        .delete_drive(&account, parse_id(&uuid)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A clone's optional body: `name`, `media`, `size` (never below the source's).
+fn clone_opts(body: Option<&Value>) -> Result<CloneOpts, ApiError> {
+    let Some(v) = body.filter(|v| !v.is_null()) else {
+        return Ok(CloneOpts::default());
+    };
+    let o = object(v, "body")?;
+    let mut opts = CloneOpts::default();
+    if let Some(n) = o.get("name") {
+        let n = n
+            .as_str()
+            .filter(|s| !s.trim().is_empty() && s.chars().count() <= MAX_NAME)
+            .ok_or_else(|| ApiError::validation("name", "name must be a non-empty string"))?;
+        check_name(n).map_err(|e| ApiError::validation("name", format!("name {e}")))?;
+        opts.name = Some(n.to_owned());
+    }
+    if let Some(m) = o.get("media") {
+        opts.media =
+            Some(m.as_str().and_then(Media::parse).ok_or_else(|| {
+                ApiError::validation("media", "media must be \"disk\" or \"cdrom\"")
+            })?);
+    }
+    if let Some(s) = o.get("size") {
+        opts.size = Some(
+            s.as_u64()
+                .filter(|s| (MIN_DRIVE_BYTES..=MAX_DRIVE_BYTES).contains(s))
+                .ok_or_else(|| ApiError::validation("size", "size must be bytes"))?,
+        );
+    }
+    Ok(opts)
+}
+
+/// The body of an action, when it has one (an empty body is none).
+fn optional_body(body: &[u8]) -> Result<Option<Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    Ok(Some(super::json_body::parse(body)?))
+}
+
+async fn action(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    Params(params): Params,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&uuid)?;
+    let body = optional_body(&body)?;
+    let d = match params.get("do").map(String::as_str) {
+        Some("clone") => {
+            let opts = clone_opts(body.as_ref())?;
+            state.coordinator.clone_drive(&account, id, opts).await?
+        }
+        Some("resize") => {
+            let d = state.coordinator.get_drive(&account, id).await?;
+            let body = body.ok_or_else(|| {
+                ApiError::validation(
+                    "body",
+                    "resize takes the drive's definition with its new size",
+                )
+            })?;
+            let edit = parse_drive(object(&body, "body")?, "", Some(&current(&d)))?;
+            state.coordinator.edit_drive(&account, id, edit).await?
+        }
+        _ => {
+            return Err(ApiError::validation(
+                "do",
+                "unknown action; use ?do=clone or ?do=resize",
+            ));
+        }
+    };
+    let objects = vec![drive_json(&account, &d)];
+    Ok((StatusCode::ACCEPTED, Json(json!({ "objects": objects }))).into_response())
+}
+
+fn lib_json(state: &AppState, l: &LibDrive) -> Value {
+    let decl = state.coordinator.drive_config.declared(&l.image);
+    let s = |f: fn(&crate::library::LibraryImage) -> &str, d: &str| {
+        decl.map_or_else(|| d.to_owned(), |x| f(x).to_owned())
+    };
+    let install = decl.is_some_and(|d| d.image_type == "install");
+    json!({
+        "allow_multimount": false,
+        "arch": s(|d| &d.arch, "64"),
+        "category": [],
+        "cloud_init_service": null,
+        "created_at": null,
+        "default_auth_method": null,
+        "default_pass": null,
+        "default_user": null,
+        "deprecated": false,
+        "description": s(|d| &d.description, ""),
+        "distribution": s(|d| &d.distribution, ""),
+        "favourite": false,
+        "favorite": false,
+        "image_type": s(|d| &d.image_type, "preinst"),
+        "install_notes": "",
+        "licenses": [],
+        "media": if install { "cdrom" } else { "disk" },
+        "meta": {"image": l.image, "format": l.format},
+        "mounted_on": [],
+        "name": decl.and_then(|d| d.name.clone()).unwrap_or_else(|| l.image.clone()),
+        "os": s(|d| &d.os, "linux"),
+        "owner": null,
+        "paid": false,
+        "resource_uri": format!("/api/2.0/libdrives/{}/", l.uuid),
+        "size": l.size,
+        "status": if l.hosts.is_empty() { "unavailable" } else { "unmounted" },
+        "storage_type": "dssd",
+        "tags": [],
+        "url": "",
+        "uuid": l.uuid.to_string(),
+        "version": s(|d| &d.version, ""),
+    })
+}
+
+async fn libs(
+    State(state): State<AppState>,
+    Tenant(_account): Tenant,
+    Params(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let mut items = Vec::new();
+    for l in state.coordinator.libdrives().await {
+        let v = lib_json(&state, &l);
+        if matches(&v, &params, LIB_FILTERS)? {
+            items.push(v);
+        }
+    }
+    Ok(Json(envelope(items, &params)?))
+}
+
+async fn lib_show(
+    State(state): State<AppState>,
+    Tenant(_account): Tenant,
+    Path(uuid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&uuid)?;
+    let l = state
+        .coordinator
+        .libdrives()
+        .await
+        .into_iter()
+        .find(|l| l.uuid == id)
+        .ok_or_else(|| ApiError::not_found(format!("library drive {id} does not exist")))?;
+    Ok(Json(lib_json(&state, &l)))
+}
+
+async fn lib_action(
+    State(state): State<AppState>,
+    Tenant(account): Tenant,
+    Path(uuid): Path<String>,
+    Params(params): Params,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&uuid)?;
+    if params.get("do").map(String::as_str) != Some("clone") {
+        return Err(ApiError::validation("do", "unknown action; use ?do=clone"));
+    }
+    let opts = clone_opts(optional_body(&body)?.as_ref())?;
+    let d = state.coordinator.clone_libdrive(&account, id, opts).await?;
+    let objects = vec![drive_json(&account, &d)];
+    Ok((StatusCode::ACCEPTED, Json(json!({ "objects": objects }))).into_response())
+}
