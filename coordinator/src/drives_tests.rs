@@ -316,6 +316,9 @@ async fn storage_quota_is_the_accounts_or_the_configured_default() {
         .unwrap();
     let e = c.create_drives(&t, vec![blank("e")]).await.unwrap_err();
     assert!(quota(e));
+    // The account's use shows the bytes of its drives.
+    let (_, used) = c.account_in_use("t").await.unwrap();
+    assert_eq!(used.storage, 4 << 30);
 
     // Another account without a quota of its own still has the default; one with a smaller
     // quota is held to it.

@@ -49,6 +49,7 @@ pub fn account_view(a: &Account, u: &InUse) -> AccountView {
             mem: u.mem,
             gpus: u.gpus,
             servers: u.servers,
+            storage: u.storage,
         },
         created_at: rfc3339(a.created_at),
         resource_uri: uri(&a.name),

@@ -556,6 +556,7 @@ async fn storage_quota_is_set_shown_and_reset() {
     );
     let (_, v) = admin(&f, "GET", "/api/2.0/accounts/t/", "").await;
     assert_eq!(v["quota"]["storage"], Value::Null, "{v}");
+    assert_eq!(v["in_use"]["storage"], 0, "{v}");
     let body = r#"{"quota": {"storage": 2147483648}}"#;
     let (code, v) = admin(&f, "PUT", "/api/2.0/accounts/t/", body).await;
     assert_eq!(

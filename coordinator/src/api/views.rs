@@ -232,6 +232,8 @@ pub struct InUseView {
     pub mem: u64,
     pub gpus: u64,
     pub servers: u64,
+    /// Bytes of drives the account holds.
+    pub storage: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

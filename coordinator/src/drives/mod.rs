@@ -287,12 +287,7 @@ impl Coordinator {
         else {
             return Ok(());
         };
-        let held: u64 = model
-            .drives
-            .values()
-            .filter(|d| d.owner == owner.name)
-            .map(|d| d.size)
-            .sum();
+        let held = crate::accounts::in_use(model, &owner.name).storage;
         let want = held.saturating_add(extra);
         if want > quota {
             return Err(OpError::Quota(format!(
