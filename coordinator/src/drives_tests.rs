@@ -278,9 +278,13 @@ async fn storage_quota_is_the_accounts_or_the_configured_default() {
 
     // The default: two 1 GiB drives fit, a third does not, nor does a library clone.
     assert_eq!(f.tenant.quota.storage, None);
-    c.create_drives(&f.tenant, vec![blank("a"), blank("b")])
+    let made = c
+        .create_drives(&f.tenant, vec![blank("a"), blank("b")])
         .await
         .unwrap();
+    let h1: HostId = "h1".parse().unwrap();
+    let ids: Vec<DriveId> = made.iter().map(|d| d.record.uuid).collect();
+    c.apply_drive_report(&h1, ready(&ids)).await.unwrap();
     let e = c
         .create_drives(&f.tenant, vec![blank("c")])
         .await
@@ -315,6 +319,13 @@ async fn storage_quota_is_the_accounts_or_the_configured_default() {
         .await
         .unwrap();
     let e = c.create_drives(&t, vec![blank("e")]).await.unwrap_err();
+    assert!(quota(e));
+    // Growing a drive counts too.
+    let grow = NewDrive {
+        size: 2 << 30,
+        ..blank("a")
+    };
+    let e = c.edit_drive(&t, ids[0], grow).await.unwrap_err();
     assert!(quota(e));
     // The account's use shows the bytes of its drives.
     let (_, used) = c.account_in_use("t").await.unwrap();
