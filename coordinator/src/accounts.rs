@@ -6,9 +6,16 @@ use crate::store::{Account, AccountChange, Quota, UsageFilter, UsageRow, usage_c
 
 pub use crate::server_index::InUse;
 
-/// What `account` holds now (kept by the model as its servers change).
+/// What `account` holds now: its servers (kept by the model's index as they change) and the
+/// bytes of its drives.
 pub fn in_use(model: &Model, account: &str) -> InUse {
-    model.index().in_use(account)
+    let mut u = model.index().in_use(account);
+    u.storage = model
+        .drives
+        .values()
+        .filter(|d| d.owner == account)
+        .fold(0, |n: u64, d| n.saturating_add(d.size));
+    u
 }
 
 /// The GPUs a server asks for.

@@ -263,3 +263,118 @@ async fn storage_is_metered_per_gib_hour_until_the_drive_is_deleted() {
     f.c.tick(1_000 + 4 * 3_600).await.unwrap();
     assert_eq!(usage(100_000).await.seconds, 3_600);
 }
+
+/// An account's own storage quota applies; one without uses `[drives] storage_quota_bytes`;
+/// setting it back to null returns to that default.
+#[tokio::test]
+async fn storage_quota_is_the_accounts_or_the_configured_default() {
+    let f = fixture().await;
+    let c = f.c.with_drives(crate::library::DrivesConfig {
+        storage_quota_bytes: Some(2 << 30),
+        ..Default::default()
+    });
+    let (_conn, _rx) = c.register_agent(&vm_hello("h1")).await.unwrap();
+    let quota = |e: OpError| matches!(e, OpError::Quota(ref m) if m.contains("storage quota"));
+
+    // The default: two 1 GiB drives fit, a third does not, nor does a library clone.
+    assert_eq!(f.tenant.quota.storage, None);
+    let made = c
+        .create_drives(&f.tenant, vec![blank("a"), blank("b")])
+        .await
+        .unwrap();
+    let h1: HostId = "h1".parse().unwrap();
+    let ids: Vec<DriveId> = made.iter().map(|d| d.record.uuid).collect();
+    c.apply_drive_report(&h1, ready(&ids)).await.unwrap();
+    let e = c
+        .create_drives(&f.tenant, vec![blank("c")])
+        .await
+        .unwrap_err();
+    assert!(quota(e));
+    let lib = c.libdrives().await[0].uuid;
+    let e = c
+        .clone_libdrive(&f.tenant, lib, CloneOpts::default())
+        .await
+        .unwrap_err();
+    assert!(quota(e));
+
+    // The account's own quota replaces the default, larger or smaller.
+    let t = c
+        .update_account(
+            "t",
+            crate::store::AccountChange {
+                backfill: None,
+                quota: crate::store::QuotaChange {
+                    storage: Some(Some(4 << 30)),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.quota.storage, Some(4 << 30));
+    let t = c.account("t").await.unwrap();
+    assert_eq!(t.quota.storage, Some(4 << 30));
+    c.create_drives(&t, vec![blank("c")]).await.unwrap();
+    c.clone_libdrive(&t, lib, CloneOpts::default())
+        .await
+        .unwrap();
+    let e = c.create_drives(&t, vec![blank("e")]).await.unwrap_err();
+    assert!(quota(e));
+    // Growing a drive counts too.
+    let grow = NewDrive {
+        size: 2 << 30,
+        ..blank("a")
+    };
+    let e = c.edit_drive(&t, ids[0], grow).await.unwrap_err();
+    assert!(quota(e));
+    // The account's use shows the bytes of its drives.
+    let (_, used) = c.account_in_use("t").await.unwrap();
+    assert_eq!(used.storage, 4 << 30);
+
+    // Another account without a quota of its own still has the default; one with a smaller
+    // quota is held to it.
+    let other = c
+        .create_account(
+            "other",
+            true,
+            crate::store::Quota {
+                storage: Some(1 << 30),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.create_drives(&other, vec![blank("o1")]).await.unwrap();
+    let e = c
+        .create_drives(&other, vec![blank("o2")])
+        .await
+        .unwrap_err();
+    assert!(quota(e));
+    c.create_account("third", true, Default::default())
+        .await
+        .unwrap();
+    let third = c.account("third").await.unwrap();
+    let e = c
+        .create_drives(&third, vec![blank("x"), blank("y"), blank("z")])
+        .await
+        .unwrap_err();
+    assert!(quota(e));
+
+    // Back to the default (null): the tenant's 4 GiB are over it, so nothing more fits.
+    let t = c
+        .update_account(
+            "t",
+            crate::store::AccountChange {
+                backfill: None,
+                quota: crate::store::QuotaChange {
+                    storage: Some(None),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.quota.storage, None);
+    let e = c.create_drives(&t, vec![blank("f")]).await.unwrap_err();
+    assert!(quota(e));
+}

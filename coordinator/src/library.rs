@@ -54,7 +54,8 @@ fn default_storage_price() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrivesConfig {
-    /// The bytes of drives one account may hold (unlimited when absent).
+    /// The bytes of drives an account may hold when its own storage quota is unset (unlimited
+    /// when absent too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_quota_bytes: Option<u64>,
     /// Offer only the declared library images (else every disk image of the hosts).

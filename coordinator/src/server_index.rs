@@ -33,6 +33,9 @@ pub struct InUse {
     pub gpus: u64,
     /// Servers that exist.
     pub servers: u64,
+    /// Bytes of drives: not kept by this index (always 0 here); `accounts::in_use` adds it
+    /// from the model's drives.
+    pub storage: u64,
 }
 
 impl InUse {
@@ -48,6 +51,7 @@ impl InUse {
             } else {
                 0
             },
+            storage: 0,
         }
     }
 
@@ -56,6 +60,7 @@ impl InUse {
         self.cpu = self.cpu.saturating_add(o.cpu);
         self.mem = self.mem.saturating_add(o.mem);
         self.gpus = self.gpus.saturating_add(o.gpus);
+        self.storage = self.storage.saturating_add(o.storage);
     }
 
     fn sub(&mut self, o: InUse) {
@@ -63,6 +68,7 @@ impl InUse {
         self.cpu = self.cpu.saturating_sub(o.cpu);
         self.mem = self.mem.saturating_sub(o.mem);
         self.gpus = self.gpus.saturating_sub(o.gpus);
+        self.storage = self.storage.saturating_sub(o.storage);
     }
 }
 
@@ -346,7 +352,8 @@ mod tests {
                 servers: 1,
                 cpu: 500,
                 mem: 1 << 30,
-                gpus: 0
+                gpus: 0,
+                storage: 0,
             }
         );
         index.remove(&running);

@@ -20,7 +20,7 @@ use backfill_shared::clock::rfc3339;
 use serde_json::{Map, Value};
 
 const FIELDS: &[&str] = &["name", "backfill", "quota"];
-const QUOTA_FIELDS: &[&str] = &["cpu", "mem", "gpus", "servers"];
+const QUOTA_FIELDS: &[&str] = &["cpu", "mem", "gpus", "servers", "storage"];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -42,12 +42,14 @@ pub fn account_view(a: &Account, u: &InUse) -> AccountView {
             mem: a.quota.mem,
             gpus: a.quota.gpus,
             servers: a.quota.servers,
+            storage: a.quota.storage,
         },
         in_use: InUseView {
             cpu: u.cpu,
             mem: u.mem,
             gpus: u.gpus,
             servers: u.servers,
+            storage: u.storage,
         },
         created_at: rfc3339(a.created_at),
         resource_uri: uri(&a.name),
@@ -77,7 +79,8 @@ fn refuse_unknown(o: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<
     }
 }
 
-/// `{"cpu": 4000, "mem": null, ...}`: present fields change, `null` = unlimited.
+/// `{"cpu": 4000, "mem": null, ...}`: present fields change, `null` = unlimited (for
+/// `storage`, the configured default).
 fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
     let Some(v) = v else {
         return Ok(QuotaChange::default());
@@ -100,8 +103,13 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
                     ApiError::validation(
                         format!("{at}.{k}"),
                         format!(
-                            "{k} must be an integer from 0 to {} or null (unlimited)",
-                            i64::MAX
+                            "{k} must be an integer from 0 to {} or null ({})",
+                            i64::MAX,
+                            if k == "storage" {
+                                "the configured default"
+                            } else {
+                                "unlimited"
+                            }
                         ),
                     )
                 }),
@@ -112,6 +120,7 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
         mem: field("mem")?,
         gpus: field("gpus")?,
         servers: field("servers")?,
+        storage: field("storage")?,
     })
 }
 
@@ -187,6 +196,7 @@ async fn create(
             mem: q.mem.flatten(),
             gpus: q.gpus.flatten(),
             servers: q.servers.flatten(),
+            storage: q.storage.flatten(),
         };
         wanted.push((
             name.to_owned(),

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 const MAX_NAME: usize = 200;
 const MAX_OBJECTS: usize = 100;
 /// What a drive create or edit may name.
-const FIELDS: &[&str] = &["name", "size", "media", "meta", "tags", "allow_multimount"];
+pub(super) const FIELDS: &[&str] = &["name", "size", "media", "meta", "tags", "allow_multimount"];
 /// Fields of the full object a client may send back in a `PUT` or an action body (ignored).
 const READ_ONLY: &[&str] = &[
     "affinities",

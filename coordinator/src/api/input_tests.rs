@@ -542,6 +542,53 @@ async fn quotas_beyond_the_store_are_refused_not_clamped() {
     );
 }
 
+/// The storage quota is set on create and edit, shown, refused when not bytes, and reset to the
+/// configured default with null.
+#[tokio::test]
+async fn storage_quota_is_set_shown_and_reset() {
+    let f = fx().await;
+    let body = r#"{"objects": [{"name": "acme", "quota": {"storage": 1073741824}}]}"#;
+    let (code, v) = admin(&f, "POST", "/api/2.0/accounts/", body).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        v["objects"][0]["quota"]["storage"], 1_073_741_824_u64,
+        "{v}"
+    );
+    let (_, v) = admin(&f, "GET", "/api/2.0/accounts/t/", "").await;
+    assert_eq!(v["quota"]["storage"], Value::Null, "{v}");
+    assert_eq!(v["in_use"]["storage"], 0, "{v}");
+    let body = r#"{"quota": {"storage": 2147483648}}"#;
+    let (code, v) = admin(&f, "PUT", "/api/2.0/accounts/t/", body).await;
+    assert_eq!(
+        (code, v["quota"]["storage"].as_u64()),
+        (200, Some(2 << 30)),
+        "{v}"
+    );
+    // Other quotas are left as they were.
+    assert_eq!(v["quota"]["cpu"], Value::Null, "{v}");
+    refused(
+        "a negative storage quota",
+        admin(
+            &f,
+            "PUT",
+            "/api/2.0/accounts/t/",
+            r#"{"quota": {"storage": -1}}"#,
+        )
+        .await,
+        "quota.storage",
+    );
+    let (_, v) = admin(&f, "GET", "/api/2.0/accounts/t/", "").await;
+    assert_eq!(v["quota"]["storage"].as_u64(), Some(2 << 30), "{v}");
+    let (code, v) = admin(
+        &f,
+        "PUT",
+        "/api/2.0/accounts/t/",
+        r#"{"quota": {"storage": null}}"#,
+    )
+    .await;
+    assert_eq!((code, &v["quota"]["storage"]), (200, &Value::Null), "{v}");
+}
+
 /// A refusal that does not need the body still reads it, so the client's keep-alive connection
 /// stays usable (hyper closes a connection whose request body was left unread).
 #[tokio::test]

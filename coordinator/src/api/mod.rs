@@ -19,6 +19,7 @@ mod input_tests;
 mod json_body;
 mod listing;
 pub mod openapi;
+mod openapi_drives;
 mod openapi_params;
 mod operator_auth;
 #[cfg(test)]

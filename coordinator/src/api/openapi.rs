@@ -2,6 +2,10 @@
 //! serialize, and the paths from one table that mirrors the router. Served at
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
+use super::openapi_drives::{
+    CloneFields, CreatedDrives, DRIVE_OPS, Drive, DriveCreate, DriveFields, DriveList,
+    DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn, Op,
+};
 use super::openapi_params::{path_params, query_params};
 use super::views::*;
 use super::webhooks::{
@@ -14,7 +18,9 @@ use std::collections::BTreeMap;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Paths};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type,
+};
 use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
@@ -131,20 +137,12 @@ pub struct Capabilities {
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
         ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
-        WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, Filters
+        WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, Filters,
+        Drive, DriveRuntime, MountedOn, DriveSummary, DriveSummaryList, DriveList, CreatedDrives,
+        DriveFields, DriveCreate, CloneFields, LibraryDrive, LibraryDriveList
     ))
 )]
 struct ApiDoc;
-
-/// (path, method, summary, request schema, success status, response schema)
-type Op = (
-    &'static str,
-    HttpMethod,
-    &'static str,
-    Option<&'static str>,
-    &'static str,
-    Option<&'static str>,
-);
 
 fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
     let p = |s: &str| format!("/{c}/{s}");
@@ -202,7 +200,7 @@ fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
         (
             p("{uuid}/"),
             HttpMethod::Delete,
-            "Delete a stopped server".into(),
+            "Delete a stopped server; its drives stay (detached) unless ?recurse names them".into(),
             None,
             "204",
             None,
@@ -418,9 +416,14 @@ type FullOp = (
 fn all_ops() -> Vec<FullOp> {
     let mut ops = collection_ops("servers", "servers");
     ops.extend(collection_ops("bservers", "backfilling servers"));
-    ops.extend(OTHER_OPS.iter().map(|(p, m, s, rq, code, rs)| {
-        ((*p).to_owned(), m.clone(), (*s).to_owned(), *rq, *code, *rs)
-    }));
+    ops.extend(
+        OTHER_OPS
+            .iter()
+            .chain(DRIVE_OPS)
+            .map(|(p, m, s, rq, code, rs)| {
+                ((*p).to_owned(), m.clone(), (*s).to_owned(), *rq, *code, *rs)
+            }),
+    );
     ops
 }
 
@@ -433,6 +436,17 @@ fn response_schema(name: &str) -> RefOr<Schema> {
             .item(ObjectBuilder::new().schema_type(Type::Null))
             .into(),
     }
+}
+
+/// A request schema by name; `A|B` is any of them (an action whose body depends on `do`; a
+/// body may fit both, so not oneOf).
+fn request_schema(name: &str) -> RefOr<Schema> {
+    if !name.contains('|') {
+        return Ref::from_schema_name(name).into();
+    }
+    name.split('|')
+        .fold(AnyOfBuilder::new(), |b, n| b.item(Ref::from_schema_name(n)))
+        .into()
 }
 
 /// The whole document.
@@ -448,13 +462,17 @@ pub fn document() -> utoipa::openapi::OpenApi {
                     .chain(query_params(&path, &method)),
             ));
         if let Some(rq) = request {
+            let (rq, required) = match rq.strip_suffix('?') {
+                Some(rq) => (rq, Required::False),
+                None => (rq, Required::True),
+            };
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
-                    .required(Some(Required::True))
+                    .required(Some(required))
                     .content(
                         "application/json",
                         ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name(rq)))
+                            .schema(Some(request_schema(rq)))
                             .build(),
                     )
                     .build(),

@@ -84,6 +84,15 @@ fn period() -> Vec<Parameter> {
     ]
 }
 
+/// Paging and exact-match filters (comma-separated alternatives).
+fn filtered(filters: &[(&str, &str)]) -> Vec<Parameter> {
+    let mut out = paging();
+    for (f, what) in filters {
+        out.push(query(f, text(), false, what));
+    }
+    out
+}
+
 /// The query parameters an operation takes. Each may be given once.
 pub(super) fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
     let action = |actions: &[&str]| {
@@ -96,6 +105,8 @@ pub(super) fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
     };
     match (method, path) {
         (HttpMethod::Post, p) if p.ends_with("/deliveries/{id}/action/") => action(&["redeliver"]),
+        (HttpMethod::Post, "/drives/{uuid}/action/") => action(&["clone", "resize"]),
+        (HttpMethod::Post, "/libdrives/{uuid}/action/") => action(&["clone"]),
         (HttpMethod::Post, p) if p.ends_with("/action/") => {
             action(&["start", "stop", "shutdown", "restart"])
         }
@@ -127,6 +138,27 @@ pub(super) fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
             ));
             out
         }
+        (HttpMethod::Get, "/drives/" | "/drives/detail/") => filtered(&[
+            ("name", "Exact names (comma-separated alternatives)"),
+            ("tag", "Tags (any of them)"),
+            ("uuid", "Drive uuids"),
+            ("status", "Statuses"),
+            ("media", "disk or cdrom"),
+        ]),
+        (HttpMethod::Get, "/libdrives/" | "/libdrives/detail/") => filtered(&[
+            ("name", "Exact names (comma-separated alternatives)"),
+            ("os", "Operating systems"),
+            ("uuid", "Library drive uuids"),
+            ("version", "Versions"),
+            ("arch", "Architectures"),
+            ("image_type", "preinst or install"),
+        ]),
+        (HttpMethod::Delete, "/servers/{uuid}/" | "/bservers/{uuid}/") => vec![query(
+            "recurse",
+            text().enum_values(Some(["all_drives", "disks", "cdroms"])),
+            false,
+            "Also delete the server's drives of that media (default: keep them)",
+        )],
         (HttpMethod::Get, "/usage/" | "/ledger/") => {
             let mut out = period();
             out.extend(paging());

@@ -221,6 +221,9 @@ pub struct QuotaView {
     pub mem: Option<u64>,
     pub gpus: Option<u64>,
     pub servers: Option<u64>,
+    /// Bytes of drives; null = the configured default (`[drives] storage_quota_bytes`,
+    /// unlimited when unset).
+    pub storage: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -229,6 +232,8 @@ pub struct InUseView {
     pub mem: u64,
     pub gpus: u64,
     pub servers: u64,
+    /// Bytes of drives the account holds.
+    pub storage: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

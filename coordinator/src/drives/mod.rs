@@ -277,17 +277,17 @@ impl Coordinator {
         out.pop().ok_or(not_found(lib))
     }
 
-    /// `extra` more bytes of drives for `owner` against `[drives] storage_quota_bytes`.
+    /// `extra` more bytes of drives for `owner` against its storage quota, or where it has
+    /// none `[drives] storage_quota_bytes`.
     fn check_storage(&self, model: &Model, owner: &Account, extra: u64) -> Result<(), OpError> {
-        let Some(quota) = self.drive_config.storage_quota_bytes else {
+        let Some(quota) = owner
+            .quota
+            .storage
+            .or(self.drive_config.storage_quota_bytes)
+        else {
             return Ok(());
         };
-        let held: u64 = model
-            .drives
-            .values()
-            .filter(|d| d.owner == owner.name)
-            .map(|d| d.size)
-            .sum();
+        let held = crate::accounts::in_use(model, &owner.name).storage;
         let want = held.saturating_add(extra);
         if want > quota {
             return Err(OpError::Quota(format!(

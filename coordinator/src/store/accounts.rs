@@ -12,6 +12,9 @@ pub struct Quota {
     pub gpus: Option<u64>,
     /// Servers that exist (any status).
     pub servers: Option<u64>,
+    /// Bytes of drives; `None` = the configured default (`[drives] storage_quota_bytes`,
+    /// itself unlimited when unset).
+    pub storage: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub struct QuotaChange {
     pub mem: Option<Option<u64>>,
     pub gpus: Option<Option<u64>>,
     pub servers: Option<Option<u64>>,
+    /// Its inner `None` = the configured default.
+    pub storage: Option<Option<u64>>,
 }
 
 /// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
@@ -78,6 +83,7 @@ macro_rules! backend {
                     mem: opt_u64(r, "quota_mem")?,
                     gpus: opt_u64(r, "quota_gpus")?,
                     servers: opt_u64(r, "quota_servers")?,
+                    storage: opt_u64(r, "quota_storage")?,
                 },
             })
         }
@@ -86,7 +92,7 @@ macro_rules! backend {
             pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
                 let row = q(
                     "SELECT name, uuid, backfill, created_at, quota_cpu, quota_mem, quota_gpus,
-                            quota_servers FROM accounts WHERE name = ?",
+                            quota_servers, quota_storage FROM accounts WHERE name = ?",
                 )
                 .bind(name)
                 .fetch_optional(&self.pool)
@@ -97,7 +103,7 @@ macro_rules! backend {
             pub async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
                 let rows = q(
                     "SELECT name, uuid, backfill, created_at, quota_cpu, quota_mem, quota_gpus,
-                            quota_servers FROM accounts ORDER BY name",
+                            quota_servers, quota_storage FROM accounts ORDER BY name",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -114,8 +120,8 @@ macro_rules! backend {
             ) -> Result<Option<Account>, StoreError> {
                 let done = q(
                     "INSERT INTO accounts (name, uuid, backfill, created_at, quota_cpu, quota_mem,
-                         quota_gpus, quota_servers)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                         quota_gpus, quota_servers, quota_storage)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
                 )
                 .bind(name)
                 .bind(uuid::Uuid::new_v4().to_string())
@@ -125,6 +131,7 @@ macro_rules! backend {
                 .bind(opt_i64(quota.mem))
                 .bind(opt_i64(quota.gpus))
                 .bind(opt_i64(quota.servers))
+                .bind(opt_i64(quota.storage))
                 .execute(&self.pool)
                 .await?;
                 if done.rows_affected() == 0 {
@@ -149,15 +156,17 @@ macro_rules! backend {
                 a.quota.mem = change.quota.mem.unwrap_or(a.quota.mem);
                 a.quota.gpus = change.quota.gpus.unwrap_or(a.quota.gpus);
                 a.quota.servers = change.quota.servers.unwrap_or(a.quota.servers);
+                a.quota.storage = change.quota.storage.unwrap_or(a.quota.storage);
                 q(
                     "UPDATE accounts SET backfill = ?, quota_cpu = ?, quota_mem = ?, quota_gpus = ?,
-                         quota_servers = ? WHERE name = ?",
+                         quota_servers = ?, quota_storage = ? WHERE name = ?",
                 )
                 .bind(a.backfill)
                 .bind(opt_i64(a.quota.cpu))
                 .bind(opt_i64(a.quota.mem))
                 .bind(opt_i64(a.quota.gpus))
                 .bind(opt_i64(a.quota.servers))
+                .bind(opt_i64(a.quota.storage))
                 .bind(name)
                 .execute(&self.pool)
                 .await?;

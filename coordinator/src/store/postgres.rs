@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leader",
         include_str!("../../migrations/postgres/0010_leader.sql"),
     ),
+    (
+        11,
+        "storage_quota",
+        include_str!("../../migrations/postgres/0011_storage_quota.sql"),
+    ),
 ];
 
 /// A store on a PostgreSQL server.

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leader",
         include_str!("../../migrations/0010_leader.sql"),
     ),
+    (
+        11,
+        "storage_quota",
+        include_str!("../../migrations/0011_storage_quota.sql"),
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.

@@ -103,6 +103,7 @@ async fn survives_reopen_on(db: testing::TestDb) {
                 quota: super::QuotaChange {
                     cpu: Some(Some(4_000)),
                     servers: Some(Some(2)),
+                    storage: Some(Some(10 << 30)),
                     ..Default::default()
                 },
             },
@@ -115,6 +116,10 @@ async fn survives_reopen_on(db: testing::TestDb) {
         (changed.quota.cpu, changed.quota.servers, changed.quota.mem),
         (Some(4_000), Some(2), None)
     );
+    // The storage quota (migration 0011) is stored and read back.
+    let read = store.account("plain").await.unwrap().unwrap();
+    assert_eq!(read.quota.storage, Some(10 << 30));
+    assert_eq!(read.quota, changed.quota);
     assert!(store.delete_account("plain").await.unwrap());
     assert!(!store.delete_account("plain").await.unwrap());
 }

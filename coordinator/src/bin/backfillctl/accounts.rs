@@ -34,7 +34,7 @@ pub async fn run(api: &Api, out: Out, cmd: AccountCmd) -> Result<(), CtlError> {
         AccountCmd::Update(u) => {
             if u.backfill.is_none() && u.quota.is_empty() {
                 return Err(CtlError::Usage(
-                    "nothing to update: give --backfill true|false and/or --cpu, --mem, --gpus, --servers"
+                    "nothing to update: give --backfill true|false and/or --cpu, --mem, --gpus, --servers, --storage"
                         .into(),
                 ));
             }
@@ -66,7 +66,7 @@ pub async fn run(api: &Api, out: Out, cmd: AccountCmd) -> Result<(), CtlError> {
     }
 }
 
-/// The quota fields given; `unlimited` is null.
+/// The quota fields given; `unlimited` (and storage's `default`) is null.
 pub fn quota_body(q: &Quota) -> Value {
     let mut o = Map::new();
     let fields = [
@@ -74,6 +74,7 @@ pub fn quota_body(q: &Quota) -> Value {
         ("mem", q.mem),
         ("gpus", q.gpus),
         ("servers", q.servers),
+        ("storage", q.storage),
     ];
     for (k, v) in fields {
         if let Some(limit) = v {
@@ -129,9 +130,14 @@ fn show_table(v: &Value) -> String {
             v["quota"][k] = "unlimited".into();
         }
     }
+    if v["quota"].is_object() && v["quota"]["storage"].is_null() {
+        v["quota"]["storage"] = "default (the coordinator's [drives] storage_quota_bytes)".into();
+    }
     for part in ["quota", "in_use"] {
-        if let Some(mem) = v[part]["mem"].as_u64() {
-            v[part]["mem"] = format!("{mem} ({})", format_bytes(mem)).into();
+        for k in ["mem", "storage"] {
+            if let Some(n) = v[part][k].as_u64() {
+                v[part][k] = format!("{n} ({})", format_bytes(n)).into();
+            }
         }
     }
     key_values(&v, FIRST).render()
@@ -140,7 +146,7 @@ fn show_table(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::Limit;
+    use crate::units::{Limit, parse_size_or_default};
 
     #[test]
     fn quota_bodies_send_only_what_was_given() {
@@ -149,11 +155,25 @@ mod tests {
             mem: Some(Limit::Unlimited),
             gpus: None,
             servers: Some(Limit::Value(50)),
+            storage: None,
         };
         assert_eq!(
             quota_body(&q),
             json!({"cpu": 100_000, "mem": null, "servers": 50})
         );
+        let q = Quota {
+            cpu: None,
+            mem: None,
+            gpus: None,
+            servers: None,
+            storage: Some(Limit::Value(10 << 30)),
+        };
+        assert_eq!(quota_body(&q), json!({"storage": 10_u64 << 30}));
+        let q = Quota {
+            storage: parse_size_or_default("default").ok(),
+            ..q
+        };
+        assert_eq!(quota_body(&q), json!({"storage": null}));
     }
 
     #[test]

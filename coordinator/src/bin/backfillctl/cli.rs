@@ -268,11 +268,19 @@ pub struct Quota {
     /// Quota on the number of servers, or "unlimited".
     #[arg(long, value_name = "N", value_parser = units::parse_count_limit)]
     pub servers: Option<Limit>,
+    /// Storage quota for drives: bytes or K/M/G/T, or "default" (the coordinator's
+    /// `[drives] storage_quota_bytes`).
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size_or_default)]
+    pub storage: Option<Limit>,
 }
 
 impl Quota {
     pub fn is_empty(&self) -> bool {
-        self.cpu.is_none() && self.mem.is_none() && self.gpus.is_none() && self.servers.is_none()
+        self.cpu.is_none()
+            && self.mem.is_none()
+            && self.gpus.is_none()
+            && self.servers.is_none()
+            && self.storage.is_none()
     }
 }
 

@@ -82,6 +82,15 @@ pub fn parse_size_limit(s: &str) -> Result<Limit, String> {
     }
 }
 
+/// A size, or `default` (sent as null: the coordinator's configured default, as the API's
+/// `quota.storage` takes it).
+pub fn parse_size_or_default(s: &str) -> Result<Limit, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "default" => Ok(Limit::Unlimited),
+        _ => parse_size(s).map(Limit::Value),
+    }
+}
+
 /// `unlimited` (or `none`), or a non-negative integer.
 pub fn parse_count_limit(s: &str) -> Result<Limit, String> {
     match s.trim().to_ascii_lowercase().as_str() {
