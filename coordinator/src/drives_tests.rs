@@ -378,3 +378,26 @@ async fn storage_quota_is_the_accounts_or_the_configured_default() {
     let e = c.create_drives(&t, vec![blank("f")]).await.unwrap_err();
     assert!(quota(e));
 }
+
+#[tokio::test]
+async fn a_fleet_without_vm_hosts_refuses_drives_and_one_whose_vm_hosts_are_away_asks_to_retry() {
+    let f = fixture().await;
+    // Before any host has connected: nothing can hold it yet (retry).
+    let err = f.c.create_drives(&f.tenant, vec![blank("a")]).await;
+    assert!(matches!(err, Err(OpError::NeverFits(_))), "{err:?}");
+    // A fleet whose hosts run no VMs never will: a clear 400 naming what it runs.
+    let (_conn, _rx) = f.c.register_agent(&hello("h1")).await.unwrap();
+    match f.c.create_drives(&f.tenant, vec![blank("a")]).await {
+        Err(OpError::Invalid { message, .. }) => {
+            assert!(message.contains("no host of this fleet"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // With a VM host it lands there.
+    let (_conn, _rx2) = f.c.register_agent(&vm_hello("h2")).await.unwrap();
+    let d =
+        f.c.create_drives(&f.tenant, vec![blank("a")])
+            .await
+            .unwrap();
+    assert_eq!(d[0].record.host.as_str(), "h2");
+}

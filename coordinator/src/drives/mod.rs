@@ -152,6 +152,25 @@ fn choose_host(model: &Model, candidates: Option<&[HostId]>) -> Option<HostId> {
         .min_by_key(|h| (count(h), h.clone()))
 }
 
+/// Why no host can take a new drive: a 400 when the fleet has hosts and none runs VMs (it
+/// never will), a 503 while VM hosts exist but none is connected (or none has connected yet).
+fn no_drive_host(model: &Model) -> OpError {
+    let vm_hosts = model
+        .hosts
+        .values()
+        .any(|h| h.record.inventory.drivers.vm.is_some());
+    if !model.hosts.is_empty() && !vm_hosts {
+        return OpError::Invalid {
+            field: "objects",
+            message: format!(
+                "drives live on hosts that run VMs, and no host of this fleet does; it runs: {}",
+                model.cluster.driver_kinds()
+            ),
+        };
+    }
+    OpError::NeverFits("no host that runs VMs is connected to hold a drive".into())
+}
+
 impl Coordinator {
     pub async fn list_drives(&self, owner: &Account) -> Vec<DriveView> {
         let model = self.lock_model().await;
@@ -229,9 +248,7 @@ impl Coordinator {
         let mut model = self.lock_model().await;
         let mut records = Vec::with_capacity(new.len());
         for n in new {
-            let host = choose_host(&model, None).ok_or_else(|| {
-                OpError::NeverFits("no host that runs VMs is connected to hold a drive".into())
-            })?;
+            let host = choose_host(&model, None).ok_or_else(|| no_drive_host(&model))?;
             records.push(self.record(owner, n, host, DriveSource::Blank));
         }
         self.add_drives(&mut model, owner, records).await
