@@ -42,23 +42,15 @@ pub struct Committer {
 /// the write.
 #[derive(Debug)]
 #[must_use = "a write is durable only once `wait` answers"]
-pub struct Durable(Option<oneshot::Receiver<Result<(), StoreError>>>);
+pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
 
 impl Durable {
-    /// Nothing to write.
-    pub fn done() -> Durable {
-        Durable(None)
-    }
-
     /// For writes that answer no one (the scheduler's own passes, agents' reports): the write
     /// still happens, in order; a failure reloads the model from the store.
     pub fn detach(self) {}
 
     pub async fn wait(self) -> Result<(), StoreError> {
-        match self.0 {
-            None => Ok(()),
-            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-        }
+        self.0.await.unwrap_or(Err(StoreError::Closed))
     }
 }
 
@@ -93,10 +85,10 @@ impl Committer {
             done,
         };
         match self.queue.send(pending) {
-            Ok(()) => Durable(Some(rx)),
+            Ok(()) => Durable(rx),
             Err(mpsc::error::SendError(p)) => {
                 let _ = p.done.send(Err(StoreError::Closed));
-                Durable(Some(rx))
+                Durable(rx)
             }
         }
     }
