@@ -4,7 +4,7 @@
 //! `cargo bench -p backfill-coordinator --bench scheduler`
 #![allow(clippy::expect_used, clippy::panic)]
 
-use backfill_coordinator::scheduler::{self, Cluster, HostSpec, Plan, Policy, ServerSpec};
+use backfill_coordinator::policy::scheduler::{self, Cluster, HostSpec, Plan, Policy, ServerSpec};
 use backfill_shared::{Resources, ServerClass, ServerId};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    backfill_coordinator::cli::main()
+    backfill_coordinator::cmd::cli::main()
 }

@@ -9,8 +9,8 @@ use super::views::{
     AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, to_json,
 };
 use super::{ApiError, AppState};
-use crate::accounts::InUse;
-use crate::store::{Account, AccountChange, Quota, QuotaChange};
+use crate::domain::account::{Account, AccountChange, Quota, QuotaChange};
+use crate::state::quota::InUse;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -237,9 +237,9 @@ async fn show(
 }
 
 /// To the operator, an unknown account is simply not there.
-fn not_found(e: crate::coordinator::OpError) -> ApiError {
+fn not_found(e: crate::state::coordinator::OpError) -> ApiError {
     match e {
-        crate::coordinator::OpError::NoAccount(n) => {
+        crate::state::coordinator::OpError::NoAccount(n) => {
             ApiError::not_found(format!("account {n:?} does not exist"))
         }
         other => other.into(),

@@ -5,8 +5,8 @@
 
 use super::AppState;
 use super::operator_auth::{Refused, authorize};
-use crate::flavors::Flavor;
-use crate::operator::{AdminError, HostView, QueueEntry};
+use crate::domain::flavors::Flavor;
+use crate::ops::operator::{AdminError, HostView, QueueEntry};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
@@ -185,7 +185,7 @@ fn instance_type_json(f: &Flavor, legacy: bool) -> Value {
 
 /// A container queue entry: the HEAD shape (`instance_types`, `instance_resources`,
 /// `scheduling_status`) and the seed's legacy `instance_type` object.
-fn queue_entry(e: &QueueEntry, flavors: &crate::flavors::Flavors) -> Value {
+fn queue_entry(e: &QueueEntry, flavors: &crate::domain::flavors::Flavors) -> Value {
     let s = &e.server;
     let state = match (s.status, s.host.is_some()) {
         (ServerStatus::Starting, false) => "Queued",

@@ -22,7 +22,7 @@ async fn capabilities(
         return Ok(Json(json!({ "backfilling": false })));
     }
     let f = state.coordinator.free_resources().await;
-    let view = |c: crate::scheduler::CpuMem| CpuMemView {
+    let view = |c: crate::policy::scheduler::CpuMem| CpuMemView {
         cpu: c.cpu,
         mem: c.mem,
     };

@@ -5,7 +5,8 @@ use super::AppState;
 use super::cyborg::{
     Caller, CyborgError, Version, Who, base, body_json, list, owner, query, version,
 };
-use crate::accel::{Arq, ArqFilter, BindPatch};
+use crate::domain::accel::Arq;
+use crate::ops::accel::{ArqFilter, BindPatch};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -2,8 +2,8 @@
 //! bind/unbind transitions and both deletes, and servers that get GPUs by device profile.
 
 use super::operator_tests::{Fx, Who, fx_with, send};
-use crate::coordinator::{NewServer, Scope};
-use crate::hosts::session_tests::{hello, new_server, report};
+use crate::link::session_tests::{hello, new_server, report};
+use crate::state::coordinator::{NewServer, Scope};
 use backfill_shared::protocol::{DesiredState, WorkloadState};
 use backfill_shared::{GpuDevice, ServerClass, ServerId, ServerStatus};
 use serde_json::{Value, json};
@@ -773,7 +773,10 @@ async fn a_gpu_that_goes_bad_is_no_longer_given_out() {
             .uuid;
     let refused = f.c.start(&f.tenant, Scope::BServers, id).await;
     assert!(
-        matches!(refused, Err(crate::coordinator::OpError::NeverFits(_))),
+        matches!(
+            refused,
+            Err(crate::state::coordinator::OpError::NeverFits(_))
+        ),
         "no healthy GPU is left: {refused:?}"
     );
     // The stored inventory has the new state (a restarted coordinator knows it too).
@@ -787,8 +790,8 @@ async fn the_gpu_quota_is_enforced_at_create_and_start() {
     let (_conn, _rx) = gpu_host(&f).await;
     make_profile(&f, "two", json!([{"resources:GPU": "2"}])).await;
     make_profile(&f, "one", json!([{"resources:GPU": "1"}])).await;
-    let change = crate::store::AccountChange {
-        quota: crate::store::QuotaChange {
+    let change = crate::domain::account::AccountChange {
+        quota: crate::domain::account::QuotaChange {
             gpus: Some(Some(1)),
             ..Default::default()
         },
@@ -804,7 +807,7 @@ async fn the_gpu_quota_is_enforced_at_create_and_start() {
         f.c.create_servers(&tenant, ServerClass::Backfill, vec![with("two")])
             .await;
     assert!(
-        matches!(too_many, Err(crate::coordinator::OpError::Quota(_))),
+        matches!(too_many, Err(crate::state::coordinator::OpError::Quota(_))),
         "{too_many:?}"
     );
     let a =
@@ -820,7 +823,7 @@ async fn the_gpu_quota_is_enforced_at_create_and_start() {
     f.c.start(&tenant, Scope::BServers, a).await.unwrap();
     let second = f.c.start(&tenant, Scope::BServers, b).await;
     assert!(
-        matches!(second, Err(crate::coordinator::OpError::Quota(_))),
+        matches!(second, Err(crate::state::coordinator::OpError::Quota(_))),
         "{second:?}"
     );
 }

@@ -11,7 +11,7 @@
 
 use super::AppState;
 use super::operator_auth::{Refused, authorize};
-use crate::operator::{HostView, QueueEntry};
+use crate::ops::operator::{HostView, QueueEntry};
 use axum::Router;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -107,7 +107,7 @@ fn queue_json(e: &QueueEntry, now: i64) -> Value {
 }
 
 /// A server as the dashboard shows it (times in Unix seconds, for the charts).
-fn server_json(s: &crate::store::ServerRecord) -> Value {
+fn server_json(s: &crate::domain::server::ServerRecord) -> Value {
     let rt = super::views::runtime(s);
     json!({
         "uuid": s.uuid.to_string(),
@@ -159,16 +159,17 @@ async fn data(
     let (samples, events) = c.history().await;
     let (current, servers) = {
         let model = c.model.lock().await;
-        let mut current = crate::history::take_sample(&model, now);
+        let mut current = crate::state::history::take_sample(&model, now);
         current.at = now;
-        let mut list: Vec<&crate::store::ServerRecord> = model.servers.values().collect();
+        let mut list: Vec<&crate::domain::server::ServerRecord> = model.servers.values().collect();
         list.sort_by_key(|s| {
-            let active = crate::model::holds_resources(s.status) || crate::model::is_queued(s);
+            let active = crate::domain::server::holds_resources(s.status)
+                || crate::domain::server::is_queued(s);
             (!active, std::cmp::Reverse(s.created_at), s.uuid)
         });
         // The server a server's view asks for is there even when it is not among the newest.
         let asked = params.get("server");
-        let shown = |i: usize, s: &crate::store::ServerRecord| {
+        let shown = |i: usize, s: &crate::domain::server::ServerRecord| {
             i < MAX_SERVERS || asked.is_some_and(|a| *a == s.uuid.to_string())
         };
         let servers: Vec<Value> = list
@@ -193,7 +194,7 @@ async fn data(
                 .iter()
                 .find(|s| s["uuid"] == uuid.as_str())
                 .and_then(|s| s["owner"].as_str().map(str::to_owned));
-            let filter = crate::store::UsageFilter {
+            let filter = crate::domain::usage::UsageFilter {
                 account: owner,
                 start: now.saturating_sub(USAGE_PERIOD_S),
                 end: now,
@@ -204,7 +205,7 @@ async fn data(
                         "seconds": r.seconds,
                         "cpu_mhz_seconds": r.cpu_mhz_seconds,
                         "mem_byte_seconds": r.mem_byte_seconds,
-                        "amount": crate::billing::format_money(r.amount_micro),
+                        "amount": crate::domain::billing::format_money(r.amount_micro),
                         "currency": c.billing.currency,
                         "period_s": USAGE_PERIOD_S,
                     })
@@ -220,7 +221,7 @@ async fn data(
     let body = json!({
         "now": now,
         "auto_mode": c.auto_mode().await,
-        "sample_every_s": crate::history::SAMPLE_EVERY_S,
+        "sample_every_s": crate::state::history::SAMPLE_EVERY_S,
         "hosts": hosts,
         "servers": servers,
         "capacity": samples,

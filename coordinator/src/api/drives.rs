@@ -10,8 +10,8 @@ use super::tenant::Tenant;
 use super::text::check_name;
 use super::views::owner;
 use super::{ApiError, AppState};
-use crate::drives::{CloneOpts, DriveView, LibDrive, NewDrive};
-use crate::store::Account;
+use crate::domain::account::Account;
+use crate::ops::drives::{CloneOpts, DriveView, LibDrive, NewDrive};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -410,7 +410,7 @@ async fn action(
 
 fn lib_json(state: &AppState, l: &LibDrive) -> Value {
     let decl = state.coordinator.drive_config.declared(&l.image);
-    let s = |f: fn(&crate::library::LibraryImage) -> &str, d: &str| {
+    let s = |f: fn(&crate::domain::library::LibraryImage) -> &str, d: &str| {
         decl.map_or_else(|| d.to_owned(), |x| f(x).to_owned())
     };
     let install = decl.is_some_and(|d| d.image_type == "install");

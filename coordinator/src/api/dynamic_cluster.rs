@@ -6,8 +6,8 @@
 
 use super::AppState;
 use super::operator_auth::{Refused, authorize};
-use crate::operator::{AdminError, HostView, QueueEntry};
-use crate::provision::PoolView;
+use crate::ops::operator::{AdminError, HostView, QueueEntry};
+use crate::ops::provision::PoolView;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;

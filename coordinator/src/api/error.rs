@@ -1,6 +1,6 @@
 //! CloudSigma-style errors: a JSON list of `{error_type, error_point, error_message}`.
 
-use crate::coordinator::OpError;
+use crate::state::coordinator::OpError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 

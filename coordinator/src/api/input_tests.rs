@@ -4,7 +4,7 @@
 //! names what was wrong and changes nothing; the good input beside it still works.
 
 use super::operator_tests::{Fx, Who, fx_with, send};
-use crate::pools::PoolConfig;
+use crate::policy::pools::PoolConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 

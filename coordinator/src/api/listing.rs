@@ -3,7 +3,7 @@
 //! `order_by`.
 
 use super::ApiError;
-use crate::server_index::{FilterKey, OrderKey, ServerQuery};
+use crate::state::server_index::{FilterKey, OrderKey, ServerQuery};
 use backfill_shared::clock::{UnixSeconds, parse_time};
 use std::collections::BTreeMap;
 

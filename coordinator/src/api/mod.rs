@@ -18,6 +18,7 @@ mod error;
 mod input_tests;
 mod json_body;
 mod listing;
+pub mod metrics;
 pub mod openapi;
 mod openapi_drives;
 mod openapi_params;
@@ -45,21 +46,21 @@ pub use serve::{Listening, serve_api, serve_management};
 /// fields. Pure, so the fuzz targets (`fuzz/`) call it directly.
 pub fn parse_create_body(
     body: &[u8],
-    flavors: &crate::flavors::Flavors,
-) -> Result<Vec<crate::coordinator::NewServer>, ApiError> {
+    flavors: &crate::domain::flavors::Flavors,
+) -> Result<Vec<crate::state::coordinator::NewServer>, ApiError> {
     server_json::parse_create(&json_body::parse(body)?, flavors)
 }
 
 /// A server edit body as the handler reads it (see [`parse_create_body`]).
 pub fn parse_edit_body(
-    current: &crate::store::ServerRecord,
+    current: &crate::domain::server::ServerRecord,
     body: &[u8],
-    flavors: &crate::flavors::Flavors,
-) -> Result<crate::coordinator::NewServer, ApiError> {
+    flavors: &crate::domain::flavors::Flavors,
+) -> Result<crate::state::coordinator::NewServer, ApiError> {
     server_json::parse_edit(current, &json_body::parse(body)?, flavors)
 }
 
-use crate::coordinator::Coordinator;
+use crate::state::coordinator::Coordinator;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
@@ -146,7 +147,7 @@ async fn count(
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let resp = next.run(req).await;
-    let labels = crate::metrics::RouteCode {
+    let labels = crate::telemetry::RouteCode {
         route,
         code: resp.status().as_u16(),
     };

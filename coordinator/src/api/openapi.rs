@@ -12,7 +12,7 @@ use super::webhooks::{
     DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
     WebhookFields, WebhookView,
 };
-use crate::events::Filters;
+use crate::domain::event::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::openapi::RefOr;

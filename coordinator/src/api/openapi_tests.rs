@@ -2,7 +2,7 @@
 //! names only paths the router serves.
 
 use super::*;
-use crate::coordinator::Coordinator;
+use crate::state::coordinator::Coordinator;
 use backfill_shared::clock::ManualClock;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -126,7 +126,7 @@ async fn every_documented_path_is_served() {
     )
     .await
     .unwrap()
-    .with_driver_access(crate::access::DriverAccess::dev());
+    .with_driver_access(crate::state::access::DriverAccess::dev());
     let router = crate::api::router(Arc::new(c));
     for (path, method) in operations() {
         let uri = format!(
@@ -199,8 +199,8 @@ async fn drive_answers_have_the_documented_fields() {
     )
     .await
     .unwrap()
-    .with_driver_access(crate::access::DriverAccess::dev());
-    let mut hello = crate::hosts::session_tests::hello("h1");
+    .with_driver_access(crate::state::access::DriverAccess::dev());
+    let mut hello = crate::link::session_tests::hello("h1");
     hello.inventory.drivers.vm = Some(backfill_shared::VmDriver {
         accel: "tcg".into(),
         images: vec![backfill_shared::VmImage {

@@ -1,10 +1,10 @@
 //! The operator APIs through the router: Arvados dispatch and Dynamic Cluster shapes, codes and
 //! authentication, and the host state machine from every state, refusals included.
 
-use crate::coordinator::{Coordinator, Scope};
-use crate::hosts::session_tests::{hello, new_server, report};
-use crate::pools::{PoolConfig, Pools, ProvisionerConfig};
-use crate::store::Account;
+use crate::domain::account::Account;
+use crate::link::session_tests::{hello, new_server, report};
+use crate::policy::pools::{PoolConfig, Pools, ProvisionerConfig};
+use crate::state::coordinator::{Coordinator, Scope};
 use axum::Router;
 use axum::http::Request;
 use backfill_shared::clock::ManualClock;
@@ -43,7 +43,7 @@ pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::testing::open_in(dir.path()).await;
     let clock = Arc::new(ManualClock::new(1_000));
-    let operator = crate::operator::OperatorConfig {
+    let operator = crate::state::settings::OperatorConfig {
         management_token: token.map(str::to_owned),
         ..Default::default()
     };
@@ -51,7 +51,7 @@ pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let c = Coordinator::load(store, clock.clone(), &["t".into()], Default::default())
         .await
         .unwrap()
-        .with_driver_access(crate::access::DriverAccess::dev())
+        .with_driver_access(crate::state::access::DriverAccess::dev())
         .with_operator(pools, operator)
         .await
         .unwrap()
@@ -160,7 +160,7 @@ async fn start(f: &Fx) -> ServerId {
     id
 }
 
-async fn server(f: &Fx, id: ServerId) -> crate::store::ServerRecord {
+async fn server(f: &Fx, id: ServerId) -> crate::domain::server::ServerRecord {
     f.c.get_server(&f.tenant, Scope::BServers, id)
         .await
         .unwrap()
@@ -946,7 +946,7 @@ async fn the_dashboard_serves_its_page_and_live_data() {
         f.c.create_servers(
             &f.tenant,
             ServerClass::Normal,
-            vec![crate::coordinator::NewServer {
+            vec![crate::state::coordinator::NewServer {
                 cpu: 2_000,
                 ..new_server()
             }],

@@ -16,7 +16,7 @@ fn header(name: &str, description: &str, example: &str) -> Value {
 }
 
 pub fn document() -> Value {
-    let event_types = crate::events::TYPES;
+    let event_types = crate::domain::event::TYPES;
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -4,7 +4,7 @@
 //! `TCP_NODELAY`, and holds each connection to the deadlines of [`super::conn`].
 
 use super::conn::{Activity, OnTimeout, Phase, RequestBody, ResponseBody, Watched};
-use crate::metrics::{ListenerReason, Metrics};
+use crate::telemetry::{ListenerReason, Metrics};
 use crate::tls_accept;
 use axum::Router;
 use backfill_shared::listener::{ConnectionGate, HttpLimits};
@@ -88,7 +88,7 @@ pub async fn serve_api(
     .await;
 }
 
-/// As [`serve_api`], for one of several coordinators (`crate::ha`): the other coordinators'
+/// As [`serve_api`], for one of several coordinators (`cmd::ha`): the other coordinators'
 /// certificates are admitted too, to forward their clients' writes.
 pub async fn serve_api_among_coordinators(
     listener: TcpListener,

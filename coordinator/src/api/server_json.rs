@@ -2,9 +2,9 @@
 
 use super::ApiError;
 use super::text::{check_name, check_text};
-use crate::coordinator::NewServer;
-use crate::flavors::{Flavor, Flavors};
-use crate::store::ServerRecord;
+use crate::domain::flavors::{Flavor, Flavors};
+use crate::domain::server::ServerRecord;
+use crate::state::coordinator::NewServer;
 use backfill_shared::Workload;
 use backfill_shared::drive::{DriveAttachment, DriveDevice, DriveId};
 use serde_json::{Map, Value, json};

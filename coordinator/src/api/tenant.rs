@@ -1,7 +1,7 @@
 //! The calling tenant, from its certificate.
 
 use super::{ApiError, AppState};
-use crate::store::Account;
+use crate::domain::account::Account;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use backfill_shared::pki::{PeerIdentity, Role};

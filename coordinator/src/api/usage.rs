@@ -9,8 +9,8 @@ use super::views::{
     LedgerEntry, LedgerList, ListMeta, UsageLine, UsageReport, UsageTotals, to_json,
 };
 use super::{ApiError, AppState};
-use crate::billing::format_money;
-use crate::store::UsageFilter;
+use crate::domain::billing::format_money;
+use crate::domain::usage::UsageFilter;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};

@@ -1,7 +1,8 @@
 //! The API's JSON objects as types: the handlers serialize these, and the OpenAPI document
 //! describes the same types (utoipa), so the two cannot drift apart.
 
-use crate::store::{Account, ServerRecord};
+use crate::domain::account::Account;
+use crate::domain::server::ServerRecord;
 use backfill_shared::clock::rfc3339;
 use backfill_shared::{ServerClass, ServerStatus};
 use serde::Serialize;

@@ -8,7 +8,8 @@ use super::params::Params;
 use super::tenant::Tenant;
 use super::text::{check_name, check_text};
 use super::{ApiError, AppState};
-use crate::events::{Filters, Subscription, WebhookError};
+use crate::domain::event::{Filters, Subscription};
+use crate::ops::webhooks::WebhookError;
 use crate::store::{Delivery, Webhook};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -39,7 +40,7 @@ impl From<WebhookError> for ApiError {
         match e {
             WebhookError::Invalid { field, message } => ApiError::validation(field, message),
             WebhookError::NotFound(what) => ApiError::not_found(format!("{what} does not exist")),
-            WebhookError::Store(s) => crate::coordinator::OpError::Store(s).into(),
+            WebhookError::Store(s) => crate::state::coordinator::OpError::Store(s).into(),
         }
     }
 }

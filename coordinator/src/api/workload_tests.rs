@@ -3,7 +3,7 @@
 //! land only where their image is, and a stopped VM's disk is kept by the host it ran on.
 
 use super::operator_tests::{Fx, Who, fx_with, send};
-use crate::hosts::session_tests::{hello, report};
+use crate::link::session_tests::{hello, report};
 use backfill_shared::protocol::WorkloadState;
 use backfill_shared::{ServerId, VmDriver, VmImage};
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! Device profiles and accelerator requests (ARQs).
 
 use super::StoreError;
-use crate::accel::{Arq, ArqState, DeviceProfile};
+use crate::domain::accel::{Arq, ArqState, DeviceProfile};
 
 fn corrupt(table: &'static str, key: &str, reason: impl ToString) -> StoreError {
     StoreError::Corrupt {

@@ -300,7 +300,7 @@ mod tests {
             Some(3_600)
         );
         let rows = store
-            .usage(&crate::store::UsageFilter {
+            .usage(&crate::domain::usage::UsageFilter {
                 account: Some("acme".into()),
                 start: 0,
                 end: 3_600,

@@ -1,5 +1,5 @@
 //! The leader's lease and epoch (PostgreSQL; migration 0010): several coordinators share one
-//! database and exactly one of them leads. See `crate::ha` for the loop that uses these and
+//! database and exactly one of them leads. See `cmd::ha` for the loop that uses these and
 //! docs/ha.md for the design.
 //!
 //! The lease is one row. Its deadline is kept in the database's clock, so coordinators need no

@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::domain::server::ServerRecord;
+use crate::store::Store;
 use crate::store::testing;
-use crate::store::{ServerRecord, Store};
 
 fn claim(name: &str, lease_ms: u64) -> Claim {
     Claim {
@@ -106,7 +107,7 @@ async fn events_from_concurrent_transactions_get_distinct_sequence_numbers() {
     for i in 0..16 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let e = crate::events::Event {
+            let e = crate::domain::event::Event {
                 id: format!("e{i}"),
                 account: "t".into(),
                 kind: "server_state_changed",

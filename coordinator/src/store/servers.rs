@@ -2,7 +2,7 @@
 //! transaction every scheduling change goes through (servers, usage, events, host generations).
 
 use super::{HostRecord, ServerRecord, StoreError};
-use crate::scheduler::Termination;
+use backfill_shared::Termination;
 use backfill_shared::{HostId, PerfFactor, ServerClass, ServerId, ServerStatus};
 
 /// This file's queries for one backend: `backend!(module, Store, Database)` expands them with
@@ -93,8 +93,8 @@ macro_rules! backend {
                 &self,
                 servers: &[ServerRecord],
                 hosts: &[(HostId, u64)],
-                usage: &[crate::store::UsageSegment],
-                events: &[crate::events::Event],
+                usage: &[crate::domain::usage::UsageSegment],
+                events: &[crate::domain::event::Event],
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 update_servers_in(&mut tx, servers).await?;

@@ -238,8 +238,8 @@ fn wait_for_socket(dir: &Path) -> Result<(), String> {
 }
 
 /// A stopped backfill server of `owner`, for tests.
-pub(crate) fn sample_server(owner: &str) -> crate::store::ServerRecord {
-    crate::store::ServerRecord {
+pub(crate) fn sample_server(owner: &str) -> crate::domain::server::ServerRecord {
+    crate::domain::server::ServerRecord {
         uuid: backfill_shared::ServerId::new_random(),
         owner: owner.into(),
         name: "s".into(),

@@ -4,9 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::events::Event;
-use crate::scheduler::Termination;
-use backfill_shared::HostInventory;
+use crate::domain::account::QuotaChange;
+use crate::domain::event::Event;
+use crate::domain::server::GpuRequest;
+use crate::domain::usage::Prices;
+use backfill_shared::Termination;
+use backfill_shared::{HostInventory, PerfFactor, ServerClass, ServerStatus};
 use testing::sample_server as server;
 
 #[tokio::test]
@@ -100,7 +103,7 @@ async fn survives_reopen_on(db: testing::TestDb) {
             "plain",
             super::AccountChange {
                 backfill: Some(true),
-                quota: super::QuotaChange {
+                quota: QuotaChange {
                     cpu: Some(Some(4_000)),
                     servers: Some(Some(2)),
                     storage: Some(Some(10 << 30)),
@@ -267,11 +270,11 @@ async fn the_outbox_on(store: Store) {
     assert_eq!(store.due_deliveries(100, 10).await.unwrap().len(), 1);
 }
 
-fn arq(uuid: &str, profile: &str, server: Option<&str>) -> crate::accel::Arq {
-    crate::accel::Arq {
+fn arq(uuid: &str, profile: &str, server: Option<&str>) -> crate::domain::accel::Arq {
+    crate::domain::accel::Arq {
         uuid: uuid.into(),
         owner: "tenant".into(),
-        state: crate::accel::ArqState::Initial,
+        state: crate::domain::accel::ArqState::Initial,
         device_profile_name: profile.into(),
         device_profile_group_id: 0,
         hostname: None,
@@ -287,8 +290,8 @@ fn arq(uuid: &str, profile: &str, server: Option<&str>) -> crate::accel::Arq {
     }
 }
 
-fn profile(name: &str) -> crate::accel::DeviceProfile {
-    crate::accel::DeviceProfile {
+fn profile(name: &str) -> crate::domain::accel::DeviceProfile {
+    crate::domain::accel::DeviceProfile {
         uuid: format!("uuid-{name}"),
         name: name.into(),
         description: String::new(),
@@ -323,7 +326,7 @@ async fn profiles_and_arqs_round_trip_and_refuse_deleting_what_is_used() {
         store.insert_servers(&[s.clone()]).await.unwrap();
         let mut a = arq("q1", "a_b", Some(&s.uuid.to_string()));
         store.put_arqs(&[a.clone()], &[]).await.unwrap();
-        a.state = crate::accel::ArqState::Bound;
+        a.state = crate::domain::accel::ArqState::Bound;
         a.hostname = Some("h1".into());
         a.attach_handle_info = [("bus".to_string(), "0000:01:00.0".to_string())].into();
         a.updated_at = Some(2);

@@ -1,7 +1,7 @@
 //! Webhooks, subscriptions, the event outbox and deliveries.
 
 use super::StoreError;
-use crate::events::{Event, Filters, Subscription};
+use crate::domain::event::{Event, Filters, Subscription};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
@@ -236,7 +236,7 @@ macro_rules! backend {
                         let kind: String = r.try_get("type")?;
                         let payload: String = r.try_get("payload")?;
                         Ok(Event {
-                            kind: crate::events::TYPES
+                            kind: crate::domain::event::TYPES
                                 .iter()
                                 .find(|t| **t == kind)
                                 .copied()

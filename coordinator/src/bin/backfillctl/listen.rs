@@ -41,7 +41,7 @@ pub fn check(secret: &str, headers: &HeaderMap, body: &[u8], now: i64) -> Receiv
         if (now - ts).abs() > MAX_SKEW_S {
             return Err(format!("timestamp {ts} is {} s from now", now - ts));
         }
-        let want = backfill_coordinator::events::signature(secret, ts, body);
+        let want = backfill_coordinator::domain::event::signature(secret, ts, body);
         let got = header("x-backfill-signature");
         // Constant time: the comparison does not tell an attacker how much matched.
         let same = want.len() == got.len()
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn good_deliveries_verify_and_forged_or_stale_ones_do_not() {
         let body = br#"{"server":"s"}"#;
-        let sig = backfill_coordinator::events::signature("k", 1_000, body);
+        let sig = backfill_coordinator::domain::event::signature("k", 1_000, body);
         let ok = check("k", &headers(1_000, &sig), body, 1_010);
         assert_eq!(ok.verified, Ok(()));
         assert_eq!(ok.event, "server.terminating");
