@@ -6,7 +6,7 @@
 //! whose declared length fits the limit are read here; anything else goes on as it came, to the
 //! extractors' own limit.
 
-use super::{ApiError, MAX_BODY_BYTES};
+use crate::api::{ApiError, MAX_BODY_BYTES};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::CONTENT_LENGTH;

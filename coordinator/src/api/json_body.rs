@@ -4,7 +4,7 @@
 //! building anything and fails on the first repeated key; it is bounded like the parse itself
 //! (the body limit, and serde_json's nesting limit of 128).
 
-use super::ApiError;
+use crate::api::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};

@@ -1,43 +1,24 @@
 //! The public API: axum routers served by hyper-util over tokio-rustls. The caller's identity
 //! comes from its verified client certificate and travels in the request's extensions.
+//!
+//! Grouped by family: `cloudsigma/` (the tenants' `/api/2.0/`), `cyborg/` (accelerators),
+//! `operator/` (Arvados, Dynamic Cluster, the dashboard), `openapi/` (the documents); shared
+//! here: serving and connections, bodies and parameters, errors, the tenant extractor, and
+//! `metrics` (the metrics listener).
 
-mod accounts;
-mod arvados;
 mod body;
-mod capabilities;
+mod cloudsigma;
 mod conn;
 mod cyborg;
-mod cyborg_arqs;
-#[cfg(test)]
-mod cyborg_tests;
-mod dashboard;
-mod drives;
-mod dynamic_cluster;
 mod error;
-#[cfg(test)]
-mod input_tests;
 mod json_body;
-mod listing;
 pub mod metrics;
 pub mod openapi;
-mod openapi_drives;
-mod openapi_params;
-mod operator_auth;
-#[cfg(test)]
-mod operator_tests;
+mod operator;
 mod params;
-pub mod receiver_openapi;
-mod schema;
 pub mod serve;
-mod server_json;
-mod servers;
 mod tenant;
 mod text;
-mod usage;
-pub mod views;
-mod webhooks;
-#[cfg(test)]
-mod workload_tests;
 
 pub use error::ApiError;
 pub use serve::{Listening, serve_api, serve_management};
@@ -64,6 +45,8 @@ use crate::state::coordinator::Coordinator;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
+use cloudsigma::{accounts, capabilities, drives, server_json, servers, usage, webhooks};
+use operator::{arvados, dashboard, dynamic_cluster};
 use std::sync::Arc;
 
 /// Largest request body accepted.

@@ -3,7 +3,7 @@
 //! ambiguity — `?do=start&do=stop` — and is refused rather than resolved by taking the first
 //! or the last.
 
-use super::ApiError;
+use crate::api::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use std::collections::BTreeMap;

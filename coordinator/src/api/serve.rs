@@ -1,9 +1,9 @@
 //! Serving routers: the public API and the management listener (hyper-util's HTTP/1 and
 //! HTTP/2 over tokio-rustls), and the admin listener (the same over plain TCP). Every listener
 //! caps its connections (in all and per client address, before any handshake), sets
-//! `TCP_NODELAY`, and holds each connection to the deadlines of [`super::conn`].
+//! `TCP_NODELAY`, and holds each connection to the deadlines of [`crate::api::conn`].
 
-use super::conn::{Activity, OnTimeout, Phase, RequestBody, ResponseBody, Watched};
+use crate::api::conn::{Activity, OnTimeout, Phase, RequestBody, ResponseBody, Watched};
 use crate::telemetry::{ListenerReason, Metrics};
 use crate::tls_accept;
 use axum::Router;

@@ -3,7 +3,7 @@
 //! refused early get their status and a NO_ERROR reset, not a stream error.
 
 use super::*;
-use crate::api::operator_tests::fx_with;
+use crate::api::operator::tests::fx_with;
 use backfill_shared::pki::{Ca, IssueRequest};
 use backfill_shared::tls::TlsFiles;
 use std::path::Path;
@@ -38,7 +38,7 @@ struct Served {
     client: Option<Arc<rustls::ClientConfig>>,
     _stop: tokio_util::sync::DropGuard,
     _dir: tempfile::TempDir,
-    _fx: crate::api::operator_tests::Fx,
+    _fx: crate::api::operator::tests::Fx,
 }
 
 fn issue(ca: &Ca, dir: &Path, stem: &str, role: Role, name: &str) -> TlsFiles {

@@ -1,6 +1,6 @@
 //! The calling tenant, from its certificate.
 
-use super::{ApiError, AppState};
+use crate::api::{ApiError, AppState};
 use crate::domain::account::Account;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

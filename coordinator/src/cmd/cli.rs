@@ -143,7 +143,7 @@ pub fn main_exec(cli: Cli) -> Result<(), CliError> {
         Command::Dev(args) => Ok(runtime()?.block_on(crate::cmd::dev::run(args))?),
         Command::Openapi { receiver } => {
             if receiver {
-                print!("{}", crate::api::receiver_openapi::document_json());
+                print!("{}", crate::api::openapi::receiver::document_json());
             } else {
                 print!("{}", crate::api::openapi::document_json());
             }

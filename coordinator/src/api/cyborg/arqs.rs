@@ -1,8 +1,8 @@
 //! Cyborg's accelerator requests: `/accelerator/v2/accelerator_requests` (see `cyborg.rs` for
 //! versions, errors and who gets in).
 
-use super::AppState;
-use super::cyborg::{
+use crate::api::AppState;
+use crate::api::cyborg::{
     Caller, CyborgError, Version, Who, base, body_json, list, owner, query, version,
 };
 use crate::domain::accel::Arq;
@@ -15,7 +15,7 @@ use backfill_shared::clock::rfc3339;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-pub(super) fn arq_json(a: &Arq, base: &str) -> Value {
+pub(in crate::api) fn arq_json(a: &Arq, base: &str) -> Value {
     json!({
         "uuid": a.uuid,
         "state": a.state.as_str(),
@@ -34,7 +34,7 @@ pub(super) fn arq_json(a: &Arq, base: &str) -> Value {
     })
 }
 
-pub(super) async fn list_arqs(
+pub(in crate::api) async fn list_arqs(
     State(state): State<AppState>,
     Who(caller): Who,
     RawQuery(q): RawQuery,
@@ -60,7 +60,7 @@ pub(super) async fn list_arqs(
     Ok(axum::Json(json!({ "arqs": items })).into_response())
 }
 
-pub(super) async fn get_arq(
+pub(in crate::api) async fn get_arq(
     State(state): State<AppState>,
     Who(caller): Who,
     Path(uuid): Path<String>,
@@ -70,7 +70,7 @@ pub(super) async fn get_arq(
     Ok(axum::Json(arq_json(&a, &base(&headers))).into_response())
 }
 
-pub(super) async fn create_arqs(
+pub(in crate::api) async fn create_arqs(
     State(state): State<AppState>,
     Who(caller): Who,
     headers: HeaderMap,
@@ -137,7 +137,8 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| CyborgError::bad(format!("{path} needs a value")))?;
-            super::text::check_name(value).map_err(|e| CyborgError::bad(format!("{path} {e}")))?;
+            crate::api::text::check_name(value)
+                .map_err(|e| CyborgError::bad(format!("{path} {e}")))?;
             adds.insert(path.trim_start_matches('/').to_owned(), json!(value));
         }
     }
@@ -170,7 +171,7 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
     }
 }
 
-pub(super) async fn patch_arqs(
+pub(in crate::api) async fn patch_arqs(
     State(state): State<AppState>,
     Who(caller): Who,
     ext: axum::http::Extensions,
@@ -194,7 +195,7 @@ pub(super) async fn patch_arqs(
     Ok(StatusCode::ACCEPTED)
 }
 
-pub(super) async fn delete_arqs(
+pub(in crate::api) async fn delete_arqs(
     State(state): State<AppState>,
     Who(caller): Who,
     RawQuery(q): RawQuery,
@@ -222,7 +223,7 @@ pub(super) async fn delete_arqs(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(super) async fn delete_arq(
+pub(in crate::api) async fn delete_arq(
     State(state): State<AppState>,
     Who(caller): Who,
     Path(uuid): Path<String>,

@@ -2,7 +2,7 @@
 //! naming what the fleet runs, a server no host could run is CloudSigma's 503 at start, VMs
 //! land only where their image is, and a stopped VM's disk is kept by the host it ran on.
 
-use super::operator_tests::{Fx, Who, fx_with, send};
+use crate::api::operator::tests::{Fx, Who, fx_with, send};
 use crate::link::session_tests::{hello, report};
 use backfill_shared::protocol::WorkloadState;
 use backfill_shared::{ServerId, VmDriver, VmImage};

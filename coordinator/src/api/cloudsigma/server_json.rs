@@ -1,7 +1,7 @@
 //! Servers in CloudSigma's JSON shape, and validation of create requests.
 
-use super::ApiError;
-use super::text::{check_name, check_text};
+use crate::api::ApiError;
+use crate::api::text::{check_name, check_text};
 use crate::domain::flavors::{Flavor, Flavors};
 use crate::domain::server::ServerRecord;
 use crate::state::coordinator::NewServer;
@@ -319,7 +319,7 @@ fn int(
     }
 }
 
-pub(super) fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+pub(in crate::api) fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
     let Some(v) = v else {
         return Ok(BTreeMap::new());
     };
@@ -343,7 +343,7 @@ pub(super) fn parse_meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, 
         .collect()
 }
 
-pub(super) fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
+pub(in crate::api) fn parse_tags(v: Option<&Value>) -> Result<Vec<String>, String> {
     let Some(v) = v else {
         return Ok(Vec::new());
     };

@@ -4,7 +4,7 @@
 //! every token request gets 403; a request with no credential at all gets 401; a wrong token
 //! or another role's certificate gets 403.
 
-use super::AppState;
+use crate::api::AppState;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use backfill_shared::pki::{PeerIdentity, Role};

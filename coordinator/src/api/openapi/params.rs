@@ -2,7 +2,7 @@
 //! each operation takes (paging, filters, ordering, periods, actions), with the limits the
 //! handlers enforce.
 
-use super::listing;
+use crate::api::cloudsigma::listing;
 use utoipa::openapi::Required;
 use utoipa::openapi::path::{HttpMethod, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
@@ -10,7 +10,7 @@ use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
 /// An account's name: a certificate CN, as a host id.
 const ACCOUNT_NAME: &str = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$";
 
-pub(super) fn path_params(path: &str) -> Vec<Parameter> {
+pub(in crate::api) fn path_params(path: &str) -> Vec<Parameter> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|name| {
@@ -94,7 +94,7 @@ fn filtered(filters: &[(&str, &str)]) -> Vec<Parameter> {
 }
 
 /// The query parameters an operation takes. Each may be given once.
-pub(super) fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
+pub(in crate::api) fn query_params(path: &str, method: &HttpMethod) -> Vec<Parameter> {
     let action = |actions: &[&str]| {
         vec![query(
             "do",

@@ -3,11 +3,11 @@
 //! creates with `{"objects": [...]}` (201), actions 202, deletes 204. The signing secret is
 //! shown once, in the create's answer.
 
-use super::json_body::JsonBody;
-use super::params::Params;
-use super::tenant::Tenant;
-use super::text::{check_name, check_text};
-use super::{ApiError, AppState};
+use crate::api::json_body::JsonBody;
+use crate::api::params::Params;
+use crate::api::tenant::Tenant;
+use crate::api::text::{check_name, check_text};
+use crate::api::{ApiError, AppState};
 use crate::domain::event::{Filters, Subscription};
 use crate::ops::webhooks::WebhookError;
 use crate::store::{Delivery, Webhook};
@@ -179,7 +179,7 @@ fn objects<T: for<'de> Deserialize<'de>>(
 
 fn listing(items: Vec<Value>, params: &Params) -> Result<Response, ApiError> {
     let total = items.len();
-    let (limit, offset) = super::listing::page(&params.0)?;
+    let (limit, offset) = crate::api::cloudsigma::listing::page(&params.0)?;
     let take = if limit == 0 { usize::MAX } else { limit };
     let items: Vec<Value> = items.into_iter().skip(offset).take(take).collect();
     Ok(Json(json!({
@@ -343,7 +343,7 @@ async fn redeliver(
 async fn receiver_doc() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::receiver_openapi::document_json(),
+        crate::api::openapi::receiver::document_json(),
     )
         .into_response()
 }

@@ -1,9 +1,9 @@
 //! `GET /capabilities/`: `backfilling`, and for a backfilling account `free_resources`.
 
-use super::openapi::{Capabilities, CpuMemView, FreeResourcesView};
-use super::tenant::Tenant;
-use super::views::to_json;
-use super::{ApiError, AppState};
+use crate::api::cloudsigma::views::to_json;
+use crate::api::openapi::{Capabilities, CpuMemView, FreeResourcesView};
+use crate::api::tenant::Tenant;
+use crate::api::{ApiError, AppState};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};

@@ -9,8 +9,8 @@
 //! They are drawn from what the coordinator already keeps: hosts, servers, the capacity
 //! samples and preemption timeline of `history`, and usage; nothing is recorded for the page.
 
-use super::AppState;
-use super::operator_auth::{Refused, authorize};
+use crate::api::AppState;
+use crate::api::operator::auth::{Refused, authorize};
 use crate::ops::operator::{HostView, QueueEntry};
 use axum::Router;
 use axum::extract::{FromRequestParts, Query, State};
@@ -108,7 +108,7 @@ fn queue_json(e: &QueueEntry, now: i64) -> Value {
 
 /// A server as the dashboard shows it (times in Unix seconds, for the charts).
 fn server_json(s: &crate::domain::server::ServerRecord) -> Value {
-    let rt = super::views::runtime(s);
+    let rt = crate::api::cloudsigma::views::runtime(s);
     json!({
         "uuid": s.uuid.to_string(),
         "name": s.name,

@@ -4,8 +4,8 @@
 //! in this state, 500 only for real faults), every body `application/json`, actions answer
 //! `{"success": true}`.
 
-use super::AppState;
-use super::operator_auth::{Refused, authorize};
+use crate::api::AppState;
+use crate::api::operator::auth::{Refused, authorize};
 use crate::ops::operator::{AdminError, HostView, QueueEntry};
 use crate::ops::provision::PoolView;
 use axum::Router;
@@ -95,7 +95,7 @@ impl FromRequestParts<AppState> for Operator {
 
 /// The query string; a repeated parameter is refused (see `params`).
 fn query(q: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, DcError> {
-    super::params::parse(q).map_err(|e| DcError::new(StatusCode::BAD_REQUEST, e.to_string()))
+    crate::api::params::parse(q).map_err(|e| DcError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 fn success() -> Response {

@@ -17,11 +17,11 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "0123456789abcdef-token";
 
-pub(super) struct Fx {
-    pub(super) c: Arc<Coordinator>,
-    pub(super) router: Router,
-    pub(super) tenant: Account,
-    pub(super) clock: Arc<ManualClock>,
+pub(in crate::api) struct Fx {
+    pub(in crate::api) c: Arc<Coordinator>,
+    pub(in crate::api) router: Router,
+    pub(in crate::api) tenant: Account,
+    pub(in crate::api) clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -39,7 +39,7 @@ fn pool(name: &str, min: u32, max: u32, hosts: &[&str]) -> PoolConfig {
     }
 }
 
-pub(super) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
+pub(in crate::api) async fn fx_with(token: Option<&str>, pools: Vec<PoolConfig>) -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::testing::open_in(dir.path()).await;
     let clock = Arc::new(ManualClock::new(1_000));
@@ -71,7 +71,7 @@ async fn fx() -> Fx {
     fx_with(Some(TOKEN), vec![pool("edge", 0, 3, &["h*"])]).await
 }
 
-pub(super) enum Who {
+pub(in crate::api) enum Who {
     Admin,
     Tenant,
     Nobody,
@@ -85,7 +85,7 @@ async fn call(f: &Fx, who: Who, method: &str, uri: &str) -> (u16, Value) {
 
 /// A request through the router as `who`, with headers and a body: (status, headers, JSON or
 /// the body as a string, or Null when empty).
-pub(super) async fn send(
+pub(in crate::api) async fn send(
     f: &Fx,
     who: Who,
     method: &str,
@@ -135,7 +135,7 @@ async fn admin(f: &Fx, method: &str, uri: &str) -> (u16, Value) {
 }
 
 /// A registered host that has reported (idle), with its session kept open.
-pub(super) async fn host(
+pub(in crate::api) async fn host(
     f: &Fx,
     name: &str,
 ) -> (

@@ -1,7 +1,7 @@
 //! Cyborg's API through the router: versions, device profiles, accelerator requests with their
 //! bind/unbind transitions and both deletes, and servers that get GPUs by device profile.
 
-use super::operator_tests::{Fx, Who, fx_with, send};
+use crate::api::operator::tests::{Fx, Who, fx_with, send};
 use crate::link::session_tests::{hello, new_server, report};
 use crate::state::coordinator::{NewServer, Scope};
 use backfill_shared::protocol::{DesiredState, WorkloadState};

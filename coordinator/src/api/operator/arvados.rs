@@ -3,8 +3,8 @@
 //! Arvados' `lib/dispatchcloud`: errors `{"errors": [...]}`, actions 200 with an empty body,
 //! parameters from the query string or a form body.
 
-use super::AppState;
-use super::operator_auth::{Refused, authorize};
+use crate::api::AppState;
+use crate::api::operator::auth::{Refused, authorize};
 use crate::domain::flavors::Flavor;
 use crate::ops::operator::{AdminError, HostView, QueueEntry};
 use axum::Router;
@@ -146,7 +146,7 @@ impl Form {
                     format!("parameter {k:?} is given more than once"),
                 ));
             }
-            if let Err(e) = super::text::check_text(v) {
+            if let Err(e) = crate::api::text::check_text(v) {
                 return Err(ArvError::new(
                     StatusCode::BAD_REQUEST,
                     format!("parameter {k:?} {e}"),

@@ -3,7 +3,7 @@
 //! one limit/offset/time-range parser. Each refusal is a 400 in the family's error shape that
 //! names what was wrong and changes nothing; the good input beside it still works.
 
-use super::operator_tests::{Fx, Who, fx_with, send};
+use crate::api::operator::tests::{Fx, Who, fx_with, send};
 use crate::policy::pools::PoolConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};

@@ -2,16 +2,20 @@
 //! serialize, and the paths from one table that mirrors the router. Served at
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
-use super::openapi_drives::{
-    CloneFields, CreatedDrives, DRIVE_OPS, Drive, DriveCreate, DriveFields, DriveList,
-    DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn, Op,
-};
-use super::openapi_params::{path_params, query_params};
-use super::views::*;
-use super::webhooks::{
+mod drives;
+mod params;
+pub mod receiver;
+
+use crate::api::cloudsigma::views::*;
+use crate::api::cloudsigma::webhooks::{
     DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
     WebhookFields, WebhookView,
 };
+use crate::api::openapi::drives::{
+    CloneFields, CreatedDrives, DRIVE_OPS, Drive, DriveCreate, DriveFields, DriveList,
+    DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn, Op,
+};
+use crate::api::openapi::params::{path_params, query_params};
 use crate::domain::event::Filters;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -509,5 +513,4 @@ pub fn document_json() -> String {
 }
 
 #[cfg(test)]
-#[path = "openapi_tests.rs"]
 mod tests;

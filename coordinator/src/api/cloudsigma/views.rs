@@ -301,7 +301,7 @@ fn resource_uri(collection: &str, s: &ServerRecord) -> String {
     format!("/api/2.0/{collection}/{}/", s.uuid)
 }
 
-pub(super) fn owner(account: &Account) -> Owner {
+pub(in crate::api) fn owner(account: &Account) -> Owner {
     Owner {
         resource_uri: format!("/api/2.0/user/{}/", account.uuid),
         uuid: account.uuid.clone(),
@@ -374,7 +374,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         cpu_model: None,
         cpu_type: "amd".into(),
         cpus_instead_of_cores: false,
-        drives: match super::server_json::drives_json(&s.drives) {
+        drives: match crate::api::cloudsigma::server_json::drives_json(&s.drives) {
             serde_json::Value::Array(v) => v,
             _ => Vec::new(),
         },

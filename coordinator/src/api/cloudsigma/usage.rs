@@ -2,13 +2,13 @@
 //! of its class. A tenant sees its own account; the operator sees every account, or one with
 //! `?account=`.
 
-use super::listing::{page, page_or, period};
-use super::params::Params;
-use super::tenant::Caller;
-use super::views::{
+use crate::api::cloudsigma::listing::{page, page_or, period};
+use crate::api::cloudsigma::views::{
     LedgerEntry, LedgerList, ListMeta, UsageLine, UsageReport, UsageTotals, to_json,
 };
-use super::{ApiError, AppState};
+use crate::api::params::Params;
+use crate::api::tenant::Caller;
+use crate::api::{ApiError, AppState};
 use crate::domain::billing::format_money;
 use crate::domain::usage::UsageFilter;
 use axum::extract::State;

@@ -2,7 +2,7 @@
 //! (separate parameters ANDed, comma-separated values ORed, `\,` escapes a comma) and
 //! `order_by`.
 
-use super::ApiError;
+use crate::api::ApiError;
 use crate::state::server_index::{FilterKey, OrderKey, ServerQuery};
 use backfill_shared::clock::{UnixSeconds, parse_time};
 use std::collections::BTreeMap;

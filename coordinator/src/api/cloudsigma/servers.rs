@@ -2,13 +2,13 @@
 //! handlers serves both; a collection says what it shows, what it creates, and whether the
 //! account needs the backfill permission.
 
-use super::json_body::JsonBody;
-use super::listing::server_query;
-use super::params::Params;
-use super::server_json;
-use super::tenant::{Caller, Tenant};
-use super::views::{detail, summary, to_json};
-use super::{ApiError, AppState};
+use crate::api::cloudsigma::listing::server_query;
+use crate::api::cloudsigma::server_json;
+use crate::api::cloudsigma::views::{detail, summary, to_json};
+use crate::api::json_body::JsonBody;
+use crate::api::params::Params;
+use crate::api::tenant::{Caller, Tenant};
+use crate::api::{ApiError, AppState};
 use crate::domain::account::Account;
 use crate::domain::server::ServerRecord;
 use crate::state::coordinator::Scope;
@@ -173,7 +173,7 @@ async fn create(
         .iter()
         .map(|s| detail(c.name, &account, s))
         .collect();
-    let body = super::views::CreatedServers { objects };
+    let body = crate::api::cloudsigma::views::CreatedServers { objects };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     let location = created
         .first()
@@ -288,7 +288,7 @@ async fn action(
             ));
         }
     }
-    let body = super::views::ActionResult {
+    let body = crate::api::cloudsigma::views::ActionResult {
         action: what.unwrap_or_default().to_owned(),
         result: "success".into(),
         uuid: id.to_string(),
@@ -301,7 +301,7 @@ async fn schema(
     Tenant(account): Tenant,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     c.admit(account)?;
-    Ok(Json(super::schema::servers(c.name)))
+    Ok(Json(crate::api::cloudsigma::schema::servers(c.name)))
 }
 
 /// `GET …/{uuid}/runtime/` (pycloudsigma's `runtime()`): the runtime alone, `null` when the
@@ -315,5 +315,5 @@ async fn runtime(
     let account = c.admit(account)?;
     let id = parse_id(&uuid)?;
     let s = state.coordinator.get_server(&account, c.scope, id).await?;
-    Ok(Json(to_json(&super::views::runtime(&s))))
+    Ok(Json(to_json(&crate::api::cloudsigma::views::runtime(&s))))
 }

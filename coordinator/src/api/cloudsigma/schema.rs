@@ -1,6 +1,6 @@
 //! `GET /{servers,bservers}/schema/`: CloudSigma's schema document, describing every field.
 
-use super::listing::{DEFAULT_LIMIT, SERVER_FILTERS, SERVER_ORDERING};
+use crate::api::cloudsigma::listing::{DEFAULT_LIMIT, SERVER_FILTERS, SERVER_ORDERING};
 use serde_json::{Map, Value, json};
 
 fn field(kind: &str, required: bool, readonly: bool, default: Value, help: &str) -> Value {

@@ -2,14 +2,14 @@
 //! (the images the fleet offers), in CloudSigma's shapes. A tenant sees only its own drives:
 //! another's is "not found" on every path.
 
-use super::json_body::JsonBody;
-use super::listing::page;
-use super::params::Params;
-use super::server_json::{parse_meta, parse_tags};
-use super::tenant::Tenant;
-use super::text::check_name;
-use super::views::owner;
-use super::{ApiError, AppState};
+use crate::api::cloudsigma::listing::page;
+use crate::api::cloudsigma::server_json::{parse_meta, parse_tags};
+use crate::api::cloudsigma::views::owner;
+use crate::api::json_body::JsonBody;
+use crate::api::params::Params;
+use crate::api::tenant::Tenant;
+use crate::api::text::check_name;
+use crate::api::{ApiError, AppState};
 use crate::domain::account::Account;
 use crate::ops::drives::{CloneOpts, DriveView, LibDrive, NewDrive};
 use axum::extract::{Path, State};
@@ -24,7 +24,8 @@ use std::collections::BTreeMap;
 const MAX_NAME: usize = 200;
 const MAX_OBJECTS: usize = 100;
 /// What a drive create or edit may name.
-pub(super) const FIELDS: &[&str] = &["name", "size", "media", "meta", "tags", "allow_multimount"];
+pub(in crate::api) const FIELDS: &[&str] =
+    &["name", "size", "media", "meta", "tags", "allow_multimount"];
 /// Fields of the full object a client may send back in a `PUT` or an action body (ignored).
 const READ_ONLY: &[&str] = &[
     "affinities",
@@ -369,7 +370,7 @@ fn optional_body(body: &[u8]) -> Result<Option<Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    Ok(Some(super::json_body::parse(body)?))
+    Ok(Some(crate::api::json_body::parse(body)?))
 }
 
 async fn action(

@@ -2,7 +2,7 @@
 //! accepts (its `drive_json`, `summary_json`, `lib_json`, `parse_drive`, `clone_opts`), and
 //! their operations.
 
-use super::views::{ListMeta, Owner};
+use crate::api::cloudsigma::views::{ListMeta, Owner};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -226,7 +226,7 @@ pub struct LibraryDriveList {
 
 /// `(path, method, summary, request schema, success status, response schema)`; a request
 /// named `Name?` is an optional body, `A|B` either schema.
-pub(super) type Op = (
+pub(in crate::api) type Op = (
     &'static str,
     HttpMethod,
     &'static str,
@@ -235,7 +235,7 @@ pub(super) type Op = (
     Option<&'static str>,
 );
 
-pub(super) const DRIVE_OPS: &[Op] = &[
+pub(in crate::api) const DRIVE_OPS: &[Op] = &[
     (
         "/drives/",
         HttpMethod::Get,

@@ -4,10 +4,16 @@
 //! Tenants (account certificates) create and see their own ARQs and read profiles; operators
 //! (admin certificates) manage profiles, bind and unbind, and see everything.
 
-use super::AppState;
-use super::cyborg_arqs::{create_arqs, delete_arq, delete_arqs, get_arq, list_arqs, patch_arqs};
-use super::tenant::Caller as AnyCaller;
-use super::text::{check_name, check_text};
+pub(in crate::api) mod arqs;
+#[cfg(test)]
+mod tests;
+
+use crate::api::AppState;
+use crate::api::cyborg::arqs::{
+    create_arqs, delete_arq, delete_arqs, get_arq, list_arqs, patch_arqs,
+};
+use crate::api::tenant::Caller as AnyCaller;
+use crate::api::text::{check_name, check_text};
 use crate::domain::accel::DeviceProfile;
 use crate::ops::accel::AccelError;
 use axum::Router;
@@ -26,7 +32,7 @@ const MAX_MINOR: u32 = 3;
 
 /// The negotiated microversion's minor number (2.x).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Version(pub(super) u32);
+pub(in crate::api) struct Version(pub(in crate::api) u32);
 
 pub fn routes() -> Router<AppState> {
     let v2 = |root: bool| {
@@ -64,9 +70,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The caller, refused in Cyborg's error shape.
-pub(super) struct Who(pub(super) Caller);
+pub(in crate::api) struct Who(pub(in crate::api) Caller);
 
-pub(super) type Caller = AnyCaller;
+pub(in crate::api) type Caller = AnyCaller;
 
 impl axum::extract::FromRequestParts<AppState> for Who {
     type Rejection = CyborgError;
@@ -90,13 +96,13 @@ pub struct CyborgError {
 }
 
 impl CyborgError {
-    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> CyborgError {
+    pub(in crate::api) fn new(status: StatusCode, message: impl Into<String>) -> CyborgError {
         CyborgError {
             status,
             message: message.into(),
         }
     }
-    pub(super) fn bad(message: impl Into<String>) -> CyborgError {
+    pub(in crate::api) fn bad(message: impl Into<String>) -> CyborgError {
         CyborgError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -140,8 +146,8 @@ impl From<AccelError> for CyborgError {
     }
 }
 
-impl From<super::ApiError> for CyborgError {
-    fn from(e: super::ApiError) -> CyborgError {
+impl From<crate::api::ApiError> for CyborgError {
+    fn from(e: crate::api::ApiError) -> CyborgError {
         CyborgError::new(e.status, e.message)
     }
 }
@@ -210,12 +216,12 @@ async fn negotiate(mut req: Request, next: Next) -> Response {
     resp
 }
 
-pub(super) fn version(req_ext: Option<&Version>) -> u32 {
+pub(in crate::api) fn version(req_ext: Option<&Version>) -> u32 {
     req_ext.map_or(MIN_MINOR, |v| v.0)
 }
 
 /// This deployment's public base, from the request (for `links`).
-pub(super) fn base(headers: &HeaderMap) -> String {
+pub(in crate::api) fn base(headers: &HeaderMap) -> String {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -272,11 +278,11 @@ fn profile_json(p: &DeviceProfile, base: &str) -> Value {
 }
 
 /// The query string; a repeated parameter is refused (see `params`).
-pub(super) fn query(q: Option<&str>) -> Result<BTreeMap<String, String>, CyborgError> {
-    super::params::parse(q).map_err(|e| CyborgError::bad(e.to_string()))
+pub(in crate::api) fn query(q: Option<&str>) -> Result<BTreeMap<String, String>, CyborgError> {
+    crate::api::params::parse(q).map_err(|e| CyborgError::bad(e.to_string()))
 }
 
-pub(super) fn list(v: &str) -> Vec<String> {
+pub(in crate::api) fn list(v: &str) -> Vec<String> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -294,7 +300,7 @@ fn admin_only(caller: &Caller, what: &str) -> Result<(), CyborgError> {
     }
 }
 
-pub(super) fn owner(caller: &Caller) -> Option<&str> {
+pub(in crate::api) fn owner(caller: &Caller) -> Option<&str> {
     match caller {
         Caller::Admin => None,
         Caller::Tenant(a) => Some(a.name.as_str()),
@@ -302,8 +308,8 @@ pub(super) fn owner(caller: &Caller) -> Option<&str> {
 }
 
 /// A JSON body; invalid JSON and repeated keys are refused (see `json_body`).
-pub(super) fn body_json(body: &Bytes) -> Result<Value, CyborgError> {
-    super::json_body::parse(body).map_err(|e| CyborgError::bad(e.to_string()))
+pub(in crate::api) fn body_json(body: &Bytes) -> Result<Value, CyborgError> {
+    crate::api::json_body::parse(body).map_err(|e| CyborgError::bad(e.to_string()))
 }
 
 async fn list_profiles(

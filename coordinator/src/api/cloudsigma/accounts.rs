@@ -1,14 +1,14 @@
 //! `/accounts/`: the operator creates accounts, grants the backfill permission and sets quotas.
 //! Admin certificates only.
 
-use super::json_body::JsonBody;
-use super::listing::page;
-use super::params::Params;
-use super::tenant::Admin;
-use super::views::{
+use crate::api::cloudsigma::listing::page;
+use crate::api::cloudsigma::views::{
     AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, to_json,
 };
-use super::{ApiError, AppState};
+use crate::api::json_body::JsonBody;
+use crate::api::params::Params;
+use crate::api::tenant::Admin;
+use crate::api::{ApiError, AppState};
 use crate::domain::account::{Account, AccountChange, Quota, QuotaChange};
 use crate::state::quota::InUse;
 use axum::extract::{Path, State};
@@ -171,7 +171,7 @@ async fn create(
             "expected {\"objects\": [{\"name\": ..., \"backfill\": ..., \"quota\": {...}}]}",
         ));
     };
-    if list.is_empty() || list.len() > super::server_json::MAX_OBJECTS {
+    if list.is_empty() || list.len() > crate::api::cloudsigma::server_json::MAX_OBJECTS {
         return Err(ApiError::validation(
             "objects",
             "objects must hold 1 to 100 accounts",
