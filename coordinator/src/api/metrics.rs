@@ -70,7 +70,7 @@ impl Coordinator {
 }
 
 /// `/metrics`, `/healthz` (the process answers), `/ready` (the store answers).
-pub fn admin_router(coordinator: Arc<Coordinator>) -> Router {
+pub fn metrics_router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -96,9 +96,9 @@ async fn ready(State(c): State<Arc<Coordinator>>) -> Response {
     }
 }
 
-/// Serves the admin router in plain HTTP until `shutdown`, then lets requests in flight finish
+/// Serves the metrics router in plain HTTP until `shutdown`, then lets requests in flight finish
 /// for up to `drain`.
-pub async fn serve_admin(
+pub async fn serve_metrics(
     listener: TcpListener,
     router: Router,
     (shutdown, drain): (CancellationToken, std::time::Duration),

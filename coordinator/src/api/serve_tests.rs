@@ -90,7 +90,7 @@ async fn serve(kind: Kind, limits: HttpLimits) -> Served {
             }
         }
         Kind::Admin => {
-            let router = crate::api::metrics::admin_router(fx.c.clone());
+            let router = crate::api::metrics::metrics_router(fx.c.clone());
             tokio::spawn(serve_plain(listener, router, running, listening));
         }
     }

@@ -15,10 +15,10 @@ pub struct CoordinatorConfig {
     pub api_addr: SocketAddr,
     /// Agent link (TLS, agent certificates).
     pub link_addr: SocketAddr,
-    /// `/metrics`, `/healthz`, `/ready` in plain HTTP: keep it on loopback or a management
-    /// network.
-    #[serde(default = "default_admin_addr")]
-    pub admin_addr: SocketAddr,
+    /// The metrics listener (key `admin_addr`): `/metrics`, `/healthz`, `/ready` in plain
+    /// HTTP; keep it on loopback or a management network.
+    #[serde(default = "default_metrics_addr", rename = "admin_addr")]
+    pub metrics_addr: SocketAddr,
     /// The store: a SQLite file (an absolute path) or a `postgres://` URL.
     pub database: crate::store::Database,
     /// Accounts created at startup (if missing) with the backfill permission. Accounts are
@@ -79,8 +79,9 @@ pub struct HttpSettings {
     pub api: HttpLimitsConfig,
     #[serde(default)]
     pub management: HttpLimitsConfig,
-    #[serde(default)]
-    pub admin: HttpLimitsConfig,
+    /// The metrics listener's (`[http.admin]`).
+    #[serde(default, rename = "admin")]
+    pub metrics: HttpLimitsConfig,
 }
 
 impl HttpSettings {
@@ -90,15 +91,15 @@ impl HttpSettings {
     pub fn management(&self) -> HttpLimits {
         self.management.resolve(HttpLimits::API)
     }
-    pub fn admin(&self) -> HttpLimits {
-        self.admin.resolve(HttpLimits::ADMIN)
+    pub fn metrics(&self) -> HttpLimits {
+        self.metrics.resolve(HttpLimits::ADMIN)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         for (table, cfg) in [
             ("api", &self.api),
             ("management", &self.management),
-            ("admin", &self.admin),
+            ("admin", &self.metrics),
         ] {
             cfg.validate().map_err(|(key, reason)| {
                 ConfigError::invalid(path, format!("http.{table}.{key}"), reason)
@@ -112,7 +113,7 @@ fn default_drain() -> u64 {
     10
 }
 
-fn default_admin_addr() -> SocketAddr {
+fn default_metrics_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
@@ -122,7 +123,7 @@ impl CoordinatorConfig {
         // The few keys a container sets from its environment.
         env_override("BACKFILL_API_ADDR", &mut cfg.api_addr)?;
         env_override("BACKFILL_LINK_ADDR", &mut cfg.link_addr)?;
-        env_override("BACKFILL_ADMIN_ADDR", &mut cfg.admin_addr)?;
+        env_override("BACKFILL_ADMIN_ADDR", &mut cfg.metrics_addr)?;
         env_override("BACKFILL_DATABASE", &mut cfg.database)?;
         if let Ok(token) = std::env::var("BACKFILL_MANAGEMENT_TOKEN") {
             cfg.operator.management_token = Some(token);
@@ -277,7 +278,7 @@ key = "/etc/backfill/coordinator.key"
             "the documented defaults"
         );
         assert_eq!(example.http.management(), HttpLimits::API);
-        assert_eq!(example.http.admin(), HttpLimits::ADMIN);
+        assert_eq!(example.http.metrics(), HttpLimits::ADMIN);
         let mut all = Vec::new();
         keys(&toml::Value::try_from(&example).unwrap(), "", &mut all);
         let mut in_example = Vec::new();
@@ -390,7 +391,7 @@ key = "/etc/backfill/coordinator.key"
             cfg.http.api().header_timeout,
             HttpLimits::API.header_timeout
         );
-        assert_eq!(cfg.http.admin().max_connections, 2);
+        assert_eq!(cfg.http.metrics().max_connections, 2);
         assert_eq!(cfg.http.management(), HttpLimits::API);
         let typo = format!("{BASE}\n[http.api]\nidle_timeout = 5\n");
         assert!(toml::from_str::<CoordinatorConfig>(&typo).is_err());

@@ -33,14 +33,15 @@ pub enum DaemonError {
 pub struct Bound {
     pub api_addr: SocketAddr,
     pub link_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    /// The metrics listener (`admin_addr` in the configuration and the log).
+    pub metrics_addr: SocketAddr,
     /// The management listener (optional client certificates, token authentication).
     pub management_addr: Option<SocketAddr>,
     pub coordinator: Arc<Coordinator>,
     pub(crate) management: Option<(TcpListener, Acceptors)>,
     pub(crate) api: TcpListener,
     pub(crate) link: TcpListener,
-    pub(crate) admin: TcpListener,
+    pub(crate) metrics_listener: TcpListener,
     pub(crate) acceptor: Acceptors,
     pub(crate) tls_files: backfill_shared::tls::TlsFiles,
     pub(crate) drain: std::time::Duration,
@@ -77,11 +78,11 @@ impl Bound {
         let coordinator = Arc::new(build(cfg, store, clock, &cfg.backfill_accounts).await?);
         let api = bind(cfg.api_addr).await?;
         let link = bind(cfg.link_addr).await?;
-        let admin = bind(cfg.admin_addr).await?;
+        let metrics_listener = bind(cfg.metrics_addr).await?;
         let api_addr = local(&api, cfg.api_addr);
         let link_addr = local(&link, cfg.link_addr);
         let _ = coordinator.link_addr.set(client_addr(link_addr));
-        let admin_addr = local(&admin, cfg.admin_addr);
+        let metrics_addr = local(&metrics_listener, cfg.metrics_addr);
         let management = match cfg.operator.management_addr {
             Some(addr) => {
                 let config = tls::server_config_optional_client(&cfg.tls)?;
@@ -95,17 +96,17 @@ impl Bound {
         let management_addr = management.as_ref().map(|(l, _)| local(l, cfg.api_addr));
         tracing::info!(%api_addr, "API listening (mutual TLS)");
         tracing::info!(%link_addr, "agent link listening (mutual TLS)");
-        tracing::info!(%admin_addr, "admin listening (/metrics, /healthz, /ready)");
+        tracing::info!(admin_addr = %metrics_addr, "admin listening (/metrics, /healthz, /ready)");
         Ok(Bound {
             api_addr,
             link_addr,
-            admin_addr,
+            metrics_addr,
             management_addr,
             coordinator,
             management,
             api,
             link,
-            admin,
+            metrics_listener,
             acceptor,
             tls_files: cfg.tls.clone(),
             drain: std::time::Duration::from_secs(cfg.drain_timeout_s),
@@ -143,11 +144,11 @@ impl Bound {
             self.link_timing,
             shutdown.clone(),
         ));
-        let admin = tokio::spawn(crate::api::metrics::serve_admin(
-            self.admin,
-            crate::api::metrics::admin_router(self.coordinator.clone()),
+        let metrics_served = tokio::spawn(crate::api::metrics::serve_metrics(
+            self.metrics_listener,
+            crate::api::metrics::metrics_router(self.coordinator.clone()),
             (shutdown.clone(), self.drain),
-            api::Listening::new("admin", self.http.admin(), metrics),
+            api::Listening::new("admin", self.http.metrics(), metrics),
         ));
         let management = self.management.map(|(listener, acceptor)| {
             let served = tokio::spawn(api::serve_management(
@@ -180,7 +181,7 @@ impl Bound {
         let _ = ticker.await;
         let _ = deliveries.await;
         let _ = reloader.await;
-        let _ = admin.await;
+        let _ = metrics_served.await;
         let _ = api.await;
         if let Some((served, _)) = management {
             let _ = served.await;

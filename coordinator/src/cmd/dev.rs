@@ -130,7 +130,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let cfg = CoordinatorConfig {
         api_addr: args.api_addr,
         link_addr: args.link_addr,
-        admin_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         drain_timeout_s: 5,
         database: crate::store::Database::Sqlite(l.dir.join("coordinator.sqlite")),
         backfill_accounts: vec![DEV_TENANT.into()],

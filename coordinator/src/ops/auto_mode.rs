@@ -155,7 +155,7 @@ impl Coordinator {
         &self,
         host: &str,
         reason: &str,
-    ) -> Result<(), crate::ops::operator::AdminError> {
+    ) -> Result<(), crate::ops::operator::OperatorError> {
         let view = self.host(host).await?;
         if view.worker_state == WorkerState::Shutdown {
             return self.forget_host(ACTOR, host, Some(reason), false).await;

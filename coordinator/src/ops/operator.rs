@@ -6,7 +6,7 @@ use crate::domain::server::ServerRecord;
 use crate::domain::server::holds_resources;
 use crate::state::coordinator::Coordinator;
 use crate::state::model::Model;
-use crate::store::{AdminAction, StoreError};
+use crate::store::{AuditEntry, StoreError};
 use backfill_shared::{
     HostId, IdleBehavior, PerfFactor, Resources, ServerClass, ServerId, ServerStatus, WorkerState,
 };
@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use tokio::sync::MutexGuard;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub enum OperatorError {
     #[error("host {0:?} does not exist")]
     UnknownHost(String),
     #[error("server {0} does not exist")]
@@ -79,8 +79,8 @@ pub fn action(
     target: &str,
     what: &str,
     reason: Option<&str>,
-) -> AdminAction {
-    AdminAction {
+) -> AuditEntry {
+    AuditEntry {
         at: now,
         actor: actor.to_owned(),
         target_kind,
@@ -92,10 +92,10 @@ pub fn action(
 
 impl Coordinator {
     /// Counts a recorded admin action by its verb (`launch 2` counts as `launch`).
-    pub(crate) fn counted(&self, a: &AdminAction) {
+    pub(crate) fn counted(&self, a: &AuditEntry) {
         let kind = a.action.split(' ').next().unwrap_or("").to_owned();
         self.metrics
-            .admin_actions
+            .operator_actions
             .get_or_create(&crate::telemetry::Kind { kind })
             .inc();
     }
@@ -162,28 +162,28 @@ impl Coordinator {
         out
     }
 
-    pub async fn host(&self, id: &str) -> Result<HostView, AdminError> {
+    pub async fn host(&self, id: &str) -> Result<HostView, OperatorError> {
         self.hosts()
             .await
             .into_iter()
             .find(|h| h.id == id)
-            .ok_or_else(|| AdminError::UnknownHost(id.to_owned()))
+            .ok_or_else(|| OperatorError::UnknownHost(id.to_owned()))
     }
 
     /// The newest admin actions on a target.
-    pub async fn admin_actions(
+    pub async fn audit_entries(
         &self,
         kind: &'static str,
         target: &str,
-    ) -> Result<Vec<AdminAction>, AdminError> {
+    ) -> Result<Vec<AuditEntry>, OperatorError> {
         Ok(self.store.actions(kind, target, 50).await?)
     }
 
-    fn host_id(model: &Model, id: &str) -> Result<HostId, AdminError> {
+    fn host_id(model: &Model, id: &str) -> Result<HostId, OperatorError> {
         id.parse::<HostId>()
             .ok()
             .filter(|h| model.hosts.contains_key(h))
-            .ok_or_else(|| AdminError::UnknownHost(id.to_owned()))
+            .ok_or_else(|| OperatorError::UnknownHost(id.to_owned()))
     }
 
     /// `hold`, `drain` or `run`. Hold and drain take the host out of placement at once;
@@ -194,12 +194,12 @@ impl Coordinator {
         id: &str,
         behavior: IdleBehavior,
         reason: Option<&str>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let Some(entry) = model.hosts.get(&host) else {
-            return Err(AdminError::UnknownHost(id.to_owned()));
+            return Err(OperatorError::UnknownHost(id.to_owned()));
         };
         let mut record = entry.record.clone();
         record.idle_behavior = behavior;
@@ -261,7 +261,7 @@ impl Coordinator {
         actor: &str,
         id: &str,
         reason: Option<&str>,
-    ) -> Result<usize, AdminError> {
+    ) -> Result<usize, OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
@@ -281,7 +281,7 @@ impl Coordinator {
         actor: &str,
         id: &str,
         reason: Option<&str>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
@@ -307,7 +307,7 @@ impl Coordinator {
         actor: &str,
         id: &str,
         reason: Option<&str>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         self.forget_host(actor, id, reason, true).await
     }
 
@@ -319,7 +319,7 @@ impl Coordinator {
         id: &str,
         reason: Option<&str>,
         deprovision: bool,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         if self.forget_launch(&mut model, id, actor, reason).await? {
@@ -328,11 +328,11 @@ impl Coordinator {
         let host = Self::host_id(&model, id)?;
         let view = self
             .host_view(&model, &host)
-            .ok_or_else(|| AdminError::UnknownHost(id.to_owned()))?;
+            .ok_or_else(|| OperatorError::UnknownHost(id.to_owned()))?;
         let usable = view.idle_behavior == IdleBehavior::Run
             && matches!(view.worker_state, WorkerState::Idle | WorkerState::Running);
         if view.busy() || usable {
-            return Err(AdminError::NotAllowed(format!(
+            return Err(OperatorError::NotAllowed(format!(
                 "host {id} cannot be deleted in its current state ({}, {} server(s) on it); put it on hold first",
                 view.worker_state.as_str(),
                 view.work.len()
@@ -361,16 +361,16 @@ impl Coordinator {
         actor: &str,
         id: ServerId,
         reason: Option<&str>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         let s = model
             .servers
             .get(&id)
             .cloned()
-            .ok_or(AdminError::UnknownServer(id))?;
+            .ok_or(OperatorError::UnknownServer(id))?;
         let Some(host) = s.host.clone().filter(|_| holds_resources(s.status)) else {
-            return Err(AdminError::NotOnHost(id));
+            return Err(OperatorError::NotOnHost(id));
         };
         let a = action(now, actor, "server", &id.to_string(), "kill", reason);
         self.store.record_action(&a).await?;
@@ -462,7 +462,7 @@ impl Coordinator {
     }
 
     /// Turns auto mode on or off (stored, so it survives a restart).
-    pub async fn set_auto_mode(&self, actor: &str, on: bool) -> Result<(), AdminError> {
+    pub async fn set_auto_mode(&self, actor: &str, on: bool) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
         let what = if on { "auto on" } else { "auto off" };

@@ -3,7 +3,7 @@
 //! shows as booting (Dynamic Cluster's Starting) until its agent registers, and as an error if
 //! the command fails.
 
-use crate::ops::operator::{AdminError, HostView, action};
+use crate::ops::operator::{HostView, OperatorError, action};
 use crate::policy::pools::{PoolConfig, ProvisionerConfig, flag};
 use crate::state::coordinator::Coordinator;
 use crate::state::model::Model;
@@ -173,7 +173,7 @@ impl Coordinator {
         id: &str,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, AdminError> {
+    ) -> Result<bool, OperatorError> {
         let Some(l) = model.launches.get(id).cloned() else {
             return Ok(false);
         };
@@ -245,12 +245,12 @@ impl Coordinator {
             .collect()
     }
 
-    pub async fn pool_view(&self, name: &str) -> Result<PoolView, AdminError> {
+    pub async fn pool_view(&self, name: &str) -> Result<PoolView, OperatorError> {
         self.pools_view()
             .await
             .into_iter()
             .find(|p| p.config.name == name)
-            .ok_or_else(|| AdminError::UnknownPool(name.to_owned()))
+            .ok_or_else(|| OperatorError::UnknownPool(name.to_owned()))
     }
 
     /// Launches `n` hosts into a pool through its provisioner; refused beyond the pool's max.
@@ -260,14 +260,14 @@ impl Coordinator {
         pool: &str,
         n: u32,
         reason: Option<&str>,
-    ) -> Result<Vec<String>, AdminError> {
+    ) -> Result<Vec<String>, OperatorError> {
         let now = self.clock.now();
         let p = self
             .pools
             .get(pool)
-            .ok_or_else(|| AdminError::UnknownPool(pool.to_owned()))?;
+            .ok_or_else(|| OperatorError::UnknownPool(pool.to_owned()))?;
         let Some(prov) = &p.provisioner else {
-            return Err(AdminError::NotAllowed(format!(
+            return Err(OperatorError::NotAllowed(format!(
                 "pool {pool} has no provisioner; its hosts join by starting their agents"
             )));
         };
@@ -275,7 +275,7 @@ impl Coordinator {
         let (_, max) = Self::limits(&model, p);
         let current = Self::pool_current(&model, pool);
         if n == 0 || current.saturating_add(n) > max {
-            return Err(AdminError::NotAllowed(format!(
+            return Err(OperatorError::NotAllowed(format!(
                 "launching {n} host(s) into {pool} has exceeded the resource limit ({current} of at most {max})"
             )));
         }
@@ -309,12 +309,12 @@ impl Coordinator {
         pool: &str,
         what: &str,
         reason: Option<&str>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let p = self
             .pools
             .get(pool)
-            .ok_or_else(|| AdminError::UnknownPool(pool.to_owned()))?;
+            .ok_or_else(|| OperatorError::UnknownPool(pool.to_owned()))?;
         let mut model = self.lock_model().await;
         let current = Self::pool_current(&model, pool);
         let limits = match what {
@@ -322,7 +322,7 @@ impl Coordinator {
             "restore" => None,
             "drain" => Some((0, 0)),
             other => {
-                return Err(AdminError::NotAllowed(format!(
+                return Err(OperatorError::NotAllowed(format!(
                     "unknown pool action {other:?}"
                 )));
             }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// One admin action: who did what to which target, when, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminAction {
+pub struct AuditEntry {
     pub at: i64,
     pub actor: String,
     /// `host`, `server`, `pool` or `coordinator`.
@@ -46,7 +46,7 @@ macro_rules! backend {
 
         type Tx<'a> = sqlx::Transaction<'a, $DB>;
 
-        async fn insert_action(tx: &mut Tx<'_>, a: &AdminAction) -> Result<(), StoreError> {
+        async fn insert_action(tx: &mut Tx<'_>, a: &AuditEntry) -> Result<(), StoreError> {
             q(
                 "INSERT INTO admin_actions (at, actor, target_kind, target, action, reason)
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -64,7 +64,7 @@ macro_rules! backend {
 
         impl $Store {
             /// Records an action on its own (the change it describes is committed separately).
-            pub async fn record_action(&self, a: &AdminAction) -> Result<(), StoreError> {
+            pub async fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
@@ -77,7 +77,7 @@ macro_rules! backend {
                 target_kind: &'static str,
                 target: &str,
                 limit: u32,
-            ) -> Result<Vec<AdminAction>, StoreError> {
+            ) -> Result<Vec<AuditEntry>, StoreError> {
                 let rows = q(
                     "SELECT at, actor, target_kind, target, action, reason FROM admin_actions
                      WHERE target_kind = ? AND target = ? ORDER BY id DESC LIMIT ?",
@@ -89,7 +89,7 @@ macro_rules! backend {
                 .await?;
                 rows.iter()
                     .map(|r| {
-                        Ok(AdminAction {
+                        Ok(AuditEntry {
                             at: r.try_get("at")?,
                             actor: r.try_get("actor")?,
                             target_kind,
@@ -102,7 +102,7 @@ macro_rules! backend {
             }
 
             /// A host's admin settings (`idle_behavior`, `pool`) and the action that changed them.
-            pub async fn set_host_admin(&self, h: &HostRecord, a: &AdminAction) -> Result<(), StoreError> {
+            pub async fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 q("UPDATE hosts SET idle_behavior = ?, pool = ? WHERE id = ?")
                     .bind(h.idle_behavior.as_str())
@@ -117,7 +117,7 @@ macro_rules! backend {
 
             /// Forgets a host (and any launch of it). Servers that still name it as their host are
             /// refused by the foreign key, so nothing is orphaned.
-            pub async fn delete_host(&self, id: &str, a: &AdminAction) -> Result<(), StoreError> {
+            pub async fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 q("DELETE FROM hosts WHERE id = ?")
                     .bind(id)
@@ -145,7 +145,7 @@ macro_rules! backend {
                 &self,
                 key: &str,
                 value: &str,
-                a: &AdminAction,
+                a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 q(
@@ -192,7 +192,7 @@ macro_rules! backend {
                 &self,
                 name: &str,
                 limits: Option<(u32, u32)>,
-                a: &AdminAction,
+                a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 match limits {
@@ -238,7 +238,7 @@ macro_rules! backend {
             pub async fn insert_launches(
                 &self,
                 launches: &[LaunchRecord],
-                a: &AdminAction,
+                a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 for l in launches {

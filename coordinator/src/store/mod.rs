@@ -26,7 +26,7 @@ mod tests;
 mod usage;
 mod webhooks;
 
-pub use admin::{AdminAction, LaunchRecord};
+pub use admin::{AuditEntry, LaunchRecord};
 pub use drives::{DriveRecord, DriveStatus, DriveUsage};
 pub use postgres::{PgStore, redact_url};
 pub use sqlite::SqliteStore;
@@ -346,26 +346,26 @@ dispatch! {
     fn update_account(&self, name: &str, change: AccountChange) -> Result<Option<Account>, StoreError>;
     fn delete_account(&self, name: &str) -> Result<bool, StoreError>;
     fn seed_accounts(&self, backfill: &[String], plain: &[String], now: i64) -> Result<(), StoreError>;
-    fn record_action(&self, a: &AdminAction) -> Result<(), StoreError>;
+    fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError>;
     fn actions(
         &self,
         target_kind: &'static str,
         target: &str,
         limit: u32
-    ) -> Result<Vec<AdminAction>, StoreError>;
-    fn set_host_admin(&self, h: &HostRecord, a: &AdminAction) -> Result<(), StoreError>;
-    fn delete_host(&self, id: &str, a: &AdminAction) -> Result<(), StoreError>;
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError>;
+    fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn settings(&self) -> Result<BTreeMap<String, String>, StoreError>;
-    fn set_setting(&self, key: &str, value: &str, a: &AdminAction) -> Result<(), StoreError>;
+    fn set_setting(&self, key: &str, value: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn pool_limits(&self) -> Result<BTreeMap<String, (u32, u32)>, StoreError>;
     fn set_pool_limits(
         &self,
         name: &str,
         limits: Option<(u32, u32)>,
-        a: &AdminAction
+        a: &AuditEntry
     ) -> Result<(), StoreError>;
     fn launches(&self) -> Result<Vec<LaunchRecord>, StoreError>;
-    fn insert_launches(&self, launches: &[LaunchRecord], a: &AdminAction) -> Result<(), StoreError>;
+    fn insert_launches(&self, launches: &[LaunchRecord], a: &AuditEntry) -> Result<(), StoreError>;
     fn delete_launch(&self, host: &str) -> Result<(), StoreError>;
     fn insert_profile(&self, p: &DeviceProfile) -> Result<bool, StoreError>;
     fn profiles(&self) -> Result<Vec<DeviceProfile>, StoreError>;

@@ -366,7 +366,7 @@ async fn profiles_and_arqs_round_trip_and_refuse_deleting_what_is_used() {
 async fn admin_changes_are_written_with_their_audit_entry() {
     for db in testing::backends().await {
         let store = db.open().await;
-        let act = |action: &str| AdminAction {
+        let act = |action: &str| AuditEntry {
             at: 7,
             actor: "admin".into(),
             target_kind: "pool",

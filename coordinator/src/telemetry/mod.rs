@@ -53,7 +53,7 @@ pub struct Metrics {
     /// Provisioner commands that failed, by kind (launch, delete).
     pub provision_failures: Family<Kind, Counter>,
     /// Admin actions on hosts, servers and pools, by kind.
-    pub admin_actions: Family<Kind, Counter>,
+    pub operator_actions: Family<Kind, Counter>,
     /// Webhook delivery attempts, by outcome (delivered, failed).
     pub webhook_attempts: Family<Kind, Counter>,
     pub plan_seconds: Histogram,
@@ -79,7 +79,7 @@ impl Default for Metrics {
             placements: Family::default(),
             preemptions: Family::default(),
             provision_failures: Family::default(),
-            admin_actions: Family::default(),
+            operator_actions: Family::default(),
             webhook_attempts: Family::default(),
             // 10 µs to ~20 s.
             plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
@@ -131,7 +131,7 @@ impl Default for Metrics {
         registry.register(
             "admin_actions",
             "Operator actions, by kind (hold, drain, run, kill, vacate, delete, launch, ...)",
-            m.admin_actions.clone(),
+            m.operator_actions.clone(),
         );
         registry.register(
             "webhook_attempts",

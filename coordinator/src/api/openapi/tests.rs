@@ -36,7 +36,7 @@ fn server_fields_are_the_accepted_ones() {
 #[test]
 fn every_routed_api_path_is_documented() {
     let documented: Vec<String> = operations().into_iter().map(|o| o.0).collect();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/cloudsigma");
     let mut seen = 0;
     for file in [
         "capabilities.rs",

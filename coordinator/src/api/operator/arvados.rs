@@ -6,7 +6,7 @@
 use crate::api::AppState;
 use crate::api::operator::auth::{Refused, authorize};
 use crate::domain::flavors::Flavor;
-use crate::ops::operator::{AdminError, HostView, QueueEntry};
+use crate::ops::operator::{HostView, OperatorError, QueueEntry};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
@@ -71,19 +71,19 @@ impl IntoResponse for ArvError {
     }
 }
 
-impl From<AdminError> for ArvError {
-    fn from(e: AdminError) -> ArvError {
+impl From<OperatorError> for ArvError {
+    fn from(e: OperatorError) -> ArvError {
         match e {
-            AdminError::UnknownServer(_) | AdminError::NotOnHost(_) => {
+            OperatorError::UnknownServer(_) | OperatorError::NotOnHost(_) => {
                 ArvError::new(StatusCode::NOT_FOUND, "container not found")
             }
-            AdminError::UnknownHost(_) => {
+            OperatorError::UnknownHost(_) => {
                 ArvError::new(StatusCode::NOT_FOUND, "requested instance does not exist")
             }
-            AdminError::UnknownPool(_) | AdminError::NotAllowed(_) => {
+            OperatorError::UnknownPool(_) | OperatorError::NotAllowed(_) => {
                 ArvError::new(StatusCode::BAD_REQUEST, e.to_string())
             }
-            AdminError::Store(err) => {
+            OperatorError::Store(err) => {
                 tracing::error!(error = %err, "store failed");
                 ArvError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -378,7 +378,7 @@ async fn kill_instance(
         .kill_host(&actor, &id, form.get("reason"))
         .await
     {
-        Err(AdminError::UnknownHost(_)) => {
+        Err(OperatorError::UnknownHost(_)) => {
             Err(ArvError::new(StatusCode::NOT_FOUND, "instance not found"))
         }
         other => other.map(|()| StatusCode::OK).map_err(ArvError::from),

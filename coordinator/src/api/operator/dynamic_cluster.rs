@@ -6,7 +6,7 @@
 
 use crate::api::AppState;
 use crate::api::operator::auth::{Refused, authorize};
-use crate::ops::operator::{AdminError, HostView, QueueEntry};
+use crate::ops::operator::{HostView, OperatorError, QueueEntry};
 use crate::ops::provision::PoolView;
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
@@ -59,20 +59,20 @@ impl IntoResponse for DcError {
     }
 }
 
-impl From<AdminError> for DcError {
-    fn from(e: AdminError) -> DcError {
+impl From<OperatorError> for DcError {
+    fn from(e: OperatorError) -> DcError {
         match e {
-            AdminError::UnknownHost(h) => {
+            OperatorError::UnknownHost(h) => {
                 DcError::new(StatusCode::NOT_FOUND, format!("worker node {h} not found"))
             }
-            AdminError::UnknownServer(_) | AdminError::NotOnHost(_) => {
+            OperatorError::UnknownServer(_) | OperatorError::NotOnHost(_) => {
                 DcError::new(StatusCode::NOT_FOUND, "job not found")
             }
-            AdminError::UnknownPool(p) => {
+            OperatorError::UnknownPool(p) => {
                 DcError::new(StatusCode::NOT_FOUND, format!("resource {p} not found"))
             }
-            AdminError::NotAllowed(m) => DcError::new(StatusCode::BAD_REQUEST, m),
-            AdminError::Store(err) => {
+            OperatorError::NotAllowed(m) => DcError::new(StatusCode::BAD_REQUEST, m),
+            OperatorError::Store(err) => {
                 tracing::error!(error = %err, "store failed");
                 DcError::new(StatusCode::INTERNAL_SERVER_ERROR, "server error")
             }
@@ -215,7 +215,7 @@ async fn workernode(
 ) -> Result<Response, DcError> {
     let h = state.coordinator.host(&host).await?;
     let mut v = node_json(&h, state.coordinator.now());
-    let actions = state.coordinator.admin_actions("host", &host).await?;
+    let actions = state.coordinator.audit_entries("host", &host).await?;
     v["admin_actions"] = actions
         .iter()
         .map(|a| json!({"at": a.at, "actor": a.actor, "action": a.action, "reason": a.reason}))
@@ -268,7 +268,7 @@ async fn delete_node(
 ) -> Result<Response, DcError> {
     match state.coordinator.delete_host(&actor, &host, None).await {
         Ok(()) => Ok(success()),
-        Err(AdminError::NotAllowed(_)) => Err(DcError::new(
+        Err(OperatorError::NotAllowed(_)) => Err(DcError::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "worker node {host} cannot be deleted in current state, please put it on hold first."
@@ -429,7 +429,7 @@ async fn launch(
     };
     match state.coordinator.launch(&actor, &name, n, None).await {
         Ok(_) => Ok(success()),
-        Err(AdminError::NotAllowed(m)) if m.contains("exceeded") => Err(DcError::new(
+        Err(OperatorError::NotAllowed(m)) if m.contains("exceeded") => Err(DcError::new(
             StatusCode::BAD_REQUEST,
             format!("resource {name} has exceeded the resource limit."),
         )),

@@ -249,7 +249,7 @@ async fn every_operator_endpoint_refuses_everyone_else_and_changes_nothing() {
         "a refused request changed a host"
     );
     assert!(!f.c.auto_mode().await);
-    assert!(f.c.admin_actions("host", "h1").await.unwrap().is_empty());
+    assert!(f.c.audit_entries("host", "h1").await.unwrap().is_empty());
     // The admin certificate and the token reach every one of them (none is 401/403, none 5xx).
     for who in [0, 1] {
         for (method, uri) in ENDPOINTS {

@@ -55,7 +55,7 @@ struct Term {
     token: CancellationToken,
 }
 
-/// What the fronts (API, link, admin) consult on every request.
+/// What the fronts (API, link, metrics) consult on every request.
 pub struct Ha {
     pub name: String,
     pub role: watch::Receiver<Role>,
@@ -222,11 +222,11 @@ pub async fn run(b: Bound, shutdown: CancellationToken) {
             api::Listening::new("management", b.http.management(), &metrics),
         ));
     }
-    tasks.spawn(crate::api::metrics::serve_admin(
-        b.admin,
-        admin_router(ha.clone()),
+    tasks.spawn(crate::api::metrics::serve_metrics(
+        b.metrics_listener,
+        metrics_router(ha.clone()),
         (shutdown.clone(), b.drain),
-        api::Listening::new("admin", b.http.admin(), &metrics),
+        api::Listening::new("admin", b.http.metrics(), &metrics),
     ));
     tasks.spawn(super::link::serve(
         b.link,
@@ -358,7 +358,7 @@ async fn snapshots(
 }
 
 /// `/ready`, `/metrics` and `/healthz` for a coordinator among several.
-fn admin_router(ha: Arc<Ha>) -> Router {
+fn metrics_router(ha: Arc<Ha>) -> Router {
     Router::new()
         .route("/ready", axum::routing::get(ready))
         .route("/metrics", axum::routing::get(metrics))
