@@ -173,16 +173,16 @@ impl Coordinator {
         plan: Plan,
     ) -> Result<(ServerRecord, Durable), OpError> {
         let now = self.clock.now();
-        let (downsize, terminate): (&[(ServerId, PerfFactor)], &[(ServerId, Termination)]) =
-            match &plan {
-                Plan::Place { downsize, .. } => (downsize, &[]),
-                Plan::Preempt {
-                    downsize,
-                    terminate,
-                    ..
-                } => (downsize, terminate),
-                Plan::Queue { .. } | Plan::Never { .. } => (&[], &[]),
-            };
+        let no_terminations: &[(ServerId, Termination)] = &[];
+        let (downsize, terminate) = match &plan {
+            Plan::Place { downsize, .. } => (downsize.as_slice(), no_terminations),
+            Plan::Preempt {
+                downsize,
+                terminate,
+                ..
+            } => (downsize.as_slice(), terminate.as_slice()),
+            Plan::Queue { .. } | Plan::Never { .. } => (&[][..], no_terminations),
+        };
         let mut victims: Vec<ServerId> = Vec::new();
         for id in downsize
             .iter()
