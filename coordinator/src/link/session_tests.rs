@@ -1,7 +1,6 @@
 //! The coordinator's side of the link without sockets: registration, reports, generations.
 
 use crate::domain::account::Account;
-use crate::ops::tick::Outcome;
 use crate::policy::scheduler::Plan;
 use crate::state::coordinator::{Coordinator, NewServer, OpError, Scope};
 use backfill_shared::Clock;
@@ -388,35 +387,69 @@ async fn the_queue_starts_higher_priority_first_then_older() {
     assert!(old.host.is_none() && old.queued_reason.is_some());
 }
 
+/// What production does to the model's cluster when it starts a server is exactly what the
+/// scheduler's own `apply` (the one the property tests and `simulate` check) does to a copy of
+/// it, here for a normal server that needs backfill downsized to fit; and the records it
+/// commits say the same.
 #[tokio::test]
-async fn a_stale_plan_is_rejected_and_replanned() {
+async fn starting_applies_the_schedulers_own_plan_and_records_what_it_did() {
     let f = fixture().await;
     f.c.register_agent(&hello("h1")).await.unwrap();
-    f.c.register_agent(&hello("h2")).await.unwrap();
-    let big = NewServer {
-        cpu: 3_000,
-        ..new_server()
-    };
-    let ids: Vec<ServerId> =
-        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![big.clone(), big])
+    let backfill: Vec<ServerId> =
+        f.c.create_servers(&f.tenant, ServerClass::Backfill, vec![new_server(); 4])
             .await
             .unwrap()
             .iter()
             .map(|s| s.uuid)
             .collect();
-    // A plan for the first server, made while h1 and h2 are both empty: h1 (ties by id).
-    let planned = f.c.plan_start(ids[0]).await;
-    assert!(matches!(&planned.plan, Plan::Place { host, .. } if host.as_str() == "h1"));
-    // Meanwhile the second server takes h1: the plan is stale.
-    f.c.start(&f.tenant, Scope::BServers, ids[1]).await.unwrap();
-    let outcome =
-        f.c.commit_planned(&f.tenant, Scope::BServers, ids[0], planned)
-            .await
-            .unwrap();
-    let Outcome::Replanned(s) = outcome else {
-        panic!("a stale plan was applied: {outcome:?}")
+    for id in &backfill {
+        f.c.start(&f.tenant, Scope::BServers, *id).await.unwrap();
+    }
+    let normal = NewServer {
+        cpu: 2_000,
+        ..new_server()
     };
-    assert_eq!(s.host.unwrap().as_str(), "h2");
+    let id =
+        f.c.create_servers(&f.tenant, ServerClass::Normal, vec![normal])
+            .await
+            .unwrap()[0]
+            .uuid;
+    let now = f.c.clock.now();
+    let (expected, plan) = {
+        let model = f.c.model.lock().await;
+        let mut cluster = model.cluster.clone();
+        let policy = crate::policy::scheduler::Policy {
+            strategy: f.c.settings.strategy,
+        };
+        let plan = crate::policy::scheduler::plan(&cluster, id, &policy, now);
+        crate::policy::scheduler::apply(&mut cluster, id, &plan, now).unwrap();
+        (cluster, plan)
+    };
+    let touched = match &plan {
+        Plan::Place { downsize, .. } => downsize.len(),
+        Plan::Preempt {
+            downsize,
+            terminate,
+            ..
+        } => downsize.len() + terminate.len(),
+        other => panic!("a normal server on a full host must make room: {other:?}"),
+    };
+    assert!(touched > 0, "the plan must change backfill: {plan:?}");
+    f.c.start(&f.tenant, Scope::Servers, id).await.unwrap();
+    let model = f.c.model.lock().await;
+    for sid in backfill.iter().chain(std::iter::once(&id)) {
+        assert_eq!(
+            model.cluster.placed(*sid),
+            expected.placed(*sid),
+            "server {sid}"
+        );
+        let record = &model.servers[sid];
+        if let Some(p) = expected.placed(*sid) {
+            assert_eq!(record.perf_factor, p.perf_factor, "server {sid}");
+            assert_eq!(record.termination, p.termination, "server {sid}");
+            assert_eq!(record.host.as_ref(), Some(&p.host), "server {sid}");
+        }
+    }
 }
 
 #[tokio::test]

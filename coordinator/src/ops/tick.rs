@@ -1,8 +1,10 @@
 //! Applying the scheduler's plans: `start`, `stop`, and the tick that carries out due
 //! terminations, retries queued servers and grows downsized ones back. Each plan is made and
-//! committed under the model's lock, so it is checked against the latest state by
-//! construction; the commit (servers and host generations in one transaction) comes before
-//! the model changes and before the agents hear of it.
+//! applied under the model's lock, so it is made against the latest state by construction
+//! (placement decisions are serial and deterministic; there is nothing to fence). A plan is
+//! applied to the model's cluster by the scheduler's own `scheduler::apply` (the function the
+//! property tests and `simulate` check); the servers' records are read back from the cluster
+//! it changed and queued for the store, and agents hear of them only once they are durable.
 
 use crate::domain::account::Account;
 use crate::domain::server::ServerRecord;
@@ -12,33 +14,8 @@ use crate::state::committer::Durable;
 use crate::state::coordinator::{Coordinator, OpError, Scope, visible};
 use crate::state::history::PreemptionEvent;
 use crate::state::model::Model;
-use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus};
+use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus, Termination};
 use tokio::sync::MutexGuard;
-
-/// A plan and the generation of the host it touches, as it was when the plan was made.
-#[derive(Debug, Clone)]
-pub struct Planned {
-    pub plan: Plan,
-    fence: Option<(HostId, u64)>,
-}
-
-/// How a plan was committed.
-#[derive(Debug)]
-pub enum Outcome {
-    /// As planned.
-    Applied(ServerRecord),
-    /// The host had changed since the plan was made: the plan was dropped, and a new one made
-    /// against the latest state was committed instead.
-    Replanned(ServerRecord),
-}
-
-impl Outcome {
-    pub fn server(self) -> ServerRecord {
-        match self {
-            Outcome::Applied(s) | Outcome::Replanned(s) => s,
-        }
-    }
-}
 
 impl Coordinator {
     fn policy(&self) -> Policy {
@@ -47,17 +24,11 @@ impl Coordinator {
         }
     }
 
-    fn make_plan(&self, model: &Model, id: ServerId, now: i64) -> Planned {
+    fn make_plan(&self, model: &Model, id: ServerId, now: i64) -> Plan {
         let start = std::time::Instant::now();
         let plan = scheduler::plan(&model.cluster, id, &self.policy(), now);
         crate::telemetry::observe(&self.metrics.plan_seconds, start, ());
-        let fence = match &plan {
-            Plan::Place { host, .. } | Plan::Preempt { host, .. } => {
-                Some((host.clone(), model.generation(host)))
-            }
-            Plan::Queue { .. } | Plan::Never { .. } => None,
-        };
-        Planned { plan, fence }
+        plan
     }
 
     /// Counts a committed plan: placements by kind, preemption actions by kind.
@@ -95,53 +66,6 @@ impl Coordinator {
         }
     }
 
-    /// Plans a start for a server without committing it (the applier below decides).
-    pub async fn plan_start(&self, id: ServerId) -> Planned {
-        let model = self.lock_model().await;
-        self.make_plan(&model, id, self.clock.now())
-    }
-
-    /// The single applier: checks the plan against the latest state (the host's generation)
-    /// and commits it, or, if the host changed since, re-plans and commits the new plan. A
-    /// stale plan is never applied.
-    pub async fn commit_planned(
-        &self,
-        owner: &Account,
-        scope: Scope,
-        id: ServerId,
-        planned: Planned,
-    ) -> Result<Outcome, OpError> {
-        let mut model = self.lock_model().await;
-        let server = visible(&model, owner, scope, id)?.clone();
-        let (outcome, durable) = self.apply_checked(&mut model, server, planned).await?;
-        drop(model);
-        durable.wait().await?;
-        Ok(outcome)
-    }
-
-    async fn apply_checked(
-        &self,
-        model: &mut MutexGuard<'_, Model>,
-        server: ServerRecord,
-        planned: Planned,
-    ) -> Result<(Outcome, Durable), OpError> {
-        let fresh = planned
-            .fence
-            .as_ref()
-            .is_none_or(|(host, g)| model.generation(host) == *g);
-        if fresh {
-            let (s, durable) = self.apply_plan(model, server, planned.plan).await?;
-            return Ok((Outcome::Applied(s), durable));
-        }
-        tracing::info!(server = %server.uuid, "stale plan: the host changed; re-planning");
-        let again = self.make_plan(model, server.uuid, self.clock.now());
-        if let Plan::Never { reason } = &again.plan {
-            return Err(OpError::NeverFits(reason.clone()));
-        }
-        let (s, durable) = self.apply_plan(model, server, again.plan).await?;
-        Ok((Outcome::Replanned(s), durable))
-    }
-
     /// `start`: the scheduler places the server (downsizing backfill for a normal server if
     /// needed), or starts making room for it, or queues it. Only a server no host could ever
     /// hold is refused.
@@ -165,55 +89,96 @@ impl Coordinator {
         }
         crate::state::quota::check_start(&model, owner, &current)?;
         crate::state::drive_rules::check_startable(&model, &current)?;
-        let mut planned = self.make_plan(&model, id, self.clock.now());
-        if let Plan::Never { reason } = &planned.plan {
+        let mut plan = self.make_plan(&model, id, self.clock.now());
+        if let Plan::Never { reason } = &plan {
             // No host has room for it, but auto mode may launch one that has.
             if !self.could_launch_for(&model, &current) {
                 return Err(OpError::NeverFits(reason.clone()));
             }
-            planned = Planned {
-                plan: Plan::Queue {
-                    reason: format!("{reason}; waiting for auto mode to launch a host"),
-                },
-                fence: None,
+            plan = Plan::Queue {
+                reason: format!("{reason}; waiting for auto mode to launch a host"),
             };
         }
-        let (outcome, durable) = self.apply_checked(&mut model, current, planned).await?;
+        let (server, durable) = self.apply_plan(&mut model, current, plan).await?;
         drop(model);
         durable.wait().await?;
-        Ok(outcome.server())
+        Ok(server)
     }
 
-    /// Commits a plan for `server` (stopped or queued). Returns the server as committed.
+    /// Commits a plan for `server` (stopped or queued) and returns the server as committed.
+    /// The scheduler's own [`scheduler::apply`] changes the model's cluster; the records of
+    /// the servers it touched are then read back from the cluster and committed, so the
+    /// model's later reconciliation of those records (`Model::put_server`) finds nothing left
+    /// to change. If the plan cannot be applied or the commit cannot be queued, the touched
+    /// servers are put back as they were, and the cluster with them.
     async fn apply_plan(
         &self,
         model: &mut MutexGuard<'_, Model>,
         mut server: ServerRecord,
         plan: Plan,
     ) -> Result<(ServerRecord, Durable), OpError> {
-        let mut changed: Vec<ServerRecord> = Vec::new();
-        let squeeze = |changed: &mut Vec<ServerRecord>, downsize: &[(ServerId, PerfFactor)]| {
-            for (victim, pf) in downsize {
-                if let Some(v) = model.servers.get(victim) {
-                    let mut v = v.clone();
-                    v.perf_factor = *pf;
-                    changed.push(v);
-                }
-            }
-        };
-        let hosts: Vec<HostId> = match &plan {
-            Plan::Place {
-                host,
+        let now = self.clock.now();
+        let no_terminations: &[(ServerId, Termination)] = &[];
+        let (downsize, terminate) = match &plan {
+            Plan::Place { downsize, .. } => (downsize.as_slice(), no_terminations),
+            Plan::Preempt {
                 downsize,
-                gpus,
-            } => {
-                squeeze(&mut changed, downsize);
+                terminate,
+                ..
+            } => (downsize.as_slice(), terminate.as_slice()),
+            Plan::Queue { .. } | Plan::Never { .. } => (&[][..], no_terminations),
+        };
+        let mut victims: Vec<ServerId> = Vec::new();
+        for id in downsize
+            .iter()
+            .map(|d| d.0)
+            .chain(terminate.iter().map(|t| t.0))
+        {
+            if !victims.contains(&id) {
+                victims.push(id);
+            }
+        }
+        let before: Vec<ServerRecord> = victims
+            .iter()
+            .chain(std::iter::once(&server.uuid))
+            .filter_map(|id| model.servers.get(id).cloned())
+            .collect();
+        if let Err(e) = scheduler::apply(&mut model.cluster, server.uuid, &plan, now) {
+            restore(model, before, now);
+            tracing::error!(server = %server.uuid, error = %e, "a plan made under the lock did not apply");
+            return Err(OpError::Conflict(format!(
+                "the scheduler's view of server {} is out of step ({e}); try again",
+                server.uuid
+            )));
+        }
+        let mut changed: Vec<ServerRecord> = victims
+            .iter()
+            .filter_map(|id| {
+                let mut v = model.servers.get(id)?.clone();
+                let placed = model.cluster.placed(*id)?;
+                v.perf_factor = placed.perf_factor;
+                v.termination = placed.termination;
+                Some(v)
+            })
+            .collect();
+        for (victim, t) in terminate {
+            tracing::info!(server = %victim, terminate_at = t.terminate_at, "termination scheduled");
+        }
+        let hosts: Vec<HostId> = match &plan {
+            Plan::Place { host, downsize, .. } => {
+                let Some(placed) = model.cluster.placed(server.uuid) else {
+                    restore(model, before, now);
+                    return Err(OpError::Conflict(format!(
+                        "server {} was not placed by its plan; try again",
+                        server.uuid
+                    )));
+                };
                 server.status = ServerStatus::Starting;
-                server.host = Some(host.clone());
-                server.gpus = gpus.clone();
-                server.perf_factor = PerfFactor::FULL;
+                server.host = Some(placed.host.clone());
+                server.gpus.clone_from(&placed.gpus);
+                server.perf_factor = placed.perf_factor;
+                server.termination = placed.termination;
                 server.active_since = None;
-                server.termination = None;
                 server.queued_reason = None;
                 server.stop_reason = None;
                 server.incarnation = model.generation(host).saturating_add(1);
@@ -226,21 +191,6 @@ impl Coordinator {
                 terminate,
                 ready_at,
             } => {
-                squeeze(&mut changed, downsize);
-                for (victim, t) in terminate {
-                    let Some(v) = model.servers.get(victim) else {
-                        continue;
-                    };
-                    let mut v = changed
-                        .iter()
-                        .find(|c| c.uuid == *victim)
-                        .cloned()
-                        .unwrap_or_else(|| v.clone());
-                    v.termination = Some(*t);
-                    changed.retain(|c| c.uuid != *victim);
-                    tracing::info!(server = %victim, host = %host, terminate_at = t.terminate_at, "termination scheduled");
-                    changed.push(v);
-                }
                 server.status = ServerStatus::Starting;
                 server.host = None;
                 server.gpus = Vec::new();
@@ -261,7 +211,13 @@ impl Coordinator {
             }
         };
         changed.push(server.clone());
-        let durable = self.commit(model, changed, &hosts).await?;
+        let durable = match self.commit(model, changed, &hosts).await {
+            Ok(d) => d,
+            Err(e) => {
+                restore(model, before, now);
+                return Err(e.into());
+            }
+        };
         record_preemptions(model, &plan, self.clock.now());
         if let (Plan::Place { host, .. }, Some(entry)) = (&plan, server.host.as_ref()) {
             if let Some(h) = model.hosts.get_mut(entry) {
@@ -376,8 +332,8 @@ impl Coordinator {
             .collect();
         queued.sort_by_key(|s| (std::cmp::Reverse(s.priority), s.created_at, s.uuid));
         for s in queued {
-            let planned = self.make_plan(&model, s.uuid, now);
-            let changes = match &planned.plan {
+            let plan = self.make_plan(&model, s.uuid, now);
+            let changes = match &plan {
                 Plan::Place { .. } => true,
                 Plan::Preempt {
                     downsize,
@@ -389,7 +345,7 @@ impl Coordinator {
                 }
             };
             if changes {
-                writes.push(self.apply_checked(&mut model, s, planned).await?.1);
+                writes.push(self.apply_plan(&mut model, s, plan).await?.1);
             }
         }
         // 3. Growing back, host by host.
@@ -445,6 +401,14 @@ impl Coordinator {
 }
 
 /// Puts a committed plan's downsizes and termination notices on the dashboard's timeline.
+/// Puts servers back as they were before a plan that could not be committed (the cluster
+/// follows their records).
+fn restore(model: &mut Model, before: Vec<ServerRecord>, now: i64) {
+    for s in before {
+        model.put_server(s, now);
+    }
+}
+
 fn record_preemptions(model: &mut Model, plan: &Plan, now: i64) {
     let (host, downsize, terminate) = match plan {
         Plan::Place { host, downsize, .. } => (host, downsize.as_slice(), &[][..]),
