@@ -6,9 +6,9 @@
 #![no_main]
 
 use backfill_coordinator::api::{ApiError, parse_create_body, parse_edit_body};
-use backfill_coordinator::state::coordinator::NewServer;
 use backfill_coordinator::domain::flavors::Flavors;
 use backfill_coordinator::domain::server::ServerRecord;
+use backfill_coordinator::state::coordinator::NewServer;
 use backfill_shared::{PerfFactor, ServerClass, ServerId, ServerStatus, Workload};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
