@@ -452,6 +452,10 @@ impl CgroupManager for FsCgroups {
         self.stall_of(id, r)
     }
 
+    fn class_stats(&self, class: CgroupClass) -> Result<Option<super::ClassStats>, CgroupError> {
+        self.class_stats_of(class)
+    }
+
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         let dir = self.ctl_dir(id, Ctl::Memory);
         dir.map_or(Ok(0), |d| read_oom_kills(&d, self.is_v2()))

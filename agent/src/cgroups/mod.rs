@@ -8,6 +8,7 @@
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
 mod claim;
+mod class_stats;
 mod classes;
 mod devices;
 mod fake;
@@ -18,6 +19,7 @@ mod memory;
 mod stall;
 
 pub use claim::ParentClaim;
+pub use class_stats::ClassStats;
 pub use classes::{CgroupClass, V1_MAX_SHARES};
 pub use devices::{
     DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
@@ -389,6 +391,12 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
         r: crate::pressure::Resource,
     ) -> Result<Option<u64>, CgroupError> {
         let _ = (id, r);
+        Ok(None)
+    }
+    /// A class parent's quota, weight, CPU used and throttled, and stall (for the metrics).
+    /// None where there are no class parents or this one does not exist (yet).
+    fn class_stats(&self, class: CgroupClass) -> Result<Option<ClassStats>, CgroupError> {
+        let _ = class;
         Ok(None)
     }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with

@@ -242,6 +242,31 @@ impl Supervisor {
             .collect()
     }
 
+    /// Each running server's own stall so far (us), by resource, where the kernel tells (for
+    /// the metrics: backfill servers too, not only the normal servers the poller watches).
+    pub fn server_stalls(&self) -> Vec<(ServerId, crate::pressure::Resource, u64)> {
+        let mut out = Vec::new();
+        for (id, e) in &self.entries {
+            if !matches!(e.run, Run::Running { .. }) {
+                continue;
+            }
+            for r in crate::pressure::Resource::ALL {
+                if let Ok(Some(us)) = self.cgroups.stall_usec(id, r) {
+                    out.push((*id, r, us));
+                }
+            }
+        }
+        out
+    }
+
+    /// Each class parent's quota, weight, CPU used and throttled, and stall, where it exists.
+    pub fn class_stats(&self) -> Vec<(crate::cgroups::CgroupClass, crate::cgroups::ClassStats)> {
+        crate::cgroups::CgroupClass::ALL
+            .into_iter()
+            .filter_map(|c| Some((c, self.cgroups.class_stats(c).ok()??)))
+            .collect()
+    }
+
     /// Squeezes so far: (cpu, memory).
     pub fn squeezes(&self) -> (u64, u64) {
         (self.pressure.squeezes[0], self.pressure.squeezes[1])
