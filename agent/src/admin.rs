@@ -290,6 +290,11 @@ impl AgentMetrics {
         }
     }
 
+    /// The kernel mechanisms this agent protects normal servers with (as in its inventory).
+    pub fn set_mechanisms(&self, mechanisms: &[String]) {
+        self.kernel.set_mechanisms(mechanisms);
+    }
+
     /// Refreshes the per-workload and GPU gauges from the supervisor and encodes everything.
     pub fn text(&self, supervisor: &Supervisor) -> String {
         self.set_gpus(&supervisor.gpu_scan());

@@ -37,6 +37,12 @@ pub struct KernelMetrics {
     class_throttled: Family<ClassLabel, F64Gauge>,
     class_cpu: Family<ClassLabel, F64Gauge>,
     class_stall: Family<ClassResourceLabel, F64Gauge>,
+    mechanism: Family<MechanismLabel, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MechanismLabel {
+    pub mechanism: String,
 }
 
 /// The quota in cores (-1: none).
@@ -62,7 +68,24 @@ fn class_label(c: CgroupClass) -> ClassLabel {
 }
 
 impl KernelMetrics {
+    /// One series per mechanism in the inventory (the stall source among them), set to 1.
+    pub fn set_mechanisms(&self, mechanisms: &[String]) {
+        self.mechanism.clear();
+        for m in mechanisms {
+            self.mechanism
+                .get_or_create(&MechanismLabel {
+                    mechanism: m.clone(),
+                })
+                .set(1);
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kernel_mechanism",
+            "1 for each kernel mechanism this agent protects normal servers with, as in its inventory (cgroup-v1/-v2, cpu.idle, sched_idle, memory.*, psi, stall:<source>)",
+            self.mechanism.clone(),
+        );
         registry.register(
             "cpu_quota_cores",
             "CPU quota in force, in cores (quota / period), by server (-1: unlimited)",

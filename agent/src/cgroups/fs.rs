@@ -321,6 +321,10 @@ impl CgroupManager for FsCgroups {
         self.offered()
     }
 
+    fn stall_sources(&self) -> Vec<String> {
+        self.stall_sources_here()
+    }
+
     fn relative_path(&self, id: &ServerId) -> Option<String> {
         Some(format!(
             "/{}/{}",

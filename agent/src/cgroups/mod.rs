@@ -399,6 +399,13 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
         let _ = class;
         Ok(None)
     }
+    /// Where each normal server's own stall is read from, for the inventory:
+    /// `stall:cgroup-psi-cpu`, `stall:cgroup-psi-memory` (v2 per-cgroup PSI),
+    /// `stall:v1-schedstat-cpu` (v1: its threads' run-queue wait), `stall:v1-memory` (v1:
+    /// its memory events). Empty where none can be read.
+    fn stall_sources(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
     /// short polls).
     fn kill_all(&self, id: &ServerId) -> Result<(), CgroupError>;

@@ -60,6 +60,22 @@ pub(super) fn read_v1_cpu(dir: &Path, proc: &Path) -> Result<Option<u64>, Cgroup
 }
 
 impl FsCgroups {
+    /// [`super::CgroupManager::stall_sources`] for the kernel's cgroups.
+    pub(super) fn stall_sources_here(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let parent = |ctl| self.hier_dir(ctl).map(|d| d.join(&self.parent));
+        if self.is_v2() {
+            for (ctl, r) in [(Ctl::Cpu, "cpu"), (Ctl::Memory, "memory")] {
+                if parent(ctl).is_some_and(|d| d.join(format!("{r}.pressure")).is_file()) {
+                    out.push(format!("stall:cgroup-psi-{r}"));
+                }
+            }
+        } else if !self.simulated && Path::new("/proc/self/schedstat").is_file() {
+            out.push("stall:v1-schedstat-cpu".into());
+        }
+        out
+    }
+
     /// [`super::CgroupManager::stall_usec`] for the kernel's cgroups.
     pub(super) fn stall_of(
         &self,
@@ -126,6 +142,26 @@ mod tests {
         // 12 has ended since the list was read.
         fs::write(cg.join("tasks"), "10\n11\n12\n").unwrap();
         assert_eq!(read_v1_cpu(&cg, &proc).unwrap(), Some(5_500));
+    }
+
+    #[test]
+    fn stall_sources_name_what_the_tree_offers() {
+        use crate::cgroups::{CgroupLimits, CgroupManager};
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        fs::write(t.path().join("cgroup.subtree_control"), "\n").unwrap();
+        fs::write(t.path().join("cgroup.procs"), "1\n").unwrap();
+        let cg = FsCgroups::v2_at(t.path(), "agent").unwrap();
+        cg.create(&ServerId::from_u128(1), &CgroupLimits::UNLIMITED)
+            .unwrap();
+        assert!(cg.stall_sources().is_empty(), "no pressure files");
+        fs::write(t.path().join("agent/cpu.pressure"), "").unwrap();
+        assert_eq!(cg.stall_sources(), ["stall:cgroup-psi-cpu"]);
+        fs::write(t.path().join("agent/memory.pressure"), "").unwrap();
+        assert_eq!(
+            cg.stall_sources(),
+            ["stall:cgroup-psi-cpu", "stall:cgroup-psi-memory"]
+        );
     }
 
     /// The real kernel: this thread's own schedstat is there (CONFIG_SCHED_INFO).

@@ -40,7 +40,9 @@ fn mechanisms(
         m.push("sched_idle".into());
         m.push("oom_score_adj".into());
     }
-    if crate::pressure::PsiFiles::default().available() {
+    let host_psi = crate::pressure::PsiFiles::default().available();
+    m.extend(stall_sources(cgroups, pressure, host_psi));
+    if host_psi {
         m.push("psi".into());
         if pressure.enabled {
             let privileged = crate::pressure::has_cap_sys_resource();
@@ -55,6 +57,31 @@ fn mechanisms(
         }
     }
     m
+}
+
+/// Which stall the agent reacts to (`[pressure]`): each normal server's own (the cgroups'
+/// sources, when polled), the host's PSI (`stall:host-psi`), or, where neither can be read,
+/// nothing (`stall:none`: the coordinator alone squeezes backfill; a normal server's CPU
+/// throttling is only ever used to tell its own quota from backfill's doing).
+pub(super) fn stall_sources(
+    cgroups: &dyn CgroupManager,
+    pressure: &crate::pressure::PressureSettings,
+    host_psi: bool,
+) -> Vec<String> {
+    if !pressure.enabled || !cgroups.enforcing() {
+        return vec!["stall:none".into()];
+    }
+    let mut out = Vec::new();
+    if pressure.poll_ms > 0 {
+        out.extend(cgroups.stall_sources());
+    }
+    if host_psi {
+        out.push("stall:host-psi".into());
+    }
+    if out.is_empty() {
+        out.push("stall:none".into());
+    }
+    out
 }
 
 /// The drivers this agent runs workloads with: `exec`, and those whose programs this host has.
@@ -108,6 +135,7 @@ pub(super) async fn run(
         gpus = inventory.gpus.len(),
         gpu_backend = gpus.backend_name(),
         drivers = ?inventory.drivers.kinds(),
+        mechanisms = ?inventory.mechanisms,
         "discovered"
     );
     std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::Io {
@@ -120,6 +148,7 @@ pub(super) async fn run(
         .mem_bytes
         .set(i64::try_from(inventory.mem_bytes).unwrap_or(i64::MAX));
     metrics.set_gpus(&gpus.current());
+    metrics.set_mechanisms(&inventory.mechanisms);
     let store = Arc::new(MetadataStore::default());
     // Bound before the guests' networks: the egress policy lets guests reach its port only.
     let metadata_listener = if cfg.metadata.enabled {
@@ -378,4 +407,24 @@ fn start_metadata(
         svc,
         shutdown.clone(),
     )))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_enforced_cgroups_or_pressure_the_stall_source_is_none() {
+        let mut p = crate::pressure::PressureSettings::default();
+        assert_eq!(
+            stall_sources(&NoCgroups::default(), &p, true),
+            ["stall:none"]
+        );
+        p.enabled = false;
+        assert_eq!(
+            stall_sources(&crate::cgroups::RecordingCgroups::default(), &p, true),
+            ["stall:none"]
+        );
+    }
 }
