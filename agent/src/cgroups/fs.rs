@@ -237,10 +237,11 @@ impl FsCgroups {
         }
     }
 
-    fn cgroup(&self, id: &ServerId) -> Cgroup {
+    /// The cgroup at `rel` below the parent (`normal/<uuid>` ...).
+    fn cgroup_at(&self, rel: &str) -> Cgroup {
         Cgroup::load(
             Box::new(self.hier.clone()),
-            format!("{}/{}", self.parent, self.place(id)),
+            format!("{}/{rel}", self.parent),
         )
     }
 
@@ -257,7 +258,12 @@ impl FsCgroups {
         }
     }
 
-    fn write_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    /// Writes `limits` into the cgroup at `rel` below the parent.
+    pub(super) fn write_limits_at(
+        &self,
+        rel: &str,
+        limits: &CgroupLimits,
+    ) -> Result<(), CgroupError> {
         limits.validate()?;
         let to_i64 = |v: Option<u64>| match v {
             None => Ok(-1),
@@ -273,7 +279,7 @@ impl FsCgroups {
             let path = dir.join(file);
             move |source| CgroupError::Control { path, data, source }
         };
-        let cg = self.cgroup(id);
+        let cg = self.cgroup_at(rel);
         for sub in cg.subsystems() {
             match sub {
                 Subsystem::Cpu(c) if v2 => {
@@ -313,6 +319,41 @@ impl FsCgroups {
             }
             std::thread::sleep(POLL);
         }
+    }
+
+    /// Makes the cgroup at `rel` below the parent in each hierarchy (keeping what exists), and
+    /// its class parent's policy when that class parent is new.
+    pub(super) fn make(&self, rel: &str, class: CgroupClass) -> Result<(), CgroupError> {
+        let class_dir = self.parent_dirs().first().map(|p| p.join(class.dir_name()));
+        let new_class = class_dir.is_some_and(|d| !d.is_dir());
+        let comps: Vec<&str> = self.parent.split('/').chain(rel.split('/')).collect();
+        match &self.hier.0 {
+            Layout::V1 { mounts, .. } => {
+                for m in mounts {
+                    let mut dir = m.dir.clone();
+                    for comp in &comps {
+                        dir.push(comp);
+                        self.mkdir(&dir, Some(&m.ctls))?;
+                    }
+                }
+            }
+            Layout::V2 { root } => {
+                enable_controllers(root, self.simulated)?;
+                let mut dir = root.clone();
+                let (leaf, above) = comps.split_last().unwrap_or((&"", &[]));
+                for comp in above {
+                    dir.push(comp);
+                    self.mkdir(&dir, None)?;
+                    enable_controllers(&dir, self.simulated)?;
+                }
+                dir.push(leaf);
+                self.mkdir(&dir, None)?;
+            }
+        }
+        if new_class {
+            self.init_class(class)?;
+        }
+        Ok(())
     }
 }
 
@@ -362,43 +403,28 @@ impl CgroupManager for FsCgroups {
         let rel = self
             .locate(id)
             .unwrap_or_else(|| format!("{}/{id}", class.dir_name()));
-        let class_dir = self.parent_dirs().first().map(|p| p.join(class.dir_name()));
-        let new_class = class_dir.is_some_and(|d| !d.is_dir());
-        let comps: Vec<&str> = self.parent.split('/').chain(rel.split('/')).collect();
-        match &self.hier.0 {
-            Layout::V1 { mounts, .. } => {
-                for m in mounts {
-                    let mut dir = m.dir.clone();
-                    for comp in &comps {
-                        dir.push(comp);
-                        self.mkdir(&dir, Some(&m.ctls))?;
-                    }
-                }
-            }
-            Layout::V2 { root } => {
-                enable_controllers(root, self.simulated)?;
-                let mut dir = root.clone();
-                let (leaf, above) = comps.split_last().unwrap_or((&"", &[]));
-                for comp in above {
-                    dir.push(comp);
-                    self.mkdir(&dir, None)?;
-                    enable_controllers(&dir, self.simulated)?;
-                }
-                dir.push(leaf);
-                self.mkdir(&dir, None)?;
-            }
-        }
-        if new_class {
-            self.init_class(class)?;
-        }
-        self.write_limits(id, limits)?;
+        self.make(&rel, class)?;
+        self.write_limits_at(&rel, limits)?;
         self.refresh_after(id)
     }
 
     fn set_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         self.existing_dir(id)?;
-        self.write_limits(id, limits)?;
+        let rel = self.place(id);
+        let to = CgroupClass::of(limits);
+        let moved = match rel.split_once('/') {
+            Some((from, _)) if from != to.dir_name() => {
+                self.move_class(id, &rel, to, limits)?;
+                true
+            }
+            _ => false,
+        };
+        if moved {
+            // Into or out of normal/: its sums change either way.
+            return self.refresh_normal();
+        }
+        self.write_limits_at(&rel, limits)?;
         self.refresh_after(id)
     }
 
@@ -482,7 +508,7 @@ impl CgroupManager for FsCgroups {
         }
         let kill_file = main.join("cgroup.kill");
         if self.is_v2() && kill_file.is_file() {
-            self.cgroup(id)
+            self.cgroup_at(&self.place(id))
                 .kill()
                 .map_err(|source| CgroupError::Control {
                     path: kill_file,
@@ -531,7 +557,7 @@ impl CgroupManager for FsCgroups {
         let normal = self
             .locate(id)
             .is_some_and(|rel| rel.starts_with(CgroupClass::Normal.dir_name()));
-        let cg = self.cgroup(id);
+        let cg = self.cgroup_at(&self.place(id));
         for sub in cg.subsystems() {
             let c = sub.to_controller();
             c.delete().map_err(|source| CgroupError::RemoveCgroup {

@@ -16,6 +16,7 @@ mod files;
 mod fs;
 mod hierarchy;
 mod memory;
+mod move_class;
 mod stall;
 
 pub use claim::ParentClaim;

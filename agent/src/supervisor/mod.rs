@@ -272,12 +272,14 @@ impl Supervisor {
                         e.acknowledged = false; // the termination was called off
                     }
                     e.termination = d.termination;
+                    let class_changed = e.guest.as_ref().is_some_and(|g| g.class != d.guest.class);
                     e.guest = Some(d.guest.clone());
                     if d.shutdown.is_some() && e.shutdown.is_none() {
                         tracing::info!(server = %id, until = d.shutdown, "graceful shutdown: asking the workload to stop");
                     }
                     e.shutdown = d.shutdown;
-                    if e.perf_factor != d.perf_factor || e.resources != d.resources {
+                    if e.perf_factor != d.perf_factor || e.resources != d.resources || class_changed
+                    {
                         let kind = e.driver;
                         let perf = pressure::squeezed(d.perf_factor, e.squeezed);
                         let limits = self.limits(&d.resources, perf, Some(&d.guest), kind);
@@ -289,6 +291,9 @@ impl Supervisor {
                                     e.resources = d.resources;
                                 }
                                 self.resize_guest_memory(&id, kind, &d.resources, perf);
+                                if class_changed {
+                                    self.reyield(&id, d.guest.class);
+                                }
                             }
                             Err(err) => {
                                 self.cgroup_errors.inc();
@@ -562,6 +567,7 @@ fn oom_reason(kills: u64, resources: &Resources, perf: PerfFactor) -> String {
 }
 
 mod adopt;
+mod class_change;
 mod gpus;
 mod guests;
 mod memory;
