@@ -366,6 +366,10 @@ impl CgroupManager for FsCgroups {
         self.stall_sources_here()
     }
 
+    fn memory_limit_hits(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        self.limit_hits_of(id)
+    }
+
     fn relative_path(&self, id: &ServerId) -> Option<String> {
         Some(format!(
             "/{}/{}",

@@ -383,9 +383,9 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
     /// How long the server's own tasks have stalled for `r` so far (microseconds, only ever
-    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 (CPU only) the
-    /// run-queue wait of its threads. None where the kernel cannot tell; the host's PSI stands
-    /// in then.
+    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 the run-queue
+    /// wait of its threads (CPU) and its major faults at 1 ms each (memory). None where the
+    /// kernel cannot tell; the host's PSI stands in then.
     fn stall_usec(
         &self,
         id: &ServerId,
@@ -399,6 +399,13 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     fn class_stats(&self, class: CgroupClass) -> Result<Option<ClassStats>, CgroupError> {
         let _ = class;
         Ok(None)
+    }
+    /// How often the server's memory reached its own hard limit so far (v1 `memory.failcnt`,
+    /// v2 `memory.events` `max`): its memory stall in a window where this grew is its own
+    /// doing. 0 where unknown.
+    fn memory_limit_hits(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        let _ = id;
+        Ok(0)
     }
     /// Where each normal server's own stall is read from, for the inventory:
     /// `stall:cgroup-psi-cpu`, `stall:cgroup-psi-memory` (v2 per-cgroup PSI),

@@ -56,7 +56,7 @@ pub(super) fn squeezed(asked: PerfFactor, squeeze: Option<PerfFactor>) -> PerfFa
 /// backfill server's own reclaim under its squeeze stalls too, and must not squeeze it further.
 pub const LOW_MEMORY_PERCENT: u64 = 10;
 
-fn host_low_on_memory() -> bool {
+pub(super) fn host_low_on_memory() -> bool {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
         return false;
     };
