@@ -18,6 +18,7 @@ mod hierarchy;
 mod memory;
 mod move_class;
 mod stall;
+mod write;
 
 pub use claim::ParentClaim;
 pub use class_stats::ClassStats;
