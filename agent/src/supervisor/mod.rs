@@ -272,7 +272,8 @@ impl Supervisor {
                         e.acknowledged = false; // the termination was called off
                     }
                     e.termination = d.termination;
-                    let class_changed = e.guest.as_ref().is_some_and(|g| g.class != d.guest.class);
+                    let was = e.guest.as_ref().map(|g| g.class);
+                    let class_changed = was.is_some_and(|c| c != d.guest.class);
                     e.guest = Some(d.guest.clone());
                     if d.shutdown.is_some() && e.shutdown.is_none() {
                         tracing::info!(server = %id, until = d.shutdown, "graceful shutdown: asking the workload to stop");
@@ -297,6 +298,12 @@ impl Supervisor {
                             }
                             Err(err) => {
                                 self.cgroup_errors.inc();
+                                // Tried again at the next apply.
+                                if let (Some(c), Some(e)) = (was, self.entries.get_mut(&id))
+                                    && let Some(g) = e.guest.as_mut()
+                                {
+                                    g.class = c;
+                                }
                                 tracing::warn!(server = %id, error = %err, "cannot change limits")
                             }
                         }

@@ -745,6 +745,15 @@ fn a_class_change_relimits_the_running_workload_in_place() {
     cg.take_calls();
     let mut d = desired(2, &[(id, 1.0)]);
     d.servers[0].guest.class = backfill_shared::ServerClass::Normal;
+    // A failed move is tried again at the next apply.
+    cg.fail_next("set_limits");
+    s.apply(&d);
+    assert_eq!(
+        cg.limits(&id).unwrap().cpu_weight,
+        crate::cgroups::CpuWeight::Idle
+    );
+    cg.take_calls();
+    d.generation = 3;
     s.apply(&d);
     let calls = cg.take_calls();
     assert!(
@@ -761,5 +770,5 @@ fn a_class_change_relimits_the_running_workload_in_place() {
         "no restart: {calls:?}"
     );
     assert_eq!(s.report().servers[0].state, WorkloadState::Running);
-    s.apply(&desired(3, &[]));
+    s.apply(&desired(4, &[]));
 }
