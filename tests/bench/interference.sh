@@ -58,7 +58,7 @@ phase() { # NAME BACKFILL_UUIDS...
 }
 
 host_idle_ns() { # the host's idle + iowait time so far, all CPUs (/proc/stat, USER_HZ = 100)
-    awk '/^cpu / {print ($5 + $6) * 10000000}' /proc/stat
+    awk '/^cpu / {printf "%.0f\n", ($5 + $6) * 10000000}' /proc/stat
 }
 
 echo "host: $CPUS cores at $MHZ MHz; $SECONDS_PER_PHASE s per phase; binaries: $BIN; load average $(cut -d' ' -f1-3 /proc/loadavg)"
