@@ -11,6 +11,8 @@ command -v cargo-generate-rpm >/dev/null 2>&1 || cargo install cargo-generate-rp
 # drivers); `cargo run -p backfill-coordinator -- dev` keeps it (a default feature).
 cargo build --release --locked -p backfill-coordinator --no-default-features
 cargo build --release --locked -p backfill-agent
+# backfillctl, a crate of its own, ships in the backfill-coordinator packages.
+cargo build --release --locked -p backfill-ctl
 out=target/packages
 rm -rf "$out"
 mkdir -p "$out"

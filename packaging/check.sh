@@ -55,6 +55,10 @@ for pkg in coordinator agent; do
     lintian --fail-on error --suppress-tags statically-linked-binary "$deb"
 done
 stat -c '%a' "$conf" | grep -qx 600 || fail "agent.toml is not 0600"
+# backfillctl (crate backfill-ctl) ships with the coordinator.
+expect_deb "$(ls "$out"/backfill-coordinator_*.deb)" usr/bin/backfillctl "-rwxr-xr-x"
+grep -q " /usr/bin/backfillctl$" <<<"$(rpm -qlvp "$(ls "$out"/backfill-coordinator-*.rpm)")" \
+    || fail "coordinator rpm: no backfillctl"
 # The agent's drivers: QEMU and an OCI runtime are recommended, not required.
 agent_deb=$(ls "$out"/backfill-agent_*.deb)
 recommends=$(dpkg-deb -f "$agent_deb" Recommends)

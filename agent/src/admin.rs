@@ -116,6 +116,7 @@ pub struct AgentMetrics {
     squeezing: Gauge,
     cpu_throttled: Family<ServerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     server_stall: Family<ServerResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    kernel: crate::kernel_metrics::KernelMetrics,
 }
 
 impl Default for AgentMetrics {
@@ -145,6 +146,7 @@ impl Default for AgentMetrics {
             squeezing: Gauge::default(),
             cpu_throttled: Family::default(),
             server_stall: Family::default(),
+            kernel: crate::kernel_metrics::KernelMetrics::default(),
         };
         registry.register(
             "cgroup_errors",
@@ -253,9 +255,10 @@ impl Default for AgentMetrics {
         );
         registry.register(
             "server_stall_seconds",
-            "A normal server's own stall so far (cgroup v2 PSI some total; v1 CPU: its threads' run-queue wait), by server and resource, where the kernel tells",
+            "A running server's own stall so far (cgroup v2 PSI some total; v1 CPU: its threads' run-queue wait), by server and resource, where the kernel tells",
             m.server_stall.clone(),
         );
+        m.kernel.register(&mut registry);
         AgentMetrics { registry, ..m }
     }
 }
@@ -287,6 +290,11 @@ impl AgentMetrics {
         }
     }
 
+    /// The kernel mechanisms this agent protects normal servers with (as in its inventory).
+    pub fn set_mechanisms(&self, mechanisms: &[String]) {
+        self.kernel.set_mechanisms(mechanisms);
+    }
+
     /// Refreshes the per-workload and GPU gauges from the supervisor and encodes everything.
     pub fn text(&self, supervisor: &Supervisor) -> String {
         self.set_gpus(&supervisor.gpu_scan());
@@ -296,7 +304,7 @@ impl AgentMetrics {
         self.mem_limit.clear();
         self.cpu_throttled.clear();
         self.server_stall.clear();
-        for (id, r, usec) in supervisor.stalls() {
+        for (id, r, usec) in supervisor.server_stalls() {
             self.server_stall
                 .get_or_create(&ServerResourceLabel {
                     server: id.to_string(),
@@ -318,6 +326,7 @@ impl AgentMetrics {
                 })
                 .set(throttled_usec as f64 / 1e6);
         }
+        let mut in_force = Vec::new();
         for (id, state, limits) in supervisor.gauges() {
             self.workloads
                 .get_or_create(&StateLabel {
@@ -335,14 +344,13 @@ impl AgentMetrics {
                     .mem_limit_bytes
                     .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
                 self.cpu_quota.get_or_create(&server).set(q);
-                let w = match l.cpu_weight {
-                    crate::cgroups::CpuWeight::Idle => 0,
-                    crate::cgroups::CpuWeight::Weight(w) => i64::try_from(w).unwrap_or(i64::MAX),
-                };
+                let w = crate::kernel_metrics::weight_value(l.cpu_weight);
                 self.cpu_weight.get_or_create(&server).set(w);
                 self.mem_limit.get_or_create(&server).set(m);
+                in_force.push((server.server, l));
             }
         }
+        self.kernel.refresh(supervisor.class_stats(), &in_force);
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "cannot encode metrics");

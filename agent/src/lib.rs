@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod driver;
 pub mod drives;
 pub mod http_conn;
+pub mod kernel_metrics;
 pub mod link;
 pub mod metadata;
 pub mod network;

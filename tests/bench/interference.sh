@@ -12,7 +12,9 @@
 # The backfill servers share what the normal ones leave: (N x M - M - 100) MHz.
 # Prints each phase's figures, the throughput ratio (with backfill / alone), the p99s, and the
 # share of the cycles the normal servers left idle that backfill used (from the cgroups'
-# cpuacct). BIN_DIR may hold binaries of another commit, for a before/after comparison (build
+# cpuacct), both against an otherwise empty host (all cores less the normal servers') and
+# against what the host really left (backfill's time plus the host's idle time in /proc/stat:
+# the fair figure on a host that runs other things too). BIN_DIR may hold binaries of another commit, for a before/after comparison (build
 # them with `cargo build --release -p backfill-coordinator -p backfill-agent -p backfill-tests`).
 set -euo pipefail
 SECONDS_PER_PHASE=${1:-20}
@@ -44,16 +46,22 @@ phase() { # NAME BACKFILL_UUIDS...
     # Backfill's CPU over the measured window: while "work" runs (it runs SECONDS exactly).
     local t0; t0=$(date +%s%N)
     for b in "$@"; do before=$((before + $(cpuacct "$b"))); done
+    local idle0; idle0=$(host_idle_ns)
     sleep "$((SECONDS_PER_PHASE - 1))"
+    local idle1; idle1=$(host_idle_ns)
     for b in "$@"; do after=$((after + $(cpuacct "$b"))); done
     local t1; t1=$(date +%s%N)
     wait_status servers "$WORKER" stopped
     wait_status servers "$TICKER" stopped
     for b in "$@"; do stop bservers "$b"; done
-    echo "$name $(result "$WORKER") $(result "$TICKER") backfill_cpu_ns=$((after - before)) wall_ns=$((t1 - t0))"
+    echo "$name $(result "$WORKER") $(result "$TICKER") backfill_cpu_ns=$((after - before)) wall_ns=$((t1 - t0)) host_idle_ns=$((idle1 - idle0))"
 }
 
-echo "host: $CPUS cores at $MHZ MHz; $SECONDS_PER_PHASE s per phase; binaries: $BIN"
+host_idle_ns() { # the host's idle + iowait time so far, all CPUs (/proc/stat, USER_HZ = 100)
+    awk '/^cpu / {printf "%.0f\n", ($5 + $6) * 10000000}' /proc/stat
+}
+
+echo "host: $CPUS cores at $MHZ MHz; $SECONDS_PER_PHASE s per phase; binaries: $BIN; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 ALONE=$(phase alone)
 echo "$ALONE"
 CPU=$(phase cpu "${BURNERS[@]}")
@@ -68,9 +76,9 @@ def parse(line):
     work = next(d for d in docs if d["mode"] == "work")
     tick = next(d for d in docs if d["mode"] == "tick")
     kv = dict(re.findall(r'(\w+)=(\d+)', line))
-    return work, tick, int(kv["backfill_cpu_ns"]), int(kv["wall_ns"])
+    return work, tick, int(kv["backfill_cpu_ns"]), int(kv["wall_ns"]), int(kv["host_idle_ns"])
 alone, cpu, mem = (parse(l) for l in sys.argv[2:5])
-for name, (w, t, bf, wall) in (("cpu", cpu), ("memory", mem)):
+for name, (w, t, bf, wall, left) in (("cpu", cpu), ("memory", mem)):
     ratio = w["units_per_s"] / alone[0]["units_per_s"]
     # Cycles the normal servers leave idle: all cores less the one "work" keeps busy (its
     # throughput share of a core) and the ticker's small share.
@@ -78,5 +86,6 @@ for name, (w, t, bf, wall) in (("cpu", cpu), ("memory", mem)):
     idle_ns = max((cpus - normal_cores) * wall, 1)
     print(f"{name}: normal throughput {ratio:.3f} of alone; tick p99 {t['p99_us']} us "
           f"(alone {alone[1]['p99_us']} us); backfill used {bf / idle_ns:.2f} of the idle cycles "
-          f"({bf / wall:.2f} cores)")
+          f"({bf / wall:.2f} cores); of the cycles nothing else on the host wanted "
+          f"(backfill's + the host's idle time) backfill used {bf / max(bf + left, 1):.2f}")
 PY

@@ -1,7 +1,9 @@
 # Shared by the benchmarks in this directory (sourced, not run): a throwaway CA, a coordinator
 # and an agent on loopback with real cgroups under a parent of their own, and helpers to make,
 # start and stop servers through the API. Expects ROOT and BIN; AGENT_TOP and AGENT_TABLES are
-# added to the agent's configuration (top-level keys, then tables).
+# added to the agent's configuration (top-level keys, then tables). BENCH_OLD_CONFIG=1 leaves
+# out the keys binaries from before the drivers' settings refuse (agent `exec_driver`,
+# coordinator `[drivers]`: they ran exec workloads without being asked), for comparisons.
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
 install -m 755 "$BIN/bf-load" "$WORK/bf-load"
@@ -12,6 +14,10 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+COORD_DRIVERS=$'[drivers]\nexec = "everyone"'
+AGENT_EXEC='exec_driver = true'
+if [ -n "${BENCH_OLD_CONFIG:-}" ]; then COORD_DRIVERS=''; AGENT_EXEC=''; fi
 
 P="$WORK/pki"
 "$BIN/backfill-coordinator" pki init --dir "$P" >/dev/null 2>&1
@@ -25,8 +31,7 @@ link_addr = "127.0.0.1:0"
 admin_addr = "127.0.0.1:0"
 database = "$WORK/db.sqlite"
 backfill_accounts = ["bench"]
-[drivers]
-exec = "everyone"
+${COORD_DRIVERS}
 [tls]
 ca = "$P/ca.pem"
 cert = "$P/coordinator.pem"
@@ -54,7 +59,7 @@ run_as = "nobody"
 default_command = ["sleep", "600"]
 stop_workloads_on_exit = true
 report_interval_secs = 1
-exec_driver = true
+${AGENT_EXEC}
 ${AGENT_TOP:-}
 [tls]
 ca = "$P/ca.pem"

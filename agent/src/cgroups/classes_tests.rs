@@ -560,3 +560,124 @@ fn real_kernel_stall_of_a_crowded_server() {
         started.elapsed()
     );
 }
+
+/// A running server whose class changes moves to the other class parent with its processes,
+/// on fake v1 and v2 trees; the class parents' weights follow.
+#[test]
+fn a_class_change_moves_the_cgroup_with_its_processes() {
+    for v2 in [false, true] {
+        let t = if v2 { v2_tree() } else { v1_tree() };
+        let root = fs::canonicalize(t.path()).unwrap();
+        let cg = if v2 {
+            FsCgroups::v2_at(&root, "backfill").unwrap()
+        } else {
+            FsCgroups::v1_at(&root, "backfill").unwrap()
+        };
+        let id = ServerId::from_u128(7);
+        cg.create(&id, &limits(ServerClass::Spot, 2000, 64 * MIB))
+            .unwrap();
+        for procs in cg.join_files(&id).unwrap() {
+            fs::write(procs, "4242\n").unwrap();
+        }
+        let cpu = cg.hier_dir(Ctl::Cpu).unwrap().join("backfill");
+        let weight = if v2 { "cpu.weight" } else { "cpu.shares" };
+        assert!(cpu.join("idle").join(id.to_string()).is_dir());
+
+        cg.set_limits(&id, &limits(ServerClass::Normal, 3000, 64 * MIB))
+            .unwrap();
+        let here = cpu.join("normal").join(id.to_string());
+        assert!(here.is_dir(), "v2 {v2}");
+        assert!(!cpu.join("idle").join(id.to_string()).exists(), "v2 {v2}");
+        assert_eq!(cg.procs(&id).unwrap(), vec![4242], "v2 {v2}");
+        if v2 {
+            assert_eq!(read(&here.join("cpu.idle")), "0");
+        }
+        let (server_w, class_w) = if v2 { ("150", "150") } else { ("1536", "1536") };
+        assert_eq!(read(&here.join(weight)), server_w, "v2 {v2}");
+        assert_eq!(read(&cpu.join("normal").join(weight)), class_w, "v2 {v2}");
+        assert_eq!(
+            cg.read_limits(&id).unwrap().cpu_weight,
+            CpuWeight::Weight(150)
+        );
+
+        // And back: the normal class parent is left empty, at the kernel's default.
+        cg.set_limits(&id, &limits(ServerClass::Backfill, 2000, 64 * MIB))
+            .unwrap();
+        assert!(cpu.join("idle").join(id.to_string()).is_dir());
+        assert!(!here.exists());
+        assert_eq!(cg.procs(&id).unwrap(), vec![4242]);
+        assert_eq!(cg.read_limits(&id).unwrap().cpu_weight, CpuWeight::Idle);
+        let default = if v2 { "100" } else { "1024" };
+        assert_eq!(read(&cpu.join("normal").join(weight)), default, "v2 {v2}");
+    }
+}
+
+/// The real kernel, as root: a running backfill workload made normal moves to `normal/` and
+/// keeps running (the same process), and back.
+#[test]
+fn real_kernel_class_change_keeps_the_workload_running() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: not running as root");
+        return;
+    }
+    let parent = format!("backfill-movetest-{}", std::process::id());
+    let cg = match FsCgroups::detect(&parent) {
+        Ok(c) if !c.is_simulated() => c,
+        Ok(c) => {
+            eprintln!("skipping: {} is not a cgroup filesystem", c.describe());
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    struct Cleanup<'a>(&'a FsCgroups, ServerId, Option<std::process::Child>);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.2 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = self.0.kill_all(&self.1);
+            let _ = self.0.remove(&self.1);
+            let _ = self.0.remove_parent();
+        }
+    }
+    let id = ServerId::new_random();
+    let mut guard = Cleanup(&cg, id, None);
+    cg.create(&id, &limits(ServerClass::Backfill, 2000, 64 * MIB))
+        .unwrap();
+    let join = cg.join_files(&id).unwrap();
+    let child = spawn_joined(&join, "sleep 30 & sleep 30; wait");
+    let pid = child.id();
+    guard.2 = Some(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cg.procs(&id).unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = cg.procs(&id).unwrap();
+    assert!(before.contains(&pid), "{before:?}");
+    for (class, to) in [
+        (ServerClass::Normal, "normal"),
+        (ServerClass::Backfill, "idle"),
+    ] {
+        cg.set_limits(&id, &limits(class, 2000, 64 * MIB)).unwrap();
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let rel = format!("/{parent}/{to}/{id}");
+        assert_eq!(
+            own.lines().filter(|l| l.ends_with(&rel)).count(),
+            join.len(),
+            "{own}"
+        );
+        assert_eq!(cg.procs(&id).unwrap(), before, "every process moved");
+        assert_eq!(
+            cg.relative_path(&id).unwrap(),
+            format!("/{parent}/{to}/{id}")
+        );
+    }
+    // Still the same, running workload.
+    assert!(guard.2.as_mut().unwrap().try_wait().unwrap().is_none());
+    eprintln!("real class change ran on {}", cg.describe());
+}

@@ -14,20 +14,19 @@
 
 use super::CgroupClass;
 use super::files::{
-    enable_controllers, read_err, read_procs, read_string, read_v1_limits, read_v1_usage,
-    read_v2_limits, read_v2_usage, remove_files, sigkill, simulate_mkdir, write_cpu_weight,
-    write_file,
+    read_err, read_procs, read_string, read_v1_limits, read_v1_usage, read_v2_limits,
+    read_v2_usage, remove_files, sigkill, write_file,
 };
 use super::hierarchy::{
     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, Ctl, Layout, RootedHierarchy, V1Mount, fs_magic,
     v1_mounts,
 };
-use super::memory::{read_oom_kills, write_memory};
+use super::memory::read_oom_kills;
 use super::{CgroupError, CgroupLimits, CgroupManager, DeviceControl, DeviceRule, validate_parent};
 use backfill_shared::ServerId;
 use backfill_shared::protocol::ServerUsage;
 use cgroups_rs::fs::hierarchies;
-use cgroups_rs::fs::{Cgroup, Controller, Hierarchy, Subsystem};
+use cgroups_rs::fs::{Cgroup, Hierarchy};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -237,69 +236,12 @@ impl FsCgroups {
         }
     }
 
-    fn cgroup(&self, id: &ServerId) -> Cgroup {
+    /// The cgroup at `rel` below the parent (`normal/<uuid>` ...).
+    pub(super) fn cgroup_at(&self, rel: &str) -> Cgroup {
         Cgroup::load(
             Box::new(self.hier.clone()),
-            format!("{}/{}", self.parent, self.place(id)),
+            format!("{}/{rel}", self.parent),
         )
-    }
-
-    /// mkdir, keeping an existing directory; on a simulated tree, adds the control files.
-    fn mkdir(&self, dir: &Path, ctls: Option<&[Ctl]>) -> Result<(), CgroupError> {
-        match std::fs::create_dir(dir) {
-            Ok(()) if self.simulated => simulate_mkdir(dir, ctls),
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-            Err(e) => Err(CgroupError::CreateDir {
-                path: dir.to_path_buf(),
-                source: e,
-            }),
-        }
-    }
-
-    fn write_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        limits.validate()?;
-        let to_i64 = |v: Option<u64>| match v {
-            None => Ok(-1),
-            Some(v) => i64::try_from(v).map_err(|_| CgroupError::BadLimits {
-                limits: *limits,
-                why: "a value does not fit the kernel's 64-bit signed range",
-            }),
-        };
-        let quota = to_i64(limits.cpu_quota_us)?;
-        let period = limits.cpu_period_us;
-        let v2 = self.is_v2();
-        let control = |dir: &Path, file: &str, data: String| {
-            let path = dir.join(file);
-            move |source| CgroupError::Control { path, data, source }
-        };
-        let cg = self.cgroup(id);
-        for sub in cg.subsystems() {
-            match sub {
-                Subsystem::Cpu(c) if v2 => {
-                    let q = limits.cpu_quota_us.map_or("max".into(), |q| q.to_string());
-                    c.set_cfs_quota_and_period(Some(quota), Some(period))
-                        .map_err(control(c.path(), "cpu.max", format!("{q} {period}")))?;
-                    write_cpu_weight(c.path(), true, limits.cpu_weight)?;
-                }
-                Subsystem::Cpu(c) => {
-                    c.set_cfs_period(period).map_err(control(
-                        c.path(),
-                        "cpu.cfs_period_us",
-                        period.to_string(),
-                    ))?;
-                    c.set_cfs_quota(quota).map_err(control(
-                        c.path(),
-                        "cpu.cfs_quota_us",
-                        quota.to_string(),
-                    ))?;
-                    write_cpu_weight(c.path(), false, limits.cpu_weight)?;
-                }
-                Subsystem::Mem(m) => write_memory(m.path(), v2, limits)?,
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     fn wait_empty(&self, id: &ServerId, timeout: Duration) -> Result<bool, CgroupError> {
@@ -319,6 +261,14 @@ impl FsCgroups {
 impl CgroupManager for FsCgroups {
     fn mechanisms(&self) -> Vec<String> {
         self.offered()
+    }
+
+    fn stall_sources(&self) -> Vec<String> {
+        self.stall_sources_here()
+    }
+
+    fn memory_limit_hits(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        self.limit_hits_of(id)
     }
 
     fn relative_path(&self, id: &ServerId) -> Option<String> {
@@ -358,43 +308,28 @@ impl CgroupManager for FsCgroups {
         let rel = self
             .locate(id)
             .unwrap_or_else(|| format!("{}/{id}", class.dir_name()));
-        let class_dir = self.parent_dirs().first().map(|p| p.join(class.dir_name()));
-        let new_class = class_dir.is_some_and(|d| !d.is_dir());
-        let comps: Vec<&str> = self.parent.split('/').chain(rel.split('/')).collect();
-        match &self.hier.0 {
-            Layout::V1 { mounts, .. } => {
-                for m in mounts {
-                    let mut dir = m.dir.clone();
-                    for comp in &comps {
-                        dir.push(comp);
-                        self.mkdir(&dir, Some(&m.ctls))?;
-                    }
-                }
-            }
-            Layout::V2 { root } => {
-                enable_controllers(root, self.simulated)?;
-                let mut dir = root.clone();
-                let (leaf, above) = comps.split_last().unwrap_or((&"", &[]));
-                for comp in above {
-                    dir.push(comp);
-                    self.mkdir(&dir, None)?;
-                    enable_controllers(&dir, self.simulated)?;
-                }
-                dir.push(leaf);
-                self.mkdir(&dir, None)?;
-            }
-        }
-        if new_class {
-            self.init_class(class)?;
-        }
-        self.write_limits(id, limits)?;
+        self.make(&rel, class)?;
+        self.write_limits_at(&rel, limits)?;
         self.refresh_after(id)
     }
 
     fn set_limits(&self, id: &ServerId, limits: &CgroupLimits) -> Result<(), CgroupError> {
         limits.validate()?;
         self.existing_dir(id)?;
-        self.write_limits(id, limits)?;
+        let rel = self.place(id);
+        let to = CgroupClass::of(limits);
+        let moved = match rel.split_once('/') {
+            Some((from, _)) if from != to.dir_name() => {
+                self.move_class(id, &rel, to, limits)?;
+                true
+            }
+            _ => false,
+        };
+        if moved {
+            // Into or out of normal/: its sums change either way.
+            return self.refresh_normal();
+        }
+        self.write_limits_at(&rel, limits)?;
         self.refresh_after(id)
     }
 
@@ -452,6 +387,10 @@ impl CgroupManager for FsCgroups {
         self.stall_of(id, r)
     }
 
+    fn class_stats(&self, class: CgroupClass) -> Result<Option<super::ClassStats>, CgroupError> {
+        self.class_stats_of(class)
+    }
+
     fn oom_kills(&self, id: &ServerId) -> Result<u64, CgroupError> {
         let dir = self.ctl_dir(id, Ctl::Memory);
         dir.map_or(Ok(0), |d| read_oom_kills(&d, self.is_v2()))
@@ -474,7 +413,7 @@ impl CgroupManager for FsCgroups {
         }
         let kill_file = main.join("cgroup.kill");
         if self.is_v2() && kill_file.is_file() {
-            self.cgroup(id)
+            self.cgroup_at(&self.place(id))
                 .kill()
                 .map_err(|source| CgroupError::Control {
                     path: kill_file,
@@ -523,7 +462,7 @@ impl CgroupManager for FsCgroups {
         let normal = self
             .locate(id)
             .is_some_and(|rel| rel.starts_with(CgroupClass::Normal.dir_name()));
-        let cg = self.cgroup(id);
+        let cg = self.cgroup_at(&self.place(id));
         for sub in cg.subsystems() {
             let c = sub.to_controller();
             c.delete().map_err(|source| CgroupError::RemoveCgroup {

@@ -293,11 +293,18 @@ fn v2_lifecycle_on_a_fake_tree() {
     assert_eq!(read(&leaf.join("memory.max")), "134217728");
     assert_eq!(cg.read_limits(&id).unwrap(), half);
 
+    // A kernel without cpu.idle (before 5.15) keeps the idle class at weight 1.
+    fs::remove_file(leaf.join("cpu.idle")).unwrap();
+    cg.set_limits(&id, &half).unwrap();
+    assert_eq!(read(&leaf.join("cpu.weight")), "1");
+    assert_eq!(cg.read_limits(&id).unwrap().cpu_weight, CpuWeight::Idle);
+
+    // Out of the idle class: the cgroup moves to normal/ (see classes_tests for the move).
     cg.set_limits(&id, &CgroupLimits::UNLIMITED).unwrap();
+    assert!(!leaf.exists());
+    let leaf = root.join("backfill/normal").join(id.to_string());
     assert_eq!(read(&leaf.join("cpu.max")), "max 100000");
     assert_eq!(read(&leaf.join("memory.max")), "max");
-    // Leaving the idle class clears cpu.idle before the weight (the kernel refuses a weight
-    // for an idle group).
     assert_eq!(read(&leaf.join("cpu.idle")), "0");
     assert_eq!(read(&leaf.join("cpu.weight")), "100");
     assert_eq!(cg.read_limits(&id).unwrap(), CgroupLimits::UNLIMITED);
@@ -313,11 +320,12 @@ fn v2_lifecycle_on_a_fake_tree() {
     assert_eq!(read(&leaf.join("cpu.max")), "5000 10000");
     assert_eq!(read(&leaf.join("cpu.weight")), "250");
     assert_eq!(cg.read_limits(&id).unwrap(), other_period);
-    // A kernel without cpu.idle (before 5.15) keeps the idle class at weight 1.
-    fs::remove_file(leaf.join("cpu.idle")).unwrap();
-    cg.set_limits(&id, &half).unwrap();
-    assert_eq!(read(&leaf.join("cpu.weight")), "1");
-    assert_eq!(cg.read_limits(&id).unwrap().cpu_weight, CpuWeight::Idle);
+    // Leaving the idle class in place (a cgroup from before class parents, written to where
+    // it is) clears cpu.idle before the weight (the kernel refuses a weight for an idle group).
+    write(&leaf.join("cpu.idle"), "1\n");
+    cg.set_limits(&id, &other_period).unwrap();
+    assert_eq!(read(&leaf.join("cpu.idle")), "0");
+    assert_eq!(read(&leaf.join("cpu.weight")), "250");
 
     assert_eq!(cg.join_files(&id).unwrap(), vec![leaf.join("cgroup.procs")]);
     assert_eq!(cg.list().unwrap(), vec![id]);
@@ -674,8 +682,16 @@ fn real_kernel_lifecycle() {
     let normal = limits_for(&sold, PerfFactor::FULL, ServerClass::Normal, &host);
     assert_eq!(normal.cpu_quota_us, Some(150_000));
     cg.set_limits(&id, &normal).unwrap();
+    // Made normal, the server moved to normal/ (and moves back below).
+    let moved = cpu
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("normal")
+        .join(id.to_string());
     let expected = if cg.is_v2() { "150" } else { "1536" };
-    assert_eq!(read(&cpu.join(weight_file)), expected);
+    assert_eq!(read(&moved.join(weight_file)), expected);
+    assert!(!cpu.exists());
     // v2 protects all of a normal server's memory (memory.min); v1 has no such file.
     let shown_normal = if cg.is_v2() {
         normal
@@ -981,6 +997,7 @@ fn a_squeeze_on_v2_starts_at_memory_high_and_the_hard_limit_follows_usage_down()
         &CpuPolicy::default(),
     );
     cg.set_limits(&id, &normal).unwrap();
+    let leaf = root.join("backfill/normal").join(id.to_string());
     assert_eq!(read(&leaf.join("memory.min")), (512 * MIB).to_string());
     assert_eq!(read(&leaf.join("memory.high")), "max");
     assert_eq!(cg.read_limits(&id).unwrap(), normal);

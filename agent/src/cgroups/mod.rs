@@ -8,6 +8,7 @@
 //! - [`RecordingCgroups`]: an in-memory fake for unit tests, which records what was applied.
 
 mod claim;
+mod class_stats;
 mod classes;
 mod devices;
 mod fake;
@@ -15,9 +16,12 @@ mod files;
 mod fs;
 mod hierarchy;
 mod memory;
+mod move_class;
 mod stall;
+mod write;
 
 pub use claim::ParentClaim;
+pub use class_stats::ClassStats;
 pub use classes::{CgroupClass, V1_MAX_SHARES};
 pub use devices::{
     DeviceRule, NVIDIA_CTL_MINOR, NVIDIA_MAJOR, NVIDIA_MODESET_MINOR, nvidia_rules, uvm_majors,
@@ -380,9 +384,9 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
     /// How long the server's own tasks have stalled for `r` so far (microseconds, only ever
-    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 (CPU only) the
-    /// run-queue wait of its threads. None where the kernel cannot tell; the host's PSI stands
-    /// in then.
+    /// growing while its threads live): cgroup v2's per-cgroup PSI, or on v1 the run-queue
+    /// wait of its threads (CPU) and its major faults at 1 ms each (memory). None where the
+    /// kernel cannot tell; the host's PSI stands in then.
     fn stall_usec(
         &self,
         id: &ServerId,
@@ -390,6 +394,26 @@ pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<u64>, CgroupError> {
         let _ = (id, r);
         Ok(None)
+    }
+    /// A class parent's quota, weight, CPU used and throttled, and stall (for the metrics).
+    /// None where there are no class parents or this one does not exist (yet).
+    fn class_stats(&self, class: CgroupClass) -> Result<Option<ClassStats>, CgroupError> {
+        let _ = class;
+        Ok(None)
+    }
+    /// How often the server's memory reached its own hard limit so far (v1 `memory.failcnt`,
+    /// v2 `memory.events` `max`): its memory stall in a window where this grew is its own
+    /// doing. 0 where unknown.
+    fn memory_limit_hits(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        let _ = id;
+        Ok(0)
+    }
+    /// Where each normal server's own stall is read from, for the inventory:
+    /// `stall:cgroup-psi-cpu`, `stall:cgroup-psi-memory` (v2 per-cgroup PSI),
+    /// `stall:v1-schedstat-cpu` (v1: its threads' run-queue wait), `stall:v1-memory` (v1:
+    /// its memory events). Empty where none can be read.
+    fn stall_sources(&self) -> Vec<String> {
+        Vec::new()
     }
     /// SIGKILLs every process in the cgroup (repeat until empty, bounded by a few rounds with
     /// short polls).

@@ -2,7 +2,10 @@
 //! that feel it: cgroup v2's per-cgroup PSI (the "some" total of `cpu.pressure` and
 //! `memory.pressure`, in microseconds); on v1, for the CPU, the run-queue wait of the cgroup's
 //! threads (the second field of `/proc/<tid>/schedstat`, in nanoseconds). v1 has no
-//! per-cgroup memory stall: the host's PSI stands in there.
+//! per-cgroup memory stall time: its major faults stand in ([`read_v1_memory`]).
+//!
+//! What a server did to itself is told apart by [`own_limit_hits`]: the times its memory
+//! reached its own limit (v1 `memory.failcnt`, v2 `memory.events` `max`).
 
 use super::CgroupError;
 use super::files::{read_err, read_optional};
@@ -20,6 +23,51 @@ pub(super) fn read_v2(dir: &Path, r: Resource) -> Result<Option<u64>, CgroupErro
             super::files::parse_err(&path, &text, "expected a \"some ... total=<us>\" line")
         }),
         None => Ok(None),
+    }
+}
+
+/// What one major fault (a page read back from disk or swap: reclaimed memory the server
+/// wanted again) is counted as on v1, where the kernel keeps no stall time per cgroup. A
+/// fault served from disk takes from about 0.1 to 10 ms; 1 ms makes the default
+/// `server_stall_ms` (10 ms within 100 ms) ten major faults.
+pub const V1_MAJFAULT_STALL_US: u64 = 1_000;
+
+/// v1, memory: the server's major faults (`memory.stat` `total_pgmajfault`, else
+/// `pgmajfault`) times [`V1_MAJFAULT_STALL_US`]; None without a `memory.stat`.
+pub(super) fn read_v1_memory(dir: &Path) -> Result<Option<u64>, CgroupError> {
+    let path = dir.join("memory.stat");
+    let Some(text) = read_optional(&path)? else {
+        return Ok(None);
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+    };
+    match field("total_pgmajfault").or_else(|| field("pgmajfault")) {
+        Some(v) => Ok(Some(
+            super::files::parse_u64(&path, v)?.saturating_mul(V1_MAJFAULT_STALL_US),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// How often a server's memory reached its own hard limit so far (v1 `memory.failcnt`, v2
+/// `memory.events` `max`): reclaim it caused itself, not backfill. 0 where unknown.
+pub(super) fn own_limit_hits(dir: &Path, v2: bool) -> Result<u64, CgroupError> {
+    if v2 {
+        let path = dir.join("memory.events");
+        let Some(text) = read_optional(&path)? else {
+            return Ok(0);
+        };
+        return match text.lines().find_map(|l| l.strip_prefix("max ")) {
+            Some(v) => super::files::parse_u64(&path, v),
+            None => Ok(0),
+        };
+    }
+    let path = dir.join("memory.failcnt");
+    match read_optional(&path)? {
+        Some(v) => super::files::parse_u64(&path, &v),
+        None => Ok(0),
     }
 }
 
@@ -60,6 +108,35 @@ pub(super) fn read_v1_cpu(dir: &Path, proc: &Path) -> Result<Option<u64>, Cgroup
 }
 
 impl FsCgroups {
+    /// [`super::CgroupManager::stall_sources`] for the kernel's cgroups.
+    pub(super) fn stall_sources_here(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let parent = |ctl| self.hier_dir(ctl).map(|d| d.join(&self.parent));
+        if self.is_v2() {
+            for (ctl, r) in [(Ctl::Cpu, "cpu"), (Ctl::Memory, "memory")] {
+                if parent(ctl).is_some_and(|d| d.join(format!("{r}.pressure")).is_file()) {
+                    out.push(format!("stall:cgroup-psi-{r}"));
+                }
+            }
+        } else {
+            if !self.simulated && Path::new("/proc/self/schedstat").is_file() {
+                out.push("stall:v1-schedstat-cpu".into());
+            }
+            if parent(Ctl::Memory).is_some_and(|d| d.join("memory.stat").is_file()) {
+                out.push("stall:v1-memory".into());
+            }
+        }
+        out
+    }
+
+    /// [`super::CgroupManager::memory_limit_hits`] for the kernel's cgroups.
+    pub(super) fn limit_hits_of(&self, id: &ServerId) -> Result<u64, CgroupError> {
+        match self.ctl_dir(id, Ctl::Memory).filter(|d| d.is_dir()) {
+            Some(dir) => own_limit_hits(&dir, self.is_v2()),
+            None => Ok(0),
+        }
+    }
+
     /// [`super::CgroupManager::stall_usec`] for the kernel's cgroups.
     pub(super) fn stall_of(
         &self,
@@ -77,7 +154,8 @@ impl FsCgroups {
         match (self.is_v2(), r) {
             (true, _) => read_v2(&dir, r),
             (false, Resource::Cpu) if !self.simulated => read_v1_cpu(&dir, Path::new("/proc")),
-            (false, _) => Ok(None),
+            (false, Resource::Cpu) => Ok(None),
+            (false, Resource::Memory) => read_v1_memory(&dir),
         }
     }
 }
@@ -126,6 +204,49 @@ mod tests {
         // 12 has ended since the list was read.
         fs::write(cg.join("tasks"), "10\n11\n12\n").unwrap();
         assert_eq!(read_v1_cpu(&cg, &proc).unwrap(), Some(5_500));
+    }
+
+    #[test]
+    fn stall_sources_name_what_the_tree_offers() {
+        use crate::cgroups::{CgroupLimits, CgroupManager};
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        fs::write(t.path().join("cgroup.subtree_control"), "\n").unwrap();
+        fs::write(t.path().join("cgroup.procs"), "1\n").unwrap();
+        let cg = FsCgroups::v2_at(t.path(), "agent").unwrap();
+        cg.create(&ServerId::from_u128(1), &CgroupLimits::UNLIMITED)
+            .unwrap();
+        assert!(cg.stall_sources().is_empty(), "no pressure files");
+        fs::write(t.path().join("agent/cpu.pressure"), "").unwrap();
+        assert_eq!(cg.stall_sources(), ["stall:cgroup-psi-cpu"]);
+        fs::write(t.path().join("agent/memory.pressure"), "").unwrap();
+        assert_eq!(
+            cg.stall_sources(),
+            ["stall:cgroup-psi-cpu", "stall:cgroup-psi-memory"]
+        );
+    }
+
+    #[test]
+    fn v1_memory_stall_is_counted_in_major_faults() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(read_v1_memory(t.path()).unwrap(), None);
+        fs::write(
+            t.path().join("memory.stat"),
+            "cache 0\npgmajfault 3\ntotal_pgmajfault_x 9\ntotal_pgmajfault 12\n",
+        )
+        .unwrap();
+        assert_eq!(read_v1_memory(t.path()).unwrap(), Some(12_000));
+        fs::write(t.path().join("memory.stat"), "pgmajfault 3\n").unwrap();
+        assert_eq!(read_v1_memory(t.path()).unwrap(), Some(3_000));
+        assert_eq!(own_limit_hits(t.path(), false).unwrap(), 0);
+        fs::write(t.path().join("memory.failcnt"), "5\n").unwrap();
+        assert_eq!(own_limit_hits(t.path(), false).unwrap(), 5);
+        fs::write(
+            t.path().join("memory.events"),
+            "low 0\nhigh 4\nmax 7\noom 0\noom_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(own_limit_hits(t.path(), true).unwrap(), 7);
     }
 
     /// The real kernel: this thread's own schedstat is there (CONFIG_SCHED_INFO).

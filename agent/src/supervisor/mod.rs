@@ -272,12 +272,15 @@ impl Supervisor {
                         e.acknowledged = false; // the termination was called off
                     }
                     e.termination = d.termination;
+                    let was = e.guest.as_ref().map(|g| g.class);
+                    let class_changed = was.is_some_and(|c| c != d.guest.class);
                     e.guest = Some(d.guest.clone());
                     if d.shutdown.is_some() && e.shutdown.is_none() {
                         tracing::info!(server = %id, until = d.shutdown, "graceful shutdown: asking the workload to stop");
                     }
                     e.shutdown = d.shutdown;
-                    if e.perf_factor != d.perf_factor || e.resources != d.resources {
+                    if e.perf_factor != d.perf_factor || e.resources != d.resources || class_changed
+                    {
                         let kind = e.driver;
                         let perf = pressure::squeezed(d.perf_factor, e.squeezed);
                         let limits = self.limits(&d.resources, perf, Some(&d.guest), kind);
@@ -289,9 +292,18 @@ impl Supervisor {
                                     e.resources = d.resources;
                                 }
                                 self.resize_guest_memory(&id, kind, &d.resources, perf);
+                                if class_changed {
+                                    self.reyield(&id, d.guest.class);
+                                }
                             }
                             Err(err) => {
                                 self.cgroup_errors.inc();
+                                // Tried again at the next apply.
+                                if let (Some(c), Some(e)) = (was, self.entries.get_mut(&id))
+                                    && let Some(g) = e.guest.as_mut()
+                                {
+                                    g.class = c;
+                                }
                                 tracing::warn!(server = %id, error = %err, "cannot change limits")
                             }
                         }
@@ -562,6 +574,7 @@ fn oom_reason(kills: u64, resources: &Resources, perf: PerfFactor) -> String {
 }
 
 mod adopt;
+mod class_change;
 mod gpus;
 mod guests;
 mod memory;

@@ -56,7 +56,7 @@ pub(super) fn squeezed(asked: PerfFactor, squeeze: Option<PerfFactor>) -> PerfFa
 /// backfill server's own reclaim under its squeeze stalls too, and must not squeeze it further.
 pub const LOW_MEMORY_PERCENT: u64 = 10;
 
-fn host_low_on_memory() -> bool {
+pub(super) fn host_low_on_memory() -> bool {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
         return false;
     };
@@ -239,6 +239,31 @@ impl Supervisor {
                 let u = self.cgroups.usage(id).ok()?;
                 Some((*id, u.cpu_throttled_usec))
             })
+            .collect()
+    }
+
+    /// Each running server's own stall so far (us), by resource, where the kernel tells (for
+    /// the metrics: backfill servers too, not only the normal servers the poller watches).
+    pub fn server_stalls(&self) -> Vec<(ServerId, crate::pressure::Resource, u64)> {
+        let mut out = Vec::new();
+        for (id, e) in &self.entries {
+            if !matches!(e.run, Run::Running { .. }) {
+                continue;
+            }
+            for r in crate::pressure::Resource::ALL {
+                if let Ok(Some(us)) = self.cgroups.stall_usec(id, r) {
+                    out.push((*id, r, us));
+                }
+            }
+        }
+        out
+    }
+
+    /// Each class parent's quota, weight, CPU used and throttled, and stall, where it exists.
+    pub fn class_stats(&self) -> Vec<(crate::cgroups::CgroupClass, crate::cgroups::ClassStats)> {
+        crate::cgroups::CgroupClass::ALL
+            .into_iter()
+            .filter_map(|c| Some((c, self.cgroups.class_stats(c).ok()??)))
             .collect()
     }
 

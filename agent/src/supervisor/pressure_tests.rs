@@ -234,3 +234,84 @@ fn a_normal_servers_own_stall_squeezes_backfill_at_the_next_poll() {
     assert!(s.stalls().iter().all(|(id, _, _)| *id == normal));
     s.stop_all();
 }
+
+/// cgroup v1 keeps no memory stall time per cgroup: a normal server's major faults stand in
+/// (1 ms each), on a fake v1 tree. Faults in a window where it reached its own memory limit
+/// (`memory.failcnt` grew) are its own doing. (The squeeze itself waits, as for every memory
+/// event, for the host to be short of memory.)
+#[test]
+fn v1_a_normal_servers_major_faults_squeeze_backfill() {
+    use std::fs;
+    let t = tempfile::tempdir().unwrap();
+    for (name, files) in [
+        (
+            "cpu",
+            &[
+                ("cpu.cfs_quota_us", "-1\n"),
+                ("cpu.cfs_period_us", "100000\n"),
+                ("cpu.shares", "1024\n"),
+            ][..],
+        ),
+        ("cpuacct", &[("cpuacct.usage", "0\n")][..]),
+        (
+            "memory",
+            &[
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.usage_in_bytes", "0\n"),
+            ][..],
+        ),
+    ] {
+        let d = t.path().join(name);
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("cgroup.procs"), "1\n").unwrap();
+        for (f, c) in files {
+            fs::write(d.join(f), c).unwrap();
+        }
+    }
+    let cg = crate::cgroups::FsCgroups::v1_at(t.path(), "agent").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Supervisor::new(
+        Box::new(cg),
+        dir.path(),
+        None,
+        vec!["sleep".into(), "30".into()],
+        Arc::new(ManualClock::new(1_000)),
+    )
+    .with_pressure_policy(0.1, 3600);
+    let (normal, backfill) = (ServerId::from_u128(1), ServerId::from_u128(2));
+    s.apply(&host(&[
+        (normal, ServerClass::Normal),
+        (backfill, ServerClass::Backfill),
+    ]));
+    let mem = t
+        .path()
+        .join("memory/agent/normal")
+        .join(normal.to_string());
+    let stat = |faults: u64| {
+        fs::write(
+            mem.join("memory.stat"),
+            format!("cache 0\npgmajfault {faults}\ntotal_pgmajfault {faults}\n"),
+        )
+        .unwrap();
+    };
+    stat(0);
+    let mut now = 1_000;
+    assert_eq!(s.poll_stall(now, POLICY), (vec![], false));
+    // Five major faults in a poll: 5 ms, under the 10 ms threshold.
+    stat(5);
+    now += 10;
+    assert_eq!(s.poll_stall(now, POLICY), (vec![], false));
+    // Twelve more: squeezed at that poll.
+    stat(17);
+    now += 10;
+    // Fired; squeezed where the host is short of memory (as for every memory event).
+    let low = super::pressure::host_low_on_memory();
+    assert_eq!(s.poll_stall(now, POLICY), (vec![Resource::Memory], low));
+    assert_eq!(s.squeezes(), (0, u64::from(low)));
+    // At its own limit (failcnt grew): its own doing, however many faults.
+    fs::write(mem.join("memory.failcnt"), "3\n").unwrap();
+    stat(100);
+    now += 10;
+    assert_eq!(s.poll_stall(now, POLICY), (vec![], false), "own limit");
+    s.stop_all();
+}

@@ -7,7 +7,9 @@
 //! resource no longer squeezes: the servers' own figures are the better witness.
 //!
 //! A normal server held back by its own CPU quota (its `cpu.stat` throttled time grew within
-//! the window) stalls by its own doing: its CPU stall is not held against backfill.
+//! the window) stalls by its own doing: its CPU stall is not held against backfill; nor is its
+//! memory stall in a window where its memory reached its own hard limit (v1
+//! `memory.failcnt`, v2 `memory.events` `max`).
 
 use super::{Entry, Run, Supervisor};
 use crate::pressure::Resource;
@@ -34,7 +36,7 @@ pub(super) struct StallWatch {
     pub latest: BTreeMap<(ServerId, Resource), u64>,
 }
 
-/// (ms, stall us, throttled us)
+/// (ms, stall us, own-doing counter: CPU throttled us, or memory limit hits)
 type Sample = (u64, u64, u64);
 
 pub(super) fn index(r: Resource) -> usize {
@@ -92,7 +94,7 @@ impl Supervisor {
                 watch.latest.insert((*id, r), total);
                 let throttled = match r {
                     Resource::Cpu => self.cgroups.usage(id).map_or(0, |u| u.cpu_throttled_usec),
-                    Resource::Memory => 0,
+                    Resource::Memory => self.cgroups.memory_limit_hits(id).unwrap_or(0),
                 };
                 let s = watch.samples.entry((*id, r)).or_default();
                 s.push_back((now_ms, total, throttled));

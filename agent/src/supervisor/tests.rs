@@ -730,3 +730,45 @@ fn a_refused_device_rule_fails_the_start() {
     }
     assert!(cg.list().unwrap().is_empty(), "its cgroup is removed");
 }
+
+#[test]
+fn a_class_change_relimits_the_running_workload_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let mut s = supervisor(dir.path(), cg.clone());
+    let id = ServerId::from_u128(21);
+    s.apply(&desired(1, &[(id, 1.0)]));
+    assert_eq!(
+        cg.limits(&id).unwrap().cpu_weight,
+        crate::cgroups::CpuWeight::Idle
+    );
+    cg.take_calls();
+    let mut d = desired(2, &[(id, 1.0)]);
+    d.servers[0].guest.class = backfill_shared::ServerClass::Normal;
+    // A failed move is tried again at the next apply.
+    cg.fail_next("set_limits");
+    s.apply(&d);
+    assert_eq!(
+        cg.limits(&id).unwrap().cpu_weight,
+        crate::cgroups::CpuWeight::Idle
+    );
+    cg.take_calls();
+    d.generation = 3;
+    s.apply(&d);
+    let calls = cg.take_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, Call::SetLimits(i, l) if *i == id
+            && matches!(l.cpu_weight, crate::cgroups::CpuWeight::Weight(_)))),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Create(..) | Call::Remove(..) | Call::KillAll(..))),
+        "no restart: {calls:?}"
+    );
+    assert_eq!(s.report().servers[0].state, WorkloadState::Running);
+    s.apply(&desired(4, &[]));
+}

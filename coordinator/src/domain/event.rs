@@ -177,19 +177,7 @@ impl Subscription {
 
 /// `X-Backfill-Signature`: `sha256=` and the hex HMAC-SHA256, keyed by the webhook's secret,
 /// of `<timestamp>.<body>`.
-pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let mut ctx = ring::hmac::Context::with_key(&key);
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    let tag = ctx.sign();
-    let mut out = String::from("sha256=");
-    for b in tag.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
+pub use backfill_api::webhooks::signature;
 
 /// A new signing secret: 32 random bytes, hex.
 pub fn new_secret() -> String {

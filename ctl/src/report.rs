@@ -4,34 +4,31 @@ use crate::api::Api;
 use crate::cli::UsageArgs;
 use crate::error::CtlError;
 use crate::output::Out;
-use crate::table::{Table, cell};
+use crate::table::Table;
 use crate::units::{format_bytes, format_duration};
-use serde_json::Value;
+use backfill_api::accounts::{UsageReport, UsageTotals};
+use backfill_api::status::{Capabilities, CoordinatorsStatus};
 
 pub async fn capabilities(api: &Api, out: Out) -> Result<(), CtlError> {
     let v = api.get(&["capabilities"], &[]).await?;
-    out.show(&v, capabilities_table)
+    out.show_as(&v, capabilities_table)
 }
 
-fn capabilities_table(v: &Value) -> String {
-    let backfilling = v["backfilling"].as_bool().unwrap_or(false);
-    let mut text = format!("backfilling: {backfilling}\n");
-    let free = &v["free_resources"];
-    if !free.is_object() {
-        if !backfilling {
+fn capabilities_table(v: &Capabilities) -> String {
+    let mut text = format!("backfilling: {}\n", v.backfilling);
+    let Some(free) = &v.free_resources else {
+        if !v.backfilling {
             text.push_str("(this account cannot run backfill servers; an admin can grant it)\n");
         }
         return text;
-    }
+    };
     let mut t = Table::new(&["FREE", "CPU (MHz)", "MEM"]);
-    for k in ["total", "most_free_by_cpu", "most_free_by_memory"] {
-        t.row(vec![
-            k.into(),
-            cell(&free[k]["cpu"]),
-            free[k]["mem"]
-                .as_u64()
-                .map_or_else(|| "-".into(), format_bytes),
-        ]);
+    for (k, c) in [
+        ("total", &free.total),
+        ("most_free_by_cpu", &free.most_free_by_cpu),
+        ("most_free_by_memory", &free.most_free_by_memory),
+    ] {
+        t.row(vec![k.into(), c.cpu.to_string(), format_bytes(c.mem)]);
     }
     text.push('\n');
     text.push_str(&t.render());
@@ -42,47 +39,43 @@ fn capabilities_table(v: &Value) -> String {
 /// has no such path: it is the only one and always leads.
 pub async fn status(api: &Api, out: Out) -> Result<(), CtlError> {
     match api.get(&["coordinators"], &[]).await {
-        Ok(v) => out.show(&v, status_table),
+        Ok(v) => out.show_as(&v, status_table),
         Err(CtlError::Api { code: 404, .. }) => out
             .say("one coordinator (SQLite): it always leads; several need PostgreSQL (docs/ha.md)"),
         Err(e) => Err(e),
     }
 }
 
-fn status_table(v: &Value) -> String {
-    let leader = v["leader"]["holder"].as_str();
+fn status_table(v: &CoordinatorsStatus) -> String {
+    let leader = v.leader.as_ref().map(|l| l.holder.as_str());
     let mut text = match leader {
-        Some(l) => format!(
-            "leader: {l} (epoch {})
-",
-            cell(&v["epoch"])
-        ),
-        None => format!(
-            "leader: none at the moment (last epoch {})
-",
-            cell(&v["epoch"])
-        ),
+        Some(l) => format!("leader: {l} (epoch {})\n", v.epoch),
+        None => format!("leader: none at the moment (last epoch {})\n", v.epoch),
+    };
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
     };
     text.push_str(&format!(
-        "answered by: {} ({})
-
-",
-        v["this"].as_str().unwrap_or("-"),
-        v["role"].as_str().unwrap_or("-")
+        "answered by: {} ({})\n\n",
+        or_dash(&v.this),
+        or_dash(&v.role)
     ));
     let mut t = Table::new(&["COORDINATOR", "ROLE", "API", "AGENT LINK"]);
-    for c in v["coordinators"].as_array().into_iter().flatten() {
-        let name = c["name"].as_str().unwrap_or("-");
+    for c in &v.coordinators {
         t.row(vec![
-            name.into(),
-            if Some(name) == leader {
+            or_dash(&c.name),
+            if Some(c.name.as_str()) == leader {
                 "leader"
             } else {
                 "follower"
             }
             .into(),
-            cell(&c["api_url"]),
-            cell(&c["link_addr"]),
+            or_dash(&c.api_url),
+            or_dash(&c.link_addr),
         ]);
     }
     text.push_str(&t.render());
@@ -101,54 +94,51 @@ pub async fn usage(api: &Api, out: Out, a: UsageArgs) -> Result<(), CtlError> {
         query.push(("account", acc));
     }
     let v = api.get(&["usage"], &query).await?;
-    out.show(&v, usage_table)
+    out.show_as(&v, usage_table)
 }
 
 /// MHz·s as GHz·h and byte·s as GiB·h, two decimals: for reading, not for billing (the API's
 /// `amount` is the decimal to bill).
 #[allow(clippy::cast_precision_loss)]
-fn per_hour(v: &Value, unit: f64) -> String {
-    match v.as_u64() {
-        Some(n) => format!("{:.2}", n as f64 / unit / 3600.0),
-        None => "-".into(),
-    }
+fn per_hour(n: u64, unit: f64) -> String {
+    format!("{:.2}", n as f64 / unit / 3600.0)
 }
 
-fn usage_row(first: [String; 4], u: &Value) -> Vec<String> {
+fn usage_row(first: [String; 4], u: &UsageTotals) -> Vec<String> {
     let mut row = first.to_vec();
     row.extend([
-        u["seconds"]
-            .as_u64()
-            .map_or_else(|| "-".into(), format_duration),
-        per_hour(&u["cpu_mhz_seconds"], 1000.0),
-        per_hour(&u["mem_byte_seconds"], f64::from(1u32 << 30)),
-        cell(&u["amount"]),
+        format_duration(u.seconds),
+        per_hour(u.cpu_mhz_seconds, 1000.0),
+        per_hour(u.mem_byte_seconds, f64::from(1u32 << 30)),
+        u.amount.clone(),
     ]);
     row
 }
 
-fn usage_table(v: &Value) -> String {
+fn usage_table(v: &UsageReport) -> String {
     let mut t = Table::new(&[
         "SERVER", "NAME", "ACCOUNT", "CLASS", "TIME", "GHz·h", "GiB·h", "AMOUNT",
     ]);
-    for u in v["objects"].as_array().into_iter().flatten() {
-        let first = ["server", "name", "account", "class"].map(|k| cell(&u[k]));
-        t.row(usage_row(first, u));
+    for u in &v.objects {
+        let first = [&u.server, &u.name, &u.account, &u.class].map(|s| s.clone());
+        let totals = UsageTotals {
+            seconds: u.seconds,
+            cpu_mhz_seconds: u.cpu_mhz_seconds,
+            mem_byte_seconds: u.mem_byte_seconds,
+            amount: u.amount.clone(),
+        };
+        t.row(usage_row(first, &totals));
     }
     let blank = || String::new();
     t.row(usage_row(
         ["TOTAL".into(), blank(), blank(), blank()],
-        &v["totals"],
+        &v.totals,
     ));
-    format!(
-        "usage from {} to {}\n\n{}",
-        cell(&v["start"]),
-        cell(&v["end"]),
-        t.render()
-    )
+    format!("usage from {} to {}\n\n{}", v.start, v.end, t.render())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -160,10 +150,10 @@ mod tests {
             "most_free_by_cpu": {"cpu": 4000, "mem": 4_294_967_296_u64},
             "most_free_by_memory": {"cpu": 4000, "mem": 4_294_967_296_u64},
         }});
-        let t = capabilities_table(&v);
+        let t = capabilities_table(&serde_json::from_value(v).unwrap());
         assert!(t.starts_with("backfilling: true\n\nFREE"), "{t}");
         assert!(t.contains("total                8000       8 GiB\n"), "{t}");
-        let no = capabilities_table(&json!({"backfilling": false}));
+        let no = capabilities_table(&Capabilities::default());
         assert!(no.contains("cannot run backfill servers"));
     }
 
@@ -177,7 +167,7 @@ mod tests {
             "totals": {"seconds": 3600, "cpu_mhz_seconds": 3_600_000,
                        "mem_byte_seconds": 3_865_470_566_400_u64, "amount": "0.0100"},
         });
-        let t = usage_table(&v);
+        let t = usage_table(&serde_json::from_value(v).unwrap());
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],

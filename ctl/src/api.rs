@@ -3,7 +3,9 @@
 
 use crate::config::{Settings, client_tls};
 use crate::error::{CtlError, api_hint, connect_hint};
+use backfill_api::common::ErrorBody;
 use reqwest::{Method, Url};
+use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -48,13 +50,35 @@ impl Api {
         self.call(Method::GET, segments, query, None).await
     }
 
-    /// Sends one request; a 2xx answer's JSON body (null when empty), or the API's error.
+    /// Sends one request without a body, or with a JSON one; a 2xx answer's JSON body (null
+    /// when empty), or the API's error.
     pub async fn call(
         &self,
         method: Method,
         segments: &[&str],
         query: &[(&str, &str)],
         body: Option<&Value>,
+    ) -> Result<Value, CtlError> {
+        self.request(method, segments, query, body).await
+    }
+
+    /// As [`Api::call`] with a body of the API's types (`backfill_api`).
+    pub async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: &B,
+    ) -> Result<Value, CtlError> {
+        self.request(method, segments, query, Some(body)).await
+    }
+
+    async fn request<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&B>,
     ) -> Result<Value, CtlError> {
         let url = self.url(segments, query);
         let mut req = self.http.request(method, url.clone());
@@ -112,28 +136,27 @@ fn describe(e: &reqwest::Error) -> String {
 
 /// The CloudSigma error list `[{"error_type","error_point","error_message"}]` as a [`CtlError`].
 pub fn api_error(status: reqwest::StatusCode, body: &[u8], rel_path: &str) -> CtlError {
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let first = parsed.as_ref().and_then(|v| match v {
-        Value::Array(list) => list.first(),
-        Value::Object(_) => Some(v),
-        _ => None,
-    });
-    let text = |k: &str| first.and_then(|o| o.get(k)).and_then(Value::as_str);
-    let message = text("error_message").map(str::to_owned).unwrap_or_else(|| {
-        let raw = String::from_utf8_lossy(body);
-        let raw = raw.trim();
-        if raw.is_empty() {
-            status.canonical_reason().unwrap_or("error").to_owned()
-        } else {
-            raw.chars().take(300).collect()
-        }
-    });
+    // Not every error comes from the API (a proxy's HTML page): then the body is the message.
+    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+    let first = parsed.as_ref().and_then(ErrorBody::first);
+    let message = first
+        .map(|e| e.error_message.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| {
+            let raw = String::from_utf8_lossy(body);
+            let raw = raw.trim();
+            if raw.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_owned()
+            } else {
+                raw.chars().take(300).collect()
+            }
+        });
     let code = status.as_u16();
     CtlError::Api {
         status: status.to_string(),
         code,
         hint: api_hint(code, rel_path, &message),
-        point: text("error_point").map(str::to_owned),
+        point: first.and_then(|e| e.error_point.clone()),
         message,
     }
 }

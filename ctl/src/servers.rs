@@ -3,11 +3,15 @@
 use crate::api::Api;
 use crate::cli::{ActionArgs, CreateArgs, EditFields, ServerCmd};
 use crate::error::CtlError;
-use crate::output::{Out, Spinner, note};
-use crate::table::{Table, cell, key_values};
+use crate::output::{Out, Spinner, note, typed};
+use crate::table::{Table, key_values};
 use crate::units::format_bytes;
+use backfill_api::ActionResult;
+use backfill_api::servers::{
+    CommandWorkload, CreatedServers, Server, ServerCreate, ServerDrive, ServerFields, ServerList,
+};
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,7 +31,7 @@ pub async fn run(
     match cmd {
         ServerCmd::List => {
             let v = api.get(&[coll, "detail"], &[("limit", "0")]).await?;
-            out.show(&v, list_table)
+            out.show_as(&v, list_table)
         }
         ServerCmd::Show { uuid } => {
             let v = api.get(&[coll, &uuid], &[]).await?;
@@ -49,9 +53,7 @@ pub async fn run(
         }
         ServerCmd::Edit(e) => {
             let body = edit_body(&e.fields);
-            let v = api
-                .call(Method::PUT, &[coll, &e.uuid], &[], Some(&body))
-                .await?;
+            let v = api.send(Method::PUT, &[coll, &e.uuid], &[], &body).await?;
             if v.is_null() {
                 out.say(&format!("updated {}", e.uuid))
             } else {
@@ -62,66 +64,47 @@ pub async fn run(
 }
 
 /// The `{"objects": [...]}` a create sends.
-pub fn create_body(c: &CreateArgs) -> Value {
-    let meta: Map<String, Value> = c
-        .meta
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    let mut o = json!({
-        "name": c.name,
-        "cpu": c.cpu,
-        "mem": c.mem,
-        "smp": c.smp.unwrap_or(1),
-        "meta": meta,
-        "tags": c.tags,
+pub fn create_body(c: &CreateArgs) -> ServerCreate {
+    let workload = (!c.command.is_empty()).then(|| CommandWorkload {
+        command: c.command.clone(),
+        env: c.env.iter().cloned().collect(),
+        network: Some(if c.isolated { "isolated" } else { "host" }.into()),
     });
-    if let Some(p) = c.priority {
-        o["priority"] = p.into();
+    let drives = c
+        .drives
+        .iter()
+        .enumerate()
+        .map(|(i, d)| ServerDrive {
+            boot_order: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            dev_channel: format!("0:{i}"),
+            device: "virtio".into(),
+            drive: d.clone(),
+        })
+        .collect::<Vec<_>>();
+    ServerCreate {
+        objects: vec![ServerFields {
+            name: Some(c.name.clone()),
+            cpu: Some(c.cpu),
+            mem: Some(c.mem),
+            smp: Some(c.smp.unwrap_or(1)),
+            meta: Some(c.meta.iter().cloned().collect()),
+            tags: Some(c.tags.clone()),
+            priority: c.priority,
+            drives: (!drives.is_empty()).then_some(drives),
+            workload: workload.as_ref().and_then(|w| serde_json::to_value(w).ok()),
+            ..ServerFields::default()
+        }],
     }
-    if !c.drives.is_empty() {
-        o["drives"] = c
-            .drives
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                json!({"boot_order": i + 1, "dev_channel": format!("0:{i}"), "device": "virtio", "drive": d})
-            })
-            .collect();
-    }
-    if !c.command.is_empty() {
-        let env: Map<String, Value> = c
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        o["workload"] = json!({
-            "command": c.command,
-            "env": env,
-            "network": if c.isolated { "isolated" } else { "host" },
-        });
-    }
-    json!({ "objects": [o] })
 }
 
 /// The PUT body: only the fields given.
-pub fn edit_body(f: &EditFields) -> Value {
-    let mut o = Map::new();
-    if let Some(n) = &f.name {
-        o.insert("name".into(), n.clone().into());
+pub fn edit_body(f: &EditFields) -> ServerFields {
+    ServerFields {
+        name: f.name.clone(),
+        meta: (!f.meta.is_empty()).then(|| f.meta.iter().cloned().collect()),
+        tags: (!f.tags.is_empty()).then(|| f.tags.clone()),
+        ..ServerFields::default()
     }
-    if !f.meta.is_empty() {
-        let meta: Map<String, Value> = f
-            .meta
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        o.insert("meta".into(), meta.into());
-    }
-    if !f.tags.is_empty() {
-        o.insert("tags".into(), f.tags.clone().into());
-    }
-    Value::Object(o)
 }
 
 async fn create(
@@ -132,9 +115,15 @@ async fn create(
     timeout: Duration,
 ) -> Result<(), CtlError> {
     let created = api
-        .call(Method::POST, &[coll], &[], Some(&create_body(&c)))
+        .send(Method::POST, &[coll], &[], &create_body(&c))
         .await?;
-    let Some(uuid) = created["objects"][0]["uuid"].as_str().map(str::to_owned) else {
+    let answer: CreatedServers = typed(&created)?;
+    let Some(uuid) = answer
+        .objects
+        .first()
+        .map(|s| s.uuid.clone())
+        .filter(|u| !u.is_empty())
+    else {
         return Err(CtlError::BadResponse {
             url: api.url(&[coll], &[]).to_string(),
             detail: "the create answer holds no objects[0].uuid".into(),
@@ -188,8 +177,12 @@ async fn action(
             wait_for(api, coll, uuid, want, timeout).await?;
             out.show(&answer, |_| format!("{uuid}: {want}\n"))
         }
-        _ => out.show(&answer, |v| {
-            let result = v["result"].as_str().unwrap_or("accepted");
+        _ => out.show_as(&answer, |r: &ActionResult| {
+            let result = if r.result.is_empty() {
+                "accepted"
+            } else {
+                &r.result
+            };
             format!("{uuid}: {what} {result}\n")
         }),
     }
@@ -208,7 +201,12 @@ async fn wait_for(
     let mut spinner = Spinner::new();
     loop {
         let v = api.get(&[coll, uuid], &[]).await?;
-        let status = v["status"].as_str().unwrap_or("?").to_owned();
+        let server: Server = typed(&v)?;
+        let status = if server.status.is_empty() {
+            "?".to_owned()
+        } else {
+            server.status
+        };
         if status == want {
             return Ok(v);
         }
@@ -221,9 +219,9 @@ async fn wait_for(
                 secs: timeout.as_secs(),
             });
         }
-        let pending = v["pending_reason"]
-            .as_str()
-            .or_else(|| v["stop_reason"].as_str())
+        let pending = server
+            .pending_reason
+            .or(server.stop_reason)
             .map(|r| format!(", {r}"))
             .unwrap_or_default();
         spinner.tick(&format!(
@@ -234,7 +232,7 @@ async fn wait_for(
     }
 }
 
-fn list_table(v: &Value) -> String {
+fn list_table(v: &ServerList) -> String {
     let mut t = Table::new(&[
         "UUID",
         "NAME",
@@ -245,31 +243,31 @@ fn list_table(v: &Value) -> String {
         "HOST",
         "TERMINATES",
     ]);
-    for s in v["objects"].as_array().into_iter().flatten() {
+    for s in &v.objects {
         t.row(server_row(s));
     }
     t.render()
 }
 
-pub fn server_row(s: &Value) -> Vec<String> {
-    let rt = &s["runtime"];
-    let pf = &rt["perf_factor"];
-    let perf = match (pf["cpu"].as_f64(), pf["mem"].as_f64()) {
-        (Some(c), Some(m)) => format!("{c:.2}/{m:.2}"),
-        _ => "-".into(),
-    };
+pub fn server_row(s: &Server) -> Vec<String> {
+    let rt = s.runtime.as_ref();
+    let dash = || "-".to_owned();
     vec![
-        cell(&s["uuid"]),
-        cell(&s["name"]),
-        cell(&s["status"]),
-        cell(&s["cpu"]),
-        s["mem"].as_u64().map_or_else(|| "-".into(), format_bytes),
-        perf,
-        cell(&rt["host"]),
-        cell(&rt["termination"]["terminate_at"]),
+        s.uuid.clone(),
+        s.name.clone(),
+        s.status.clone(),
+        s.cpu.to_string(),
+        format_bytes(s.mem),
+        rt.map_or_else(dash, |r| {
+            format!("{:.2}/{:.2}", r.perf_factor.cpu, r.perf_factor.mem)
+        }),
+        rt.map_or_else(dash, |r| r.host.clone()),
+        rt.and_then(|r| r.termination.as_ref())
+            .map_or_else(dash, |t| t.terminate_at.clone()),
     ]
 }
 
+/// A server's every field as the API sent it (fields newer than this client included).
 fn show_table(v: &Value) -> String {
     let mut v = v.clone();
     if let Some(mem) = v["mem"].as_u64() {
@@ -303,6 +301,7 @@ mod tests {
 
     #[test]
     fn create_bodies_carry_a_workload_only_with_a_command() {
+        let create_body = |a: &CreateArgs| serde_json::to_value(create_body(a)).unwrap();
         assert_eq!(
             create_body(&args(&["sleep", "300"])),
             json!({"objects": [{
@@ -333,7 +332,10 @@ mod tests {
             meta: vec![],
             tags: vec!["a".into()],
         };
-        assert_eq!(edit_body(&f), json!({"tags": ["a"]}));
+        assert_eq!(
+            serde_json::to_value(edit_body(&f)).unwrap(),
+            json!({"tags": ["a"]})
+        );
     }
 
     #[test]
@@ -344,7 +346,7 @@ mod tests {
                         "termination": {"terminate_at": "2025-01-01T00:00:00+00:00"}},
         });
         assert_eq!(
-            server_row(&running),
+            server_row(&serde_json::from_value(running).unwrap()),
             [
                 "u",
                 "n",
@@ -359,7 +361,7 @@ mod tests {
         let stopped = json!({"uuid": "u", "name": "n", "status": "stopped", "cpu": 500,
                              "mem": 268_435_456, "runtime": null});
         assert_eq!(
-            server_row(&stopped),
+            server_row(&serde_json::from_value(stopped).unwrap()),
             ["u", "n", "stopped", "500", "256 MiB", "-", "-", "-"]
         );
     }

@@ -4,10 +4,14 @@ use crate::api::Api;
 use crate::cli::{AccountCmd, Quota};
 use crate::error::CtlError;
 use crate::output::Out;
-use crate::table::{Table, cell, key_values};
+use crate::table::{Table, key_values};
+use crate::units::Limit;
 use crate::units::format_bytes;
+use backfill_api::accounts::{
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, QuotaFields,
+};
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 const COLL: &str = "accounts";
 const FIRST: &[&str] = &["name", "uuid", "backfill", "quota", "in_use"];
@@ -16,19 +20,21 @@ pub async fn run(api: &Api, out: Out, cmd: AccountCmd) -> Result<(), CtlError> {
     match cmd {
         AccountCmd::List => {
             let v = api.get(&[COLL], &[("limit", "0")]).await?;
-            out.show(&v, list_table)
+            out.show_as(&v, list_table)
         }
         AccountCmd::Show { name } => {
             let v = api.get(&[COLL, &name], &[]).await?;
             out.show(&v, show_table)
         }
         AccountCmd::Create(c) => {
-            let mut o = json!({"name": c.name, "backfill": c.backfill});
-            if !c.quota.is_empty() {
-                o["quota"] = quota_body(&c.quota);
-            }
-            let body = json!({ "objects": [o] });
-            let v = api.call(Method::POST, &[COLL], &[], Some(&body)).await?;
+            let body = AccountCreate {
+                objects: vec![AccountFields {
+                    name: c.name.clone(),
+                    backfill: Some(c.backfill),
+                    quota: (!c.quota.is_empty()).then(|| quota_body(&c.quota)),
+                }],
+            };
+            let v = api.send(Method::POST, &[COLL], &[], &body).await?;
             out.show(&v, |v| show_table(&v["objects"][0]))
         }
         AccountCmd::Update(u) => {
@@ -38,21 +44,11 @@ pub async fn run(api: &Api, out: Out, cmd: AccountCmd) -> Result<(), CtlError> {
                         .into(),
                 ));
             }
-            let mut body = Map::new();
-            if let Some(b) = u.backfill {
-                body.insert("backfill".into(), b.into());
-            }
-            if !u.quota.is_empty() {
-                body.insert("quota".into(), quota_body(&u.quota));
-            }
-            let v = api
-                .call(
-                    Method::PUT,
-                    &[COLL, &u.name],
-                    &[],
-                    Some(&Value::Object(body)),
-                )
-                .await?;
+            let body = AccountEdit {
+                backfill: u.backfill,
+                quota: (!u.quota.is_empty()).then(|| quota_body(&u.quota)),
+            };
+            let v = api.send(Method::PUT, &[COLL, &u.name], &[], &body).await?;
             if v.is_null() {
                 out.say(&format!("updated {}", u.name))
             } else {
@@ -67,47 +63,42 @@ pub async fn run(api: &Api, out: Out, cmd: AccountCmd) -> Result<(), CtlError> {
 }
 
 /// The quota fields given; `unlimited` (and storage's `default`) is null.
-pub fn quota_body(q: &Quota) -> Value {
-    let mut o = Map::new();
-    let fields = [
-        ("cpu", q.cpu),
-        ("mem", q.mem),
-        ("gpus", q.gpus),
-        ("servers", q.servers),
-        ("storage", q.storage),
-    ];
-    for (k, v) in fields {
-        if let Some(limit) = v {
-            o.insert(k.into(), limit.to_json());
-        }
+pub fn quota_body(q: &Quota) -> QuotaFields {
+    let given = |l: Option<Limit>| l.map(Limit::value);
+    QuotaFields {
+        cpu: given(q.cpu),
+        mem: given(q.mem),
+        gpus: given(q.gpus),
+        servers: given(q.servers),
+        storage: given(q.storage),
     }
-    Value::Object(o)
 }
 
-/// `in use / quota`, the quota `unlimited` when absent or null.
-fn use_of(a: &Value, k: &str, fmt: fn(u64) -> String) -> String {
-    let used = a["in_use"][k].as_u64().map_or_else(|| "-".into(), fmt);
-    let quota = match a["quota"][k].as_u64() {
-        Some(q) => fmt(q),
-        None => "unlimited".into(),
-    };
-    format!("{used} / {quota}")
+/// `in use / quota`, the quota `unlimited` when null.
+fn use_of(used: u64, quota: Option<u64>, fmt: fn(u64) -> String) -> String {
+    let quota = quota.map_or_else(|| "unlimited".into(), fmt);
+    format!("{} / {quota}", fmt(used))
 }
 
-pub fn account_row(a: &Value) -> Vec<String> {
+pub fn account_row(a: &AccountView) -> Vec<String> {
     let plain = |n: u64| n.to_string();
+    let (q, u) = (&a.quota, &a.in_use);
     vec![
-        cell(&a["name"]),
-        cell(&a["backfill"]),
-        use_of(a, "cpu", plain),
-        use_of(a, "mem", format_bytes),
-        use_of(a, "gpus", plain),
-        use_of(a, "servers", plain),
-        cell(&a["created_at"]),
+        a.name.clone(),
+        a.backfill.to_string(),
+        use_of(u.cpu, q.cpu, plain),
+        use_of(u.mem, q.mem, format_bytes),
+        use_of(u.gpus, q.gpus, plain),
+        use_of(u.servers, q.servers, plain),
+        if a.created_at.is_empty() {
+            "-".into()
+        } else {
+            a.created_at.clone()
+        },
     ]
 }
 
-fn list_table(v: &Value) -> String {
+fn list_table(v: &AccountList) -> String {
     let mut t = Table::new(&[
         "NAME",
         "BACKFILL",
@@ -117,7 +108,7 @@ fn list_table(v: &Value) -> String {
         "SERVERS",
         "CREATED",
     ]);
-    for a in v["objects"].as_array().into_iter().flatten() {
+    for a in &v.objects {
         t.row(account_row(a));
     }
     t.render()
@@ -144,9 +135,11 @@ fn show_table(v: &Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::units::{Limit, parse_size_or_default};
+    use crate::units::parse_size_or_default;
+    use serde_json::json;
 
     #[test]
     fn quota_bodies_send_only_what_was_given() {
@@ -158,7 +151,7 @@ mod tests {
             storage: None,
         };
         assert_eq!(
-            quota_body(&q),
+            serde_json::to_value(quota_body(&q)).unwrap(),
             json!({"cpu": 100_000, "mem": null, "servers": 50})
         );
         let q = Quota {
@@ -168,12 +161,18 @@ mod tests {
             servers: None,
             storage: Some(Limit::Value(10 << 30)),
         };
-        assert_eq!(quota_body(&q), json!({"storage": 10_u64 << 30}));
+        assert_eq!(
+            serde_json::to_value(quota_body(&q)).unwrap(),
+            json!({"storage": 10_u64 << 30})
+        );
         let q = Quota {
             storage: parse_size_or_default("default").ok(),
             ..q
         };
-        assert_eq!(quota_body(&q), json!({"storage": null}));
+        assert_eq!(
+            serde_json::to_value(quota_body(&q)).unwrap(),
+            json!({"storage": null})
+        );
     }
 
     #[test]
@@ -185,7 +184,7 @@ mod tests {
             "created_at": "2025-01-01T00:00:00Z",
         });
         assert_eq!(
-            account_row(&a),
+            account_row(&serde_json::from_value(a).unwrap()),
             [
                 "acme",
                 "true",

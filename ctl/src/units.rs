@@ -9,10 +9,11 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub fn to_json(self) -> serde_json::Value {
+    /// As the API takes it: `None` (JSON null) is unlimited.
+    pub fn value(self) -> Option<u64> {
         match self {
-            Limit::Unlimited => serde_json::Value::Null,
-            Limit::Value(n) => n.into(),
+            Limit::Unlimited => None,
+            Limit::Value(n) => Some(n),
         }
     }
 }
@@ -209,8 +210,8 @@ mod tests {
         assert_eq!(parse_count_limit("none"), Ok(Limit::Unlimited));
         assert_eq!(parse_count_limit("4"), Ok(Limit::Value(4)));
         assert!(parse_count_limit("-4").is_err());
-        assert_eq!(Limit::Unlimited.to_json(), serde_json::Value::Null);
-        assert_eq!(Limit::Value(3).to_json(), serde_json::json!(3));
+        assert_eq!(Limit::Unlimited.value(), None);
+        assert_eq!(Limit::Value(3).value(), Some(3));
     }
 
     #[test]

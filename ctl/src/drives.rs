@@ -4,10 +4,12 @@
 use crate::api::Api;
 use crate::drive_cli::{DriveClone, DriveCmd, LibdriveCmd};
 use crate::error::CtlError;
-use crate::output::Out;
-use crate::table::{Table, cell, key_values};
+use crate::output::{Out, typed};
+use crate::table::{Table, key_values};
+use backfill_api::drives::{
+    CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, LibraryDriveList,
+};
 use reqwest::Method;
-use serde_json::{Value, json};
 
 const FIRST: &[&str] = &["uuid", "name", "size", "media", "status", "mounted_on"];
 
@@ -15,29 +17,39 @@ pub async fn run(api: &Api, out: Out, cmd: DriveCmd) -> Result<(), CtlError> {
     match cmd {
         DriveCmd::List => {
             let v = api.get(&["drives", "detail"], &[("limit", "0")]).await?;
-            out.show(&v, drives_table)
+            out.show_as(&v, drives_table)
         }
         DriveCmd::Show { uuid } => {
             let v = api.get(&["drives", &uuid], &[]).await?;
             out.show(&v, |v| key_values(v, FIRST).render())
         }
         DriveCmd::Create(c) => {
-            let body = json!({"objects": [{"name": c.name, "size": c.size, "media": c.media}]});
-            let v = api
-                .call(Method::POST, &["drives"], &[], Some(&body))
-                .await?;
+            let body = DriveCreate {
+                objects: vec![DriveFields {
+                    name: c.name,
+                    size: c.size,
+                    media: c.media,
+                    ..DriveFields::default()
+                }],
+            };
+            let v = api.send(Method::POST, &["drives"], &[], &body).await?;
             out.show(&v, |v| key_values(&v["objects"][0], FIRST).render())
         }
         DriveCmd::Clone(c) => clone(api, out, "drives", &c).await,
         DriveCmd::Resize { uuid, size } => {
-            let current = api.get(&["drives", &uuid], &[]).await?;
-            let body = json!({"name": current["name"], "media": current["media"], "size": size});
+            let current: Drive = typed(&api.get(&["drives", &uuid], &[]).await?)?;
+            let body = DriveFields {
+                name: current.name,
+                media: current.media,
+                size,
+                ..DriveFields::default()
+            };
             let v = api
-                .call(
+                .send(
                     Method::POST,
                     &["drives", &uuid, "action"],
                     &[("do", "resize")],
-                    Some(&body),
+                    &body,
                 )
                 .await?;
             out.show(&v, |v| key_values(&v["objects"][0], FIRST).render())
@@ -54,7 +66,7 @@ pub async fn run_lib(api: &Api, out: Out, cmd: LibdriveCmd) -> Result<(), CtlErr
     match cmd {
         LibdriveCmd::List => {
             let v = api.get(&["libdrives"], &[("limit", "0")]).await?;
-            out.show(&v, libdrives_table)
+            out.show_as(&v, libdrives_table)
         }
         LibdriveCmd::Show { uuid } => {
             let v = api.get(&["libdrives", &uuid], &[]).await?;
@@ -67,73 +79,68 @@ pub async fn run_lib(api: &Api, out: Out, cmd: LibdriveCmd) -> Result<(), CtlErr
 }
 
 /// The body of a clone: only what was given.
-pub fn clone_body(c: &DriveClone) -> Value {
-    let mut o = json!({});
-    if let Some(n) = &c.name {
-        o["name"] = n.clone().into();
+pub fn clone_body(c: &DriveClone) -> CloneFields {
+    CloneFields {
+        name: c.name.clone(),
+        size: c.size,
+        media: None,
     }
-    if let Some(s) = c.size {
-        o["size"] = s.into();
-    }
-    o
 }
 
 async fn clone(api: &Api, out: Out, coll: &str, c: &DriveClone) -> Result<(), CtlError> {
     let v = api
-        .call(
+        .send(
             Method::POST,
             &[coll, &c.uuid, "action"],
             &[("do", "clone")],
-            Some(&clone_body(c)),
+            &clone_body(c),
         )
         .await?;
+    let uuid = typed::<CreatedDrives>(&v)?
+        .objects
+        .first()
+        .map_or_else(|| "-".to_owned(), |d| d.uuid.clone());
     out.show(&v, |v| {
         format!(
-            "{}\nThe host makes it now: backfillctl drive show {} (status unmounted when ready)\n",
+            "{}\nThe host makes it now: backfillctl drive show {uuid} (status unmounted when ready)\n",
             key_values(&v["objects"][0], FIRST).render(),
-            cell(&v["objects"][0]["uuid"])
         )
     })
 }
 
-fn mounted(d: &Value) -> String {
-    let on: Vec<String> = d["mounted_on"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| cell(&m["uuid"]))
-        .collect();
-    if on.is_empty() {
+fn mounted(d: &Drive) -> String {
+    if d.mounted_on.is_empty() {
         "-".into()
     } else {
+        let on: Vec<&str> = d.mounted_on.iter().map(|m| m.uuid.as_str()).collect();
         on.join(",")
     }
 }
 
-fn drives_table(v: &Value) -> String {
+fn drives_table(v: &DriveList) -> String {
     let mut t = Table::new(&["UUID", "NAME", "SIZE", "MEDIA", "STATUS", "MOUNTED ON"]);
-    for d in v["objects"].as_array().into_iter().flatten() {
+    for d in &v.objects {
         t.row(vec![
-            cell(&d["uuid"]),
-            cell(&d["name"]),
-            cell(&d["size"]),
-            cell(&d["media"]),
-            cell(&d["status"]),
+            d.uuid.clone(),
+            d.name.clone(),
+            d.size.to_string(),
+            d.media.clone(),
+            d.status.clone(),
             mounted(d),
         ]);
     }
     t.render()
 }
 
-fn libdrives_table(v: &Value) -> String {
+fn libdrives_table(v: &LibraryDriveList) -> String {
     let mut t = Table::new(&["UUID", "NAME", "OS", "SIZE", "STATUS"]);
-    for d in v["objects"].as_array().into_iter().flatten() {
+    for d in &v.objects {
         t.row(vec![
-            cell(&d["uuid"]),
-            cell(&d["name"]),
-            cell(&d["os"]),
-            cell(&d["size"]),
-            cell(&d["status"]),
+            d.uuid.clone(),
+            d.name.clone(),
+            d.os.clone(),
+            d.size.to_string(),
+            d.status.clone(),
         ]);
     }
     t.render()
@@ -143,6 +150,7 @@ fn libdrives_table(v: &Value) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn bodies_and_tables() {
@@ -151,10 +159,13 @@ mod tests {
             name: Some("n".into()),
             size: None,
         };
-        assert_eq!(clone_body(&c), json!({"name": "n"}));
+        assert_eq!(
+            serde_json::to_value(clone_body(&c)).unwrap(),
+            json!({"name": "n"})
+        );
         let v = json!({"objects": [{"uuid": "d", "name": "n", "size": 1, "media": "disk",
             "status": "mounted", "mounted_on": [{"uuid": "s1"}]}]});
-        let t = drives_table(&v);
+        let t = drives_table(&serde_json::from_value(v).unwrap());
         assert!(t.contains("MOUNTED ON") && t.contains("s1"), "{t}");
     }
 }

@@ -5,8 +5,10 @@
 
 use crate::cli::ListenArgs;
 use crate::error::CtlError;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -41,15 +43,9 @@ pub fn check(secret: &str, headers: &HeaderMap, body: &[u8], now: i64) -> Receiv
         if (now - ts).abs() > MAX_SKEW_S {
             return Err(format!("timestamp {ts} is {} s from now", now - ts));
         }
-        let want = backfill_coordinator::domain::event::signature(secret, ts, body);
         let got = header("x-backfill-signature");
         // Constant time: the comparison does not tell an attacker how much matched.
-        let same = want.len() == got.len()
-            && want
-                .bytes()
-                .zip(got.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same = backfill_api::webhooks::verify(secret, ts, body, &got);
         if same {
             Ok(())
         } else {
@@ -84,18 +80,42 @@ pub async fn run(args: ListenArgs) -> Result<(), CtlError> {
     println!("listening on http://{local}/ (create the webhook with this URL; Ctrl-C stops)");
     let _ = std::io::stdout().flush();
     let secret = Arc::new(secret);
-    let app = axum::Router::new()
-        .fallback(move |headers: HeaderMap, body: Bytes| {
-            let secret = secret.clone();
-            async move { receive(&secret, &headers, &body) }
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            backfill_shared::daemon::wait_for_signal().await;
-        })
-        .await
-        .map_err(CtlError::Output)
+    let stop = backfill_shared::daemon::wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            () = &mut stop => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // A connection that failed before it was accepted (reset, out of descriptors
+                // for a moment) is the sender's to retry.
+                Err(_) => continue,
+            },
+        };
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let secret = secret.clone();
+                async move { Ok::<_, std::convert::Infallible>(delivery(&secret, req).await) }
+            });
+            // A sender that goes away mid-delivery retries; nothing to report here.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One request: its body (at most [`MAX_BODY`], else 413) checked and printed.
+async fn delivery(secret: &str, req: Request<Incoming>) -> Response<Empty<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let code = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => receive(secret, &parts.headers, &b.to_bytes()),
+        Err(_) => StatusCode::PAYLOAD_TOO_LARGE,
+    };
+    let mut resp = Response::new(Empty::new());
+    *resp.status_mut() = code;
+    resp
 }
 
 fn receive(secret: &str, headers: &HeaderMap, body: &[u8]) -> StatusCode {
@@ -137,7 +157,7 @@ mod tests {
     #[test]
     fn good_deliveries_verify_and_forged_or_stale_ones_do_not() {
         let body = br#"{"server":"s"}"#;
-        let sig = backfill_coordinator::domain::event::signature("k", 1_000, body);
+        let sig = backfill_api::webhooks::signature("k", 1_000, body);
         let ok = check("k", &headers(1_000, &sig), body, 1_010);
         assert_eq!(ok.verified, Ok(()));
         assert_eq!(ok.event, "server.terminating");

@@ -5,8 +5,13 @@
 use crate::api::Api;
 use crate::cli::{EVENT_TYPES, Output, SubscribeArgs, WebhookCmd, WebhookCreate};
 use crate::error::CtlError;
-use crate::output::{Out, note};
+use crate::output::{Out, note, typed};
 use crate::table::{Table, cell, key_values};
+use backfill_api::ActionResult;
+use backfill_api::webhooks::{
+    CreatedWebhooks, DeliveryList, DeliveryView, Filters, SubscriptionCreate, SubscriptionFields,
+    SubscriptionList, SubscriptionView, WebhookFields, WebhookList, WebhookView,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -21,11 +26,12 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
     match cmd {
         WebhookCmd::List => {
             let v = api.get(&[COLL], &[("limit", "0")]).await?;
-            out.show(&v, list_table)
+            out.show_as(&v, list_table)
         }
         WebhookCmd::Show { uuid } => {
             let v = api.get(&[COLL, &uuid], &[]).await?;
-            out.show(&v, show_table)
+            let hook: WebhookView = typed(&v)?;
+            out.show(&v, |raw| show_table(raw, &hook))
         }
         WebhookCmd::Create(c) => create(api, out, &c).await,
         WebhookCmd::Delete { uuid } => {
@@ -36,15 +42,15 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
             let v = api
                 .get(&[COLL, &uuid, "subscriptions"], &[("limit", "0")])
                 .await?;
-            out.show(&v, |v| subscriptions_table(&v["objects"]))
+            out.show_as(&v, |l: &SubscriptionList| subscriptions_table(&l.objects))
         }
         WebhookCmd::Subscribe(s) => {
             let v = api
-                .call(
+                .send(
                     Method::POST,
                     &[COLL, &s.uuid, "subscriptions"],
                     &[],
-                    Some(&subscribe_body(&s)),
+                    &subscribe_body(&s),
                 )
                 .await?;
             out.show(&v, |v| subscription_fields(&v["objects"][0]))
@@ -58,7 +64,7 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
             let v = api
                 .get(&[COLL, &uuid, "deliveries"], &[("limit", "0")])
                 .await?;
-            out.show(&v, deliveries_table)
+            out.show_as(&v, deliveries_table)
         }
         WebhookCmd::Redeliver { uuid, delivery } => {
             let answer = api
@@ -69,8 +75,12 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
                     Some(&json!({})),
                 )
                 .await?;
-            out.show(&answer, |v| {
-                let result = v["result"].as_str().unwrap_or("accepted");
+            out.show_as(&answer, |r: &ActionResult| {
+                let result = if r.result.is_empty() {
+                    "accepted"
+                } else {
+                    &r.result
+                };
                 format!("{delivery}: redeliver {result}\n")
             })
         }
@@ -80,28 +90,40 @@ pub async fn run(api: &Api, out: Out, cmd: WebhookCmd) -> Result<(), CtlError> {
 }
 
 /// The `{"objects": [...]}` a create sends; no description is the API's empty one.
-pub fn create_body(c: &WebhookCreate) -> Value {
-    let mut o = json!({ "url": c.url });
-    if let Some(d) = &c.description {
-        o["description"] = d.clone().into();
+pub fn create_body(c: &WebhookCreate) -> backfill_api::webhooks::WebhookCreate {
+    backfill_api::webhooks::WebhookCreate {
+        objects: vec![WebhookFields {
+            url: c.url.clone(),
+            description: c.description.clone(),
+        }],
     }
-    json!({ "objects": [o] })
 }
 
 /// The `{"objects": [...]}` a subscribe sends; empty filter lists do not narrow.
-pub fn subscribe_body(s: &SubscribeArgs) -> Value {
-    json!({ "objects": [{
-        "events": s.events,
-        "filters": {"servers": s.servers, "tags": s.tags, "classes": s.classes},
-    }]})
+pub fn subscribe_body(s: &SubscribeArgs) -> SubscriptionCreate {
+    SubscriptionCreate {
+        objects: vec![SubscriptionFields {
+            events: s.events.clone(),
+            filters: Some(Filters {
+                servers: s.servers.clone(),
+                tags: s.tags.clone(),
+                classes: s.classes.clone(),
+            }),
+        }],
+    }
 }
 
 async fn create(api: &Api, out: Out, c: &WebhookCreate) -> Result<(), CtlError> {
     let v = api
-        .call(Method::POST, &[COLL], &[], Some(&create_body(c)))
+        .send(Method::POST, &[COLL], &[], &create_body(c))
         .await?;
-    let hook = &v["objects"][0];
-    if hook["secret"].as_str().is_none() {
+    let created: CreatedWebhooks = typed(&v)?;
+    if created
+        .objects
+        .first()
+        .and_then(|h| h.secret.as_ref())
+        .is_none()
+    {
         return Err(CtlError::BadResponse {
             url: api.url(&[COLL], &[]).to_string(),
             detail: "the create answer holds no objects[0].secret".into(),
@@ -144,13 +166,11 @@ fn webhook_fields(hook: &Value) -> String {
 
 /// Unique event types over a webhook's subscriptions, in the order of [`EVENT_TYPES`] (others
 /// after them, as first seen).
-fn events_of(hook: &Value) -> String {
+fn events_of(hook: &WebhookView) -> String {
     let mut events: Vec<&str> = Vec::new();
-    for s in hook["subscriptions"].as_array().into_iter().flatten() {
-        for e in s["events"].as_array().into_iter().flatten() {
-            if let Some(e) = e.as_str().filter(|e| !events.contains(e)) {
-                events.push(e);
-            }
+    for e in hook.subscriptions.iter().flat_map(|s| &s.events) {
+        if !events.contains(&e.as_str()) {
+            events.push(e);
         }
     }
     events.sort_by_key(|e| {
@@ -166,44 +186,53 @@ fn events_of(hook: &Value) -> String {
     }
 }
 
-pub fn webhook_row(hook: &Value) -> Vec<String> {
-    let subs = hook["subscriptions"].as_array().map_or(0, Vec::len);
+/// A string cell: `-` when empty.
+fn text(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+pub fn webhook_row(hook: &WebhookView) -> Vec<String> {
     vec![
-        cell(&hook["uuid"]),
-        cell(&hook["url"]),
-        cell(&hook["description"]),
-        subs.to_string(),
+        text(&hook.uuid),
+        text(&hook.url),
+        text(&hook.description),
+        hook.subscriptions.len().to_string(),
         events_of(hook),
-        cell(&hook["created_at"]),
+        text(&hook.created_at),
     ]
 }
 
-fn list_table(v: &Value) -> String {
+fn list_table(v: &WebhookList) -> String {
     let mut t = Table::new(&["UUID", "URL", "DESCRIPTION", "SUBS", "EVENTS", "CREATED"]);
-    for w in v["objects"].as_array().into_iter().flatten() {
+    for w in &v.objects {
         t.row(webhook_row(w));
     }
     t.render()
 }
 
-fn show_table(v: &Value) -> String {
-    let subs = &v["subscriptions"];
-    let tail = if subs.as_array().is_some_and(|s| !s.is_empty()) {
-        subscriptions_table(subs)
-    } else {
+/// The webhook's fields as the API sent them, then its subscriptions.
+fn show_table(raw: &Value, hook: &WebhookView) -> String {
+    let tail = if hook.subscriptions.is_empty() {
         format!(
             "no subscriptions: backfillctl webhook subscribe {} --event TYPE\n",
-            cell(&v["uuid"])
+            text(&hook.uuid)
         )
+    } else {
+        subscriptions_table(&hook.subscriptions)
     };
-    format!("{}\n{tail}", webhook_fields(v))
+    format!("{}\n{tail}", webhook_fields(raw))
 }
 
-/// A filter list; empty (or absent) does not narrow.
-fn any_of(v: &Value) -> String {
-    match v.as_array() {
-        Some(a) if !a.is_empty() => cell(v),
-        _ => "any".into(),
+/// A filter list; empty does not narrow.
+fn any_of(v: &[String]) -> String {
+    if v.is_empty() {
+        "any".into()
+    } else {
+        v.join(", ")
     }
 }
 
@@ -212,25 +241,28 @@ fn subscription_fields(s: &Value) -> String {
     let mut s = s.clone();
     for k in ["servers", "tags", "classes"] {
         if s["filters"].is_object() {
-            s["filters"][k] = any_of(&s["filters"][k]).into();
+            let narrows = s["filters"][k].as_array().is_some_and(|a| !a.is_empty());
+            if !narrows {
+                s["filters"][k] = "any".into();
+            }
         }
     }
     key_values(&s, SUB_FIRST).render()
 }
 
-pub fn subscription_row(s: &Value) -> Vec<String> {
-    let f = &s["filters"];
+pub fn subscription_row(s: &SubscriptionView) -> Vec<String> {
+    let f = &s.filters;
     vec![
-        cell(&s["uuid"]),
-        cell(&s["events"]),
-        any_of(&f["servers"]),
-        any_of(&f["tags"]),
-        any_of(&f["classes"]),
-        cell(&s["created_at"]),
+        text(&s.uuid),
+        text(&s.events.join(", ")),
+        any_of(&f.servers),
+        any_of(&f.tags),
+        any_of(&f.classes),
+        text(&s.created_at),
     ]
 }
 
-fn subscriptions_table(list: &Value) -> String {
+fn subscriptions_table(list: &[SubscriptionView]) -> String {
     let mut t = Table::new(&[
         "SUBSCRIPTION",
         "EVENTS",
@@ -239,16 +271,16 @@ fn subscriptions_table(list: &Value) -> String {
         "CLASSES",
         "CREATED",
     ]);
-    for s in list.as_array().into_iter().flatten() {
+    for s in list {
         t.row(subscription_row(s));
     }
     t.render()
 }
 
 /// The last attempt: the receiver's status code, or what went wrong before one came back.
-fn last_result(d: &Value) -> String {
-    let code = d["last_status_code"].as_u64();
-    let error = d["last_error"].as_str().filter(|e| !e.is_empty());
+fn last_result(d: &DeliveryView) -> String {
+    let code = d.last_status_code;
+    let error = d.last_error.as_deref().filter(|e| !e.is_empty());
     let short = |e: &str| {
         if e.chars().count() > ERROR_WIDTH {
             let cut: String = e.chars().take(ERROR_WIDTH - 1).collect();
@@ -265,28 +297,28 @@ fn last_result(d: &Value) -> String {
     }
 }
 
-pub fn delivery_row(d: &Value) -> Vec<String> {
-    let when = match d["status"].as_str() {
-        Some("delivered") => &d["delivered_at"],
-        Some("pending") => &d["next_attempt_at"],
-        _ => &d["last_attempt_at"],
+pub fn delivery_row(d: &DeliveryView) -> Vec<String> {
+    let when = match d.status.as_str() {
+        "delivered" => &d.delivered_at,
+        "pending" => &d.next_attempt_at,
+        _ => &d.last_attempt_at,
     };
     vec![
-        cell(&d["uuid"]),
-        cell(&d["event_type"]),
-        cell(&d["status"]),
-        cell(&d["attempts"]),
+        text(&d.uuid),
+        text(&d.event_type),
+        text(&d.status),
+        d.attempts.to_string(),
         last_result(d),
-        cell(when),
-        cell(&d["created_at"]),
+        when.as_deref().map_or_else(|| "-".into(), text),
+        text(&d.created_at),
     ]
 }
 
-fn deliveries_table(v: &Value) -> String {
+fn deliveries_table(v: &DeliveryList) -> String {
     let mut t = Table::new(&[
         "DELIVERY", "TYPE", "STATUS", "ATTEMPTS", "LAST", "WHEN", "CREATED",
     ]);
-    for d in v["objects"].as_array().into_iter().flatten() {
+    for d in &v.objects {
         t.row(delivery_row(d));
     }
     t.render()
@@ -321,7 +353,7 @@ mod tests {
             description: None,
         };
         assert_eq!(
-            create_body(&c),
+            serde_json::to_value(create_body(&c)).unwrap(),
             json!({"objects": [{"url": "https://example.com/hook"}]})
         );
         let s = SubscribeArgs {
@@ -332,7 +364,7 @@ mod tests {
             classes: vec!["backfill".into()],
         };
         assert_eq!(
-            subscribe_body(&s),
+            serde_json::to_value(subscribe_body(&s)).unwrap(),
             json!({"objects": [{"events": ["cloud_termination"],
                    "filters": {"servers": [], "tags": ["batch"], "classes": ["backfill"]}}]})
         );
@@ -341,7 +373,7 @@ mod tests {
     #[test]
     fn rows_summarize_subscriptions() {
         assert_eq!(
-            webhook_row(&hook()),
+            webhook_row(&typed(&hook()).unwrap()),
             [
                 "w1",
                 "https://example.com/hook",
@@ -352,9 +384,9 @@ mod tests {
             ]
         );
         let bare = json!({"uuid": "w2", "url": "u", "description": "", "subscriptions": []});
-        assert_eq!(webhook_row(&bare)[3..5], ["0", "-"]);
+        assert_eq!(webhook_row(&typed(&bare).unwrap())[3..5], ["0", "-"]);
         assert_eq!(
-            subscription_row(&hook()["subscriptions"][1]),
+            subscription_row(&typed(&hook()["subscriptions"][1]).unwrap()),
             [
                 "s2",
                 "server_downsized, perf_factor_restored",
@@ -379,13 +411,13 @@ mod tests {
 
     #[test]
     fn show_lists_subscriptions_or_says_how_to_add_one() {
-        let t = show_table(&hook());
+        let t = show_table(&hook(), &typed(&hook()).unwrap());
         assert!(t.starts_with("FIELD"), "{t}");
         assert!(!t.contains("subscriptions."), "{t}");
         assert!(t.contains("\nSUBSCRIPTION "), "{t}");
         let bare = json!({"uuid": "w2", "url": "u", "subscriptions": []});
         assert!(
-            show_table(&bare)
+            show_table(&bare, &typed(&bare).unwrap())
                 .ends_with("no subscriptions: backfillctl webhook subscribe w2 --event TYPE\n")
         );
     }
@@ -414,7 +446,7 @@ mod tests {
             "last_error": "x".repeat(100), "created_at": "2025-01-01T00:00:00Z",
             "delivered_at": null,
         });
-        let row = delivery_row(&failed);
+        let row = delivery_row(&typed(&failed).unwrap());
         assert_eq!(row[2..4], ["pending", "2"]);
         assert_eq!(row[4].chars().count(), ERROR_WIDTH);
         assert!(row[4].ends_with('…'));
@@ -424,8 +456,11 @@ mod tests {
             "attempts": 1, "last_status_code": 204, "last_error": null,
             "delivered_at": "2025-01-01T00:00:05Z", "created_at": "2025-01-01T00:00:00Z",
         });
-        assert_eq!(delivery_row(&done)[4..6], ["204", "2025-01-01T00:00:05Z"]);
+        assert_eq!(
+            delivery_row(&typed(&done).unwrap())[4..6],
+            ["204", "2025-01-01T00:00:05Z"]
+        );
         let code_and_error = json!({"last_status_code": 500, "last_error": "boom"});
-        assert_eq!(last_result(&code_and_error), "500: boom");
+        assert_eq!(last_result(&typed(&code_and_error).unwrap()), "500: boom");
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::cli::Output;
 use crate::error::CtlError;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 
@@ -23,6 +24,23 @@ impl Out {
         }
     }
 
+    /// As [`Out::show`], the table made from the answer read as the API's type `T`
+    /// (`backfill_api`). `--output json` prints the answer as it came, fields newer than this
+    /// client included.
+    pub fn show_as<T: DeserializeOwned>(
+        self,
+        json: &Value,
+        table: impl FnOnce(&T) -> String,
+    ) -> Result<(), CtlError> {
+        match self.format {
+            Output::Json => self.show(json, |_| String::new()),
+            Output::Table => {
+                let typed = typed::<T>(json)?;
+                write_stdout(&table(&typed))
+            }
+        }
+    }
+
     /// A line for people; nothing with `--output json`.
     pub fn say(self, line: &str) -> Result<(), CtlError> {
         match self.format {
@@ -30,6 +48,21 @@ impl Out {
             Output::Table => write_stdout(&format!("{line}\n")),
         }
     }
+}
+
+/// An answer as the API's type `T`. The types take unknown fields and fill absent ones with
+/// defaults, so only a field of the wrong kind (a string for a number) fails here.
+pub fn typed<T: DeserializeOwned>(json: &Value) -> Result<T, CtlError> {
+    T::deserialize(json).map_err(|e| CtlError::BadResponse {
+        url: "the API".into(),
+        detail: format!(
+            "not a {} ({e})",
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("known answer")
+        ),
+    })
 }
 
 /// A closed pipe (`| head`) is not an error worth an exit code.
