@@ -133,7 +133,7 @@ pub struct Capabilities {
     components(schemas(
         Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
-        ActionResult, ErrorItem, AccountView, QuotaView, InUseView, AccountList,
+        ActionResult, ErrorItem, AccountView, QuotaView, StorageQuotaView, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
         ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,

@@ -295,7 +295,7 @@ impl Coordinator {
     }
 
     /// `extra` more bytes of drives for `owner` against its storage quota, or where it has
-    /// none `[drives] storage_quota_bytes`.
+    /// none `[drives] storage_quota_bytes` (an explicit unlimited quota ignores the default).
     fn check_storage(&self, model: &Model, owner: &Account, extra: u64) -> Result<(), OpError> {
         let Some(quota) = owner
             .quota
@@ -304,6 +304,9 @@ impl Coordinator {
         else {
             return Ok(());
         };
+        if quota == crate::store::UNLIMITED_STORAGE {
+            return Ok(());
+        }
         let held = crate::accounts::in_use(model, &owner.name).storage;
         let want = held.saturating_add(extra);
         if want > quota {

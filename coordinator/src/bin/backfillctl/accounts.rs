@@ -174,6 +174,11 @@ mod tests {
             ..q
         };
         assert_eq!(quota_body(&q), json!({"storage": null}));
+        let q = Quota {
+            storage: parse_size_or_default("unlimited").ok(),
+            ..q
+        };
+        assert_eq!(quota_body(&q), json!({"storage": "unlimited"}));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 /// A quota value: a number, or no limit at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
+    /// Sent as null: unlimited (for storage, the coordinator's configured default).
     Unlimited,
     Value(u64),
+    /// Sent as `"unlimited"`: a storage quota that is unlimited whatever the default.
+    ExplicitUnlimited,
 }
 
 impl Limit {
@@ -13,6 +16,7 @@ impl Limit {
         match self {
             Limit::Unlimited => serde_json::Value::Null,
             Limit::Value(n) => n.into(),
+            Limit::ExplicitUnlimited => "unlimited".into(),
         }
     }
 }
@@ -82,11 +86,12 @@ pub fn parse_size_limit(s: &str) -> Result<Limit, String> {
     }
 }
 
-/// A size, or `default` (sent as null: the coordinator's configured default, as the API's
-/// `quota.storage` takes it).
+/// A size, `default` (sent as null: the coordinator's configured default, as the API's
+/// `quota.storage` takes it) or `unlimited` (unlimited whatever the default).
 pub fn parse_size_or_default(s: &str) -> Result<Limit, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "default" => Ok(Limit::Unlimited),
+        "unlimited" | "none" => Ok(Limit::ExplicitUnlimited),
         _ => parse_size(s).map(Limit::Value),
     }
 }
