@@ -1,0 +1,254 @@
+//! This host's part in moving a drive to another host (the coordinator relays the copy; see
+//! `backfill_shared::drive_move`). As the source: a standalone copy of the drive
+//! (`<uuid>.qcow2.export`, no backing file), its length and SHA-256, and chunks of it. As the
+//! target: the chunks written into `<uuid>.qcow2.move`, checked whole (length and SHA-256),
+//! synced and renamed to `<uuid>.qcow2`. Neither file is reported as a drive; `Abort` removes
+//! both, never the drive.
+
+use crate::drives::DriveStore;
+use backfill_shared::drive::DriveId;
+use backfill_shared::drive_move::{Exported, MOVE_CHUNK_BYTES, MoveOrder, MoveReport};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn export_path(store: &DriveStore, id: &DriveId) -> PathBuf {
+    store.path(id).with_extension("qcow2.export")
+}
+
+fn incoming_path(store: &DriveStore, id: &DriveId) -> PathBuf {
+    store.path(id).with_extension("qcow2.move")
+}
+
+fn err(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+/// Runs the move orders of one link session in order, off the async threads; each answer goes
+/// to the returned receiver. Ends when the sender is dropped (the session ended).
+pub fn worker(
+    store: Option<Arc<DriveStore>>,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<MoveOrder>,
+    tokio::sync::mpsc::Receiver<MoveReport>,
+) {
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<MoveOrder>();
+    let (report_tx, report_rx) = tokio::sync::mpsc::channel::<MoveReport>(4);
+    tokio::task::spawn_blocking(move || {
+        while let Some(order) = order_rx.blocking_recv() {
+            let answer = match &store {
+                Some(s) => handle(s, order),
+                None => refuse(order, "this host does not run VMs, so it holds no drives"),
+            };
+            if let Some(r) = answer
+                && report_tx.blocking_send(r).is_err()
+            {
+                return;
+            }
+        }
+    });
+    (order_tx, report_rx)
+}
+
+/// The answer that `order` could not be carried out, for `why`.
+fn refuse(order: MoveOrder, why: &str) -> Option<MoveReport> {
+    let e = Err(why.to_owned());
+    Some(match order {
+        MoveOrder::Prepare { drive, .. } => MoveReport::Prepared { drive, result: e },
+        MoveOrder::Export { drive } => MoveReport::Exported {
+            drive,
+            result: Err(why.to_owned()),
+        },
+        MoveOrder::Read { drive, offset, .. } => MoveReport::Chunk {
+            drive,
+            offset,
+            result: Err(why.to_owned()),
+        },
+        MoveOrder::Write { drive, offset, .. } => MoveReport::Written {
+            drive,
+            offset,
+            result: e,
+        },
+        MoveOrder::Finish { drive, .. } => MoveReport::Finished { drive, result: e },
+        MoveOrder::Abort { .. } => return None,
+    })
+}
+
+/// Carries out one step (blocking) and answers it (`Abort` is not answered).
+pub fn handle(store: &DriveStore, order: MoveOrder) -> Option<MoveReport> {
+    Some(match order {
+        MoveOrder::Prepare { drive, size } => MoveReport::Prepared {
+            drive,
+            result: prepare(store, &drive, size),
+        },
+        MoveOrder::Export { drive } => MoveReport::Exported {
+            drive,
+            result: export(store, &drive),
+        },
+        MoveOrder::Read { drive, offset, len } => MoveReport::Chunk {
+            drive,
+            offset,
+            result: read(&export_path(store, &drive), offset, len),
+        },
+        MoveOrder::Write {
+            drive,
+            offset,
+            data,
+        } => MoveReport::Written {
+            drive,
+            offset,
+            result: write(&incoming_path(store, &drive), offset, &data),
+        },
+        MoveOrder::Finish {
+            drive,
+            size,
+            sha256,
+        } => MoveReport::Finished {
+            drive,
+            result: finish(store, &drive, size, &sha256),
+        },
+        MoveOrder::Abort { drive } => {
+            for p in [export_path(store, &drive), incoming_path(store, &drive)] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {
+                        tracing::info!(drive = %drive, path = %p.display(), "drive move: removed")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(drive = %drive, path = %p.display(), error = %e, "drive move: cannot remove")
+                    }
+                }
+            }
+            return None;
+        }
+    })
+}
+
+/// Room for a drive of at most `size` bytes, and an empty file to write it into.
+fn prepare(store: &DriveStore, id: &DriveId, size: u64) -> Result<(), String> {
+    if store.path(id).exists() {
+        return Err(format!("drive {id} is already on this host"));
+    }
+    let dir = store.dir();
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let free = free_bytes(dir)?;
+    if free < size {
+        return Err(format!(
+            "not enough space in {}: the drive needs up to {size} bytes, {free} are free",
+            dir.display()
+        ));
+    }
+    let p = incoming_path(store, id);
+    std::fs::File::create(&p).map_err(err(&p))?;
+    Ok(())
+}
+
+/// Bytes free to this (unprivileged or not) process on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", dir.display()))?;
+    // SAFETY: statvfs only writes the struct it is given; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `c` outlives the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &raw mut st) };
+    if rc != 0 {
+        return Err(err(dir)(std::io::Error::last_os_error()));
+    }
+    Ok(u64::from(st.f_bavail).saturating_mul(st.f_frsize))
+}
+
+/// A standalone copy of the drive (a library clone's backing file flattened into it), its
+/// length and SHA-256.
+fn export(store: &DriveStore, id: &DriveId) -> Result<Exported, String> {
+    let src = store.path(id);
+    if !src.is_file() {
+        return Err(format!("drive {id} is not on this host"));
+    }
+    let out = export_path(store, id);
+    let _ = std::fs::remove_file(&out);
+    store
+        .convert(&src, &out)
+        .map_err(|e| format!("copying drive {id}: {e}"))?;
+    let size = std::fs::metadata(&out).map_err(err(&out))?.len();
+    Ok(Exported {
+        size,
+        sha256: sha256_hex(&out)?,
+    })
+}
+
+fn read(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    let mut f = std::fs::File::open(path).map_err(err(path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(err(path))?;
+    // Never more than a chunk, whatever was asked.
+    let len = usize::try_from(len.min(MOVE_CHUNK_BYTES)).unwrap_or(0);
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = f
+            .read(buf.get_mut(got..).unwrap_or_default())
+            .map_err(err(path))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+fn write(path: &Path, offset: u64, data: &[u8]) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(err(path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(err(path))?;
+    f.write_all(data).map_err(err(path))
+}
+
+/// The copy is whole (length and checksum), synced, and in place as the drive.
+fn finish(store: &DriveStore, id: &DriveId, size: u64, sha256: &str) -> Result<(), String> {
+    let p = incoming_path(store, id);
+    let f = std::fs::File::open(&p).map_err(err(&p))?;
+    let have = f.metadata().map_err(err(&p))?.len();
+    if have != size {
+        return Err(format!("the copy has {have} bytes, the source's {size}"));
+    }
+    let got = sha256_hex(&p)?;
+    if !got.eq_ignore_ascii_case(sha256) {
+        return Err(format!(
+            "the copy's SHA-256 is {got}, the source's {sha256}"
+        ));
+    }
+    f.sync_all().map_err(err(&p))?;
+    let dest = store.path(id);
+    if dest.exists() {
+        return Err(format!("drive {id} is already on this host"));
+    }
+    std::fs::rename(&p, &dest).map_err(err(&dest))?;
+    let dir = store.dir();
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err(dir))?;
+    tracing::info!(drive = %id, bytes = size, "drive moved here");
+    Ok(())
+}
+
+fn sha256_hex(path: &Path) -> Result<String, String> {
+    let mut f = std::fs::File::open(path).map_err(err(path))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(err(path))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(buf.get(..n).unwrap_or_default());
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
