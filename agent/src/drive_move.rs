@@ -252,3 +252,140 @@ fn sha256_hex(path: &Path) -> Result<String, String> {
         .map(|b| format!("{b:02x}"))
         .collect())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const QEMU_IMG: &str = "/usr/bin/qemu-img";
+
+    fn store(root: &Path) -> DriveStore {
+        std::fs::create_dir_all(root.join("drives")).unwrap();
+        DriveStore::new(root, &root.join("images"), Path::new(QEMU_IMG))
+    }
+
+    fn answer(s: &DriveStore, o: MoveOrder) -> MoveReport {
+        handle(s, o).unwrap()
+    }
+
+    #[test]
+    fn a_drive_is_exported_copied_in_chunks_checked_and_put_in_place() {
+        if !Path::new(QEMU_IMG).is_file() {
+            eprintln!("SKIP: no qemu-img");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (store(&tmp.path().join("a")), store(&tmp.path().join("b")));
+        let id = DriveId::from_u128(7);
+        // A drive with known guest bytes (2.5 chunks of them).
+        let raw = tmp.path().join("guest.raw");
+        let guest: Vec<u8> = (0..(MOVE_CHUNK_BYTES * 5 / 2))
+            .map(|i| u8::try_from(i % 253).unwrap())
+            .collect();
+        std::fs::write(&raw, &guest).unwrap();
+        src.convert(&raw, &src.path(&id)).unwrap();
+
+        // Not on the target yet, room there; the source cannot take it (it is there).
+        let MoveReport::Prepared { result, .. } =
+            answer(&src, MoveOrder::Prepare { drive: id, size: 1 })
+        else {
+            panic!()
+        };
+        assert!(result.unwrap_err().contains("already on this host"));
+        let MoveReport::Prepared { result, .. } = answer(
+            &dst,
+            MoveOrder::Prepare {
+                drive: id,
+                size: u64::MAX,
+            },
+        ) else {
+            panic!()
+        };
+        assert!(result.unwrap_err().contains("not enough space"));
+        let MoveReport::Prepared { result, .. } = answer(
+            &dst,
+            MoveOrder::Prepare {
+                drive: id,
+                size: 1 << 20,
+            },
+        ) else {
+            panic!()
+        };
+        result.unwrap();
+
+        let MoveReport::Exported { result, .. } = answer(&src, MoveOrder::Export { drive: id })
+        else {
+            panic!()
+        };
+        let x = result.unwrap();
+        let mut offset = 0;
+        while offset < x.size {
+            let MoveReport::Chunk { result, .. } = answer(
+                &src,
+                MoveOrder::Read {
+                    drive: id,
+                    offset,
+                    len: MOVE_CHUNK_BYTES,
+                },
+            ) else {
+                panic!()
+            };
+            let data = result.unwrap();
+            assert!(!data.is_empty() && data.len() as u64 <= MOVE_CHUNK_BYTES);
+            let n = data.len() as u64;
+            let MoveReport::Written { result, .. } = answer(
+                &dst,
+                MoveOrder::Write {
+                    drive: id,
+                    offset,
+                    data,
+                },
+            ) else {
+                panic!()
+            };
+            result.unwrap();
+            offset += n;
+        }
+        // A wrong checksum is refused and nothing is put in place.
+        let MoveReport::Finished { result, .. } = answer(
+            &dst,
+            MoveOrder::Finish {
+                drive: id,
+                size: x.size,
+                sha256: "00".repeat(32),
+            },
+        ) else {
+            panic!()
+        };
+        assert!(result.unwrap_err().contains("SHA-256"));
+        assert!(!dst.path(&id).exists());
+        let MoveReport::Finished { result, .. } = answer(
+            &dst,
+            MoveOrder::Finish {
+                drive: id,
+                size: x.size,
+                sha256: x.sha256.clone(),
+            },
+        ) else {
+            panic!()
+        };
+        result.unwrap();
+        // The target's drive shows the same guest bytes; it is reported, the move's files not.
+        let back = tmp.path().join("back.raw");
+        let ok = std::process::Command::new(QEMU_IMG)
+            .args(["convert", "-O", "raw"])
+            .arg(dst.path(&id))
+            .arg(&back)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        assert!(std::fs::read(&back).unwrap() == guest);
+        assert_eq!(dst.report().drives.len(), 1);
+        assert_eq!(src.report().drives.len(), 1, "the .export file is no drive");
+        assert!(handle(&src, MoveOrder::Abort { drive: id }).is_none());
+        assert!(!export_path(&src, &id).exists());
+        assert!(src.path(&id).is_file(), "an abort never removes the drive");
+    }
+}

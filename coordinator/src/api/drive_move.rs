@@ -1,4 +1,4 @@
-//! `POST /operator/drives/{uuid}/move`: the operator moves a drive to another host (a stopped
+//! `POST /operator/drives/{uuid}/move/`: the operator moves a drive to another host (a stopped
 //! server's drives, before its host is drained). Admin certificates only; any account's drive.
 //! Answers 202 with the drive (status `cloning_src` while the copy runs in the background).
 
@@ -14,7 +14,7 @@ use backfill_shared::drive::DriveId;
 use serde_json::{Value, json};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/operator/drives/{uuid}/move", post(move_drive))
+    Router::new().route("/operator/drives/{uuid}/move/", post(move_drive))
 }
 
 async fn move_drive(

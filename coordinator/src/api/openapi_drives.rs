@@ -333,7 +333,7 @@ pub(super) const DRIVE_OPS: &[Op] = &[
         Some("CreatedDrives"),
     ),
     (
-        "/operator/drives/{uuid}/move",
+        "/operator/drives/{uuid}/move/",
         HttpMethod::Post,
         "Operator (admin certificate): move a drive to another host; refused while a server that is not stopped uses it, when the target is not a connected VM host or lacks the space, or when the drive is already moving; the copy runs in the background (status cloning_src) and the drive's host changes once it is verified",
         Some("DriveMoveFields"),

@@ -47,6 +47,24 @@ pub async fn run(api: &Api, out: Out, cmd: DriveCmd) -> Result<(), CtlError> {
                 .await?;
             out.say(&format!("deleted {uuid} (its host removes the file)"))
         }
+        DriveCmd::Move { uuid, host } => {
+            let body = json!({ "host": host });
+            let v = api
+                .call(
+                    Method::POST,
+                    &["operator", "drives", &uuid, "move"],
+                    &[],
+                    Some(&body),
+                )
+                .await?;
+            out.show(&v, |v| {
+                format!(
+                    "moving {uuid} to host {host} (status {}); `backfillctl drive show {uuid}` \
+                     shows unmounted or mounted again when it is there, and an error if it failed\n",
+                    v["objects"][0]["status"].as_str().unwrap_or("?")
+                )
+            })
+        }
     }
 }
 
