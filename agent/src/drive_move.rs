@@ -35,6 +35,11 @@ pub fn worker(
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<MoveOrder>();
     let (report_tx, report_rx) = tokio::sync::mpsc::channel::<MoveReport>(4);
     tokio::task::spawn_blocking(move || {
+        // A new session: the coordinator fails the moves the last one carried, so what they
+        // left here is garbage.
+        if let Some(s) = &store {
+            clean_up(s);
+        }
         while let Some(order) = order_rx.blocking_recv() {
             let answer = match &store {
                 Some(s) => handle(s, order),
@@ -48,6 +53,27 @@ pub fn worker(
         }
     });
     (order_tx, report_rx)
+}
+
+/// Removes the files moves left (`*.qcow2.export`, `*.qcow2.move`); never a drive.
+fn clean_up(store: &DriveStore) {
+    let Ok(dir) = std::fs::read_dir(store.dir()) else {
+        return;
+    };
+    for e in dir.filter_map(Result::ok) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".qcow2.export") || name.ends_with(".qcow2.move") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %e.path().display(), "removed what a drive move left")
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove what a drive move left")
+                }
+            }
+        }
+    }
 }
 
 /// The answer that `order` could not be carried out, for `why`.
@@ -155,7 +181,7 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
     if rc != 0 {
         return Err(err(dir)(std::io::Error::last_os_error()));
     }
-    Ok(u64::from(st.f_bavail).saturating_mul(st.f_frsize))
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A standalone copy of the drive (a library clone's backing file flattened into it), its

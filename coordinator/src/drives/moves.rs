@@ -31,6 +31,15 @@ pub enum Phase {
     Finishing,
 }
 
+/// Why a move ended before the target made room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotPrepared {
+    /// The target refused (no room, the drive already there): the operator's request is wrong.
+    Refused(String),
+    /// The move ended otherwise (a link lost, no answer).
+    Ended(String),
+}
+
 /// One drive on its way from `from` to `to`.
 #[derive(Debug)]
 pub struct Move {
@@ -39,7 +48,7 @@ pub struct Move {
     pub to: HostId,
     pub phase: Phase,
     /// Told once the target has made room (or could not): the operator's request waits on it.
-    pub prepared: Option<oneshot::Sender<Result<(), String>>>,
+    pub prepared: Option<oneshot::Sender<Result<(), NotPrepared>>>,
 }
 
 /// What to do after an answer.
@@ -62,7 +71,7 @@ impl Move {
         size: u64,
     ) -> (
         Move,
-        oneshot::Receiver<Result<(), String>>,
+        oneshot::Receiver<Result<(), NotPrepared>>,
         (HostId, MoveOrder),
     ) {
         let (tx, rx) = oneshot::channel();
@@ -95,7 +104,7 @@ impl Move {
     }
 
     /// Tells the waiting request, if it still waits.
-    fn tell(&mut self, r: Result<(), String>) {
+    fn tell(&mut self, r: Result<(), NotPrepared>) {
         if let Some(tx) = self.prepared.take() {
             let _ = tx.send(r);
         }
@@ -103,7 +112,7 @@ impl Move {
 
     /// Ends the move as failed (tells a request that still waits).
     pub fn fail(&mut self, why: &str) {
-        self.tell(Err(why.to_owned()));
+        self.tell(Err(NotPrepared::Ended(why.to_owned())));
     }
 
     /// The next step after `host` answered `r`. An answer from the wrong host or for another
@@ -121,7 +130,7 @@ impl Move {
                     }
                     Err(e) => {
                         let why = format!("host {to} cannot take the drive: {e}");
-                        self.fail(&why);
+                        self.tell(Err(NotPrepared::Refused(why.clone())));
                         Step::Failed(why)
                     }
                 }
@@ -231,7 +240,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn started() -> (Move, oneshot::Receiver<Result<(), String>>) {
+    fn started() -> (Move, oneshot::Receiver<Result<(), NotPrepared>>) {
         let (m, rx, first) = Move::start(DriveId::from_u128(1), h("a"), h("b"), 10 << 20);
         assert_eq!(
             first,
@@ -351,7 +360,9 @@ mod tests {
             },
         );
         assert!(matches!(step, Step::Failed(ref w) if w.contains("host b cannot take")));
-        assert!(rx.try_recv().unwrap().unwrap_err().contains("1 MiB free"));
+        assert!(
+            matches!(rx.try_recv().unwrap(), Err(NotPrepared::Refused(ref w)) if w.contains("1 MiB free"))
+        );
 
         let (mut m, _rx) = started();
         let _ = m.on_report(

@@ -1,7 +1,7 @@
 //! The coordinator's side of moving a drive (see `moves` for the steps): the operator's request,
 //! the relay of each answer to the next order, and what a finished or failed move changes.
 
-use super::moves::{Move, Step};
+use super::moves::{Move, NotPrepared, Step};
 use super::{DriveView, mounts, view};
 use crate::coordinator::{Coordinator, OpError};
 use crate::model::Model;
@@ -127,9 +127,12 @@ impl Coordinator {
         };
         let refused = match tokio::time::timeout(PREPARE_TIMEOUT, prepared).await {
             Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(why))) => Some(host(why)),
+            Ok(Ok(Err(NotPrepared::Refused(why)))) => Some(host(why)),
+            Ok(Ok(Err(NotPrepared::Ended(why)))) => Some(OpError::NeverFits(format!(
+                "the move of drive {id} ended before host {to} made room: {why}"
+            ))),
             Ok(Err(_)) => Some(OpError::NeverFits(format!(
-                "the move of drive {id} ended before host {to} answered (its link was lost)"
+                "the move of drive {id} ended before host {to} made room"
             ))),
             Err(_) => {
                 let why = format!("host {to} did not answer within {PREPARE_TIMEOUT:?}");
@@ -154,8 +157,30 @@ impl Coordinator {
     ) -> mpsc::UnboundedReceiver<MoveOrder> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut model = self.lock_model().await;
-        model.moves.links.insert(host.clone(), (conn, tx));
+        let replaced = model.moves.links.insert(host.clone(), (conn, tx)).is_some();
+        if replaced {
+            // A new session of the host: the old one's steps in flight are lost with it.
+            self.fail_moves_through(&mut model, host, "reconnected")
+                .await;
+        }
         rx
+    }
+
+    /// Fails every move through `host`, whose link was `what` (lost, reconnected).
+    async fn fail_moves_through(&self, model: &mut Model, host: &HostId, what: &str) {
+        let hit: Vec<DriveId> = model
+            .moves
+            .moving
+            .values()
+            .filter(|m| m.involves(host))
+            .map(|m| m.drive)
+            .collect();
+        for id in hit {
+            let why = format!("host {host}'s link was {what}");
+            if let Err(e) = self.end_move(model, id, Err(why)).await {
+                tracing::warn!(drive = %id, error = %e, "cannot record a failed drive move");
+            }
+        }
     }
 
     /// Session `conn` of `host` is gone: so are the moves that go through it.
@@ -166,19 +191,7 @@ impl Coordinator {
         } else {
             return;
         }
-        let hit: Vec<DriveId> = model
-            .moves
-            .moving
-            .values()
-            .filter(|m| m.involves(host))
-            .map(|m| m.drive)
-            .collect();
-        for id in hit {
-            let why = format!("host {host}'s link was lost");
-            if let Err(e) = self.end_move(&mut model, id, Err(why)).await {
-                tracing::warn!(drive = %id, error = %e, "cannot record a failed drive move");
-            }
-        }
+        self.fail_moves_through(&mut model, host, "lost").await;
     }
 
     /// `host` answered a step of a move: the next step, or the end.

@@ -302,4 +302,24 @@ async fn a_drive_moves_only_when_verified_and_a_failure_leaves_it_where_it_was()
             .delete
             .contains(&id)
     );
+
+    // A host that reconnects loses the steps in flight: its moves fail, the drive stays.
+    let mut m1 = c.move_channel(&h("h1"), 99).await;
+    begin(&c, id, "h1", &mut m1, Ok(())).await.unwrap();
+    let _m2 = c.move_channel(&h("h2"), 100).await;
+    let after = c.get_drive(&tenant, id).await.unwrap();
+    assert_eq!(after.record.host, h("h2"));
+    assert!(
+        after
+            .record
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("h2's link was reconnected"),
+        "{:?}",
+        after.record.error
+    );
+    // The old session's end changes nothing more.
+    c.move_channel_gone(&h("h2"), c2).await;
+    assert!(c.model.lock().await.moves.get(&id).is_none());
 }
