@@ -24,8 +24,9 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
-/// Runs the move orders of one link session in order, off the async threads; each answer goes
-/// to the returned receiver. Ends when the sender is dropped (the session ended).
+/// Runs the move orders of one link session in order, each off the async threads (no thread
+/// is held while no move runs); each answer goes to the returned receiver. Ends when the sender
+/// is dropped (the session ended).
 pub fn worker(
     store: Option<Arc<DriveStore>>,
 ) -> (
@@ -34,21 +35,31 @@ pub fn worker(
 ) {
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel::<MoveOrder>();
     let (report_tx, report_rx) = tokio::sync::mpsc::channel::<MoveReport>(4);
-    tokio::task::spawn_blocking(move || {
-        // A new session: the coordinator fails the moves the last one carried, so what they
-        // left here is garbage.
-        if let Some(s) = &store {
-            clean_up(s);
-        }
-        while let Some(order) = order_rx.blocking_recv() {
-            let answer = match &store {
-                Some(s) => handle(s, order),
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Some(order) = order_rx.recv().await {
+            let store = store.clone();
+            // Before this session's first step: the coordinator failed the moves earlier
+            // sessions carried, so what they left here is garbage.
+            let clean = std::mem::take(&mut first);
+            let answer = tokio::task::spawn_blocking(move || match &store {
+                Some(s) => {
+                    if clean {
+                        clean_up(s);
+                    }
+                    handle(s, order)
+                }
                 None => refuse(order, "this host does not run VMs, so it holds no drives"),
-            };
-            if let Some(r) = answer
-                && report_tx.blocking_send(r).is_err()
-            {
-                return;
+            })
+            .await;
+            match answer {
+                Ok(Some(r)) => {
+                    if report_tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "a drive move step failed to run"),
             }
         }
     });
