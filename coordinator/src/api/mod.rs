@@ -11,6 +11,7 @@ mod cyborg_arqs;
 #[cfg(test)]
 mod cyborg_tests;
 mod dashboard;
+mod drive_move;
 mod drives;
 mod dynamic_cluster;
 mod error;

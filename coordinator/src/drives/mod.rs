@@ -13,7 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+pub mod moves;
+mod moving;
 mod rules;
+pub use moving::Moves;
+pub(crate) use moving::refuse_moving;
 pub use rules::{check_attachments, check_startable, runs_with_drives, same_attachments};
 
 /// A drive as the API shows it: the record, what it is mounted on, and its CloudSigma status.
@@ -83,7 +87,9 @@ fn view(model: &Model, d: &DriveRecord, mounts: &BTreeMap<DriveId, Vec<ServerId>
         DriveStatus::Creating => "creating",
         DriveStatus::Failed => "failed",
         DriveStatus::Deleting => "deleting",
-        DriveStatus::Ready if cloning_from(d.uuid) => "cloning_src",
+        DriveStatus::Ready if cloning_from(d.uuid) || model.moves.get(&d.uuid).is_some() => {
+            "cloning_src"
+        }
         DriveStatus::Ready if mounted_on.is_empty() => "unmounted",
         DriveStatus::Ready => "mounted",
     };
@@ -295,7 +301,7 @@ impl Coordinator {
     }
 
     /// `extra` more bytes of drives for `owner` against its storage quota, or where it has
-    /// none `[drives] storage_quota_bytes`.
+    /// none `[drives] storage_quota_bytes` (an explicit unlimited quota ignores the default).
     fn check_storage(&self, model: &Model, owner: &Account, extra: u64) -> Result<(), OpError> {
         let Some(quota) = owner
             .quota
@@ -304,6 +310,9 @@ impl Coordinator {
         else {
             return Ok(());
         };
+        if quota == crate::store::UNLIMITED_STORAGE {
+            return Ok(());
+        }
         let held = crate::accounts::in_use(model, &owner.name).storage;
         let want = held.saturating_add(extra);
         if want > quota {
@@ -343,6 +352,7 @@ impl Coordinator {
                 "drive {id} is mounted on server {s}, which is running; stop it to clone the drive"
             )));
         }
+        refuse_moving(&model, id, "clone it")?;
         let n = NewDrive {
             name: opts.name.unwrap_or_else(|| format!("{} (clone)", src.name)),
             size: opts.size.unwrap_or(src.size).max(src.size),
@@ -394,6 +404,7 @@ impl Coordinator {
             });
         }
         if edit.size > current.size {
+            refuse_moving(&model, id, "resize it")?;
             if let Some(s) = self.running_user(&model, id) {
                 return Err(OpError::DriveInUse(format!(
                     "drive {id} is mounted on server {s}, which is running; stop it to resize the drive"
@@ -426,6 +437,7 @@ impl Coordinator {
                 "drive {id} is mounted on server {s}, which is running; stop the server or detach the drive first"
             )));
         }
+        refuse_moving(&model, id, "delete it")?;
         let detached: Vec<ServerRecord> = model
             .servers
             .values()
@@ -561,6 +573,7 @@ impl Coordinator {
                 model.drives.insert(d.uuid, next);
             }
         }
+        Self::forget_moved_away(&mut model, host, &held.keys().copied().collect());
         Ok(())
     }
 }

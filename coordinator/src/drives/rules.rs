@@ -109,6 +109,7 @@ pub fn runs_with_drives(
 /// start, naming the drive (the server can run only where its drives are).
 pub fn check_startable(model: &Model, s: &ServerRecord) -> Result<(), OpError> {
     for a in &s.drives {
+        super::refuse_moving(model, a.drive, "start the server")?;
         let Some(d) = model.drives.get(&a.drive) else {
             return Err(OpError::Invalid {
                 field: "drives",

@@ -26,7 +26,7 @@ mod tests;
 mod usage;
 mod webhooks;
 
-pub use accounts::{Account, AccountChange, Quota, QuotaChange};
+pub use accounts::{Account, AccountChange, Quota, QuotaChange, UNLIMITED_STORAGE};
 pub use admin::{AdminAction, LaunchRecord};
 pub use drives::{DriveRecord, DriveStatus, DriveUsage};
 pub use postgres::{PgStore, redact_url};
