@@ -335,7 +335,9 @@ mod tests {
         let back = store.servers().await.unwrap();
         assert_eq!(back[0].drives, s.drives);
         s.drives.clear();
-        store.commit(&[s.clone()], &[], &[], &[]).await.unwrap();
+        testing::commit(&store, &[s.clone()], &[], &[], &[])
+            .await
+            .unwrap();
         assert!(store.servers().await.unwrap()[0].drives.is_empty());
         // Storage usage: rows of class drive, and the drive's metered_until moves with them.
         let u = DriveUsage {
