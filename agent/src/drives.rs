@@ -73,6 +73,16 @@ impl DriveStore {
         self.dir.join(format!("{id}.qcow2"))
     }
 
+    /// The directory of this host's drives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A standalone copy of the qcow2 `src` (any backing file flattened in) at `dst`.
+    pub fn convert(&self, src: &Path, dst: &Path) -> Result<(), DriveError> {
+        self.qemu_img(&["convert", "-U", "-O", "qcow2"], &[src, dst], &[])
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known
             .lock()

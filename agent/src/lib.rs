@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod drive_move;
 pub mod driver;
 pub mod drives;
 pub mod http_conn;

@@ -271,7 +271,9 @@ async fn session(
                 Err(_) => LinkError::BadRedirect(link.chars().take(100).collect()),
             });
         }
-        CoordinatorMessage::DesiredState(_) | CoordinatorMessage::Drives(_) => {
+        CoordinatorMessage::DesiredState(_)
+        | CoordinatorMessage::Drives(_)
+        | CoordinatorMessage::DriveMove(_) => {
             return Err(ProtocolError::Unexpected("desired state before Welcome").into());
         }
     }
@@ -320,6 +322,8 @@ where
         tokio::sync::mpsc::channel::<backfill_shared::drive::DriveReport>(4);
     // The latest orders not yet taken up: a newer order replaces an older one that waits.
     let pending: Arc<Mutex<Option<backfill_shared::drive::DriveOrders>>> = Arc::default();
+    // Steps of drive moves, in order, off the async threads (ends with this session).
+    let (move_tx, mut move_rx) = crate::drive_move::worker(drives.cloned());
     report(link, supervisor).await?;
     let mut deadline = Instant::now() + silence;
     let mut ticker = tokio::time::interval(report_interval);
@@ -355,9 +359,13 @@ where
                             send(link, &AgentMessage::Drives(failed)).await?;
                         }
                     },
+                    CoordinatorMessage::DriveMove(order) => {
+                        let _ = move_tx.send(order);
+                    }
                 }
             }
             Some(r) = drive_rx.recv() => send(link, &AgentMessage::Drives(r)).await?,
+            Some(r) = move_rx.recv() => send(link, &AgentMessage::DriveMove(r)).await?,
             () = changed.notified() => report(link, supervisor).await?,
             _ = ticker.tick() => report(link, supervisor).await?,
         }

@@ -15,8 +15,25 @@ pub struct QuotaView {
     pub gpus: Option<u64>,
     pub servers: Option<u64>,
     /// Bytes of drives; null = the configured default (`[drives] storage_quota_bytes`,
-    /// unlimited when unset).
-    pub storage: Option<u64>,
+    /// unlimited when unset); `"unlimited"` = unlimited whatever the default.
+    pub storage: Option<StorageQuota>,
+}
+
+/// An account's own storage quota: bytes, or the word `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum StorageQuota {
+    Bytes(u64),
+    Unlimited(Unlimited),
+}
+
+/// The word `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub enum Unlimited {
+    #[serde(rename = "unlimited")]
+    Unlimited,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,7 +74,8 @@ objects! {
 }
 
 /// A quota change: a field left out stays as it is, `Some(None)` (JSON null) makes it
-/// unlimited (storage: the configured default), `Some(Some(n))` sets it.
+/// unlimited (storage: the configured default), `Some(Some(n))` sets it (storage also takes
+/// `"unlimited"`: unlimited whatever the default).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct QuotaFields {
@@ -90,12 +108,14 @@ pub struct QuotaFields {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub storage: Option<Option<u64>>,
+    pub storage: Option<Option<StorageQuota>>,
 }
 
 /// A field that is present: `null` is `Some(None)` (absent is the `default`, `None`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
-    Option::<u64>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl QuotaFields {

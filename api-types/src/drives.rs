@@ -155,6 +155,13 @@ pub struct DriveFields {
     pub allow_multimount: Option<bool>,
 }
 
+/// `POST /operator/drives/{uuid}/move/`: the agent host the drive moves to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct DriveMove {
+    pub host: String,
+}
+
 /// A clone's optional body: only what is given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]

@@ -70,7 +70,7 @@ pub fn quota_body(q: &Quota) -> QuotaFields {
         mem: given(q.mem),
         gpus: given(q.gpus),
         servers: given(q.servers),
-        storage: given(q.storage),
+        storage: q.storage.map(Limit::storage),
     }
 }
 
@@ -172,6 +172,14 @@ mod tests {
         assert_eq!(
             serde_json::to_value(quota_body(&q)).unwrap(),
             json!({"storage": null})
+        );
+        let q = Quota {
+            storage: parse_size_or_default("unlimited").ok(),
+            ..q
+        };
+        assert_eq!(
+            serde_json::to_value(quota_body(&q)).unwrap(),
+            json!({"storage": "unlimited"})
         );
     }
 

@@ -268,8 +268,8 @@ pub struct Quota {
     /// Quota on the number of servers, or "unlimited".
     #[arg(long, value_name = "N", value_parser = units::parse_count_limit)]
     pub servers: Option<Limit>,
-    /// Storage quota for drives: bytes or K/M/G/T, or "default" (the coordinator's
-    /// `[drives] storage_quota_bytes`).
+    /// Storage quota for drives: bytes or K/M/G/T, "default" (the coordinator's
+    /// `[drives] storage_quota_bytes`) or "unlimited" (whatever the default).
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size_or_default)]
     pub storage: Option<Limit>,
 }

@@ -24,6 +24,15 @@ pub enum DriveCmd {
     /// Deletes a drive (not while a running server uses it).
     #[command(visible_alias = "rm")]
     Delete { uuid: String },
+    /// Operator (admin certificate): moves a drive to another host, e.g. before its host is
+    /// drained. Its servers must be stopped; the copy runs in the background (status
+    /// `cloning_src`) and the drive's host changes once the copy is verified.
+    Move {
+        uuid: String,
+        /// The target host's id (a connected host that runs VMs).
+        #[arg(long)]
+        host: String,
+    },
 }
 
 #[derive(Debug, Args)]

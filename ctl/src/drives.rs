@@ -7,7 +7,8 @@ use crate::error::CtlError;
 use crate::output::{Out, typed};
 use crate::table::{Table, key_values};
 use backfill_api::drives::{
-    CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, LibraryDriveList,
+    CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, DriveMove,
+    LibraryDriveList,
 };
 use reqwest::Method;
 
@@ -58,6 +59,24 @@ pub async fn run(api: &Api, out: Out, cmd: DriveCmd) -> Result<(), CtlError> {
             api.call(Method::DELETE, &["drives", &uuid], &[], None)
                 .await?;
             out.say(&format!("deleted {uuid} (its host removes the file)"))
+        }
+        DriveCmd::Move { uuid, host } => {
+            let body = DriveMove { host: host.clone() };
+            let v = api
+                .send(
+                    Method::POST,
+                    &["operator", "drives", &uuid, "move"],
+                    &[],
+                    &body,
+                )
+                .await?;
+            out.show(&v, |v| {
+                format!(
+                    "moving {uuid} to host {host} (status {}); `backfillctl drive show {uuid}` \
+                     shows unmounted or mounted again when it is there, and an error if it failed\n",
+                    v["objects"][0]["status"].as_str().unwrap_or("?")
+                )
+            })
         }
     }
 }

@@ -1,19 +1,34 @@
 //! Parsing and printing of the values the command line deals in: sizes, `KEY=VALUE` pairs,
 //! quota limits, timestamps and durations.
 
+use backfill_api::accounts::{StorageQuota, Unlimited};
+
 /// A quota value: a number, or no limit at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
+    /// Sent as null: unlimited (for storage, the coordinator's configured default).
     Unlimited,
     Value(u64),
+    /// Sent as `"unlimited"`: a storage quota that is unlimited whatever the default.
+    ExplicitUnlimited,
 }
 
 impl Limit {
     /// As the API takes it: `None` (JSON null) is unlimited.
     pub fn value(self) -> Option<u64> {
         match self {
-            Limit::Unlimited => None,
+            Limit::Unlimited | Limit::ExplicitUnlimited => None,
             Limit::Value(n) => Some(n),
+        }
+    }
+
+    /// As the API takes a storage quota: null is the configured default, `"unlimited"` is
+    /// unlimited whatever the default.
+    pub fn storage(self) -> Option<StorageQuota> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::Value(n) => Some(StorageQuota::Bytes(n)),
+            Limit::ExplicitUnlimited => Some(StorageQuota::Unlimited(Unlimited::Unlimited)),
         }
     }
 }
@@ -83,11 +98,12 @@ pub fn parse_size_limit(s: &str) -> Result<Limit, String> {
     }
 }
 
-/// A size, or `default` (sent as null: the coordinator's configured default, as the API's
-/// `quota.storage` takes it).
+/// A size, `default` (sent as null: the coordinator's configured default, as the API's
+/// `quota.storage` takes it) or `unlimited` (unlimited whatever the default).
 pub fn parse_size_or_default(s: &str) -> Result<Limit, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "default" => Ok(Limit::Unlimited),
+        "unlimited" | "none" => Ok(Limit::ExplicitUnlimited),
         _ => parse_size(s).map(Limit::Value),
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod drive;
+pub mod drive_move;
 pub mod ids;
 pub mod listener;
 pub mod notify;

@@ -19,7 +19,8 @@ use tokio_util::codec::LengthDelimitedCodec;
 /// 4: workload kinds (`vm`, `container`) and the drivers an agent has, in its inventory.
 /// 5: `CoordinatorMessage::Redirect` (several coordinators: a follower sends agents to the
 /// leader); drives: `CoordinatorMessage::Drives`, `AgentMessage::Drives`, and a VM's attached
-/// drives at the end of `VmWorkload`.
+/// drives at the end of `VmWorkload`; later in 5, appended: `CoordinatorMessage::DriveMove` and
+/// `AgentMessage::DriveMove` (moving a drive between hosts; sent only to hosts a move involves).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame either side accepts. A desired state for a few thousand servers fits easily.
@@ -69,6 +70,8 @@ pub enum AgentMessage {
     Ack(Ack),
     /// The drives this host holds (after every `Drives` order, and when one changes).
     Drives(crate::drive::DriveReport),
+    /// The answer to a step of moving a drive between hosts.
+    DriveMove(crate::drive_move::MoveReport),
 }
 
 /// Coordinator -> agent.
@@ -91,6 +94,8 @@ pub enum CoordinatorMessage {
     /// Every drive this host should hold, and those to delete (sent after `Welcome`, on each
     /// change and with the heartbeat).
     Drives(crate::drive::DriveOrders),
+    /// A step of moving a drive between hosts (the coordinator relays the copy).
+    DriveMove(crate::drive_move::MoveOrder),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,6 +372,25 @@ mod tests {
         golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
         golden.extend_from_slice(&[0x01, 0x01, 0x01, b'x']);
         assert_eq!(&encode(&report).unwrap()[..], &golden[..]);
+        // Moving a drive: variant 5 each way, appended.
+        use crate::drive_move::{MoveOrder, MoveReport};
+        let order = CoordinatorMessage::DriveMove(MoveOrder::Write {
+            drive: DriveId::from_u128(3),
+            offset: 2,
+            data: vec![7, 8],
+        });
+        let mut golden = vec![0x05, 0x03, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0x02, 0x02, 7, 8]);
+        assert_eq!(&encode(&order).unwrap()[..], &golden[..]);
+        let answer = AgentMessage::DriveMove(MoveReport::Finished {
+            drive: DriveId::from_u128(3),
+            result: Err("x".into()),
+        });
+        let mut golden = vec![0x04, 0x04, 36];
+        golden.extend_from_slice(b"00000000-0000-0000-0000-000000000003");
+        golden.extend_from_slice(&[0x01, 0x01, b'x']);
+        assert_eq!(&encode(&answer).unwrap()[..], &golden[..]);
         // A VM's drives ride at the end of its workload.
         let w = Workload {
             vm: Some(crate::VmWorkload {

@@ -35,6 +35,20 @@
 #   create 64 (100,000)               33.8   1523    3119                  47.5   1416    1596
 #   mixed 64: reads (100,420)          1.4  18551   25045                   2.7  11074   12604
 #             creates                  0.9  p99 34930                       1.5  p99 21639
+#
+# PostgreSQL creates flat as the store grows (branch pgperf, 2026-11-30, same noisy machine, load
+# average 6-11): a create no longer walks every server for drive mounts, and new servers are
+# written with multi-row INSERTs. SECONDS_PER_PHASE=10 PREFILL_MAX_S=120, per_s (p99 ms):
+#   phase (servers at start)   baseline (above) PG   before (main + INSERTs) PG   after PG      after SQLite
+#   create 1 client (0)              77.7 (92)          279.9 (21)                   94.7 (48)     390.2 (20)
+#   create 16 (0)                    66.5 (491)         956.1 (71)                  592.0 (168)   1132.7 (59)
+#   create 64 (0)                    81.1 (1558)       1268.5 (195)                1170.0 (560)    856.1 (1647)
+#   list 64, limit 20 (100)         578.8 (220)        2032.0 (126)                2609.9 (79)    1966.1 (69)
+#   prefill to 100,000             1105/s, 90.5 s      445/s, 55,500 in 125 s      4466/s, 22.4 s 7161/s, 14.0 s
+#   list 64 (100,000)                 0.6 (104473)     1167.9 (192) at 55,500      1731.3 (114)   1847.6 (126)
+#   create 64 (100,000)               4.9 (21480)        50.1 (1851) at 55,500     1201.5 (163)   1527.4 (144)
+#   mixed 64: reads                   1.5 (25809)        99.4 (776)                 871.7 (153)   1118.2 (157)
+#             creates                 0.9               59.3                        275.5          346.5
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release}

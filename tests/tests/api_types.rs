@@ -331,7 +331,7 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
             backfill: Some(false),
             quota: Some(QuotaFields {
                 cpu: Some(None),
-                storage: Some(Some(1 << 30)),
+                storage: Some(Some(backfill_api::accounts::StorageQuota::Bytes(1 << 30))),
                 ..QuotaFields::default()
             }),
         })),

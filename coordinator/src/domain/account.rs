@@ -11,9 +11,13 @@ pub struct Quota {
     /// Servers that exist (any status).
     pub servers: Option<u64>,
     /// Bytes of drives; `None` = the configured default (`[drives] storage_quota_bytes`,
-    /// itself unlimited when unset).
+    /// itself unlimited when unset); [`UNLIMITED_STORAGE`] = unlimited whatever the default.
     pub storage: Option<u64>,
 }
+
+/// A storage quota the operator set to unlimited explicitly (the API's `"unlimited"`): the
+/// largest quota the store keeps (a signed 64-bit column), which no account can reach.
+pub const UNLIMITED_STORAGE: u64 = i64::MAX.unsigned_abs();
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

@@ -213,10 +213,20 @@ where
     .await?;
     let first = desired.borrow_and_update().clone();
     send(link, &CoordinatorMessage::DesiredState((*first).clone())).await?;
-    let mut drives = coordinator.drive_channel(host, conn).await;
+    let mut drives = DriveLinks {
+        orders: coordinator.drive_channel(host, conn).await,
+        moves: coordinator.move_channel(host, conn).await,
+    };
     let result = run_drives(link, host, conn, desired, &mut drives, coordinator, timing).await;
     coordinator.drive_channel_gone(host, conn).await;
+    coordinator.move_channel_gone(host, conn).await;
     result
+}
+
+/// A session's drive channels: its host's drive orders, and the steps of drive moves.
+struct DriveLinks {
+    orders: tokio::sync::watch::Receiver<Arc<backfill_shared::drive::DriveOrders>>,
+    moves: tokio::sync::mpsc::UnboundedReceiver<backfill_shared::drive_move::MoveOrder>,
 }
 
 /// The exchange after the first desired state: desired states and drive orders out (each on
@@ -226,13 +236,17 @@ async fn run_drives<L>(
     host: &HostId,
     conn: u64,
     desired: &mut tokio::sync::watch::Receiver<Arc<protocol::DesiredState>>,
-    drives: &mut tokio::sync::watch::Receiver<Arc<backfill_shared::drive::DriveOrders>>,
+    links: &mut DriveLinks,
     coordinator: &Coordinator,
     timing: LinkConfig,
 ) -> Result<(), LinkError>
 where
     L: Stream<Item = std::io::Result<BytesMut>> + Sink<Bytes, Error = std::io::Error> + Unpin,
 {
+    let DriveLinks {
+        orders: drives,
+        moves,
+    } = links;
     let orders = drives.borrow_and_update().clone();
     send(link, &CoordinatorMessage::Drives((*orders).clone())).await?;
     let (silence, beat) = (timing.silence(), timing.heartbeat());
@@ -259,6 +273,9 @@ where
                 let orders = drives.borrow_and_update().clone();
                 send(link, &CoordinatorMessage::Drives((*orders).clone())).await?;
             }
+            Some(order) = moves.recv() => {
+                send(link, &CoordinatorMessage::DriveMove(order)).await?;
+            }
             changed = desired.changed() => {
                 if changed.is_err() {
                     return Ok(()); // superseded by a newer session of the same host
@@ -277,6 +294,7 @@ where
                     AgentMessage::Report(r) => coordinator.apply_report(host, conn, r).await?,
                     AgentMessage::Ack(a) => tracing::debug!(host = %host, generation = a.generation, "ack"),
                     AgentMessage::Drives(r) => coordinator.apply_drive_report(host, r).await?,
+                    AgentMessage::DriveMove(r) => coordinator.apply_move_report(host, r).await?,
                     AgentMessage::Hello(_) => {
                         return Err(ProtocolError::Unexpected("Hello after registration").into());
                     }

@@ -377,6 +377,29 @@ async fn storage_quota_is_the_accounts_or_the_configured_default() {
     assert_eq!(t.quota.storage, None);
     let e = c.create_drives(&t, vec![blank("f")]).await.unwrap_err();
     assert!(quota(e));
+
+    // Unlimited explicitly: the default no longer holds the account; and back to the default.
+    let set = |storage| crate::domain::account::AccountChange {
+        backfill: None,
+        quota: crate::domain::account::QuotaChange {
+            storage: Some(storage),
+            ..Default::default()
+        },
+    };
+    let t = c
+        .update_account("t", set(Some(crate::domain::account::UNLIMITED_STORAGE)))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.account("t").await.unwrap().quota.storage,
+        Some(crate::domain::account::UNLIMITED_STORAGE)
+    );
+    c.create_drives(&t, vec![blank("f"), blank("g")])
+        .await
+        .unwrap();
+    let t = c.update_account("t", set(None)).await.unwrap();
+    let e = c.create_drives(&t, vec![blank("h")]).await.unwrap_err();
+    assert!(quota(e));
 }
 
 #[tokio::test]

@@ -100,6 +100,9 @@ pub struct Model {
     pub drives: BTreeMap<backfill_shared::DriveId, crate::store::DriveRecord>,
     /// Each connected agent's drive orders (by its session's `conn`).
     pub drive_links: BTreeMap<HostId, (u64, watch::Sender<Arc<DriveOrders>>)>,
+    /// Drives on their way to another host (`state::drive_move`), and each connected agent's
+    /// channel for move orders.
+    pub moves: crate::state::drive_moves::Moves,
 }
 
 /// Whether a server's host keeps something of it while it is stopped (a VM's disk overlay).
@@ -333,6 +336,9 @@ impl Model {
                 DriveStatus::Failed => {}
             }
         }
+        orders
+            .delete
+            .extend(self.moves.moved_away_from(host, &self.drives));
         orders
     }
 

@@ -97,6 +97,8 @@ macro_rules! backend {
                             reason: e.to_string(),
                         })
                     };
+                    // Fenced like every scheduling write (the leader's epoch; migration 0012).
+                    let mut tx = self.begin_write().await?;
                     q("INSERT INTO drives (uuid, owner, name, size, media, host, source, status,
                            error, meta, tags, created_at, metered_until)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -118,8 +120,9 @@ macro_rules! backend {
                     .bind(json(serde_json::to_string(&d.tags))?)
                     .bind(d.created_at)
                     .bind(d.metered_until)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -151,10 +154,12 @@ macro_rules! backend {
                 }
 
                 pub async fn delete_drive(&self, id: &DriveId) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
                     q("DELETE FROM drives WHERE uuid = ?")
                         .bind(id.to_string())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -238,6 +243,55 @@ mod tests {
         }
     }
 
+    /// On PostgreSQL a drive write is fenced like a server's: under a stale epoch (a deposed
+    /// leader) put and delete fail at COMMIT and change nothing.
+    #[tokio::test]
+    async fn a_deposed_leader_cannot_write_drives() {
+        use crate::store::leader::Claim;
+        let Some(db) = testing::postgres().await else {
+            return;
+        };
+        let store = db.open().await;
+        let pg = store.shared().unwrap().clone();
+        let a = drive(1, DriveSource::Blank);
+        // Before anyone leads nothing is fenced.
+        store.put_drive(&a).await.unwrap();
+        let claim = |name: &str| Claim {
+            holder: name.into(),
+            api_url: format!("https://{name}:8443"),
+            link_addr: "127.0.0.1:8444".into(),
+            lease: std::time::Duration::from_secs(60),
+        };
+        let mut sa = pg.lease_session().await.unwrap();
+        assert_eq!(sa.try_take(&claim("a")).await.unwrap(), Some(1));
+        pg.set_epoch(1);
+        let mut moved = a.clone();
+        moved.host = "h2".parse().unwrap();
+        store.put_drive(&moved).await.unwrap();
+        // a's session ends; b takes over (epoch 2) while this store still writes under 1.
+        sa.close().await;
+        let mut sb = pg.lease_session().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sb.try_take(&claim("b")).await.unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease stayed taken"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut stale = moved.clone();
+        stale.host = "h3".parse().unwrap();
+        let err = store.put_drive(&stale).await.unwrap_err();
+        assert!(err.is_fenced(), "put under epoch 1: {err}");
+        let err = store.delete_drive(&a.uuid).await.unwrap_err();
+        assert!(err.is_fenced(), "delete under epoch 1: {err}");
+        assert_eq!(store.drives().await.unwrap(), vec![moved.clone()]);
+        // Under the new epoch it writes again.
+        pg.set_epoch(2);
+        store.delete_drive(&a.uuid).await.unwrap();
+        assert!(store.drives().await.unwrap().is_empty());
+    }
+
     async fn drives_on(store: Store) {
         let a = drive(1, DriveSource::Blank);
         let b = drive(
@@ -281,7 +335,9 @@ mod tests {
         let back = store.servers().await.unwrap();
         assert_eq!(back[0].drives, s.drives);
         s.drives.clear();
-        store.commit(&[s.clone()], &[], &[], &[]).await.unwrap();
+        testing::commit(&store, &[s.clone()], &[], &[], &[])
+            .await
+            .unwrap();
         assert!(store.servers().await.unwrap()[0].drives.is_empty());
         // Storage usage: rows of class drive, and the drive's metered_until moves with them.
         let u = DriveUsage {

@@ -115,7 +115,7 @@ async fn events_from_concurrent_transactions_get_distinct_sequence_numbers() {
                 payload: serde_json::json!({"i": i}),
                 created_at: 1,
             };
-            store.commit(&[], &[], &[], &[e]).await
+            testing::commit(&store, &[], &[], &[], &[e]).await
         }));
     }
     for t in tasks {

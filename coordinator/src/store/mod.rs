@@ -91,6 +91,18 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// It writes new servers and nothing else (a create).
+    pub(crate) fn only_inserts(&self) -> bool {
+        self.servers.is_empty()
+            && self.usage.is_empty()
+            && self.events.is_empty()
+            && self.arqs_new.is_empty()
+            && self.arqs_changed.is_empty()
+            && self.arqs_deleted.is_empty()
+            && self.hosts.is_empty()
+            && self.deletes.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.inserts.is_empty()
             && self.servers.is_empty()
@@ -165,6 +177,32 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
     }
+}
+
+/// The row counts of the multi-row server INSERTs, largest first: `n` new servers go in as
+/// chunks of these sizes (64 rows of 28 values is 1,792 bind parameters, well under both
+/// backends' limits).
+const INSERT_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// How many of `n` (> 0) new servers the next INSERT takes.
+pub(crate) fn insert_chunk(n: usize) -> usize {
+    INSERT_CHUNKS.into_iter().find(|&c| c <= n).unwrap_or(1)
+}
+
+/// The columns a new server is written with, in `bind_server`'s order.
+const SERVER_COLUMNS: &str = "uuid, owner, name, class, cpu, smp, mem, meta, tags, vnc_password, \
+     workload, status, host, perf_cpu, perf_mem, active_since, incarnation, created_at, \
+     term_scheduled_at, term_at, queued_reason, priority, flavor, gpu_request, gpus, last_host, \
+     stop_reason, drives";
+
+/// `INSERT INTO servers` of `rows` rows, with `?` placeholders.
+pub(crate) fn insert_servers_sql(rows: usize) -> String {
+    let columns = SERVER_COLUMNS.split(',').count();
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!(
+        "INSERT INTO servers ({SERVER_COLUMNS}) VALUES {}",
+        vec![row; rows].join(", ")
+    )
 }
 
 /// How a backend spells a query: the SQL is shared, placeholders differ.
@@ -322,14 +360,6 @@ dispatch! {
     fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError>;
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
     fn insert_servers(&self, servers: &[ServerRecord]) -> Result<(), StoreError>;
-    /// Servers, host generations, usage and events in one transaction.
-    fn commit(
-        &self,
-        servers: &[ServerRecord],
-        hosts: &[(HostId, u64)],
-        usage: &[UsageSegment],
-        events: &[Event]
-    ) -> Result<(), StoreError>;
     /// Batches in order, in one transaction (group commit).
     fn write_batches(&self, batches: &[&WriteBatch]) -> Result<(), StoreError>;
     fn delete_server(&self, id: &ServerId) -> Result<(), StoreError>;

@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "storage_quota",
         include_str!("../../migrations/postgres/0011_storage_quota.sql"),
     ),
+    (
+        12,
+        "drives_fence",
+        include_str!("../../migrations/postgres/0012_drives_fence.sql"),
+    ),
 ];
 
 /// A store on a PostgreSQL server.

@@ -1,5 +1,6 @@
-//! Hosts and servers: the rows the live model is loaded from, and `commit`, the one
-//! transaction every scheduling change goes through (servers, usage, events, host generations).
+//! Hosts and servers: the rows the live model is loaded from, and `write_batches`, the one
+//! transaction every scheduling change goes through (servers, usage, events, ARQs, host
+//! generations), a group of batches at a time.
 
 use super::{HostRecord, ServerRecord, StoreError};
 use backfill_shared::Termination;
@@ -82,25 +83,8 @@ macro_rules! backend {
 
             pub async fn insert_servers(&self, servers: &[ServerRecord]) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                insert_servers_in(&mut tx, servers).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            /// Writes the mutable fields of `servers` and the new generations of `hosts` in one
-            /// transaction: a host's desired state and its generation never disagree on disk.
-            pub async fn commit(
-                &self,
-                servers: &[ServerRecord],
-                hosts: &[(HostId, u64)],
-                usage: &[crate::domain::usage::UsageSegment],
-                events: &[crate::domain::event::Event],
-            ) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                update_servers_in(&mut tx, servers).await?;
-                crate::store::usage::$m::insert_segments(&mut tx, usage).await?;
-                crate::store::webhooks::$m::insert_events(&mut tx, events).await?;
-                set_generations_in(&mut tx, hosts).await?;
+                let all: Vec<&ServerRecord> = servers.iter().collect();
+                insert_servers_in(&mut tx, &all).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -113,8 +97,17 @@ macro_rules! backend {
                 batches: &[&crate::store::WriteBatch],
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
+                // New servers of consecutive batches that write nothing else (creates) go in
+                // together, a few multi-row INSERTs for the lot; anything else a batch writes
+                // comes after its own and every earlier batch's new servers, as in order.
+                let mut new: Vec<&ServerRecord> = Vec::new();
                 for b in batches {
-                    insert_servers_in(&mut tx, &b.inserts).await?;
+                    new.extend(&b.inserts);
+                    if b.only_inserts() {
+                        continue;
+                    }
+                    insert_servers_in(&mut tx, &new).await?;
+                    new.clear();
                     update_servers_in(&mut tx, &b.servers).await?;
                     crate::store::usage::$m::insert_segments(&mut tx, &b.usage).await?;
                     crate::store::webhooks::$m::insert_events(&mut tx, &b.events).await?;
@@ -134,6 +127,7 @@ macro_rules! backend {
                             .await?;
                     }
                 }
+                insert_servers_in(&mut tx, &new).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -163,20 +157,23 @@ macro_rules! backend {
             }
         }
 
+        /// Inserts `servers` with a few multi-row statements (`INSERT_CHUNKS` rows at most each,
+        /// of a handful of fixed sizes so each backend prepares few distinct statements): one
+        /// round trip per chunk, not per server.
         async fn insert_servers_in(
             tx: &mut sqlx::Transaction<'static, $DB>,
-            servers: &[ServerRecord],
+            servers: &[&ServerRecord],
         ) -> Result<(), StoreError> {
-            for s in servers {
-                let q = q(
-                    "INSERT INTO servers (uuid, owner, name, class, cpu, smp, mem, meta, tags,
-                         vnc_password, workload, status, host, perf_cpu, perf_mem, active_since,
-                         incarnation, created_at, term_scheduled_at, term_at, queued_reason,
-                         priority, flavor, gpu_request, gpus, last_host, stop_reason, drives)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-                             ?, ?, ?)",
-                );
-                bind_server(q, s)?.execute(&mut **tx).await?;
+            let mut rest = servers;
+            while !rest.is_empty() {
+                let n = crate::store::insert_chunk(rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                let mut query = q(crate::store::insert_servers_sql(n));
+                for s in chunk.iter().copied() {
+                    query = bind_server(query, s)?;
+                }
+                query.execute(&mut **tx).await?;
+                rest = tail;
             }
             Ok(())
         }

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "storage_quota",
         include_str!("../../migrations/0011_storage_quota.sql"),
     ),
+    (
+        12,
+        "drives_fence",
+        include_str!("../../migrations/0012_drives_fence.sql"),
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.

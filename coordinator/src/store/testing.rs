@@ -274,3 +274,22 @@ pub(crate) fn sample_server(owner: &str) -> crate::domain::server::ServerRecord 
         drives: Vec::new(),
     }
 }
+
+/// Servers, host generations, usage and events written in one transaction, as the committer
+/// writes a batch ([`Store::write_batches`]).
+pub(crate) async fn commit(
+    store: &Store,
+    servers: &[super::ServerRecord],
+    hosts: &[(backfill_shared::HostId, u64)],
+    usage: &[super::UsageSegment],
+    events: &[crate::domain::event::Event],
+) -> Result<(), super::StoreError> {
+    let batch = super::WriteBatch {
+        servers: servers.to_vec(),
+        hosts: hosts.to_vec(),
+        usage: usage.to_vec(),
+        events: events.to_vec(),
+        ..Default::default()
+    };
+    store.write_batches(&[&batch]).await
+}

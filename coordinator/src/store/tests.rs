@@ -75,8 +75,7 @@ async fn survives_reopen_on(db: testing::TestDb) {
         command: vec!["true".into()],
         ..Default::default()
     });
-    store
-        .commit(&[s.clone()], &[(host.id.clone(), 4)], &[], &[])
+    testing::commit(&store, &[s.clone()], &[(host.id.clone(), 4)], &[], &[])
         .await
         .unwrap();
     store.close().await;
@@ -155,14 +154,18 @@ async fn usage_segments_extend_and_prorate_on(store: Store) {
         },
     };
     // Two continuing stretches at full size become one row; the half-size one is another.
-    store
-        .commit(&[], &[], &[seg(0, 100, 1.0)], &[])
+    testing::commit(&store, &[], &[], &[seg(0, 100, 1.0)], &[])
         .await
         .unwrap();
-    store
-        .commit(&[], &[], &[seg(100, 200, 1.0), seg(200, 300, 0.5)], &[])
-        .await
-        .unwrap();
+    testing::commit(
+        &store,
+        &[],
+        &[],
+        &[seg(100, 200, 1.0), seg(200, 300, 0.5)],
+        &[],
+    )
+    .await
+    .unwrap();
     let count = "SELECT COUNT(*) FROM usage";
     let rows: i64 = match &store {
         Store::Sqlite(s) => sqlx::query_scalar(count).fetch_one(&s.pool).await,
@@ -229,15 +232,15 @@ async fn the_outbox_on(store: Store) {
         created_at: 0,
     };
     store.insert_webhook(&w).await.unwrap();
-    store
-        .commit(
-            &[],
-            &[],
-            &[],
-            &[event("old", 10), event("open", 11), event("nobody", 12)],
-        )
-        .await
-        .unwrap();
+    testing::commit(
+        &store,
+        &[],
+        &[],
+        &[],
+        &[event("old", 10), event("open", 11), event("nobody", 12)],
+    )
+    .await
+    .unwrap();
     let fresh = store.unfanned_events(10).await.unwrap();
     assert_eq!(fresh.len(), 3);
     store.fan_out("old", &["w".into()], 10).await.unwrap();
@@ -445,7 +448,11 @@ async fn a_commit_that_fails_writes_nothing() {
         s.status = ServerStatus::Running;
         s.host = Some("nowhere".parse().unwrap());
         let e = event("e1", 1);
-        assert!(store.commit(&[s.clone()], &[], &[seg], &[e]).await.is_err());
+        assert!(
+            testing::commit(&store, &[s.clone()], &[], &[seg], &[e])
+                .await
+                .is_err()
+        );
         let all = UsageFilter {
             account: None,
             start: 0,
@@ -501,4 +508,87 @@ async fn an_unreachable_postgres_fails_clearly() {
         "{e}"
     );
     assert!(!e.contains("secret"), "{e}");
+}
+
+#[tokio::test]
+async fn a_group_of_batches_lands_in_order_with_multi_row_inserts() {
+    for db in testing::backends().await {
+        let store = db.open().await;
+        store
+            .seed_accounts(&["tenant".into()], &[], 0)
+            .await
+            .unwrap();
+        // 85 creates (64 + 16 + 4 + 1 rows), then a batch that changes one of them and
+        // deletes another, then 3 more creates, one of them deleted by the last batch.
+        let creates: Vec<WriteBatch> = (0..85)
+            .map(|i| {
+                let mut s = server("tenant");
+                s.name = format!("s{i}");
+                s.created_at = i;
+                WriteBatch {
+                    inserts: vec![s],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut renamed = creates[3].inserts[0].clone();
+        renamed.name = "renamed".into();
+        let change = WriteBatch {
+            servers: vec![renamed.clone()],
+            deletes: vec![creates[7].inserts[0].uuid],
+            ..Default::default()
+        };
+        let late = WriteBatch {
+            inserts: (85..88)
+                .map(|i| {
+                    let mut s = server("tenant");
+                    s.created_at = i;
+                    s
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let last = WriteBatch {
+            deletes: vec![late.inserts[1].uuid],
+            ..Default::default()
+        };
+        let mut group: Vec<&WriteBatch> = creates.iter().collect();
+        group.extend([&change, &late, &last]);
+        store.write_batches(&group).await.unwrap();
+        let back = store.servers().await.unwrap();
+        assert_eq!(back.len(), 86);
+        let mut want: Vec<ServerRecord> = creates.iter().map(|b| b.inserts[0].clone()).collect();
+        want[3] = renamed;
+        want.remove(7);
+        want.extend([late.inserts[0].clone(), late.inserts[2].clone()]);
+        assert_eq!(back, want);
+        // A group that fails in its multi-row INSERT (a duplicate key) writes nothing.
+        let dup = WriteBatch {
+            inserts: vec![server("tenant"), want[0].clone()],
+            ..Default::default()
+        };
+        assert!(store.write_batches(&[&dup]).await.is_err());
+        assert_eq!(store.servers().await.unwrap().len(), 86);
+    }
+}
+
+#[test]
+fn inserts_go_in_chunks_of_a_few_fixed_sizes() {
+    let chunks = |mut n: usize| {
+        let mut out = Vec::new();
+        while n > 0 {
+            let c = insert_chunk(n);
+            out.push(c);
+            n -= c;
+        }
+        out
+    };
+    assert_eq!(chunks(1), [1]);
+    assert_eq!(chunks(100), [64, 16, 16, 4]);
+    assert_eq!(chunks(131), [64, 64, 1, 1, 1]);
+    let sql = insert_servers_sql(2);
+    assert_eq!(sql.matches('?').count(), 56);
+    assert!(sql.ends_with(
+        "?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ));
 }

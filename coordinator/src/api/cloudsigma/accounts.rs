@@ -3,7 +3,8 @@
 
 use crate::api::cloudsigma::listing::page;
 use crate::api::cloudsigma::views::{
-    AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, to_json,
+    AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, StorageQuotaView,
+    to_json,
 };
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
@@ -42,7 +43,7 @@ pub fn account_view(a: &Account, u: &InUse) -> AccountView {
             mem: a.quota.mem,
             gpus: a.quota.gpus,
             servers: a.quota.servers,
-            storage: a.quota.storage,
+            storage: a.quota.storage.map(StorageQuotaView::of),
         },
         in_use: InUseView {
             cpu: u.cpu,
@@ -80,7 +81,7 @@ fn refuse_unknown(o: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<
 }
 
 /// `{"cpu": 4000, "mem": null, ...}`: present fields change, `null` = unlimited (for
-/// `storage`, the configured default).
+/// `storage`, the configured default; `"unlimited"` there is unlimited whatever the default).
 fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
     let Some(v) = v else {
         return Ok(QuotaChange::default());
@@ -93,6 +94,9 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
         match o.get(k) {
             None => Ok(None),
             Some(Value::Null) => Ok(Some(None)),
+            Some(Value::String(w)) if k == "storage" && w == "unlimited" => {
+                Ok(Some(Some(crate::domain::account::UNLIMITED_STORAGE)))
+            }
             // The store keeps quotas as signed 64-bit integers: larger values would come back
             // changed, so they are refused.
             Some(v) => v
@@ -106,7 +110,7 @@ fn parse_quota(v: Option<&Value>, at: &str) -> Result<QuotaChange, ApiError> {
                             "{k} must be an integer from 0 to {} or null ({})",
                             i64::MAX,
                             if k == "storage" {
-                                "the configured default"
+                                "the configured default; or \"unlimited\""
                             } else {
                                 "unlimited"
                             }

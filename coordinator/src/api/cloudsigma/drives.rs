@@ -58,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .route("/libdrives/detail/", get(libs))
         .route("/libdrives/{uuid}/", get(lib_show))
         .route("/libdrives/{uuid}/action/", post(lib_action))
+        .merge(super::drive_move::routes())
 }
 
 fn parse_id(raw: &str) -> Result<DriveId, ApiError> {

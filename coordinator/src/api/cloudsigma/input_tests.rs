@@ -587,6 +587,58 @@ async fn storage_quota_is_set_shown_and_reset() {
     )
     .await;
     assert_eq!((code, &v["quota"]["storage"]), (200, &Value::Null), "{v}");
+    // Unlimited explicitly (whatever `[drives] storage_quota_bytes` says), and back.
+    let (code, v) = admin(
+        &f,
+        "PUT",
+        "/api/2.0/accounts/t/",
+        r#"{"quota": {"storage": "unlimited"}}"#,
+    )
+    .await;
+    assert_eq!(
+        (code, &v["quota"]["storage"]),
+        (200, &json!("unlimited")),
+        "{v}"
+    );
+    let (_, v) = admin(&f, "GET", "/api/2.0/accounts/t/", "").await;
+    assert_eq!(v["quota"]["storage"], "unlimited", "{v}");
+    let body = r#"{"objects": [{"name": "big", "quota": {"storage": "unlimited"}}]}"#;
+    let (code, v) = admin(&f, "POST", "/api/2.0/accounts/", body).await;
+    assert_eq!(
+        (code, &v["objects"][0]["quota"]["storage"]),
+        (201, &json!("unlimited")),
+        "{v}"
+    );
+    refused(
+        "a word other than unlimited",
+        admin(
+            &f,
+            "PUT",
+            "/api/2.0/accounts/t/",
+            r#"{"quota": {"storage": "lots"}}"#,
+        )
+        .await,
+        "quota.storage",
+    );
+    refused(
+        "unlimited is storage's word only",
+        admin(
+            &f,
+            "PUT",
+            "/api/2.0/accounts/t/",
+            r#"{"quota": {"cpu": "unlimited"}}"#,
+        )
+        .await,
+        "quota.cpu",
+    );
+    let (code, v) = admin(
+        &f,
+        "PUT",
+        "/api/2.0/accounts/t/",
+        r#"{"quota": {"storage": null}}"#,
+    )
+    .await;
+    assert_eq!((code, &v["quota"]["storage"]), (200, &Value::Null), "{v}");
 }
 
 /// A refusal that does not need the body still reads it, so the client's keep-alive connection

@@ -223,8 +223,33 @@ pub struct QuotaView {
     pub gpus: Option<u64>,
     pub servers: Option<u64>,
     /// Bytes of drives; null = the configured default (`[drives] storage_quota_bytes`,
-    /// unlimited when unset).
-    pub storage: Option<u64>,
+    /// unlimited when unset); `"unlimited"` = unlimited whatever the default.
+    pub storage: Option<StorageQuotaView>,
+}
+
+/// An account's own storage quota: bytes, or the word `"unlimited"`.
+#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum StorageQuotaView {
+    Bytes(u64),
+    Unlimited(Unlimited),
+}
+
+/// The word `"unlimited"`.
+#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub enum Unlimited {
+    #[serde(rename = "unlimited")]
+    Unlimited,
+}
+
+impl StorageQuotaView {
+    pub fn of(bytes: u64) -> StorageQuotaView {
+        if bytes == crate::domain::account::UNLIMITED_STORAGE {
+            StorageQuotaView::Unlimited(Unlimited::Unlimited)
+        } else {
+            StorageQuotaView::Bytes(bytes)
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -148,6 +148,14 @@ pub struct CloneFields {
     pub size: Option<u64>,
 }
 
+/// The operator's move of a drive to another host.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DriveMoveFields {
+    /// The target host's id: a connected VM host with room for the drive.
+    #[schema(min_length = 1, max_length = 63)]
+    pub host: String,
+}
+
 /// A library drive: an image the fleet offers (`/libdrives/`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LibraryDrive {
@@ -321,6 +329,14 @@ pub(in crate::api) const DRIVE_OPS: &[Op] = &[
         HttpMethod::Post,
         "?do=clone (optional body: name, media, size): the account's own copy, in objects",
         Some("CloneFields?"),
+        "202",
+        Some("CreatedDrives"),
+    ),
+    (
+        "/operator/drives/{uuid}/move/",
+        HttpMethod::Post,
+        "Operator (admin certificate): move a drive to another host; refused while a server that is not stopped uses it, when the target is not a connected VM host or lacks the space, or when the drive is already moving; the copy runs in the background (status cloning_src) and the drive's host changes once it is verified",
+        Some("DriveMoveFields"),
         "202",
         Some("CreatedDrives"),
     ),

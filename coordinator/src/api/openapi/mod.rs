@@ -13,7 +13,8 @@ use crate::api::cloudsigma::webhooks::{
 };
 use crate::api::openapi::drives::{
     CloneFields, CreatedDrives, DRIVE_OPS, Drive, DriveCreate, DriveFields, DriveList,
-    DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn, Op,
+    DriveMoveFields, DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList,
+    MountedOn, Op,
 };
 use crate::api::openapi::params::{path_params, query_params};
 use crate::domain::event::Filters;
@@ -137,13 +138,13 @@ pub struct Capabilities {
     components(schemas(
         Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
-        ActionResult, ErrorItem, AccountView, QuotaView, InUseView, AccountList,
+        ActionResult, ErrorItem, AccountView, QuotaView, StorageQuotaView, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
         ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
         WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, Filters,
         Drive, DriveRuntime, MountedOn, DriveSummary, DriveSummaryList, DriveList, CreatedDrives,
-        DriveFields, DriveCreate, CloneFields, LibraryDrive, LibraryDriveList
+        DriveFields, DriveCreate, CloneFields, DriveMoveFields, LibraryDrive, LibraryDriveList
     ))
 )]
 struct ApiDoc;

@@ -25,7 +25,7 @@ fn server_fields_are_the_accepted_ones() {
         .as_object()
         .unwrap();
     let mut documented: Vec<&str> = props.keys().map(String::as_str).collect();
-    let mut accepted = crate::api::server_json::FIELDS.to_vec();
+    let mut accepted = crate::api::cloudsigma::server_json::FIELDS.to_vec();
     documented.sort_unstable();
     accepted.sort_unstable();
     assert_eq!(documented, accepted);
@@ -166,7 +166,7 @@ fn drive_fields_are_the_accepted_ones() {
         .as_object()
         .unwrap();
     let mut documented: Vec<&str> = props.keys().map(String::as_str).collect();
-    let mut accepted = crate::api::drives::FIELDS.to_vec();
+    let mut accepted = crate::api::cloudsigma::drives::FIELDS.to_vec();
     documented.sort_unstable();
     accepted.sort_unstable();
     assert_eq!(documented, accepted);

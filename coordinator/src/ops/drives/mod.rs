@@ -15,6 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+mod moving;
+#[cfg(test)]
+#[path = "moving_tests.rs"]
+mod moving_tests;
+use crate::state::drive_moves::refuse_moving;
 use crate::state::drive_rules::{mounts, owned};
 
 /// A drive as the API shows it: the record, what it is mounted on, and its CloudSigma status.
@@ -73,7 +78,9 @@ fn view(model: &Model, d: &DriveRecord, mounts: &BTreeMap<DriveId, Vec<ServerId>
         DriveStatus::Creating => "creating",
         DriveStatus::Failed => "failed",
         DriveStatus::Deleting => "deleting",
-        DriveStatus::Ready if cloning_from(d.uuid) => "cloning_src",
+        DriveStatus::Ready if cloning_from(d.uuid) || model.moves.get(&d.uuid).is_some() => {
+            "cloning_src"
+        }
         DriveStatus::Ready if mounted_on.is_empty() => "unmounted",
         DriveStatus::Ready => "mounted",
     };
@@ -276,7 +283,7 @@ impl Coordinator {
     }
 
     /// `extra` more bytes of drives for `owner` against its storage quota, or where it has
-    /// none `[drives] storage_quota_bytes`.
+    /// none `[drives] storage_quota_bytes` (an explicit unlimited quota ignores the default).
     fn check_storage(&self, model: &Model, owner: &Account, extra: u64) -> Result<(), OpError> {
         let Some(quota) = owner
             .quota
@@ -285,6 +292,9 @@ impl Coordinator {
         else {
             return Ok(());
         };
+        if quota == crate::domain::account::UNLIMITED_STORAGE {
+            return Ok(());
+        }
         let held = crate::state::quota::in_use(model, &owner.name).storage;
         let want = held.saturating_add(extra);
         if want > quota {
@@ -324,6 +334,7 @@ impl Coordinator {
                 "drive {id} is mounted on server {s}, which is running; stop it to clone the drive"
             )));
         }
+        refuse_moving(&model, id, "clone it")?;
         let n = NewDrive {
             name: opts.name.unwrap_or_else(|| format!("{} (clone)", src.name)),
             size: opts.size.unwrap_or(src.size).max(src.size),
@@ -375,6 +386,7 @@ impl Coordinator {
             });
         }
         if edit.size > current.size {
+            refuse_moving(&model, id, "resize it")?;
             if let Some(s) = self.running_user(&model, id) {
                 return Err(OpError::DriveInUse(format!(
                     "drive {id} is mounted on server {s}, which is running; stop it to resize the drive"
@@ -407,6 +419,7 @@ impl Coordinator {
                 "drive {id} is mounted on server {s}, which is running; stop the server or detach the drive first"
             )));
         }
+        refuse_moving(&model, id, "delete it")?;
         let detached: Vec<ServerRecord> = model
             .servers
             .values()
@@ -542,6 +555,7 @@ impl Coordinator {
                 model.drives.insert(d.uuid, next);
             }
         }
+        Self::forget_moved_away(&mut model, host, &held.keys().copied().collect());
         Ok(())
     }
 }
