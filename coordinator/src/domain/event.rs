@@ -1,7 +1,7 @@
 //! Events for tenants' webhooks. PURE here: which events a committed change makes (compare the
 //! server before and after, as usage is settled), what receivers get, how it is signed, which
 //! subscriptions match, and the retry schedule. The outbox and the delivery worker are in
-//! `delivery.rs`; the tables in `store/webhooks.rs`.
+//! `ops/webhooks/delivery.rs`; the tables in `store/webhooks.rs`.
 
 use crate::domain::server::ServerRecord;
 use crate::domain::server::holds_resources;

@@ -1,4 +1,4 @@
-//! Cyborg's accelerator requests: `/accelerator/v2/accelerator_requests` (see `cyborg.rs` for
+//! Cyborg's accelerator requests: `/accelerator/v2/accelerator_requests` (see `cyborg/mod.rs` for
 //! versions, errors and who gets in).
 
 use crate::api::AppState;

@@ -1,6 +1,6 @@
-//! The OpenAPI document's `/drives/` and `/libdrives/`: the shapes `api/drives.rs` answers and
-//! accepts (its `drive_json`, `summary_json`, `lib_json`, `parse_drive`, `clone_opts`), and
-//! their operations.
+//! The OpenAPI document's `/drives/` and `/libdrives/`: the shapes `api/cloudsigma/drives.rs`
+//! answers and accepts (its `drive_json`, `summary_json`, `lib_json`, `parse_drive`,
+//! `clone_opts`), and their operations.
 
 use crate::api::cloudsigma::views::{ListMeta, Owner};
 use serde::Serialize;
