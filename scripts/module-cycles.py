@@ -2,9 +2,11 @@
 """Module cycles among the top-level modules of a crate's src/, from `crate::NAME` references
 (in code and in doc comments alike; test files and inline `#[cfg(test)] mod` blocks excluded).
 
-Usage: python3 scripts/module-cycles.py coordinator/src
+Usage: python3 scripts/module-cycles.py SRC [--layers "a > b c > d"]
 Prints each cycle with the references that make it, and the number of cycles last. Exits 1
-when there is any cycle (CI runs it on coordinator/src; see docs/ or lib.rs for the layers)."""
+when there is any cycle. With --layers (groups from top to bottom, separated by `>`), also
+fails when a module depends on one that is not in a lower group, or is in no group (CI runs it
+on coordinator/src with the order in its lib.rs)."""
 import os
 import re
 import sys
@@ -73,11 +75,29 @@ def cycles(edges):
     return groups
 
 
+def layer_violations(edges, spec):
+    rank = {}
+    groups = [g.split() for g in spec.split(">")]
+    for i, g in enumerate(groups):
+        for m in g:
+            rank[m] = len(groups) - i
+    bad = [f"{m} is in no layer" for m in sorted(edges) if m not in rank]
+    for a in sorted(edges):
+        for b, where in sorted(edges[a].items()):
+            if a in rank and b in rank and rank[b] >= rank[a]:
+                bad.append(f"{a} -> {b} ({where}): {b} is not below {a}")
+    return bad
+
+
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    spec = None
+    if len(args) == 3 and args[1] == "--layers":
+        spec = args[2]
+    elif len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    edges = edges_of(sys.argv[1])
+    edges = edges_of(args[0])
     groups = cycles(edges)
     for g in groups:
         print("cycle:", " ".join(g))
@@ -86,7 +106,10 @@ def main():
                 if b in g:
                     print(f"  {a} -> {b} ({where})")
     print(len(groups))
-    return 1 if groups else 0
+    bad = layer_violations(edges, spec) if spec else []
+    for b in bad:
+        print("layer:", b)
+    return 1 if groups or bad else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 //!
 //! Layers, one way: `cmd` -> {`api`, `link`} -> `ops` -> `state` -> {`policy`, `store`} ->
 //! `domain`; `telemetry` (the metrics registry) and `tls_accept` sit below whoever uses them.
-//! `scripts/module-cycles.py` checks there is no cycle between these modules.
+//! `scripts/module-cycles.py` (run by `.ci/run`) checks there is no cycle between these
+//! modules and that every `crate::` reference points down this order.
 
 pub mod api;
 pub mod cmd;
