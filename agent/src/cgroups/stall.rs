@@ -29,7 +29,7 @@ pub(super) fn read_v2(dir: &Path, r: Resource) -> Result<Option<u64>, CgroupErro
 /// What one major fault (a page read back from disk or swap: reclaimed memory the server
 /// wanted again) is counted as on v1, where the kernel keeps no stall time per cgroup. A
 /// fault served from disk takes from about 0.1 to 10 ms; 1 ms makes the default
-/// `server_stall_ms` (10 ms within 100 ms) ten major faults.
+/// `server_stall_ms` (100 ms within 1,000 ms) a hundred major faults.
 pub const V1_MAJFAULT_STALL_US: u64 = 1_000;
 
 /// v1, memory: the server's major faults (`memory.stat` `total_pgmajfault`, else
