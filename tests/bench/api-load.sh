@@ -49,6 +49,20 @@
 #   create 64 (100,000)               4.9 (21480)        50.1 (1851) at 55,500     1201.5 (163)   1527.4 (144)
 #   mixed 64: reads                   1.5 (25809)        99.4 (776)                 871.7 (153)   1118.2 (157)
 #             creates                 0.9               59.3                        275.5          346.5
+#
+# On a quiet host (2026-11-30 08:01-08:06 UTC, load average 1.5-3.1 from
+# the benchmark itself; SECONDS_PER_PHASE=10 PREFILL_MAX_S=120), per_s (p99 ms), baseline b6845a6
+# and this main run back to back:
+#   phase (servers at start)   baseline SQLite     main SQLite       main PostgreSQL
+#   create 1 client (0)           1148.3 (1.5)     1208.7 (1.6)        877.7 (1.9)
+#   create 16 (0)                 1179.2 (21.8)    5915.2 (7.2)       3633.7 (7.9)
+#   create 64 (0)                 1250.9 (94.4)    7090.7 (18.2)      6000.7 (18.3)
+#   list 64, limit 20 (100)       6330.4 (15.6)    7948.2 (12.2)      6857.6 (16.9)
+#   prefill to 100,000            8830/s, 11.3 s   24591/s, 4.1 s    28587/s, 3.5 s
+#   list 64 (100,000)                3.6 (18173)   7655.1 (17.5)      5939.2 (20.7)
+#   create 64 (100,000)            111.1 (752)     6400.0 (22.8)      5303.4 (24.8)
+#   mixed 64: reads                  3.2 (10739)   4799.2 (19.7)      4145.1 (21.1)
+#             creates                1.6           1950.9 (39.5)      1218.0 (52.3)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release}
