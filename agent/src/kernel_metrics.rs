@@ -1,7 +1,7 @@
 //! The kernel's protection of normal servers, as metrics: per server and per class parent
 //! (`normal`, `idle`), the CPU quota in cores, the weight, the time throttled, the CPU used
 //! and the stall (PSI totals on cgroup v2; v1, CPU: run-queue wait). Registered into the
-//! agent's registry by [`crate::admin::AgentMetrics`] and refreshed at each scrape.
+//! agent's registry by the admin listener's `AgentMetrics` and refreshed at each scrape.
 
 use crate::cgroups::{CgroupClass, CgroupLimits, ClassStats, CpuWeight};
 use prometheus_client::encoding::EncodeLabelSet;

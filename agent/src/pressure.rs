@@ -75,6 +75,13 @@ pub struct PressureSettings {
     pub server_window_ms: u64,
 }
 
+/// When a normal server's stall is pressure: `stall_us` within the trailing `window_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallPolicy {
+    pub stall_us: u64,
+    pub window_ms: u64,
+}
+
 fn default_true() -> bool {
     true
 }
@@ -165,9 +172,9 @@ impl PressureSettings {
         Ok(())
     }
 
-    /// The stall poller's policy (see [`crate::supervisor::StallPolicy`]).
-    pub fn stall_policy(&self) -> crate::supervisor::StallPolicy {
-        crate::supervisor::StallPolicy {
+    /// The stall poller's policy (see [`StallPolicy`]).
+    pub fn stall_policy(&self) -> StallPolicy {
+        StallPolicy {
             stall_us: self.server_stall_ms.saturating_mul(1000),
             window_ms: self.server_window_ms,
         }

@@ -583,9 +583,9 @@ mod process;
 mod stall;
 mod start;
 
+pub use crate::pressure::StallPolicy;
 pub use gpus::{CUDA_VISIBLE_DEVICES, NVIDIA_NO_DEVICES, NVIDIA_VISIBLE_DEVICES, gpu_env};
 use process::{host_usage, stop_process};
-pub use stall::StallPolicy;
 #[cfg(test)]
 mod pressure_tests;
 #[cfg(test)]

@@ -12,16 +12,9 @@
 //! `memory.failcnt`, v2 `memory.events` `max`).
 
 use super::{Entry, Run, Supervisor};
-use crate::pressure::Resource;
+use crate::pressure::{Resource, StallPolicy};
 use backfill_shared::{ServerClass, ServerId};
 use std::collections::{BTreeMap, VecDeque};
-
-/// When a normal server's stall is pressure: `stall_us` within the trailing `window_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StallPolicy {
-    pub stall_us: u64,
-    pub window_ms: u64,
-}
 
 /// What the poller keeps between polls.
 #[derive(Debug, Default)]
