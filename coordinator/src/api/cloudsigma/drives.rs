@@ -2,9 +2,10 @@
 //! (the images the fleet offers), in CloudSigma's shapes. A tenant sees only its own drives:
 //! another's is "not found" on every path.
 
+use crate::api::cloudsigma::drive_views;
 use crate::api::cloudsigma::listing::page;
 use crate::api::cloudsigma::server_json::{parse_meta, parse_tags};
-use crate::api::cloudsigma::views::owner;
+use crate::api::cloudsigma::views::to_json;
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
 use crate::api::tenant::Tenant;
@@ -66,55 +67,13 @@ fn parse_id(raw: &str) -> Result<DriveId, ApiError> {
         .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
 }
 
-fn uri(id: impl std::fmt::Display) -> String {
-    format!("/api/2.0/drives/{id}/")
-}
-
 /// The full drive object.
 pub fn drive_json(account: &Account, d: &DriveView) -> Value {
-    let r = &d.record;
-    json!({
-        "affinities": [],
-        "allow_multimount": false,
-        "grantees": [],
-        "jobs": [],
-        "licenses": [],
-        "media": r.media.as_str(),
-        "meta": r.meta,
-        "mounted_on": d.mounted_on.iter().map(|s| json!({
-            "resource_uri": format!("/api/2.0/servers/{s}/"),
-            "uuid": s.to_string(),
-        })).collect::<Vec<_>>(),
-        "name": r.name,
-        "owner": owner(account),
-        "permissions": [],
-        "remote_snapshots": [],
-        "resource_uri": uri(r.uuid),
-        "runtime": {
-            "is_snapshotable": false,
-            "snapshots_allocated_size": 0,
-            "storage_type": "dssd",
-        },
-        "size": r.size,
-        "snapshots": [],
-        "status": d.status,
-        "storage_type": "dssd",
-        "tags": r.tags,
-        "uuid": r.uuid.to_string(),
-        "error": r.error,
-    })
+    to_json(&drive_views::drive(account, d))
 }
 
 fn summary_json(account: &Account, d: &DriveView) -> Value {
-    json!({
-        "media": d.record.media.as_str(),
-        "name": d.record.name,
-        "owner": owner(account),
-        "resource_uri": uri(d.record.uuid),
-        "size": d.record.size,
-        "status": d.status,
-        "uuid": d.record.uuid.to_string(),
-    })
+    to_json(&drive_views::summary(account, d))
 }
 
 /// CloudSigma's list envelope over a page of `items`.
@@ -411,44 +370,7 @@ async fn action(
 }
 
 fn lib_json(state: &AppState, l: &LibDrive) -> Value {
-    let decl = state.coordinator.drive_config.declared(&l.image);
-    let s = |f: fn(&crate::domain::library::LibraryImage) -> &str, d: &str| {
-        decl.map_or_else(|| d.to_owned(), |x| f(x).to_owned())
-    };
-    let install = decl.is_some_and(|d| d.image_type == "install");
-    json!({
-        "allow_multimount": false,
-        "arch": s(|d| &d.arch, "64"),
-        "category": [],
-        "cloud_init_service": null,
-        "created_at": null,
-        "default_auth_method": null,
-        "default_pass": null,
-        "default_user": null,
-        "deprecated": false,
-        "description": s(|d| &d.description, ""),
-        "distribution": s(|d| &d.distribution, ""),
-        "favourite": false,
-        "favorite": false,
-        "image_type": s(|d| &d.image_type, "preinst"),
-        "install_notes": "",
-        "licenses": [],
-        "media": if install { "cdrom" } else { "disk" },
-        "meta": {"image": l.image, "format": l.format},
-        "mounted_on": [],
-        "name": decl.and_then(|d| d.name.clone()).unwrap_or_else(|| l.image.clone()),
-        "os": s(|d| &d.os, "linux"),
-        "owner": null,
-        "paid": false,
-        "resource_uri": format!("/api/2.0/libdrives/{}/", l.uuid),
-        "size": l.size,
-        "status": if l.hosts.is_empty() { "unavailable" } else { "unmounted" },
-        "storage_type": "dssd",
-        "tags": [],
-        "url": "",
-        "uuid": l.uuid.to_string(),
-        "version": s(|d| &d.version, ""),
-    })
+    to_json(&drive_views::library(state, l))
 }
 
 async fn libs(

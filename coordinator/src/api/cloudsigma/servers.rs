@@ -173,7 +173,7 @@ async fn create(
         .iter()
         .map(|s| detail(c.name, &account, s))
         .collect();
-    let body = crate::api::cloudsigma::views::CreatedServers { objects };
+    let body = backfill_api::servers::CreatedServers { objects };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     let location = created
         .first()
@@ -288,7 +288,7 @@ async fn action(
             ));
         }
     }
-    let body = crate::api::cloudsigma::views::ActionResult {
+    let body = backfill_api::ActionResult {
         action: what.unwrap_or_default().to_owned(),
         result: "success".into(),
         uuid: id.to_string(),
