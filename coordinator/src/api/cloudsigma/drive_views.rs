@@ -4,9 +4,15 @@
 
 use crate::api::AppState;
 use crate::api::cloudsigma::views::owner;
+use crate::api::cloudsigma::views::to_json;
 use crate::domain::account::Account;
 use crate::ops::drives::{DriveView, LibDrive};
-use backfill_api::drives::{Drive, DriveRuntime, DriveSummary, LibraryDrive, MountedOn};
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use backfill_api::drives::{
+    CreatedDrives, Drive, DriveRuntime, DriveSummary, LibraryDrive, MountedOn,
+};
 use std::collections::BTreeMap;
 
 fn uri(id: impl std::fmt::Display) -> String {
@@ -50,6 +56,14 @@ pub fn drive(account: &Account, d: &DriveView) -> Drive {
         uuid: r.uuid.to_string(),
         error: r.error.clone(),
     }
+}
+
+/// The answer to an action on a drive (202): the drive, in `objects`.
+pub(in crate::api) fn accepted(account: &Account, d: &DriveView) -> Response {
+    let body = to_json(&CreatedDrives {
+        objects: vec![drive(account, d)],
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// A drive in a list.

@@ -3,6 +3,7 @@
 //! creates with `{"objects": [...]}` (201), actions 202, deletes 204. The signing secret is
 //! shown once, in the create's answer.
 
+use crate::api::cloudsigma::listing::page_of;
 use crate::api::cloudsigma::views::to_json;
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
@@ -17,11 +18,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use backfill_api::ActionResult;
 use backfill_api::webhooks::{
     CreatedSubscriptions, CreatedWebhooks, DeliveryList, DeliveryView, Filters as FiltersView,
     SubscriptionList, SubscriptionView, WebhookList, WebhookView,
 };
-use backfill_api::{ActionResult, ListMeta};
 use backfill_shared::clock::rfc3339;
 use serde::Deserialize;
 
@@ -143,22 +144,6 @@ fn objects<T: for<'de> Deserialize<'de>>(
     Ok(o.objects)
 }
 
-/// A page of `items` and its `meta`.
-fn page_of<T>(items: Vec<T>, params: &Params) -> Result<(ListMeta, Vec<T>), ApiError> {
-    let total_count = items.len();
-    let (limit, offset) = crate::api::cloudsigma::listing::page(&params.0)?;
-    let take = if limit == 0 { usize::MAX } else { limit };
-    let items = items.into_iter().skip(offset).take(take).collect();
-    Ok((
-        ListMeta {
-            limit,
-            offset,
-            total_count,
-        },
-        items,
-    ))
-}
-
 async fn list(
     State(state): State<AppState>,
     Tenant(account): Tenant,
@@ -172,7 +157,7 @@ async fn list(
     }
     let (meta, objects) = page_of(
         hooks.iter().map(|w| view(w, &subs, false)).collect(),
-        &params,
+        &params.0,
     )?;
     Ok(Json(to_json(&WebhookList { meta, objects })).into_response())
 }
@@ -231,7 +216,7 @@ async fn subscriptions(
     params: Params,
 ) -> Result<Response, ApiError> {
     let subs = state.coordinator.subscriptions_of(&account, &uuid).await?;
-    let (meta, objects) = page_of(subs.iter().map(sub_view).collect(), &params)?;
+    let (meta, objects) = page_of(subs.iter().map(sub_view).collect(), &params.0)?;
     Ok(Json(to_json(&SubscriptionList { meta, objects })).into_response())
 }
 
@@ -279,7 +264,7 @@ async fn deliveries(
     params: Params,
 ) -> Result<Response, ApiError> {
     let list = state.coordinator.deliveries(&account, &uuid, 1000).await?;
-    let (meta, objects) = page_of(list.iter().map(delivery_view).collect(), &params)?;
+    let (meta, objects) = page_of(list.iter().map(delivery_view).collect(), &params.0)?;
     Ok(Json(to_json(&DeliveryList { meta, objects })).into_response())
 }
 
