@@ -252,8 +252,8 @@ pub struct ServerFields {
     /// `{"container": {"image": "registry/name:tag", "workdir": "/..."}}` (an OCI container;
     /// `command` and `env` override the image's). Each may add `"env": {...}` (not for vm) and
     /// `"network": "host"|"isolated"` (vm and container default to isolated, exec to host). A
-    /// kind or VM image no host of the fleet has is refused (400). [`CommandWorkload`]
-    /// serializes the exec kind.
+    /// kind or VM image no host of the fleet has is refused (400).
+    // `CommandWorkload` serializes the exec kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub workload: Option<Value>,
