@@ -2,6 +2,7 @@
 //! the rules checked against the model (quotas, drive attachments, driver access) and the
 //! settings the state holds.
 
+pub mod accel;
 pub mod access;
 pub mod committer;
 #[cfg(test)]

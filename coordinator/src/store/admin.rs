@@ -46,7 +46,7 @@ macro_rules! backend {
 
         type Tx<'a> = sqlx::Transaction<'a, $DB>;
 
-        async fn insert_action(tx: &mut Tx<'_>, a: &AuditEntry) -> Result<(), StoreError> {
+        pub(in crate::store) async fn insert_action(tx: &mut Tx<'_>, a: &AuditEntry) -> Result<(), StoreError> {
             q(
                 "INSERT INTO admin_actions (at, actor, target_kind, target, action, reason)
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -59,6 +59,81 @@ macro_rules! backend {
             .bind(a.reason.as_deref())
             .execute(&mut **tx)
             .await?;
+            Ok(())
+        }
+
+        /// Forgets a host and any launch of it, inside a transaction another write owns.
+        pub(in crate::store) async fn delete_host_in(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+            q("DELETE FROM hosts WHERE id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            delete_launch_in(tx, id).await
+        }
+
+        pub(in crate::store) async fn set_setting_in(
+            tx: &mut Tx<'_>,
+            key: &str,
+            value: &str,
+        ) -> Result<(), StoreError> {
+            q(
+                "INSERT INTO settings (key, value) VALUES (?, ?)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        pub(in crate::store) async fn set_pool_limits_in(
+            tx: &mut Tx<'_>,
+            name: &str,
+            limits: Option<(u32, u32)>,
+        ) -> Result<(), StoreError> {
+            match limits {
+                Some((min, max)) => {
+                    q(
+                        "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
+                         ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
+                    )
+                    .bind(name)
+                    .bind(i64::from(min))
+                    .bind(i64::from(max))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                None => {
+                    q("DELETE FROM pool_limits WHERE name = ?")
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+
+        pub(in crate::store) async fn insert_launches_in(
+            tx: &mut Tx<'_>,
+            launches: &[LaunchRecord],
+        ) -> Result<(), StoreError> {
+            for l in launches {
+                q("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
+                    .bind(&l.host)
+                    .bind(&l.pool)
+                    .bind(l.launched_at)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        pub(in crate::store) async fn delete_launch_in(tx: &mut Tx<'_>, host: &str) -> Result<(), StoreError> {
+            q("DELETE FROM launches WHERE host = ?")
+                .bind(host)
+                .execute(&mut **tx)
+                .await?;
             Ok(())
         }
 
@@ -119,14 +194,7 @@ macro_rules! backend {
             /// refused by the foreign key, so nothing is orphaned.
             pub async fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                q("DELETE FROM hosts WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                q("DELETE FROM launches WHERE host = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_host_in(&mut tx, id).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
@@ -148,14 +216,7 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                q(
-                    "INSERT INTO settings (key, value) VALUES (?, ?)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
+                set_setting_in(&mut tx, key, value).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
@@ -195,25 +256,7 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                match limits {
-                    Some((min, max)) => {
-                        q(
-                            "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
-                             ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
-                        )
-                        .bind(name)
-                        .bind(i64::from(min))
-                        .bind(i64::from(max))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    None => {
-                        q("DELETE FROM pool_limits WHERE name = ?")
-                            .bind(name)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
+                set_pool_limits_in(&mut tx, name, limits).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
@@ -241,24 +284,16 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for l in launches {
-                    q("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
-                        .bind(&l.host)
-                        .bind(&l.pool)
-                        .bind(l.launched_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                insert_launches_in(&mut tx, launches).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
             pub async fn delete_launch(&self, host: &str) -> Result<(), StoreError> {
-                q("DELETE FROM launches WHERE host = ?")
-                    .bind(host)
-                    .execute(&self.pool)
-                    .await?;
+                let mut tx = self.begin_write().await?;
+                delete_launch_in(&mut tx, host).await?;
+                tx.commit().await?;
                 Ok(())
             }
         }
