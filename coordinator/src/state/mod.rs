@@ -16,3 +16,5 @@ pub mod model;
 pub mod quota;
 pub mod server_index;
 pub mod settings;
+#[cfg(test)]
+mod write_lock_tests;

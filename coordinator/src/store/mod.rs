@@ -14,6 +14,8 @@
 mod accel;
 mod accounts;
 mod admin;
+#[cfg(test)]
+mod batch_tests;
 mod drives;
 pub mod leader;
 mod postgres;
