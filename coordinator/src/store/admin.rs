@@ -2,7 +2,7 @@
 //! coordinator-wide settings, pool limits an operator rewrote, and hosts a provisioner launched.
 //! Each change is written with its audit entry in one transaction.
 
-use super::{HostRecord, StoreError};
+use super::StoreError;
 use std::collections::BTreeMap;
 
 /// One admin action: who did what to which target, when, and why.
@@ -63,6 +63,8 @@ macro_rules! backend {
         }
 
         /// Forgets a host and any launch of it, inside a transaction another write owns.
+        /// Servers that still name it as their host are refused by the foreign key, so nothing
+        /// is orphaned.
         pub(in crate::store) async fn delete_host_in(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
             q("DELETE FROM hosts WHERE id = ?")
                 .bind(id)
@@ -138,14 +140,6 @@ macro_rules! backend {
         }
 
         impl $Store {
-            /// Records an action on its own (the change it describes is committed separately).
-            pub async fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
             /// The newest `limit` actions on a target, newest first.
             pub async fn actions(
                 &self,
@@ -174,30 +168,6 @@ macro_rules! backend {
                         })
                     })
                     .collect()
-            }
-
-            /// A host's admin settings (`idle_behavior`, `pool`) and the action that changed them.
-            pub async fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                q("UPDATE hosts SET idle_behavior = ?, pool = ? WHERE id = ?")
-                    .bind(h.idle_behavior.as_str())
-                    .bind(h.pool.as_deref())
-                    .bind(h.id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            /// Forgets a host (and any launch of it). Servers that still name it as their host are
-            /// refused by the foreign key, so nothing is orphaned.
-            pub async fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                delete_host_in(&mut tx, id).await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
             }
 
             pub async fn settings(&self) -> Result<BTreeMap<String, String>, StoreError> {

@@ -430,15 +430,12 @@ dispatch! {
     fn update_account(&self, name: &str, change: AccountChange) -> Result<Option<Account>, StoreError>;
     fn delete_account(&self, name: &str) -> Result<bool, StoreError>;
     fn seed_accounts(&self, backfill: &[String], plain: &[String], now: i64) -> Result<(), StoreError>;
-    fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError>;
     fn actions(
         &self,
         target_kind: &'static str,
         target: &str,
         limit: u32
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError>;
-    fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn settings(&self) -> Result<BTreeMap<String, String>, StoreError>;
     fn set_setting(&self, key: &str, value: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn pool_limits(&self) -> Result<BTreeMap<String, (u32, u32)>, StoreError>;
