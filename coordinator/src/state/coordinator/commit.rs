@@ -152,9 +152,11 @@ impl Coordinator {
         }
         model.launches = launches.into_iter().map(|l| (l.host.clone(), l)).collect();
         model.pool_limits = pool_limits;
-        if let Some(v) = auto_mode {
-            model.auto_mode = v == "on";
-        }
+        // As at start: the stored setting, or else the configured one.
+        model.auto_mode = match auto_mode {
+            Some(v) => v == "on",
+            None => self.operator.auto_mode,
+        };
         model.drives = drives.into_iter().map(|d| (d.uuid, d)).collect();
         model.accel = accel;
         let keep: std::collections::BTreeSet<ServerId> = stored.iter().map(|s| s.uuid).collect();
