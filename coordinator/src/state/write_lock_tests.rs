@@ -1,8 +1,8 @@
 //! Reads never wait on a write's IO (issue 16): with SQLite's write lock held by another
-//! connection, a registration, an operator's action, a drive create, a profile create and
-//! auto mode each stay pending, while reads (host lists and shows, free resources, drives,
-//! profiles) answer at once and already see the change; once the lock is released each write
-//! answers, and what it wrote is in the store (opened again).
+//! connection, a registration, an operator's action, auto mode, a drive create, a profile
+//! create, ARQs and a host's deletion each stay pending, while reads (host lists and shows,
+//! free resources, drives, profiles, ARQs) answer at once and already see the change; once
+//! the lock is released each write answers, and what it wrote is in the store (opened again).
 
 use crate::link::session_tests::hello;
 use crate::ops::drives::NewDrive;
@@ -212,12 +212,54 @@ async fn reads_answer_while_writes_wait_on_the_disk() {
     .await
     .unwrap();
 
+    // Accelerator requests of that profile.
+    let w = c.clone();
+    let owner = tenant.clone();
+    let arqs = pending_while_reads_answer(
+        &path,
+        &c,
+        async move { w.create_arqs(&owner, "gpu", None).await },
+        probe(|c| async move {
+            c.list_arqs(None, &Default::default())
+                .await
+                .is_ok_and(|a| !a.is_empty())
+        }),
+    )
+    .await
+    .unwrap();
+
+    // An operator forgets a held host.
+    c.set_idle_behavior("op", "h2", IdleBehavior::Hold, None)
+        .await
+        .unwrap();
+    let w = c.clone();
+    pending_while_reads_answer(
+        &path,
+        &c,
+        async move { w.delete_host("op", "h2", Some("retired")).await },
+        probe(|c| async move { c.host("h2").await.is_err() }),
+    )
+    .await
+    .unwrap();
+
     // Everything above is durable: a fresh open of the file holds it.
     let again = SqliteStore::open(&path).await.unwrap();
     let hosts = again.hosts().await.unwrap();
     assert_eq!(
         hosts.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
-        ["h1", "h2"]
+        ["h1"]
+    );
+    assert_eq!(again.actions("host", "h2", 10).await.unwrap().len(), 2);
+    let stored: Vec<String> = again
+        .arqs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.uuid)
+        .collect();
+    assert_eq!(
+        stored,
+        arqs.iter().map(|a| a.uuid.clone()).collect::<Vec<_>>()
     );
     assert_eq!(hosts[0].idle_behavior, IdleBehavior::Hold);
     let audit = again.actions("host", "h1", 10).await.unwrap();
