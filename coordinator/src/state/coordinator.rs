@@ -1,6 +1,7 @@
 //! The coordinator's core: the live model behind one lock, the store behind it, and the
-//! operations the API and the agent link call. Every change is committed to the store before
-//! the model changes and before anyone is answered.
+//! operations the API and the agent link call. Every change is made in the model under its
+//! lock and queued for the store (group commit, `crate::state::committer`); the lock is released
+//! before the disk is touched, and no one is answered before the change is durable.
 
 use crate::domain::account::Account;
 use crate::domain::billing::Billing;
