@@ -16,8 +16,11 @@
 //! changes nothing for a client, which only serializes requests.
 
 pub mod accounts;
+pub mod arvados;
 pub mod common;
+pub mod dashboard;
 pub mod drives;
+pub mod dynamic_cluster;
 pub mod servers;
 pub mod status;
 pub mod webhooks;
