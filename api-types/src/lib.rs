@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod arvados;
 pub mod common;
+pub mod cyborg;
 pub mod dashboard;
 pub mod drives;
 pub mod dynamic_cluster;
