@@ -19,8 +19,9 @@ use backfill_api::drives::{
     DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn,
 };
 use backfill_api::servers::{
-    CreatedServers, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime, Server, ServerCreate,
-    ServerFields, ServerList, ServerSummary, ServerSummaryList, TerminationView,
+    AttachedDrive, CreatedServers, DriveRef, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime,
+    Server, ServerCreate, ServerFields, ServerList, ServerSummary, ServerSummaryList,
+    TerminationView,
 };
 use backfill_api::status::{Capabilities, CpuMemView, FreeResourcesView};
 use backfill_api::webhooks::{
@@ -46,7 +47,7 @@ use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
     ),
     servers((url = "/api/2.0")),
     components(schemas(
-        Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
+        Server, AttachedDrive, DriveRef, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
         ActionResult, ErrorItem, AccountView, QuotaView, StorageQuota, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
@@ -109,7 +110,7 @@ fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
             p("{uuid}/"),
             HttpMethod::Put,
             "Edit: a running server takes only name, meta and tags".into(),
-            Some("ServerFields"),
+            Some("ServerEdit"),
             "200",
             Some("Server"),
         ),
