@@ -16,8 +16,8 @@ use backfill_api::drives::{
     LibraryDrive, LibraryDriveList,
 };
 use backfill_api::servers::{
-    CommandWorkload, CreatedServers, Runtime, Server, ServerCreate, ServerFields, ServerList,
-    ServerSummaryList,
+    CommandWorkload, CreatedServers, Runtime, Server, ServerCreate, ServerDrive, ServerFields,
+    ServerList, ServerSummaryList,
 };
 use backfill_api::status::Capabilities;
 use backfill_api::webhooks::{
@@ -464,6 +464,31 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     strict::<DriveSummaryList>("GET drives/", &list);
     let one = get_ok(&t, &coord.url(&format!("drives/{}/", data.uuid))).await;
     strict::<Drive>("GET drives/{uuid}/", &one);
+
+    // A server made with the drive (a VM that boots from it): its `drives` as a GET shows them.
+    let made = post_ok(
+        &t,
+        &coord.url("servers/"),
+        body(&ServerCreate {
+            objects: vec![ServerFields {
+                name: Some("with-a-drive".into()),
+                cpu: Some(500),
+                mem: Some(128 << 20),
+                drives: Some(vec![ServerDrive {
+                    boot_order: 1,
+                    dev_channel: "0:0".into(),
+                    device: "virtio".into(),
+                    drive: data.uuid.clone(),
+                }]),
+                ..ServerFields::default()
+            }],
+        }),
+    )
+    .await;
+    let vm = strict::<CreatedServers>("POST servers/ (a drive)", &made).objects[0].clone();
+    assert_eq!(vm.drives[0].drive.uuid, data.uuid);
+    let shown = get_ok(&t, &coord.url(&format!("servers/{}/", vm.uuid))).await;
+    strict::<Server>("GET servers/{uuid}/ (a drive)", &shown);
 }
 
 /// A resize sends the drive's name and media with the new size.
