@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use backfill_api::accounts::{
-    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
-    LedgerList, QuotaFields, UsageReport,
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, BillingSubscriptionList,
+    CreatedAccounts, LedgerList, QuotaFields, UsageReport,
 };
 use backfill_api::common::{ActionResult, ErrorBody};
 use backfill_api::drives::{
@@ -367,6 +367,8 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     strict::<UsageReport>("GET usage/ (tenant)", &own);
     let ledger = get_ok(&admin, &coord.url("ledger/")).await;
     let ledger = strict::<LedgerList>("GET ledger/ (admin)", &ledger);
+    let subs = get_ok(&t, &coord.url("subscriptions/")).await;
+    strict::<BillingSubscriptionList>("GET subscriptions/", &subs);
     assert!(!ledger.objects.is_empty(), "billed usage is in the ledger");
 
     // Errors.

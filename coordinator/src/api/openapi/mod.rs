@@ -10,9 +10,9 @@ pub mod receiver;
 use crate::api::openapi::drives::{DRIVE_OPS, Op};
 use crate::api::openapi::params::{path_params, query_params};
 use backfill_api::accounts::{
-    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
-    InUseView, LedgerEntry, LedgerList, QuotaFields, QuotaView, StorageQuota, Unlimited, UsageLine,
-    UsageReport, UsageTotals,
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, BillingSubscription,
+    BillingSubscriptionList, CreatedAccounts, InUseView, LedgerEntry, LedgerList, QuotaFields,
+    QuotaView, StorageQuota, Unlimited, UsageLine, UsageReport, UsageTotals,
 };
 use backfill_api::drives::{
     CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, DriveMove,
@@ -51,6 +51,7 @@ use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
         ActionResult, ErrorItem, AccountView, QuotaView, StorageQuota, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
+        BillingSubscription, BillingSubscriptionList,
         ServerFields, ServerCreate, AccountFields, QuotaFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
         WebhookList, SubscriptionList, DeliveryList, CreatedWebhooks, CreatedSubscriptions,
@@ -212,7 +213,7 @@ const OTHER_OPS: &[Op] = &[
         "Subscriptions (none are sold)",
         None,
         "200",
-        None,
+        Some("BillingSubscriptionList"),
     ),
     (
         "/subscriptions/",
