@@ -214,3 +214,15 @@ lists! {
     /// `GET /ledger/?start=&end=&account=`.
     LedgerList: LedgerEntry;
 }
+
+/// A CPU or memory subscription. None are sold (usage is metered per second, and backfill and
+/// spot capacity billed at the burst rate), so no list holds one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct BillingSubscription {}
+
+lists! {
+    /// `GET /subscriptions/`: always empty, paged like every list.
+    BillingSubscriptionList: BillingSubscription;
+}

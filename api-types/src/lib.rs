@@ -1,6 +1,9 @@
-//! The request and response types of backfill's tenant API (CloudSigma 2.0 compatible) and
-//! operator API: the coordinator's handlers build their answers as these types, and a client
-//! reads and sends them.
+//! The request and response types of backfill's tenant API (CloudSigma 2.0 compatible), its
+//! operator APIs (`arvados`, `dynamic_cluster`, `dashboard`) and its accelerator API
+//! (`cyborg`, OpenStack Cyborg compatible): the coordinator's handlers build their answers as
+//! these types, and a client reads and sends them. The operator and Cyborg types list their
+//! fields by name, the order the coordinator wrote them in before it had types, so the bytes
+//! on the wire did not change.
 //!
 //! Answers are tolerant: every response type takes `#[serde(default)]` and no
 //! `deny_unknown_fields`, so a client built against these types keeps working when the
@@ -16,8 +19,12 @@
 //! changes nothing for a client, which only serializes requests.
 
 pub mod accounts;
+pub mod arvados;
 pub mod common;
+pub mod cyborg;
+pub mod dashboard;
 pub mod drives;
+pub mod dynamic_cluster;
 pub mod servers;
 pub mod status;
 pub mod webhooks;

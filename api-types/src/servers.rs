@@ -79,6 +79,33 @@ pub struct Runtime {
     pub mem_limit: Option<u64>,
 }
 
+/// `{"resource_uri", "uuid"}` of a drive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct DriveRef {
+    /// `/api/2.0/drives/{uuid}/`.
+    pub resource_uri: String,
+    pub uuid: String,
+}
+
+/// One of a server's drives as a GET shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct AttachedDrive {
+    /// 1 boots; null when it does not boot.
+    pub boot_order: Option<u32>,
+    /// `controller:unit`, e.g. `0:0`.
+    pub dev_channel: String,
+    /// `virtio` or `ide`.
+    pub device: String,
+    pub drive: DriveRef,
+    /// Always null.
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
+    pub runtime: Option<Value>,
+}
+
 /// The list summary (`GET /bservers/`): `name, owner, resource_uri, runtime, status, uuid`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
@@ -104,9 +131,8 @@ pub struct Server {
     pub cpu_model: Option<String>,
     pub cpu_type: String,
     pub cpus_instead_of_cores: bool,
-    /// `[{"boot_order", "dev_channel", "device", "drive": {...}}]`.
-    #[cfg_attr(feature = "utoipa", schema(value_type = Vec<Object>))]
-    pub drives: Vec<Value>,
+    /// The drives attached, as the server was last given them.
+    pub drives: Vec<AttachedDrive>,
     pub enable_numa: bool,
     #[cfg_attr(feature = "utoipa", schema(value_type = Vec<Object>))]
     pub grantees: Vec<Value>,

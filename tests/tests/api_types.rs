@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use backfill_api::accounts::{
-    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
-    LedgerList, QuotaFields, UsageReport,
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, BillingSubscriptionList,
+    CreatedAccounts, LedgerList, QuotaFields, UsageReport,
 };
 use backfill_api::common::{ActionResult, ErrorBody};
 use backfill_api::drives::{
@@ -16,8 +16,8 @@ use backfill_api::drives::{
     LibraryDrive, LibraryDriveList,
 };
 use backfill_api::servers::{
-    CommandWorkload, CreatedServers, Runtime, Server, ServerCreate, ServerFields, ServerList,
-    ServerSummaryList,
+    CommandWorkload, CreatedServers, Runtime, Server, ServerCreate, ServerDrive, ServerFields,
+    ServerList, ServerSummaryList,
 };
 use backfill_api::status::Capabilities;
 use backfill_api::webhooks::{
@@ -367,6 +367,8 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     strict::<UsageReport>("GET usage/ (tenant)", &own);
     let ledger = get_ok(&admin, &coord.url("ledger/")).await;
     let ledger = strict::<LedgerList>("GET ledger/ (admin)", &ledger);
+    let subs = get_ok(&t, &coord.url("subscriptions/")).await;
+    strict::<BillingSubscriptionList>("GET subscriptions/", &subs);
     assert!(!ledger.objects.is_empty(), "billed usage is in the ledger");
 
     // Errors.
@@ -464,6 +466,31 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     strict::<DriveSummaryList>("GET drives/", &list);
     let one = get_ok(&t, &coord.url(&format!("drives/{}/", data.uuid))).await;
     strict::<Drive>("GET drives/{uuid}/", &one);
+
+    // A server made with the drive (a VM that boots from it): its `drives` as a GET shows them.
+    let made = post_ok(
+        &t,
+        &coord.url("servers/"),
+        body(&ServerCreate {
+            objects: vec![ServerFields {
+                name: Some("with-a-drive".into()),
+                cpu: Some(500),
+                mem: Some(128 << 20),
+                drives: Some(vec![ServerDrive {
+                    boot_order: 1,
+                    dev_channel: "0:0".into(),
+                    device: "virtio".into(),
+                    drive: data.uuid.clone(),
+                }]),
+                ..ServerFields::default()
+            }],
+        }),
+    )
+    .await;
+    let vm = strict::<CreatedServers>("POST servers/ (a drive)", &made).objects[0].clone();
+    assert_eq!(vm.drives[0].drive.uuid, data.uuid);
+    let shown = get_ok(&t, &coord.url(&format!("servers/{}/", vm.uuid))).await;
+    strict::<Server>("GET servers/{uuid}/ (a drive)", &shown);
 }
 
 /// A resize sends the drive's name and media with the new size.
@@ -474,4 +501,303 @@ fn data_fields(d: &Drive) -> DriveFields {
         media: d.media.clone(),
         ..DriveFields::default()
     }
+}
+
+const INVENTORY: &str = r#"{"gpus": [
+  {"index": 0, "uuid": "GPU-11111111-aaaa-bbbb-cccc-000000000000", "name": "NVIDIA H100 80GB HBM3",
+   "memory_bytes": 85899345920, "pci_bus_id": "00000000:0C:00.0"}
+]}"#;
+
+/// `url`'s answer with its status, the body as JSON (`Null` when there is none). The body is
+/// held to the bytes the handlers wrote before they had types (`json!` objects: keys sorted at
+/// every level, compact): each type lists its fields in that order.
+async fn answer(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    b: Option<Value>,
+) -> (u16, Value) {
+    let mut req = c.request(method.clone(), url);
+    if let Some(b) = b {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !text.is_empty() {
+        assert_eq!(
+            numbers_blanked(&text),
+            numbers_blanked(&v.to_string()),
+            "{method} {url}: keys out of order"
+        );
+    }
+    (status, v)
+}
+
+/// `json` with every run of number characters as `#`: serde_json's float parsing may differ
+/// from the text in the last digit, and only the keys' order is compared here.
+fn numbers_blanked(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii_digit() || ".eE+-".contains(c) {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn op_ok(c: &reqwest::Client, method: reqwest::Method, url: &str, b: Option<Value>) -> Value {
+    let (status, v) = answer(c, method.clone(), url, b).await;
+    assert!((200..300).contains(&status), "{method} {url}: {status} {v}");
+    v
+}
+
+async fn op_get(c: &reqwest::Client, url: &str) -> Value {
+    op_ok(c, reqwest::Method::GET, url, None).await
+}
+
+async fn op_post(c: &reqwest::Client, url: &str, b: Value) -> Value {
+    op_ok(c, reqwest::Method::POST, url, Some(b)).await
+}
+
+/// The operator APIs (Arvados' dispatch, Dynamic Cluster, the dashboard's data) and Cyborg's
+/// accelerator API, each answer held to its `backfill-api` type as strictly as above: a pool,
+/// a host with a (fake) GPU, a server queued behind a hold and then running, a device profile
+/// and an ARQ bound to the GPU and unbound again, and each API's error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_and_cyborg_answer_matches_the_api_types() {
+    use backfill_api::arvados::{ArvErrors, ArvInstances, ArvQueue, ArvQueueEntry};
+    use backfill_api::cyborg::{
+        ApiVersion, Arq, ArqCreate, ArqList, ArqPatches, CyborgErrorBody, DeviceProfile,
+        DeviceProfileCreate, DeviceProfileList, DeviceProfileOne, PatchOp, RootDocument,
+    };
+    use backfill_api::dashboard::{DashError, DashboardData};
+    use backfill_api::dynamic_cluster::{DcResult, DcStatus, Job, Resource, WorkerNode};
+    use reqwest::Method as M;
+
+    let pki = Pki::new();
+    let extra = format!(
+        "{CONFIG}[[pools]]\nname = \"edge\"\nmax = 4\nhosts = [\"op-*\"]\nreservation_queue = \"backfill\"\n"
+    );
+    let coord = Coordinator::start_with(&pki, &["tenant"], &extra);
+    let mut setup = AgentSetup::new(&pki, &coord, "op-types");
+    let inventory = setup.dir.path().join("gpus.json");
+    std::fs::write(&inventory, INVENTORY).unwrap();
+    setup.top_toml = format!("inventory_file = {inventory:?}\n");
+    let _agent = setup.start(true, "1");
+    let t = client(&pki.ca(), Some(&pki.issue(Role::Account, "tenant")));
+    let admin = client(&pki.ca(), Some(&pki.issue(Role::Admin, "ops")));
+    let root = |p: &str| format!("https://{}/{p}", coord.api);
+    let arv = |p: &str| root(&format!("arvados/v1/dispatch/{p}"));
+    let dc = |p: &str| root(&format!("dynamiccluster/{p}"));
+    let acc = |p: &str| root(&format!("accelerator/v2/{p}"));
+
+    // Arvados: the host idle, then held, so that a server waits in the queue.
+    let instances = eventually("the host idle in Arvados' instances", || async {
+        let v = op_get(&admin, &arv("instances")).await;
+        (v["items"][0]["worker_state"] == "idle").then_some(v)
+    })
+    .await;
+    strict::<ArvInstances>("GET instances", &instances);
+    let held = op_ok(
+        &admin,
+        M::POST,
+        &arv("instances/hold?instance_id=op-types&reason=types"),
+        None,
+    )
+    .await;
+    assert!(held.is_null(), "an action's body is empty: {held}");
+    let created = post_ok(
+        &t,
+        &coord.url("bservers/"),
+        body(&ServerCreate {
+            objects: vec![ServerFields {
+                name: Some("queued".into()),
+                cpu: Some(200),
+                mem: Some(64 << 20),
+                workload: Some(body(&CommandWorkload {
+                    command: vec!["sleep".into(), "300".into()],
+                    ..CommandWorkload::default()
+                })),
+                ..ServerFields::default()
+            }],
+        }),
+    )
+    .await;
+    let server = strict::<CreatedServers>("POST bservers/", &created).objects[0].clone();
+    post_ok(
+        &t,
+        &coord.url(&format!("bservers/{}/action/?do=start", server.uuid)),
+        json!({}),
+    )
+    .await;
+    let queue = eventually("the server queued", || async {
+        let v = op_get(&admin, &arv("containers")).await;
+        (v["items"][0]["container"]["state"] == "Queued").then_some(v)
+    })
+    .await;
+    strict::<ArvQueue>("GET containers (queued)", &queue);
+    let one = op_get(
+        &admin,
+        &arv(&format!("container?container_uuid={}", server.uuid)),
+    )
+    .await;
+    strict::<ArvQueueEntry>("GET container", &one);
+    let (code, e) = answer(&admin, M::GET, &arv("container"), None).await;
+    assert_eq!(code, 400);
+    strict::<ArvErrors>("GET container (no uuid)", &e);
+
+    // Dynamic Cluster while the server waits.
+    let jobs = op_get(&admin, &dc("job")).await;
+    assert_eq!(strict::<Vec<Job>>("GET job", &jobs).len(), 1);
+    let job = op_get(&admin, &dc(&format!("job/{}", server.uuid))).await;
+    strict::<Job>("GET job/{id}", &job);
+    let nodes = op_get(&admin, &dc("workernode")).await;
+    strict::<Vec<WorkerNode>>("GET workernode (held)", &nodes);
+    let node = op_get(&admin, &dc("workernode/op-types")).await;
+    let node = strict::<WorkerNode>("GET workernode/{host}", &node);
+    assert!(node.admin_actions.is_some_and(|a| !a.is_empty()));
+    let status = op_get(&admin, &dc("server/status")).await;
+    strict::<DcStatus>("GET server/status", &status);
+    let done = op_ok(&admin, M::PUT, &dc("workernode/op-types/unhold"), None).await;
+    assert!(strict::<DcResult>("PUT workernode/{host}/unhold", &done).success);
+    let (code, e) = answer(&admin, M::PUT, &dc("workernode/op-types/nope"), None).await;
+    assert_eq!(code, 404);
+    assert!(!strict::<DcResult>("PUT workernode/{host}/nope", &e).success);
+
+    // Running: the queue entry as Arvados shows it, the node busy, the pool.
+    let queue = eventually("the server running", || async {
+        let v = op_get(&admin, &arv("containers")).await;
+        (v["items"][0]["container"]["state"] == "Running").then_some(v)
+    })
+    .await;
+    strict::<ArvQueue>("GET containers (running)", &queue);
+    let instances = op_get(&admin, &arv("instances")).await;
+    strict::<ArvInstances>("GET instances (busy)", &instances);
+    let nodes = op_get(&admin, &dc("workernode")).await;
+    strict::<Vec<WorkerNode>>("GET workernode (busy)", &nodes);
+    let pools = op_get(&admin, &dc("resource")).await;
+    let pools = strict::<Vec<Resource>>("GET resource", &pools);
+    assert_eq!(pools[0].worker_nodes.len(), 1);
+    let pool = op_get(&admin, &dc("resource/edge")).await;
+    strict::<Resource>("GET resource/{name}", &pool);
+
+    // The dashboard's data, with one server's view.
+    let data = op_get(
+        &admin,
+        &root(&format!("dashboard/data.json?server={}", server.uuid)),
+    )
+    .await;
+    let data = strict::<DashboardData>("GET dashboard/data.json", &data);
+    assert!(!data.servers.is_empty() && !data.hosts.is_empty());
+    let (code, e) = answer(&t, M::GET, &root("dashboard/data.json"), None).await;
+    assert_eq!(code, 403);
+    strict::<DashError>("GET dashboard/data.json (tenant)", &e);
+
+    // Cyborg: versions, a device profile, an ARQ bound and unbound.
+    let doc = op_get(&t, &root("accelerator/")).await;
+    strict::<RootDocument>("GET accelerator/", &doc);
+    let v2 = op_get(&t, &acc("")).await;
+    strict::<ApiVersion>("GET accelerator/v2/", &v2);
+    let made = op_post(
+        &admin,
+        &acc("device_profiles"),
+        body(&[DeviceProfileCreate {
+            name: "one-gpu".into(),
+            description: Some("types".into()),
+            groups: vec![[("resources:PGPU".to_owned(), "1".to_owned())].into()],
+            uuid: None,
+        }]),
+    )
+    .await;
+    let profile = strict::<DeviceProfile>("POST device_profiles", &made);
+    let list = op_get(&t, &acc("device_profiles")).await;
+    strict::<DeviceProfileList>("GET device_profiles", &list);
+    let one = op_get(&t, &acc(&format!("device_profiles/{}", profile.uuid))).await;
+    strict::<DeviceProfileOne>("GET device_profiles/{uuid}", &one);
+    let arqs = op_post(
+        &t,
+        &acc("accelerator_requests"),
+        body(&ArqCreate {
+            device_profile_name: "one-gpu".into(),
+        }),
+    )
+    .await;
+    let arq = strict::<ArqList>("POST accelerator_requests", &arqs).arqs[0].clone();
+    let instance = "6d0b6bd6-8d8c-4bd6-9d2e-6f7e7f3c0001";
+    let bind: ArqPatches = [(
+        arq.uuid.clone(),
+        vec![
+            PatchOp::add("/hostname", "op-types"),
+            PatchOp::add(
+                "/device_rp_uuid",
+                "GPU-11111111-aaaa-bbbb-cccc-000000000000",
+            ),
+            PatchOp::add("/instance_uuid", instance),
+        ],
+    )]
+    .into();
+    let (code, v) = answer(
+        &admin,
+        M::PATCH,
+        &acc("accelerator_requests"),
+        Some(body(&bind)),
+    )
+    .await;
+    assert_eq!(code, 202, "{v}");
+    let bound = eventually("the ARQ bound", || async {
+        let v = op_get(&t, &acc(&format!("accelerator_requests/{}", arq.uuid))).await;
+        (v["state"] == "Bound").then_some(v)
+    })
+    .await;
+    let bound = strict::<Arq>("GET accelerator_requests/{uuid} (bound)", &bound);
+    assert!(!bound.attach_handle_info.is_empty());
+    let list = op_get(
+        &admin,
+        &acc(&format!(
+            "accelerator_requests?instance={instance}&bind_state=resolved"
+        )),
+    )
+    .await;
+    strict::<ArqList>("GET accelerator_requests?instance", &list);
+    let unbind: ArqPatches = [(
+        arq.uuid.clone(),
+        vec![
+            PatchOp::remove("/hostname"),
+            PatchOp::remove("/device_rp_uuid"),
+            PatchOp::remove("/instance_uuid"),
+        ],
+    )]
+    .into();
+    let (code, v) = answer(
+        &admin,
+        M::PATCH,
+        &acc("accelerator_requests"),
+        Some(body(&unbind)),
+    )
+    .await;
+    assert_eq!(code, 202, "{v}");
+    let list = op_get(&t, &acc("accelerator_requests")).await;
+    let list = strict::<ArqList>("GET accelerator_requests (unbound)", &list);
+    assert_eq!(list.arqs[0].state, "Unbound");
+    let (code, e) = answer(
+        &t,
+        M::GET,
+        &acc("device_profiles/00000000-0000-4000-8000-000000000000"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let e = strict::<CyborgErrorBody>("GET device_profiles/{unknown}", &e);
+    let fault = e.fault().expect("a fault in error_message");
+    strict::<backfill_api::cyborg::Fault>(
+        "the fault",
+        &serde_json::from_str(&e.error_message).unwrap(),
+    );
+    assert_eq!(fault.faultcode, "Client");
 }

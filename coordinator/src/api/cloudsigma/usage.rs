@@ -13,9 +13,11 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use backfill_api::ListMeta;
-use backfill_api::accounts::{LedgerEntry, LedgerList, UsageLine, UsageReport, UsageTotals};
+use backfill_api::accounts::{
+    BillingSubscriptionList, LedgerEntry, LedgerList, UsageLine, UsageReport, UsageTotals,
+};
 use backfill_shared::clock::rfc3339;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The default period: the last 30 days.
@@ -39,9 +41,14 @@ pub fn routes() -> Router<AppState> {
 async fn subscriptions(caller: Caller, Params(params): Params) -> Result<Json<Value>, ApiError> {
     let _ = caller;
     let (limit, offset) = page(&params)?;
-    Ok(Json(
-        json!({"meta": {"limit": limit, "offset": offset, "total_count": 0}, "objects": []}),
-    ))
+    Ok(Json(to_json(&BillingSubscriptionList {
+        meta: ListMeta {
+            limit,
+            offset,
+            total_count: 0,
+        },
+        objects: Vec::new(),
+    })))
 }
 
 async fn refuse_subscription(caller: Caller) -> ApiError {

@@ -6,7 +6,8 @@ use crate::domain::server::ServerRecord;
 use backfill_api::Owner;
 use backfill_api::accounts::{StorageQuota, Unlimited};
 use backfill_api::servers::{
-    IpRef, NicIo, NicRuntime, PerfFactorView, Runtime, Server, ServerSummary, TerminationView,
+    AttachedDrive, DriveRef, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime, Server,
+    ServerSummary, TerminationView,
 };
 use backfill_shared::clock::rfc3339;
 use backfill_shared::{ServerClass, ServerStatus};
@@ -96,6 +97,19 @@ pub fn summary(collection: &str, account: &Account, s: &ServerRecord) -> ServerS
     }
 }
 
+fn attached_drive(a: &backfill_shared::DriveAttachment) -> AttachedDrive {
+    AttachedDrive {
+        boot_order: a.boot_order,
+        dev_channel: a.dev_channel.clone(),
+        device: a.device.as_str().into(),
+        drive: DriveRef {
+            resource_uri: format!("/api/2.0/drives/{}/", a.drive),
+            uuid: a.drive.to_string(),
+        },
+        runtime: None,
+    }
+}
+
 pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
     Server {
         context: true,
@@ -103,10 +117,7 @@ pub fn detail(collection: &str, account: &Account, s: &ServerRecord) -> Server {
         cpu_model: None,
         cpu_type: "amd".into(),
         cpus_instead_of_cores: false,
-        drives: match crate::api::cloudsigma::server_json::drives_json(&s.drives) {
-            serde_json::Value::Array(v) => v,
-            _ => Vec::new(),
-        },
+        drives: s.drives.iter().map(attached_drive).collect(),
         enable_numa: false,
         grantees: Vec::new(),
         hv_relaxed: false,

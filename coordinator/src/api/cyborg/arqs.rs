@@ -3,7 +3,7 @@
 
 use crate::api::AppState;
 use crate::api::cyborg::{
-    Caller, CyborgError, Version, Who, base, body_json, list, owner, query, version,
+    Caller, CyborgError, Version, Who, base, body_json, link, list, owner, query, version,
 };
 use crate::domain::accel::Arq;
 use crate::ops::accel::{ArqFilter, BindPatch};
@@ -11,27 +11,28 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use backfill_api::cyborg::{Arq as ArqView, ArqList};
 use backfill_shared::clock::rfc3339;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub(in crate::api) fn arq_json(a: &Arq, base: &str) -> Value {
-    json!({
-        "uuid": a.uuid,
-        "state": a.state.as_str(),
-        "device_profile_name": a.device_profile_name,
-        "device_profile_group_id": a.device_profile_group_id,
-        "hostname": a.hostname,
-        "device_rp_uuid": a.device_rp_uuid,
-        "instance_uuid": a.instance_uuid,
-        "project_id": a.project_id,
-        "attach_handle_type": a.attach_handle_type,
-        "attach_handle_uuid": a.attach_handle_uuid,
-        "attach_handle_info": a.attach_handle_info,
-        "links": [{"href": format!("{base}/v2/accelerator_requests/{}", a.uuid), "rel": "self"}],
-        "created_at": rfc3339(a.created_at),
-        "updated_at": a.updated_at.map(rfc3339),
-    })
+pub(in crate::api) fn arq_view(a: &Arq, base: &str) -> ArqView {
+    ArqView {
+        uuid: a.uuid.clone(),
+        state: a.state.as_str().into(),
+        device_profile_name: a.device_profile_name.clone(),
+        device_profile_group_id: a.device_profile_group_id,
+        hostname: a.hostname.clone(),
+        device_rp_uuid: a.device_rp_uuid.clone(),
+        instance_uuid: a.instance_uuid.clone(),
+        project_id: a.project_id.clone(),
+        attach_handle_type: a.attach_handle_type.clone(),
+        attach_handle_uuid: a.attach_handle_uuid.clone(),
+        attach_handle_info: a.attach_handle_info.clone(),
+        links: vec![link(format!("{base}/v2/accelerator_requests/{}", a.uuid))],
+        created_at: rfc3339(a.created_at),
+        updated_at: a.updated_at.map(rfc3339),
+    }
 }
 
 pub(in crate::api) async fn list_arqs(
@@ -56,8 +57,8 @@ pub(in crate::api) async fn list_arqs(
     };
     let b = base(&headers);
     let arqs = state.coordinator.list_arqs(owner(&caller), &filter).await?;
-    let items: Vec<Value> = arqs.iter().map(|a| arq_json(a, &b)).collect();
-    Ok(axum::Json(json!({ "arqs": items })).into_response())
+    let arqs = arqs.iter().map(|a| arq_view(a, &b)).collect();
+    Ok(axum::Json(ArqList { arqs }).into_response())
 }
 
 pub(in crate::api) async fn get_arq(
@@ -67,7 +68,7 @@ pub(in crate::api) async fn get_arq(
     headers: HeaderMap,
 ) -> Result<Response, CyborgError> {
     let a = state.coordinator.get_arq(owner(&caller), &uuid).await?;
-    Ok(axum::Json(arq_json(&a, &base(&headers))).into_response())
+    Ok(axum::Json(arq_view(&a, &base(&headers))).into_response())
 }
 
 pub(in crate::api) async fn create_arqs(
@@ -90,8 +91,8 @@ pub(in crate::api) async fn create_arqs(
         .ok_or_else(|| CyborgError::bad("device_profile_name is required"))?;
     let arqs = state.coordinator.create_arqs(account, name, None).await?;
     let b = base(&headers);
-    let items: Vec<Value> = arqs.iter().map(|a| arq_json(a, &b)).collect();
-    Ok((StatusCode::CREATED, axum::Json(json!({ "arqs": items }))).into_response())
+    let arqs = arqs.iter().map(|a| arq_view(a, &b)).collect();
+    Ok((StatusCode::CREATED, axum::Json(ArqList { arqs })).into_response())
 }
 
 const SERVICE_ONLY: &str =
@@ -105,7 +106,7 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
             "the patch for {uuid} must be a non-empty list"
         )));
     };
-    let mut adds: Map<String, Value> = Map::new();
+    let mut adds: BTreeMap<String, String> = BTreeMap::new();
     let mut kinds = Vec::new();
     for op in ops {
         let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
@@ -139,14 +140,14 @@ fn parse_patch(uuid: &str, ops: &Value, minor: u32) -> Result<BindPatch, CyborgE
                 .ok_or_else(|| CyborgError::bad(format!("{path} needs a value")))?;
             crate::api::text::check_name(value)
                 .map_err(|e| CyborgError::bad(format!("{path} {e}")))?;
-            adds.insert(path.trim_start_matches('/').to_owned(), json!(value));
+            adds.insert(path.trim_start_matches('/').to_owned(), value.to_owned());
         }
     }
     kinds.dedup();
     match kinds.as_slice() {
         ["remove"] => Ok(BindPatch::Unbind),
         ["add"] => {
-            let field = |k: &str| adds.get(k).and_then(Value::as_str).map(str::to_owned);
+            let field = |k: &str| adds.get(k).cloned();
             match (
                 field("hostname"),
                 field("device_rp_uuid"),

@@ -23,8 +23,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use backfill_api::cyborg::{
+    ApiVersion, CyborgErrorBody, DeviceProfile as DeviceProfileView, DeviceProfileList,
+    DeviceProfileOne, Fault, Link, RootDocument,
+};
 use backfill_shared::clock::rfc3339;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 const MIN_MINOR: u32 = 0;
@@ -117,12 +121,14 @@ impl IntoResponse for CyborgError {
         } else {
             "Client"
         };
-        let inner = json!({"faultcode": fault, "faultstring": self.message, "debuginfo": null});
-        (
-            self.status,
-            axum::Json(json!({"error_message": inner.to_string()})),
-        )
-            .into_response()
+        let inner = Fault {
+            faultcode: fault.into(),
+            faultstring: self.message,
+            debuginfo: None,
+        };
+        // A `Fault` always serializes; the empty string would only hide a fault in serde.
+        let error_message = serde_json::to_string(&inner).unwrap_or_default();
+        (self.status, axum::Json(CyborgErrorBody { error_message })).into_response()
     }
 }
 
@@ -229,52 +235,52 @@ pub(in crate::api) fn base(headers: &HeaderMap) -> String {
     format!("https://{host}/accelerator")
 }
 
-fn version_doc(base: &str) -> Value {
-    json!({
-        "id": "v2.0",
-        "max_version": format!("2.{MAX_MINOR}"),
-        "min_version": format!("2.{MIN_MINOR}"),
-        "status": "CURRENT",
-        "links": [{"href": format!("{base}/v2/"), "rel": "self"}],
-    })
+fn version_doc(id: &str, base: &str) -> ApiVersion {
+    ApiVersion {
+        id: id.into(),
+        max_version: format!("2.{MAX_MINOR}"),
+        min_version: format!("2.{MIN_MINOR}"),
+        status: "CURRENT".into(),
+        links: vec![link(format!("{base}/v2/"))],
+    }
+}
+
+pub(in crate::api) fn link(href: String) -> Link {
+    Link {
+        href,
+        rel: "self".into(),
+    }
 }
 
 async fn root_doc(headers: HeaderMap) -> Response {
-    let b = base(&headers);
-    let v2 = json!({
-        "id": "v2",
-        "status": "CURRENT",
-        "max_version": format!("2.{MAX_MINOR}"),
-        "min_version": format!("2.{MIN_MINOR}"),
-        "links": [{"href": format!("{b}/v2/"), "rel": "self"}],
-    });
-    axum::Json(json!({
-        "name": "OpenStack Cyborg API",
-        "description": "Cyborg-compatible accelerator management: GPU device profiles and accelerator requests of backfill.",
-        "versions": [v2.clone()],
-        "default_version": v2,
-    }))
+    let v2 = version_doc("v2", &base(&headers));
+    axum::Json(RootDocument {
+        name: "OpenStack Cyborg API".into(),
+        description: "Cyborg-compatible accelerator management: GPU device profiles and accelerator requests of backfill.".into(),
+        versions: vec![v2.clone()],
+        default_version: v2,
+    })
     .into_response()
 }
 
 async fn v2_doc(headers: HeaderMap) -> Response {
-    axum::Json(version_doc(&base(&headers))).into_response()
+    axum::Json(version_doc("v2.0", &base(&headers))).into_response()
 }
 
 fn profile_time(t: i64) -> String {
     rfc3339(t).replacen('T', " ", 1)
 }
 
-fn profile_json(p: &DeviceProfile, base: &str) -> Value {
-    json!({
-        "name": p.name,
-        "uuid": p.uuid,
-        "description": p.description,
-        "groups": p.groups,
-        "created_at": profile_time(p.created_at),
-        "updated_at": p.updated_at.map(profile_time),
-        "links": [{"href": format!("{base}/v2/device_profiles/{}", p.uuid), "rel": "self"}],
-    })
+fn profile_view(p: &DeviceProfile, base: &str) -> DeviceProfileView {
+    DeviceProfileView {
+        name: p.name.clone(),
+        uuid: p.uuid.clone(),
+        description: p.description.clone(),
+        groups: p.groups.clone(),
+        created_at: profile_time(p.created_at),
+        updated_at: p.updated_at.map(profile_time),
+        links: vec![link(format!("{base}/v2/device_profiles/{}", p.uuid))],
+    }
 }
 
 /// The query string; a repeated parameter is refused (see `params`).
@@ -320,15 +326,15 @@ async fn list_profiles(
 ) -> Result<Response, CyborgError> {
     let names = query(q.as_deref())?.get("name").map(|n| list(n));
     let b = base(&headers);
-    let items: Vec<Value> = state
+    let device_profiles = state
         .coordinator
         .device_profiles()
         .await?
         .iter()
         .filter(|p| names.as_ref().is_none_or(|n| n.contains(&p.name)))
-        .map(|p| profile_json(p, &b))
+        .map(|p| profile_view(p, &b))
         .collect();
-    Ok(axum::Json(json!({ "device_profiles": items })).into_response())
+    Ok(axum::Json(DeviceProfileList { device_profiles }).into_response())
 }
 
 async fn get_profile(
@@ -347,7 +353,10 @@ async fn get_profile(
         ));
     }
     let p = state.coordinator.device_profile(&key, !is_uuid).await?;
-    Ok(axum::Json(json!({"device_profile": profile_json(&p, &base(&headers))})).into_response())
+    Ok(axum::Json(DeviceProfileOne {
+        device_profile: profile_view(&p, &base(&headers)),
+    })
+    .into_response())
 }
 
 async fn create_profile(
@@ -388,7 +397,7 @@ async fn create_profile(
         .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(profile_json(&p, &base(&headers))),
+        axum::Json(profile_view(&p, &base(&headers))),
     )
         .into_response())
 }

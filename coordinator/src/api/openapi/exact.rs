@@ -65,6 +65,27 @@ pub(super) fn answers_exact(doc: OpenApi) -> OpenApi {
         for (name, schema) in schemas.iter_mut() {
             exact(schema, OPTIONAL_FIELDS.contains(&name.as_str()));
         }
+        if let Some(edit) = schemas.get("ServerFields").map(server_edit) {
+            schemas.insert("ServerEdit".into(), edit);
+        }
     }
     serde_json::from_value(v).unwrap_or(doc)
+}
+
+/// `PUT /servers/{uuid}/`'s body: `ServerFields` (one type serves both) with nothing
+/// required, since an edit leaves what it does not name unchanged.
+fn server_edit(fields: &Value) -> Value {
+    let mut edit = fields.clone();
+    if let Some(obj) = edit.as_object_mut() {
+        obj.remove("required");
+        obj.insert(
+            "description".into(),
+            Value::String(
+                "The fields a server edit (`PUT`) changes: any of a create's, none required; \
+                 those left out stay unchanged. A running server takes only name, meta and tags."
+                    .into(),
+            ),
+        );
+    }
+    edit
 }

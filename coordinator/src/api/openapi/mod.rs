@@ -10,17 +10,18 @@ pub mod receiver;
 use crate::api::openapi::drives::{DRIVE_OPS, Op};
 use crate::api::openapi::params::{path_params, query_params};
 use backfill_api::accounts::{
-    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
-    InUseView, LedgerEntry, LedgerList, QuotaFields, QuotaView, StorageQuota, Unlimited, UsageLine,
-    UsageReport, UsageTotals,
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, BillingSubscription,
+    BillingSubscriptionList, CreatedAccounts, InUseView, LedgerEntry, LedgerList, QuotaFields,
+    QuotaView, StorageQuota, Unlimited, UsageLine, UsageReport, UsageTotals,
 };
 use backfill_api::drives::{
     CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, DriveMove,
     DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn,
 };
 use backfill_api::servers::{
-    CreatedServers, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime, Server, ServerCreate,
-    ServerFields, ServerList, ServerSummary, ServerSummaryList, TerminationView,
+    AttachedDrive, CreatedServers, DriveRef, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime,
+    Server, ServerCreate, ServerFields, ServerList, ServerSummary, ServerSummaryList,
+    TerminationView,
 };
 use backfill_api::status::{Capabilities, CpuMemView, FreeResourcesView};
 use backfill_api::webhooks::{
@@ -46,10 +47,11 @@ use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
     ),
     servers((url = "/api/2.0")),
     components(schemas(
-        Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
+        Server, AttachedDrive, DriveRef, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
         ActionResult, ErrorItem, AccountView, QuotaView, StorageQuota, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
+        BillingSubscription, BillingSubscriptionList,
         ServerFields, ServerCreate, AccountFields, QuotaFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
         WebhookList, SubscriptionList, DeliveryList, CreatedWebhooks, CreatedSubscriptions,
@@ -109,7 +111,7 @@ fn collection_ops(c: &'static str, what: &'static str) -> Vec<FullOp> {
             p("{uuid}/"),
             HttpMethod::Put,
             "Edit: a running server takes only name, meta and tags".into(),
-            Some("ServerFields"),
+            Some("ServerEdit"),
             "200",
             Some("Server"),
         ),
@@ -211,7 +213,7 @@ const OTHER_OPS: &[Op] = &[
         "Subscriptions (none are sold)",
         None,
         "200",
-        None,
+        Some("BillingSubscriptionList"),
     ),
     (
         "/subscriptions/",

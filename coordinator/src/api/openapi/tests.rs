@@ -31,6 +31,24 @@ fn server_fields_are_the_accepted_ones() {
     assert_eq!(documented, accepted);
 }
 
+#[test]
+fn an_edit_requires_no_field_and_takes_the_create_fields() {
+    let doc = serde_json::to_value(document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let (edit, create) = (&schemas["ServerEdit"], &schemas["ServerFields"]);
+    assert_eq!(edit["properties"], create["properties"]);
+    assert!(edit.get("required").is_none(), "{edit:#}");
+    let required = create["required"].as_array().unwrap();
+    assert!(
+        ["name", "cpu", "mem"]
+            .iter()
+            .all(|f| required.iter().any(|r| r == f))
+    );
+    let put = &doc["paths"]["/servers/{uuid}/"]["put"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(put["$ref"], "#/components/schemas/ServerEdit");
+}
+
 /// The literal paths of `.route("...")` in the modules nested under `/api/2.0` (the servers'
 /// are built from `collection_ops`'s names, with `format!`).
 #[test]

@@ -14,9 +14,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use backfill_api::arvados::{
+    ArvContainer, ArvCuda, ArvErrors, ArvGpu, ArvInstance, ArvInstanceResources, ArvInstanceType,
+    ArvInstances, ArvQueue, ArvQueueEntry, ArvRuntimeConstraints, ArvSchedulingParameters,
+};
 use backfill_shared::clock::rfc3339;
 use backfill_shared::{IdleBehavior, ServerClass, ServerId, ServerStatus, WorkerState};
-use serde_json::{Value, json};
 
 /// Arvados' zero time, for fields that have no value.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -67,7 +70,10 @@ impl ArvError {
 
 impl IntoResponse for ArvError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"errors": [self.message]}))).into_response()
+        let body = ArvErrors {
+            errors: vec![self.message],
+        };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -164,28 +170,30 @@ impl Form {
     }
 }
 
-fn instance_type_json(f: &Flavor, legacy: bool) -> Value {
-    let mut v = json!({
-        "ProviderType": f.name,
-        "VCPUs": f.vcpus,
-        "RAM": f.ram,
-        "IncludedScratch": f.scratch,
-        "AddedScratch": 0,
-        "Price": f.price,
-        "Preemptible": f.is_preemptible(),
-        "GPU": {"Stack": if f.gpus > 0 { "cuda" } else { "" }, "DriverVersion": "",
-                "HardwareTarget": "", "DeviceCount": f.gpus, "VRAM": 0},
-    });
-    if legacy {
-        v["Name"] = json!(f.name);
-        v["Scratch"] = json!(f.scratch);
+fn instance_type(f: &Flavor, legacy: bool) -> ArvInstanceType {
+    ArvInstanceType {
+        provider_type: f.name.clone(),
+        vcpus: f.vcpus,
+        ram: f.ram,
+        included_scratch: f.scratch,
+        added_scratch: 0,
+        price: f.price,
+        preemptible: f.is_preemptible(),
+        gpu: ArvGpu {
+            stack: if f.gpus > 0 { "cuda" } else { "" }.into(),
+            driver_version: String::new(),
+            hardware_target: String::new(),
+            device_count: f.gpus,
+            vram: 0,
+        },
+        name: legacy.then(|| f.name.clone()),
+        scratch: legacy.then_some(f.scratch),
     }
-    v
 }
 
 /// A container queue entry: the HEAD shape (`instance_types`, `instance_resources`,
 /// `scheduling_status`) and the seed's legacy `instance_type` object.
-fn queue_entry(e: &QueueEntry, flavors: &crate::domain::flavors::Flavors) -> Value {
+fn queue_entry(e: &QueueEntry, flavors: &crate::domain::flavors::Flavors) -> ArvQueueEntry {
     let s = &e.server;
     let state = match (s.status, s.host.is_some()) {
         (ServerStatus::Starting, false) => "Queued",
@@ -225,48 +233,54 @@ fn queue_entry(e: &QueueEntry, flavors: &crate::domain::flavors::Flavors) -> Val
         ("Locked", _) => "Container is allocated to an instance and preparing to run.".into(),
         _ => String::new(),
     };
-    json!({
-        "container": {
-            "uuid": s.uuid.to_string(),
-            "name": s.name,
-            "owner_uuid": s.owner,
-            "priority": s.priority,
-            "state": state,
-            "runtime_constraints": {
-                "vcpus": s.smp,
-                "ram": s.mem,
-                "keep_cache_ram": 0,
-                "keep_cache_disk": 0,
-                "API": false,
-                "cuda": {"device_count": 0, "driver_version": "", "hardware_capability": ""},
+    ArvQueueEntry {
+        container: ArvContainer {
+            uuid: s.uuid.to_string(),
+            name: s.name.clone(),
+            owner_uuid: s.owner.clone(),
+            priority: s.priority,
+            state: state.into(),
+            runtime_constraints: ArvRuntimeConstraints {
+                vcpus: s.smp,
+                ram: s.mem,
+                keep_cache_ram: 0,
+                keep_cache_disk: 0,
+                api: false,
+                cuda: ArvCuda::default(),
             },
-            "scheduling_parameters": {
-                "preemptible": s.class != ServerClass::Normal,
-                "partitions": [],
-                "max_run_time": 0,
+            scheduling_parameters: ArvSchedulingParameters {
+                preemptible: s.class != ServerClass::Normal,
+                partitions: Vec::new(),
+                max_run_time: 0,
             },
-            "created_at": rfc3339(s.created_at),
-            "command": [],
-            "mounts": {},
+            created_at: rfc3339(s.created_at),
+            command: Vec::new(),
+            mounts: serde_json::Map::new(),
         },
-        "instance_resources": {"VCPUs": s.smp, "RAM": s.mem, "Scratch": 0, "GPUs": 0, "GPUVRAM": 0},
-        "instance_types": types.iter().map(|f| instance_type_json(f, false)).collect::<Vec<_>>(),
-        "instance_type": types.first().map(|f| instance_type_json(f, true)),
-        "first_seen_at": rfc3339(s.created_at),
-        "scheduling_status": status,
-    })
+        instance_resources: ArvInstanceResources {
+            vcpus: s.smp,
+            ram: s.mem,
+            scratch: 0,
+            gpus: 0,
+            gpu_vram: 0,
+        },
+        instance_types: types.iter().map(|f| instance_type(f, false)).collect(),
+        instance_type: types.first().map(|f| instance_type(f, true)),
+        first_seen_at: rfc3339(s.created_at),
+        scheduling_status: status,
+    }
 }
 
 async fn containers(State(state): State<AppState>, _: Operator) -> Response {
     let flavors = state.coordinator.flavors().await;
-    let items: Vec<Value> = state
+    let items = state
         .coordinator
         .queue()
         .await
         .iter()
         .map(|e| queue_entry(e, &flavors))
         .collect();
-    axum::Json(json!({ "items": items })).into_response()
+    axum::Json(ArvQueue { items }).into_response()
 }
 
 fn container_id(form: &Form) -> Result<ServerId, ArvError> {
@@ -317,30 +331,34 @@ fn worker_state(h: &HostView) -> &'static str {
     }
 }
 
-pub(crate) fn instance_json(h: &HostView) -> Value {
-    json!({
-        "instance": if h.launching { String::new() } else { h.id.clone() },
-        "address": h.address.map(|a| a.to_string()).unwrap_or_default(),
-        "price": h.price,
-        "arvados_instance_type": h.instance_type,
-        "provider_instance_type": h.instance_type,
-        "last_container_uuid": h.last_server.map(|s| s.to_string()).unwrap_or_default(),
-        "last_busy": h.last_busy.map_or_else(|| ZERO_TIME.to_owned(), rfc3339),
-        "running_container_uuids": h.work.iter().map(|w| w.uuid.to_string()).collect::<Vec<_>>(),
-        "worker_state": worker_state(h),
-        "idle_behavior": h.idle_behavior.as_str(),
-    })
+pub(crate) fn instance(h: &HostView) -> ArvInstance {
+    ArvInstance {
+        instance: if h.launching {
+            String::new()
+        } else {
+            h.id.clone()
+        },
+        address: h.address.map(|a| a.to_string()).unwrap_or_default(),
+        price: h.price,
+        arvados_instance_type: h.instance_type.clone(),
+        provider_instance_type: h.instance_type.clone(),
+        last_container_uuid: h.last_server.map(|s| s.to_string()).unwrap_or_default(),
+        last_busy: h.last_busy.map_or_else(|| ZERO_TIME.to_owned(), rfc3339),
+        running_container_uuids: h.work.iter().map(|w| w.uuid.to_string()).collect(),
+        worker_state: worker_state(h).into(),
+        idle_behavior: h.idle_behavior.as_str().into(),
+    }
 }
 
 async fn instances(State(state): State<AppState>, _: Operator) -> Response {
-    let items: Vec<Value> = state
+    let items = state
         .coordinator
         .hosts()
         .await
         .iter()
-        .map(instance_json)
+        .map(instance)
         .collect();
-    axum::Json(json!({ "items": items })).into_response()
+    axum::Json(ArvInstances { items }).into_response()
 }
 
 fn instance_id(form: &Form) -> Result<String, ArvError> {

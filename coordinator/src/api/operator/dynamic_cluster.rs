@@ -14,8 +14,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use backfill_api::dynamic_cluster::{
+    AdminAction, CloudInstance, ClusterStatus, DcResult, DcStatus, Job, JobExtra, NodeExtra,
+    PoolSettings, Quantity, Reservation, Resource, ResourceConfig, WorkerNode,
+};
 use backfill_shared::{IdleBehavior, ServerStatus, WorkerState};
-use serde_json::{Value, json};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -23,7 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/workernode/{host}", get(workernode).delete(delete_node))
         .route("/workernode/{host}/{action}", put(node_action))
         .route("/job", get(jobs))
-        .route("/job/{id}", get(job))
+        .route("/job/{id}", get(one_job))
         .route("/server/config", get(config))
         .route("/server/status", get(status))
         .route("/server/auto", put(auto_on).delete(auto_off))
@@ -53,7 +56,10 @@ impl IntoResponse for DcError {
     fn into_response(self) -> Response {
         (
             self.status,
-            axum::Json(json!({"success": false, "error": self.message})),
+            axum::Json(DcResult {
+                success: false,
+                error: Some(self.message),
+            }),
         )
             .into_response()
     }
@@ -99,7 +105,11 @@ fn query(q: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, 
 }
 
 fn success() -> Response {
-    axum::Json(json!({"success": true})).into_response()
+    axum::Json(DcResult {
+        success: true,
+        error: None,
+    })
+    .into_response()
 }
 
 /// WorkerNode.state: 0 Inexistent, 1 Starting, 2 Idle, 3 Busy, 4 Error, 5 Deleting,
@@ -138,48 +148,48 @@ fn instance_state(h: &HostView) -> u8 {
     }
 }
 
-fn node_json(h: &HostView, now: i64) -> Value {
+fn node(h: &HostView, now: i64) -> WorkerNode {
     let jobs: Vec<String> = h.work.iter().map(|w| w.uuid.to_string()).collect();
-    let address = h.address.map(|a| a.to_string());
-    json!({
-        "hostname": h.id,
-        "type": "backfill",
-        "state": node_state(h),
-        "num_proc": h.capacity.vcpus,
-        "jobs": if jobs.is_empty() { Value::Null } else { json!(jobs.join(",")) },
-        "state_start_time": h.state_since,
-        "time_in_current_state": now.saturating_sub(h.state_since).max(0),
-        "extra_attributes": {
-            "worker_state": h.worker_state.as_str(),
-            "idle_behavior": h.idle_behavior.as_str(),
-            "cpu_mhz": h.capacity.cpu_mhz,
-            "mem": h.capacity.mem_bytes,
-            "gpus": h.gpus,
-            "error": h.error,
+    WorkerNode {
+        hostname: h.id.clone(),
+        kind: "backfill".into(),
+        state: node_state(h),
+        num_proc: h.capacity.vcpus,
+        jobs: (!jobs.is_empty()).then(|| jobs.join(",")),
+        state_start_time: h.state_since,
+        time_in_current_state: now.saturating_sub(h.state_since).max(0),
+        extra_attributes: NodeExtra {
+            worker_state: h.worker_state.as_str().into(),
+            idle_behavior: h.idle_behavior.as_str().into(),
+            cpu_mhz: h.capacity.cpu_mhz,
+            mem: h.capacity.mem_bytes,
+            gpus: h.gpus,
+            error: h.error.clone(),
         },
-        "instance": {
-            "uuid": h.id,
-            "instance_name": h.id,
-            "state": instance_state(h),
-            "ip": address,
-            "dns_name": h.id,
-            "vcpu_number": h.capacity.vcpus,
-            "flavor": h.instance_type,
-            "key_name": null,
-            "security_groups": [],
-            "availability_zone": null,
-            "image_uuid": null,
-            "subnet_id": null,
-            "creation_time": h.first_seen,
-            "cloud_resource": h.pool,
-            "last_update_time": h.last_seen,
-            "tasked": false,
-            "last_task_result": if h.error.is_some() { 1 } else { -1 },
-            "spot_id": null,
-            "spot_state": null,
-            "spot_price": h.price,
+        instance: CloudInstance {
+            uuid: h.id.clone(),
+            instance_name: h.id.clone(),
+            state: instance_state(h),
+            ip: h.address.map(|a| a.to_string()),
+            dns_name: h.id.clone(),
+            vcpu_number: h.capacity.vcpus,
+            flavor: h.instance_type.clone(),
+            key_name: None,
+            security_groups: Vec::new(),
+            availability_zone: None,
+            image_uuid: None,
+            subnet_id: None,
+            creation_time: h.first_seen,
+            cloud_resource: h.pool.clone(),
+            last_update_time: h.last_seen,
+            tasked: false,
+            last_task_result: if h.error.is_some() { 1 } else { -1 },
+            spot_id: None,
+            spot_state: None,
+            spot_price: h.price,
         },
-    })
+        admin_actions: None,
+    }
 }
 
 async fn workernodes(
@@ -197,13 +207,13 @@ async fn workernodes(
         ),
     };
     let now = state.coordinator.now();
-    let nodes: Vec<Value> = state
+    let nodes: Vec<WorkerNode> = state
         .coordinator
         .hosts()
         .await
         .iter()
         .filter(|h| filter.is_none_or(|f| node_state(h) == f))
-        .map(|h| node_json(h, now))
+        .map(|h| node(h, now))
         .collect();
     Ok(axum::Json(nodes).into_response())
 }
@@ -214,12 +224,19 @@ async fn workernode(
     Path(host): Path<String>,
 ) -> Result<Response, DcError> {
     let h = state.coordinator.host(&host).await?;
-    let mut v = node_json(&h, state.coordinator.now());
+    let mut v = node(&h, state.coordinator.now());
     let actions = state.coordinator.audit_entries("host", &host).await?;
-    v["admin_actions"] = actions
-        .iter()
-        .map(|a| json!({"at": a.at, "actor": a.actor, "action": a.action, "reason": a.reason}))
-        .collect();
+    v.admin_actions = Some(
+        actions
+            .into_iter()
+            .map(|a| AdminAction {
+                at: a.at,
+                actor: a.actor,
+                action: a.action,
+                reason: a.reason,
+            })
+            .collect(),
+    );
     Ok(axum::Json(v).into_response())
 }
 
@@ -278,45 +295,44 @@ async fn delete_node(
     }
 }
 
-fn job_json(e: &QueueEntry) -> Value {
+fn job(e: &QueueEntry) -> Job {
     let s = &e.server;
-    let state = if e.position.is_some() { 0 } else { 1 };
-    json!({
-        "jobid": s.uuid.to_string(),
-        "name": s.name,
-        "owner": s.owner,
-        "queue": s.class.as_str(),
-        "account": s.owner,
-        "property": null,
-        "priority": s.priority,
-        "state": state,
-        "requested_cores": s.smp,
-        "cores_per_node": s.smp,
-        "requested_mem": s.mem,
-        "requested_walltime": null,
-        "creation_time": s.created_at.to_string(),
-        "extra_attributes": {
-            "cpu_mhz": s.cpu,
-            "flavor": s.instance_type,
-            "pending_reason": s.queued_reason,
-            "host": s.host.as_ref().map(ToString::to_string),
+    Job {
+        jobid: s.uuid.to_string(),
+        name: s.name.clone(),
+        owner: s.owner.clone(),
+        queue: s.class.as_str().into(),
+        account: s.owner.clone(),
+        property: None,
+        priority: s.priority,
+        state: if e.position.is_some() { 0 } else { 1 },
+        requested_cores: s.smp,
+        cores_per_node: s.smp,
+        requested_mem: s.mem,
+        requested_walltime: None,
+        creation_time: s.created_at.to_string(),
+        extra_attributes: JobExtra {
+            cpu_mhz: s.cpu,
+            flavor: s.instance_type.clone(),
+            pending_reason: s.queued_reason.clone(),
+            host: s.host.as_ref().map(ToString::to_string),
         },
-    })
+    }
 }
 
 async fn jobs(State(state): State<AppState>, _: Operator) -> Response {
-    let list: Vec<Value> = state
+    let list: Vec<Job> = state
         .coordinator
         .queue()
         .await
         .iter()
         .filter(|e| e.position.is_some())
-        .map(job_json)
+        .map(job)
         .collect();
     axum::Json(list).into_response()
 }
 
-async fn job(
+async fn one_job(
     State(state): State<AppState>,
     _: Operator,
     Path(id): Path<String>,
@@ -328,7 +344,7 @@ async fn job(
         .into_iter()
         .find(|e| e.server.uuid.to_string() == id)
         .ok_or_else(|| DcError::new(StatusCode::NOT_FOUND, "job not found"))?;
-    Ok(axum::Json(job_json(&entry)).into_response())
+    Ok(axum::Json(job(&entry)).into_response())
 }
 
 async fn config(State(state): State<AppState>, _: Operator) -> Response {
@@ -337,10 +353,13 @@ async fn config(State(state): State<AppState>, _: Operator) -> Response {
 
 async fn status(State(state): State<AppState>, _: Operator) -> Response {
     let c = &state.coordinator;
-    axum::Json(json!({
-        "auto_mode": c.auto_mode().await,
-        "cluster": {"coordinator": true, "agents": c.connected_hosts().await},
-    }))
+    axum::Json(DcStatus {
+        auto_mode: c.auto_mode().await,
+        cluster: ClusterStatus {
+            coordinator: true,
+            agents: c.connected_hosts().await,
+        },
+    })
     .into_response()
 }
 
@@ -360,46 +379,56 @@ async fn auto_off(
     Ok(success())
 }
 
-fn resource_json(p: &PoolView, now: i64) -> Value {
+fn resource_view(p: &PoolView, now: i64) -> Resource {
     let c = &p.config;
     let kind = if c.provisioner.is_some() {
         "provisioned"
     } else {
         "static"
     };
-    json!({
-        "name": c.name,
-        "type": kind,
-        "priority": c.priority,
-        "min_num": p.min,
-        "max_num": p.max,
-        "current_num": p.current,
-        "cores_per_node": p.hosts.iter().map(|h| h.capacity.vcpus).max().unwrap_or(0),
-        "flag": p.flag,
-        "proposed_allocation": null,
-        "reservation_queue": c.reservation_queue,
-        "reservation_account": c.reservation_account,
-        "reservation_property": null,
-        "provisioner_failures": p.failures,
-        "config": {
-            "type": kind,
-            "priority": c.priority,
-            "quantity": {"min": c.min, "max": c.max},
-            "reservation": {"queue": c.reservation_queue, "account": c.reservation_account, "property": null},
-            "config": {"flavor": c.flavor, "hosts": c.hosts},
+    Resource {
+        name: c.name.clone(),
+        kind: kind.into(),
+        priority: c.priority,
+        min_num: p.min,
+        max_num: p.max,
+        current_num: p.current,
+        cores_per_node: p.hosts.iter().map(|h| h.capacity.vcpus).max().unwrap_or(0),
+        flag: p.flag,
+        proposed_allocation: None,
+        reservation_queue: c.reservation_queue.clone(),
+        reservation_account: c.reservation_account.clone(),
+        reservation_property: None,
+        provisioner_failures: p.failures,
+        config: ResourceConfig {
+            kind: kind.into(),
+            priority: c.priority,
+            quantity: Quantity {
+                min: c.min,
+                max: c.max,
+            },
+            reservation: Reservation {
+                queue: c.reservation_queue.clone(),
+                account: c.reservation_account.clone(),
+                property: None,
+            },
+            config: PoolSettings {
+                flavor: c.flavor.clone(),
+                hosts: c.hosts.clone(),
+            },
         },
-        "worker_nodes": p.hosts.iter().map(|h| node_json(h, now)).collect::<Vec<_>>(),
-    })
+        worker_nodes: p.hosts.iter().map(|h| node(h, now)).collect(),
+    }
 }
 
 async fn resources(State(state): State<AppState>, _: Operator) -> Response {
     let now = state.coordinator.now();
-    let list: Vec<Value> = state
+    let list: Vec<Resource> = state
         .coordinator
         .pools_view()
         .await
         .iter()
-        .map(|p| resource_json(p, now))
+        .map(|p| resource_view(p, now))
         .collect();
     axum::Json(list).into_response()
 }
@@ -410,7 +439,7 @@ async fn resource(
     Path(name): Path<String>,
 ) -> Result<Response, DcError> {
     let p = state.coordinator.pool_view(&name).await?;
-    Ok(axum::Json(resource_json(&p, state.coordinator.now())).into_response())
+    Ok(axum::Json(resource_view(&p, state.coordinator.now())).into_response())
 }
 
 async fn launch(
