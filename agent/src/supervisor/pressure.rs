@@ -14,8 +14,9 @@ pub(super) struct PressureState {
     pub floor: f64,
     /// Seconds without a trigger before the squeeze is lifted.
     pub release_secs: i64,
-    /// When the last trigger fired (the supervisor's clock, seconds).
-    pub last_event: Option<i64>,
+    /// When the last trigger that counts against backfill fired, by resource (the
+    /// supervisor's clock, seconds): each resource's squeeze is held by its own events only.
+    pub last_event: [Option<i64>; 2],
     /// Squeezes since the agent started, by resource.
     pub squeezes: [u64; 2],
     /// Each backfill server's CPU time at the last round: only a server that used the CPU
@@ -28,7 +29,7 @@ impl Default for PressureState {
         PressureState {
             floor: 0.1,
             release_secs: 30,
-            last_event: None,
+            last_event: [None, None],
             squeezes: [0, 0],
             cpu_seen: Default::default(),
         }
@@ -110,10 +111,12 @@ impl Supervisor {
         if !normal_here {
             return false;
         }
-        self.pressure.last_event = Some(self.clock.now());
         if r == Resource::Memory && !host_low_on_memory() {
+            // Not backfill's doing: it neither squeezes nor holds a squeeze (of either
+            // resource) any longer.
             return false;
         }
+        self.pressure.last_event[super::stall::index(r)] = Some(self.clock.now());
         let floor = self.pressure.floor;
         let targets: Vec<ServerId> = self
             .entries
@@ -140,7 +143,7 @@ impl Supervisor {
             self.enforce(id);
         }
         if !targets.is_empty() {
-            let i = usize::from(r == Resource::Memory);
+            let i = super::stall::index(r);
             self.pressure.squeezes[i] = self.pressure.squeezes[i].saturating_add(1);
             tracing::warn!(
                 resource = r.as_str(),
@@ -172,41 +175,54 @@ impl Supervisor {
         self.pressure.cpu_seen = seen;
     }
 
-    /// Lifts the squeeze once no trigger has fired for `release_secs`, or at once when no
-    /// normal server runs here any more. Returns whether any limit changed.
+    /// Lifts each resource's squeeze once no trigger for that resource has fired for
+    /// `release_secs`, or every squeeze at once when no normal server runs here any more.
+    /// Returns whether any limit changed.
     pub(super) fn release_pressure(&mut self) -> bool {
         self.note_cpu();
         let normal_here = self
             .entries
             .values()
             .any(|e| matches!(e.run, Run::Running { .. }) && !is_backfill(e));
-        let quiet = !normal_here
-            || self
-                .pressure
-                .last_event
-                .is_none_or(|t| self.clock.now().saturating_sub(t) >= self.pressure.release_secs);
-        if !quiet {
+        let now = self.clock.now();
+        let quiet = |r: Resource| {
+            !normal_here
+                || self.pressure.last_event[super::stall::index(r)]
+                    .is_none_or(|t| now.saturating_sub(t) >= self.pressure.release_secs)
+        };
+        let (cpu_quiet, mem_quiet) = (quiet(Resource::Cpu), quiet(Resource::Memory));
+        if !cpu_quiet && !mem_quiet {
             return false;
         }
-        let squeezed: Vec<ServerId> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.squeezed.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &squeezed {
-            if let Some(e) = self.entries.get_mut(id) {
-                e.squeezed = None;
+        let mut released = Vec::new();
+        for (id, e) in self.entries.iter_mut() {
+            let Some(mut s) = e.squeezed else {
+                continue;
+            };
+            if cpu_quiet {
+                s.cpu = PerfFactor::FULL.cpu;
             }
+            if mem_quiet {
+                s.mem = PerfFactor::FULL.mem;
+            }
+            let lifted = (s != PerfFactor::FULL).then_some(s);
+            if lifted != e.squeezed {
+                e.squeezed = lifted;
+                released.push(*id);
+            }
+        }
+        for id in &released {
             self.enforce(id);
         }
-        if !squeezed.is_empty() {
+        if !released.is_empty() {
             tracing::info!(
-                servers = squeezed.len(),
+                servers = released.len(),
+                cpu = cpu_quiet,
+                memory = mem_quiet,
                 "pressure gone: backfill gets its limits back"
             );
         }
-        !squeezed.is_empty()
+        !released.is_empty()
     }
 
     /// Writes a running server's limits as they stand now (its perf_factor in force).

@@ -315,3 +315,64 @@ fn v1_a_normal_servers_major_faults_squeeze_backfill() {
     assert_eq!(s.poll_stall(now, POLICY), (vec![], false), "own limit");
     s.stop_all();
 }
+
+/// A memory event that squeezes nothing (the host has memory to spare: a normal server at its
+/// own limit, say) is not backfill's doing and must not hold an earlier CPU squeeze: that
+/// lifts `release_secs` after the last CPU event, not after the memory event.
+#[test]
+fn a_memory_event_without_a_memory_shortage_does_not_hold_the_cpu_squeeze() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = RecordingCgroups::default();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let release: i64 = 30;
+    let mut s = Supervisor::new(
+        Box::new(cg.clone()),
+        dir.path(),
+        None,
+        vec!["sleep".into(), "30".into()],
+        clock.clone(),
+    )
+    .with_pressure_policy(0.1, release as u64);
+    let (normal, backfill) = (ServerId::from_u128(1), ServerId::from_u128(2));
+    s.apply(&host(&[
+        (normal, ServerClass::Normal),
+        (backfill, ServerClass::Backfill),
+    ]));
+    let full = quota_of(&cg, backfill).unwrap();
+
+    // t0: CPU squeeze.
+    assert!(s.on_pressure(Resource::Cpu));
+    assert_eq!(quota_of(&cg, backfill), Some(full / 10));
+
+    // t0 + release/2: a memory event. Where the host has memory to spare (the usual case
+    // here) it squeezes nothing; where it is short, it squeezes memory only. Either way it
+    // says nothing about CPU.
+    clock.advance(release / 2);
+    let mem_squeezed = s.on_pressure(Resource::Memory);
+    assert_eq!(mem_squeezed, super::pressure::host_low_on_memory());
+    s.poll_exits();
+    assert_eq!(quota_of(&cg, backfill), Some(full / 10), "still squeezed");
+
+    // t0 + release: the CPU squeeze is lifted, not at t0 + release + release/2.
+    clock.advance(release - release / 2 - 1);
+    s.poll_exits();
+    assert_eq!(
+        quota_of(&cg, backfill),
+        Some(full / 10),
+        "held until release"
+    );
+    clock.advance(1);
+    assert!(s.poll_exits(), "the CPU squeeze is lifted at t0 + release");
+    assert_eq!(quota_of(&cg, backfill), Some(full), "CPU back");
+    assert_eq!(
+        s.squeezing(),
+        mem_squeezed,
+        "a memory squeeze keeps its own time"
+    );
+    if mem_squeezed {
+        clock.advance(release / 2);
+        assert!(s.poll_exits());
+        assert!(!s.squeezing());
+    }
+    s.stop_all();
+}
