@@ -36,103 +36,14 @@
 //! addresses are never reached through `FORWARD` (they go to `INPUT`), so no allow entry opens
 //! the host; the only host service a guest reaches is the metadata listener.
 
+mod cidr;
+mod script;
+
+pub use cidr::{Cidr, CidrError, NEVER};
+pub(super) use script::{Listing, Rule, Script, Table};
+
 use super::{AddressPool, NetTag};
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::str::FromStr;
-
-/// An IPv4 range (`10.0.0.0/8`; a bare address is a /32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: Ipv4Addr,
-    prefix: u8,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CidrError {
-    #[error("{0:?} is not an IPv4 range such as 10.0.0.0/8 or an address such as 10.0.0.2")]
-    Syntax(String),
-    #[error("{0:?}: guests have IPv4 only (IPv6 is off on their links); give an IPv4 range")]
-    Ipv6(String),
-    #[error("{0:?}: the prefix length must be 0 to 32")]
-    Length(String),
-    #[error("{0:?}: host bits are set; did you mean {1}?")]
-    HostBits(String, String),
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-    fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
-            return Err(CidrError::Ipv6(s.to_owned()));
-        }
-        let addr: Ipv4Addr = addr.parse().map_err(|_| CidrError::Syntax(s.to_owned()))?;
-        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(CidrError::Syntax(s.to_owned()));
-        }
-        let prefix: u8 = len.parse().map_err(|_| CidrError::Length(s.to_owned()))?;
-        if prefix > 32 {
-            return Err(CidrError::Length(s.to_owned()));
-        }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        let bits = u32::from(addr);
-        if bits & !mask != 0 {
-            let fixed = Cidr {
-                addr: Ipv4Addr::from(bits & mask),
-                prefix,
-            };
-            return Err(CidrError::HostBits(s.to_owned(), fixed.to_string()));
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// Ranges guests never reach, before and whatever `egress_allow` says: loopback and
-/// link-local.
-pub const NEVER: [Cidr; 2] = [
-    Cidr {
-        addr: Ipv4Addr::new(127, 0, 0, 0),
-        prefix: 8,
-    },
-    Cidr {
-        addr: Ipv4Addr::new(169, 254, 0, 0),
-        prefix: 16,
-    },
-];
-
-impl Cidr {
-    /// The range of [`NEVER`] that holds all of this one, if any.
-    pub fn never_reachable(&self) -> Option<Cidr> {
-        NEVER
-            .into_iter()
-            .find(|n| n.prefix <= self.prefix && n.contains(self.addr))
-    }
-
-    /// `-d <range>` as iptables prints it (nothing for 0.0.0.0/0, which matches everything).
-    fn dst(&self) -> String {
-        if self.prefix == 0 {
-            String::new()
-        } else {
-            format!("-d {self} ")
-        }
-    }
-
-    /// Whether `addr` is in the range.
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(addr) & mask == u32::from(self.addr)
-    }
-}
 
 /// The configured policy (`[network] egress_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -152,22 +63,6 @@ pub const MAX_PACKETS_PER_SECOND: u32 = 1_000_000;
 /// Most KiB per second a limit may name (1 GiB/s).
 pub const MAX_KIB_PER_SECOND: u32 = 1 << 20;
 
-/// The two tables the rules live in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Table {
-    Filter,
-    Nat,
-}
-
-impl Table {
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Filter => "filter",
-            Table::Nat => "nat",
-        }
-    }
-}
-
 /// The agent's chains, by role.
 const IN: &str = "IN";
 const IN_G: &str = "IN-G";
@@ -178,103 +73,6 @@ const EGRESS: &str = "EGRESS";
 const TO: &str = "TO";
 const REJECT: &str = "REJECT";
 const NAT: &str = "NAT";
-
-/// One rule: its chain and its specification, exactly as `iptables -S` prints it after
-/// `-A <chain> `.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Rule {
-    pub chain: String,
-    pub spec: String,
-}
-
-impl Rule {
-    fn new(chain: impl Into<String>, spec: impl Into<String>) -> Rule {
-        Rule {
-            chain: chain.into(),
-            spec: spec.into(),
-        }
-    }
-
-    /// The value of option `opt` (`-j`, `-i`), if the rule has it.
-    fn option(&self, opt: &str) -> Option<&str> {
-        let mut words = self.spec.split_whitespace();
-        while let Some(w) = words.next() {
-            if w == opt {
-                return words.next();
-            }
-        }
-        None
-    }
-}
-
-/// A table as `iptables -t <table> -S` prints it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Listing {
-    /// Every chain, built-in (`-P`) and user-defined (`-N`), in order.
-    pub chains: Vec<String>,
-    pub rules: Vec<Rule>,
-}
-
-impl Listing {
-    pub fn parse(text: &str) -> Listing {
-        let mut l = Listing::default();
-        for line in text.lines() {
-            let mut words = line.splitn(3, ' ');
-            match (words.next(), words.next(), words.next()) {
-                (Some("-P" | "-N"), Some(chain), _) => l.chains.push(chain.to_owned()),
-                (Some("-A"), Some(chain), rest) => {
-                    l.rules
-                        .push(Rule::new(chain, rest.unwrap_or_default().trim_end()));
-                }
-                _ => {}
-            }
-        }
-        l
-    }
-
-    fn has_chain(&self, chain: &str) -> bool {
-        self.chains.iter().any(|c| c == chain)
-    }
-
-    fn rules_in<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules.iter().filter(move |r| r.chain == chain)
-    }
-}
-
-/// A batch for `iptables-restore --noflush`: applied whole or not at all, per table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Script {
-    lines: BTreeMap<Table, Vec<String>>,
-}
-
-impl Script {
-    fn push(&mut self, table: Table, line: String) {
-        self.lines.entry(table).or_default().push(line);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines.values().all(Vec::is_empty)
-    }
-
-    pub fn append(&mut self, other: Script) {
-        for (t, lines) in other.lines {
-            self.lines.entry(t).or_default().extend(lines);
-        }
-    }
-}
-
-impl fmt::Display for Script {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (table, lines) in self.lines.iter().filter(|(_, l)| !l.is_empty()) {
-            writeln!(f, "*{}", table.name())?;
-            for l in lines {
-                writeln!(f, "{l}")?;
-            }
-            writeln!(f, "COMMIT")?;
-        }
-        Ok(())
-    }
-}
 
 /// One guest's link, as the rules see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -666,56 +464,6 @@ mod tests {
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn ranges_parse_strictly_and_say_why_not() {
-        assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
-        assert_eq!(cidr("10.1.2.3").to_string(), "10.1.2.3/32");
-        assert_eq!(cidr("0.0.0.0/0").to_string(), "0.0.0.0/0");
-        assert!(cidr("169.254.0.0/16").contains("169.254.169.254".parse().unwrap()));
-        assert!(!cidr("169.254.0.0/16").contains("169.255.0.1".parse().unwrap()));
-        assert!(cidr("0.0.0.0/0").contains("8.8.8.8".parse().unwrap()));
-        assert_eq!(
-            "10.0.0.1/8".parse::<Cidr>(),
-            Err(CidrError::HostBits(
-                "10.0.0.1/8".into(),
-                "10.0.0.0/8".into()
-            ))
-        );
-        for bad in [
-            "",
-            "10.0.0.0/",
-            "10.0.0/8",
-            "10.0.0.0/8/8",
-            "ten",
-            "10.0.0.0/+8",
-        ] {
-            assert!(
-                matches!(bad.parse::<Cidr>(), Err(CidrError::Syntax(_))),
-                "{bad}"
-            );
-        }
-        assert!(matches!(
-            "10.0.0.0/33".parse::<Cidr>(),
-            Err(CidrError::Length(_))
-        ));
-        assert!(matches!(
-            "10.0.0.0/300".parse::<Cidr>(),
-            Err(CidrError::Length(_))
-        ));
-        assert!(matches!("fd00::1".parse::<Cidr>(), Err(CidrError::Ipv6(_))));
-        assert!(matches!(
-            "fd00::/8".parse::<Cidr>(),
-            Err(CidrError::Ipv6(_))
-        ));
-        assert_eq!(cidr("169.254.169.254").never_reachable(), Some(NEVER[1]));
-        assert_eq!(cidr("127.0.0.0/8").never_reachable(), Some(NEVER[0]));
-        assert_eq!(cidr("169.0.0.0/8").never_reachable(), None);
-        assert_eq!(cidr("0.0.0.0/0").never_reachable(), None);
-        assert_eq!(cidr("10.0.0.2").never_reachable(), None);
-        let e = "10.0.0.1/8".parse::<Cidr>().unwrap_err().to_string();
-        assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
     }
 
     fn rules(tag: &str, policy: EgressPolicy) -> Rules {
