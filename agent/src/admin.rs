@@ -7,8 +7,11 @@
 //!   the result; a change of devices is reported to the coordinator at once.
 
 use crate::discovery::{GpuMonitor, GpuScan};
-use crate::http_conn::{Conn, End};
-use crate::metadata::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::http_conn::{Conn, End, ListenerReason};
+use crate::metadata::FormatCode;
+/// Kept here too for the fuzz target, which names it by this path.
+pub use crate::metadata::metadata_format;
 use crate::supervisor::Supervisor;
 use backfill_shared::listener::{ConnectionGate, HttpLimits};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,27 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The longest `POST /gpus/rescan` waits for NVML.
 const RESCAN_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FormatCode {
-    pub format: String,
-    pub code: u16,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerReason {
-    pub listener: String,
-    pub reason: String,
-}
-
-impl ListenerReason {
-    pub fn new(listener: &str, reason: &str) -> ListenerReason {
-        ListenerReason {
-            listener: listener.to_owned(),
-            reason: reason.to_owned(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -356,23 +338,6 @@ impl AgentMetrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         out
-    }
-}
-
-/// Which format a metadata path speaks, for the request counter.
-pub fn metadata_format(path: &str) -> &'static str {
-    if path.starts_with("/openstack") {
-        "openstack"
-    } else if path.starts_with("/latest") {
-        "ec2"
-    } else if path.starts_with("/computeMetadata") {
-        "gce"
-    } else if path.starts_with("/metadata") {
-        "azure"
-    } else if path.starts_with("/backfill") {
-        "backfill"
-    } else {
-        "other"
     }
 }
 

@@ -6,9 +6,10 @@
 //! still sends is read and discarded for a moment, so a client refused before it finished
 //! sending reads the refusal rather than a reset.
 
-use crate::metadata::{Framing, HttpRequest, framing, parse_request};
+use crate::http::{Framing, HttpRequest, framing, parse_request};
 use backfill_shared::listener::HttpLimits;
 use bytes::BytesMut;
+use prometheus_client::encoding::EncodeLabelSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +21,22 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
 
 pub use backfill_shared::listener::Phase;
+
+/// The metrics label of a refused or timed-out connection: which listener, and why.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReason {
+    pub listener: String,
+    pub reason: String,
+}
+
+impl ListenerReason {
+    pub fn new(listener: &str, reason: &str) -> ListenerReason {
+        ListenerReason {
+            listener: listener.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
 
 /// Why no request (or no response) came of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

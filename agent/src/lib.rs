@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod drive_move;
 pub mod driver;
 pub mod drives;
+pub mod http;
 pub mod http_conn;
 pub mod kernel_metrics;
 pub mod link;

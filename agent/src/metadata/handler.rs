@@ -2,9 +2,9 @@
 //! The caller is identified by its source address alone; an address that is no guest of this
 //! host gets a bare 404 that reveals nothing.
 
-use super::http::{HttpRequest, HttpResponse};
 use super::store::{GuestInfo, MetadataStore};
 use super::token::{TokenError, TokenSealer};
+use crate::http::{HttpRequest, HttpResponse};
 use backfill_shared::ServerId;
 use ring::hmac;
 use serde_json::json;

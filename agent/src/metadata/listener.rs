@@ -3,14 +3,14 @@
 //! channel and are answered only once they are durable; long-polls wait on the store.
 
 use super::handler::{MetadataConfig, Reply, handle};
-use super::http::{HttpRequest, HttpResponse};
 use super::limit::{LogGate, RateLimiter};
 use super::store::MetadataStore;
 use super::token::TokenSealer;
-use crate::admin::{FormatCode, ListenerReason};
-use crate::http_conn::{Conn, End};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::http_conn::{Conn, End, ListenerReason};
 use backfill_shared::listener::{ConnectionGate, HttpLimits};
 use backfill_shared::{Clock, ServerId};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +19,30 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// The metadata request counter's label: the format a path speaks, and the answer's code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatCode {
+    pub format: String,
+    pub code: u16,
+}
+
+/// Which format a metadata path speaks, for the request counter.
+pub fn metadata_format(path: &str) -> &'static str {
+    if path.starts_with("/openstack") {
+        "openstack"
+    } else if path.starts_with("/latest") {
+        "ec2"
+    } else if path.starts_with("/computeMetadata") {
+        "gce"
+    } else if path.starts_with("/metadata") {
+        "azure"
+    } else if path.starts_with("/backfill") {
+        "backfill"
+    } else {
+        "other"
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -266,7 +290,7 @@ async fn connection(stream: TcpStream, peer: IpAddr, svc: &MetadataService) {
         };
         svc.requests
             .get_or_create(&FormatCode {
-                format: crate::admin::metadata_format(&req.path).into(),
+                format: metadata_format(&req.path).into(),
                 code: resp.status,
             })
             .inc();

@@ -2,7 +2,7 @@
 //! acknowledgements answered only after the agent recorded them.
 
 use super::*;
-use crate::admin::ListenerReason;
+use crate::http_conn::ListenerReason;
 use crate::metadata::GuestInfo;
 use backfill_shared::clock::ManualClock;
 use backfill_shared::{PerfFactor, ServerClass, Termination};

@@ -3,7 +3,6 @@
 //! that feeds it. OpenStack, EC2, GCE and Azure formats, and our own.
 
 mod handler;
-mod http;
 mod limit;
 mod listener;
 mod store;
@@ -11,9 +10,11 @@ mod store;
 mod tests;
 mod token;
 
+pub use crate::http::{Framing, HttpRequest, HttpResponse, framing, parse_request, request_len};
 pub use handler::{MetadataConfig, Reply, etag, handle};
-pub use http::{Framing, HttpRequest, HttpResponse, framing, parse_request, request_len};
 pub use limit::{LogGate, RateLimiter};
-pub use listener::{AckRequest, MetadataError, MetadataService, bind, serve};
+pub use listener::{
+    AckRequest, FormatCode, MetadataError, MetadataService, bind, metadata_format, serve,
+};
 pub use store::{GuestInfo, MetadataStore};
 pub use token::{TokenError, TokenSealer};

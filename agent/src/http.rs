@@ -1,5 +1,5 @@
-//! A bounded HTTP/1.1 request parser for the metadata listener, and the response type the
-//! handler returns. Guests are untrusted: sizes are bounded and nothing here can panic.
+//! A bounded HTTP/1.1 request parser for the agent's listeners (the metadata service, the
+//! admin listener), and the response type their handlers return. Guests are untrusted: sizes are bounded and nothing here can panic.
 
 use std::collections::BTreeMap;
 
