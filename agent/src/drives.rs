@@ -10,7 +10,7 @@
 //!   left alone (a coordinator that lost track of it must not cost a tenant their data).
 //! - A drive that could not be made is reported failed, with the reason, until it is deleted.
 
-use crate::driver::vm::images;
+use crate::images;
 use backfill_shared::drive::{
     DesiredDrive, DriveId, DriveOrders, DriveReport, DriveSource, ObservedDrive, ObservedDriveState,
 };

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod drives;
 pub mod http;
 pub mod http_conn;
+pub mod images;
 pub mod kernel_metrics;
 pub mod link;
 pub mod metadata;

@@ -89,12 +89,12 @@ pub fn probe_kernel(images_dir: &Path) -> Option<PathBuf> {
         .flatten()
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| super::images::boot_file_kind(n) == Some("kernel"))
+        .filter(|n| crate::images::boot_file_kind(n) == Some("kernel"))
         .collect();
     names.sort();
     if let Some(p) = names
         .first()
-        .and_then(|n| super::images::resolve(images_dir, n).ok())
+        .and_then(|n| crate::images::resolve(images_dir, n).ok())
     {
         return Some(p);
     }

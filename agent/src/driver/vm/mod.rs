@@ -25,7 +25,6 @@ mod argv;
 mod companion;
 mod config;
 mod dhcp;
-pub(crate) mod images;
 mod netns;
 mod qmp;
 
@@ -34,6 +33,7 @@ pub use config::{Accel, VmConfig};
 use super::{
     Driver, DriverError, ExecSpec, Launch, Launched, MemoryControl, ProcessIdentity, Yielding,
 };
+use crate::images::{self, ImageError};
 use crate::network::GuestNet;
 use backfill_shared::{DriverKind, ServerId};
 use companion::Companion;
@@ -66,6 +66,15 @@ pub enum VmError {
     Setup(String),
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
+}
+
+impl From<ImageError> for VmError {
+    fn from(e: ImageError) -> VmError {
+        match e {
+            ImageError::Unusable(m) => VmError::Image(m),
+            ImageError::Io { path, source } => VmError::Io { path, source },
+        }
+    }
 }
 
 impl From<VmError> for DriverError {

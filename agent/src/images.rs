@@ -1,11 +1,23 @@
 //! The operator's image directory: names resolved without leaving it, formats read with
 //! `qemu-img info`, and per-server copy-on-write overlays.
 
-use super::VmError;
 use backfill_shared::VmImage;
 use backfill_shared::workload::check_file_name;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Why an image of the directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The image (or its name) is not usable here.
+    #[error("{0}")]
+    Unusable(String),
+}
 
 /// What a file of the image directory is, by name for direct-boot files:
 /// `vmlinuz*`, `bzImage*`, `*.kernel` are kernels; `initrd*`, `initramfs*`, `*.initrd`,
@@ -29,21 +41,21 @@ pub fn boot_file_kind(name: &str) -> Option<&'static str> {
 
 /// The file `name` of `dir`: a plain name, a regular file, and (symbolic links followed)
 /// still inside `dir`.
-pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf, VmError> {
-    check_file_name(name).map_err(VmError::Image)?;
-    let canon_dir = dir.canonicalize().map_err(|source| VmError::Io {
+pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    check_file_name(name).map_err(ImageError::Unusable)?;
+    let canon_dir = dir.canonicalize().map_err(|source| ImageError::Io {
         path: dir.to_owned(),
         source,
     })?;
     let path = canon_dir.join(name);
     let real = path.canonicalize().map_err(|_| {
-        VmError::Image(format!(
+        ImageError::Unusable(format!(
             "{name:?} is not in this host's image directory {}",
             dir.display()
         ))
     })?;
     if !real.starts_with(&canon_dir) || !real.is_file() {
-        return Err(VmError::Image(format!(
+        return Err(ImageError::Unusable(format!(
             "{name:?} is not a file of the image directory {}",
             dir.display()
         )));
@@ -52,24 +64,25 @@ pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf, VmError> {
 }
 
 /// `qemu-img info`: (format, virtual size).
-pub fn info(qemu_img: &Path, image: &Path) -> Result<(String, u64), VmError> {
+pub fn info(qemu_img: &Path, image: &Path) -> Result<(String, u64), ImageError> {
     let out = Command::new(qemu_img)
         .args(["info", "-U", "--output=json"])
         .arg(image)
         .output()
-        .map_err(|source| VmError::Io {
+        .map_err(|source| ImageError::Io {
             path: qemu_img.to_owned(),
             source,
         })?;
     if !out.status.success() {
-        return Err(VmError::Image(format!(
+        return Err(ImageError::Unusable(format!(
             "qemu-img info {}: {}",
             image.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    parse_info(&out.stdout)
-        .ok_or_else(|| VmError::Image(format!("qemu-img info {}: unreadable", image.display())))
+    parse_info(&out.stdout).ok_or_else(|| {
+        ImageError::Unusable(format!("qemu-img info {}: unreadable", image.display()))
+    })
 }
 
 fn parse_info(json: &[u8]) -> Option<(String, u64)> {
@@ -121,14 +134,14 @@ pub fn ensure_overlay(
     image: &Path,
     image_name: &str,
     overlay: &Path,
-) -> Result<(), VmError> {
+) -> Result<(), ImageError> {
     let stamp = overlay.with_extension("image");
     if overlay.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == image_name) {
         return Ok(());
     }
     let (format, _) = info(qemu_img, image)?;
     if format != "qcow2" && format != "raw" {
-        return Err(VmError::Image(format!(
+        return Err(ImageError::Unusable(format!(
             "{image_name:?} is a {format} image; disks are qcow2 or raw"
         )));
     }
@@ -138,18 +151,18 @@ pub fn ensure_overlay(
         .arg(image)
         .arg(overlay)
         .output()
-        .map_err(|source| VmError::Io {
+        .map_err(|source| ImageError::Io {
             path: qemu_img.to_owned(),
             source,
         })?;
     if !out.status.success() {
-        return Err(VmError::Image(format!(
+        return Err(ImageError::Unusable(format!(
             "cannot make the overlay {}: {}",
             overlay.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    std::fs::write(&stamp, image_name).map_err(|source| VmError::Io {
+    std::fs::write(&stamp, image_name).map_err(|source| ImageError::Io {
         path: stamp.clone(),
         source,
     })
