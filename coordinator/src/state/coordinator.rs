@@ -12,6 +12,7 @@ use crate::store::{Store, StoreError};
 use backfill_shared::protocol::DesiredState;
 
 mod commit;
+mod read;
 use backfill_shared::{
     Clock, HostId, PerfFactor, ServerClass, ServerId, ServerStatus, WorkerState, Workload,
 };
@@ -110,6 +111,8 @@ pub struct Coordinator {
     pub(crate) committer: crate::state::committer::Committer,
     /// `[drives]`: storage quota and library drives.
     pub(crate) drive_config: crate::domain::library::DrivesConfig,
+    /// The accounts API requests look up (see `crate::state::account_cache`).
+    pub(crate) accounts: crate::state::account_cache::AccountCache,
     next_conn: AtomicU64,
 }
 
@@ -167,6 +170,7 @@ impl Coordinator {
             webhooks: crate::state::settings::WebhookConfig::default(),
             access: crate::state::access::DriverAccess::default(),
             drive_config: crate::domain::library::DrivesConfig::default(),
+            accounts: Default::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -378,7 +382,7 @@ impl Coordinator {
         scope: Scope,
         query: &crate::state::server_index::ServerQuery,
     ) -> (usize, Vec<ServerRecord>) {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let (total, ids) =
             model
                 .index()
@@ -397,7 +401,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         model
             .servers
             .get(&id)
@@ -412,7 +416,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 

@@ -3,6 +3,7 @@
 //! settings the state holds.
 
 pub mod access;
+pub mod account_cache;
 pub mod committer;
 #[cfg(test)]
 mod committer_tests;
