@@ -164,9 +164,22 @@ pub fn same_attachments(a: &[DriveAttachment], b: &[DriveAttachment]) -> bool {
         })
 }
 
-/// Servers each drive is attached to (the model's index, kept as servers change: no walk).
-pub(crate) fn mounts(model: &Model) -> &BTreeMap<DriveId, Vec<ServerId>> {
-    model.mounts().all()
+/// Servers each drive is attached to: a borrow of the model's index (kept as servers change:
+/// no walk over the fleet).
+pub(crate) fn mounts(model: &Model) -> Mounts<'_> {
+    Mounts(model.mounts().all())
+}
+
+/// The model's drive -> servers index, as [`mounts`] lends it (a drive view takes it as the
+/// map it derefs to).
+pub(crate) struct Mounts<'m>(&'m BTreeMap<DriveId, Vec<ServerId>>);
+
+impl std::ops::Deref for Mounts<'_> {
+    type Target = BTreeMap<DriveId, Vec<ServerId>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
 }
 
 /// The tenant's drive `id` (a deleted one or another tenant's is "not found").
