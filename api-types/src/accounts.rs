@@ -73,9 +73,9 @@ objects! {
     AccountCreate: AccountFields;
 }
 
-/// A quota change: a field left out stays as it is, `Some(None)` (JSON null) makes it
-/// unlimited (storage: the configured default), `Some(Some(n))` sets it (storage also takes
-/// `"unlimited"`: unlimited whatever the default).
+/// A quota change: a field left out stays as it is, null makes it unlimited (storage: the
+/// configured default), a number sets it (storage also takes `"unlimited"`: unlimited whatever
+/// the default). In Rust: absent `None`, null `Some(None)`, a value `Some(Some(n))`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct QuotaFields {
@@ -124,11 +124,15 @@ impl QuotaFields {
     }
 }
 
-/// An account to create; quota fields left out or null = unlimited.
+/// An account to create; `quota` fields null or absent = unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct AccountFields {
     /// The CN of the account's certificates.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$")
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<bool>,
@@ -186,4 +190,27 @@ pub struct UsageReport {
     /// One line per server; `totals` cover every line of the period, not only this page.
     pub objects: Vec<UsageLine>,
     pub totals: UsageTotals,
+}
+
+/// One debit of the ledger (`GET /ledger/`): what a server or drive cost over the period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub time: String,
+    pub start: String,
+    pub end: String,
+    /// Negative: a debit.
+    pub amount: String,
+    pub currency: String,
+    pub resource: String,
+    pub resource_uuid: String,
+    pub user: String,
+    pub reason: String,
+}
+
+lists! {
+    /// `GET /ledger/?start=&end=&account=`.
+    LedgerList: LedgerEntry;
 }

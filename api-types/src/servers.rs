@@ -65,13 +65,17 @@ pub struct Runtime {
     pub nics: Vec<NicRuntime>,
     /// Its network namespace (`ip netns exec NAME ...`), in isolated network mode.
     pub netns: Option<String>,
-    /// The perf_factor its agent has in force.
+    /// The perf_factor its agent has in force (backfill servers are downsized instead of
+    /// stopped).
     pub perf_factor: PerfFactorView,
     pub host: String,
     pub termination: Option<TerminationView>,
-    /// The CPU its agent lets it use now, in cores (null without a quota, or until reported).
+    /// The CPU its agent lets it use now, in cores: its quota per period, as read back from
+    /// its cgroup. The quota follows what was sold: `cpu` MHz / the host's MHz per core, at
+    /// most `smp` cores, times `perf_factor.cpu` (normal servers may run without a quota:
+    /// then null). Null also until its agent has reported.
     pub cpu_cores: Option<f64>,
-    /// The memory limit in force, in bytes, as its agent reports it.
+    /// The memory limit in force, in bytes (a VM's balloon size), as its agent reports it.
     pub mem_limit: Option<u64>,
 }
 
@@ -84,6 +88,7 @@ pub struct ServerSummary {
     pub owner: Owner,
     pub resource_uri: String,
     pub runtime: Option<Runtime>,
+    /// stopped, starting, running, stopping, paused or unavailable.
     pub status: String,
     pub uuid: String,
 }
@@ -94,7 +99,7 @@ pub struct ServerSummary {
 #[serde(default)]
 pub struct Server {
     pub context: bool,
-    /// MHz.
+    /// CPU clock in MHz.
     pub cpu: u64,
     pub cpu_model: Option<String>,
     pub cpu_type: String,
@@ -110,7 +115,7 @@ pub struct Server {
     pub hypervisor: String,
     #[cfg_attr(feature = "utoipa", schema(value_type = Vec<Object>))]
     pub jobs: Vec<Value>,
-    /// Bytes.
+    /// Memory in bytes.
     pub mem: u64,
     pub meta: BTreeMap<String, String>,
     pub name: String,
@@ -125,24 +130,32 @@ pub struct Server {
     pub requirements: Vec<Value>,
     pub resource_uri: String,
     pub runtime: Option<Runtime>,
+    /// Number of virtual cores.
     pub smp: u32,
     pub status: String,
-    /// Why a pending server waits.
+    /// Why a started server is still waiting for capacity.
     pub pending_reason: Option<String>,
-    /// Why the server last stopped.
+    /// Why its last run ended (the workload's exit code, why it failed to start, the kernel's
+    /// OOM killer, its host lost), until it starts again.
     pub stop_reason: Option<String>,
+    /// -1000 to 1000: higher starts first and is preempted last.
     pub priority: i32,
-    /// `normal`, `spot` or `backfill`.
+    /// normal, backfill or spot.
     pub class: String,
+    /// The flavor (instance type) it is scheduled as: the one it was created as, else the
+    /// cheapest configured flavor that fits.
     pub flavor: String,
+    /// The device profile it was created with (its GPUs), if any.
     pub device_profile: Option<String>,
+    /// The GPU devices (UUIDs) it holds while placed.
     pub gpus: Vec<String>,
+    /// A server that fills free capacity (a backfill server).
     pub is_grey: bool,
     pub tags: Vec<String>,
     pub uuid: String,
     pub vnc_password: Option<String>,
-    /// `{"command": [...], "env": {...}, "network": "host"|"isolated"}` and the other
-    /// workload kinds; null runs the host's default command.
+    /// `{"command": [...], "env": {...}, "network": "host"|"isolated"}`; null runs the host's
+    /// default command.
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub workload: Option<Value>,
 }
@@ -191,36 +204,81 @@ pub struct CommandWorkload {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct ServerFields {
-    /// Required on create; 1 to 200 characters.
+    /// Required on create; 1 to 200 characters, not only spaces, without control,
+    /// bidirectional or invisible formatting characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(value_type = String, required = true, min_length = 1, max_length = 200)
+    )]
     pub name: Option<String>,
     /// MHz; required on create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(value_type = u64, required = true, minimum = 1, maximum = 10_000_000)
+    )]
     pub cpu: Option<u64>,
     /// Bytes, at least 64 MiB; required on create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(
+            value_type = u64,
+            required = true,
+            minimum = 67_108_864_u64,
+            maximum = 17_592_186_044_416_u64
+        )
+    )]
     pub mem: Option<u64>,
     /// Cores (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = 1, maximum = 1024))]
     pub smp: Option<u32>,
+    /// Keys of 1 to 64 bytes (no control or bidirectional characters), string values of at
+    /// most 4096 bytes (tabs and line breaks allowed); at most 100 keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<BTreeMap<String, String>>,
+    /// 1 to 64 bytes each, as meta keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(max_items = 100))]
     pub tags: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(max_length = 64))]
     pub vnc_password: Option<String>,
-    /// One workload kind (see the OpenAPI document's `ServerFields.workload`);
-    /// [`CommandWorkload`] serializes the exec kind.
+    /// What the server runs, one kind: `{"command": [prog, args...]}` (exec, a process on the
+    /// host), `{"vm": {"image": "name.qcow2"}}` or `{"vm": {"kernel": ..., "initrd": ...,
+    /// "cmdline": ...}}` (a QEMU virtual machine booted from a fleet image), or
+    /// `{"container": {"image": "registry/name:tag", "workdir": "/..."}}` (an OCI container;
+    /// `command` and `env` override the image's). Each may add `"env": {...}` (not for vm) and
+    /// `"network": "host"|"isolated"` (vm and container default to isolated, exec to host). A
+    /// kind or VM image no host of the fleet has is refused (400).
+    // `CommandWorkload` serializes the exec kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "utoipa", schema(value_type = Option<Object>))]
     pub workload: Option<Value>,
     /// -1000 to 1000 (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(minimum = -1000, maximum = 1000))]
     pub priority: Option<i32>,
+    /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
+    /// preemptible flavor makes a spot server in `/servers/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flavor: Option<String>,
+    /// A device profile's name (`/accelerator/v2/device_profiles`): the server gets the GPUs
+    /// its groups ask for, and accelerator requests bound to them while it is placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_profile: Option<String>,
+    /// The tenant's drives (`/drives/`), changed only while the server is stopped:
+    /// `[{"boot_order": 1, "dev_channel": "0:0", "device": "virtio"|"ide", "drive": "<uuid>"}]`.
+    /// The server then runs as a VM booting from its drive with boot_order 1 on the host that
+    /// holds its drives; a `cdrom` drive attaches as a CD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The coordinator also takes `drive` as the `{uuid, resource_uri}` a GET shows, and a
+    // null or absent `boot_order` or `dev_channel`: hence `Object` in the document.
+    #[cfg_attr(
+        feature = "utoipa",
+        schema(value_type = Option<Vec<Object>>, max_items = 16)
+    )]
     pub drives: Option<Vec<ServerDrive>>,
 }

@@ -19,7 +19,7 @@ pub struct Filters {
 #[serde(default)]
 pub struct SubscriptionView {
     pub uuid: String,
-    /// cloud_termination, server_downsized, server_state_changed, perf_factor_restored, ...
+    /// cloud_termination, server_downsized, server_state_changed, perf_factor_restored.
     pub events: Vec<String>,
     pub filters: Filters,
     pub created_at: String,
@@ -36,7 +36,7 @@ pub struct WebhookView {
     pub created_at: String,
     pub resource_uri: String,
     pub subscriptions: Vec<SubscriptionView>,
-    /// The signing secret: in a create's answer only.
+    /// Only in the create's answer: the HMAC-SHA256 key of `X-Backfill-Signature`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -79,17 +79,23 @@ objects! {
     SubscriptionCreate: SubscriptionFields;
 }
 
+/// Create: `url` (https, unless the operator allows http), optional `description`. The
+/// coordinator refuses unknown fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct WebhookFields {
     pub url: String,
     /// Empty when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = String))]
     pub description: Option<String>,
 }
 
+/// The coordinator refuses unknown fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct SubscriptionFields {
     pub events: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,6 +29,8 @@ seed=${ST_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 workers=${ST_WORKERS:-1}
 venv=${ST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/backfill/schemathesis-venv}
 bin=${BACKFILL_COORDINATOR:-}
+# The dev agent reads BACKFILL_COORDINATOR as its coordinator's address: not this binary.
+unset BACKFILL_COORDINATOR
 
 echo "== schemathesis $SCHEMATHESIS_VERSION (virtualenv $venv)"
 if ! "$venv/bin/st" --version 2>/dev/null | grep -qx "st, version $SCHEMATHESIS_VERSION"; then

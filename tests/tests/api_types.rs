@@ -8,7 +8,7 @@
 
 use backfill_api::accounts::{
     AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
-    QuotaFields, UsageReport,
+    LedgerList, QuotaFields, UsageReport,
 };
 use backfill_api::common::{ActionResult, ErrorBody};
 use backfill_api::drives::{
@@ -16,7 +16,7 @@ use backfill_api::drives::{
     LibraryDrive, LibraryDriveList,
 };
 use backfill_api::servers::{
-    CommandWorkload, CreatedServers, Server, ServerCreate, ServerFields, ServerList,
+    CommandWorkload, CreatedServers, Runtime, Server, ServerCreate, ServerFields, ServerList,
     ServerSummaryList,
 };
 use backfill_api::status::Capabilities;
@@ -229,6 +229,12 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     .await;
     let running = strict::<Server>("GET bservers/{uuid}/ (running)", &running);
     assert_eq!(running.runtime.map(|r| r.host), Some("types-host".into()));
+    let runtime = get_ok(
+        &t,
+        &coord.url(&format!("bservers/{}/runtime/", server.uuid)),
+    )
+    .await;
+    strict::<Runtime>("GET bservers/{uuid}/runtime/", &runtime);
     let detail = get_ok(&t, &coord.url("bservers/detail/?limit=0")).await;
     assert_eq!(
         strict::<ServerList>("GET bservers/detail/", &detail)
@@ -359,6 +365,9 @@ async fn every_answer_backfillctl_reads_matches_the_api_types() {
     strict::<UsageReport>("GET usage/ (admin)", &usage);
     let own = get_ok(&t, &coord.url("usage/")).await;
     strict::<UsageReport>("GET usage/ (tenant)", &own);
+    let ledger = get_ok(&admin, &coord.url("ledger/")).await;
+    let ledger = strict::<LedgerList>("GET ledger/ (admin)", &ledger);
+    assert!(!ledger.objects.is_empty(), "billed usage is in the ledger");
 
     // Errors.
     let r = t

@@ -247,20 +247,21 @@ pub(super) async fn run(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let watcher = tokio::spawn(watch_exits(
-        supervisor.clone(),
-        changed.clone(),
-        notifier.clone(),
-        shutdown.clone(),
-    ));
     let link = tokio::spawn(link::run(
         params,
         supervisor.clone(),
-        changed,
+        changed.clone(),
         shutdown.clone(),
     ));
     // Listeners bound and the link's retry loop running: ready for systemd (Type=notify).
     notifier.ready(&format!("host {host_label}; link to {coordinator_addr}"));
+    // The watchdog is fed only once READY=1 is sent, so systemd sees them in that order.
+    let watcher = tokio::spawn(watch_exits(
+        supervisor.clone(),
+        changed,
+        notifier.clone(),
+        shutdown.clone(),
+    ));
     backfill_shared::daemon::wait_for_signal().await;
     tracing::info!("shutting down");
     notifier.stopping();

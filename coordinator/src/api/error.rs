@@ -114,7 +114,7 @@ impl From<OpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = vec![crate::api::cloudsigma::views::ErrorItem {
+        let body = vec![backfill_api::ErrorItem {
             error_type: self.error_type.to_owned(),
             error_point: self.point,
             error_message: self.message,

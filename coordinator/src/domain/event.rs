@@ -109,7 +109,7 @@ pub fn derive(old: Option<&ServerRecord>, new: &ServerRecord, now: i64) -> Vec<E
 }
 
 /// What a subscription narrows its events to; an empty list does not narrow.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filters {
     #[serde(default)]

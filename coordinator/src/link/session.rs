@@ -54,9 +54,12 @@ impl Coordinator {
                     .or_else(|| self.pools.pool_of(&host).map(str::to_owned)),
             },
         };
-        self.store.upsert_host(&record).await?;
+        let mut batch = crate::store::WriteBatch {
+            host_records: vec![record.clone()],
+            ..Default::default()
+        };
         if model.launches.remove(host.as_str()).is_some() {
-            self.store.delete_launch(host.as_str()).await?;
+            batch.launches_deleted.push(host.to_string());
             tracing::info!(host = %host, "launched host registered");
         }
         let entry = model
@@ -75,6 +78,16 @@ impl Coordinator {
             });
         }
         model.sync_host(&host);
+        // The record is durable before the agent hears anything: the lock is released first,
+        // so reads go on while it is written.
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        drop(model);
+        if let Err(e) = durable.wait().await {
+            // The model is reloaded from the store (the host as it was, if at all); the
+            // session never starts.
+            self.agent_gone(&host, conn).await;
+            return Err(e.into());
+        }
         tracing::info!(
             host = %host,
             cpus = hello.inventory.cpus,
@@ -230,7 +243,7 @@ impl Coordinator {
                 None => model.networks.remove(&id),
             };
         }
-        self.refresh_gpus(&mut model, host, &report).await?;
+        self.refresh_gpus(&mut model, host, &report, writes).await?;
         let busy = model.servers_on(host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(host) {
             if busy {
@@ -270,6 +283,7 @@ impl Coordinator {
         model: &mut tokio::sync::MutexGuard<'_, crate::state::model::Model>,
         host: &HostId,
         report: &Report,
+        writes: &mut Vec<crate::state::committer::Durable>,
     ) -> Result<(), OpError> {
         let Some(entry) = model.hosts.get(host) else {
             return Ok(());
@@ -279,7 +293,10 @@ impl Coordinator {
         }
         let mut record = entry.record.clone();
         let before = std::mem::replace(&mut record.inventory.gpus, report.gpus.clone());
-        self.store.upsert_host(&record).await?;
+        let batch = crate::store::WriteBatch {
+            host_records: vec![record.clone()],
+            ..Default::default()
+        };
         for g in &before {
             let now = report.gpus.iter().find(|n| n.uuid == g.uuid);
             let lost = match now {
@@ -304,6 +321,7 @@ impl Coordinator {
             e.record = record;
         }
         model.sync_host(host);
+        writes.push(self.commit_batch(model, batch, &[]).await?);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The coordinator's accelerator operations: device profiles, ARQs made by tenants and bound by
 //! operators (Cyborg's API), and ARQs made for servers, bound and unbound by the coordinator
-//! as their servers are placed and stopped. ARQ changes are serialized by the model's lock.
+//! as their servers are placed and stopped. Profiles and ARQs live in the model
+//! (`crate::state::accel`): changed under its lock, written through the group commit.
 
 use crate::domain::accel::{Arq, ArqState, DeviceProfile, InvalidAccel, group_devices, pci_handle};
 use crate::domain::account::Account;
@@ -60,7 +61,7 @@ fn new_uuid() -> String {
 
 impl Coordinator {
     pub async fn device_profiles(&self) -> Result<Vec<DeviceProfile>, AccelError> {
-        Ok(self.store.profiles().await?)
+        Ok(self.lock_model().await.accel.profiles.clone())
     }
 
     /// A profile by uuid or (when `by_name`) by name.
@@ -69,12 +70,27 @@ impl Coordinator {
         key: &str,
         by_name: bool,
     ) -> Result<DeviceProfile, AccelError> {
-        self.store
-            .profiles()
-            .await?
-            .into_iter()
+        self.lock_model()
+            .await
+            .accel
+            .profiles
+            .iter()
             .find(|p| p.uuid == key || (by_name && p.name == key))
+            .cloned()
             .ok_or_else(|| AccelError::NotFound(format!("device profile {key} could not be found")))
+    }
+
+    /// Applies `batch` (profile and ARQ changes) to the model and queues its write; answers
+    /// once it is durable, the model's lock released before that.
+    async fn commit_accel(
+        &self,
+        mut model: tokio::sync::MutexGuard<'_, Model>,
+        batch: crate::store::WriteBatch,
+    ) -> Result<(), AccelError> {
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        drop(model);
+        durable.wait().await?;
+        Ok(())
     }
 
     pub async fn create_profile(
@@ -92,35 +108,62 @@ impl Coordinator {
             created_at: self.clock.now(),
             updated_at: None,
         };
-        if !self.store.insert_profile(&p).await? {
+        let model = self.lock_model().await;
+        if model.accel.profile(name).is_some() {
             return Err(AccelError::Conflict(format!(
                 "device profile with name {name} already exists"
             )));
         }
+        let batch = crate::store::WriteBatch {
+            profiles_new: vec![p.clone()],
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await?;
         tracing::info!(profile = %p.name, uuid = %p.uuid, "device profile created");
         Ok(p)
     }
 
-    /// Deletes the named (or uuid'd) profiles, all or none; a profile in use is refused.
+    /// Deletes the named (or uuid'd) profiles, all or none; a profile in use (by an ARQ or a
+    /// server's GPU request) is refused.
     pub async fn delete_profiles(&self, keys: &[String]) -> Result<(), AccelError> {
-        let _serial = self.lock_model().await;
-        let all = self.store.profiles().await?;
-        let mut chosen = Vec::new();
+        let model = self.lock_model().await;
+        let mut chosen: Vec<&DeviceProfile> = Vec::new();
         for k in keys {
-            let p = all
+            let p = model
+                .accel
+                .profiles
                 .iter()
                 .find(|p| p.uuid == *k || p.name == *k)
                 .ok_or_else(|| {
                     AccelError::NotFound(format!("device profile {k} could not be found"))
                 })?;
-            chosen.push(p.clone());
+            chosen.push(p);
         }
-        if let Some(name) = self.store.delete_profiles(&chosen).await? {
-            return Err(AccelError::Conflict(format!(
-                "device profile {name} is in use by accelerator requests or servers"
-            )));
+        for p in &chosen {
+            let by_arq = model
+                .accel
+                .arqs
+                .values()
+                .any(|a| a.device_profile_name == p.name);
+            let by_server = model.servers.values().any(|s| {
+                s.gpu_request
+                    .as_ref()
+                    .is_some_and(|g| g.device_profile == p.name)
+            });
+            if by_arq || by_server {
+                return Err(AccelError::Conflict(format!(
+                    "device profile {} is in use by accelerator requests or servers",
+                    p.name
+                )));
+            }
         }
-        Ok(())
+        let mut profiles_deleted: Vec<String> = chosen.iter().map(|p| p.uuid.clone()).collect();
+        profiles_deleted.dedup();
+        let batch = crate::store::WriteBatch {
+            profiles_deleted,
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await
     }
 
     /// Cyborg's create: N groups x M devices give N*M ARQs, all `Initial`.
@@ -130,27 +173,26 @@ impl Coordinator {
         profile_name: &str,
         server: Option<&str>,
     ) -> Result<Vec<Arq>, AccelError> {
-        let _serial = self.lock_model().await;
-        let arqs = self.new_arqs(owner, profile_name, server).await?;
-        self.store.put_arqs(&arqs, &[]).await?;
+        let model = self.lock_model().await;
+        let arqs = self.new_arqs(&model, owner, profile_name, server)?;
+        let batch = crate::store::WriteBatch {
+            arqs_new: arqs.clone(),
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await?;
         Ok(arqs)
     }
 
-    async fn new_arqs(
+    fn new_arqs(
         &self,
+        model: &Model,
         owner: &Account,
         profile_name: &str,
         server: Option<&str>,
     ) -> Result<Vec<Arq>, AccelError> {
-        let profile = self
-            .store
-            .profiles()
-            .await?
-            .into_iter()
-            .find(|p| p.name == profile_name)
-            .ok_or_else(|| {
-                AccelError::NotFound(format!("device profile {profile_name} could not be found"))
-            })?;
+        let profile = model.accel.profile(profile_name).ok_or_else(|| {
+            AccelError::NotFound(format!("device profile {profile_name} could not be found"))
+        })?;
         let now = self.clock.now();
         let mut out = Vec::new();
         for (i, g) in profile.groups.iter().enumerate() {
@@ -183,10 +225,10 @@ impl Coordinator {
         owner: Option<&str>,
         filter: &ArqFilter,
     ) -> Result<Vec<Arq>, AccelError> {
-        let all: Vec<Arq> = self
-            .store
+        let model = self.lock_model().await;
+        let all: Vec<Arq> = model
+            .accel
             .arqs()
-            .await?
             .into_iter()
             .filter(|a| owner.is_none_or(|o| a.owner == o))
             .filter(|a| {
@@ -195,7 +237,9 @@ impl Coordinator {
                     .as_ref()
                     .is_none_or(|i| a.instance_uuid.as_ref() == Some(i))
             })
+            .cloned()
             .collect();
+        drop(model);
         if filter.resolved
             && let Some(i) = &filter.instance
             && all.iter().any(|a| !a.state.resolved())
@@ -206,11 +250,13 @@ impl Coordinator {
     }
 
     pub async fn get_arq(&self, owner: Option<&str>, uuid: &str) -> Result<Arq, AccelError> {
-        self.store
-            .arqs()
-            .await?
-            .into_iter()
-            .find(|a| a.uuid == uuid && owner.is_none_or(|o| a.owner == o))
+        self.lock_model()
+            .await
+            .accel
+            .arqs
+            .get(uuid)
+            .filter(|a| owner.is_none_or(|o| a.owner == o))
+            .cloned()
             .ok_or_else(|| {
                 AccelError::NotFound(format!("accelerator request {uuid} could not be found"))
             })
@@ -223,17 +269,13 @@ impl Coordinator {
         patches: &BTreeMap<String, BindPatch>,
     ) -> Result<(), AccelError> {
         let now = self.clock.now();
-        let _serial = self.lock_model().await;
-        let all = self.store.arqs().await?;
+        let model = self.lock_model().await;
+        let all = &model.accel.arqs;
         let mut changed = Vec::new();
         for (uuid, patch) in patches {
-            let mut a = all
-                .iter()
-                .find(|a| a.uuid == *uuid)
-                .cloned()
-                .ok_or_else(|| {
-                    AccelError::NotFound(format!("accelerator request {uuid} could not be found"))
-                })?;
+            let mut a = all.get(uuid).cloned().ok_or_else(|| {
+                AccelError::NotFound(format!("accelerator request {uuid} could not be found"))
+            })?;
             if let Some(s) = &a.server {
                 return Err(AccelError::Invalid(format!(
                     "accelerator request {uuid} belongs to server {s}: it is bound and unbound with it"
@@ -246,7 +288,7 @@ impl Coordinator {
                     instance_uuid,
                     project_id,
                 } => {
-                    let taken = all.iter().any(|o| {
+                    let taken = all.values().any(|o| {
                         o.instance_uuid.as_deref() == Some(instance_uuid.as_str())
                             && !patches.contains_key(&o.uuid)
                     });
@@ -270,18 +312,22 @@ impl Coordinator {
             }
             changed.push(a);
         }
-        self.store.put_arqs(&[], &changed).await?;
-        Ok(())
+        let batch = crate::store::WriteBatch {
+            arqs_changed: changed,
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await
     }
 
     /// Resolves `BindStarted` ARQs (the tick): `Bound` when the host exists and has that
-    /// healthy GPU, not already bound elsewhere; `BindFailed` otherwise.
+    /// healthy GPU, not already bound elsewhere; `BindFailed` otherwise. The write is queued
+    /// and not waited for (a failure reloads the model).
     pub(crate) async fn resolve_bindings(&self) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let model = self.lock_model().await;
-        let all = self.store.arqs().await?;
+        let mut model = self.lock_model().await;
+        let all = &model.accel.arqs;
         let mut changed = Vec::new();
-        for a in all.iter().filter(|a| a.state == ArqState::BindStarted) {
+        for a in all.values().filter(|a| a.state == ArqState::BindStarted) {
             let mut a = a.clone();
             let device = a.hostname.as_deref().and_then(|h| {
                 let host = h.parse().ok()?;
@@ -294,7 +340,7 @@ impl Coordinator {
                     .find(|g| Some(&g.uuid) == a.device_rp_uuid.as_ref() && g.healthy)
                     .cloned()
             });
-            let taken = all.iter().any(|o| {
+            let taken = all.values().any(|o| {
                 o.uuid != a.uuid
                     && o.state == ArqState::Bound
                     && o.device_rp_uuid == a.device_rp_uuid
@@ -312,7 +358,11 @@ impl Coordinator {
             changed.push(a);
         }
         if !changed.is_empty() {
-            self.store.put_arqs(&[], &changed).await?;
+            let batch = crate::store::WriteBatch {
+                arqs_changed: changed,
+                ..Default::default()
+            };
+            self.commit_batch(&mut model, batch, &[]).await?.detach();
         }
         Ok(())
     }
@@ -324,12 +374,13 @@ impl Coordinator {
         owner: Option<&str>,
         uuids: &[String],
     ) -> Result<(), AccelError> {
-        let _serial = self.lock_model().await;
-        let all = self.store.arqs().await?;
+        let model = self.lock_model().await;
         for u in uuids {
-            let a = all
-                .iter()
-                .find(|a| a.uuid == *u && owner.is_none_or(|o| a.owner == o))
+            let a = model
+                .accel
+                .arqs
+                .get(u)
+                .filter(|a| owner.is_none_or(|o| a.owner == o))
                 .ok_or_else(|| {
                     AccelError::NotFound(format!("accelerator request {u} could not be found"))
                 })?;
@@ -340,36 +391,42 @@ impl Coordinator {
                 ));
             }
         }
-        self.store.delete_arqs(uuids).await?;
-        Ok(())
+        let batch = crate::store::WriteBatch {
+            arqs_deleted: uuids.to_vec(),
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await
     }
 
     /// Deletes every ARQ bound to `instance` (idempotent).
     pub async fn delete_arqs_of_instance(&self, instance: &str) -> Result<(), AccelError> {
-        let _serial = self.lock_model().await;
-        let uuids: Vec<String> = self
-            .store
-            .arqs()
-            .await?
-            .into_iter()
+        let model = self.lock_model().await;
+        let uuids: Vec<String> = model
+            .accel
+            .arqs
+            .values()
             .filter(|a| a.instance_uuid.as_deref() == Some(instance))
-            .map(|a| a.uuid)
+            .map(|a| a.uuid.clone())
             .collect();
-        self.store.delete_arqs(&uuids).await?;
-        Ok(())
+        if uuids.is_empty() {
+            return Ok(());
+        }
+        let batch = crate::store::WriteBatch {
+            arqs_deleted: uuids,
+            ..Default::default()
+        };
+        self.commit_accel(model, batch).await
     }
 
     /// The ARQs made for a new server with a device profile (under the model's lock).
-    pub(crate) async fn arqs_for_server(
+    pub(crate) fn arqs_for_server(
         &self,
+        model: &Model,
         owner: &Account,
         s: &ServerRecord,
     ) -> Result<Vec<Arq>, AccelError> {
         match &s.gpu_request {
-            Some(g) => {
-                self.new_arqs(owner, &g.device_profile, Some(&s.uuid.to_string()))
-                    .await
-            }
+            Some(g) => self.new_arqs(model, owner, &g.device_profile, Some(&s.uuid.to_string())),
             None => Ok(Vec::new()),
         }
     }
@@ -377,17 +434,13 @@ impl Coordinator {
     /// The ARQ changes that bring those of servers with GPUs in line with them: bound to their
     /// devices while placed, unbound otherwise. Made with every commit that changes a server
     /// with GPUs (under the model's lock) and written in the same transaction.
-    pub(crate) async fn arq_changes(
-        &self,
-        model: &Model,
-        servers: &[ServerRecord],
-    ) -> Result<Vec<Arq>, StoreError> {
+    pub(crate) fn arq_changes(&self, model: &Model, servers: &[ServerRecord]) -> Vec<Arq> {
         let now = self.clock.now();
         let mut changed = Vec::new();
         for s in servers.iter().filter(|s| s.gpu_request.is_some()) {
             let host = s.host.as_ref().filter(|_| holds_resources(s.status));
-            let arqs = self.store.arqs_of_server(&s.uuid.to_string()).await?;
-            for (i, a) in arqs.into_iter().enumerate() {
+            let arqs = model.accel.of_server(&s.uuid.to_string());
+            for (i, a) in arqs.into_iter().cloned().enumerate() {
                 let want = host.zip(s.gpus.get(i));
                 let mut next = a.clone();
                 match want {
@@ -425,7 +478,7 @@ impl Coordinator {
                 }
             }
         }
-        Ok(changed)
+        changed
     }
 }
 

@@ -4,9 +4,10 @@
 
 use crate::domain::server::ServerRecord;
 use crate::domain::server::holds_resources;
+use crate::state::committer::Durable;
 use crate::state::coordinator::Coordinator;
 use crate::state::model::Model;
-use crate::store::{AuditEntry, StoreError};
+use crate::store::{AuditEntry, StoreError, WriteBatch};
 use backfill_shared::{
     HostId, IdleBehavior, PerfFactor, Resources, ServerClass, ServerId, ServerStatus, WorkerState,
 };
@@ -205,9 +206,11 @@ impl Coordinator {
         record.idle_behavior = behavior;
         let what = behavior.as_str();
         let a = action(now, actor, "host", id, what, reason);
-        self.store.set_host_admin(&record, &a).await?;
-        self.counted(&a);
-        tracing::info!(host = %host, %actor, action = what, reason = reason.unwrap_or(""), "admin action");
+        let batch = WriteBatch {
+            host_records: vec![record.clone()],
+            audit: vec![a.clone()],
+            ..Default::default()
+        };
         let busy = model.servers_on(&host).any(|s| holds_resources(s.status));
         if let Some(entry) = model.hosts.get_mut(&host) {
             entry.record = record;
@@ -224,15 +227,23 @@ impl Coordinator {
             }
         }
         model.sync_host(&host);
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        drop(model);
+        durable.wait().await?;
+        self.counted(&a);
+        tracing::info!(host = %host, %actor, action = what, reason = reason.unwrap_or(""), "admin action");
         Ok(())
     }
 
-    /// Stops every server holding resources on `host` (hard stop), in one commit.
+    /// Stops every server holding resources on `host` (hard stop), with `audit`, in one
+    /// commit: returns how many and the write to wait on (after the model's lock is released;
+    /// the model already has the change, and commits land in order).
     async fn stop_all_on(
         &self,
         model: &mut MutexGuard<'_, Model>,
         host: &HostId,
-    ) -> Result<usize, StoreError> {
+        audit: AuditEntry,
+    ) -> Result<(usize, Durable), StoreError> {
         let stops: Vec<ServerRecord> = model
             .servers_on(host)
             .filter(|s| holds_resources(s.status))
@@ -244,15 +255,17 @@ impl Coordinator {
             })
             .collect();
         let n = stops.len();
-        if n > 0 {
-            // An operator's action on a whole host: rare, answered once durable; the lock is
-            // held until then so the host's next action sees this one.
-            self.commit(model, stops, std::slice::from_ref(host))
-                .await?
-                .wait()
-                .await?;
-        }
-        Ok(n)
+        let hosts = if n > 0 {
+            vec![host.clone()]
+        } else {
+            Vec::new()
+        };
+        let batch = WriteBatch {
+            servers: stops,
+            audit: vec![audit],
+            ..Default::default()
+        };
+        Ok((n, self.commit_batch(model, batch, &hosts).await?))
     }
 
     /// `vacate` (Dynamic Cluster): every server on the host stops now; the host stays as it is.
@@ -266,9 +279,10 @@ impl Coordinator {
         let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "vacate", reason);
-        self.store.record_action(&a).await?;
+        let (n, durable) = self.stop_all_on(&mut model, &host, a.clone()).await?;
+        drop(model);
+        durable.wait().await?;
         self.counted(&a);
-        let n = self.stop_all_on(&mut model, &host).await?;
         tracing::info!(host = %host, %actor, stopped = n, reason = reason.unwrap_or(""), "admin action: vacate");
         Ok(n)
     }
@@ -286,16 +300,16 @@ impl Coordinator {
         let mut model = self.lock_model().await;
         let host = Self::host_id(&model, id)?;
         let a = action(now, actor, "host", id, "kill", reason);
-        self.store.record_action(&a).await?;
-        self.counted(&a);
-        let n = self.stop_all_on(&mut model, &host).await?;
+        let (n, durable) = self.stop_all_on(&mut model, &host, a.clone()).await?;
         if let Some(entry) = model.hosts.get_mut(&host) {
             entry.set_state(WorkerState::Shutdown, now);
         }
         model.sync_host(&host);
-        tracing::warn!(host = %host, %actor, stopped = n, reason = reason.unwrap_or(""), "admin action: kill");
         let pool = model.hosts.get(&host).and_then(|h| h.record.pool.clone());
         drop(model);
+        durable.wait().await?;
+        self.counted(&a);
+        tracing::warn!(host = %host, %actor, stopped = n, reason = reason.unwrap_or(""), "admin action: kill");
         self.deprovision(&host, pool.as_deref());
         Ok(())
     }
@@ -322,7 +336,16 @@ impl Coordinator {
     ) -> Result<(), OperatorError> {
         let now = self.clock.now();
         let mut model = self.lock_model().await;
-        if self.forget_launch(&mut model, id, actor, reason).await? {
+        let mut batch = WriteBatch::default();
+        if let Some(l) = self.forget_launch(&mut model, id, actor, reason, &mut batch) {
+            let audit = batch.audit.clone();
+            let durable = self.commit_batch(&mut model, batch, &[]).await?;
+            drop(model);
+            durable.wait().await?;
+            for a in &audit {
+                self.counted(a);
+            }
+            self.launch_forgotten(&l);
             return Ok(());
         }
         let host = Self::host_id(&model, id)?;
@@ -339,14 +362,21 @@ impl Coordinator {
             )));
         }
         let a = action(now, actor, "host", id, "delete", reason);
-        self.store.delete_host(id, &a).await?;
-        self.counted(&a);
+        let batch = WriteBatch {
+            hosts_deleted: vec![id.to_owned()],
+            audit: vec![a.clone()],
+            ..Default::default()
+        };
         let pool = view.pool.clone();
         // Dropping the entry drops its session's channel: the agent's link ends.
         model.hosts.remove(&host);
         let _ = model.cluster.remove_host(&host);
-        tracing::warn!(host = %host, %actor, reason = reason.unwrap_or(""), "admin action: host deleted");
+        model.launches.remove(id);
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
         drop(model);
+        durable.wait().await?;
+        self.counted(&a);
+        tracing::warn!(host = %host, %actor, reason = reason.unwrap_or(""), "admin action: host deleted");
         if deprovision {
             self.deprovision(&host, pool.as_deref());
         }
@@ -373,8 +403,6 @@ impl Coordinator {
             return Err(OperatorError::NotOnHost(id));
         };
         let a = action(now, actor, "server", &id.to_string(), "kill", reason);
-        self.store.record_action(&a).await?;
-        self.counted(&a);
         let next = if s.status == ServerStatus::Starting {
             let mut n = s;
             n.host = None;
@@ -393,9 +421,15 @@ impl Coordinator {
             n
         };
         tracing::warn!(server = %id, host = %host, %actor, reason = reason.unwrap_or(""), status = next.status.as_str(), "admin action: kill server");
-        let durable = self.commit(&mut model, vec![next], &[host]).await?;
+        let batch = WriteBatch {
+            servers: vec![next],
+            audit: vec![a.clone()],
+            ..Default::default()
+        };
+        let durable = self.commit_batch(&mut model, batch, &[host]).await?;
         drop(model);
         durable.wait().await?;
+        self.counted(&a);
         Ok(())
     }
 
@@ -468,9 +502,16 @@ impl Coordinator {
         let what = if on { "auto on" } else { "auto off" };
         let a = action(now, actor, "coordinator", "auto_mode", what, None);
         let value = if on { "on" } else { "off" };
-        self.store.set_setting("auto_mode", value, &a).await?;
-        self.counted(&a);
+        let batch = WriteBatch {
+            settings: vec![("auto_mode".to_owned(), value.to_owned())],
+            audit: vec![a.clone()],
+            ..Default::default()
+        };
         model.auto_mode = on;
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        drop(model);
+        durable.wait().await?;
+        self.counted(&a);
         tracing::info!(%actor, auto_mode = on, "admin action: auto mode");
         Ok(())
     }

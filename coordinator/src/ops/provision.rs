@@ -7,7 +7,7 @@ use crate::ops::operator::{HostView, OperatorError, action};
 use crate::policy::pools::{PoolConfig, ProvisionerConfig, flag};
 use crate::state::coordinator::Coordinator;
 use crate::state::model::Model;
-use crate::store::LaunchRecord;
+use crate::store::{LaunchRecord, WriteBatch};
 use backfill_shared::{HostId, IdleBehavior, Resources, WorkerState};
 use std::time::Duration;
 
@@ -165,32 +165,41 @@ impl Coordinator {
             .collect()
     }
 
-    /// Drops a launch that never registered (deleting its host through the provisioner).
-    /// Returns whether `id` was such a launch.
-    pub(crate) async fn forget_launch(
+    /// Drops a launch that never registered from the model and adds its deletion (with its
+    /// audit entry) to `batch`; `None` when `id` is no such launch. Once the batch is durable,
+    /// [`Coordinator::launch_forgotten`] deletes its host through the provisioner.
+    pub(crate) fn forget_launch(
         &self,
         model: &mut Model,
         id: &str,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<bool, OperatorError> {
-        let Some(l) = model.launches.get(id).cloned() else {
-            return Ok(false);
-        };
-        let a = action(self.clock.now(), actor, "host", id, "delete", reason);
-        self.store.delete_host(id, &a).await?;
-        self.counted(&a);
-        model.launches.remove(id);
+        batch: &mut WriteBatch,
+    ) -> Option<LaunchRecord> {
+        let l = model.launches.remove(id)?;
+        batch.hosts_deleted.push(id.to_owned());
+        batch.audit.push(action(
+            self.clock.now(),
+            actor,
+            "host",
+            id,
+            "delete",
+            reason,
+        ));
+        Some(l)
+    }
+
+    /// A forgotten launch is durable: its host is deleted through its pool's provisioner.
+    pub(crate) fn launch_forgotten(&self, l: &LaunchRecord) {
         if let Ok(mut log) = self.provision_log.lock() {
-            log.errors.remove(id);
+            log.errors.remove(&l.host);
         }
-        if let (Ok(host), Some(pool)) = (id.parse::<HostId>(), self.pools.get(&l.pool))
+        if let (Ok(host), Some(pool)) = (l.host.parse::<HostId>(), self.pools.get(&l.pool))
             && let Some(p) = &pool.provisioner
         {
             tracing::info!(host = %host, pool = %l.pool, "launch given up");
-            self.provision("delete", id.to_owned(), l.pool.clone(), p);
+            self.provision("delete", l.host.clone(), l.pool.clone(), p);
         }
-        Ok(true)
     }
 
     /// Hosts of a pool: registered ones that are not shut down, plus launches.
@@ -287,13 +296,20 @@ impl Coordinator {
             })
             .collect();
         let a = action(now, actor, "pool", pool, &format!("launch {n}"), reason);
-        self.store.insert_launches(&launches, &a).await?;
-        self.counted(&a);
         let ids: Vec<String> = launches.iter().map(|l| l.host.clone()).collect();
-        for l in launches {
-            model.launches.insert(l.host.clone(), l);
+        for l in &launches {
+            model.launches.insert(l.host.clone(), l.clone());
         }
+        // Recorded before the provisioner runs, so a crash in between is seen.
+        let batch = WriteBatch {
+            launches_new: launches,
+            audit: vec![a.clone()],
+            ..Default::default()
+        };
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
         drop(model);
+        durable.wait().await?;
+        self.counted(&a);
         tracing::info!(%pool, %actor, hosts = ?ids, "launching");
         for id in &ids {
             self.provision("launch", id.clone(), pool.to_owned(), prov);
@@ -328,33 +344,45 @@ impl Coordinator {
             }
         };
         let a = action(now, actor, "pool", pool, what, reason);
-        self.store.set_pool_limits(pool, limits, &a).await?;
-        self.counted(&a);
+        let mut batch = WriteBatch {
+            pool_limits: vec![(p.name.clone(), limits)],
+            audit: vec![a],
+            ..Default::default()
+        };
         match limits {
             Some(l) => model.pool_limits.insert(p.name.clone(), l),
             None => model.pool_limits.remove(&p.name),
         };
-        tracing::info!(%pool, %actor, action = what, "admin action on pool");
-        if what != "drain" {
-            return Ok(());
-        }
+        let drain = what == "drain";
         let members: Vec<HostId> = model
             .hosts
             .iter()
-            .filter(|(_, h)| h.record.pool.as_deref() == Some(pool))
+            .filter(|(_, h)| drain && h.record.pool.as_deref() == Some(pool))
             .map(|(id, _)| id.clone())
             .collect();
         let pending: Vec<String> = model
             .launches
             .values()
-            .filter(|l| l.pool == pool)
+            .filter(|l| drain && l.pool == pool)
             .map(|l| l.host.clone())
             .collect();
-        for id in pending {
-            self.forget_launch(&mut model, &id, actor, Some("pool drained"))
-                .await?;
-        }
+        let forgotten: Vec<LaunchRecord> = pending
+            .iter()
+            .filter_map(|id| {
+                self.forget_launch(&mut model, id, actor, Some("pool drained"), &mut batch)
+            })
+            .collect();
+        let audit = batch.audit.clone();
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
         drop(model);
+        durable.wait().await?;
+        for a in &audit {
+            self.counted(a);
+        }
+        tracing::info!(%pool, %actor, action = what, "admin action on pool");
+        for l in &forgotten {
+            self.launch_forgotten(l);
+        }
         for id in members {
             self.set_idle_behavior(
                 actor,

@@ -395,7 +395,14 @@ impl Coordinator {
             writes.push(self.commit(&mut model, flush, &[]).await?);
         }
         // 7. Drives' storage, likewise.
-        self.meter_drives(&mut model, None, now).await?;
+        let drive_usage = self.meter_drives(&mut model, None, now);
+        if !drive_usage.is_empty() {
+            let batch = crate::store::WriteBatch {
+                drive_usage,
+                ..Default::default()
+            };
+            writes.push(self.commit_batch(&mut model, batch, &[]).await?);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The coordinator's core: the live model behind one lock, the store behind it, and the
-//! operations the API and the agent link call. Every change is committed to the store before
-//! the model changes and before anyone is answered.
+//! operations the API and the agent link call. Every change is made in the model under its
+//! lock and queued for the store (group commit, `crate::state::committer`); the lock is released
+//! before the disk is touched, and no one is answered before the change is durable.
 
 use crate::domain::account::Account;
 use crate::domain::billing::Billing;
@@ -113,6 +114,9 @@ pub struct Coordinator {
     pub(crate) drive_config: crate::domain::library::DrivesConfig,
     /// The accounts API requests look up (see `crate::state::account_cache`).
     pub(crate) accounts: crate::state::account_cache::AccountCache,
+    /// Serializes webhook registrations (a per-account count, then an insert); webhooks are
+    /// not model state, so the model's lock is not held across their store calls.
+    pub(crate) webhook_writes: Mutex<()>,
     next_conn: AtomicU64,
 }
 
@@ -136,6 +140,11 @@ impl Coordinator {
                 .insert(id.clone(), HostEntry::new(record, WorkerState::Down, now));
             model.sync_host(&id);
         }
+        // Drives before servers: a server's drives say where it may run.
+        for d in store.drives().await? {
+            model.drives.insert(d.uuid, d);
+        }
+        model.accel = crate::state::accel::Accel::load(&store).await?;
         for s in store.servers().await? {
             model.put_server(s, now);
         }
@@ -171,6 +180,7 @@ impl Coordinator {
             access: crate::state::access::DriverAccess::default(),
             drive_config: crate::domain::library::DrivesConfig::default(),
             accounts: Default::default(),
+            webhook_writes: Mutex::new(()),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -348,8 +358,7 @@ impl Coordinator {
         let mut arqs = Vec::new();
         for r in &records {
             arqs.extend(
-                self.arqs_for_server(owner, r)
-                    .await
+                self.arqs_for_server(&model, owner, r)
                     .map_err(|e| OpError::Invalid {
                         field: "device_profile",
                         message: e.to_string(),

@@ -2,6 +2,7 @@
 //! the rules checked against the model (quotas, drive attachments, driver access) and the
 //! settings the state holds.
 
+pub mod accel;
 pub mod access;
 pub mod account_cache;
 pub mod committer;
@@ -17,3 +18,5 @@ pub mod model;
 pub mod quota;
 pub mod server_index;
 pub mod settings;
+#[cfg(test)]
+mod write_lock_tests;

@@ -105,6 +105,8 @@ pub struct Model {
     /// Drives on their way to another host (`state::drive_move`), and each connected agent's
     /// channel for move orders.
     pub moves: crate::state::drive_moves::Moves,
+    /// Device profiles and accelerator requests (`crate::state::accel`).
+    pub accel: crate::state::accel::Accel,
 }
 
 /// Whether a server's host keeps something of it while it is stopped (a VM's disk overlay).

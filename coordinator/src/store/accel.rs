@@ -147,6 +147,38 @@ macro_rules! backend {
             Ok(())
         }
 
+        /// A new device profile inside a transaction another write owns (its name is
+        /// known free: the model checked).
+        pub(in crate::store) async fn insert_profile_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            p: &DeviceProfile,
+        ) -> Result<(), StoreError> {
+            q(
+                "INSERT INTO device_profiles (uuid, name, description, groups, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&p.uuid)
+            .bind(&p.name)
+            .bind(&p.description)
+            .bind(json("device_profiles", &p.uuid, &p.groups)?)
+            .bind(p.created_at)
+            .bind(p.updated_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        pub(in crate::store) async fn delete_profile_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            uuid: &str,
+        ) -> Result<(), StoreError> {
+            q("DELETE FROM device_profiles WHERE uuid = ?")
+                .bind(uuid)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
         impl $Store {
             /// Inserts a profile; `false` when its name is taken.
             pub async fn insert_profile(&self, p: &DeviceProfile) -> Result<bool, StoreError> {

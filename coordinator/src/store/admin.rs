@@ -2,7 +2,7 @@
 //! coordinator-wide settings, pool limits an operator rewrote, and hosts a provisioner launched.
 //! Each change is written with its audit entry in one transaction.
 
-use super::{HostRecord, StoreError};
+use super::StoreError;
 use std::collections::BTreeMap;
 
 /// One admin action: who did what to which target, when, and why.
@@ -46,7 +46,7 @@ macro_rules! backend {
 
         type Tx<'a> = sqlx::Transaction<'a, $DB>;
 
-        async fn insert_action(tx: &mut Tx<'_>, a: &AuditEntry) -> Result<(), StoreError> {
+        pub(in crate::store) async fn insert_action(tx: &mut Tx<'_>, a: &AuditEntry) -> Result<(), StoreError> {
             q(
                 "INSERT INTO admin_actions (at, actor, target_kind, target, action, reason)
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -62,15 +62,84 @@ macro_rules! backend {
             Ok(())
         }
 
-        impl $Store {
-            /// Records an action on its own (the change it describes is committed separately).
-            pub async fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+        /// Forgets a host and any launch of it, inside a transaction another write owns.
+        /// Servers that still name it as their host are refused by the foreign key, so nothing
+        /// is orphaned.
+        pub(in crate::store) async fn delete_host_in(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+            q("DELETE FROM hosts WHERE id = ?")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            delete_launch_in(tx, id).await
+        }
 
+        pub(in crate::store) async fn set_setting_in(
+            tx: &mut Tx<'_>,
+            key: &str,
+            value: &str,
+        ) -> Result<(), StoreError> {
+            q(
+                "INSERT INTO settings (key, value) VALUES (?, ?)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        pub(in crate::store) async fn set_pool_limits_in(
+            tx: &mut Tx<'_>,
+            name: &str,
+            limits: Option<(u32, u32)>,
+        ) -> Result<(), StoreError> {
+            match limits {
+                Some((min, max)) => {
+                    q(
+                        "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
+                         ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
+                    )
+                    .bind(name)
+                    .bind(i64::from(min))
+                    .bind(i64::from(max))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                None => {
+                    q("DELETE FROM pool_limits WHERE name = ?")
+                        .bind(name)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+
+        pub(in crate::store) async fn insert_launches_in(
+            tx: &mut Tx<'_>,
+            launches: &[LaunchRecord],
+        ) -> Result<(), StoreError> {
+            for l in launches {
+                q("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
+                    .bind(&l.host)
+                    .bind(&l.pool)
+                    .bind(l.launched_at)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        pub(in crate::store) async fn delete_launch_in(tx: &mut Tx<'_>, host: &str) -> Result<(), StoreError> {
+            q("DELETE FROM launches WHERE host = ?")
+                .bind(host)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        impl $Store {
             /// The newest `limit` actions on a target, newest first.
             pub async fn actions(
                 &self,
@@ -101,37 +170,6 @@ macro_rules! backend {
                     .collect()
             }
 
-            /// A host's admin settings (`idle_behavior`, `pool`) and the action that changed them.
-            pub async fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                q("UPDATE hosts SET idle_behavior = ?, pool = ? WHERE id = ?")
-                    .bind(h.idle_behavior.as_str())
-                    .bind(h.pool.as_deref())
-                    .bind(h.id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            /// Forgets a host (and any launch of it). Servers that still name it as their host are
-            /// refused by the foreign key, so nothing is orphaned.
-            pub async fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                q("DELETE FROM hosts WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                q("DELETE FROM launches WHERE host = ?")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_action(&mut tx, a).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
             pub async fn settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
                 let rows = q("SELECT key, value FROM settings")
                     .fetch_all(&self.pool)
@@ -148,14 +186,7 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                q(
-                    "INSERT INTO settings (key, value) VALUES (?, ?)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
+                set_setting_in(&mut tx, key, value).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
@@ -195,25 +226,7 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                match limits {
-                    Some((min, max)) => {
-                        q(
-                            "INSERT INTO pool_limits (name, min, max) VALUES (?, ?, ?)
-                             ON CONFLICT(name) DO UPDATE SET min = excluded.min, max = excluded.max",
-                        )
-                        .bind(name)
-                        .bind(i64::from(min))
-                        .bind(i64::from(max))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    None => {
-                        q("DELETE FROM pool_limits WHERE name = ?")
-                            .bind(name)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
+                set_pool_limits_in(&mut tx, name, limits).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
@@ -241,24 +254,16 @@ macro_rules! backend {
                 a: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
-                for l in launches {
-                    q("INSERT INTO launches (host, pool, launched_at) VALUES (?, ?, ?)")
-                        .bind(&l.host)
-                        .bind(&l.pool)
-                        .bind(l.launched_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                insert_launches_in(&mut tx, launches).await?;
                 insert_action(&mut tx, a).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
             pub async fn delete_launch(&self, host: &str) -> Result<(), StoreError> {
-                q("DELETE FROM launches WHERE host = ?")
-                    .bind(host)
-                    .execute(&self.pool)
-                    .await?;
+                let mut tx = self.begin_write().await?;
+                delete_launch_in(&mut tx, host).await?;
+                tx.commit().await?;
                 Ok(())
             }
         }

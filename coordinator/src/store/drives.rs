@@ -87,41 +87,92 @@ macro_rules! backend {
                 crate::store::query::<$DB>(sql)
             }
 
-            impl $Store {
-                /// Writes a drive (new or changed) durably.
-                pub async fn put_drive(&self, d: &DriveRecord) -> Result<(), StoreError> {
-                    let json = |v: serde_json::Result<String>| {
-                        v.map_err(|e| StoreError::Corrupt {
-                            table: "drives",
-                            key: d.uuid.to_string(),
-                            reason: e.to_string(),
-                        })
-                    };
-                    // Fenced like every scheduling write (the leader's epoch; migration 0012).
-                    let mut tx = self.begin_write().await?;
-                    q("INSERT INTO drives (uuid, owner, name, size, media, host, source, status,
-                           error, meta, tags, created_at, metered_until)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(uuid) DO UPDATE SET name = excluded.name,
-                           size = excluded.size, media = excluded.media, host = excluded.host,
-                           status = excluded.status, error = excluded.error,
-                           meta = excluded.meta, tags = excluded.tags,
-                           metered_until = excluded.metered_until")
-                    .bind(d.uuid.to_string())
-                    .bind(&d.owner)
-                    .bind(&d.name)
-                    .bind(i64::try_from(d.size).unwrap_or(i64::MAX))
-                    .bind(d.media.as_str())
-                    .bind(d.host.as_str())
-                    .bind(json(serde_json::to_string(&d.source))?)
-                    .bind(d.status.as_str())
-                    .bind(d.error.as_deref())
-                    .bind(json(serde_json::to_string(&d.meta))?)
-                    .bind(json(serde_json::to_string(&d.tags))?)
-                    .bind(d.created_at)
-                    .bind(d.metered_until)
-                    .execute(&mut *tx)
+            pub(in crate::store) async fn put_drive_in(
+                tx: &mut sqlx::Transaction<'static, $DB>,
+                d: &DriveRecord,
+            ) -> Result<(), StoreError> {
+                let json = |v: serde_json::Result<String>| {
+                    v.map_err(|e| StoreError::Corrupt {
+                        table: "drives",
+                        key: d.uuid.to_string(),
+                        reason: e.to_string(),
+                    })
+                };
+                q(
+                    "INSERT INTO drives (uuid, owner, name, size, media, host, source, status,
+                       error, meta, tags, created_at, metered_until)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(uuid) DO UPDATE SET name = excluded.name,
+                       size = excluded.size, media = excluded.media, host = excluded.host,
+                       status = excluded.status, error = excluded.error,
+                       meta = excluded.meta, tags = excluded.tags,
+                       metered_until = excluded.metered_until",
+                )
+                .bind(d.uuid.to_string())
+                .bind(&d.owner)
+                .bind(&d.name)
+                .bind(i64::try_from(d.size).unwrap_or(i64::MAX))
+                .bind(d.media.as_str())
+                .bind(d.host.as_str())
+                .bind(json(serde_json::to_string(&d.source))?)
+                .bind(d.status.as_str())
+                .bind(d.error.as_deref())
+                .bind(json(serde_json::to_string(&d.meta))?)
+                .bind(json(serde_json::to_string(&d.tags))?)
+                .bind(d.created_at)
+                .bind(d.metered_until)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Records stretches of drives' storage as usage and moves each drive's
+            /// `metered_until` to its stretch's end, in one transaction.
+            pub(in crate::store) async fn meter_drives_in(
+                tx: &mut sqlx::Transaction<'static, $DB>,
+                usage: &[DriveUsage],
+            ) -> Result<(), StoreError> {
+                for u in usage.iter().filter(|u| u.end > u.start) {
+                    q(
+                        "INSERT INTO usage (server, account, name, class, start, \"end\", cpu, mem,
+                           perf_cpu, perf_mem, price_cpu, price_mem)
+                       VALUES (?, ?, ?, 'drive', ?, ?, 0, ?, 1.0, 1.0, 0, ?)",
+                    )
+                    .bind(u.drive.to_string())
+                    .bind(&u.account)
+                    .bind(&u.name)
+                    .bind(u.start)
+                    .bind(u.end)
+                    .bind(i64::try_from(u.size).unwrap_or(i64::MAX))
+                    .bind(u.price)
+                    .execute(&mut **tx)
                     .await?;
+                    q("UPDATE drives SET metered_until = ? WHERE uuid = ?")
+                        .bind(u.end)
+                        .bind(u.drive.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            pub(in crate::store) async fn delete_drive_in(
+                tx: &mut sqlx::Transaction<'static, $DB>,
+                id: &DriveId,
+            ) -> Result<(), StoreError> {
+                q("DELETE FROM drives WHERE uuid = ?")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            impl $Store {
+                /// Writes a drive (new or changed) durably (fenced like every scheduling write:
+                /// the leader's epoch; migration 0012).
+                pub async fn put_drive(&self, d: &DriveRecord) -> Result<(), StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    put_drive_in(&mut tx, d).await?;
                     tx.commit().await?;
                     Ok(())
                 }
@@ -130,43 +181,24 @@ macro_rules! backend {
                 /// `metered_until` to its stretch's end, in one transaction.
                 pub async fn meter_drives(&self, usage: &[DriveUsage]) -> Result<(), StoreError> {
                     let mut tx = self.begin_write().await?;
-                    for u in usage.iter().filter(|u| u.end > u.start) {
-                        q("INSERT INTO usage (server, account, name, class, start, \"end\", cpu, mem,
-                               perf_cpu, perf_mem, price_cpu, price_mem)
-                           VALUES (?, ?, ?, 'drive', ?, ?, 0, ?, 1.0, 1.0, 0, ?)")
-                        .bind(u.drive.to_string())
-                        .bind(&u.account)
-                        .bind(&u.name)
-                        .bind(u.start)
-                        .bind(u.end)
-                        .bind(i64::try_from(u.size).unwrap_or(i64::MAX))
-                        .bind(u.price)
-                        .execute(&mut *tx)
-                        .await?;
-                        q("UPDATE drives SET metered_until = ? WHERE uuid = ?")
-                            .bind(u.end)
-                            .bind(u.drive.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    meter_drives_in(&mut tx, usage).await?;
                     tx.commit().await?;
                     Ok(())
                 }
 
                 pub async fn delete_drive(&self, id: &DriveId) -> Result<(), StoreError> {
                     let mut tx = self.begin_write().await?;
-                    q("DELETE FROM drives WHERE uuid = ?")
-                        .bind(id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
+                    delete_drive_in(&mut tx, id).await?;
                     tx.commit().await?;
                     Ok(())
                 }
 
                 pub async fn drives(&self) -> Result<Vec<DriveRecord>, StoreError> {
-                    let rows = q("SELECT uuid, owner, name, size, media, host, source, status, error,
+                    let rows = q(
+                        "SELECT uuid, owner, name, size, media, host, source, status, error,
                                          meta, tags, created_at, metered_until
-                                  FROM drives ORDER BY created_at, uuid")
+                                  FROM drives ORDER BY created_at, uuid",
+                    )
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(drive_from_row).collect()

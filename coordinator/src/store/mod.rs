@@ -14,6 +14,8 @@
 mod accel;
 mod accounts;
 mod admin;
+#[cfg(test)]
+mod batch_tests;
 mod drives;
 pub mod leader;
 mod postgres;
@@ -75,8 +77,10 @@ pub enum StoreError {
 }
 
 /// One change the coordinator answers for, as the store writes it: new servers, changed
-/// servers, usage, events, ARQs, host generations and deleted servers, all or nothing.
-/// Batches that arrive together share one transaction ([`Store::write_batches`]).
+/// servers, usage, events, ARQs, host generations and deleted servers; host records, launches,
+/// pool limits, settings, drives and drive metering; and the audit entries of operators'
+/// actions, all or nothing (an audit entry lands with the change it records). Batches that
+/// arrive together share one transaction ([`Store::write_batches`]).
 #[derive(Debug, Default)]
 pub struct WriteBatch {
     pub inserts: Vec<ServerRecord>,
@@ -88,31 +92,81 @@ pub struct WriteBatch {
     pub arqs_deleted: Vec<String>,
     pub hosts: Vec<(HostId, u64)>,
     pub deletes: Vec<ServerId>,
+    /// Hosts written whole (a registration, an operator's setting, re-read GPUs); before
+    /// anything else of the batch, so its servers may name them.
+    pub host_records: Vec<HostRecord>,
+    /// Hosts forgotten (with any launch of them); after the batch's servers.
+    pub hosts_deleted: Vec<String>,
+    pub launches_new: Vec<LaunchRecord>,
+    /// Launches given up or registered, by host.
+    pub launches_deleted: Vec<String>,
+    /// Pool limits set (`Some`) or cleared (`None`), by pool.
+    pub pool_limits: Vec<(String, Option<(u32, u32)>)>,
+    pub settings: Vec<(String, String)>,
+    /// Device profiles created (their names are unique: the model checked).
+    pub profiles_new: Vec<DeviceProfile>,
+    /// Device profiles deleted, by uuid.
+    pub profiles_deleted: Vec<String>,
+    /// Drives written whole (new or changed).
+    pub drives: Vec<DriveRecord>,
+    pub drives_deleted: Vec<backfill_shared::DriveId>,
+    /// Drives' storage as usage, with their `metered_until`.
+    pub drive_usage: Vec<DriveUsage>,
+    /// Operators' actions, written with the change each records.
+    pub audit: Vec<AuditEntry>,
 }
 
 impl WriteBatch {
     /// It writes new servers and nothing else (a create).
     pub(crate) fn only_inserts(&self) -> bool {
-        self.servers.is_empty()
-            && self.usage.is_empty()
-            && self.events.is_empty()
-            && self.arqs_new.is_empty()
-            && self.arqs_changed.is_empty()
-            && self.arqs_deleted.is_empty()
-            && self.hosts.is_empty()
-            && self.deletes.is_empty()
+        // Named field by field, so a new kind cannot be forgotten here.
+        let WriteBatch {
+            inserts: _,
+            servers,
+            usage,
+            events,
+            arqs_new,
+            arqs_changed,
+            arqs_deleted,
+            hosts,
+            deletes,
+            host_records,
+            hosts_deleted,
+            launches_new,
+            launches_deleted,
+            pool_limits,
+            settings,
+            profiles_new,
+            profiles_deleted,
+            drives,
+            drives_deleted,
+            drive_usage,
+            audit,
+        } = self;
+        servers.is_empty()
+            && usage.is_empty()
+            && events.is_empty()
+            && arqs_new.is_empty()
+            && arqs_changed.is_empty()
+            && arqs_deleted.is_empty()
+            && hosts.is_empty()
+            && deletes.is_empty()
+            && host_records.is_empty()
+            && hosts_deleted.is_empty()
+            && launches_new.is_empty()
+            && launches_deleted.is_empty()
+            && pool_limits.is_empty()
+            && settings.is_empty()
+            && profiles_new.is_empty()
+            && profiles_deleted.is_empty()
+            && drives.is_empty()
+            && drives_deleted.is_empty()
+            && drive_usage.is_empty()
+            && audit.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inserts.is_empty()
-            && self.servers.is_empty()
-            && self.usage.is_empty()
-            && self.events.is_empty()
-            && self.arqs_new.is_empty()
-            && self.arqs_changed.is_empty()
-            && self.arqs_deleted.is_empty()
-            && self.hosts.is_empty()
-            && self.deletes.is_empty()
+        self.inserts.is_empty() && self.only_inserts()
     }
 }
 
@@ -376,15 +430,12 @@ dispatch! {
     fn update_account(&self, name: &str, change: AccountChange) -> Result<Option<Account>, StoreError>;
     fn delete_account(&self, name: &str) -> Result<bool, StoreError>;
     fn seed_accounts(&self, backfill: &[String], plain: &[String], now: i64) -> Result<(), StoreError>;
-    fn record_action(&self, a: &AuditEntry) -> Result<(), StoreError>;
     fn actions(
         &self,
         target_kind: &'static str,
         target: &str,
         limit: u32
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    fn set_host_admin(&self, h: &HostRecord, a: &AuditEntry) -> Result<(), StoreError>;
-    fn delete_host(&self, id: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn settings(&self) -> Result<BTreeMap<String, String>, StoreError>;
     fn set_setting(&self, key: &str, value: &str, a: &AuditEntry) -> Result<(), StoreError>;
     fn pool_limits(&self) -> Result<BTreeMap<String, (u32, u32)>, StoreError>;

@@ -39,32 +39,9 @@ macro_rules! backend {
             // ----- hosts -----
 
             pub async fn upsert_host(&self, h: &HostRecord) -> Result<(), StoreError> {
-                let inventory = serde_json::to_string(&h.inventory).map_err(|e| StoreError::Corrupt {
-                    table: "hosts",
-                    key: h.id.to_string(),
-                    reason: e.to_string(),
-                })?;
                 // A transaction of its own, begun by begin_write: the leader's epoch fences it.
                 let mut tx = self.begin_write().await?;
-                q(
-                    "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen,
-                         idle_behavior, pool)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                     ON CONFLICT(id) DO UPDATE SET inventory = excluded.inventory,
-                         enforcing = excluded.enforcing, generation = excluded.generation,
-                         last_seen = excluded.last_seen, idle_behavior = excluded.idle_behavior,
-                         pool = excluded.pool",
-                )
-                .bind(h.id.as_str())
-                .bind(inventory)
-                .bind(h.enforcing)
-                .bind(i64::try_from(h.generation).unwrap_or(i64::MAX))
-                .bind(h.first_seen)
-                .bind(h.last_seen)
-                .bind(h.idle_behavior.as_str())
-                .bind(h.pool.as_deref())
-                .execute(&mut *tx)
-                .await?;
+                upsert_host_in(&mut tx, h).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -89,9 +66,11 @@ macro_rules! backend {
                 Ok(())
             }
 
-            /// Writes `batches` in order in one transaction (group commit): each batch's new
-            /// servers, changed servers, usage, events, ARQs, host generations and deleted
-            /// servers (with their ARQs), in that order. All land, or none.
+            /// Writes `batches` in order in one transaction (group commit): each batch's host
+            /// records, new servers, launches, pool limits, settings and new device profiles,
+            /// changed servers, usage, events, ARQs, host generations, deleted servers (with
+            /// their ARQs), drives, drive metering, deleted profiles and hosts, and audit
+            /// entries, in that order. All land, or none.
             pub async fn write_batches(
                 &self,
                 batches: &[&crate::store::WriteBatch],
@@ -106,8 +85,14 @@ macro_rules! backend {
                     if b.only_inserts() {
                         continue;
                     }
+                    // Hosts first: this batch's servers may name them (and earlier batches'
+                    // new servers name none that are not yet written).
+                    for h in &b.host_records {
+                        upsert_host_in(&mut tx, h).await?;
+                    }
                     insert_servers_in(&mut tx, &new).await?;
                     new.clear();
+                    write_operator_state_in(&mut tx, b).await?;
                     update_servers_in(&mut tx, &b.servers).await?;
                     crate::store::usage::$m::insert_segments(&mut tx, &b.usage).await?;
                     crate::store::webhooks::$m::insert_events(&mut tx, &b.events).await?;
@@ -126,6 +111,7 @@ macro_rules! backend {
                             .execute(&mut *tx)
                             .await?;
                     }
+                    write_after_servers_in(&mut tx, b).await?;
                 }
                 insert_servers_in(&mut tx, &new).await?;
                 tx.commit().await?;
@@ -155,6 +141,86 @@ macro_rules! backend {
                 .await?;
                 rows.iter().map(server_from_row).collect()
             }
+        }
+
+        /// Writes a host's record whole (new or changed).
+        async fn upsert_host_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            h: &HostRecord,
+        ) -> Result<(), StoreError> {
+            let inventory = serde_json::to_string(&h.inventory).map_err(|e| StoreError::Corrupt {
+                table: "hosts",
+                key: h.id.to_string(),
+                reason: e.to_string(),
+            })?;
+            q(
+                "INSERT INTO hosts (id, inventory, enforcing, generation, first_seen, last_seen,
+                     idle_behavior, pool)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET inventory = excluded.inventory,
+                     enforcing = excluded.enforcing, generation = excluded.generation,
+                     last_seen = excluded.last_seen, idle_behavior = excluded.idle_behavior,
+                     pool = excluded.pool",
+            )
+            .bind(h.id.as_str())
+            .bind(inventory)
+            .bind(h.enforcing)
+            .bind(i64::try_from(h.generation).unwrap_or(i64::MAX))
+            .bind(h.first_seen)
+            .bind(h.last_seen)
+            .bind(h.idle_behavior.as_str())
+            .bind(h.pool.as_deref())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// A batch's launches, pool limits, settings and device profiles created.
+        async fn write_operator_state_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            b: &crate::store::WriteBatch,
+        ) -> Result<(), StoreError> {
+            use crate::store::admin::$m as admin;
+            for host in &b.launches_deleted {
+                admin::delete_launch_in(tx, host).await?;
+            }
+            admin::insert_launches_in(tx, &b.launches_new).await?;
+            for (pool, limits) in &b.pool_limits {
+                admin::set_pool_limits_in(tx, pool, *limits).await?;
+            }
+            for (key, value) in &b.settings {
+                admin::set_setting_in(tx, key, value).await?;
+            }
+            for p in &b.profiles_new {
+                crate::store::accel::$m::insert_profile_in(tx, p).await?;
+            }
+            Ok(())
+        }
+
+        /// What a batch writes once its servers are written: drives, drive metering, device
+        /// profiles and hosts deleted (nothing may name them any more), and the audit entries.
+        async fn write_after_servers_in(
+            tx: &mut sqlx::Transaction<'static, $DB>,
+            b: &crate::store::WriteBatch,
+        ) -> Result<(), StoreError> {
+            use crate::store::drives::$m as drives;
+            for d in &b.drives {
+                drives::put_drive_in(tx, d).await?;
+            }
+            drives::meter_drives_in(tx, &b.drive_usage).await?;
+            for id in &b.drives_deleted {
+                drives::delete_drive_in(tx, id).await?;
+            }
+            for uuid in &b.profiles_deleted {
+                crate::store::accel::$m::delete_profile_in(tx, uuid).await?;
+            }
+            for id in &b.hosts_deleted {
+                crate::store::admin::$m::delete_host_in(tx, id).await?;
+            }
+            for a in &b.audit {
+                crate::store::admin::$m::insert_action(tx, a).await?;
+            }
+            Ok(())
         }
 
         /// Inserts `servers` with a few multi-row statements (`INSERT_CHUNKS` rows at most each,

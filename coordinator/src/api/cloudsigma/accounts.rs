@@ -2,10 +2,7 @@
 //! Admin certificates only.
 
 use crate::api::cloudsigma::listing::page;
-use crate::api::cloudsigma::views::{
-    AccountList, AccountView, CreatedAccounts, InUseView, ListMeta, QuotaView, StorageQuotaView,
-    to_json,
-};
+use crate::api::cloudsigma::views::{storage_quota, to_json};
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
 use crate::api::tenant::Admin;
@@ -17,6 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use backfill_api::ListMeta;
+use backfill_api::accounts::{AccountList, AccountView, CreatedAccounts, InUseView, QuotaView};
 use backfill_shared::clock::rfc3339;
 use serde_json::{Map, Value};
 
@@ -43,7 +42,7 @@ pub fn account_view(a: &Account, u: &InUse) -> AccountView {
             mem: a.quota.mem,
             gpus: a.quota.gpus,
             servers: a.quota.servers,
-            storage: a.quota.storage.map(StorageQuotaView::of),
+            storage: a.quota.storage.map(storage_quota),
         },
         in_use: InUseView {
             cpu: u.cpu,

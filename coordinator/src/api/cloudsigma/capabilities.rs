@@ -1,13 +1,13 @@
 //! `GET /capabilities/`: `backfilling`, and for a backfilling account `free_resources`.
 
 use crate::api::cloudsigma::views::to_json;
-use crate::api::openapi::{Capabilities, CpuMemView, FreeResourcesView};
 use crate::api::tenant::Tenant;
 use crate::api::{ApiError, AppState};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use backfill_api::status::{Capabilities, CpuMemView, FreeResourcesView};
+use serde_json::Value;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/capabilities/", get(capabilities))
@@ -19,7 +19,10 @@ async fn capabilities(
 ) -> Result<Json<Value>, ApiError> {
     if !account.backfill {
         // "If a feature is not supported or is disabled, it will disappear from the result."
-        return Ok(Json(json!({ "backfilling": false })));
+        return Ok(Json(to_json(&Capabilities {
+            backfilling: false,
+            free_resources: None,
+        })));
     }
     let f = state.coordinator.free_resources().await;
     let view = |c: crate::policy::scheduler::CpuMem| CpuMemView {

@@ -5,13 +5,12 @@
 use crate::api::json_body::JsonBody;
 use crate::api::tenant::Admin;
 use crate::api::{ApiError, AppState};
+use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
 use backfill_shared::drive::DriveId;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/operator/drives/{uuid}/move/", post(move_drive))
@@ -42,6 +41,5 @@ async fn move_drive(
         .ok_or_else(|| ApiError::validation("host", "host (the target host's id) is required"))?;
     let d = state.coordinator.move_drive(id, host).await?;
     let owner = state.coordinator.account(&d.record.owner).await?;
-    let objects = vec![crate::api::cloudsigma::drives::drive_json(&owner, &d)];
-    Ok((StatusCode::ACCEPTED, Json(json!({ "objects": objects }))).into_response())
+    Ok(crate::api::cloudsigma::drive_views::accepted(&owner, &d))
 }

@@ -2,23 +2,24 @@
 //! (the images the fleet offers), in CloudSigma's shapes. A tenant sees only its own drives:
 //! another's is "not found" on every path.
 
-use crate::api::cloudsigma::listing::page;
+use crate::api::cloudsigma::drive_views;
+use crate::api::cloudsigma::listing::page_of;
 use crate::api::cloudsigma::server_json::{parse_meta, parse_tags};
-use crate::api::cloudsigma::views::owner;
+use crate::api::cloudsigma::views::to_json;
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
 use crate::api::tenant::Tenant;
 use crate::api::text::check_name;
 use crate::api::{ApiError, AppState};
-use crate::domain::account::Account;
-use crate::ops::drives::{CloneOpts, DriveView, LibDrive, NewDrive};
+use crate::ops::drives::{CloneOpts, DriveView, NewDrive};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use backfill_api::drives::{CreatedDrives, DriveList, DriveSummaryList, LibraryDriveList};
 use backfill_shared::drive::{DriveId, MAX_DRIVE_BYTES, MIN_DRIVE_BYTES, Media};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 const MAX_NAME: usize = 200;
@@ -66,69 +67,6 @@ fn parse_id(raw: &str) -> Result<DriveId, ApiError> {
         .map_err(|e: backfill_shared::IdError| ApiError::validation("uuid", e.to_string()))
 }
 
-fn uri(id: impl std::fmt::Display) -> String {
-    format!("/api/2.0/drives/{id}/")
-}
-
-/// The full drive object.
-pub fn drive_json(account: &Account, d: &DriveView) -> Value {
-    let r = &d.record;
-    json!({
-        "affinities": [],
-        "allow_multimount": false,
-        "grantees": [],
-        "jobs": [],
-        "licenses": [],
-        "media": r.media.as_str(),
-        "meta": r.meta,
-        "mounted_on": d.mounted_on.iter().map(|s| json!({
-            "resource_uri": format!("/api/2.0/servers/{s}/"),
-            "uuid": s.to_string(),
-        })).collect::<Vec<_>>(),
-        "name": r.name,
-        "owner": owner(account),
-        "permissions": [],
-        "remote_snapshots": [],
-        "resource_uri": uri(r.uuid),
-        "runtime": {
-            "is_snapshotable": false,
-            "snapshots_allocated_size": 0,
-            "storage_type": "dssd",
-        },
-        "size": r.size,
-        "snapshots": [],
-        "status": d.status,
-        "storage_type": "dssd",
-        "tags": r.tags,
-        "uuid": r.uuid.to_string(),
-        "error": r.error,
-    })
-}
-
-fn summary_json(account: &Account, d: &DriveView) -> Value {
-    json!({
-        "media": d.record.media.as_str(),
-        "name": d.record.name,
-        "owner": owner(account),
-        "resource_uri": uri(d.record.uuid),
-        "size": d.record.size,
-        "status": d.status,
-        "uuid": d.record.uuid.to_string(),
-    })
-}
-
-/// CloudSigma's list envelope over a page of `items`.
-fn envelope(items: Vec<Value>, params: &BTreeMap<String, String>) -> Result<Value, ApiError> {
-    let (limit, offset) = page(params)?;
-    let total = items.len();
-    let take = if limit == 0 { usize::MAX } else { limit };
-    let objects: Vec<Value> = items.into_iter().skip(offset).take(take).collect();
-    Ok(json!({
-        "meta": {"limit": limit, "offset": offset, "total_count": total},
-        "objects": objects,
-    }))
-}
-
 /// Whether `v` (a drive's or library drive's JSON) passes every filter of `params` (comma-
 /// separated alternatives; a tag filter matches any tag).
 fn matches(
@@ -169,12 +107,22 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for d in state.coordinator.list_drives(&account).await {
-        let v = drive_json(&account, &d);
-        if matches(&v, &params, FILTERS)? {
-            items.push(if full { v } else { summary_json(&account, &d) });
+        let full_drive = drive_views::drive(&account, &d);
+        if matches(&to_json(&full_drive), &params, FILTERS)? {
+            items.push((full_drive, d));
         }
     }
-    Ok(Json(envelope(items, &params)?))
+    let (meta, items) = page_of(items, &params)?;
+    Ok(Json(if full {
+        let objects = items.into_iter().map(|(f, _)| f).collect();
+        to_json(&DriveList { meta, objects })
+    } else {
+        let objects = items
+            .iter()
+            .map(|(_, d)| drive_views::summary(&account, d))
+            .collect();
+        to_json(&DriveSummaryList { meta, objects })
+    }))
 }
 
 fn object<'v>(v: &'v Value, point: &str) -> Result<&'v Map<String, Value>, ApiError> {
@@ -283,8 +231,12 @@ async fn create(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let made = state.coordinator.create_drives(&account, new).await?;
-    let objects: Vec<Value> = made.iter().map(|d| drive_json(&account, d)).collect();
-    Ok((StatusCode::CREATED, Json(json!({ "objects": objects }))).into_response())
+    let objects = made
+        .iter()
+        .map(|d| drive_views::drive(&account, d))
+        .collect();
+    let body = to_json(&CreatedDrives { objects });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn show(
@@ -296,7 +248,7 @@ async fn show(
         .coordinator
         .get_drive(&account, parse_id(&uuid)?)
         .await?;
-    Ok(Json(drive_json(&account, &d)))
+    Ok(Json(to_json(&drive_views::drive(&account, &d))))
 }
 
 fn current(d: &DriveView) -> NewDrive {
@@ -320,7 +272,7 @@ async fn edit(
     let d = state.coordinator.get_drive(&account, id).await?;
     let edit = parse_drive(object(&body, "body")?, "", Some(&current(&d)))?;
     let d = state.coordinator.edit_drive(&account, id, edit).await?;
-    Ok(Json(drive_json(&account, &d)))
+    Ok(Json(to_json(&drive_views::drive(&account, &d))))
 }
 
 async fn remove(
@@ -406,49 +358,7 @@ async fn action(
             ));
         }
     };
-    let objects = vec![drive_json(&account, &d)];
-    Ok((StatusCode::ACCEPTED, Json(json!({ "objects": objects }))).into_response())
-}
-
-fn lib_json(state: &AppState, l: &LibDrive) -> Value {
-    let decl = state.coordinator.drive_config.declared(&l.image);
-    let s = |f: fn(&crate::domain::library::LibraryImage) -> &str, d: &str| {
-        decl.map_or_else(|| d.to_owned(), |x| f(x).to_owned())
-    };
-    let install = decl.is_some_and(|d| d.image_type == "install");
-    json!({
-        "allow_multimount": false,
-        "arch": s(|d| &d.arch, "64"),
-        "category": [],
-        "cloud_init_service": null,
-        "created_at": null,
-        "default_auth_method": null,
-        "default_pass": null,
-        "default_user": null,
-        "deprecated": false,
-        "description": s(|d| &d.description, ""),
-        "distribution": s(|d| &d.distribution, ""),
-        "favourite": false,
-        "favorite": false,
-        "image_type": s(|d| &d.image_type, "preinst"),
-        "install_notes": "",
-        "licenses": [],
-        "media": if install { "cdrom" } else { "disk" },
-        "meta": {"image": l.image, "format": l.format},
-        "mounted_on": [],
-        "name": decl.and_then(|d| d.name.clone()).unwrap_or_else(|| l.image.clone()),
-        "os": s(|d| &d.os, "linux"),
-        "owner": null,
-        "paid": false,
-        "resource_uri": format!("/api/2.0/libdrives/{}/", l.uuid),
-        "size": l.size,
-        "status": if l.hosts.is_empty() { "unavailable" } else { "unmounted" },
-        "storage_type": "dssd",
-        "tags": [],
-        "url": "",
-        "uuid": l.uuid.to_string(),
-        "version": s(|d| &d.version, ""),
-    })
+    Ok(drive_views::accepted(&account, &d))
 }
 
 async fn libs(
@@ -458,12 +368,13 @@ async fn libs(
 ) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for l in state.coordinator.libdrives().await {
-        let v = lib_json(&state, &l);
-        if matches(&v, &params, LIB_FILTERS)? {
-            items.push(v);
+        let lib = drive_views::library(&state, &l);
+        if matches(&to_json(&lib), &params, LIB_FILTERS)? {
+            items.push(lib);
         }
     }
-    Ok(Json(envelope(items, &params)?))
+    let (meta, objects) = page_of(items, &params)?;
+    Ok(Json(to_json(&LibraryDriveList { meta, objects })))
 }
 
 async fn lib_show(
@@ -479,7 +390,7 @@ async fn lib_show(
         .into_iter()
         .find(|l| l.uuid == id)
         .ok_or_else(|| ApiError::not_found(format!("library drive {id} does not exist")))?;
-    Ok(Json(lib_json(&state, &l)))
+    Ok(Json(to_json(&drive_views::library(&state, &l))))
 }
 
 async fn lib_action(
@@ -495,6 +406,5 @@ async fn lib_action(
     }
     let opts = clone_opts(optional_body(&body)?.as_ref())?;
     let d = state.coordinator.clone_libdrive(&account, id, opts).await?;
-    let objects = vec![drive_json(&account, &d)];
-    Ok((StatusCode::ACCEPTED, Json(json!({ "objects": objects }))).into_response())
+    Ok(drive_views::accepted(&account, &d))
 }

@@ -22,6 +22,23 @@ pub fn page(params: &BTreeMap<String, String>) -> Result<(usize, usize), ApiErro
     page_or(params, DEFAULT_LIMIT)
 }
 
+/// A page of `items` (as [`page`] reads `limit` and `offset`) and its `meta`.
+pub fn page_of<T>(
+    items: Vec<T>,
+    params: &BTreeMap<String, String>,
+) -> Result<(backfill_api::ListMeta, Vec<T>), ApiError> {
+    let (limit, offset) = page(params)?;
+    let total_count = items.len();
+    let take = if limit == 0 { usize::MAX } else { limit };
+    let items = items.into_iter().skip(offset).take(take).collect();
+    let meta = backfill_api::ListMeta {
+        limit,
+        offset,
+        total_count,
+    };
+    Ok((meta, items))
+}
+
 /// As [`page`], with another default limit (0 = all).
 pub fn page_or(
     params: &BTreeMap<String, String>,

@@ -4,6 +4,7 @@
 pub(in crate::api) mod accounts;
 pub(in crate::api) mod capabilities;
 pub(in crate::api) mod drive_move;
+pub(in crate::api) mod drive_views;
 pub(in crate::api) mod drives;
 #[cfg(test)]
 mod input_tests;

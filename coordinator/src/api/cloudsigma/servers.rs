@@ -17,8 +17,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use backfill_api::ListMeta;
+use backfill_api::servers::{ServerList, ServerSummaryList};
 use backfill_shared::{ServerClass, ServerId};
-use serde_json::json;
 use std::collections::BTreeMap;
 
 /// One API collection of servers.
@@ -137,22 +138,25 @@ async fn listing(
         Caller::Admin => state.coordinator.page_servers(None, c.scope, &query).await,
     };
     let owners = owners(&state, &caller).await?;
-    let (limit, offset) = (query.limit, query.offset);
-    let objects: Vec<_> = page
-        .iter()
-        .map(|s| {
-            let account = owner_of(&owners, s)?;
-            Ok(if full {
-                to_json(&detail(c.name, account, s))
-            } else {
-                to_json(&summary(c.name, account, s))
-            })
-        })
-        .collect::<Result<_, ApiError>>()?;
-    Ok(Json(json!({
-        "meta": {"limit": limit, "offset": offset, "total_count": total},
-        "objects": objects,
-    })))
+    let meta = ListMeta {
+        limit: query.limit,
+        offset: query.offset,
+        total_count: total,
+    };
+    let with_owner = |s| owner_of(&owners, s).map(|account| (account, s));
+    Ok(Json(if full {
+        let objects = page
+            .iter()
+            .map(|s| with_owner(s).map(|(a, s)| detail(c.name, a, s)))
+            .collect::<Result<_, ApiError>>()?;
+        to_json(&ServerList { meta, objects })
+    } else {
+        let objects = page
+            .iter()
+            .map(|s| with_owner(s).map(|(a, s)| summary(c.name, a, s)))
+            .collect::<Result<_, ApiError>>()?;
+        to_json(&ServerSummaryList { meta, objects })
+    }))
 }
 
 async fn create(
@@ -173,7 +177,7 @@ async fn create(
         .iter()
         .map(|s| detail(c.name, &account, s))
         .collect();
-    let body = crate::api::cloudsigma::views::CreatedServers { objects };
+    let body = backfill_api::servers::CreatedServers { objects };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     let location = created
         .first()
@@ -288,7 +292,7 @@ async fn action(
             ));
         }
     }
-    let body = crate::api::cloudsigma::views::ActionResult {
+    let body = backfill_api::ActionResult {
         action: what.unwrap_or_default().to_owned(),
         result: "success".into(),
         uuid: id.to_string(),

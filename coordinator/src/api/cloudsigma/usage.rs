@@ -3,9 +3,7 @@
 //! `?account=`.
 
 use crate::api::cloudsigma::listing::{page, page_or, period};
-use crate::api::cloudsigma::views::{
-    LedgerEntry, LedgerList, ListMeta, UsageLine, UsageReport, UsageTotals, to_json,
-};
+use crate::api::cloudsigma::views::to_json;
 use crate::api::params::Params;
 use crate::api::tenant::Caller;
 use crate::api::{ApiError, AppState};
@@ -14,6 +12,8 @@ use crate::domain::usage::UsageFilter;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use backfill_api::ListMeta;
+use backfill_api::accounts::{LedgerEntry, LedgerList, UsageLine, UsageReport, UsageTotals};
 use backfill_shared::clock::rfc3339;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

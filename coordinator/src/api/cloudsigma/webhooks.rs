@@ -3,6 +3,8 @@
 //! creates with `{"objects": [...]}` (201), actions 202, deletes 204. The signing secret is
 //! shown once, in the create's answer.
 
+use crate::api::cloudsigma::listing::page_of;
+use crate::api::cloudsigma::views::to_json;
 use crate::api::json_body::JsonBody;
 use crate::api::params::Params;
 use crate::api::tenant::Tenant;
@@ -16,10 +18,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use backfill_api::ActionResult;
+use backfill_api::webhooks::{
+    CreatedSubscriptions, CreatedWebhooks, DeliveryList, DeliveryView, Filters as FiltersView,
+    SubscriptionList, SubscriptionView, WebhookList, WebhookView,
+};
 use backfill_shared::clock::rfc3339;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use utoipa::ToSchema;
+use serde::Deserialize;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -45,70 +50,24 @@ impl From<WebhookError> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SubscriptionView {
-    pub uuid: String,
-    /// cloud_termination, server_downsized, server_state_changed, perf_factor_restored.
-    pub events: Vec<String>,
-    pub filters: Filters,
-    pub created_at: String,
-    pub resource_uri: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WebhookView {
-    pub uuid: String,
-    pub url: String,
-    pub description: String,
-    pub created_at: String,
-    pub resource_uri: String,
-    pub subscriptions: Vec<SubscriptionView>,
-    /// Only in the create's answer: the HMAC-SHA256 key of `X-Backfill-Signature`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeliveryView {
-    pub uuid: String,
-    pub event_id: String,
-    pub event_type: String,
-    /// pending, delivered or failed (given up).
-    pub status: String,
-    pub attempts: u32,
-    pub next_attempt_at: Option<String>,
-    pub last_attempt_at: Option<String>,
-    pub last_status_code: Option<u16>,
-    pub last_error: Option<String>,
-    pub created_at: String,
-    pub delivered_at: Option<String>,
-}
-
-/// Create: `url` (https, unless the operator allows http), optional `description`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A webhook as a create parses it: `backfill_api::webhooks::WebhookFields` (the document's
+/// schema), but a null `description` is refused, not taken as empty.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookFields {
-    pub url: String,
+struct WebhookFields {
+    url: String,
     #[serde(default)]
-    pub description: String,
+    description: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A subscription as a subscribe parses it: `backfill_api::webhooks::SubscriptionFields` (the
+/// document's schema), with the coordinator's `Filters`, which refuse unknown fields.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubscriptionFields {
-    pub events: Vec<String>,
+struct SubscriptionFields {
+    events: Vec<String>,
     #[serde(default)]
-    pub filters: Option<Filters>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WebhookCreate {
-    pub objects: Vec<WebhookFields>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SubscriptionCreate {
-    pub objects: Vec<SubscriptionFields>,
+    filters: Option<Filters>,
 }
 
 fn uri(w: &str) -> String {
@@ -119,9 +78,17 @@ fn sub_view(s: &Subscription) -> SubscriptionView {
     SubscriptionView {
         uuid: s.uuid.clone(),
         events: s.events.clone(),
-        filters: s.filters.clone(),
+        filters: filters_view(&s.filters),
         created_at: rfc3339(s.created_at),
         resource_uri: format!("{}subscriptions/{}/", uri(&s.webhook), s.uuid),
+    }
+}
+
+fn filters_view(f: &Filters) -> FiltersView {
+    FiltersView {
+        servers: f.servers.clone(),
+        tags: f.tags.clone(),
+        classes: f.classes.clone(),
     }
 }
 
@@ -177,22 +144,6 @@ fn objects<T: for<'de> Deserialize<'de>>(
     Ok(o.objects)
 }
 
-fn listing(items: Vec<Value>, params: &Params) -> Result<Response, ApiError> {
-    let total = items.len();
-    let (limit, offset) = crate::api::cloudsigma::listing::page(&params.0)?;
-    let take = if limit == 0 { usize::MAX } else { limit };
-    let items: Vec<Value> = items.into_iter().skip(offset).take(take).collect();
-    Ok(Json(json!({
-        "meta": {"limit": limit, "offset": offset, "total_count": total},
-        "objects": items,
-    }))
-    .into_response())
-}
-
-fn to_value<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
 async fn list(
     State(state): State<AppState>,
     Tenant(account): Tenant,
@@ -204,11 +155,11 @@ async fn list(
     for w in &hooks {
         subs.extend(c.subscriptions_of(&account, &w.uuid).await?);
     }
-    let items = hooks
-        .iter()
-        .map(|w| to_value(&view(w, &subs, false)))
-        .collect();
-    listing(items, &params)
+    let (meta, objects) = page_of(
+        hooks.iter().map(|w| view(w, &subs, false)).collect(),
+        &params.0,
+    )?;
+    Ok(Json(to_json(&WebhookList { meta, objects })).into_response())
 }
 
 async fn create(
@@ -233,9 +184,10 @@ async fn create(
             .coordinator
             .create_webhook(&account, &f.url, &f.description)
             .await?;
-        out.push(to_value(&view(&w, &[], true)));
+        out.push(view(&w, &[], true));
     }
-    Ok((StatusCode::CREATED, Json(json!({ "objects": out }))).into_response())
+    let body = to_json(&CreatedWebhooks { objects: out });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn show(
@@ -245,7 +197,7 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let w = state.coordinator.webhook(&account, &uuid).await?;
     let subs = state.coordinator.subscriptions_of(&account, &uuid).await?;
-    Ok(Json(to_value(&view(&w, &subs, false))).into_response())
+    Ok(Json(to_json(&view(&w, &subs, false))).into_response())
 }
 
 async fn remove(
@@ -264,10 +216,8 @@ async fn subscriptions(
     params: Params,
 ) -> Result<Response, ApiError> {
     let subs = state.coordinator.subscriptions_of(&account, &uuid).await?;
-    listing(
-        subs.iter().map(|s| to_value(&sub_view(s))).collect(),
-        &params,
-    )
+    let (meta, objects) = page_of(subs.iter().map(sub_view).collect(), &params.0)?;
+    Ok(Json(to_json(&SubscriptionList { meta, objects })).into_response())
 }
 
 async fn subscribe(
@@ -292,9 +242,10 @@ async fn subscribe(
             .coordinator
             .subscribe(&account, &uuid, f.events, filters)
             .await?;
-        out.push(to_value(&sub_view(&s)));
+        out.push(sub_view(&s));
     }
-    Ok((StatusCode::CREATED, Json(json!({ "objects": out }))).into_response())
+    let body = to_json(&CreatedSubscriptions { objects: out });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn unsubscribe(
@@ -313,10 +264,8 @@ async fn deliveries(
     params: Params,
 ) -> Result<Response, ApiError> {
     let list = state.coordinator.deliveries(&account, &uuid, 1000).await?;
-    listing(
-        list.iter().map(|d| to_value(&delivery_view(d))).collect(),
-        &params,
-    )
+    let (meta, objects) = page_of(list.iter().map(delivery_view).collect(), &params.0)?;
+    Ok(Json(to_json(&DeliveryList { meta, objects })).into_response())
 }
 
 async fn redeliver(
@@ -334,7 +283,11 @@ async fn redeliver(
     state.coordinator.redeliver(&account, &uuid, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"action": "redeliver", "result": "success", "uuid": id})),
+        Json(to_json(&ActionResult {
+            action: "redeliver".into(),
+            result: "success".into(),
+            uuid: id,
+        })),
     )
         .into_response())
 }

@@ -3,23 +3,33 @@
 //! `/api/2.0/openapi.json`; `docs/openapi.json` is the committed copy (a test compares them).
 
 mod drives;
+mod exact;
 mod params;
 pub mod receiver;
 
-use crate::api::cloudsigma::views::*;
-use crate::api::cloudsigma::webhooks::{
-    DeliveryView, SubscriptionCreate, SubscriptionFields, SubscriptionView, WebhookCreate,
-    WebhookFields, WebhookView,
-};
-use crate::api::openapi::drives::{
-    CloneFields, CreatedDrives, DRIVE_OPS, Drive, DriveCreate, DriveFields, DriveList,
-    DriveMoveFields, DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList,
-    MountedOn, Op,
-};
+use crate::api::openapi::drives::{DRIVE_OPS, Op};
 use crate::api::openapi::params::{path_params, query_params};
-use crate::domain::event::Filters;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use backfill_api::accounts::{
+    AccountCreate, AccountEdit, AccountFields, AccountList, AccountView, CreatedAccounts,
+    InUseView, LedgerEntry, LedgerList, QuotaFields, QuotaView, StorageQuota, Unlimited, UsageLine,
+    UsageReport, UsageTotals,
+};
+use backfill_api::drives::{
+    CloneFields, CreatedDrives, Drive, DriveCreate, DriveFields, DriveList, DriveMove,
+    DriveRuntime, DriveSummary, DriveSummaryList, LibraryDrive, LibraryDriveList, MountedOn,
+};
+use backfill_api::servers::{
+    CreatedServers, IpRef, NicIo, NicRuntime, PerfFactorView, Runtime, Server, ServerCreate,
+    ServerFields, ServerList, ServerSummary, ServerSummaryList, TerminationView,
+};
+use backfill_api::status::{Capabilities, CpuMemView, FreeResourcesView};
+use backfill_api::webhooks::{
+    CreatedSubscriptions, CreatedWebhooks, DeliveryList, DeliveryView, Filters, SubscriptionCreate,
+    SubscriptionFields, SubscriptionList, SubscriptionView, WebhookCreate, WebhookFields,
+    WebhookList, WebhookView,
+};
+use backfill_api::{ActionResult, ErrorItem, ListMeta, Owner};
+use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Paths};
 use utoipa::openapi::request_body::RequestBodyBuilder;
@@ -27,106 +37,6 @@ use utoipa::openapi::schema::{
     AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type,
 };
 use utoipa::openapi::{ContentBuilder, Required, ResponseBuilder};
-use utoipa::{OpenApi, ToSchema};
-
-/// The fields a server create (`{"objects": [...]}`) or edit (`PUT`) may carry.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServerFields {
-    /// Required on create; 1 to 200 characters, not only spaces, without control,
-    /// bidirectional or invisible formatting characters.
-    #[schema(min_length = 1, max_length = 200)]
-    pub name: String,
-    /// MHz; required on create.
-    #[schema(minimum = 1, maximum = 10_000_000)]
-    pub cpu: u64,
-    /// Bytes, at least 64 MiB; required on create.
-    #[schema(minimum = 67_108_864_u64, maximum = 17_592_186_044_416_u64)]
-    pub mem: u64,
-    /// Cores (default 1).
-    #[schema(minimum = 1, maximum = 1024)]
-    pub smp: Option<u32>,
-    /// Keys of 1 to 64 bytes (no control or bidirectional characters), string values of at
-    /// most 4096 bytes (tabs and line breaks allowed); at most 100 keys.
-    pub meta: Option<BTreeMap<String, String>>,
-    /// 1 to 64 bytes each, as meta keys.
-    #[schema(max_items = 100)]
-    pub tags: Option<Vec<String>>,
-    #[schema(max_length = 64)]
-    pub vnc_password: Option<String>,
-    /// What the server runs, one kind: `{"command": [prog, args...]}` (exec, a process on the
-    /// host), `{"vm": {"image": "name.qcow2"}}` or `{"vm": {"kernel": ..., "initrd": ...,
-    /// "cmdline": ...}}` (a QEMU virtual machine booted from a fleet image), or
-    /// `{"container": {"image": "registry/name:tag", "workdir": "/..."}}` (an OCI container;
-    /// `command` and `env` override the image's). Each may add `"env": {...}` (not for vm) and
-    /// `"network": "host"|"isolated"` (vm and container default to isolated, exec to host). A
-    /// kind or VM image no host of the fleet has is refused (400).
-    #[schema(value_type = Option<Object>)]
-    pub workload: Option<serde_json::Value>,
-    /// -1000 to 1000 (default 0).
-    #[schema(minimum = -1000, maximum = 1000)]
-    pub priority: Option<i32>,
-    /// A configured flavor: it gives cpu, smp and mem (those named besides must fit in it); a
-    /// preemptible flavor makes a spot server in `/servers/`.
-    pub flavor: Option<String>,
-    /// A device profile's name (`/accelerator/v2/device_profiles`): the server gets the GPUs
-    /// its groups ask for, and accelerator requests bound to them while it is placed.
-    pub device_profile: Option<String>,
-    /// The tenant's drives (`/drives/`), changed only while the server is stopped:
-    /// `[{"boot_order": 1, "dev_channel": "0:0", "device": "virtio"|"ide", "drive": "<uuid>"}]`.
-    /// The server then runs as a VM booting from its drive with boot_order 1 on the host that
-    /// holds its drives; a `cdrom` drive attaches as a CD.
-    #[schema(value_type = Option<Vec<Object>>, max_items = 16)]
-    pub drives: Option<Vec<serde_json::Value>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServerCreate {
-    pub objects: Vec<ServerFields>,
-}
-
-/// An account to create; `quota` fields null or absent = unlimited.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountFields {
-    /// The CN of the account's certificates.
-    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$")]
-    pub name: String,
-    pub backfill: Option<bool>,
-    pub quota: Option<QuotaView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountCreate {
-    pub objects: Vec<AccountFields>,
-}
-
-/// A change to an account: present fields change.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountEdit {
-    pub backfill: Option<bool>,
-    pub quota: Option<QuotaView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CpuMemView {
-    /// MHz.
-    pub cpu: u64,
-    /// Bytes.
-    pub mem: u64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FreeResourcesView {
-    pub total: CpuMemView,
-    pub most_free_by_cpu: CpuMemView,
-    pub most_free_by_memory: CpuMemView,
-}
-
-/// `free_resources` only for an account with the backfill permission.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Capabilities {
-    pub backfilling: bool,
-    pub free_resources: Option<FreeResourcesView>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -138,13 +48,14 @@ pub struct Capabilities {
     components(schemas(
         Server, ServerSummary, Runtime, NicRuntime, NicIo, IpRef, PerfFactorView,
         TerminationView, Owner, ListMeta, ServerList, ServerSummaryList, CreatedServers,
-        ActionResult, ErrorItem, AccountView, QuotaView, StorageQuotaView, Unlimited, InUseView, AccountList,
+        ActionResult, ErrorItem, AccountView, QuotaView, StorageQuota, Unlimited, InUseView, AccountList,
         CreatedAccounts, UsageReport, UsageLine, UsageTotals, LedgerEntry, LedgerList,
-        ServerFields, ServerCreate, AccountFields, AccountCreate, AccountEdit, Capabilities,
+        ServerFields, ServerCreate, AccountFields, QuotaFields, AccountCreate, AccountEdit, Capabilities,
         FreeResourcesView, CpuMemView, WebhookView, SubscriptionView, DeliveryView,
+        WebhookList, SubscriptionList, DeliveryList, CreatedWebhooks, CreatedSubscriptions,
         WebhookFields, WebhookCreate, SubscriptionFields, SubscriptionCreate, Filters,
         Drive, DriveRuntime, MountedOn, DriveSummary, DriveSummaryList, DriveList, CreatedDrives,
-        DriveFields, DriveCreate, CloneFields, DriveMoveFields, LibraryDrive, LibraryDriveList
+        DriveFields, DriveCreate, CloneFields, DriveMove, LibraryDrive, LibraryDriveList
     ))
 )]
 struct ApiDoc;
@@ -324,7 +235,7 @@ const OTHER_OPS: &[Op] = &[
         "The account's webhooks with their subscriptions (the secret is never shown again)",
         None,
         "200",
-        None,
+        Some("WebhookList"),
     ),
     (
         "/webhooks/",
@@ -332,7 +243,7 @@ const OTHER_OPS: &[Op] = &[
         "Register webhooks: {\"objects\": [{url, description}]}; the answer holds each signing secret, once",
         Some("WebhookCreate"),
         "201",
-        None,
+        Some("CreatedWebhooks"),
     ),
     (
         "/webhooks/receiver-openapi.json",
@@ -364,7 +275,7 @@ const OTHER_OPS: &[Op] = &[
         "A webhook's subscriptions",
         None,
         "200",
-        None,
+        Some("SubscriptionList"),
     ),
     (
         "/webhooks/{uuid}/subscriptions/",
@@ -372,7 +283,7 @@ const OTHER_OPS: &[Op] = &[
         "Subscribe: {\"objects\": [{events, filters: {servers, tags, classes}}]}",
         Some("SubscriptionCreate"),
         "201",
-        None,
+        Some("CreatedSubscriptions"),
     ),
     (
         "/webhooks/{uuid}/subscriptions/{sub}/",
@@ -388,7 +299,7 @@ const OTHER_OPS: &[Op] = &[
         "Recent deliveries, newest first, with their status",
         None,
         "200",
-        None,
+        Some("DeliveryList"),
     ),
     (
         "/webhooks/{uuid}/deliveries/{id}/action/",
@@ -501,7 +412,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         paths.add_path_operation(&path, vec![method], op.build());
     }
     doc.paths = paths;
-    doc
+    exact::answers_exact(doc)
 }
 
 /// The document as served and committed: pretty JSON with a final newline.

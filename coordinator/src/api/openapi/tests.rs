@@ -288,3 +288,38 @@ async fn drive_answers_have_the_documented_fields() {
     check("the detailed list", &detail, "DriveList");
     check("a detailed drive", &detail["objects"][1], "Drive");
 }
+
+/// backfill-api's answer types are tolerant (`#[serde(default)]`), the document is exact:
+/// every property an answer always carries is required, none has a default, and only the
+/// request's own optional parts stay optional.
+#[test]
+fn answers_require_every_field_the_coordinator_always_sends() {
+    let doc = serde_json::to_value(document()).unwrap();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let required = |name: &str| -> Vec<String> {
+        let mut r: Vec<String> = schemas[name]["required"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        r.sort_unstable();
+        r
+    };
+    for (name, schema) in schemas {
+        for (field, p) in schema["properties"].as_object().into_iter().flatten() {
+            assert!(p.get("default").is_none(), "{name}.{field} has a default");
+        }
+    }
+    assert_eq!(
+        required("Runtime"),
+        ["active_since", "host", "nics", "perf_factor"]
+    );
+    assert_eq!(required("ServerList"), ["meta", "objects"]);
+    assert_eq!(required("Capabilities"), ["backfilling"]);
+    assert!(required("Server").contains(&"uuid".to_owned()));
+    assert!(!required("Server").contains(&"runtime".to_owned()));
+    // The coordinator's request types keep utoipa's reading: a subscription's filters may
+    // each be left out, a webhook's description too.
+    assert_eq!(required("Filters"), Vec::<String>::new());
+    assert_eq!(required("WebhookFields"), ["url"]);
+    assert_eq!(required("DriveFields"), ["media", "name", "size"]);
+}

@@ -461,12 +461,28 @@ pub async fn coordinators(State(ha): State<Arc<Ha>>, req: axum::extract::Request
         }
     };
     let live = !leader.holder.is_empty() && leader.deadline_ms >= leader.now_ms;
-    axum::Json(serde_json::json!({
-        "this": ha.name,
-        "role": describe(&ha),
-        "leader": if live { serde_json::to_value(&leader).unwrap_or_default() } else { serde_json::Value::Null },
-        "epoch": leader.epoch,
-        "coordinators": all,
-    }))
+    axum::Json(backfill_api::status::CoordinatorsStatus {
+        this: ha.name.clone(),
+        role: describe(&ha),
+        leader: live.then(|| backfill_api::status::Leader {
+            epoch: leader.epoch,
+            holder: leader.holder.clone(),
+            api_url: leader.api_url.clone(),
+            link_addr: leader.link_addr.clone(),
+            deadline_ms: leader.deadline_ms,
+            since_ms: leader.since_ms,
+            now_ms: leader.now_ms,
+        }),
+        epoch: leader.epoch,
+        coordinators: all
+            .into_iter()
+            .map(|c| backfill_api::status::CoordinatorView {
+                name: c.name,
+                api_url: c.api_url,
+                link_addr: c.link_addr,
+                seen_ms: c.seen_ms,
+            })
+            .collect(),
+    })
     .into_response()
 }

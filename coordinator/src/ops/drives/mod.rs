@@ -1,19 +1,20 @@
 //! Drives (issue 19): a tenant's disks, each on the host whose agent made it; library drives,
-//! the disk images hosts offer; attaching drives to servers. Every change is stored before
-//! the model changes and before the caller is answered; the host then gets its drive orders.
+//! the disk images hosts offer; attaching drives to servers. Every change is made in the model
+//! and queued for the store under the model's lock; the caller is answered, and the host gets
+//! its drive orders, once it is durable (the lock released before that).
 
 use crate::domain::account::Account;
 use crate::domain::server::ServerRecord;
 use crate::state::coordinator::{Coordinator, OpError};
 use crate::state::model::Model;
-use crate::store::{DriveRecord, DriveStatus};
+use crate::store::{DriveRecord, DriveStatus, WriteBatch};
 use backfill_shared::drive::{
     DriveId, DriveOrders, DriveReport, DriveSource, Media, ObservedDriveState,
 };
 use backfill_shared::{HostId, ServerId, ServerStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{MutexGuard, watch};
 
 mod moving;
 #[cfg(test)]
@@ -184,23 +185,50 @@ impl Coordinator {
     /// Stores new drives, then orders their hosts to make them.
     async fn add_drives(
         &self,
-        model: &mut Model,
+        mut model: MutexGuard<'_, Model>,
         owner: &Account,
         new: Vec<DriveRecord>,
     ) -> Result<Vec<DriveView>, OpError> {
-        self.check_storage(model, owner, new.iter().map(|d| d.size).sum())?;
-        for d in &new {
-            self.store.put_drive(d).await?;
-        }
+        self.check_storage(&model, owner, new.iter().map(|d| d.size).sum())?;
         let hosts: BTreeSet<HostId> = new.iter().map(|d| d.host.clone()).collect();
         for d in &new {
             model.drives.insert(d.uuid, d.clone());
         }
-        for h in &hosts {
+        let mounts = mounts(&model);
+        let views = new.iter().map(|d| view(&model, d, &mounts)).collect();
+        let batch = WriteBatch {
+            drives: new,
+            ..Default::default()
+        };
+        self.commit_drives(model, batch, hosts).await?;
+        Ok(views)
+    }
+
+    /// Queues `batch` (drive changes the model already has), releases the model's lock, and
+    /// once the batch is durable hands `hosts` their drive orders: no host makes, moves or
+    /// deletes a drive the store does not hold so.
+    pub(crate) async fn commit_drives(
+        &self,
+        mut model: MutexGuard<'_, Model>,
+        batch: WriteBatch,
+        hosts: BTreeSet<HostId>,
+    ) -> Result<(), OpError> {
+        let durable = self.commit_batch(&mut model, batch, &[]).await?;
+        drop(model);
+        durable.wait().await?;
+        self.push_drive_orders(&hosts).await;
+        Ok(())
+    }
+
+    /// Hands `hosts` their drive orders as the model has them now.
+    pub(crate) async fn push_drive_orders(&self, hosts: &BTreeSet<HostId>) {
+        if hosts.is_empty() {
+            return;
+        }
+        let model = self.lock_model().await;
+        for h in hosts {
             model.push_drive_orders(h);
         }
-        let mounts = mounts(model);
-        Ok(new.iter().map(|d| view(model, d, &mounts)).collect())
     }
 
     fn record(
@@ -233,13 +261,13 @@ impl Coordinator {
         owner: &Account,
         new: Vec<NewDrive>,
     ) -> Result<Vec<DriveView>, OpError> {
-        let mut model = self.lock_model().await;
+        let model = self.lock_model().await;
         let mut records = Vec::with_capacity(new.len());
         for n in new {
             let host = choose_host(&model, None).ok_or_else(|| no_drive_host(&model))?;
             records.push(self.record(owner, n, host, DriveSource::Blank));
         }
-        self.add_drives(&mut model, owner, records).await
+        self.add_drives(model, owner, records).await
     }
 
     /// A tenant's own drive for library drive `lib`: a copy-on-write clone on a host that holds
@@ -250,7 +278,7 @@ impl Coordinator {
         lib: DriveId,
         opts: CloneOpts,
     ) -> Result<DriveView, OpError> {
-        let mut model = self.lock_model().await;
+        let model = self.lock_model().await;
         let l = libdrives(&model, &self.drive_config)
             .into_iter()
             .find(|l| l.uuid == lib)
@@ -278,7 +306,7 @@ impl Coordinator {
                 sha256,
             },
         );
-        let mut out = self.add_drives(&mut model, owner, vec![d]).await?;
+        let mut out = self.add_drives(model, owner, vec![d]).await?;
         out.pop().ok_or(not_found(lib))
     }
 
@@ -321,7 +349,7 @@ impl Coordinator {
         id: DriveId,
         opts: CloneOpts,
     ) -> Result<DriveView, OpError> {
-        let mut model = self.lock_model().await;
+        let model = self.lock_model().await;
         let src = owned(&model, owner, id)?.clone();
         if src.status != DriveStatus::Ready {
             return Err(OpError::Conflict(format!(
@@ -343,7 +371,7 @@ impl Coordinator {
             tags: src.tags.clone(),
         };
         let d = self.record(owner, n, src.host.clone(), DriveSource::Clone { drive: id });
-        let mut out = self.add_drives(&mut model, owner, vec![d]).await?;
+        let mut out = self.add_drives(model, owner, vec![d]).await?;
         out.pop().ok_or(not_found(id))
     }
 
@@ -366,6 +394,7 @@ impl Coordinator {
     ) -> Result<DriveView, OpError> {
         let mut model = self.lock_model().await;
         let current = owned(&model, owner, id)?.clone();
+        let mut batch = WriteBatch::default();
         let mut next = current.clone();
         next.name = edit.name;
         next.meta = edit.meta;
@@ -395,18 +424,23 @@ impl Coordinator {
             self.check_storage(&model, owner, edit.size - current.size)?;
             // The old size is charged up to now, the new one from now.
             let now = self.clock.now();
-            self.meter_drives(&mut model, Some(id), now).await?;
+            batch.drive_usage = self.meter_drives(&mut model, Some(id), now);
             next.metered_until = model.drives.get(&id).and_then(|d| d.metered_until);
             next.size = edit.size;
         }
+        let shown = view(&model, &next, &mounts(&model));
         if next != current {
-            self.store.put_drive(&next).await?;
             model.drives.insert(id, next.clone());
-            if next.size != current.size {
-                model.push_drive_orders(&next.host);
-            }
+            batch.drives.push(next.clone());
         }
-        Ok(view(&model, &next, &mounts(&model)))
+        let mut hosts = BTreeSet::new();
+        if next.size != current.size {
+            hosts.insert(next.host.clone());
+        }
+        if !batch.is_empty() {
+            self.commit_drives(model, batch, hosts).await?;
+        }
+        Ok(shown)
     }
 
     /// Deletes a drive: refused while a running server uses it; detached from stopped servers.
@@ -430,29 +464,33 @@ impl Coordinator {
                 s
             })
             .collect();
-        if !detached.is_empty() {
-            self.commit(&mut model, detached, &[]).await?.wait().await?;
-        }
         let now = self.clock.now();
-        self.meter_drives(&mut model, Some(id), now).await?;
+        let drive_usage = self.meter_drives(&mut model, Some(id), now);
         let mut gone = model.drives.get(&id).cloned().unwrap_or(current);
         gone.status = DriveStatus::Deleting;
         gone.metered_until = None;
-        self.store.put_drive(&gone).await?;
         let host = gone.host.clone();
-        model.drives.insert(id, gone);
-        model.push_drive_orders(&host);
-        Ok(())
+        model.drives.insert(id, gone.clone());
+        // Detached from stopped servers, metered and marked deleted in one write.
+        let batch = WriteBatch {
+            servers: detached,
+            drive_usage,
+            drives: vec![gone],
+            ..Default::default()
+        };
+        self.commit_drives(model, batch, BTreeSet::from([host]))
+            .await
     }
 
-    /// Records the storage of drives as usage up to `now`: those in `only` (before a resize or
-    /// a delete), or else every metered drive last recorded `interval_s` ago or earlier.
-    pub(crate) async fn meter_drives(
+    /// The storage of drives as usage up to `now`, for a [`WriteBatch`]: those in `only`
+    /// (before a resize or a delete), or else every metered drive last recorded `interval_s`
+    /// ago or earlier. The model's drives are metered up to `now` already.
+    pub(crate) fn meter_drives(
         &self,
         model: &mut Model,
         only: Option<DriveId>,
         now: i64,
-    ) -> Result<(), OpError> {
+    ) -> Vec<crate::store::DriveUsage> {
         let stale = now - self.billing.interval_s;
         let price = self.drive_config.storage_price();
         let usage: Vec<crate::store::DriveUsage> = model
@@ -475,16 +513,12 @@ impl Coordinator {
                 })
             })
             .collect();
-        if usage.is_empty() {
-            return Ok(());
-        }
-        self.store.meter_drives(&usage).await?;
         for u in &usage {
             if let Some(d) = model.drives.get_mut(&u.drive) {
                 d.metered_until = Some(u.end);
             }
         }
-        Ok(())
+        usage
     }
 
     /// A fresh channel of `host`'s drive orders for its session `conn`.
@@ -515,6 +549,7 @@ impl Coordinator {
         report: DriveReport,
     ) -> Result<(), OpError> {
         let mut model = self.lock_model().await;
+        let mut batch = WriteBatch::default();
         let held: BTreeMap<DriveId, &backfill_shared::drive::ObservedDrive> =
             report.drives.iter().map(|d| (d.id, d)).collect();
         let mine: Vec<DriveRecord> = model
@@ -528,7 +563,7 @@ impl Coordinator {
             let mut next = d.clone();
             match (d.status, seen.map(|o| &o.state)) {
                 (DriveStatus::Deleting, None) => {
-                    self.store.delete_drive(&d.uuid).await?;
+                    batch.drives_deleted.push(d.uuid);
                     model.drives.remove(&d.uuid);
                     tracing::info!(drive = %d.uuid, host = %host, "drive deleted");
                     continue;
@@ -551,11 +586,14 @@ impl Coordinator {
                 next.size = o.size;
             }
             if next != d {
-                self.store.put_drive(&next).await?;
+                batch.drives.push(next.clone());
                 model.drives.insert(d.uuid, next);
             }
         }
         Self::forget_moved_away(&mut model, host, &held.keys().copied().collect());
+        if !batch.is_empty() {
+            self.commit_drives(model, batch, BTreeSet::new()).await?;
+        }
         Ok(())
     }
 }

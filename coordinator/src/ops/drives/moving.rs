@@ -2,6 +2,7 @@
 //! the relay of each answer to the next order, and what a finished or failed move changes.
 
 use super::{DriveView, mounts, view};
+use crate::state::committer::Durable;
 use crate::state::coordinator::{Coordinator, OpError};
 use crate::state::drive_move::{Move, NotPrepared, Step};
 use crate::state::drive_moves::refuse_moving;
@@ -13,6 +14,15 @@ use backfill_shared::drive_move::{MoveOrder, MoveReport};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// What ending a move leaves for after the model's lock is released: its record's write, and
+/// the hosts to hand their drive orders once it is durable.
+#[derive(Debug, Default)]
+#[must_use]
+struct MoveEnded {
+    durable: Option<Durable>,
+    push: BTreeSet<HostId>,
+}
 
 /// How long the target has to say whether it has room, before the request is answered.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +99,9 @@ impl Coordinator {
             Err(_) => {
                 let why = format!("host {to} did not answer within {PREPARE_TIMEOUT:?}");
                 let mut model = self.lock_model().await;
-                self.end_move(&mut model, id, Err(why.clone())).await?;
+                let ended = self.end_move(&mut model, id, Err(why.clone())).await?;
+                drop(model);
+                self.finish_move(ended).await?;
                 Some(OpError::NeverFits(why))
             }
         };
@@ -129,8 +141,16 @@ impl Coordinator {
             .collect();
         for id in hit {
             let why = format!("host {host}'s link was {what}");
-            if let Err(e) = self.end_move(model, id, Err(why)).await {
-                tracing::warn!(drive = %id, error = %e, "cannot record a failed drive move");
+            // Nobody waits for this record: a failed write reloads the model.
+            match self.end_move(model, id, Err(why)).await {
+                Ok(ended) => {
+                    if let Some(d) = ended.durable {
+                        d.detach();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(drive = %id, error = %e, "cannot record a failed drive move")
+                }
             }
         }
     }
@@ -158,46 +178,62 @@ impl Coordinator {
             tracing::debug!(drive = %id, host = %host, "an answer for no move; ignored");
             return Ok(());
         };
-        match m.on_report(host, r) {
+        let outcome = match m.on_report(host, r) {
             Step::Send(orders) => {
-                for (h, order) in orders {
-                    if !model.moves.send(&h, order) {
-                        let why = format!("host {h} is not connected");
-                        return self.end_move(&mut model, id, Err(why)).await;
-                    }
+                let unsent = orders
+                    .into_iter()
+                    .find_map(|(h, order)| (!model.moves.send(&h, order)).then_some(h));
+                match unsent {
+                    Some(h) => Err(format!("host {h} is not connected")),
+                    None => return Ok(()),
                 }
-                Ok(())
             }
-            Step::Done => self.end_move(&mut model, id, Ok(())).await,
-            Step::Failed(why) => self.end_move(&mut model, id, Err(why)).await,
+            Step::Done => Ok(()),
+            Step::Failed(why) => Err(why),
+        };
+        let ended = self.end_move(&mut model, id, outcome).await?;
+        drop(model);
+        self.finish_move(ended).await
+    }
+
+    /// What [`Coordinator::end_move`] left for after the model's lock: wait until its record
+    /// is durable, then hand the hosts their drive orders (the source deletes its copy only
+    /// once the store names the target).
+    async fn finish_move(&self, ended: MoveEnded) -> Result<(), OpError> {
+        if let Some(d) = ended.durable {
+            d.wait().await?;
         }
+        self.push_drive_orders(&ended.push).await;
+        Ok(())
     }
 
     /// Ends the move of `id`: done, the drive's record names the target (stored first) and the
     /// source deletes its file; failed, the drive stays on its source and its `error` says why
     /// (a target that refused at the start is only the request's answer).
+    /// The record is queued, not waited for: see [`MoveEnded`].
     async fn end_move(
         &self,
         model: &mut Model,
         id: DriveId,
         outcome: Result<(), String>,
-    ) -> Result<(), OpError> {
+    ) -> Result<MoveEnded, OpError> {
+        let mut ended = MoveEnded::default();
         let Some(mut m) = model.moves.moving.remove(&id) else {
-            return Ok(());
+            return Ok(ended);
         };
         let was_preparing = m.phase == crate::state::drive_move::Phase::Preparing;
         for (h, order) in m.aborts() {
             model.moves.send(&h, order);
         }
         let Some(mut d) = model.drives.get(&id).cloned() else {
-            return Ok(());
+            return Ok(ended);
         };
         match outcome {
             Ok(()) => {
                 d.host = m.to.clone();
                 d.error = None;
-                self.store.put_drive(&d).await?;
-                model.drives.insert(id, d);
+                model.drives.insert(id, d.clone());
+                ended.durable = Some(self.commit_drive(model, d).await?);
                 model
                     .moves
                     .moved_away
@@ -207,8 +243,7 @@ impl Coordinator {
                 if let Some(s) = model.moves.moved_away.get_mut(&m.to) {
                     s.remove(&id);
                 }
-                model.push_drive_orders(&m.from);
-                model.push_drive_orders(&m.to);
+                ended.push = BTreeSet::from([m.from.clone(), m.to.clone()]);
                 tracing::info!(drive = %id, from = %m.from, to = %m.to, "drive moved");
             }
             Err(why) => {
@@ -216,12 +251,25 @@ impl Coordinator {
                 tracing::warn!(drive = %id, from = %m.from, to = %m.to, reason = %why, "drive move failed");
                 if !was_preparing {
                     d.error = Some(format!("the move to host {} failed: {why}", m.to));
-                    self.store.put_drive(&d).await?;
-                    model.drives.insert(id, d);
+                    model.drives.insert(id, d.clone());
+                    ended.durable = Some(self.commit_drive(model, d).await?);
                 }
             }
         }
-        Ok(())
+        Ok(ended)
+    }
+
+    /// Queues a drive's record (the model has it already).
+    async fn commit_drive(
+        &self,
+        model: &mut Model,
+        d: crate::store::DriveRecord,
+    ) -> Result<Durable, OpError> {
+        let batch = crate::store::WriteBatch {
+            drives: vec![d],
+            ..Default::default()
+        };
+        Ok(self.commit_batch(model, batch, &[]).await?)
     }
 
     /// `host` reported the drives it holds: those moved away and gone need no more deleting.

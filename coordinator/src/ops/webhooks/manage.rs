@@ -39,7 +39,9 @@ impl Coordinator {
         if description.chars().count() > 255 {
             return Err(invalid("description", "at most 255 characters"));
         }
-        let _serial = self.lock_model().await;
+        // The per-account count and the insert are serialized by a lock of their own:
+        // webhooks are not model state, and nothing that reads takes this lock.
+        let _serial = self.webhook_writes.lock().await;
         let have = self.store.webhooks_of(&owner.name).await?.len();
         if have >= usize::try_from(self.webhooks.max_per_account).unwrap_or(usize::MAX) {
             return Err(invalid(

@@ -5,9 +5,9 @@
 use super::Coordinator;
 use crate::domain::billing::settle;
 use crate::domain::server::ServerRecord;
-use crate::state::model::{Model, Session};
+use crate::state::model::{HostEntry, Model, Session};
 use crate::store::StoreError;
-use backfill_shared::{HostId, ServerId};
+use backfill_shared::{HostId, ServerId, WorkerState};
 use std::sync::Arc;
 use tokio::sync::MutexGuard;
 
@@ -30,8 +30,8 @@ impl Coordinator {
         self.commit_batch(model, batch, hosts).await
     }
 
-    /// [`Coordinator::commit`] with new and deleted servers and ARQs too. Awaits nothing
-    /// unless a changed server has GPUs (its ARQs are read to bring them in line).
+    /// [`Coordinator::commit`] with anything else a [`crate::store::WriteBatch`] writes.
+    /// Awaits nothing: the ARQs of changed servers with GPUs are the model's.
     pub(crate) async fn commit_batch(
         &self,
         model: &mut Model,
@@ -68,8 +68,10 @@ impl Coordinator {
             .cloned()
             .collect();
         if !with_gpus.is_empty() {
-            batch.arqs_changed = self.arq_changes(model, &with_gpus).await?;
+            let changes = self.arq_changes(model, &with_gpus);
+            batch.arqs_changed.extend(changes);
         }
+        model.accel.apply(&batch);
         for s in batch.inserts.iter().chain(&batch.servers) {
             model.put_server(s.clone(), now);
         }
@@ -107,11 +109,56 @@ impl Coordinator {
         model
     }
 
-    /// Puts the model's servers and host generations back to what the store holds, and hands
-    /// every connected agent its desired state again.
+    /// Puts the model's durable state back to what the store holds (servers, host records,
+    /// launches, pool limits, auto mode, drives, device profiles and ARQs), and hands every
+    /// connected agent its desired state again. Everything is read before anything changes,
+    /// so a failed read leaves the model as it was (the next holder of the lock retries).
     async fn reload(&self, model: &mut Model) -> Result<(), StoreError> {
         let now = self.clock.now();
         let stored = self.store.servers().await?;
+        let hosts = self.store.hosts().await?;
+        let launches = self.store.launches().await?;
+        let pool_limits = self.store.pool_limits().await?;
+        let auto_mode = self.store.settings().await?.get("auto_mode").cloned();
+        let drives = self.store.drives().await?;
+        let accel = crate::state::accel::Accel::load(&self.store).await?;
+        // Hosts: a registration that failed is forgotten, a deletion that failed comes back
+        // (down, until its agent registers again); records are the stored ones, sessions stay.
+        let keep: std::collections::BTreeSet<HostId> = hosts.iter().map(|h| h.id.clone()).collect();
+        let gone: Vec<HostId> = model
+            .hosts
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            model.hosts.remove(&id);
+            let _ = model.cluster.remove_host(&id);
+        }
+        for h in hosts {
+            let id = h.id.clone();
+            match model.hosts.get_mut(&id) {
+                Some(e) => {
+                    e.reservation = self.pools.reservation(h.pool.as_deref());
+                    e.record = h;
+                }
+                None => {
+                    let mut e = HostEntry::new(h, WorkerState::Down, now);
+                    e.reservation = self.pools.reservation(e.record.pool.as_deref());
+                    model.hosts.insert(id.clone(), e);
+                }
+            }
+            model.sync_host(&id);
+        }
+        model.launches = launches.into_iter().map(|l| (l.host.clone(), l)).collect();
+        model.pool_limits = pool_limits;
+        // As at start: the stored setting, or else the configured one.
+        model.auto_mode = match auto_mode {
+            Some(v) => v == "on",
+            None => self.operator.auto_mode,
+        };
+        model.drives = drives.into_iter().map(|d| (d.uuid, d)).collect();
+        model.accel = accel;
         let keep: std::collections::BTreeSet<ServerId> = stored.iter().map(|s| s.uuid).collect();
         let gone: Vec<ServerId> = model
             .servers
@@ -124,11 +171,6 @@ impl Coordinator {
         }
         for s in stored {
             model.put_server(s, now);
-        }
-        for h in self.store.hosts().await? {
-            if let Some(e) = model.hosts.get_mut(&h.id) {
-                e.record.generation = h.generation;
-            }
         }
         let ids: Vec<HostId> = model.hosts.keys().cloned().collect();
         for id in ids {
