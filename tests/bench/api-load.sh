@@ -98,6 +98,23 @@
 # mixed phase) puts 35% of the coordinator's CPU in the list handler's JSON (each summary made a
 # serde_json::Value, then the Vec of them converted again), 6% in page_servers under the lock,
 # 6% in SQLite commits, 1-2% in creates' work under the lock.
+#
+# The same segment after merging main 9a6a0fd (group commit everywhere, typed API views) into
+# this branch, 10:09-10:11 UTC, load average 3.4-4.5, against c567b54 back to back:
+#   phase (servers at start)       c567b54         branch + main    branch wait
+#   list 32 (100,000)               6510.5 (11.6)  12024.5 (6.3)    2037 us, 87.6%
+#   list 32 + 32 creators           4742.6 (14.7)   7674.3 (11.4)   2664 us, 82.9%
+#     creates/s                     1972.9          2740.3
+#   list 32 + creators at 1000/s    4618.0 (20.0)   9633.9 (10.0)   2351 us, 85.1%
+#     creates/s                      977.8           999.7
+#   list 32 again (~130,000)        7657.4 (11.6)  12330.4 (5.3)    2128 us, 96.6%
+#   show 32                        11668.0 (6.4)   34649.9 (2.2)     151 us,  2.5%
+#   show 32 + creators at 1000/s    9037.9 (9.6)   29257.4 (3.4)     220 us,  5.3%
+# Lists are now bound by the model's lock: 32 readers queue behind each other (2.0 ms of a
+# 2.6 ms median), and writers add 0.3-0.6 ms to that wait; paced writers (1000/s, IO-bound here)
+# cost lists 20% of their rate and p99 6.3 -> 10.0 ms. The next step for "reads never slower
+# under writes" is readers that do not exclude each other (an RwLock, or a snapshot of the
+# server index and records that lists read without the model's lock).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release}
