@@ -6,7 +6,9 @@
 #   tests/bench/api-load.sh [bin_dir=target/release] [sqlite|postgres]
 #
 # Environment: SECONDS_PER_PHASE (10), PREFILL_TOTAL (100000), PREFILL_MAX_S (300: the prefill
-# stops there and says how far it got), CLIENTS (64: the concurrency of the big phases).
+# stops there and says how far it got), CLIENTS (64: the concurrency of the big phases),
+# SEGMENTS ("create small big reads": which segments run, below), READERS (32), WRITERS (32),
+# WRITE_RATE (1000: creates/s of the paced writers in segment `reads`).
 #
 # Segments, each on a fresh coordinator and an empty store (a new SQLite file or a new PostgreSQL
 # database), so that each phase starts from the store size it names:
@@ -14,6 +16,11 @@
 #   list at 64 clients with 100 servers;
 #   prefill to PREFILL_TOTAL (batches of 100, 4 in flight), then list at 64, create at 64 and
 #   mixed at 64 (32 list readers beside 32 creators: compare its read p99 with list alone).
+#   reads (on the big store, after `big` if it ran): reads alone and beside writes with the same
+#   readers, back to back: list at READERS alone, list at READERS beside WRITERS creators going
+#   flat out, list at READERS beside WRITERS creators paced to WRITE_RATE/s in all (a write load
+#   that waits on IO rather than taking the CPU), list alone again; then the same with `show`
+#   (GET of one server) alone and beside the paced writers.
 # Each phase prints bf-apiload's JSON line; a table follows. BIN_DIR may hold binaries of another
 # commit (backfill-coordinator and bf-apiload), for a before/after comparison; the default
 # builds them (`cargo build --release -p backfill-coordinator -p backfill-tests --bin
@@ -63,6 +70,51 @@
 #   create 64 (100,000)            111.1 (752)     6400.0 (22.8)      5303.4 (24.8)
 #   mixed 64: reads                  3.2 (10739)   4799.2 (19.7)      4145.1 (21.1)
 #             creates                1.6           1950.9 (39.5)      1218.0 (52.3)
+#
+# Reads alone and beside writes, the same readers (segment `reads`, branch `reads`, 2026-11-30;
+# the host busy with two other helpers' builds, load average 4.7-7.1, so the coordinator had about
+# one core: compare within a pair, not with the quiet-host figures above).
+#   SEGMENTS=reads SECONDS_PER_PHASE=10 PREFILL_MAX_S=120 tests/bench/api-load.sh DIR sqlite
+# DIR: main c567b54's coordinator or the branch's (account cache), each with the branch's
+# bf-apiload; two pairs, each run back to back. per_s (p99 ms); "wait": the mean time a read
+# waited for the model's lock and the share that waited over 1 ms (metric
+# model_read_wait_seconds, branch only):
+#                                  pair 1 (09:13, load 4.8-6.7)     pair 2 (09:25, load 5.4-7.1)
+#   phase (servers at start)       main           branch           main           branch          branch wait
+#   list 32 (100,000)              5565.4 (17.4)  6595.9 (20.0)    5847.5 (17.2)  5647.6 (19.0)    649 us, 13.7%
+#   list 32 + 32 creators          3406.2 (35.2)  4266.2 (52.0)    4332.6 (22.7)  3781.1 (39.2)   1787 us, 33.2%
+#     creates/s                    1037.3          946.8           1450.4         1139.1
+#   list 32 + creators at 1000/s   3632.8 (33.8)  3302.3 (113.3)   4373.4 (29.0)  3439.0 (49.4)   1960 us, 24.6%
+#     creates/s                     800.5          628.6            934.0          783.7
+#   list 32 again (~118,000)       4105.7 (31.3)  4652.5 (38.4)    5270.6 (21.0)  4486.9 (31.2)   1101 us, 16.1%
+#   show 32                        6530.3 (21.3)  7515.9 (38.1)    6925.8 (15.9)  9643.9 (17.7)    266 us,  2.4%
+#   show 32 + creators at 1000/s   5240.6 (25.6)  8238.7 (34.5)    7418.6 (21.9) 11832.7 (14.5)    264 us,  5.1%
+# The account cache: shows +15% and +39% alone, +57% and +59% beside writes (a show is cheap, so
+# the store lookup it saved was a large part of it); lists within the noise. Reads beside writes:
+# lists lose 25-40% of their rate beside 32 creators whether these run flat out or at 1000/s (on
+# this loaded host 1000/s is most of what they can do: the write load is CPU, not IO), and wait
+# about 1.2 ms more for the model's lock (the lock is not held across IO: writers hold it while
+# they change the model; readers also queue behind each other, 0.65 ms alone). A profile (perf,
+# mixed phase) puts 35% of the coordinator's CPU in the list handler's JSON (each summary made a
+# serde_json::Value, then the Vec of them converted again), 6% in page_servers under the lock,
+# 6% in SQLite commits, 1-2% in creates' work under the lock.
+#
+# The same segment after merging main 9a6a0fd (group commit everywhere, typed API views) into
+# this branch, 10:09-10:11 UTC, load average 3.4-4.5, against c567b54 back to back:
+#   phase (servers at start)       c567b54         branch + main    branch wait
+#   list 32 (100,000)               6510.5 (11.6)  12024.5 (6.3)    2037 us, 87.6%
+#   list 32 + 32 creators           4742.6 (14.7)   7674.3 (11.4)   2664 us, 82.9%
+#     creates/s                     1972.9          2740.3
+#   list 32 + creators at 1000/s    4618.0 (20.0)   9633.9 (10.0)   2351 us, 85.1%
+#     creates/s                      977.8           999.7
+#   list 32 again (~130,000)        7657.4 (11.6)  12330.4 (5.3)    2128 us, 96.6%
+#   show 32                        11668.0 (6.4)   34649.9 (2.2)     151 us,  2.5%
+#   show 32 + creators at 1000/s    9037.9 (9.6)   29257.4 (3.4)     220 us,  5.3%
+# Lists are now bound by the model's lock: 32 readers queue behind each other (2.0 ms of a
+# 2.6 ms median), and writers add 0.3-0.6 ms to that wait; paced writers (1000/s, IO-bound here)
+# cost lists 20% of their rate and p99 6.3 -> 10.0 ms. The next step for "reads never slower
+# under writes" is readers that do not exclude each other (an RwLock, or a snapshot of the
+# server index and records that lists read without the model's lock).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${1:-$ROOT/target/release}
@@ -71,6 +123,11 @@ SECS=${SECONDS_PER_PHASE:-10}
 TOTAL=${PREFILL_TOTAL:-100000}
 PREFILL_MAX_S=${PREFILL_MAX_S:-300}
 CLIENTS=${CLIENTS:-64}
+SEGMENTS=${SEGMENTS:-create small big reads}
+READERS=${READERS:-32}
+WRITERS=${WRITERS:-32}
+WRITE_RATE=${WRITE_RATE:-1000}
+runs() { [[ " $SEGMENTS " == *" $1 "* ]]; }
 case "$BACKEND" in sqlite | postgres) ;; *)
     echo "usage: $0 [bin_dir] [sqlite|postgres]" >&2
     exit 64
@@ -155,6 +212,16 @@ CONF
     NO_COLOR=1 RUST_LOG=info "$BIN/backfill-coordinator" run --config "$WORK/coordinator.toml" >"$log" 2>&1 &
     COORD_PID=$!
     API=$(log_value "$log" "API listening" api_addr)
+    ADMIN=$(log_value "$log" "admin listening" admin_addr)
+}
+# How long reads waited for the model's lock so far (the coordinator's histogram
+# model_read_wait_seconds): "SUM COUNT COUNT_OVER_1MS", or "" from a coordinator without it.
+read_wait() {
+    curl -sf "http://$ADMIN/metrics" 2>/dev/null | awk '
+        /^backfill_coordinator_model_read_wait_seconds_sum/ { s = $2 }
+        /^backfill_coordinator_model_read_wait_seconds_count/ { c = $2 }
+        /^backfill_coordinator_model_read_wait_seconds_bucket\{le="0\.00102/ { b = $2 }
+        END { if (c != "") print s, c, c - b }' || true
 }
 stop_coordinator() {
     if [ -n "${COORD_PID:-}" ]; then
@@ -166,28 +233,50 @@ stop_coordinator() {
 phase() { # LABEL PHASE ARGS...
     local label=$1
     shift
-    local line
+    local line before after
+    before=$(read_wait)
     line=$("$BIN/bf-apiload" --api "https://$API" --ca "$P/ca.pem" --cert "$P/bench.pem" \
         --key "$P/bench.key" "$@")
+    after=$(read_wait)
     echo "$label $line"
-    printf '{"label": "%s", "load": "%s", "result": %s}\n' "$label" \
-        "$(cut -d' ' -f1-3 /proc/loadavg)" "$line" >>"$RESULTS"
+    printf '{"label": "%s", "load": "%s", "wait": "%s/%s", "result": %s}\n' "$label" \
+        "$(cut -d' ' -f1-3 /proc/loadavg)" "$before" "$after" "$line" >>"$RESULTS"
 }
 
 echo "api-load: $BACKEND; $SECS s per phase; prefill to $TOTAL (at most $PREFILL_MAX_S s);" \
     "binaries: $BIN; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-for n in 1 16 "$CLIENTS"; do
+if runs create; then
+    for n in 1 16 "$CLIENTS"; do
+        fresh
+        phase "create-$n" create --clients "$n" --seconds "$SECS"
+    done
+fi
+if runs small; then
     fresh
-    phase "create-$n" create --clients "$n" --seconds "$SECS"
-done
-fresh
-phase "prefill-100" prefill --total 100
-phase "list-$CLIENTS@100" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
-fresh
-phase "prefill-$TOTAL" prefill --total "$TOTAL" --max-seconds "$PREFILL_MAX_S"
-phase "list-$CLIENTS@big" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
-phase "create-$CLIENTS@big" create --clients "$CLIENTS" --seconds "$SECS"
-phase "mixed-$CLIENTS@big" mixed --clients "$CLIENTS" --seconds "$SECS" --limit 20
+    phase "prefill-100" prefill --total 100
+    phase "list-$CLIENTS@100" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
+fi
+if runs big || runs reads; then
+    fresh
+    phase "prefill-$TOTAL" prefill --total "$TOTAL" --max-seconds "$PREFILL_MAX_S"
+fi
+if runs big; then
+    phase "list-$CLIENTS@big" list --clients "$CLIENTS" --seconds "$SECS" --limit 20
+    phase "create-$CLIENTS@big" create --clients "$CLIENTS" --seconds "$SECS"
+    phase "mixed-$CLIENTS@big" mixed --clients "$CLIENTS" --seconds "$SECS" --limit 20
+fi
+if runs reads; then
+    R=$READERS
+    W=$WRITERS
+    phase "list-$R" list --clients "$R" --seconds "$SECS" --limit 20
+    phase "list-$R+create-$W" mixed --readers "$R" --writers "$W" --seconds "$SECS" --limit 20
+    phase "list-$R+create@$WRITE_RATE" mixed --readers "$R" --writers "$W" \
+        --write-rate "$WRITE_RATE" --seconds "$SECS" --limit 20
+    phase "list-$R-again" list --clients "$R" --seconds "$SECS" --limit 20
+    phase "show-$R" list --read show --clients "$R" --seconds "$SECS"
+    phase "show-$R+create@$WRITE_RATE" mixed --read show --readers "$R" --writers "$W" \
+        --write-rate "$WRITE_RATE" --seconds "$SECS"
+fi
 stop_coordinator
 
 python3 - "$RESULTS" "$BACKEND" <<'PY'
@@ -195,7 +284,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\nsummary ({sys.argv[2]}):")
 head = ("phase", "servers", "clients", "per_s", "p50_ms", "p99_ms", "errors", "note", "load")
-fmt = "{:<18} {:>8} {:>7} {:>9} {:>8} {:>9} {:>6}  {:<34} {}"
+fmt = "{:<22} {:>8} {:>7} {:>9} {:>8} {:>9} {:>6}  {:<70} {}"
 print(fmt.format(*head))
 for row in rows:
     r = row["result"]
@@ -213,6 +302,13 @@ for row in rows:
         per_s, p50, p99 = r["creates_per_s"], "", ""
         note = (f"{r['created']} in {r['seconds']} s, now {r['after']}"
                 + ("" if r["reached"] else " (target not reached)"))
+    # The model lock waits of the phase's reads: mean, and the share over 1 ms.
+    before, _, after = row.get("wait", "/").partition("/")
+    if before and after and p in ("list", "mixed"):
+        (s0, c0, o0), (s1, c1, o1) = ([float(x) for x in w.split()] for w in (before, after))
+        n = max(c1 - c0, 1)
+        note = (note + "; " if note else "") + (
+            f"lock wait mean {(s1 - s0) / n * 1e6:.0f} us, {(o1 - o0) / n * 100:.1f}% > 1 ms")
     servers = r.get("servers_at_start", r.get("before", ""))
     print(fmt.format(row["label"], servers, r["clients"], per_s, p50, p99, r["errors"], note,
                      row["load"]))

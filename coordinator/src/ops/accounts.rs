@@ -7,11 +7,20 @@ use crate::state::quota::{InUse, in_use};
 
 impl Coordinator {
     /// The caller's account. Accounts are created by the operator; an unknown name is refused.
+    /// Served from memory once read (`crate::state::account_cache`): a request does not wait
+    /// for a store connection.
     pub async fn account(&self, name: &str) -> Result<Account, OpError> {
-        self.store
+        if let Some(a) = self.accounts.get(name) {
+            return Ok(a);
+        }
+        let generation = self.accounts.generation();
+        let a = self
+            .store
             .account(name)
             .await?
-            .ok_or_else(|| OpError::NoAccount(name.to_owned()))
+            .ok_or_else(|| OpError::NoAccount(name.to_owned()))?;
+        self.accounts.fill(&a, generation);
+        Ok(a)
     }
 
     pub async fn accounts(&self) -> Result<Vec<(Account, InUse)>, OpError> {
@@ -38,10 +47,12 @@ impl Coordinator {
         backfill: bool,
         quota: Quota,
     ) -> Result<Account, OpError> {
-        self.store
+        let created = self
+            .store
             .create_account(name, backfill, quota, self.clock.now())
-            .await?
-            .ok_or_else(|| OpError::Exists(format!("account {name:?} exists already")))
+            .await;
+        self.accounts.invalidate(name);
+        created?.ok_or_else(|| OpError::Exists(format!("account {name:?} exists already")))
     }
 
     pub async fn update_account(
@@ -49,10 +60,9 @@ impl Coordinator {
         name: &str,
         change: AccountChange,
     ) -> Result<Account, OpError> {
-        self.store
-            .update_account(name, change)
-            .await?
-            .ok_or_else(|| OpError::NoAccount(name.to_owned()))
+        let updated = self.store.update_account(name, change).await;
+        self.accounts.invalidate(name);
+        updated?.ok_or_else(|| OpError::NoAccount(name.to_owned()))
     }
 
     /// Deletes an account that owns no servers.
@@ -64,7 +74,9 @@ impl Coordinator {
                 "account {name:?} still owns {owned} servers; delete them first"
             )));
         }
-        if !self.store.delete_account(name).await? {
+        let deleted = self.store.delete_account(name).await;
+        self.accounts.invalidate(name);
+        if !deleted? {
             return Err(OpError::NoAccount(name.to_owned()));
         }
         Ok(())

@@ -13,6 +13,7 @@ use crate::store::{Store, StoreError};
 use backfill_shared::protocol::DesiredState;
 
 mod commit;
+mod read;
 use backfill_shared::{
     Clock, HostId, PerfFactor, ServerClass, ServerId, ServerStatus, WorkerState, Workload,
 };
@@ -111,6 +112,8 @@ pub struct Coordinator {
     pub(crate) committer: crate::state::committer::Committer,
     /// `[drives]`: storage quota and library drives.
     pub(crate) drive_config: crate::domain::library::DrivesConfig,
+    /// The accounts API requests look up (see `crate::state::account_cache`).
+    pub(crate) accounts: crate::state::account_cache::AccountCache,
     /// Serializes webhook registrations (a per-account count, then an insert); webhooks are
     /// not model state, so the model's lock is not held across their store calls.
     pub(crate) webhook_writes: Mutex<()>,
@@ -176,6 +179,7 @@ impl Coordinator {
             webhooks: crate::state::settings::WebhookConfig::default(),
             access: crate::state::access::DriverAccess::default(),
             drive_config: crate::domain::library::DrivesConfig::default(),
+            accounts: Default::default(),
             webhook_writes: Mutex::new(()),
             next_conn: AtomicU64::new(1),
         })
@@ -387,7 +391,7 @@ impl Coordinator {
         scope: Scope,
         query: &crate::state::server_index::ServerQuery,
     ) -> (usize, Vec<ServerRecord>) {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let (total, ids) =
             model
                 .index()
@@ -406,7 +410,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         model
             .servers
             .get(&id)
@@ -421,7 +425,7 @@ impl Coordinator {
         scope: Scope,
         id: ServerId,
     ) -> Result<ServerRecord, OpError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         visible(&model, owner, scope, id).map(|s| model.as_seen(s))
     }
 

@@ -30,12 +30,9 @@ pub fn check_attachments(
             "a server has at most {MAX_ATTACHED} drives"
         )));
     }
-    // Most servers have no drives: nothing to check, and no walk over every server's drives
-    // (`mounts`), which made each create cost O(servers).
     if drives.is_empty() {
         return Ok(drives);
     }
-    let mounts = mounts(model);
     let mut seen = BTreeSet::new();
     let mut orders = BTreeSet::new();
     let mut host: Option<&HostId> = None;
@@ -50,9 +47,11 @@ pub fn check_attachments(
         {
             return Err(invalid(format!("boot_order {b} is given to two drives")));
         }
-        if let Some(other) = mounts
-            .get(&a.drive)
-            .and_then(|m| m.iter().find(|s| Some(**s) != server))
+        if let Some(other) = model
+            .mounts()
+            .of(a.drive)
+            .iter()
+            .find(|s| Some(**s) != server)
         {
             return Err(OpError::Conflict(format!(
                 "drive {} is attached to server {other}; detach it there first",
@@ -165,15 +164,22 @@ pub fn same_attachments(a: &[DriveAttachment], b: &[DriveAttachment]) -> bool {
         })
 }
 
-/// Servers each drive is attached to.
-pub(crate) fn mounts(model: &Model) -> BTreeMap<DriveId, Vec<ServerId>> {
-    let mut out: BTreeMap<DriveId, Vec<ServerId>> = BTreeMap::new();
-    for s in model.servers.values() {
-        for a in &s.drives {
-            out.entry(a.drive).or_default().push(s.uuid);
-        }
+/// Servers each drive is attached to: a borrow of the model's index (kept as servers change:
+/// no walk over the fleet).
+pub(crate) fn mounts(model: &Model) -> Mounts<'_> {
+    Mounts(model.mounts().all())
+}
+
+/// The model's drive -> servers index, as [`mounts`] lends it (a drive view takes it as the
+/// map it derefs to).
+pub(crate) struct Mounts<'m>(&'m BTreeMap<DriveId, Vec<ServerId>>);
+
+impl std::ops::Deref for Mounts<'_> {
+    type Target = BTreeMap<DriveId, Vec<ServerId>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
     }
-    out
 }
 
 /// The tenant's drive `id` (a deleted one or another tenant's is "not found").

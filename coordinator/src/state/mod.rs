@@ -4,10 +4,12 @@
 
 pub mod accel;
 pub mod access;
+pub mod account_cache;
 pub mod committer;
 #[cfg(test)]
 mod committer_tests;
 pub mod coordinator;
+pub mod drive_mounts;
 pub mod drive_move;
 pub mod drive_moves;
 pub mod drive_rules;

@@ -94,6 +94,8 @@ pub struct Model {
     pub kept: BTreeMap<HostId, std::collections::BTreeSet<ServerId>>,
     /// Servers in creation order, for lists that cost what their page holds.
     index: crate::state::server_index::ServerIndex,
+    /// The servers each drive is attached to, kept as servers change.
+    mounts: crate::state::drive_mounts::DriveMounts,
     /// The committer's epoch this model was made at (see `crate::state::committer`).
     pub epoch: u64,
     /// Every drive, deleted ones until their host reports them gone.
@@ -220,13 +222,20 @@ impl Model {
         &self.index
     }
 
+    /// The servers each drive is attached to, kept as servers change.
+    pub fn mounts(&self) -> &crate::state::drive_mounts::DriveMounts {
+        &self.mounts
+    }
+
     /// Stores a server record in the model and mirrors it into the scheduler's view.
     pub fn put_server(&mut self, s: ServerRecord, now: i64) {
         let id = s.uuid;
         if let Some(old) = self.servers.get(&id) {
             self.index.remove(old);
+            self.mounts.remove(old);
         }
         self.index.add(&s);
+        self.mounts.add(&s);
         let mut spec = spec_of(&s);
         spec.needs.host = self.drive_host(&s);
         self.cluster.add_server(spec);
@@ -307,6 +316,7 @@ impl Model {
     pub fn remove_server(&mut self, id: ServerId) {
         if let Some(old) = self.servers.get(&id) {
             self.index.remove(old);
+            self.mounts.remove(old);
         }
         self.unkeep(id);
         let _ = self.cluster.remove_server(id);

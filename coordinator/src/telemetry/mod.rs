@@ -60,6 +60,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Changes per group commit (one transaction, one fsync).
     pub commit_batches: Histogram,
+    /// How long API reads (server lists and shows) waited for the model's lock.
+    pub read_wait_seconds: Histogram,
     pub(crate) hosts: Family<State_, Gauge>,
     pub(crate) servers: Family<ClassStatus, Gauge>,
     pub(crate) queue_length: Gauge,
@@ -85,6 +87,8 @@ impl Default for Metrics {
             plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 12)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 3.0, 12)),
             commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            // 1 µs to ~4 s.
+            read_wait_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
             hosts: Family::default(),
             servers: Family::default(),
             queue_length: Gauge::default(),
@@ -152,6 +156,11 @@ impl Default for Metrics {
             "store_commit_batch_size",
             "Changes written by one group commit (one transaction)",
             m.commit_batches.clone(),
+        );
+        registry.register(
+            "model_read_wait_seconds",
+            "Time an API read (a server list or show) waited for the model's lock",
+            m.read_wait_seconds.clone(),
         );
         registry.register("hosts", "Hosts by worker state", m.hosts.clone());
         registry.register("servers", "Servers by class and status", m.servers.clone());

@@ -10,12 +10,22 @@
 //!                                     brings the account to T bservers in batches of 100
 //!                                     (C requests in flight, 4 by default); stops after M s
 //!                                     (default: no limit) and reports how far it got
-//!   list    --clients N --seconds S [--limit L]
-//!                                     N clients GET /api/2.0/bservers/?limit=L (20): reads/s
-//!   mixed   --clients N --seconds S [--limit L]
-//!                                     N/2 list readers and N/2 creators at once: reads/s and
-//!                                     read p99 under write load, creates/s
+//!   list    --clients N --seconds S [--limit L] [--read list|show]
+//!                                     N clients GET /api/2.0/bservers/?limit=L (20): reads/s;
+//!                                     with `--read show`, each GETs one server of the first
+//!                                     page of 100 in turn (/api/2.0/bservers/UUID/)
+//!   mixed   --clients N --seconds S [--limit L] [--read list|show]
+//!           [--readers R --writers W] [--write-rate C]
+//!                                     R readers (N/2) and W creators (N - R) at once: reads/s
+//!                                     and read p99 under write load, creates/s; with
+//!                                     --write-rate the creators together start at most C
+//!                                     creates/s (each on its own schedule, missed starts
+//!                                     skipped), a write load that waits on IO rather than
+//!                                     saturating the CPU
 //! ```
+//!
+//! A fair "reads under writes" comparison keeps the readers the same: `list --clients R`, then
+//! `mixed --readers R --writers W` (see `tests/bench/api-load.sh`, segment `reads`).
 //!
 //! Each client is its own HTTP/1.1 connection (its own reqwest client), opened before the clock
 //! starts. A create is the smallest valid bserver: a name, `cpu` 100 MHz and the minimum `mem`
@@ -47,10 +57,25 @@ struct Options {
     total: u64,
     limit: u32,
     max_seconds: Option<f64>,
+    read: Read,
+    readers: Option<usize>,
+    writers: Option<usize>,
+    /// Creates/s all creators together start at most (mixed); `None`: back to back.
+    write_rate: Option<f64>,
+}
+
+/// What a reader GETs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// A page of the account's bservers (`?limit=L`).
+    List,
+    /// One bserver (`/bservers/UUID/`), one of the first 100 in turn.
+    Show,
 }
 
 const USAGE: &str = "usage: bf-apiload --api URL --ca PEM --cert PEM --key PEM \
-     create|list|mixed --clients N --seconds S [--limit L] | prefill --total T [--clients C] [--max-seconds M]";
+     create|list|mixed --clients N --seconds S [--limit L] [--read list|show] \
+     [--readers R --writers W] [--write-rate C] | prefill --total T [--clients C] [--max-seconds M]";
 
 fn parse_args(args: &[String]) -> Result<Options, Error> {
     let mut api = None;
@@ -61,6 +86,8 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
     let mut total = None;
     let mut limit = 20;
     let mut max_seconds = None;
+    let mut read = Read::List;
+    let (mut readers, mut writers, mut write_rate) = (None, None, None);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if !a.starts_with("--") {
@@ -89,6 +116,16 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
             "--total" => total = Some(num("--total")? as u64),
             "--limit" => limit = num("--limit")? as u32,
             "--max-seconds" => max_seconds = Some(num("--max-seconds")?),
+            "--readers" => readers = Some(num("--readers")? as usize),
+            "--writers" => writers = Some(num("--writers")? as usize),
+            "--write-rate" => write_rate = Some(num("--write-rate")?).filter(|r| *r > 0.0),
+            "--read" => {
+                read = match value.as_str() {
+                    "list" => Read::List,
+                    "show" => Read::Show,
+                    _ => return Err(format!("--read is list or show, not {value:?}").into()),
+                }
+            }
             _ => return Err(format!("unknown option {a}\n{USAGE}").into()),
         }
     }
@@ -97,15 +134,32 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
     if !["create", "prefill", "list", "mixed"].contains(&phase.as_str()) {
         return Err(format!("unknown phase {phase:?}\n{USAGE}").into());
     }
+    if phase == "mixed" {
+        // Readers and writers given: the clients are their sum; else half and half.
+        let n = clients.unwrap_or(readers.unwrap_or(0) + writers.unwrap_or(0));
+        let r = readers.unwrap_or(n / 2);
+        let w = writers.unwrap_or(n.saturating_sub(r));
+        if r == 0 || w == 0 {
+            return Err(
+                "mixed needs at least one reader and one writer (--clients 2 or more, or \
+                 --readers R --writers W)"
+                    .into(),
+            );
+        }
+        if clients.is_some_and(|n| n != r + w) {
+            return Err(format!("--clients {n} is not --readers {r} + --writers {w}").into());
+        }
+        (readers, writers) = (Some(r), Some(w));
+    } else if readers.is_some() || writers.is_some() || write_rate.is_some() {
+        return Err("--readers, --writers and --write-rate are for mixed".into());
+    }
     let clients = match (phase.as_str(), clients) {
         (_, Some(0)) => return Err("--clients must be at least 1".into()),
         (_, Some(n)) => n,
         ("prefill", None) => 4,
+        ("mixed", None) => readers.unwrap_or(0) + writers.unwrap_or(0),
         (_, None) => return Err(format!("{phase} needs --clients").into()),
     };
-    if phase == "mixed" && clients < 2 {
-        return Err("mixed needs --clients 2 or more (half read, half write)".into());
-    }
     if phase == "prefill" && total.is_none() {
         return Err("prefill needs --total".into());
     }
@@ -122,6 +176,10 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
         total: total.unwrap_or(0),
         limit,
         max_seconds,
+        read,
+        readers,
+        writers,
+        write_rate,
     })
 }
 
@@ -219,9 +277,24 @@ enum Kind {
 struct Target {
     api: String,
     limit: u32,
+    read: Read,
+    /// Servers `--read show` GETs in turn.
+    shown: Vec<String>,
+    /// Seconds between one creator's starts (`--write-rate`), if paced.
+    write_every: Option<f64>,
 }
 
 impl Target {
+    fn read_url(&self, n: u64) -> String {
+        match self.read {
+            Read::List => self.list_url(),
+            Read::Show => {
+                let i = usize::try_from(n).unwrap_or(0) % self.shown.len().max(1);
+                let id = self.shown.get(i).map_or("", String::as_str);
+                format!("{}/api/2.0/bservers/{id}/", self.api)
+            }
+        }
+    }
     fn collection(&self) -> String {
         format!("{}/api/2.0/bservers/", self.api)
     }
@@ -254,14 +327,29 @@ async fn run_client(
     stop: Arc<AtomicBool>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let (collection, list) = (t.collection(), t.list_url());
+    let collection = t.collection();
     start.wait().await;
+    // A paced creator starts on its own schedule, the creators' schedules spread over one
+    // period, and skips the starts it missed (the rate is what was done, not what was asked).
+    let mut pace = t.write_every.filter(|_| kind == Kind::Create).map(|every| {
+        let every = Duration::from_secs_f64(every.max(1e-6));
+        let offset = every.mul_f64((id % 1000) as f64 / 1000.0);
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        i
+    });
     let mut seq: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
         let began = Instant::now();
+        seq += 1;
         let ok = match kind {
             Kind::Create => {
-                seq += 1;
                 let body = json!({"objects": [{
                     "name": format!("load-{id}-{seq}"),
                     "cpu": 100,
@@ -269,7 +357,10 @@ async fn run_client(
                 }]});
                 request(c.post(&collection).json(&body), 201, "create").await
             }
-            Kind::List => request(c.get(&list), 200, "list").await,
+            Kind::List => {
+                let url = t.read_url(seq.wrapping_add(id as u64));
+                request(c.get(&url), 200, "read").await
+            }
         };
         if ok {
             tally.ok += 1;
@@ -339,6 +430,31 @@ async fn count(c: &reqwest::Client, t: &Target) -> Result<u64, Error> {
     v["meta"]["total_count"]
         .as_u64()
         .ok_or_else(|| format!("no meta.total_count in {v}").into())
+}
+
+/// The ids of the account's first (up to) 100 bservers, for `--read show`.
+async fn first_ids(c: &reqwest::Client, t: &Target) -> Result<Vec<String>, Error> {
+    let r = c
+        .get(format!("{}/api/2.0/bservers/?limit=100", t.api))
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        return Err(format!("listing bservers: {status}: {v}").into());
+    }
+    let ids: Vec<String> = v["objects"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["uuid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Err("--read show needs bservers to show: prefill first".into());
+    }
+    Ok(ids)
 }
 
 /// Batch creates until the account holds `o.total` bservers (or `o.max_seconds` pass).
@@ -422,11 +538,32 @@ async fn run(o: Options) -> Result<Value, Error> {
     let t = Arc::new(Target {
         api: o.api.clone(),
         limit: o.limit,
+        read: Read::List,
+        shown: Vec::new(),
+        write_every: None,
     });
     if o.phase == "prefill" {
         return prefill(&o, &t).await;
     }
-    let at_start = count(&client(&o.tls)?, &t).await?;
+    let c = client(&o.tls)?;
+    let at_start = count(&c, &t).await?;
+    let mut target = Target {
+        api: o.api.clone(),
+        limit: o.limit,
+        read: o.read,
+        shown: Vec::new(),
+        write_every: o
+            .write_rate
+            .map(|r| o.writers.unwrap_or(1) as f64 / r.max(1e-9)),
+    };
+    if o.read == Read::Show {
+        target.shown = first_ids(&c, &t).await?;
+    }
+    let t = Arc::new(target);
+    let read = match o.read {
+        Read::List => "list",
+        Read::Show => "show",
+    };
     let out = match o.phase.as_str() {
         "create" => {
             let (mut w, _, s) = timed(&o, &t, &vec![Kind::Create; o.clients]).await?;
@@ -440,20 +577,21 @@ async fn run(o: Options) -> Result<Value, Error> {
         "list" => {
             let (_, mut r, s) = timed(&o, &t, &vec![Kind::List; o.clients]).await?;
             json!({
-                "phase": "list", "clients": o.clients, "limit": o.limit,
+                "phase": "list", "clients": o.clients, "limit": o.limit, "read": read,
                 "servers_at_start": at_start, "seconds": (s * 10.0).round() / 10.0,
                 "reads": r.ok, "reads_per_s": rate(r.ok, s), "errors": r.errors,
                 "p50_ms": r.latency.ms(0.5), "p99_ms": r.latency.ms(0.99),
             })
         }
         "mixed" => {
-            let readers = o.clients / 2;
+            let readers = o.readers.unwrap_or(o.clients / 2);
+            let writers = o.writers.unwrap_or(o.clients - readers);
             let mut kinds = vec![Kind::List; readers];
-            kinds.extend(vec![Kind::Create; o.clients - readers]);
+            kinds.extend(vec![Kind::Create; writers]);
             let (mut w, mut r, s) = timed(&o, &t, &kinds).await?;
             json!({
-                "phase": "mixed", "clients": o.clients, "readers": readers,
-                "writers": o.clients - readers, "limit": o.limit,
+                "phase": "mixed", "clients": readers + writers, "readers": readers,
+                "writers": writers, "write_rate": o.write_rate, "limit": o.limit, "read": read,
                 "servers_at_start": at_start, "seconds": (s * 10.0).round() / 10.0,
                 "reads": r.ok, "reads_per_s": rate(r.ok, s),
                 "read_p50_ms": r.latency.ms(0.5), "read_p99_ms": r.latency.ms(0.99),
