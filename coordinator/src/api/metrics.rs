@@ -19,7 +19,7 @@ impl Coordinator {
     pub async fn metrics_text(&self) -> String {
         let now = self.clock.now();
         {
-            let model = self.lock_model().await;
+            let model = self.read_model().await;
             let m = &self.metrics;
             m.hosts.clear();
             m.servers.clear();

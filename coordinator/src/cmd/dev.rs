@@ -300,7 +300,7 @@ async fn drivers_line(
     coordinator: &crate::state::coordinator::Coordinator,
     host: &HostId,
 ) -> String {
-    let model = coordinator.model.lock().await;
+    let model = coordinator.read_model().await;
     let Some(d) = model.hosts.get(host).map(|h| &h.record.inventory.drivers) else {
         return "drivers: unknown (the agent has not reported)".into();
     };

@@ -280,7 +280,7 @@ impl Coordinator {
     /// workload does; the coordinator does not stop them for it).
     async fn refresh_gpus(
         &self,
-        model: &mut tokio::sync::MutexGuard<'_, crate::state::model::Model>,
+        model: &mut tokio::sync::RwLockWriteGuard<'_, crate::state::model::Model>,
         host: &HostId,
         report: &Report,
         writes: &mut Vec<crate::state::committer::Durable>,

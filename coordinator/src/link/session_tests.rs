@@ -416,7 +416,7 @@ async fn starting_applies_the_schedulers_own_plan_and_records_what_it_did() {
             .uuid;
     let now = f.c.clock.now();
     let (expected, plan) = {
-        let model = f.c.model.lock().await;
+        let model = f.c.model.read().await;
         let mut cluster = model.cluster.clone();
         let policy = crate::policy::scheduler::Policy {
             strategy: f.c.settings.strategy,
@@ -436,7 +436,7 @@ async fn starting_applies_the_schedulers_own_plan_and_records_what_it_did() {
     };
     assert!(touched > 0, "the plan must change backfill: {plan:?}");
     f.c.start(&f.tenant, Scope::Servers, id).await.unwrap();
-    let model = f.c.model.lock().await;
+    let model = f.c.model.read().await;
     for sid in backfill.iter().chain(std::iter::once(&id)) {
         assert_eq!(
             model.cluster.placed(*sid),
@@ -479,7 +479,7 @@ async fn an_acknowledged_termination_ends_the_server_early_and_durably() {
     assert_eq!(status(&f, id).await, ServerStatus::Running);
 
     {
-        let mut model = f.c.model.lock().await;
+        let mut model = f.c.model.write().await;
         let mut s = model.servers[&id].clone();
         s.termination = Some(backfill_shared::Termination {
             scheduled_at: 1_000,

@@ -61,7 +61,7 @@ fn new_uuid() -> String {
 
 impl Coordinator {
     pub async fn device_profiles(&self) -> Result<Vec<DeviceProfile>, AccelError> {
-        Ok(self.lock_model().await.accel.profiles.clone())
+        Ok(self.read_model().await.accel.profiles.clone())
     }
 
     /// A profile by uuid or (when `by_name`) by name.
@@ -84,7 +84,7 @@ impl Coordinator {
     /// once it is durable, the model's lock released before that.
     async fn commit_accel(
         &self,
-        mut model: tokio::sync::MutexGuard<'_, Model>,
+        mut model: tokio::sync::RwLockWriteGuard<'_, Model>,
         batch: crate::store::WriteBatch,
     ) -> Result<(), AccelError> {
         let durable = self.commit_batch(&mut model, batch, &[]).await?;
@@ -225,7 +225,7 @@ impl Coordinator {
         owner: Option<&str>,
         filter: &ArqFilter,
     ) -> Result<Vec<Arq>, AccelError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let all: Vec<Arq> = model
             .accel
             .arqs()

@@ -25,7 +25,7 @@ impl Coordinator {
 
     pub async fn accounts(&self) -> Result<Vec<(Account, InUse)>, OpError> {
         let list = self.store.accounts().await?;
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         Ok(list
             .into_iter()
             .map(|a| {
@@ -37,7 +37,7 @@ impl Coordinator {
 
     pub async fn account_in_use(&self, name: &str) -> Result<(Account, InUse), OpError> {
         let a = self.account(name).await?;
-        let u = in_use(&*self.lock_model().await, name);
+        let u = in_use(&*self.read_model().await, name);
         Ok((a, u))
     }
 
@@ -87,7 +87,7 @@ impl Coordinator {
     pub async fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, OpError> {
         let mut rows = self.store.usage(filter).await?;
         let now = self.clock.now();
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let open = model.servers.values().filter(|s| {
             filter.account.as_ref().is_none_or(|a| *a == s.owner) && s.metered_until.is_some()
         });

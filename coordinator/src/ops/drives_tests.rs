@@ -125,7 +125,7 @@ async fn drives_are_ordered_reported_pinned_and_kept_apart() {
     let _h2 = f.c.register_agent(&big).await.unwrap();
     let started = f.c.start(&f.tenant, Scope::BServers, s.uuid).await.unwrap();
     assert_eq!(started.host, Some(h1.clone()));
-    let desired = f.c.model.lock().await.desired_state(&h1);
+    let desired = f.c.model.read().await.desired_state(&h1);
     let w = desired.servers[0].workload.clone().unwrap();
     assert_eq!(w.vm.unwrap().drives, vec![attach(id)]);
     // Running: the drive is neither deleted nor grown nor cloned.
@@ -188,13 +188,13 @@ async fn drives_are_ordered_reported_pinned_and_kept_apart() {
     assert_eq!(o.delete, vec![id]);
     f.c.apply_drive_report(&h1, ready(&[id])).await.unwrap();
     assert!(
-        f.c.model.lock().await.drives.contains_key(&id),
+        f.c.model.read().await.drives.contains_key(&id),
         "still on the host"
     );
     f.c.apply_drive_report(&h1, DriveReport::default())
         .await
         .unwrap();
-    assert!(!f.c.model.lock().await.drives.contains_key(&id));
+    assert!(!f.c.model.read().await.drives.contains_key(&id));
     assert!(f.c.store.drives().await.unwrap().is_empty());
 
     // A host that cannot make a drive fails it, with the reason.

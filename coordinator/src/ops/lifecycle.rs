@@ -7,7 +7,7 @@ use crate::domain::server::ServerRecord;
 use crate::state::coordinator::{Coordinator, OpError, Scope, visible};
 use crate::state::model::Model;
 use backfill_shared::{HostId, ServerId, ServerStatus};
-use tokio::sync::MutexGuard;
+use tokio::sync::RwLockWriteGuard;
 
 fn connected(model: &Model, s: &ServerRecord) -> bool {
     s.host
@@ -80,7 +80,7 @@ impl Coordinator {
     /// Graceful shutdowns whose grace period ended with the workload still there.
     pub(crate) async fn expire_shutdowns(
         &self,
-        model: &mut MutexGuard<'_, Model>,
+        model: &mut RwLockWriteGuard<'_, Model>,
         now: i64,
         writes: &mut Vec<crate::state::committer::Durable>,
     ) -> Result<(), OpError> {

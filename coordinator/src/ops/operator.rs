@@ -12,7 +12,7 @@ use backfill_shared::{
     HostId, IdleBehavior, PerfFactor, Resources, ServerClass, ServerId, ServerStatus, WorkerState,
 };
 use std::net::IpAddr;
-use tokio::sync::MutexGuard;
+use tokio::sync::RwLockWriteGuard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -152,7 +152,7 @@ impl Coordinator {
 
     /// Every host, sorted by id, with hosts being launched (not registered yet) among them.
     pub async fn hosts(&self) -> Vec<HostView> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let mut out: Vec<HostView> = model
             .hosts
             .keys()
@@ -240,7 +240,7 @@ impl Coordinator {
     /// the model already has the change, and commits land in order).
     async fn stop_all_on(
         &self,
-        model: &mut MutexGuard<'_, Model>,
+        model: &mut RwLockWriteGuard<'_, Model>,
         host: &HostId,
         audit: AuditEntry,
     ) -> Result<(usize, Durable), StoreError> {
@@ -471,7 +471,7 @@ pub struct QueueEntry {
 impl Coordinator {
     /// Servers waiting for or holding a host, in the scheduler's order: priority, then age.
     pub async fn queue(&self) -> Vec<QueueEntry> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let mut list: Vec<ServerRecord> = model
             .servers
             .values()
@@ -492,7 +492,7 @@ impl Coordinator {
     }
 
     pub async fn auto_mode(&self) -> bool {
-        self.lock_model().await.auto_mode
+        self.read_model().await.auto_mode
     }
 
     /// Turns auto mode on or off (stored, so it survives a restart).
@@ -523,7 +523,7 @@ impl Coordinator {
         Vec<crate::state::history::Sample>,
         Vec<crate::state::history::PreemptionEvent>,
     ) {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         (
             model.history.samples().copied().collect(),
             model.history.events().cloned().collect(),
@@ -532,7 +532,7 @@ impl Coordinator {
 
     /// Hosts with a connected agent.
     pub async fn connected_hosts(&self) -> usize {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         model.hosts.values().filter(|h| h.session.is_some()).count()
     }
 }

@@ -225,7 +225,7 @@ impl Coordinator {
 
     pub async fn pools_view(&self) -> Vec<PoolView> {
         let hosts = self.hosts().await;
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let failures = self
             .provision_log
             .lock()

@@ -15,7 +15,7 @@ use crate::state::coordinator::{Coordinator, OpError, Scope, visible};
 use crate::state::history::PreemptionEvent;
 use crate::state::model::Model;
 use backfill_shared::{HostId, PerfFactor, ServerId, ServerStatus, Termination};
-use tokio::sync::MutexGuard;
+use tokio::sync::RwLockWriteGuard;
 
 impl Coordinator {
     fn policy(&self) -> Policy {
@@ -113,7 +113,7 @@ impl Coordinator {
     /// servers are put back as they were, and the cluster with them.
     async fn apply_plan(
         &self,
-        model: &mut MutexGuard<'_, Model>,
+        model: &mut RwLockWriteGuard<'_, Model>,
         mut server: ServerRecord,
         plan: Plan,
     ) -> Result<(ServerRecord, Durable), OpError> {

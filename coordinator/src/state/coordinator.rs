@@ -20,7 +20,7 @@ use backfill_shared::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, RwLock, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -91,7 +91,9 @@ pub struct NewServer {
 #[derive(Debug)]
 pub struct Coordinator {
     pub(crate) store: Store,
-    pub(crate) model: Mutex<Model>,
+    /// The live model. Writes take it exclusively (`lock_model`) to change it, never across
+    /// store IO; reads share it (`read_model`), so readers do not wait for one another.
+    pub(crate) model: RwLock<Model>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: SchedulerSettings,
     pub(crate) billing: Billing,
@@ -165,7 +167,7 @@ impl Coordinator {
         Ok(Coordinator {
             committer,
             store,
-            model: Mutex::new(model),
+            model: RwLock::new(model),
             clock,
             settings,
             billing: Billing::default(),
@@ -247,7 +249,7 @@ impl Coordinator {
     }
 
     pub async fn flavors(&self) -> Arc<crate::domain::flavors::Flavors> {
-        self.lock_model().await.flavors.clone()
+        self.read_model().await.flavors.clone()
     }
 
     /// Prices and the metering interval (the defaults otherwise).
@@ -261,12 +263,11 @@ impl Coordinator {
     }
 
     pub async fn free_resources(&self) -> FreeResources {
-        self.lock_model().await.free_resources()
+        self.read_model().await.free_resources()
     }
 
     pub async fn host_connected(&self, host: &HostId) -> bool {
-        self.model
-            .lock()
+        self.read_model()
             .await
             .hosts
             .get(host)

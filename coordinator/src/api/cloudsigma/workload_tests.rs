@@ -42,7 +42,7 @@ async fn host(f: &Fx, name: &str, images: Option<&[&str]>) -> u64 {
     }
     let (conn, rx) = f.c.register_agent(&h).await.unwrap();
     std::mem::forget(rx); // keep the session's channel open
-    let g = f.c.model.lock().await.generation(&name.parse().unwrap());
+    let g = f.c.model.read().await.generation(&name.parse().unwrap());
     f.c.apply_report(&name.parse().unwrap(), conn, report(g, &[]))
         .await
         .unwrap();
@@ -110,16 +110,16 @@ async fn a_vm_lands_where_its_image_is_and_its_disk_stays_there_until_deleted() 
     let (code, v) = action(&f, id, "start").await;
     assert_eq!(code, 202, "{v}");
     let host_id: backfill_shared::HostId = "vm-host".parse().unwrap();
-    let placed = f.c.model.lock().await.servers[&id].host.clone();
+    let placed = f.c.model.read().await.servers[&id].host.clone();
     assert_eq!(placed, Some(host_id.clone()));
 
     let state = |f: &Fx| {
         let c = f.c.clone();
         let h = host_id.clone();
-        async move { c.model.lock().await.desired_state(&h) }
+        async move { c.model.read().await.desired_state(&h) }
     };
-    let incarnation = f.c.model.lock().await.servers[&id].incarnation;
-    let g = f.c.model.lock().await.generation(&host_id);
+    let incarnation = f.c.model.read().await.servers[&id].incarnation;
+    let g = f.c.model.read().await.generation(&host_id);
     f.c.apply_report(
         &host_id,
         conn,
@@ -131,7 +131,7 @@ async fn a_vm_lands_where_its_image_is_and_its_disk_stays_there_until_deleted() 
 
     let (code, v) = action(&f, id, "stop").await;
     assert_eq!(code, 202, "{v}");
-    let g = f.c.model.lock().await.generation(&host_id);
+    let g = f.c.model.read().await.generation(&host_id);
     f.c.apply_report(
         &host_id,
         conn,
@@ -146,7 +146,7 @@ async fn a_vm_lands_where_its_image_is_and_its_disk_stays_there_until_deleted() 
     assert!(s.servers.is_empty());
     assert_eq!(s.keep, vec![id], "a stopped VM's disk stays on its host");
 
-    let before = f.c.model.lock().await.generation(&host_id);
+    let before = f.c.model.read().await.generation(&host_id);
     let (code, v) = tenant(
         &f,
         "DELETE",

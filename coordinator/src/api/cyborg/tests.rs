@@ -39,7 +39,7 @@ async fn gpu_host(f: &Fx) -> (u64, tokio::sync::watch::Receiver<Arc<DesiredState
 
 async fn gpu_report(f: &Fx, conn: u64, running: &[ServerId]) {
     let host = "g1".parse().unwrap();
-    let g = f.c.model.lock().await.generation(&host);
+    let g = f.c.model.read().await.generation(&host);
     let mut observed = Vec::new();
     for id in running {
         let s = f.c.get_any_server(Scope::Servers, *id).await.unwrap();
@@ -755,7 +755,7 @@ async fn a_gpu_that_goes_bad_is_no_longer_given_out() {
     let (conn, _rx) = gpu_host(&f).await;
     make_profile(&f, "any", json!([{"resources:GPU": "1"}])).await;
     let host = "g1".parse().unwrap();
-    let g = f.c.model.lock().await.generation(&host);
+    let g = f.c.model.read().await.generation(&host);
     let mut r = report(g, &[]);
     r.gpus = gpus();
     r.gpus[0].healthy = false;

@@ -189,7 +189,7 @@ async fn data(
         .collect();
     let (samples, events) = c.history().await;
     let (current, servers) = {
-        let model = c.model.lock().await;
+        let model = c.read_model().await;
         let mut current = crate::state::history::take_sample(&model, now);
         current.at = now;
         let mut list: Vec<&crate::domain::server::ServerRecord> = model.servers.values().collect();

@@ -143,7 +143,7 @@ pub(in crate::api) async fn host(
     tokio::sync::watch::Receiver<Arc<backfill_shared::protocol::DesiredState>>,
 ) {
     let (conn, rx) = f.c.register_agent(&hello(name)).await.unwrap();
-    let g = f.c.model.lock().await.generation(&name.parse().unwrap());
+    let g = f.c.model.read().await.generation(&name.parse().unwrap());
     f.c.apply_report(&name.parse().unwrap(), conn, report(g, &[]))
         .await
         .unwrap();
@@ -169,7 +169,7 @@ async fn server(f: &Fx, id: ServerId) -> crate::domain::server::ServerRecord {
 /// The agent of `host` says `id` runs.
 async fn running(f: &Fx, host: &str, conn: u64, id: ServerId) {
     let s = server(f, id).await;
-    let g = f.c.model.lock().await.generation(&host.parse().unwrap());
+    let g = f.c.model.read().await.generation(&host.parse().unwrap());
     f.c.apply_report(
         &host.parse().unwrap(),
         conn,
@@ -423,7 +423,7 @@ async fn arvados_instances_hold_drain_run_kill() {
     f.c.tick(1_001).await.unwrap();
     assert_eq!(server(&f, id).await.status, ServerStatus::Running);
     f.c.stop(&f.tenant, Scope::BServers, id).await.unwrap();
-    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    let g = f.c.model.read().await.generation(&"h1".parse().unwrap());
     f.c.apply_report(&"h1".parse().unwrap(), conn, report(g, &[]))
         .await
         .unwrap();
@@ -570,7 +570,7 @@ async fn dynamic_cluster_node_states_and_actions_from_every_state() {
         );
     }
     // Idle, for a while.
-    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    let g = f.c.model.read().await.generation(&"h1".parse().unwrap());
     f.c.apply_report(&"h1".parse().unwrap(), c1, report(g, &[]))
         .await
         .unwrap();
@@ -629,7 +629,7 @@ async fn dynamic_cluster_node_states_and_actions_from_every_state() {
         200
     );
     assert_eq!(server(&f, id).await.status, ServerStatus::Stopping);
-    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    let g = f.c.model.read().await.generation(&"h1".parse().unwrap());
     f.c.apply_report(&"h1".parse().unwrap(), c1, report(g, &[]))
         .await
         .unwrap();
@@ -672,7 +672,7 @@ async fn dynamic_cluster_node_states_and_actions_from_every_state() {
     assert_eq!(node_state(&v), 7);
     // Held and emptied: deleted, and gone.
     admin(&f, "PUT", "/dynamiccluster/workernode/h1/vacate").await;
-    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    let g = f.c.model.read().await.generation(&"h1".parse().unwrap());
     f.c.apply_report(&"h1".parse().unwrap(), c1, report(g, &[]))
         .await
         .unwrap();
@@ -935,7 +935,7 @@ async fn the_dashboard_serves_its_page_and_live_data() {
         let id = start(&f).await;
         observed.push((id, server(&f, id).await.incarnation, WorkloadState::Running));
     }
-    let g = f.c.model.lock().await.generation(&"h1".parse().unwrap());
+    let g = f.c.model.read().await.generation(&"h1".parse().unwrap());
     f.c.apply_report(&"h1".parse().unwrap(), conn, report(g, &observed))
         .await
         .unwrap();

@@ -14,7 +14,7 @@ use backfill_shared::drive::{
 use backfill_shared::{HostId, ServerId, ServerStatus};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::{MutexGuard, watch};
+use tokio::sync::{RwLockWriteGuard, watch};
 
 mod moving;
 #[cfg(test)]
@@ -185,7 +185,7 @@ impl Coordinator {
     /// Stores new drives, then orders their hosts to make them.
     async fn add_drives(
         &self,
-        mut model: MutexGuard<'_, Model>,
+        mut model: RwLockWriteGuard<'_, Model>,
         owner: &Account,
         new: Vec<DriveRecord>,
     ) -> Result<Vec<DriveView>, OpError> {
@@ -209,7 +209,7 @@ impl Coordinator {
     /// deletes a drive the store does not hold so.
     pub(crate) async fn commit_drives(
         &self,
-        mut model: MutexGuard<'_, Model>,
+        mut model: RwLockWriteGuard<'_, Model>,
         batch: WriteBatch,
         hosts: BTreeSet<HostId>,
     ) -> Result<(), OpError> {

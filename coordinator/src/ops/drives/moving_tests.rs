@@ -253,7 +253,7 @@ async fn a_drive_moves_only_when_verified_and_a_failure_leaves_it_where_it_was()
     let stored = c.store.drives().await.unwrap();
     assert_eq!(stored[0].host, h("h2"), "stored before it counts");
     {
-        let model = c.model.lock().await;
+        let model = c.model.read().await;
         assert!(model.drive_orders(&h("h1")).delete.contains(&id));
         assert!(
             model
@@ -267,7 +267,7 @@ async fn a_drive_moves_only_when_verified_and_a_failure_leaves_it_where_it_was()
     c.apply_drive_report(&h("h1"), held(&[])).await.unwrap();
     assert!(
         c.model
-            .lock()
+            .read()
             .await
             .drive_orders(&h("h1"))
             .delete
@@ -296,7 +296,7 @@ async fn a_drive_moves_only_when_verified_and_a_failure_leaves_it_where_it_was()
     // h1 is not asked to delete a drive that now lives on h2 only.
     assert!(
         !c.model
-            .lock()
+            .read()
             .await
             .drive_orders(&h("h1"))
             .delete
@@ -321,5 +321,5 @@ async fn a_drive_moves_only_when_verified_and_a_failure_leaves_it_where_it_was()
     );
     // The old session's end changes nothing more.
     c.move_channel_gone(&h("h2"), c2).await;
-    assert!(c.model.lock().await.moves.get(&id).is_none());
+    assert!(c.model.read().await.moves.get(&id).is_none());
 }

@@ -9,7 +9,7 @@ use crate::state::model::{HostEntry, Model, Session};
 use crate::store::StoreError;
 use backfill_shared::{HostId, ServerId, WorkerState};
 use std::sync::Arc;
-use tokio::sync::MutexGuard;
+use tokio::sync::RwLockWriteGuard;
 
 impl Coordinator {
     /// Applies changed servers and a new generation for each host in `hosts` to the model
@@ -95,8 +95,8 @@ impl Coordinator {
 
     /// The model, locked; reloaded from the store first if a write failed since it was made
     /// (it may hold changes that never reached the disk).
-    pub(crate) async fn lock_model(&self) -> MutexGuard<'_, Model> {
-        let mut model = self.model.lock().await;
+    pub(crate) async fn lock_model(&self) -> RwLockWriteGuard<'_, Model> {
+        let mut model = self.model.write().await;
         let epoch = self.committer.epoch();
         if model.epoch != epoch {
             match self.reload(&mut model).await {

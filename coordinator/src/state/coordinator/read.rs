@@ -1,16 +1,22 @@
-//! The model for the API's reads: the same lock as writes (a write holds it while it changes the
-//! model, never across store IO: see `crate::state::committer`), with the time each read
-//! waited for it recorded (`model_read_wait_seconds`), so that a read slowed by writes shows.
+//! The model for reads: a shared lock, so readers do not wait for one another, only for a write
+//! changing the model in memory (a write never holds the model across store IO: see
+//! `crate::state::committer`). The time each read waited is recorded
+//! (`model_read_wait_seconds`), so that a read slowed by writes shows.
 
 use super::Coordinator;
 use crate::state::model::Model;
-use tokio::sync::MutexGuard;
+use tokio::sync::RwLockReadGuard;
 
 impl Coordinator {
-    /// The model's lock for a read, its wait measured.
-    pub(crate) async fn read_model(&self) -> MutexGuard<'_, Model> {
+    /// The model, shared for a read, its wait measured. A model a failed group commit left
+    /// behind the store is reloaded first (under the write lock), as `lock_model` does.
+    pub(crate) async fn read_model(&self) -> RwLockReadGuard<'_, Model> {
         let asked = std::time::Instant::now();
-        let model = self.lock_model().await;
+        let mut model = self.model.read().await;
+        if model.epoch != self.committer.epoch() {
+            drop(model);
+            model = self.lock_model().await.downgrade();
+        }
         self.metrics
             .read_wait_seconds
             .observe(asked.elapsed().as_secs_f64());
