@@ -10,18 +10,21 @@
 //!                                     brings the account to T bservers in batches of 100
 //!                                     (C requests in flight, 4 by default); stops after M s
 //!                                     (default: no limit) and reports how far it got
-//!   list    --clients N --seconds S [--limit L] [--read list|show]
+//!   list    --clients N --seconds S [--limit L] [--read list|show] [--read-rate Q]
 //!                                     N clients GET /api/2.0/bservers/?limit=L (20): reads/s;
 //!                                     with `--read show`, each GETs one server of the first
 //!                                     page of 100 in turn (/api/2.0/bservers/UUID/)
 //!   mixed   --clients N --seconds S [--limit L] [--read list|show]
-//!           [--readers R --writers W] [--write-rate C]
+//!           [--readers R --writers W] [--write-rate C] [--read-rate Q]
 //!                                     R readers (N/2) and W creators (N - R) at once: reads/s
 //!                                     and read p99 under write load, creates/s; with
 //!                                     --write-rate the creators together start at most C
 //!                                     creates/s (each on its own schedule, missed starts
 //!                                     skipped), a write load that waits on IO rather than
-//!                                     saturating the CPU
+//!                                     saturating the CPU; likewise --read-rate paces the
+//!                                     readers to Q reads/s together (in `list` too), a read
+//!                                     load below what the CPU can serve, so that its p99 shows
+//!                                     waits rather than a saturated CPU
 //! ```
 //!
 //! A fair "reads under writes" comparison keeps the readers the same: `list --clients R`, then
@@ -62,6 +65,8 @@ struct Options {
     writers: Option<usize>,
     /// Creates/s all creators together start at most (mixed); `None`: back to back.
     write_rate: Option<f64>,
+    /// Reads/s asked of all readers together (`--read-rate`), if paced.
+    read_rate: Option<f64>,
 }
 
 /// What a reader GETs.
@@ -75,7 +80,7 @@ enum Read {
 
 const USAGE: &str = "usage: bf-apiload --api URL --ca PEM --cert PEM --key PEM \
      create|list|mixed --clients N --seconds S [--limit L] [--read list|show] \
-     [--readers R --writers W] [--write-rate C] | prefill --total T [--clients C] [--max-seconds M]";
+     [--readers R --writers W] [--write-rate C] [--read-rate Q] | prefill --total T [--clients C] [--max-seconds M]";
 
 fn parse_args(args: &[String]) -> Result<Options, Error> {
     let mut api = None;
@@ -87,7 +92,7 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
     let mut limit = 20;
     let mut max_seconds = None;
     let mut read = Read::List;
-    let (mut readers, mut writers, mut write_rate) = (None, None, None);
+    let (mut readers, mut writers, mut write_rate, mut read_rate) = (None, None, None, None);
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         if !a.starts_with("--") {
@@ -119,6 +124,7 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
             "--readers" => readers = Some(num("--readers")? as usize),
             "--writers" => writers = Some(num("--writers")? as usize),
             "--write-rate" => write_rate = Some(num("--write-rate")?).filter(|r| *r > 0.0),
+            "--read-rate" => read_rate = Some(num("--read-rate")?).filter(|r| *r > 0.0),
             "--read" => {
                 read = match value.as_str() {
                     "list" => Read::List,
@@ -150,6 +156,8 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
             return Err(format!("--clients {n} is not --readers {r} + --writers {w}").into());
         }
         (readers, writers) = (Some(r), Some(w));
+    } else if phase == "prefill" && read_rate.is_some() {
+        return Err("--read-rate is for list and mixed".into());
     } else if readers.is_some() || writers.is_some() || write_rate.is_some() {
         return Err("--readers, --writers and --write-rate are for mixed".into());
     }
@@ -180,6 +188,7 @@ fn parse_args(args: &[String]) -> Result<Options, Error> {
         readers,
         writers,
         write_rate,
+        read_rate,
     })
 }
 
@@ -282,6 +291,8 @@ struct Target {
     shown: Vec<String>,
     /// Seconds between one creator's starts (`--write-rate`), if paced.
     write_every: Option<f64>,
+    /// Seconds between one reader's starts (`--read-rate`), if paced.
+    read_every: Option<f64>,
 }
 
 impl Target {
@@ -329,9 +340,14 @@ async fn run_client(
     let mut tally = Tally::default();
     let collection = t.collection();
     start.wait().await;
-    // A paced creator starts on its own schedule, the creators' schedules spread over one
-    // period, and skips the starts it missed (the rate is what was done, not what was asked).
-    let mut pace = t.write_every.filter(|_| kind == Kind::Create).map(|every| {
+    // A paced client (creator or reader) starts on its own schedule, the schedules of its kind
+    // spread over one period, and skips the starts it missed (the rate is what was done, not
+    // what was asked).
+    let every = match kind {
+        Kind::Create => t.write_every,
+        Kind::List => t.read_every,
+    };
+    let mut pace = every.map(|every| {
         let every = Duration::from_secs_f64(every.max(1e-6));
         let offset = every.mul_f64((id % 1000) as f64 / 1000.0);
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
@@ -541,6 +557,7 @@ async fn run(o: Options) -> Result<Value, Error> {
         read: Read::List,
         shown: Vec::new(),
         write_every: None,
+        read_every: None,
     });
     if o.phase == "prefill" {
         return prefill(&o, &t).await;
@@ -555,6 +572,9 @@ async fn run(o: Options) -> Result<Value, Error> {
         write_every: o
             .write_rate
             .map(|r| o.writers.unwrap_or(1) as f64 / r.max(1e-9)),
+        read_every: o
+            .read_rate
+            .map(|r| o.readers.unwrap_or(o.clients) as f64 / r.max(1e-9)),
     };
     if o.read == Read::Show {
         target.shown = first_ids(&c, &t).await?;
@@ -578,6 +598,7 @@ async fn run(o: Options) -> Result<Value, Error> {
             let (_, mut r, s) = timed(&o, &t, &vec![Kind::List; o.clients]).await?;
             json!({
                 "phase": "list", "clients": o.clients, "limit": o.limit, "read": read,
+                "read_rate": o.read_rate,
                 "servers_at_start": at_start, "seconds": (s * 10.0).round() / 10.0,
                 "reads": r.ok, "reads_per_s": rate(r.ok, s), "errors": r.errors,
                 "p50_ms": r.latency.ms(0.5), "p99_ms": r.latency.ms(0.99),
@@ -591,7 +612,8 @@ async fn run(o: Options) -> Result<Value, Error> {
             let (mut w, mut r, s) = timed(&o, &t, &kinds).await?;
             json!({
                 "phase": "mixed", "clients": readers + writers, "readers": readers,
-                "writers": writers, "write_rate": o.write_rate, "limit": o.limit, "read": read,
+                "writers": writers, "write_rate": o.write_rate, "read_rate": o.read_rate,
+                "limit": o.limit, "read": read,
                 "servers_at_start": at_start, "seconds": (s * 10.0).round() / 10.0,
                 "reads": r.ok, "reads_per_s": rate(r.ok, s),
                 "read_p50_ms": r.latency.ms(0.5), "read_p99_ms": r.latency.ms(0.99),
