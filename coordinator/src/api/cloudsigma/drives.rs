@@ -382,14 +382,25 @@ async fn libs(
     Tenant(_account): Tenant,
     Params(params): Params,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    for l in state.coordinator.libdrives().await {
-        let lib = drive_views::library(&state, &l);
-        if matches(&to_json(&lib), &params, LIB_FILTERS)? {
-            items.push(lib);
+    let libs = state.coordinator.libdrives().await;
+    let (meta, objects) = if params.keys().all(|k| CONTROL.contains(&k.as_str())) {
+        // No filter: only the page's library drives are shown (issue 16).
+        let (meta, page) = page_of(libs, &params)?;
+        let objects = page
+            .iter()
+            .map(|l| drive_views::library(&state, l))
+            .collect();
+        (meta, objects)
+    } else {
+        let mut items = Vec::new();
+        for l in libs {
+            let lib = drive_views::library(&state, &l);
+            if matches(&to_json(&lib), &params, LIB_FILTERS)? {
+                items.push(lib);
+            }
         }
-    }
-    let (meta, objects) = page_of(items, &params)?;
+        page_of(items, &params)?
+    };
     Ok(Json(to_json(&LibraryDriveList { meta, objects })))
 }
 

@@ -20,6 +20,9 @@ mod moving;
 #[cfg(test)]
 #[path = "moving_tests.rs"]
 mod moving_tests;
+#[cfg(test)]
+#[path = "page_tests.rs"]
+mod page_tests;
 use crate::state::drive_moves::refuse_moving;
 use crate::state::drive_rules::{mounts, owned};
 
