@@ -98,10 +98,18 @@ impl Drives {
     /// A page of [`Drives::listed`]: `limit` drives (0: all) from `offset`, and how many the
     /// whole list holds.
     pub fn page(&self, owner: &str, offset: usize, limit: usize) -> (usize, Vec<&DriveRecord>) {
-        let total = self.by_owner.get(owner).map_or(0, OwnerDrives::listed);
+        let Some(o) = self.by_owner.get(owner) else {
+            return (0, Vec::new());
+        };
         let take = if limit == 0 { usize::MAX } else { limit };
-        let page = self.listed(owner).skip(offset).take(take).collect();
-        (total, page)
+        let page = if o.deleting == 0 {
+            // Nothing to leave out: skip ids without looking their drives up.
+            let ids = o.ids.iter().skip(offset).take(take);
+            ids.filter_map(|id| self.all.get(id)).collect()
+        } else {
+            self.listed(owner).skip(offset).take(take).collect()
+        };
+        (o.listed(), page)
     }
 
     /// Whether a clone of drive `src` is being made.
