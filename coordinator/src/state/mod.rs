@@ -9,6 +9,7 @@ pub mod committer;
 #[cfg(test)]
 mod committer_tests;
 pub mod coordinator;
+pub mod drive_index;
 pub mod drive_mounts;
 pub mod drive_move;
 pub mod drive_moves;

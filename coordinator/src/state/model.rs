@@ -99,7 +99,7 @@ pub struct Model {
     /// The committer's epoch this model was made at (see `crate::state::committer`).
     pub epoch: u64,
     /// Every drive, deleted ones until their host reports them gone.
-    pub drives: BTreeMap<backfill_shared::DriveId, crate::store::DriveRecord>,
+    pub drives: crate::state::drive_index::Drives,
     /// Each connected agent's drive orders (by its session's `conn`).
     pub drive_links: BTreeMap<HostId, (u64, watch::Sender<Arc<DriveOrders>>)>,
     /// Drives on their way to another host (`state::drive_move`), and each connected agent's

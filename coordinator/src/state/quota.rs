@@ -10,11 +10,7 @@ pub use crate::state::server_index::InUse;
 /// bytes of its drives.
 pub fn in_use(model: &Model, account: &str) -> InUse {
     let mut u = model.index().in_use(account);
-    u.storage = model
-        .drives
-        .values()
-        .filter(|d| d.owner == account)
-        .fold(0, |n: u64, d| n.saturating_add(d.size));
+    u.storage = model.drives.of_owner(account).map_or(0, |o| o.bytes());
     u
 }
 

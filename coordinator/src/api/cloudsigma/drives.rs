@@ -3,7 +3,7 @@
 //! another's is "not found" on every path.
 
 use crate::api::cloudsigma::drive_views;
-use crate::api::cloudsigma::listing::page_of;
+use crate::api::cloudsigma::listing::{page, page_of};
 use crate::api::cloudsigma::server_json::{parse_meta, parse_tags};
 use crate::api::cloudsigma::views::to_json;
 use crate::api::json_body::JsonBody;
@@ -105,14 +105,30 @@ async fn list(
     Params(params): Params,
     full: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    for d in state.coordinator.list_drives(&account).await {
-        let full_drive = drive_views::drive(&account, &d);
-        if matches(&to_json(&full_drive), &params, FILTERS)? {
-            items.push((full_drive, d));
+    let (meta, items) = if params.keys().all(|k| CONTROL.contains(&k.as_str())) {
+        // No filter: the coordinator makes the page alone (issue 16).
+        let (limit, offset) = page(&params)?;
+        let (total_count, views) = state.coordinator.drive_page(&account, offset, limit).await;
+        let meta = backfill_api::ListMeta {
+            limit,
+            offset,
+            total_count,
+        };
+        let items = views
+            .into_iter()
+            .map(|d| (drive_views::drive(&account, &d), d))
+            .collect();
+        (meta, items)
+    } else {
+        let mut items = Vec::new();
+        for d in state.coordinator.list_drives(&account).await {
+            let full_drive = drive_views::drive(&account, &d);
+            if matches(&to_json(&full_drive), &params, FILTERS)? {
+                items.push((full_drive, d));
+            }
         }
-    }
-    let (meta, items) = page_of(items, &params)?;
+        page_of(items, &params)?
+    };
     Ok(Json(if full {
         let objects = items.into_iter().map(|(f, _)| f).collect();
         to_json(&DriveList { meta, objects })
@@ -366,14 +382,25 @@ async fn libs(
     Tenant(_account): Tenant,
     Params(params): Params,
 ) -> Result<Json<Value>, ApiError> {
-    let mut items = Vec::new();
-    for l in state.coordinator.libdrives().await {
-        let lib = drive_views::library(&state, &l);
-        if matches(&to_json(&lib), &params, LIB_FILTERS)? {
-            items.push(lib);
+    let libs = state.coordinator.libdrives().await;
+    let (meta, objects) = if params.keys().all(|k| CONTROL.contains(&k.as_str())) {
+        // No filter: only the page's library drives are shown (issue 16).
+        let (meta, page) = page_of(libs, &params)?;
+        let objects = page
+            .iter()
+            .map(|l| drive_views::library(&state, l))
+            .collect();
+        (meta, objects)
+    } else {
+        let mut items = Vec::new();
+        for l in libs {
+            let lib = drive_views::library(&state, &l);
+            if matches(&to_json(&lib), &params, LIB_FILTERS)? {
+                items.push(lib);
+            }
         }
-    }
-    let (meta, objects) = page_of(items, &params)?;
+        page_of(items, &params)?
+    };
     Ok(Json(to_json(&LibraryDriveList { meta, objects })))
 }
 

@@ -20,6 +20,9 @@ mod moving;
 #[cfg(test)]
 #[path = "moving_tests.rs"]
 mod moving_tests;
+#[cfg(test)]
+#[path = "page_tests.rs"]
+mod page_tests;
 use crate::state::drive_moves::refuse_moving;
 use crate::state::drive_rules::{mounts, owned};
 
@@ -69,17 +72,14 @@ fn not_found(id: DriveId) -> OpError {
 
 fn view(model: &Model, d: &DriveRecord, mounts: &BTreeMap<DriveId, Vec<ServerId>>) -> DriveView {
     let mounted_on = mounts.get(&d.uuid).cloned().unwrap_or_default();
-    let cloning_from = |src: DriveId| {
-        model.drives.values().any(|o| {
-            o.status == DriveStatus::Creating && o.source == DriveSource::Clone { drive: src }
-        })
-    };
     let status = match d.status {
         DriveStatus::Creating if matches!(d.source, DriveSource::Clone { .. }) => "cloning_dst",
         DriveStatus::Creating => "creating",
         DriveStatus::Failed => "failed",
         DriveStatus::Deleting => "deleting",
-        DriveStatus::Ready if cloning_from(d.uuid) || model.moves.get(&d.uuid).is_some() => {
+        DriveStatus::Ready
+            if model.drives.is_cloned(d.uuid) || model.moves.get(&d.uuid).is_some() =>
+        {
             "cloning_src"
         }
         DriveStatus::Ready if mounted_on.is_empty() => "unmounted",
@@ -166,10 +166,24 @@ impl Coordinator {
         let mounts = mounts(&model);
         model
             .drives
-            .values()
-            .filter(|d| d.owner == owner.name && d.status != DriveStatus::Deleting)
+            .listed(&owner.name)
             .map(|d| view(&model, d, &mounts))
             .collect()
+    }
+
+    /// A page of [`Coordinator::list_drives`]: `limit` drives (0: all) from `offset`, and how
+    /// many the whole list holds. It costs what the owner's drives up to the page hold.
+    pub async fn drive_page(
+        &self,
+        owner: &Account,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<DriveView>) {
+        let model = self.lock_model().await;
+        let mounts = mounts(&model);
+        let (total, page) = model.drives.page(&owner.name, offset, limit);
+        let views = page.into_iter().map(|d| view(&model, d, &mounts)).collect();
+        (total, views)
     }
 
     pub async fn get_drive(&self, owner: &Account, id: DriveId) -> Result<DriveView, OpError> {
@@ -514,9 +528,9 @@ impl Coordinator {
             })
             .collect();
         for u in &usage {
-            if let Some(d) = model.drives.get_mut(&u.drive) {
-                d.metered_until = Some(u.end);
-            }
+            model
+                .drives
+                .update(u.drive, |d| d.metered_until = Some(u.end));
         }
         usage
     }
