@@ -162,7 +162,7 @@ fn no_drive_host(model: &Model) -> OpError {
 
 impl Coordinator {
     pub async fn list_drives(&self, owner: &Account) -> Vec<DriveView> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let mounts = mounts(&model);
         model
             .drives
@@ -179,7 +179,7 @@ impl Coordinator {
         offset: usize,
         limit: usize,
     ) -> (usize, Vec<DriveView>) {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let mounts = mounts(&model);
         let (total, page) = model.drives.page(&owner.name, offset, limit);
         let views = page.into_iter().map(|d| view(&model, d, &mounts)).collect();
@@ -187,13 +187,13 @@ impl Coordinator {
     }
 
     pub async fn get_drive(&self, owner: &Account, id: DriveId) -> Result<DriveView, OpError> {
-        let model = self.lock_model().await;
+        let model = self.read_model().await;
         let d = owned(&model, owner, id)?;
         Ok(view(&model, d, &mounts(&model)))
     }
 
     pub async fn libdrives(&self) -> Vec<LibDrive> {
-        libdrives(&*self.lock_model().await, &self.drive_config)
+        libdrives(&*self.read_model().await, &self.drive_config)
     }
 
     /// Stores new drives, then orders their hosts to make them.
