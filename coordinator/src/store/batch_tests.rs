@@ -8,29 +8,12 @@
 
 use super::*;
 use crate::domain::usage::UsageFilter;
+use backfill_shared::IdleBehavior;
 use backfill_shared::drive::{DriveId, DriveSource, Media};
-use backfill_shared::{HostInventory, IdleBehavior};
 use testing::sample_server as server;
 
 fn host(id: &str) -> HostRecord {
-    HostRecord {
-        id: id.parse().unwrap(),
-        inventory: HostInventory {
-            hostname: id.into(),
-            cpus: 2,
-            cpu_mhz_per_cpu: 2000,
-            mem_bytes: 1 << 30,
-            gpus: vec![],
-            drivers: backfill_shared::Drivers::exec_only(),
-            mechanisms: Vec::new(),
-        },
-        enforcing: true,
-        generation: 1,
-        first_seen: 1,
-        idle_behavior: IdleBehavior::Run,
-        pool: Some("p".into()),
-        last_seen: 1,
-    }
+    testing::sample_host(id, 1)
 }
 
 fn act(target_kind: &'static str, target: &str, action: &str) -> AuditEntry {
@@ -264,7 +247,7 @@ async fn a_failed_batch_writes_no_audit_entry_without_its_change() {
 /// deposed leader) it fails at COMMIT and changes nothing; under the new epoch it lands.
 #[tokio::test]
 async fn a_deposed_leader_cannot_write_operator_or_drive_kinds() {
-    use crate::store::leader::Claim;
+    let claim = |name: &str| testing::claim(name, std::time::Duration::from_secs(60));
     let Some(db) = testing::postgres().await else {
         return;
     };
@@ -274,12 +257,6 @@ async fn a_deposed_leader_cannot_write_operator_or_drive_kinds() {
         .await
         .unwrap();
     let pg = store.shared().unwrap().clone();
-    let claim = |name: &str| Claim {
-        holder: name.into(),
-        api_url: format!("https://{name}:8443"),
-        link_addr: "127.0.0.1:8444".into(),
-        lease: std::time::Duration::from_secs(60),
-    };
     let mut sa = pg.lease_session().await.unwrap();
     assert_eq!(sa.try_take(&claim("a")).await.unwrap(), Some(1));
     pg.set_epoch(1);
@@ -287,14 +264,7 @@ async fn a_deposed_leader_cannot_write_operator_or_drive_kinds() {
     // a's session ends; b takes over (epoch 2) while this store still writes under 1.
     sa.close().await;
     let mut sb = pg.lease_session().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sb.try_take(&claim("b")).await.unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lease stayed taken"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    testing::take_soon(&mut sb, &claim("b")).await;
     let mut held = host("h1");
     held.idle_behavior = IdleBehavior::Hold;
     let stale = WriteBatch {

@@ -279,7 +279,8 @@ mod tests {
     /// leader) put and delete fail at COMMIT and change nothing.
     #[tokio::test]
     async fn a_deposed_leader_cannot_write_drives() {
-        use crate::store::leader::Claim;
+        let claim =
+            |name: &str| crate::store::testing::claim(name, std::time::Duration::from_secs(60));
         let Some(db) = testing::postgres().await else {
             return;
         };
@@ -288,12 +289,6 @@ mod tests {
         let a = drive(1, DriveSource::Blank);
         // Before anyone leads nothing is fenced.
         store.put_drive(&a).await.unwrap();
-        let claim = |name: &str| Claim {
-            holder: name.into(),
-            api_url: format!("https://{name}:8443"),
-            link_addr: "127.0.0.1:8444".into(),
-            lease: std::time::Duration::from_secs(60),
-        };
         let mut sa = pg.lease_session().await.unwrap();
         assert_eq!(sa.try_take(&claim("a")).await.unwrap(), Some(1));
         pg.set_epoch(1);
@@ -303,14 +298,7 @@ mod tests {
         // a's session ends; b takes over (epoch 2) while this store still writes under 1.
         sa.close().await;
         let mut sb = pg.lease_session().await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while sb.try_take(&claim("b")).await.unwrap().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the lease stayed taken"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        crate::store::testing::take_soon(&mut sb, &claim("b")).await;
         let mut stale = moved.clone();
         stale.host = "h3".parse().unwrap();
         let err = store.put_drive(&stale).await.unwrap_err();

@@ -8,31 +8,11 @@ use crate::store::Store;
 use crate::store::testing;
 
 fn claim(name: &str, lease_ms: u64) -> Claim {
-    Claim {
-        holder: name.into(),
-        api_url: format!("https://{name}:8443"),
-        link_addr: "127.0.0.1:8444".into(),
-        lease: Duration::from_millis(lease_ms),
-    }
+    testing::claim(name, Duration::from_millis(lease_ms))
 }
 
 fn server() -> ServerRecord {
     crate::store::testing::sample_server("t")
-}
-
-/// Takes the lease as soon as it is free (within 10 s).
-async fn take_soon(s: &mut LeaseSession, c: &Claim) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(epoch) = s.try_take(c).await.unwrap() {
-            return epoch;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lease stayed taken"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn open() -> Option<(Store, PgStore)> {
@@ -73,7 +53,7 @@ async fn one_leader_at_a_time_and_a_deposed_one_cannot_commit() {
 
     // a's session ends (a killed leader): b takes over at once, before the deadline.
     sa.close().await;
-    let epoch = take_soon(&mut sb, &b).await;
+    let epoch = testing::take_soon(&mut sb, &b).await;
     assert_eq!(epoch, 2);
     let err = store.insert_servers(&[server()]).await.unwrap_err();
     assert!(err.is_fenced(), "epoch 1 after the takeover: {err}");
@@ -90,7 +70,7 @@ async fn one_leader_at_a_time_and_a_deposed_one_cannot_commit() {
     // A lease past its deadline is taken even while its holder's session lives.
     let short = claim("a", 1);
     assert!(sa.renew(3, &short).await.unwrap());
-    let epoch = take_soon(&mut sb, &b).await;
+    let epoch = testing::take_soon(&mut sb, &b).await;
     assert_eq!(epoch, 4);
     sb.heartbeat(&b).await.unwrap();
     let all = pg.coordinators(Duration::from_secs(10)).await.unwrap();

@@ -293,3 +293,50 @@ pub(crate) async fn commit(
     };
     store.write_batches(&[&batch]).await
 }
+
+/// A host record `id` (2 CPUs, 1 GiB, exec only) at `generation`, in pool `p`, for tests.
+pub(crate) fn sample_host(id: &str, generation: u64) -> crate::domain::server::HostRecord {
+    crate::domain::server::HostRecord {
+        id: id.parse().unwrap(),
+        inventory: backfill_shared::HostInventory {
+            hostname: id.into(),
+            cpus: 2,
+            cpu_mhz_per_cpu: 2000,
+            mem_bytes: 1 << 30,
+            gpus: vec![],
+            drivers: backfill_shared::Drivers::exec_only(),
+            mechanisms: Vec::new(),
+        },
+        enforcing: true,
+        generation,
+        first_seen: 1,
+        idle_behavior: backfill_shared::IdleBehavior::Run,
+        pool: Some("p".into()),
+        last_seen: 1,
+    }
+}
+
+/// A coordinator's claim on the lease, as `name` (leases of `lease`).
+pub(crate) fn claim(name: &str, lease: Duration) -> super::leader::Claim {
+    super::leader::Claim {
+        holder: name.into(),
+        api_url: format!("https://{name}:8443"),
+        link_addr: "127.0.0.1:8444".into(),
+        lease,
+    }
+}
+
+/// Takes the lease with `c` as soon as it is free (within 10 s); its epoch.
+pub(crate) async fn take_soon(
+    s: &mut super::leader::LeaseSession,
+    c: &super::leader::Claim,
+) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(epoch) = s.try_take(c).await.unwrap() {
+            return epoch;
+        }
+        assert!(Instant::now() < deadline, "the lease stayed taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -9,7 +9,7 @@ use crate::domain::event::Event;
 use crate::domain::server::GpuRequest;
 use crate::domain::usage::Prices;
 use backfill_shared::Termination;
-use backfill_shared::{HostInventory, PerfFactor, ServerClass, ServerStatus};
+use backfill_shared::{PerfFactor, ServerClass, ServerStatus};
 use testing::sample_server as server;
 
 #[tokio::test]
@@ -35,22 +35,8 @@ async fn survives_reopen_on(db: testing::TestDb) {
     assert_eq!(again, None);
     assert_eq!(store.account("tenant").await.unwrap(), Some(acc.clone()));
     let host = HostRecord {
-        id: "h1".parse().unwrap(),
-        inventory: HostInventory {
-            hostname: "h1".into(),
-            cpus: 2,
-            cpu_mhz_per_cpu: 2000,
-            mem_bytes: 1 << 30,
-            gpus: vec![],
-            drivers: backfill_shared::Drivers::exec_only(),
-            mechanisms: Vec::new(),
-        },
-        enforcing: true,
-        generation: 3,
-        first_seen: 1,
         idle_behavior: backfill_shared::IdleBehavior::Hold,
-        pool: Some("p".into()),
-        last_seen: 1,
+        ..testing::sample_host("h1", 3)
     };
     store.upsert_host(&host).await.unwrap();
     let mut s = server("tenant");

@@ -159,7 +159,7 @@ impl Default for Metrics {
         );
         registry.register(
             "model_read_wait_seconds",
-            "Time an API read (a server list or show) waited for the model's lock",
+            "Time a read (an API list or show, metrics, the dashboard) waited for the model's shared lock",
             m.read_wait_seconds.clone(),
         );
         registry.register("hosts", "Hosts by worker state", m.hosts.clone());
